@@ -1,0 +1,1 @@
+"""Keras callbacks of batchlab: one job each, each usable in a plain ``model.fit``."""

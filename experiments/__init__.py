@@ -1,0 +1,1 @@
+"""batchlab: measured answers to batch-size questions, as gin-configured Keras experiments."""

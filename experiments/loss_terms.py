@@ -1,0 +1,101 @@
+"""Split a Keras loss into a numerator and a denominator so that micro-batches add up exactly.
+
+Keras reduces a loss per call: ``sum(w * l) / D`` where ``D`` is the element count, the number
+of unmasked steps, or the sum of sample weights, depending on the reduction and the mask. Averaging
+per-micro-batch losses is therefore *not* the full-batch loss whenever micro-batches differ in size,
+weight or number of valid steps (the HF Trainer 2024 bug, Lightning #19987). Here every micro-batch
+returns its weighted sum ``N_j`` and its share ``D_j`` of the denominator; the virtual batch's loss is
+``sum_j N_j / sum_j D_j``, which is exactly what Keras computes on the whole batch at once.
+"""
+
+import keras
+import tensorflow as tf
+from keras.src import backend as keras_backend
+
+
+class LossTerms:
+    """Reproduces the reduction of one compiled Keras loss as (numerator, denominator).
+
+    Args:
+      loss: what was passed to ``model.compile(loss=...)``: a ``keras.losses.Loss``, a loss
+        function, or its name.
+    """
+
+    def __init__(self, loss):
+        if isinstance(loss, (list, tuple, dict)):
+            raise ValueError(
+                "Virtual batches support models with a single output and a single loss; "
+                f"got loss={loss!r}."
+            )
+        if isinstance(loss, str):
+            loss = keras.losses.get(loss)
+        if isinstance(loss, keras.losses.Loss):
+            self._values_fn = loss.call
+            self.reduction = loss.reduction or "none"
+            self._dtype = loss.dtype
+        elif callable(loss):
+            self._values_fn = loss
+            self.reduction = "sum_over_batch_size"
+            self._dtype = None
+        else:
+            raise ValueError(f"Cannot use {loss!r} as a loss.")
+        if self.reduction in ("none", None):
+            raise ValueError(
+                "A loss with reduction='none' has no scalar to differentiate; use the default "
+                "'sum_over_batch_size', 'mean_with_sample_weight' or 'sum'."
+            )
+
+    @property
+    def sums_only(self):
+        """True for reduction='sum': the loss is the plain sum and its denominator is 1."""
+        return self.reduction == "sum"
+
+    def __call__(self, y_true, y_pred, sample_weight=None):
+        """Returns (numerator, denominator) of this micro-batch, both scalars of the loss dtype."""
+        dtype = self._dtype or keras.backend.floatx()
+        in_mask = keras_backend.get_keras_mask(y_pred)
+        y_pred = tf.cast(y_pred, dtype)
+        y_true = tf.convert_to_tensor(y_true)
+        if y_true.dtype.is_floating:
+            y_true = tf.cast(y_true, dtype)
+        values = self._values_fn(y_true, y_pred)
+        out_mask = keras_backend.get_keras_mask(values)
+        mask = _combine_masks(in_mask, out_mask)
+        values = tf.cast(values, dtype)
+
+        weight = None
+        if mask is not None:
+            weight = _match_rank(tf.cast(mask, dtype), values)
+        if sample_weight is not None:
+            sample_weight = _match_rank(tf.cast(sample_weight, dtype), values)
+            weight = sample_weight if weight is None else weight * sample_weight
+
+        numerator = tf.reduce_sum(values if weight is None else values * weight)
+        if self.reduction == "sum":
+            denominator = tf.zeros((), dtype)
+        elif self.reduction == "mean_with_sample_weight" and weight is not None:
+            denominator = tf.reduce_sum(tf.broadcast_to(weight, tf.shape(values)))
+        elif mask is not None:
+            denominator = tf.reduce_sum(
+                tf.broadcast_to(_match_rank(tf.cast(mask, dtype), values), tf.shape(values))
+            )
+        else:
+            denominator = tf.cast(tf.size(values), dtype)
+        return numerator, denominator
+
+
+def _combine_masks(in_mask, out_mask):
+    if in_mask is not None and out_mask is not None:
+        return tf.logical_and(tf.cast(in_mask, tf.bool), tf.cast(out_mask, tf.bool))
+    return in_mask if in_mask is not None else out_mask
+
+
+def _match_rank(weight, values):
+    """Squeeze a trailing 1 or add trailing axes so that ``weight`` broadcasts against ``values``."""
+    weight_rank, values_rank = weight.shape.rank, values.shape.rank
+    if weight_rank == values_rank + 1 and weight.shape[-1] == 1:
+        return tf.squeeze(weight, axis=-1)
+    while weight_rank < values_rank:
+        weight = tf.expand_dims(weight, axis=-1)
+        weight_rank += 1
+    return weight

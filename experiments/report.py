@@ -1,0 +1,42 @@
+"""Tables of finished runs: what batch size did to loss, accuracy, the gap, time and updates."""
+
+DEFAULT_COLUMNS = (
+    ("run", "run"),
+    ("epochs", "epochs"),
+    ("batch", "batch_size"),
+    ("train loss", "final_epoch.loss"),
+    ("val loss", "final_validation.loss"),
+    ("val acc", "final_validation.accuracy"),
+    ("gap (loss)", "final_epoch.generalization_gap_loss"),
+    ("seconds", "train_time_s"),
+    ("updates", "updates"),
+)
+
+
+def _lookup(result, dotted):
+    value = result
+    for part in dotted.split("."):
+        if not isinstance(value, dict) or part not in value:
+            return None
+        value = value[part]
+    return value
+
+
+def _format(value):
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4f}" if abs(value) < 100 else f"{value:.1f}"
+    return str(value)
+
+
+def format_table(results, columns=DEFAULT_COLUMNS):
+    """A fixed-width text table, one row per result dict (``run`` is the variant name)."""
+    header = [title for title, _ in columns]
+    rows = [[_format(_lookup(r, key)) for _, key in columns] for r in results]
+    widths = [max(len(h), *(len(row[i]) for row in rows)) if rows else len(h)
+              for i, h in enumerate(header)]
+    line = lambda cells: "  ".join(c.rjust(w) for c, w in zip(cells, widths))
+    out = [line(header), line(["-" * w for w in widths])]
+    out += [line(row) for row in rows]
+    return "\n".join(out)

@@ -1,0 +1,57 @@
+"""Learning-rate rules for batch size: linear and square-root scaling, and warm-up.
+
+- Linear scaling (Goyal et al. 2017): lr × k for batch × k, with gradual warm-up.
+- Square-root scaling (Hoffer et al. 2017): lr × √k.
+Schedules count optimizer updates; with virtual batches one update is one virtual batch.
+"""
+
+import math
+
+import gin
+import keras
+
+
+@gin.configurable
+def scaled_learning_rate(base_learning_rate=gin.REQUIRED, base_batch_size=gin.REQUIRED,
+                         batch_size=gin.REQUIRED, rule="linear"):
+    """The learning rate for ``batch_size`` given one tuned at ``base_batch_size``."""
+    ratio = batch_size / base_batch_size
+    if rule == "linear":
+        return base_learning_rate * ratio
+    if rule == "sqrt":
+        return base_learning_rate * math.sqrt(ratio)
+    if rule == "none":
+        return base_learning_rate
+    raise ValueError(f"scaled_learning_rate.rule must be 'linear', 'sqrt' or 'none', got {rule!r}.")
+
+
+@gin.register(module="batchlab")
+@keras.saving.register_keras_serializable(package="batchlab")
+class WarmupSchedule(keras.optimizers.schedules.LearningRateSchedule):
+    """Linear warm-up from ``initial_learning_rate`` to ``peak_learning_rate`` over
+    ``warmup_steps`` updates, then ``after`` (a schedule counted from the end of warm-up) or
+    constant."""
+
+    def __init__(self, peak_learning_rate=gin.REQUIRED, warmup_steps=gin.REQUIRED,
+                 initial_learning_rate=0.0, after=None):
+        self.peak_learning_rate = float(peak_learning_rate)
+        self.warmup_steps = int(warmup_steps)
+        self.initial_learning_rate = float(initial_learning_rate)
+        self.after = after
+
+    def __call__(self, step):
+        step = keras.ops.cast(step, "float32")
+        fraction = keras.ops.minimum(step / max(self.warmup_steps, 1), 1.0)
+        warm = self.initial_learning_rate + fraction * (
+            self.peak_learning_rate - self.initial_learning_rate)
+        if self.after is None:
+            return warm
+        later = self.after(keras.ops.maximum(step - self.warmup_steps, 0.0))
+        return keras.ops.where(step < self.warmup_steps, warm, later)
+
+    def get_config(self):
+        return {"peak_learning_rate": self.peak_learning_rate,
+                "warmup_steps": self.warmup_steps,
+                "initial_learning_rate": self.initial_learning_rate,
+                "after": None if self.after is None else keras.saving.serialize_keras_object(
+                    self.after)}
