@@ -209,6 +209,11 @@ def digits(path="data/digits.npz", flatten=True, validation_split=0.2, split_see
                     split_seed=split_seed, name="digits")
 
 
+def keras_cache_dir():
+    """Where ``keras.datasets`` caches files: ``$KERAS_HOME`` or ``~/.keras``."""
+    return os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras")
+
+
 @gin.configurable
 def keras_dataset(name=gin.REQUIRED, flatten=False, num_words=10000, sequence_length=200,
                   max_train_examples=None):
@@ -226,15 +231,22 @@ def keras_dataset(name=gin.REQUIRED, flatten=False, num_words=10000, sequence_le
     if name not in loaders:
         raise ValueError(f"Unknown keras dataset {name!r}; choose one of {sorted(loaders)}.")
     module, scale = loaders[name]
+    try:
+        loaded = module.load_data(num_words=num_words) if name == "imdb" else module.load_data()
+    except Exception as error:  # no cache and no network: say where Keras looked
+        raise FileNotFoundError(
+            f"keras.datasets could not load {name!r}: it is neither cached under "
+            f"{os.path.join(keras_cache_dir(), 'datasets')} nor downloadable here "
+            f"({type(error).__name__}: {error}).") from error
     if name == "imdb":
-        (x_tr, y_tr), (x_va, y_va) = module.load_data(num_words=num_words)
+        (x_tr, y_tr), (x_va, y_va) = loaded
         pad = keras.utils.pad_sequences
         x_tr = pad(x_tr, maxlen=sequence_length)
         x_va = pad(x_va, maxlen=sequence_length)
         y_tr, y_va = y_tr.astype("float32")[:, None], y_va.astype("float32")[:, None]
         spec = DataSpec((sequence_length,), 1, task="binary", vocabulary_size=num_words)
     else:
-        (x_tr, y_tr), (x_va, y_va) = module.load_data()
+        (x_tr, y_tr), (x_va, y_va) = loaded
         y_tr, y_va = y_tr.reshape(-1).astype(np.int64), y_va.reshape(-1).astype(np.int64)
         x_tr, x_va = x_tr.astype("float32") / scale, x_va.astype("float32") / scale
         if x_tr.ndim == 3:  # grey images get a channel axis

@@ -139,16 +139,25 @@ def _columns(columns):
     return tuple(tuple(c) for c in columns)
 
 
+def _query(binding, default=None):
+    """A bound value with macros resolved (``%BATCH``); ``default`` when unbound."""
+    try:
+        value = gin.query_parameter(binding)
+    except ValueError:
+        return default
+    if isinstance(value, gin.config.ConfigurableReference) and \
+            value.configurable.name == "macro":
+        value = value.scoped_configurable_fn()
+    return value
+
+
 def _check_variant(name):
     """Cheap checks on a variant's batch layout before the first run starts."""
-    try:
-        batch = gin.query_parameter("train.batch_size")
-    except ValueError:
+    batch = _query("train.batch_size")
+    micro = _query("train.micro_batch_size")
+    if batch is None or isinstance(batch, gin.config.ConfigurableReference) or \
+            isinstance(micro, gin.config.ConfigurableReference):
         return
-    try:
-        micro = gin.query_parameter("train.micro_batch_size")
-    except ValueError:
-        micro = None
     try:
         runner.check_virtual_batch(batch, micro, None)
     except ValueError as error:

@@ -45,8 +45,9 @@ def mlp(spec, hidden_units=(64,), activation="relu", dropout=0.0, l2=0.0,
 @gin.configurable
 def vgg_convnet(spec, filters=(32, 64), dense_units=256, dropout=0.25):
     """VGG-like convnet: per block two 3×3 convolutions and a 2×2 max-pool, then a dense head."""
-    shape = spec.input_shape if len(spec.input_shape) == 3 else (*spec.input_shape, 1)
-    layers = [keras.Input(shape)]
+    layers = [keras.Input(spec.input_shape)]
+    if len(spec.input_shape) == 2:  # grey images without a channel axis
+        layers.append(keras.layers.Reshape((*spec.input_shape, 1)))
     for width in filters:
         layers += [keras.layers.Conv2D(width, 3, activation="relu", padding="same"),
                    keras.layers.Conv2D(width, 3, activation="relu", padding="same"),

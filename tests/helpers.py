@@ -1,0 +1,39 @@
+"""Test helpers: read run directories and TensorBoard event files back."""
+
+import glob
+import json
+import os
+
+import tensorflow as tf
+
+
+def read_json(path):
+    with open(path) as handle:
+        return json.load(handle)
+
+
+def event_tags(log_dir):
+    """Every scalar/text tag written under ``log_dir`` (all subdirectories)."""
+    tags = set()
+    for path in glob.glob(os.path.join(log_dir, "**", "events.out.tfevents.*"), recursive=True):
+        for event in tf.compat.v1.train.summary_iterator(path):
+            for value in event.summary.value:
+                tags.add(value.tag)
+    return tags
+
+
+def event_values(log_dir, tag):
+    """[(step, value)] of a scalar tag (written as tensors by tf.summary)."""
+    out = []
+    for path in glob.glob(os.path.join(log_dir, "**", "events.out.tfevents.*"), recursive=True):
+        for event in tf.compat.v1.train.summary_iterator(path):
+            for value in event.summary.value:
+                if value.tag == tag:
+                    out.append((event.step, float(tf.make_ndarray(value.tensor))))
+    return sorted(out)
+
+
+def run_dirs(output_dir):
+    """Directories holding a status.json under ``output_dir``."""
+    return sorted(os.path.dirname(p) for p in
+                  glob.glob(os.path.join(output_dir, "**", "status.json"), recursive=True))

@@ -1,0 +1,121 @@
+"""Bad input fails early with a clear message and leaves nothing that looks like a finished run."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from experiments import launch
+from tests.helpers import read_json, run_dirs
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DIGITS = "gin/experiments/digits_mlp.gin"
+QUIET = ["train.verbose = 0", "train.epochs = 1"]
+
+
+def _launch(tmp_path, bindings, files=(DIGITS,)):
+    return launch.launch(list(files), QUIET + list(bindings), output_dir=str(tmp_path / "runs"),
+                         print_fn=lambda *_: None)
+
+
+def _assert_no_run(tmp_path):
+    assert run_dirs(str(tmp_path / "runs")) == []
+
+
+def test_unknown_configurable_names_file_line_and_suggestion(tmp_path):
+    bad = tmp_path / "bad.gin"
+    bad.write_text("include 'gin/experiments/digits_mlp.gin'\n\nmlpp.hidden_units = (8,)\n")
+    with pytest.raises(launch.ConfigError) as error:
+        _launch(tmp_path, [], files=[str(bad)])
+    message = str(error.value)
+    assert "Unknown configurable 'mlpp'" in message
+    assert "Did you mean: mlp" in message
+    assert str(bad) in message and "line 3" in message
+    _assert_no_run(tmp_path)
+
+
+def test_unknown_parameter_suggests_the_nearest(tmp_path):
+    with pytest.raises(launch.ConfigError, match=r"'mlp' has no parameter 'hiden_units'.*"
+                                                 r"Did you mean: hidden_units"):
+        _launch(tmp_path, ["mlp.hiden_units = (8,)"])
+    _assert_no_run(tmp_path)
+
+
+def test_gin_syntax_error(tmp_path):
+    bad = tmp_path / "syntax.gin"
+    bad.write_text("train.batch_size = (32\n")
+    with pytest.raises(launch.ConfigError, match="syntax"):
+        _launch(tmp_path, [], files=[DIGITS, str(bad)])
+    _assert_no_run(tmp_path)
+
+
+def test_missing_gin_file_and_missing_include(tmp_path):
+    with pytest.raises(launch.ConfigError, match="Gin file not found: 'nope.gin'"):
+        _launch(tmp_path, [], files=["nope.gin"])
+    bad = tmp_path / "include.gin"
+    bad.write_text("include 'gin/models/nope.gin'\n")
+    with pytest.raises(launch.ConfigError, match="nope.gin"):
+        _launch(tmp_path, [], files=[str(bad)])
+    _assert_no_run(tmp_path)
+
+
+def test_missing_data_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="missing.npz"):
+        _launch(tmp_path, ["digits.path = 'data/missing.npz'"])
+    _assert_no_run(tmp_path)
+
+
+@pytest.mark.parametrize("value, expected", [
+    ("0", "train.batch_size must be a positive integer, got 0"),
+    ("-4", "train.batch_size must be a positive integer, got -4"),
+    ("12.5", "train.batch_size must be a positive integer, got 12.5"),
+    ("5000", "has 1438 examples, fewer than one batch of train.batch_size=5000"),
+])
+def test_bad_batch_sizes(tmp_path, value, expected):
+    with pytest.raises(ValueError, match=expected):
+        _launch(tmp_path, [f"train.batch_size = {value}"])
+    _assert_no_run(tmp_path)
+
+
+def test_non_positive_eval_batch_size(tmp_path):
+    with pytest.raises(ValueError, match="train.eval_batch_size must be a positive integer"):
+        _launch(tmp_path, ["train.eval_batch_size = -1"])
+    _assert_no_run(tmp_path)
+
+
+def test_bad_variant_is_caught_before_any_run(tmp_path):
+    bindings = ["sweep.variants = {'ok': ['train.batch_size = 16'], "
+                "'bad': ['train.batch_size = 0']}"]
+    with pytest.raises(launch.ConfigError, match="In sweep variant 'bad'"):
+        _launch(tmp_path, bindings)
+    _assert_no_run(tmp_path)
+
+
+def test_nan_loss_fails_the_run_and_says_where(tmp_path):
+    with pytest.raises(FloatingPointError, match=r"became (nan|inf) at update \d+ of epoch 1"):
+        _launch(tmp_path, ["keras.optimizers.SGD.learning_rate = 1e12",
+                           "keras.optimizers.SGD.momentum = 0.0"])
+    (path,) = run_dirs(str(tmp_path / "runs"))
+    assert read_json(os.path.join(path, "status.json"))["status"] == "failed"
+    assert not os.path.exists(os.path.join(path, "result.json"))
+
+
+def test_main_exits_nonzero_with_the_message(tmp_path):
+    process = subprocess.run(
+        [sys.executable, "main.py", f"--gin_file={DIGITS}", "--gin_bindings=mlp.widht = 3",
+         f"--output_dir={tmp_path / 'runs'}"],
+        cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert process.returncode != 0
+    assert "'mlp' has no parameter 'widht'" in process.stderr
+    assert "Did you mean: width" not in process.stderr  # no such parameter to suggest
+    _assert_no_run(tmp_path)
+
+
+def test_existing_run_directory_is_never_overwritten(tmp_path):
+    from experiments import run_dir
+    first = run_dir.create(str(tmp_path), "exp", "same")
+    with open(os.path.join(first, "result.json"), "w") as handle:
+        handle.write("{}")
+    second = run_dir.create(str(tmp_path), "exp", "same")
+    assert second != first and os.path.exists(os.path.join(first, "result.json"))
