@@ -1,0 +1,97 @@
+"""Model builders, dtype policies, a user's own builder from gin, and seeded determinism."""
+
+import os
+import sys
+
+import keras
+import numpy as np
+import pytest
+
+from experiments import launch, models
+from experiments.data import DataSpec
+from tests.helpers import read_json
+
+DIGITS = "gin/experiments/digits_mlp.gin"
+QUIET = ["train.verbose = 0"]
+
+
+@pytest.mark.parametrize("builder, spec, batch", [
+    (models.mlp, DataSpec((12,), 5), np.zeros((2, 12))),
+    (models.mlp, DataSpec((12,), 1, task="binary"), np.zeros((2, 12))),
+    (models.mlp, DataSpec((12,), 3, task="regression"), np.zeros((2, 12))),
+    (models.vgg_convnet, DataSpec((8, 8), 10), np.zeros((2, 8, 8))),
+    (models.lstm_classifier, DataSpec((7, 3), 4), np.zeros((2, 7, 3))),
+    (models.conv1d_classifier, DataSpec((9,), 2, vocabulary_size=30), np.ones((2, 9), "int32")),
+    (models.stacked_lstm, DataSpec((7, 3), 4), np.zeros((2, 7, 3))),
+    (models.stateful_stacked_lstm, DataSpec((5,), 11, batch_size=2, vocabulary_size=11),
+     np.ones((2, 5), "int32")),
+])
+def test_builders_produce_the_right_output(builder, spec, batch):
+    model = builder(spec)
+    out = np.asarray(model(batch))
+    expected_tail = (spec.num_outputs,)
+    assert out.shape[0] == 2 and out.shape[-1:] == expected_tail
+    if spec.task == "classification":
+        np.testing.assert_allclose(out.sum(axis=-1), 1.0, rtol=1e-5)
+    if spec.task == "binary":
+        assert ((out > 0) & (out < 1)).all()
+
+
+def test_stateful_builder_needs_a_fixed_batch_size():
+    with pytest.raises(ValueError, match="fixed batch size"):
+        models.stateful_stacked_lstm(DataSpec((5,), 11, vocabulary_size=11))
+
+
+@pytest.mark.parametrize("policy, variable_dtype, compute_dtype", [
+    ("float32", "float32", "float32"),
+    ("mixed_bfloat16", "float32", "bfloat16"),
+    ("float64", "float64", "float64"),
+])
+def test_dtype_policy_from_gin(tmp_path, policy, variable_dtype, compute_dtype):
+    seen = {}
+
+    class Probe(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            dense = [l for l in self.model.layers if isinstance(l, keras.layers.Dense)][0]
+            seen["variable"] = dense.kernel.dtype
+            seen["compute"] = dense.compute_dtype
+
+    import gin
+    launch.parse([DIGITS], QUIET + ["train.epochs = 1", f"train.dtype_policy = '{policy}'",
+                                    "mlp.hidden_units = (8,)"])
+    from experiments import runner
+    result = runner.train(output_dir=str(tmp_path), experiment="dtype",
+                          extra_callbacks=[Probe()], config_text=gin.config_str())
+    assert seen == {"variable": variable_dtype, "compute": compute_dtype}
+    assert np.isfinite(result["final_validation"]["loss"])
+
+
+def test_a_users_own_model_builder_works_after_import(tmp_path, monkeypatch):
+    (tmp_path / "my_models.py").write_text(
+        "import gin, keras\n"
+        "@gin.configurable\n"
+        "def tiny(spec, width=4):\n"
+        "    return keras.Sequential([keras.Input(spec.input_shape),\n"
+        "        keras.layers.Dense(width, activation='tanh', name='users_layer'),\n"
+        "        keras.layers.Dense(spec.num_outputs, activation='softmax')])\n")
+    (tmp_path / "mine.gin").write_text(
+        f"include '{DIGITS}'\nimport my_models\ntrain.model_fn = @tiny\ntiny.width = 3\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    (result,) = launch.launch([str(tmp_path / "mine.gin")], QUIET + ["train.epochs = 1"],
+                              output_dir=str(tmp_path / "runs"), print_fn=lambda *_: None)
+    operative = open(os.path.join(result["run_dir"], "operative_config.gin")).read()
+    assert "tiny.width = 3" in operative
+    sys.modules.pop("my_models", None)
+
+
+def test_same_seed_twice_gives_identical_results(tmp_path):
+    bindings = QUIET + ["train.epochs = 2", "train.seed = 7", "mlp.dropout = 0.2"]
+    runs = [launch.launch([DIGITS], bindings, output_dir=str(tmp_path / name),
+                          print_fn=lambda *_: None)[0] for name in ("a", "b")]
+    saved = [read_json(os.path.join(r["run_dir"], "result.json")) for r in runs]
+    for key in ("final_epoch", "final_validation", "updates", "seed"):
+        assert saved[0][key] == saved[1][key]
+    other = launch.launch([DIGITS], QUIET + ["train.epochs = 2", "train.seed = 8",
+                                             "mlp.dropout = 0.2"],
+                          output_dir=str(tmp_path / "c"), print_fn=lambda *_: None)[0]
+    assert other["final_epoch"]["loss"] != saved[0]["final_epoch"]["loss"]
