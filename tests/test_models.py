@@ -95,3 +95,15 @@ def test_same_seed_twice_gives_identical_results(tmp_path):
                                              "mlp.dropout = 0.2"],
                           output_dir=str(tmp_path / "c"), print_fn=lambda *_: None)[0]
     assert other["final_epoch"]["loss"] != saved[0]["final_epoch"]["loss"]
+
+
+def test_deterministic_ops_option_switches_tensorflow_determinism_on():
+    import subprocess
+    code = ("from tensorflow.python.framework import config; from experiments import seeding; "
+            "assert not config.is_op_determinism_enabled(); "
+            "seeding.seed_everything(3, deterministic_ops=True); "
+            "assert config.is_op_determinism_enabled(); print('ok')")
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run([sys.executable, "-c", code], cwd=repo, capture_output=True, text=True,
+                         timeout=120)
+    assert out.stdout.strip().endswith("ok"), out.stderr[-2000:]
