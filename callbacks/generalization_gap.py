@@ -1,64 +1,122 @@
-"""Generalization gap per epoch: validation minus train, both measured in inference mode.
+"""Generalization gap per epoch and at the end: validation minus train, both in inference mode.
 
 The loss ``fit`` reports for training is a running average over the epoch, taken with dropout on
 and while the weights move; comparing it with the validation loss mixes those effects into the gap.
-This callback evaluates a fixed training subset in inference mode at each epoch end, the same way
-the validation set is evaluated, and logs ``generalization_gap/<name>`` = validation − train for the
-loss and each metric (plus ``train_inference/<name>``). Works in any ``model.fit``.
+This callback evaluates a fixed training subset in inference mode, the same way the validation set
+is evaluated, and logs for the loss and each metric, keyed by the epoch (0-based):
+
+- ``train_inference/<name>``: the fixed training subset, inference mode;
+- ``generalization_gap/<name>``: validation minus that.
+
+The validation side is read from the epoch's ``val_*`` logs when ``fit`` has validation data
+(same weights, no second pass over the validation set), else evaluated from ``validation_data``.
+The training subset may also be a finite, batched ``tf.data.Dataset`` (e.g. the first batches of a
+stream pipeline): it is cached on first use, so every epoch sees the same batches. Evaluations run
+on their own zero state for stateful RNNs and leave the training state untouched
+(``callbacks.reset_states.isolated_state``).
+At ``on_train_end`` the final values are kept in ``self.final`` (and re-measured, and logged at
+the next epoch index, only if the weights changed since the last epoch end, e.g. an optimizer
+with ``use_ema=True`` swapping its averaged weights in). Works in any ``model.fit``.
 """
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from callbacks.summary_writer import writer_for
+from callbacks import summary_writer
+from callbacks.reset_states import isolated_state
 
 
 class GeneralizationGap(keras.callbacks.Callback):
     """Args:
-      train_subset: (x, y) arrays: a fixed sample of the training set.
-      validation_data: (x, y) arrays, or None to read ``val_*`` from the epoch logs.
+      train_subset: (x, y) arrays: a fixed sample of the training set (see ``fixed_subset``), or
+        a finite batched ``tf.data.Dataset`` of (x, y) training batches.
+      validation_data: (x, y) arrays, or None to rely on ``val_*`` from the epoch logs.
       log_dir: TensorBoard directory (scalars go to ``log_dir/train``); None for logs only.
       batch_size: evaluation batch size.
     """
 
     def __init__(self, train_subset, validation_data=None, log_dir=None, batch_size=256):
         super().__init__()
+        if train_subset is None or (not isinstance(train_subset, tf.data.Dataset)
+                                    and len(train_subset) < 2):
+            raise ValueError("GeneralizationGap needs train_subset=(x, y) or a dataset.")
         self.train_subset = train_subset
         self.validation_data = validation_data
         self.log_dir = log_dir
-        self.batch_size = batch_size
-        self.history = []
+        self.batch_size = int(batch_size)
+        self.history = []  # (epoch, {tag: value})
+        self.final = {}
+        self._datasets = {}
+        self._measured_at = None  # weights fingerprint at the last measurement
+        self._last_epoch = -1
 
-    def _evaluate(self, data):
-        x, y = data[0], data[1]
-        return self.model.evaluate(x, y, batch_size=self.batch_size, verbose=0, return_dict=True)
+    def _dataset(self, key, data):
+        """A batched tf.data pipeline built once per data set (cheaper than arrays per call)."""
+        if key not in self._datasets:
+            if isinstance(data, tf.data.Dataset):
+                self._datasets[key] = data.cache()
+            else:
+                self._datasets[key] = tf.data.Dataset.from_tensor_slices(
+                    (data[0], data[1])).batch(self.batch_size).cache()
+        return self._datasets[key]
 
-    def measure(self):
+    def _evaluate(self, key, data):
+        with isolated_state(self.model):  # stateful RNNs: own zero state, training state kept
+            return self.model.evaluate(self._dataset(key, data), verbose=0, return_dict=True)
+
+    def measure(self, logs=None):
         """Returns {'train_inference/<m>': ..., 'generalization_gap/<m>': ...} for now."""
-        train = self._evaluate(self.train_subset)
-        val = self._evaluate(self.validation_data) if self.validation_data is not None else None
-        return train, val
-
-    def on_epoch_end(self, epoch, logs=None):
-        logs = logs if logs is not None else {}
-        train, val = self.measure()
-        if val is None:
-            val = {k[4:]: v for k, v in logs.items() if k.startswith("val_")}
+        train = self._evaluate("train", self.train_subset)
+        logs = logs or {}
+        val = {k[4:]: v for k, v in logs.items() if k.startswith("val_")}
+        if not all(name in val for name in train) and self.validation_data is not None:
+            val = self._evaluate("validation", self.validation_data)
         values = {}
         for name, train_value in train.items():
             values[f"train_inference/{name}"] = float(train_value)
             if name in val:
                 values[f"generalization_gap/{name}"] = float(val[name]) - float(train_value)
-        self.history.append(values)
+        self._measured_at = self._fingerprint()
+        return values
+
+    def _fingerprint(self):
+        """A few numbers that change when any weight changes (updates, EMA swap, reloading)."""
+        if not hasattr(self, "_fingerprint_fn"):
+            model = self.model
+
+            @tf.function
+            def fingerprint():
+                parts = [tf.zeros((), tf.float64)]
+                for v in model.weights:
+                    value = tf.cast(v, tf.float64)
+                    parts += [tf.reduce_sum(value), tf.reduce_sum(tf.square(value))]
+                return tf.stack(parts)
+
+            self._fingerprint_fn = fingerprint
+        return self._fingerprint_fn().numpy()
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs if logs is not None else {}
+        values = self.measure(logs)
+        self._record(epoch, values)
         for name, value in values.items():
             logs[name.replace("/", "_")] = value
-        writer = writer_for(self.log_dir)
-        if writer is not None:
-            with writer.as_default():
-                for name, value in values.items():
-                    tf.summary.scalar(name, value, step=epoch)
-            writer.flush()
+
+    def _record(self, epoch, values):
+        self._last_epoch = epoch
+        self.history.append((epoch, values))
+        self.final = dict(values)
+        summary_writer.scalars(self.log_dir, values, epoch)
+
+    def on_train_end(self, logs=None):
+        if self._measured_at is None or not np.array_equal(self._measured_at,
+                                                           self._fingerprint()):
+            self._record(self._last_epoch + 1, self.measure())
+        summary_writer.flush(self.log_dir)
+
+    def result(self):
+        return dict(self.final)
 
 
 def fixed_subset(x, y, size, seed=0):

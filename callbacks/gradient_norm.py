@@ -1,17 +1,35 @@
-"""Publishes the global gradient norm the train step already computed (no second backward pass).
+"""Gradient norms and update-to-weight ratios, from the gradients the train step already computed.
 
-batchlab's ``VirtualBatchModel`` stores the norm of each applied gradient in
-``model.measurements.gradient_norm``; this callback copies it to TensorBoard under
-``gradients/global_norm`` every ``every_n_updates`` updates, keyed by the update count.
+batchlab's ``VirtualBatchModel`` stores, after every update, the norm of the applied gradient
+(``model.measurements.gradient_norm``) and one norm per trainable variable
+(``model.measurements.variable_gradient_norms``, in the order of ``model.trainable_variables``).
+This callback publishes them every ``every_n_updates`` updates, keyed by the update count:
+
+- ``gradients/global_norm``: norm of the whole applied gradient (data loss + regularizers);
+- ``gradients/layer/<NN_layer>``: norm of each layer's part (its variables' norms combined),
+  named by position and layer name (``layer_groups``), e.g. ``gradients/layer/01_dense``;
+- ``update_ratio/global`` and ``update_ratio/layer/<NN_layer>``: ||w_after - w_before|| /
+  ||w_before|| for that update, the "is my learning rate sane" number (around 1e-3 is typical).
+
+Each epoch's last update is logged too, so that every epoch has a point.
+
+Nothing here runs a second backward pass. The update ratio needs the weights before the update:
+they are copied (one extra copy of the weights in memory) only before updates that will be logged,
+so its cost is one weight copy and one pass over the weights every ``every_n_updates`` updates.
 """
 
+import collections
+import re
+
 import keras
+import numpy as np
 import tensorflow as tf
 
-from callbacks.summary_writer import writer_for
+from callbacks import summary_writer
 
 
 def step_measurements(model):
+    """The ``StepMeasurements`` of a batchlab model; a clear error for any other model."""
     measurements = getattr(model, "measurements", None)
     if measurements is None:
         raise ValueError(
@@ -21,23 +39,176 @@ def step_measurements(model):
     return measurements
 
 
-class GradientNorm(keras.callbacks.Callback):
-    def __init__(self, log_dir, every_n_updates=1):
+def layer_groups(variables):
+    """Groups variable indices by layer: ``{stable layer name: [indices]}``, in variable order.
+
+    The layer of a variable is its path without the last part (``mlp/dense_3/kernel`` ->
+    ``mlp/dense_3``); a first part shared by every variable (the model's name) is dropped. Keras
+    numbers automatic names per process (``dense_3`` in the second model built), so the numeric
+    suffixes are removed and the layer's position is put in front instead: ``01_dense``,
+    ``02_dense``, ``03_output``. Tags then match across runs of a sweep.
+    """
+    paths = [getattr(v, "path", None) or v.name for v in variables]
+    parts = [p.split("/") for p in paths]
+    first = {p[0] for p in parts}
+    drop_first = len(first) == 1 and all(len(p) > 2 for p in parts)
+    by_path = collections.OrderedDict()
+    for index, part in enumerate(parts):
+        layer = part[1:-1] if drop_first else part[:-1]
+        by_path.setdefault(tuple(layer) or (part[-1],), []).append(index)
+    groups = collections.OrderedDict()
+    for position, (layer, indices) in enumerate(by_path.items(), start=1):
+        name = "/".join(_AUTO_NUMBER.sub("", piece) for piece in layer)
+        groups[f"{position:02d}_{name}"] = indices
+    return groups
+
+
+_AUTO_NUMBER = re.compile(r"_\d+$")
+
+
+def combine_norms(norms, groups):
+    """Per-layer norms sqrt(sum of squared variable norms) from per-variable norms."""
+    norms = np.asarray(norms, np.float64)
+    return {layer: float(np.sqrt(np.sum(np.square(norms[idx])))) for layer, idx in groups.items()}
+
+
+class UpdateClock(keras.callbacks.Callback):
+    """Base class knowing the update count at each batch hook without reading it every update.
+
+    ``optimizer.iterations`` is read once per epoch; the update that a batch hook refers to is
+    that count plus the batch index + 1 (also right with ``steps_per_execution``, where Keras
+    passes the index of the last step run).
+    """
+
+    def __init__(self):
         super().__init__()
+        self._epoch_start = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch_start = int(self.model.optimizer.iterations.numpy())
+
+    def update_after(self, batch):
+        """The update count once batch ``batch`` of this epoch has been applied."""
+        return self._epoch_start + int(batch) + 1
+
+    def is_logged(self, batch, every_n_updates):
+        """Log after this batch: every ``every_n_updates`` updates and after an epoch's last
+        batch (so that short runs and long logging intervals still give a point per epoch)."""
+        steps = (self.params or {}).get("steps")
+        return self.update_after(batch) % every_n_updates == 0 or (
+            steps is not None and int(batch) + 1 == steps)
+
+    def current_update(self):
+        return int(self.model.optimizer.iterations.numpy())
+
+
+def _norm(tensor):
+    """Norm in the tensor's own float type (no cast copy of a large tensor), returned as float64."""
+    return tf.cast(tf.norm(tensor), tf.float64)
+
+
+class GradientNorm(UpdateClock):
+    """Publishes gradient norms (global and per layer) and update-to-weight ratios.
+
+    Args:
+      log_dir: TensorBoard directory (scalars go to ``log_dir/train``); None keeps values only.
+      every_n_updates: logging frequency, in updates.
+      per_layer: also log one norm (and ratio) per layer.
+      update_ratio: log ||delta w|| / ||w|| of the logged updates (keeps one weight copy).
+    """
+
+    def __init__(self, log_dir=None, every_n_updates=10, per_layer=True, update_ratio=True):
+        super().__init__()
+        if isinstance(every_n_updates, bool) or not isinstance(every_n_updates, int) \
+                or every_n_updates < 1:
+            raise ValueError(
+                f"every_n_updates must be a positive integer, got {every_n_updates!r}.")
         self.log_dir = log_dir
-        self.every_n_updates = max(int(every_n_updates), 1)
-        self.values = []
+        self.every_n_updates = every_n_updates
+        self.per_layer = bool(per_layer)
+        self.update_ratio = bool(update_ratio)
+        self.values = []  # (update, global gradient norm)
+        self.history = []  # (update, {tag: value}) of every logged update
+        self._snapshot = None
+        self._snapshot_for = None
+        self._read = None
 
     def on_train_begin(self, logs=None):
-        step_measurements(self.model)
+        measurements = step_measurements(self.model)
+        variables = self.model.trainable_variables
+        self._groups = layer_groups(variables)
+        if self._read is not None:
+            return
+        # One graph call per logged update reads everything (a call costs ~0.1 ms of dispatch;
+        # concrete functions skip the tracing-cache lookup of a tf.function).
+        if not self.update_ratio:
+            self._read = tf.function(
+                lambda: tf.cast(measurements.variable_gradient_norms, tf.float64)[None]
+            ).get_concrete_function()
+            return
+        snapshot = [tf.Variable(tf.zeros(v.shape, v.dtype), trainable=False) for v in variables]
+
+        @tf.function
+        def take_snapshot():
+            for copy, variable in zip(snapshot, self.model.trainable_variables):
+                copy.assign(variable)
+
+        @tf.function
+        def read():
+            deltas = [_norm(v - s) for v, s in zip(self.model.trainable_variables, snapshot)]
+            weights = [_norm(s) for s in snapshot]
+            return tf.stack([tf.cast(measurements.variable_gradient_norms, tf.float64),
+                             tf.stack(deltas), tf.stack(weights)])
+
+        self._snapshot = snapshot
+        self._take_snapshot = take_snapshot.get_concrete_function()
+        self._read = read.get_concrete_function()
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if self.update_ratio and self.is_logged(batch, self.every_n_updates):
+            self._take_snapshot()
+            self._snapshot_for = self.update_after(batch)
 
     def on_train_batch_end(self, batch, logs=None):
-        update = int(self.model.optimizer.iterations.numpy())
-        if update % self.every_n_updates:
-            return
-        value = float(self.model.measurements.gradient_norm.numpy())
-        self.values.append((update, value))
-        writer = writer_for(self.log_dir)
-        if writer is not None:
-            with writer.as_default():
-                tf.summary.scalar("gradients/global_norm", value, step=update)
+        if self.is_logged(batch, self.every_n_updates):
+            self.log(self.update_after(batch))
+
+    def on_epoch_end(self, epoch, logs=None):
+        update = self.current_update()  # epochs of unknown length: log their last update
+        if update and (not self.history or self.history[-1][0] != update):
+            self.log(update)
+
+    def measure(self):
+        """Returns {tag: value} for the last update (ratios only when a snapshot was taken)."""
+        rows = self._read().numpy()
+        grads = rows[0]
+        values = {"gradients/global_norm": float(np.sqrt(np.sum(grads ** 2)))}
+        if self.per_layer:
+            for layer, value in combine_norms(grads, self._groups).items():
+                values[f"gradients/layer/{layer}"] = value
+        if self._snapshot_for is not None:
+            deltas, weights = rows[1], rows[2]
+            self._snapshot_for = None
+            total = np.sqrt(np.sum(weights ** 2))
+            if total > 0:
+                values["update_ratio/global"] = float(np.sqrt(np.sum(deltas ** 2)) / total)
+            if self.per_layer:
+                for layer, idx in self._groups.items():
+                    norm = np.sqrt(np.sum(weights[idx] ** 2))
+                    if norm > 0:  # a layer still at zero (fresh biases) has no ratio
+                        values[f"update_ratio/layer/{layer}"] = float(
+                            np.sqrt(np.sum(deltas[idx] ** 2)) / norm)
+        return values
+
+    def log(self, update):
+        values = self.measure()
+        self.values.append((update, values["gradients/global_norm"]))
+        self.history.append((update, values))
+        summary_writer.scalars(self.log_dir, values, update)
+
+    def on_train_end(self, logs=None):
+        summary_writer.flush(self.log_dir)
+
+    def result(self):
+        """Last logged values, for the run's result.json."""
+        return dict(self.history[-1][1]) if self.history else {}

@@ -49,6 +49,10 @@ class Pipelines:
     validation_steps: Optional[int]
     batch_size: int
     on_epoch_begin: Optional[Callable[[int], None]] = None
+    # Stateful streams (experiments/stateful_data.py): a training batch is ``windows_per_update``
+    # consecutive windows of ``time_window`` steps along axis 1; the train step splits it in time.
+    time_window: Optional[int] = None
+    windows_per_update: int = 1
 
 
 @dataclasses.dataclass

@@ -1,11 +1,36 @@
 """Distribution strategy as a gin choice, and the fit/evaluate calls that work under it.
 
-``strategy`` bindings name a factory here: ``@distribute.default_strategy``,
-``@distribute.mirrored`` (all local devices, or N logical CPU devices for tests).
+``train.strategy`` names a factory here:
+
+- ``@default_strategy``: one device (the default).
+- ``@mirrored``: MirroredStrategy over the local GPUs, or over ``num_cpu_devices`` logical CPUs.
+- ``@multi_worker_mirrored``: MultiWorkerMirroredStrategy over the workers listed in ``TF_CONFIG``
+  (start the same command once per worker, each with its own ``TF_CONFIG`` task index).
+
+Whatever the strategy, each replica accumulates its micro-batches' gradients locally and the
+gradients are all-reduced once per update, by ``optimizer.apply`` (see ``train_step``).
+
+Training goes through ``model.fit`` on one replica and through ``custom_loop.CustomLoop``
+(``strategy.run`` over a distributed dataset) on several: Keras 3's fit fails under
+MultiWorkerMirroredStrategy (keras-team/keras#20585) and, under MirroredStrategy, on any batch that
+splits unevenly over the replicas (an odd last batch: "Inputs to operation AddN ... must have the
+same size and shape"). ``fit.loop`` forces either. Both run the same train step.
+
+Both MultiWorkerMirroredStrategy and logical CPU devices must be set up before TensorFlow
+initialises its runtime: the runner resolves the strategy before it touches any data.
 """
+
+import json
+import os
+import tempfile
 
 import gin
 import tensorflow as tf
+from absl import logging
+
+from experiments import custom_loop
+
+LOOPS = ("auto", "keras", "custom")
 
 
 @gin.configurable
@@ -16,15 +41,69 @@ def default_strategy():
 @gin.configurable
 def mirrored(num_cpu_devices=None):
     """MirroredStrategy over the local GPUs, or over ``num_cpu_devices`` logical CPUs."""
-    if num_cpu_devices:
+    if num_cpu_devices is not None:
+        if isinstance(num_cpu_devices, bool) or not isinstance(num_cpu_devices, int) \
+                or num_cpu_devices < 1:
+            raise ValueError(
+                f"mirrored.num_cpu_devices must be a positive integer, got {num_cpu_devices!r}.")
         cpu = tf.config.list_physical_devices("CPU")[0]
         existing = tf.config.get_logical_device_configuration(cpu)
         if not existing:
-            tf.config.set_logical_device_configuration(
-                cpu, [tf.config.LogicalDeviceConfiguration()] * num_cpu_devices)
-        devices = [d.name for d in tf.config.list_logical_devices("CPU")][:num_cpu_devices]
-        return tf.distribute.MirroredStrategy(devices)
+            try:
+                tf.config.set_logical_device_configuration(
+                    cpu, [tf.config.LogicalDeviceConfiguration()] * num_cpu_devices)
+            except RuntimeError as error:
+                raise RuntimeError(
+                    "mirrored.num_cpu_devices: TensorFlow was initialised before the logical CPU "
+                    "devices could be configured; create the strategy first.") from error
+        devices = [d.name for d in tf.config.list_logical_devices("CPU")]
+        if len(devices) < num_cpu_devices:
+            raise ValueError(
+                f"mirrored.num_cpu_devices={num_cpu_devices}, but TensorFlow already runs with "
+                f"{len(devices)} CPU devices in this process.")
+        return tf.distribute.MirroredStrategy(devices[:num_cpu_devices])
     return tf.distribute.MirroredStrategy()
+
+
+@gin.configurable
+def multi_worker_mirrored(communication="auto"):
+    """MultiWorkerMirroredStrategy over the cluster in ``TF_CONFIG``.
+
+    Args:
+      communication: collective implementation, 'auto', 'ring' or 'nccl'.
+    """
+    implementations = {
+        "auto": tf.distribute.experimental.CommunicationImplementation.AUTO,
+        "ring": tf.distribute.experimental.CommunicationImplementation.RING,
+        "nccl": tf.distribute.experimental.CommunicationImplementation.NCCL,
+    }
+    if communication not in implementations:
+        raise ValueError(
+            f"multi_worker_mirrored.communication must be one of {sorted(implementations)}, got "
+            f"{communication!r}.")
+    config = os.environ.get("TF_CONFIG")
+    if not config:
+        logging.warning("multi_worker_mirrored: TF_CONFIG is not set; training as one worker.")
+    else:
+        try:
+            cluster = json.loads(config)
+            workers = cluster["cluster"]["worker"]
+            task = cluster["task"]
+            int(task["index"])
+        except (ValueError, KeyError, TypeError) as error:
+            raise ValueError(
+                "multi_worker_mirrored: TF_CONFIG must be JSON like "
+                '{"cluster": {"worker": ["host:port", ...]}, "task": {"type": "worker", '
+                f'"index": 0}}; got {config!r} ({type(error).__name__}: {error}).') from error
+        logging.info("multi_worker_mirrored: worker %s of %s", task["index"], workers)
+    options = tf.distribute.experimental.CommunicationOptions(
+        implementation=implementations[communication])
+    try:
+        return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
+    except RuntimeError as error:
+        raise RuntimeError(
+            "MultiWorkerMirroredStrategy must be created before TensorFlow runs any operation "
+            f"in this process ({error}).") from error
 
 
 def resolve(strategy):
@@ -33,16 +112,72 @@ def resolve(strategy):
         return tf.distribute.get_strategy()
     if isinstance(strategy, tf.distribute.Strategy):
         return strategy
+    if not callable(strategy):
+        raise ValueError(
+            "train.strategy must be a strategy factory such as @mirrored or "
+            f"@multi_worker_mirrored, got {strategy!r}.")
     return strategy()
 
 
-def fit(model, pipelines, epochs, callbacks, strategy, verbose=1):
-    """Trains with ``model.fit``; returns the history dict (metric -> per-epoch values)."""
-    history = model.fit(
-        pipelines.train, epochs=epochs, validation_data=pipelines.validation,
-        callbacks=callbacks, verbose=verbose)
+def is_multi_worker(strategy):
+    return strategy.extended._in_multi_worker_mode()  # pylint: disable=protected-access
+
+
+def is_chief(strategy):
+    """True on the process that writes results: the only one, the 'chief', or worker 0."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not is_multi_worker(strategy):
+        return True
+    task_type, task_id = resolver.task_type, resolver.task_id
+    if task_type in (None, "chief"):
+        return True
+    jobs = resolver.cluster_spec().as_dict()
+    return task_type == "worker" and task_id == 0 and "chief" not in jobs
+
+
+def output_dir_for(strategy, output_dir):
+    """``output_dir`` on the chief; a fresh temporary directory on every other worker.
+
+    All workers run the same program; only the chief's run directory is the run's record.
+    """
+    if is_chief(strategy):
+        return output_dir
+    resolver = strategy.cluster_resolver
+    return tempfile.mkdtemp(prefix=f"batchlab-{resolver.task_type}{resolver.task_id}-")
+
+
+def _use_custom_loop(strategy, loop):
+    if loop not in LOOPS:
+        raise ValueError(f"fit.loop must be one of {LOOPS}, got {loop!r}.")
+    if loop == "auto":
+        return is_multi_worker(strategy) or strategy.num_replicas_in_sync > 1
+    return loop == "custom"
+
+
+@gin.configurable(denylist=["model", "pipelines", "epochs", "callbacks", "strategy", "verbose"])
+def fit(model, pipelines, epochs, callbacks, strategy, verbose=1, loop="auto"):
+    """Trains; returns the history dict (metric -> per-epoch values).
+
+    Args:
+      loop: 'keras' (``model.fit``), 'custom' (``custom_loop.CustomLoop``) or 'auto': the custom
+        loop whenever there is more than one replica (Keras 3's fit fails under multi-worker
+        strategies, keras-team/keras#20585, and under MirroredStrategy as soon as a batch splits
+        unevenly over the replicas), ``model.fit`` otherwise.
+    """
+    if not is_chief(strategy):
+        verbose = 0
+    if _use_custom_loop(strategy, loop):
+        runner = custom_loop.CustomLoop(model, strategy)
+        history = runner.fit(pipelines.train, epochs=epochs,
+                             validation_data=pipelines.validation, callbacks=callbacks,
+                             verbose=verbose, steps_per_epoch=pipelines.steps_per_epoch)
+    else:
+        history = model.fit(
+            pipelines.train, epochs=epochs, validation_data=pipelines.validation,
+            callbacks=callbacks, verbose=verbose)
     return history.history
 
 
 def evaluate(model, pipelines, strategy):
+    """Evaluates on the validation pipeline through the loop that trained the model."""
     return model.evaluate(pipelines.validation, verbose=0, return_dict=True)

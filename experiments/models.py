@@ -8,6 +8,7 @@ same signature (``def my_model(spec): ...``) and is used after ``import`` in a g
 
 import gin
 import keras
+import tensorflow as tf
 
 
 def _output_layer(spec, name="output"):
@@ -107,20 +108,64 @@ def stacked_lstm(spec, units=(32, 32), embedding_dim=32, mask_zero=False,
     return keras.Sequential(layers, name="stacked_lstm")
 
 
+@keras.saving.register_keras_serializable(package="batchlab")
+class FixedBatchSize(keras.layers.Layer):
+    """Passes its input through, failing on a batch whose size is not the model's fixed one.
+
+    A stateful RNN keeps one state row per stream; Keras broadcasts a batch of another size into
+    that state without a word when the batch size is only known at run time (keras#21183). This
+    layer checks the static size at trace time and the dynamic one at run time.
+    """
+
+    def __init__(self, batch_size, **kwargs):
+        super().__init__(**kwargs)
+        self.batch_size = int(batch_size)
+        self.supports_masking = True
+
+    def _message(self, got):
+        return (f"A stateful model built for a fixed batch of {self.batch_size} streams received a "
+                f"batch of {got} rows: feed it from a stream pipeline whose "
+                f"stream_layout.num_streams (and train.batch_size) is {self.batch_size}.")
+
+    def call(self, inputs):
+        rows = inputs.shape[0]
+        if rows is not None:
+            if rows != self.batch_size:
+                raise ValueError(self._message(rows))
+            return inputs
+        check = tf.debugging.assert_equal(
+            tf.shape(inputs)[0], self.batch_size, message=self._message("another number of"))
+        with tf.control_dependencies([check]):
+            return tf.identity(inputs)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "batch_size": self.batch_size}
+
+
 @gin.configurable
-def stateful_stacked_lstm(spec, units=(32, 32), embedding_dim=32, return_sequences=True):
+def stateful_stacked_lstm(spec, units=(32, 32), embedding_dim=32, return_sequences=True,
+                          dropout=0.0):
     """Stateful stacked LSTM with the fixed batch size the stateful pipeline lays out.
 
-    With ``return_sequences`` (language modelling) it predicts at every step of the window.
+    The batch size comes from ``spec.batch_size`` (``stream_layout.num_streams``); the time axis is
+    left free, so the same model runs on windows of any length. With ``return_sequences``
+    (language modelling) it predicts at every step of the window. ``dropout`` applies to each
+    LSTM's inputs.
     """
     if not spec.batch_size:
         raise ValueError(
             "stateful_stacked_lstm needs a fixed batch size: feed it from a stateful stream "
-            "pipeline (gin/data/stateful_*.gin), whose DataSpec carries the batch size.")
+            "pipeline (gin/data/stateful_*.gin, stream_layout.stateful=True), whose DataSpec "
+            "carries the batch size. Rows of an ordinary pipeline are unrelated from batch to "
+            "batch, so a carried state would mix examples.")
     layers = _sequence_input(spec, embedding_dim, mask_zero=False, batch_size=spec.batch_size)
+    layers.insert(1, FixedBatchSize(spec.batch_size, name="fixed_batch_size"))
     for i, width in enumerate(units):
         last = i == len(units) - 1
-        layers.append(keras.layers.LSTM(width, stateful=True,
+        layers.append(keras.layers.LSTM(width, stateful=True, dropout=dropout,
                                         return_sequences=return_sequences or not last))
     layers.append(_output_layer(spec))
     return keras.Sequential(layers, name="stateful_stacked_lstm")

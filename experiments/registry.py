@@ -13,7 +13,9 @@ from experiments import distribute  # noqa: F401
 from experiments import models  # noqa: F401
 from experiments import runner  # noqa: F401
 from experiments import schedules  # noqa: F401
+from experiments import measurements  # noqa: F401  (train.measurements factories)
 from experiments import sweep  # noqa: F401
+from experiments import language_metrics, stateful_data  # noqa: F401  (streams, bpc)
 
 _KERAS_BUILTINS = {
     "keras.optimizers": (keras.optimizers.SGD, keras.optimizers.Adam, keras.optimizers.AdamW,

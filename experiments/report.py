@@ -7,6 +7,7 @@ DEFAULT_COLUMNS = (
     ("train loss", "final_epoch.loss"),
     ("val loss", "final_validation.loss"),
     ("val acc", "final_validation.accuracy"),
+    ("val bpc", "final_validation.bits_per_character"),
     ("gap (loss)", "final_epoch.generalization_gap_loss"),
     ("seconds", "train_time_s"),
     ("updates", "updates"),
@@ -31,7 +32,12 @@ def _format(value):
 
 
 def format_table(results, columns=DEFAULT_COLUMNS):
-    """A fixed-width text table, one row per result dict (``run`` is the variant name)."""
+    """A fixed-width text table, one row per result dict (``run`` is the variant name).
+
+    Columns that no result has (e.g. bits per character for a classifier) are left out.
+    """
+    columns = [c for c in columns if any(_lookup(r, c[1]) is not None for r in results)] \
+        or list(columns)
     header = [title for title, _ in columns]
     rows = [[_format(_lookup(r, key)) for _, key in columns] for r in results]
     widths = [max(len(h), *(len(row[i]) for row in rows)) if rows else len(h)

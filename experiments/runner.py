@@ -18,14 +18,14 @@ import tensorflow as tf
 from absl import logging
 
 from callbacks import summary_writer
-from callbacks.generalization_gap import GeneralizationGap, fixed_subset
-from callbacks.gradient_norm import GradientNorm
 from callbacks.nan_guard import FailOnNonFiniteLoss
 from callbacks.operative_config import OperativeConfigSaver
 from experiments import data as data_lib
 from experiments import distribute
+from experiments import measurements as measurements_lib
 from experiments import run_dir as run_dir_lib
 from experiments import seeding
+from experiments import stateful_training
 from experiments import train_step
 
 PACKAGES = ("tensorflow", "tensorflow-cpu", "keras", "gin-config", "absl-py", "numpy",
@@ -80,9 +80,9 @@ def peak_memory_mb():
 def train(model_fn=gin.REQUIRED, data_fn=gin.REQUIRED, optimizer=gin.REQUIRED, loss=gin.REQUIRED,
           batch_size=gin.REQUIRED, epochs=1, micro_batch_size=None, eval_batch_size=None,
           metrics=("accuracy",), seed=0, deterministic_ops=False, dtype_policy="float32",
-          strategy=None, extra_callbacks=(), gap_subset_size=512, track_gradient_noise=False,
-          gradient_norm_every=1, checkpoint_every_epoch=True, shuffle=True, verbose=1,
-          output_dir="runs", experiment="experiment", run_name=None, config_text=""):
+          strategy=None, extra_callbacks=(), gap_subset_size=512, track_gradient_noise=None,
+          gradient_norm_every=10, measurements=None, checkpoint_every_epoch=True, shuffle=True,
+          verbose=1, output_dir="runs", experiment="experiment", run_name=None, config_text=""):
     """Runs one experiment and returns its result dict (also written to ``result.json``).
 
     Args:
@@ -97,21 +97,40 @@ def train(model_fn=gin.REQUIRED, data_fn=gin.REQUIRED, optimizer=gin.REQUIRED, l
       dtype_policy: 'float32', 'mixed_bfloat16' or 'float64'.
       strategy: a distribution strategy factory from ``experiments.distribute`` or None.
       extra_callbacks: more Keras callbacks (instances) to add.
-      gap_subset_size: rows of the training set evaluated for the generalization gap.
-      track_gradient_noise: let the train step collect what the gradient noise scale needs.
+      gap_subset_size: rows of the fixed training subset used by the generalization gap and
+        sharpness measurements.
+      track_gradient_noise: let the train step collect what the gradient noise scale needs; None:
+        on when k > 1 and ``measurements`` includes the gradient noise scale.
+      gradient_norm_every: logging frequency (updates) of the per-update measurements.
+      measurements: measurement factories (``experiments/measurements.py``), e.g.
+        ``[@measurements.gradient_norms, @measurements.sharpness]``; None: ``measurements.DEFAULT``.
     """
     started = time.time()
+    # First: multi-worker and logical-device strategies must exist before TensorFlow starts.
+    strategy_obj = distribute.resolve(strategy)
     seeding.seed_everything(seed, deterministic_ops)
     _set_dtype_policy(dtype_policy)
     data = data_fn()
+    stateful_training.check_settings(data, micro_batch_size)
     fixed_batch = data.spec.batch_size
     batch_size, micro, accumulation = check_virtual_batch(
         batch_size, micro_batch_size, data.num_train if fixed_batch is None else None)
     pipelines = data_lib.make_pipelines(data, batch_size, eval_batch_size, seed=seed,
                                         shuffle=shuffle)
-    strategy_obj = distribute.resolve(strategy)
+    if pipelines.time_window:  # stream data: an update is k consecutive windows
+        accumulation = pipelines.windows_per_update
+    factories = measurements_lib.resolve(measurements)
+    track_gradient_noise = measurements_lib.track_gradient_noise(
+        track_gradient_noise, factories, accumulation, bool(pipelines.time_window))
+    measurement_context = measurements_lib.make_context(
+        data, None, None, batch_size, micro, accumulation, eval_batch_size, gap_subset_size,
+        gradient_norm_every, track_gradient_noise, seed, bool(pipelines.time_window),
+        pipelines=pipelines)
+    measurements_lib.check(factories, measurement_context)  # bad settings fail before the run
 
-    path = run_dir_lib.create(output_dir, experiment, run_name)
+    # Under multi-worker training only the chief writes the run; the others write to a temp dir.
+    path = run_dir_lib.create(distribute.output_dir_for(strategy_obj, output_dir), experiment,
+                              run_name)
     run_dir_lib.write_text(path, "config.gin", config_text)
     log_dir = os.path.join(path, "tensorboard")
     logging.info("Run directory: %s", path)
@@ -120,7 +139,8 @@ def train(model_fn=gin.REQUIRED, data_fn=gin.REQUIRED, optimizer=gin.REQUIRED, l
                            loss, metrics, epochs, micro, accumulation, batch_size,
                            eval_batch_size, seed, extra_callbacks, gap_subset_size,
                            track_gradient_noise, gradient_norm_every, checkpoint_every_epoch,
-                           verbose, config_text)
+                           verbose, config_text,
+                           measurements=(factories, measurement_context))
     except BaseException as error:
         run_dir_lib.mark_failed(path, error)
         summary_writer.close_all()
@@ -144,7 +164,7 @@ def _set_dtype_policy(dtype_policy):
 def _train_in(path, log_dir, data, pipelines, strategy, model_fn, optimizer, loss, metrics,
               epochs, micro, accumulation, batch_size, eval_batch_size, seed, extra_callbacks,
               gap_subset_size, track_gradient_noise, gradient_norm_every,
-              checkpoint_every_epoch, verbose, config_text):
+              checkpoint_every_epoch, verbose, config_text, measurements=((), None)):
     writer = summary_writer.writer_for(log_dir)
     with writer.as_default():
         tf.summary.text("config/parsed", "\n".join("    " + line for line in
@@ -153,24 +173,22 @@ def _train_in(path, log_dir, data, pipelines, strategy, model_fn, optimizer, los
     with strategy.scope():
         model = train_step.as_virtual_batch_model(
             model_fn(data.spec), micro_batch_size=micro,
-            track_gradient_noise=track_gradient_noise)
+            track_gradient_noise=track_gradient_noise, virtual_batch_size=batch_size)
         model.compile(optimizer=_make_optimizer(optimizer), loss=loss, metrics=list(metrics))
+        state_callbacks = stateful_training.prepare(model, data, pipelines)
 
     callbacks = [
         FailOnNonFiniteLoss(),
         OperativeConfigSaver(path, gin.operative_config_str, log_dir),
         keras.callbacks.TensorBoard(log_dir=log_dir, write_graph=False),
-        GradientNorm(log_dir, every_n_updates=gradient_norm_every),
     ]
-    if data.x_train is not None and data.num_validation:
-        callbacks.append(GeneralizationGap(
-            fixed_subset(data.x_train, data.y_train, gap_subset_size, seed),
-            (data.x_validation, data.y_validation), log_dir=log_dir,
-            batch_size=eval_batch_size or batch_size))
+    measured = measurements_lib.build(*measurements, log_dir=log_dir, run_dir=path)
+    callbacks += measured
     if checkpoint_every_epoch:
         callbacks.append(keras.callbacks.ModelCheckpoint(
             os.path.join(path, "checkpoints", "epoch-{epoch:03d}.weights.h5"),
             save_weights_only=True))
+    callbacks += state_callbacks  # stateful models: reset per epoch, isolated evaluation
     callbacks += list(extra_callbacks)
 
     train_started = time.time()
@@ -180,7 +198,8 @@ def _train_in(path, log_dir, data, pipelines, strategy, model_fn, optimizer, los
 
     final = {}
     if pipelines.validation is not None:
-        final = distribute.evaluate(model, pipelines, strategy)
+        with stateful_training.isolated_state(model):  # no-op without stateful layers
+            final = distribute.evaluate(model, pipelines, strategy)
     epoch_logs = {k: float(v[-1]) for k, v in history.items() if v}
     updates = int(model.optimizer.iterations.numpy())
     num_train = data.num_train or pipelines.steps_per_epoch * batch_size
@@ -198,4 +217,5 @@ def _train_in(path, log_dir, data, pipelines, strategy, model_fn, optimizer, los
         "final_validation": {k: float(v) for k, v in final.items()},
         "num_train_examples": num_train,
         "num_validation_examples": data.num_validation,
+        "measurements": measurements_lib.results(measured),
     }

@@ -1,0 +1,160 @@
+"""The simple gradient noise scale B_simple (McCandlish et al. 2018), for free from micro-batches.
+
+With virtual batches, the k micro-batch gradients of one update are taken at the same weights, so
+each update yields two batch sizes at once: ``B_small = b`` (a micro-batch) and ``B_big = k*b``
+(the virtual batch). Since ``E|G_B|^2 = |G|^2 + tr(Sigma)/B``, with ``|G_small|^2`` the mean of
+the squared micro-batch gradient norms and ``|G_big|^2`` the squared norm of their mean:
+
+    |G|^2     ~ (B_big |G_big|^2 - B_small |G_small|^2) / (B_big - B_small)
+    tr(Sigma) ~ (|G_small|^2 - |G_big|^2) / (1/B_small - 1/B_big)
+
+Each estimate is unbiased but very noisy, so both are smoothed with an exponential moving average
+(bias-corrected, as in Adam) before taking ``B_simple = tr(Sigma) / |G|^2``, the batch size
+around which the benefit of a larger batch starts to fall off. Logged every ``every_n_updates``
+updates and at each epoch's last update, keyed by the update count: ``noise_scale/b_simple``,
+``noise_scale/trace_sigma``, ``noise_scale/gradient_sq_norm``.
+
+The EMA is updated in a small graph call after every update (no device-to-host copy); values are
+read only when logged. Undefined for k = 1 (B_big = B_small): the callback then says so once, in
+the log and as the TensorBoard text ``noise_scale/note``, instead of logging noise. Only the data
+loss enters (no regularizer): the noise scale is about the sampled data. B counts rows, so for
+masked sequence losses it is in sequences, not tokens. With a stateful (streamed) layout the
+micro-batches of one update are consecutive windows of the same streams, hence correlated: the
+variance is underestimated and B_simple is biased low.
+
+Needs ``track_gradient_noise=True`` on the model (``train.track_gradient_noise`` in a run).
+"""
+
+import tensorflow as tf
+from absl import logging
+
+from callbacks import summary_writer
+from callbacks.gradient_norm import UpdateClock, step_measurements
+
+UNDEFINED_NOTE = (
+    "The gradient noise scale needs k >= 2 micro-batches per update (B_big > B_small); this run "
+    "has k = 1, so it is not defined and is not logged. Set train.micro_batch_size to a divisor "
+    "of train.batch_size to measure it.")
+
+
+class GradientNoiseScale(UpdateClock):
+    """Logs B_simple = tr(Sigma)/|G|^2 and both parts, from the train step's micro-batch norms.
+
+    Args:
+      log_dir: TensorBoard directory; None keeps values only (``self.history``).
+      every_n_updates: logging frequency, in updates (the EMA sees every update).
+      decay: EMA decay per sampled update (the average spans about 1/(1 - decay) samples).
+      sample_every_n_updates: feed the EMA every that many updates only (1: every update). Each
+        sample costs one small graph call (~0.1-0.5 ms of dispatch on a CPU host); sampling less
+        often trades estimator variance for speed when updates are very short.
+    """
+
+    def __init__(self, log_dir=None, every_n_updates=10, decay=0.99, sample_every_n_updates=1):
+        super().__init__()
+        for name, value in (("every_n_updates", every_n_updates),
+                            ("sample_every_n_updates", sample_every_n_updates)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+        if not 0.0 <= float(decay) < 1.0:
+            raise ValueError(f"decay must be in [0, 1), got {decay!r}.")
+        self.log_dir = log_dir
+        self.every_n_updates = every_n_updates
+        self.sample_every_n_updates = sample_every_n_updates
+        self.decay = float(decay)
+        self.history = []  # (update, {tag: value})
+        self.defined = None
+        self._state = None
+        self._samples = 0  # EMA feeds so far (python side: no read needed)
+
+    def on_train_begin(self, logs=None):
+        m = step_measurements(self.model)
+        if not getattr(self.model, "_track_gradient_noise", False):
+            raise ValueError(
+                "The gradient noise scale needs the micro-batch gradient norms: build the model "
+                "with track_gradient_noise=True (in a run: train.track_gradient_noise = True).")
+        if getattr(self.model, "micro_batch_size", None) is None:
+            self._undefined()
+            return
+        if any(getattr(layer, "stateful", False) for layer in self.model._flatten_layers()):
+            logging.warning(
+                "Gradient noise scale on a stateful model: the micro-batches of one update are "
+                "correlated windows, so B_simple is biased low.")
+        if self._state is None:
+            # ema |G|^2, ema tr(Sigma), sum of EMA weights (bias correction), updates used.
+            self._state = tf.Variable(tf.zeros([4], tf.float64), trainable=False)
+            state, decay = self._state, self.decay
+
+            @tf.function
+            def accumulate():
+                micro_sq = tf.cast(m.micro_gradient_sq_norm, tf.float64)
+                batch_sq = tf.cast(m.batch_gradient_sq_norm, tf.float64)
+                b_small = tf.cast(m.micro_batch_size, tf.float64)
+                b_big = tf.cast(m.batch_size, tf.float64)
+                defined = b_big > b_small * (1.0 + 1e-6)
+                safe_gap = tf.where(defined, b_big - b_small, 1.0)
+                gradient_sq = (b_big * batch_sq - b_small * micro_sq) / safe_gap
+                inverse_gap = tf.where(defined, 1.0 / tf.maximum(b_small, 1e-12)
+                                       - 1.0 / tf.maximum(b_big, 1e-12), 1.0)
+                trace = (micro_sq - batch_sq) / inverse_gap
+                new = tf.stack([decay * state[0] + (1.0 - decay) * gradient_sq,
+                                decay * state[1] + (1.0 - decay) * trace,
+                                decay * state[2] + (1.0 - decay),
+                                state[3] + 1.0])
+                state.assign(tf.where(defined, new, state))
+
+            # A concrete function: about half the call overhead of a tf.function, every update.
+            self._accumulate = accumulate.get_concrete_function()
+        self.defined = True
+
+    def _undefined(self):
+        self.defined = False
+        logging.warning(UNDEFINED_NOTE)
+        summary_writer.text(self.log_dir, "noise_scale/note", UNDEFINED_NOTE)
+
+    def on_train_batch_end(self, batch, logs=None):
+        if not self.defined:
+            return
+        update = self.update_after(batch)
+        if update % self.sample_every_n_updates == 0:
+            self._accumulate()
+            self._samples += 1
+        if self.is_logged(batch, self.every_n_updates):
+            self.log(update)
+
+    def on_epoch_end(self, epoch, logs=None):
+        update = self.current_update()  # epochs of unknown length: log their last update
+        if self.defined and update and (not self.history or self.history[-1][0] != update):
+            self.log(update)
+
+    def measure(self):
+        """Current {tag: value}; empty until an update with k >= 2 has been seen."""
+        gradient_sq, trace, weight, count = self._state.numpy()
+        if count == 0:
+            return {}
+        gradient_sq, trace = gradient_sq / weight, trace / weight
+        values = {"noise_scale/gradient_sq_norm": float(gradient_sq),
+                  "noise_scale/trace_sigma": float(trace)}
+        if gradient_sq > 0:  # early on the |G|^2 estimate can be <= 0: B_simple is then unknown
+            values["noise_scale/b_simple"] = float(trace / gradient_sq)
+        return values
+
+    def log(self, update):
+        if not self._samples:
+            return
+        values = self.measure()
+        if not values:  # samples were taken, none with k >= 2
+            if self.defined:
+                self._undefined()
+            return
+        self.history.append((update, values))
+        summary_writer.scalars(self.log_dir, values, update)
+
+    def on_train_end(self, logs=None):
+        summary_writer.flush(self.log_dir)
+
+    def result(self):
+        if self.defined is False:
+            return {"noise_scale/note": "undefined for k = 1"}
+        if self._state is None:
+            return {}
+        return self.measure()

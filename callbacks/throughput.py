@@ -1,0 +1,94 @@
+"""Throughput and memory per epoch: what a batch size costs in time and memory.
+
+Logged at each epoch end, keyed by the epoch (0-based, like Keras' ``epoch_*`` scalars):
+
+- ``throughput/examples_per_sec`` and ``throughput/updates_per_sec``: over the epoch's training
+  steps only (from the epoch's start to its last update, without validation);
+- ``throughput/train_seconds``: that training time;
+- ``throughput/epoch_seconds``: the whole epoch as seen at this callback's epoch end, including
+  validation and the end-of-epoch work of the callbacks listed before it (put it last to include
+  every measurement's cost);
+- ``throughput/peak_memory_mb``: the process' peak resident memory so far (``ru_maxrss``);
+- ``throughput/peak_gpu_memory_mb``: TensorFlow's peak allocation on the first GPU, when present.
+
+The first epoch includes tracing and compiling the train step, so it is slower. Examples are
+counted as ``examples_per_epoch`` when given (the runner passes the training set size; a ragged
+last batch is then counted right), else as updates x ``batch_size``; without either, only the
+update rate is logged.
+"""
+
+import resource
+import time
+
+import keras
+import tensorflow as tf
+
+from callbacks import summary_writer
+
+
+def peak_memory_mb():
+    """Peak resident set size of this process so far, in MiB (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def peak_gpu_memory_mb():
+    """TensorFlow's peak allocation on the first GPU in MiB, or None without a GPU."""
+    if not tf.config.list_logical_devices("GPU"):
+        return None
+    try:
+        return tf.config.experimental.get_memory_info("GPU:0")["peak"] / 2.0 ** 20
+    except (ValueError, RuntimeError):
+        return None
+
+
+class Throughput(keras.callbacks.Callback):
+    """Args:
+      log_dir: TensorBoard directory; None keeps values only (``self.history``).
+      examples_per_epoch: training examples in one epoch, if known.
+      batch_size: examples per update, used when ``examples_per_epoch`` is unknown.
+    """
+
+    def __init__(self, log_dir=None, examples_per_epoch=None, batch_size=None):
+        super().__init__()
+        self.log_dir = log_dir
+        self.examples_per_epoch = examples_per_epoch
+        self.batch_size = batch_size
+        self.history = []  # (epoch, {tag: value})
+        self._epoch_started = None
+        self._last_update_time = None
+        self._updates = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._updates = 0
+        self._epoch_started = time.perf_counter()
+        self._last_update_time = self._epoch_started
+
+    def on_train_batch_end(self, batch, logs=None):
+        # ``batch`` is the index of the last step run (also with steps_per_execution > 1).
+        self._updates = int(batch) + 1
+        self._last_update_time = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        now = time.perf_counter()
+        train_seconds = max(self._last_update_time - self._epoch_started, 1e-9)
+        values = {"throughput/train_seconds": train_seconds,
+                  "throughput/epoch_seconds": now - self._epoch_started,
+                  "throughput/updates_per_sec": self._updates / train_seconds,
+                  "throughput/peak_memory_mb": peak_memory_mb()}
+        examples = self.examples_per_epoch
+        if examples is None and self.batch_size is not None:
+            examples = self._updates * self.batch_size
+        if examples is not None:
+            values["throughput/examples_per_sec"] = examples / train_seconds
+        gpu = peak_gpu_memory_mb()
+        if gpu is not None:
+            values["throughput/peak_gpu_memory_mb"] = gpu
+        self.history.append((epoch, values))
+        summary_writer.scalars(self.log_dir, values, epoch)
+
+    def on_train_end(self, logs=None):
+        summary_writer.flush(self.log_dir)
+
+    def result(self):
+        """The last epoch's values (the first epoch includes tracing)."""
+        return dict(self.history[-1][1]) if self.history else {}

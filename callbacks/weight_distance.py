@@ -1,0 +1,100 @@
+"""Distance of the weights from their initial values, ||w_t - w_0|| (Hoffer et al. 2017).
+
+Hoffer et al. observe that the weights travel roughly like a random walk, ||w_t - w_0|| ~ log t,
+and that large batches, taking fewer updates, simply travel less far: their "generalization gap"
+closes when the number of updates is matched. This callback records w_0 when training starts
+(the first ``fit`` only, so resumed calls keep measuring from the true start; one extra copy of
+the weights in memory) and logs, keyed by the update count:
+
+- ``weights/distance_from_init``: ||w - w_0|| over all trainable variables;
+- ``weights/relative_distance_from_init``: ||w - w_0|| / ||w_0||;
+- ``weights/distance_from_init/layer/<NN_layer>``: the same distance per layer (layer names as
+  in ``callbacks.gradient_norm.layer_groups``: ``01_dense``, ...).
+
+It logs at each epoch end and, with ``every_n_updates``, also every that many updates: one pass
+over the weights each time, in a single graph call.
+"""
+
+import numpy as np
+import tensorflow as tf
+
+from callbacks import summary_writer
+from callbacks.gradient_norm import UpdateClock, layer_groups
+
+
+class WeightDistance(UpdateClock):
+    """Args:
+      log_dir: TensorBoard directory; None keeps values only (``self.history``).
+      every_n_updates: also log every that many updates (None: at epoch ends only).
+      per_layer: also log one distance per layer.
+    """
+
+    def __init__(self, log_dir=None, every_n_updates=None, per_layer=True):
+        super().__init__()
+        if every_n_updates is not None and (isinstance(every_n_updates, bool) or not isinstance(
+                every_n_updates, int) or every_n_updates < 1):
+            raise ValueError(
+                f"every_n_updates must be a positive integer or None, got {every_n_updates!r}.")
+        self.log_dir = log_dir
+        self.every_n_updates = every_n_updates
+        self.per_layer = bool(per_layer)
+        self.history = []  # (update, {tag: value})
+        self._initial = None
+        self._last_update = None
+
+    def on_train_begin(self, logs=None):
+        variables = self.model.trainable_variables
+        self._groups = layer_groups(variables)
+        if self._initial is not None:
+            return
+        self._initial = [tf.Variable(tf.convert_to_tensor(v), trainable=False) for v in variables]
+        initial = self._initial
+        sizes = np.array([np.linalg.norm(np.ravel(w0.numpy()).astype(np.float64))
+                          for w0 in initial])
+        self._initial_norm = float(np.sqrt(np.sum(sizes ** 2)))
+
+        @tf.function
+        def distances():
+            return tf.stack([tf.cast(tf.norm(v - w0), tf.float64)
+                             for v, w0 in zip(self.model.trainable_variables, initial)])
+
+        # One graph call per logged value (a concrete function skips the tracing-cache lookup).
+        self._distances = distances.get_concrete_function()
+
+    def measure(self):
+        distances = self._distances().numpy()
+        total = float(np.sqrt(np.sum(distances ** 2)))
+        values = {"weights/distance_from_init": total}
+        if self._initial_norm > 0:
+            values["weights/relative_distance_from_init"] = total / self._initial_norm
+        if self.per_layer:
+            for layer, idx in self._groups.items():
+                values[f"weights/distance_from_init/layer/{layer}"] = float(
+                    np.sqrt(np.sum(distances[idx] ** 2)))
+        return values
+
+    def log(self, update):
+        if update == self._last_update:
+            return
+        self._last_update = update
+        values = self.measure()
+        self.history.append((update, values))
+        summary_writer.scalars(self.log_dir, values, update)
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.every_n_updates is None:
+            return
+        update = self.update_after(batch)
+        if update % self.every_n_updates == 0:
+            self.log(update)
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.log(self.current_update())
+
+    def on_train_end(self, logs=None):
+        summary_writer.flush(self.log_dir)
+
+    def result(self):
+        if not self.history:
+            return {}
+        return {k: v for k, v in self.history[-1][1].items() if "/layer/" not in k}

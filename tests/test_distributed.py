@@ -1,0 +1,145 @@
+"""Data-parallel virtual batches give the single-device update, through ``main.py``.
+
+The digits MLP at B = 256, b = 32 (two epochs, 6 updates each, last virtual batch 158 rows, split
+unevenly over the replicas) is trained three ways: on one device in this process, under
+MirroredStrategy over two logical CPU devices, and under MultiWorkerMirroredStrategy with two worker
+processes on localhost. Both strategies must be set up before TensorFlow starts, so they run in
+subprocesses. Weights, logged metrics and the run directory layout are compared.
+"""
+
+import glob
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import h5py
+import numpy as np
+import pytest
+
+from experiments import launch
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BINDINGS = ["train.epochs = 2", "train.verbose = 0"]
+TIMEOUT_S = 180
+
+
+def _weights(run_dir):
+    """Every array of final.weights.h5, in file order."""
+    arrays = []
+    with h5py.File(os.path.join(run_dir, "checkpoints", "final.weights.h5"), "r") as handle:
+        handle.visititems(lambda name, item: arrays.append(item[()])
+                          if isinstance(item, h5py.Dataset) else None)
+    return arrays
+
+
+def _result(run_dir):
+    with open(os.path.join(run_dir, "result.json")) as handle:
+        return json.load(handle)
+
+
+def _only_run(output_dir, experiment):
+    runs = glob.glob(os.path.join(output_dir, experiment, "*"))
+    assert len(runs) == 1, runs
+    return runs[0]
+
+
+def _main(gin_file, output_dir, bindings=(), env=None):
+    """Starts ``main.py``; its output goes to a log file (a full pipe would stall the run)."""
+    command = [sys.executable, os.path.join(REPO, "main.py"), f"--gin_file={gin_file}",
+               f"--output_dir={output_dir}"]
+    command += [f"--gin_bindings={b}" for b in list(BINDINGS) + list(bindings)]
+    full_env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", **(env or {}))
+    log = open(os.path.join(output_dir, f"main-{len(os.listdir(output_dir))}.log"), "w+")
+    process = subprocess.Popen(command, cwd=REPO, env=full_env, stdout=log,
+                               stderr=subprocess.STDOUT, text=True)
+    process.log = log
+    return process
+
+
+def _finish(process):
+    try:
+        process.wait(timeout=TIMEOUT_S)
+    finally:
+        process.log.seek(0)
+        output = process.log.read()
+        process.log.close()
+    assert process.returncode == 0, output[-3000:]
+    return output
+
+
+def _free_ports(count):
+    sockets = [socket.socket() for _ in range(count)]
+    for s in sockets:
+        s.bind(("localhost", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """Starts the distributed runs at once (they mostly wait on imports), then the reference.
+
+    Returns {'single': run dir, 'mirrored': (process, output dir), 'multi_worker': ([processes],
+    output dir, scratch dirs)}.
+    """
+    mirrored_dir = str(tmp_path_factory.mktemp("mirrored"))
+    mirrored = _main("gin/experiments/virtual_batch.gin", mirrored_dir,
+                     ["train.strategy = @mirrored", "mirrored.num_cpu_devices = 2"])
+    multi_dir = str(tmp_path_factory.mktemp("multi_worker"))
+    workers = [f"localhost:{port}" for port in _free_ports(2)]
+    processes, scratch = [], []
+    for index in range(2):
+        tf_config = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
+        scratch.append(tmp_path_factory.mktemp(f"tmp{index}"))
+        processes.append(_main("gin/experiments/virtual_batch_distributed.gin", multi_dir,
+                               env={"TF_CONFIG": json.dumps(tf_config),
+                                    "TMPDIR": str(scratch[-1])}))
+    try:
+        single_dir = str(tmp_path_factory.mktemp("single"))
+        launch.launch(["gin/experiments/virtual_batch.gin"], BINDINGS, single_dir,
+                      print_fn=lambda *_: None)
+        yield {"single": _only_run(single_dir, "virtual_batch"),
+               "mirrored": (mirrored, mirrored_dir),
+               "multi_worker": (processes, multi_dir, scratch)}
+    finally:
+        for process in [mirrored, *processes]:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+
+
+def _assert_same_training(run, reference):
+    got, want = _weights(run), _weights(reference)
+    assert len(got) == len(want) >= 6
+    diff = np.concatenate([(g - w).ravel() for g, w in zip(got, want)])
+    norm = np.concatenate([w.ravel() for w in want])
+    assert np.linalg.norm(diff) / np.linalg.norm(norm) <= 1e-5
+    result, expected = _result(run), _result(reference)
+    assert result["updates"] == expected["updates"] == 12
+    for part in ("final_epoch", "final_validation"):
+        for name, value in expected[part].items():
+            # Metrics are read across replicas: exact over every row, not a mean of replicas.
+            assert result[part][name] == pytest.approx(value, rel=1e-5, abs=1e-6), (part, name)
+
+
+def test_mirrored_strategy_on_two_logical_cpus(runs):
+    process, output_dir = runs["mirrored"]
+    _finish(process)
+    _assert_same_training(_only_run(output_dir, "virtual_batch"), runs["single"])
+
+
+def test_multi_worker_mirrored_strategy_with_two_local_workers(runs):
+    processes, output_dir, scratch = runs["multi_worker"]
+    for process in processes:
+        _finish(process)
+    # Only the chief (worker 0) writes into output_dir; worker 1 wrote to its temp dir.
+    chief = _only_run(output_dir, "virtual_batch_distributed")
+    (other,) = glob.glob(str(scratch[1] / "batchlab-worker1-*" / "virtual_batch_distributed" /
+                             "*"))
+    assert not glob.glob(str(scratch[0] / "batchlab-*"))
+    _assert_same_training(chief, runs["single"])
+    _assert_same_training(other, runs["single"])

@@ -1,0 +1,115 @@
+"""Gradient norms, update ratios and distance from init against hand-computed GradientTape values,
+read back from the TensorBoard event files."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from callbacks import summary_writer
+from callbacks.gradient_norm import GradientNorm
+from callbacks.weight_distance import WeightDistance
+from experiments import train_step
+from tests.helpers import event_values
+
+LR = 0.1
+
+
+def _mlp():
+    keras.utils.set_random_seed(3)
+    return keras.Sequential([keras.Input((5,)), keras.layers.Dense(4, activation="tanh",
+                                                                   name="hidden"),
+                             keras.layers.Dense(3, name="out")], name="net")
+
+
+def _reference_steps(weights, x, y, batch, updates):
+    """Plain Keras: the gradient of each update by GradientTape, and plain SGD steps."""
+    model = _mlp()
+    model.set_weights(weights)
+    loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    steps = []
+    for u in range(updates):
+        xb, yb = x[u * batch:(u + 1) * batch], y[u * batch:(u + 1) * batch]
+        with tf.GradientTape() as tape:
+            loss = loss_fn(yb, model(xb, training=True))
+        grads = [g.numpy() for g in tape.gradient(loss, model.trainable_variables)]
+        before = [v.numpy() for v in model.trainable_variables]
+        for v, g in zip(model.trainable_variables, grads):
+            v.assign(v - LR * g)
+        steps.append((grads, before))
+    return steps
+
+
+def _norm(arrays):
+    return float(np.sqrt(sum(np.sum(np.square(a)) for a in arrays)))
+
+
+def test_logged_norms_ratios_and_distance_match_gradient_tape(tmp_path):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(24, 5)).astype(np.float32)
+    y = rng.integers(0, 3, size=24)
+    model = train_step.as_virtual_batch_model(_mlp(), micro_batch_size=4)
+    initial = model.get_weights()
+    model.compile(optimizer=keras.optimizers.SGD(LR),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    log_dir = str(tmp_path)
+    norms = GradientNorm(log_dir, every_n_updates=1)
+    distance = WeightDistance(log_dir, every_n_updates=1)
+    model.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0, callbacks=[norms, distance])
+    summary_writer.close_all()
+
+    steps = _reference_steps(initial, x, y, 8, 3)
+    layers = {"01_hidden": [0, 1], "02_out": [2, 3]}  # kernel, bias of each layer
+    for update, (grads, before) in enumerate(steps, start=1):
+        logged = dict(norms.history[update - 1][1])
+        assert norms.history[update - 1][0] == update
+        np.testing.assert_allclose(logged["gradients/global_norm"], _norm(grads), rtol=1e-4)
+        # Plain SGD: delta w = -lr * g, so the ratio is lr * ||g|| / ||w||.
+        np.testing.assert_allclose(logged["update_ratio/global"],
+                                   LR * _norm(grads) / _norm(before), rtol=1e-4)
+        for layer, idx in layers.items():
+            np.testing.assert_allclose(logged[f"gradients/layer/{layer}"],
+                                       _norm([grads[i] for i in idx]), rtol=1e-4)
+            layer_weights = _norm([before[i] for i in idx])
+            if layer_weights > 0:
+                np.testing.assert_allclose(
+                    logged[f"update_ratio/layer/{layer}"],
+                    LR * _norm([grads[i] for i in idx]) / layer_weights, rtol=1e-4)
+
+    final = [w - sum(LR * s[0][i] for s in steps) for i, w in enumerate(initial)]
+    expected_distance = _norm([f - w for f, w in zip(final, initial)])
+    assert [u for u, _ in distance.history] == [1, 2, 3]
+    np.testing.assert_allclose(distance.history[-1][1]["weights/distance_from_init"],
+                               expected_distance, rtol=1e-4)
+    np.testing.assert_allclose(distance.history[-1][1]["weights/relative_distance_from_init"],
+                               expected_distance / _norm(initial), rtol=1e-4)
+
+    # The same numbers reach TensorBoard, keyed by the update count.
+    logged_norms = event_values(log_dir, "gradients/global_norm")
+    assert [s for s, _ in logged_norms] == [1, 2, 3]
+    np.testing.assert_allclose([v for _, v in logged_norms], [_norm(g) for g, _ in steps],
+                               rtol=1e-4)
+    assert [s for s, _ in event_values(log_dir, "update_ratio/layer/02_out")] == [1, 2, 3]
+    assert [s for s, _ in event_values(log_dir, "weights/distance_from_init/layer/01_hidden")] == \
+        [1, 2, 3]
+
+
+def test_logging_frequency_and_epoch_ends(tmp_path):
+    x = np.random.default_rng(1).normal(size=(40, 5)).astype(np.float32)
+    y = np.zeros(40, np.int64)
+    model = train_step.as_virtual_batch_model(_mlp())
+    model.compile(optimizer=keras.optimizers.SGD(LR),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    norms = GradientNorm(None, every_n_updates=3, per_layer=False)
+    model.fit(x, y, batch_size=4, epochs=2, shuffle=False, verbose=0, callbacks=[norms])
+    # Every 3 updates and at the last update of each 10-update epoch.
+    assert [u for u, _ in norms.history] == [3, 6, 9, 10, 12, 15, 18, 20]
+    assert all(set(v) == {"gradients/global_norm", "update_ratio/global"}
+               for _, v in norms.history)
+
+
+def test_plain_keras_model_is_refused():
+    model = _mlp()
+    model.compile(optimizer="sgd", loss="mse")
+    with pytest.raises(ValueError, match="as_virtual_batch_model"):
+        model.fit(np.ones((4, 5)), np.ones((4, 3)), verbose=0, callbacks=[GradientNorm()])

@@ -1,0 +1,101 @@
+"""Gradient noise scale: the train step's ingredients against GradientTape, and B_simple against the
+closed form of linear regression with Gaussian inputs."""
+
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from callbacks.gradient_noise_scale import GradientNoiseScale
+from experiments import train_step
+from tests.helpers import event_tags, event_values
+
+
+def _linear_model(dim, kernel, regularizer=None):
+    model = keras.Sequential([keras.Input((dim,)),
+                              keras.layers.Dense(1, use_bias=False,
+                                                 kernel_regularizer=regularizer)])
+    model.layers[-1].kernel.assign(np.reshape(kernel, (dim, 1)).astype(np.float32))
+    return model
+
+
+def _mean_grad(model, loss_fn, x, y):
+    with tf.GradientTape() as tape:
+        loss = loss_fn(y, model(x, training=True))
+    return np.concatenate([np.ravel(g) for g in tape.gradient(loss, model.trainable_variables)])
+
+
+@pytest.mark.parametrize("reduction", ["sum_over_batch_size", "sum"])
+def test_step_records_micro_and_batch_squared_norms(reduction):
+    """mean_j |G_j|^2 and |mean_j G_j|^2 of per-example-mean gradients, data loss only."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(12, 3)).astype(np.float32)
+    y = rng.normal(size=(12, 1)).astype(np.float32)
+    kernel = rng.normal(size=3)
+    loss = keras.losses.MeanSquaredError(reduction=reduction)
+    model = train_step.as_virtual_batch_model(
+        _linear_model(3, kernel, keras.regularizers.L2(0.1)), micro_batch_size=4,
+        track_gradient_noise=True)
+    model.compile(optimizer=keras.optimizers.SGD(0.0), loss=loss)
+    model.fit(x, y, batch_size=12, epochs=1, shuffle=False, verbose=0)
+
+    reference = _linear_model(3, kernel)  # no regularizer: the noise scale is about the data
+    mean_loss = keras.losses.MeanSquaredError()
+    micro = [_mean_grad(reference, mean_loss, x[i:i + 4], y[i:i + 4]) for i in range(0, 12, 4)]
+    expected_micro = np.mean([np.sum(g ** 2) for g in micro])
+    expected_batch = np.sum(_mean_grad(reference, mean_loss, x, y) ** 2)
+    m = model.measurements
+    np.testing.assert_allclose(m.micro_gradient_sq_norm.numpy(), expected_micro, rtol=1e-4)
+    np.testing.assert_allclose(m.batch_gradient_sq_norm.numpy(), expected_batch, rtol=1e-4)
+    assert m.micro_batch_size.numpy() == 4 and m.batch_size.numpy() == 12
+    assert m.num_micro_batches.numpy() == 3
+
+
+def test_b_simple_converges_to_linear_regression_closed_form(tmp_path):
+    """y = x.w* + e, x ~ N(0, I_d), e ~ N(0, s^2), squared error, weights frozen at w* + delta.
+
+    Per-example gradient g = 2x(x.delta - e): G = 2 delta, Sigma = 4((|delta|^2 + s^2) I +
+    delta delta^T), so |G|^2 = 4|delta|^2, tr(Sigma) = 4(d(|delta|^2 + s^2) + |delta|^2) and
+    B_simple = d(1 + s^2/|delta|^2) + 1 = 9 for d = 4, |delta| = 1, s = 1.
+    """
+    d, sigma, micro, k, updates = 4, 1.0, 8, 4, 600
+    rng = np.random.default_rng(1)
+    w_star = rng.normal(size=d)
+    delta = np.full(d, 0.5)  # |delta|^2 = 1
+    x = rng.normal(size=(updates * micro * k, d)).astype(np.float32)
+    y = (x @ w_star + sigma * rng.normal(size=len(x))).astype(np.float32)[:, None]
+    model = train_step.as_virtual_batch_model(_linear_model(d, w_star + delta),
+                                              micro_batch_size=micro, track_gradient_noise=True)
+    model.compile(optimizer=keras.optimizers.SGD(0.0), loss="mse")
+    noise = GradientNoiseScale(str(tmp_path), every_n_updates=50, decay=0.998)
+    model.fit(x, y, batch_size=micro * k, epochs=1, shuffle=False, verbose=0, callbacks=[noise])
+
+    final = noise.history[-1][1]
+    np.testing.assert_allclose(final["noise_scale/gradient_sq_norm"], 4.0, rtol=0.1)
+    np.testing.assert_allclose(final["noise_scale/trace_sigma"], 36.0, rtol=0.1)
+    np.testing.assert_allclose(final["noise_scale/b_simple"], 9.0, rtol=0.1)
+    logged = event_values(str(tmp_path), "noise_scale/b_simple")
+    assert [step for step, _ in logged] == list(range(50, updates + 1, 50))
+    np.testing.assert_allclose(logged[-1][1], final["noise_scale/b_simple"], rtol=1e-5)
+
+
+def test_k1_says_undefined_instead_of_logging(tmp_path):
+    x = np.random.default_rng(0).normal(size=(32, 3)).astype(np.float32)
+    model = train_step.as_virtual_batch_model(_linear_model(3, np.ones(3)),
+                                              track_gradient_noise=True)
+    model.compile(optimizer=keras.optimizers.SGD(0.01), loss="mse")
+    noise = GradientNoiseScale(str(tmp_path), every_n_updates=1)
+    model.fit(x, x[:, :1], batch_size=8, epochs=1, verbose=0, callbacks=[noise])
+    tags = event_tags(str(tmp_path))
+    assert "noise_scale/note" in tags
+    assert not any(t.startswith("noise_scale/") and t != "noise_scale/note" for t in tags)
+    assert noise.history == [] and noise.defined is False
+
+
+def test_needs_tracking_on_the_model():
+    model = train_step.as_virtual_batch_model(_linear_model(3, np.ones(3)), micro_batch_size=2)
+    model.compile(optimizer=keras.optimizers.SGD(0.01), loss="mse")
+    x = np.ones((8, 3), np.float32)
+    with pytest.raises(ValueError, match="track_gradient_noise"):
+        model.fit(x, x[:, :1], batch_size=4, verbose=0, callbacks=[GradientNoiseScale()])

@@ -1,0 +1,72 @@
+"""Measurements wired into runs from gin: the documented tags reach TensorBoard, defaults switch
+themselves on and off, bad settings fail before a run directory exists."""
+
+import os
+
+import pytest
+
+from experiments import launch
+from tests.helpers import event_tags, read_json, run_dirs
+
+MEASURE = "gin/experiments/measure_digits.gin"
+DIGITS = "gin/experiments/digits_mlp.gin"
+SMALL = ["train.verbose = 0", "train.epochs = 2", "train.gap_subset_size = 128"]
+
+PER_UPDATE = ["gradients/global_norm", "gradients/layer/01_dense",
+              "gradients/layer/03_output",
+              "update_ratio/global", "update_ratio/layer/02_dense",
+              "weights/distance_from_init", "weights/relative_distance_from_init",
+              "weights/distance_from_init/layer/03_output"]
+PER_EPOCH = ["train_inference/loss", "train_inference/accuracy", "generalization_gap/loss",
+             "generalization_gap/accuracy", "throughput/examples_per_sec",
+             "throughput/updates_per_sec", "throughput/train_seconds",
+             "throughput/epoch_seconds", "throughput/peak_memory_mb"]
+NOISE = ["noise_scale/b_simple", "noise_scale/trace_sigma", "noise_scale/gradient_sq_norm"]
+SHARPNESS = ["sharpness/phi", "sharpness/loss", "sharpness/max_loss"]
+
+
+def _run(tmp_path, files, bindings=()):
+    launch.launch(list(files), SMALL + list(bindings), output_dir=str(tmp_path / "runs"),
+                  print_fn=lambda *_: None)
+    (path,) = run_dirs(str(tmp_path / "runs"))
+    return path, event_tags(os.path.join(path, "tensorboard")), read_json(
+        os.path.join(path, "result.json"))
+
+
+def test_measure_gin_shows_every_tag(tmp_path):
+    path, tags, result = _run(tmp_path, [MEASURE], ["measurements.sharpness.max_iterations = 3"])
+    missing = [t for t in PER_UPDATE + PER_EPOCH + NOISE + SHARPNESS if t not in tags]
+    assert not missing
+    measured = result["measurements"]
+    assert measured["noise_scale/b_simple"] > 0 and measured["sharpness/phi"] > 0
+    assert measured["weights/distance_from_init"] > 0
+
+
+def test_default_run_at_k1_notes_instead_of_noise(tmp_path):
+    path, tags, result = _run(tmp_path, [DIGITS], ["train.batch_size = 128"])
+    assert all(t in tags for t in PER_UPDATE + PER_EPOCH)
+    assert "noise_scale/note" in tags
+    assert not any(t in tags for t in NOISE + SHARPNESS)
+    assert "sharpness/phi" not in result["measurements"]
+
+
+def test_no_measurements(tmp_path):
+    path, tags, result = _run(tmp_path, [DIGITS], ["train.measurements = []"])
+    assert not any(t.split("/")[0] in ("gradients", "noise_scale", "throughput", "weights")
+                   for t in tags)
+    assert result["measurements"] == {}
+
+
+@pytest.mark.parametrize("binding, message", [
+    ("measurements.sharpness.epsilon = -1.0", "measurements.sharpness.epsilon"),
+    ("measurements.gradient_norms.every_n_updates = 0",
+     "measurements.gradient_norms.every_n_updates"),
+    ("train.gradient_norm_every = 0", "train.gradient_norm_every"),
+    ("train.track_gradient_noise = False", "train.track_gradient_noise"),
+    ("train.measurements = [3]", "train.measurements"),
+])
+def test_bad_settings_fail_before_any_run(tmp_path, binding, message):
+    with pytest.raises(ValueError, match=message):
+        launch.launch([MEASURE], SMALL + [binding], output_dir=str(tmp_path / "runs"),
+                      print_fn=lambda *_: None)
+    assert run_dirs(str(tmp_path / "runs")) == []

@@ -1,0 +1,151 @@
+"""The stream layout: row i of batch k+1 continues row i of batch k, for every row and batch.
+
+Positions are used as the series values (``arange``), so every element says where it came from.
+"""
+
+import numpy as np
+import pytest
+
+from experiments import stateful_data
+from experiments.stateful_data import StreamLayout
+
+
+def _passes(data, num_passes, seed=0):
+    """Training batches of ``num_passes`` passes (epochs): a list of (x, y) arrays per pass."""
+    pipelines = data.make_batched(batch_size=data.stream.layout.num_streams, seed=seed)
+    out = []
+    for _ in range(num_passes):
+        batches = [(x.numpy(), y.numpy()) for x, y in pipelines.train]
+        out.append((np.stack([b[0] for b in batches]), np.stack([b[1] for b in batches])))
+    return pipelines, out
+
+
+def _position_data(n, layout, validation_split=0.0):
+    return stateful_data.stream_series(series=np.arange(n), validation_split=validation_split,
+                                       layout=layout)
+
+
+@pytest.mark.parametrize("windows_per_update", [1, 3])
+def test_every_row_continues_across_every_batch_of_every_epoch(windows_per_update):
+    layout = StreamLayout(num_streams=5, window_length=7, windows_per_update=windows_per_update,
+                          max_offset=9)
+    n = 1001
+    data = _position_data(n, layout)
+    pipelines, passes = _passes(data, num_passes=4, seed=3)
+    length = (n - 1 - 9) // 5 // (7 * windows_per_update) * (7 * windows_per_update)
+    assert pipelines.steps_per_epoch == length // (7 * windows_per_update)
+    assert pipelines.time_window == 7 and pipelines.windows_per_update == windows_per_update
+    offsets = []
+    for x, y in passes:
+        # Never a short batch: every batch is (S, k*T).
+        assert x.shape == (pipelines.steps_per_epoch, 5, 7 * windows_per_update)
+        np.testing.assert_array_equal(y, x + 1)  # next-step targets
+        # Within a row the steps are consecutive...
+        np.testing.assert_array_equal(np.diff(x, axis=2), 1)
+        # ...and row i of batch k+1 starts right where row i of batch k ended, for every row.
+        np.testing.assert_array_equal(x[1:, :, 0], x[:-1, :, -1] + 1)
+        # Streams are disjoint contiguous stretches of L steps, after the epoch's offset.
+        offset = x[0, 0, 0]
+        np.testing.assert_array_equal(x[0, :, 0], offset + length * np.arange(5))
+        assert 0 <= offset <= 9
+        assert x.max() < n - 1
+        offsets.append(int(offset))
+    assert len(set(offsets)) > 1, "the per-epoch offset should vary between epochs"
+    # Seeded: the same seed gives the same offsets, another seed other offsets.
+    again = [int(x[0, 0, 0]) for x, _ in _passes(data, 4, seed=3)[1]]
+    other = [int(x[0, 0, 0]) for x, _ in _passes(data, 4, seed=4)[1]]
+    assert again == offsets
+    assert other != offsets
+
+
+def test_without_offset_every_epoch_is_identical_and_validation_is_the_held_out_tail():
+    layout = StreamLayout(num_streams=3, window_length=4, max_offset=0)
+    data = _position_data(301, layout, validation_split=0.2)
+    pipelines, passes = _passes(data, 2)
+    np.testing.assert_array_equal(passes[0][0], passes[1][0])
+    assert passes[0][0][0, 0, 0] == 0
+    val = np.stack([x.numpy() for x, _ in pipelines.validation])
+    assert val.shape[1:] == (3, 4)
+    assert len(val) == pipelines.validation_steps
+    np.testing.assert_array_equal(val[1:, :, 0], val[:-1, :, -1] + 1)
+    # Held-out steps come after every training step: never trained on.
+    assert val.min() > passes[0][0].max()
+    assert val.min() == 300 - 60
+
+
+def test_text_documents_are_joined_with_a_separator(tmp_path):
+    (tmp_path / "a.txt").write_text("abcab")
+    (tmp_path / "b.txt").write_text("cba")
+    layout = StreamLayout(num_streams=2, window_length=3, max_offset=0)
+    data = stateful_data.stream_text(paths=[str(tmp_path)], validation_split=0.0, layout=layout)
+    vocab = data.vocabulary
+    assert stateful_data.DOCUMENT_SEPARATOR in vocab
+    assert data.spec.vocabulary_size == data.spec.num_outputs == len(vocab) == 4
+    assert data.spec.batch_size == 2 and data.spec.task == "language_model"
+    text = "".join(vocab[i] for i in data.stream.train_inputs) \
+        + vocab[data.stream.train_targets[-1]]
+    assert text == "abcab" + stateful_data.DOCUMENT_SEPARATOR + "cba"
+    x, y = next(iter(data.make_batched(batch_size=2).train))
+    decoded = ["".join(vocab[i] for i in row) for row in x.numpy()]
+    assert decoded == ["abc", "ab" + stateful_data.DOCUMENT_SEPARATOR]
+
+
+def test_token_documents_get_a_new_separator_id():
+    layout = StreamLayout(num_streams=1, window_length=2, max_offset=0)
+    data = stateful_data.stream_tokens(documents=[[1, 2, 3], [4, 5]], validation_split=0.0,
+                                       layout=layout)
+    np.testing.assert_array_equal(data.stream.train_inputs, [1, 2, 3, 6, 4])
+    np.testing.assert_array_equal(data.stream.train_targets, [2, 3, 6, 4, 5])
+    assert data.spec.vocabulary_size == 7
+
+
+def test_series_from_csv_column_with_a_target_column(tmp_path):
+    rows = ["t,value,label"] + [f"{i},{i * 0.5},{i % 3}" for i in range(40)]
+    (tmp_path / "s.csv").write_text("\n".join(rows) + "\n")
+    layout = StreamLayout(num_streams=2, window_length=4, max_offset=0)
+    data = stateful_data.stream_series(path=str(tmp_path / "s.csv"), column="value",
+                                       target_column="label", validation_split=0.0,
+                                       layout=layout)
+    assert data.spec.task == "regression" and data.spec.input_shape == (None, 1)
+    targets = np.asarray(data.stream.train_targets)
+    np.testing.assert_array_equal(targets[:, 0], [i % 3 for i in range(40)])
+
+
+def test_flip_flop_target_is_the_last_marker():
+    layout = StreamLayout(num_streams=2, window_length=4)
+    data = stateful_data.flip_flop(num_steps=2000, marker_probability=0.05,
+                                   validation_split=0.0, layout=layout)
+    x, y = data.stream.train_inputs, data.stream.train_targets
+    last = None
+    for symbol, target in zip(x, y):
+        if symbol < 2:
+            last = symbol
+        assert target == last
+
+
+# ---- clear errors ------------------------------------------------------------------------------
+
+def test_too_short_for_one_batch():
+    with pytest.raises(ValueError, match=r"too few for one batch.*stream_layout.num_streams=8"):
+        _position_data(80, StreamLayout(num_streams=8, window_length=10))
+
+
+def test_held_out_part_too_short():
+    with pytest.raises(ValueError, match="held-out series.*validation_split"):
+        _position_data(400, StreamLayout(num_streams=8, window_length=10), validation_split=0.05)
+
+
+def test_batch_size_must_be_the_number_of_streams():
+    data = _position_data(500, StreamLayout(num_streams=4, window_length=5))
+    with pytest.raises(ValueError, match=r"train.batch_size=8 does not match "
+                                         r"stream_layout.num_streams=4"):
+        data.make_batched(batch_size=8)
+    with pytest.raises(ValueError, match=r"train.eval_batch_size=2"):
+        data.make_batched(batch_size=4, eval_batch_size=2)
+
+
+def test_bad_layout_values_name_the_binding():
+    with pytest.raises(ValueError, match="stream_layout.window_length"):
+        StreamLayout(num_streams=4, window_length=0)
+    with pytest.raises(ValueError, match="stream_layout.max_offset"):
+        StreamLayout(num_streams=4, window_length=3, max_offset=-1)
