@@ -91,12 +91,13 @@ class UpdateClock(keras.callbacks.Callback):
         """The update count once batch ``batch`` of this epoch has been applied."""
         return self._epoch_start + int(batch) + 1
 
-    def is_logged(self, batch, every_n_updates):
-        """Log after this batch: every ``every_n_updates`` updates and after an epoch's last
-        batch (so that short runs and long logging intervals still give a point per epoch)."""
+    def is_logged(self, batch, every_n_updates, at_epoch_end=True):
+        """Log after this batch: every ``every_n_updates`` updates and, with ``at_epoch_end``,
+        after an epoch's last batch (so short runs and long intervals still give a point per
+        epoch)."""
         steps = (self.params or {}).get("steps")
         return self.update_after(batch) % every_n_updates == 0 or (
-            steps is not None and int(batch) + 1 == steps)
+            at_epoch_end and steps is not None and int(batch) + 1 == steps)
 
     def current_update(self):
         return int(self.model.optimizer.iterations.numpy())
@@ -135,6 +136,14 @@ class GradientNorm(UpdateClock):
 
     def on_train_begin(self, logs=None):
         measurements = step_measurements(self.model)
+        # The step fills the norms every ``measure_every_n_updates`` updates only: log on those.
+        cadence = getattr(self.model, "measure_every_n_updates", 1)
+        if cadence == 0 or self.every_n_updates % max(cadence, 1):
+            raise ValueError(
+                f"GradientNorm logs every {self.every_n_updates} updates but the train step "
+                f"measures every {cadence}: use a multiple of the step's interval "
+                "(train.gradient_norm_every sets both in batchlab runs).")
+        self._every_update = cadence == 1
         variables = self.model.trainable_variables
         self._groups = layer_groups(variables)
         if self._read is not None:
@@ -165,15 +174,18 @@ class GradientNorm(UpdateClock):
         self._read = read.get_concrete_function()
 
     def on_train_batch_begin(self, batch, logs=None):
-        if self.update_ratio and self.is_logged(batch, self.every_n_updates):
+        if self.update_ratio and self.is_logged(batch, self.every_n_updates,
+                                                self._every_update):
             self._take_snapshot()
             self._snapshot_for = self.update_after(batch)
 
     def on_train_batch_end(self, batch, logs=None):
-        if self.is_logged(batch, self.every_n_updates):
+        if self.is_logged(batch, self.every_n_updates, self._every_update):
             self.log(self.update_after(batch))
 
     def on_epoch_end(self, epoch, logs=None):
+        if not self._every_update:
+            return
         update = self.current_update()  # epochs of unknown length: log their last update
         if update and (not self.history or self.history[-1][0] != update):
             self.log(update)

@@ -174,7 +174,7 @@ def fit(model, pipelines, epochs, callbacks, strategy, verbose=1, loop="auto"):
     else:
         history = model.fit(
             pipelines.train, epochs=epochs, validation_data=pipelines.validation,
-            callbacks=callbacks, verbose=verbose)
+            callbacks=callbacks, verbose=verbose, shuffle=False)  # the pipeline shuffles
     return history.history
 
 

@@ -13,7 +13,6 @@ import time
 
 import gin
 import keras
-import numpy as np
 import tensorflow as tf
 from absl import logging
 
@@ -173,7 +172,8 @@ def _train_in(path, log_dir, data, pipelines, strategy, model_fn, optimizer, los
     with strategy.scope():
         model = train_step.as_virtual_batch_model(
             model_fn(data.spec), micro_batch_size=micro,
-            track_gradient_noise=track_gradient_noise, virtual_batch_size=batch_size)
+            track_gradient_noise=track_gradient_noise, virtual_batch_size=batch_size,
+            measure_every_n_updates=gradient_norm_every)
         model.compile(optimizer=_make_optimizer(optimizer), loss=loss, metrics=list(metrics))
         state_callbacks = stateful_training.prepare(model, data, pipelines)
 
@@ -194,6 +194,7 @@ def _train_in(path, log_dir, data, pipelines, strategy, model_fn, optimizer, los
     train_started = time.time()
     history = distribute.fit(model, pipelines, epochs, callbacks, strategy, verbose)
     train_time = time.time() - train_started
+    os.makedirs(os.path.join(path, "checkpoints"), exist_ok=True)
     model.save_weights(os.path.join(path, "checkpoints", "final.weights.h5"))
 
     final = {}

@@ -112,6 +112,13 @@ class VirtualBatchModel(keras.Model):
     def micro_batch_size(self):
         return getattr(self, "_micro_batch_size", None)
 
+    @property
+    def measure_every_n_updates(self):
+        """How often ``measurements`` are filled (1: every update; the noise scale forces 1)."""
+        if getattr(self, "_track_gradient_noise", False):
+            return 1
+        return getattr(self, "_measure_every", 1)
+
     # -- Stateful streams (experiments/stateful_data.py): micro-batches are time windows --------
     def configure_time_windows(self, window_length):
         """Splits every batch along time (axis 1) into consecutive windows of ``window_length``.

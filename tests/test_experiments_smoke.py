@@ -67,7 +67,8 @@ def fake_keras_cache(tmp_path, monkeypatch):
 @pytest.mark.parametrize("path", EXPERIMENTS)
 def test_experiment_smoke(path, tmp_path, fake_keras_cache):
     output = tmp_path / "runs"
-    bindings = ["train.epochs = 1", "train.verbose = 0"] + smoke_bindings(path)
+    bindings = ["train.epochs = 1", "train.verbose = 0", "train.gradient_norm_every = 1"] \
+        + smoke_bindings(path)
     results = launch.launch([path], bindings, output_dir=str(output), print_fn=lambda *_: None)
     assert results
     for result in results:
