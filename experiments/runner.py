@@ -5,11 +5,13 @@ directory exists, so bad input never leaves a directory that looks like a run. O
 a failure marks the run ``failed`` in ``status.json``; ``result.json`` is written only on success.
 """
 
+import dataclasses
 import importlib.metadata
 import os
 import platform
 import resource
 import time
+from typing import Any, Callable, Optional
 
 import gin
 import keras
@@ -127,19 +129,22 @@ def train(model_fn=gin.REQUIRED, data_fn=gin.REQUIRED, optimizer=gin.REQUIRED, l
         pipelines=pipelines)
     measurements_lib.check(factories, measurement_context)  # bad settings fail before the run
 
+    plan = _Plan(data=data, pipelines=pipelines, strategy=strategy_obj, model_fn=model_fn,
+                 optimizer=optimizer, loss=loss, metrics=list(metrics), epochs=int(epochs),
+                 batch_size=batch_size, micro=micro, accumulation=accumulation,
+                 track_gradient_noise=track_gradient_noise,
+                 gradient_norm_every=gradient_norm_every, measurement_factories=factories,
+                 measurement_context=measurement_context,
+                 checkpoint_every_epoch=checkpoint_every_epoch,
+                 extra_callbacks=list(extra_callbacks), verbose=verbose)
+
     # Under multi-worker training only the chief writes the run; the others write to a temp dir.
     path = run_dir_lib.create(distribute.output_dir_for(strategy_obj, output_dir), experiment,
                               run_name)
     run_dir_lib.write_text(path, "config.gin", config_text)
-    log_dir = os.path.join(path, "tensorboard")
     logging.info("Run directory: %s", path)
     try:
-        result = _train_in(path, log_dir, data, pipelines, strategy_obj, model_fn, optimizer,
-                           loss, metrics, epochs, micro, accumulation, batch_size,
-                           eval_batch_size, seed, extra_callbacks, gap_subset_size,
-                           track_gradient_noise, gradient_norm_every, checkpoint_every_epoch,
-                           verbose, config_text,
-                           measurements=(factories, measurement_context))
+        result = _train_in(path, plan, config_text)
     except BaseException as error:
         run_dir_lib.mark_failed(path, error)
         summary_writer.close_all()
@@ -152,6 +157,30 @@ def train(model_fn=gin.REQUIRED, data_fn=gin.REQUIRED, optimizer=gin.REQUIRED, l
     return result
 
 
+@dataclasses.dataclass
+class _Plan:
+    """Everything ``train`` resolved and checked before the run directory existed."""
+
+    data: data_lib.Data
+    pipelines: data_lib.Pipelines
+    strategy: tf.distribute.Strategy
+    model_fn: Callable
+    optimizer: Any
+    loss: Any
+    metrics: list
+    epochs: int
+    batch_size: int
+    micro: Optional[int]
+    accumulation: int
+    track_gradient_noise: bool
+    gradient_norm_every: int
+    measurement_factories: Any
+    measurement_context: Any
+    checkpoint_every_epoch: bool
+    extra_callbacks: list
+    verbose: int
+
+
 def _set_dtype_policy(dtype_policy):
     allowed = ("float32", "mixed_bfloat16", "float64")
     if dtype_policy not in allowed:
@@ -160,21 +189,24 @@ def _set_dtype_policy(dtype_policy):
     keras.config.set_dtype_policy(dtype_policy)
 
 
-def _train_in(path, log_dir, data, pipelines, strategy, model_fn, optimizer, loss, metrics,
-              epochs, micro, accumulation, batch_size, eval_batch_size, seed, extra_callbacks,
-              gap_subset_size, track_gradient_noise, gradient_norm_every,
-              checkpoint_every_epoch, verbose, config_text, measurements=((), None)):
+def _train_in(path, plan, config_text):
+    """Builds the model and callbacks inside the run directory ``path``, trains, evaluates."""
+    log_dir = os.path.join(path, "tensorboard")
     writer = summary_writer.writer_for(log_dir)
     with writer.as_default():
         tf.summary.text("config/parsed", "\n".join("    " + line for line in
                                                    config_text.splitlines()), step=0)
 
+    data, pipelines, strategy = plan.data, plan.pipelines, plan.strategy
     with strategy.scope():
         model = train_step.as_virtual_batch_model(
-            model_fn(data.spec), micro_batch_size=micro,
-            track_gradient_noise=track_gradient_noise, virtual_batch_size=batch_size,
-            measure_every_n_updates=gradient_norm_every)
-        model.compile(optimizer=_make_optimizer(optimizer), loss=loss, metrics=list(metrics))
+            plan.model_fn(data.spec), micro_batch_size=plan.micro,
+            track_gradient_noise=plan.track_gradient_noise, virtual_batch_size=plan.batch_size,
+            # Nothing measured: the step skips the gradient norms too.
+            measure_every_n_updates=plan.gradient_norm_every if plan.measurement_factories
+            else 0)
+        model.compile(optimizer=_make_optimizer(plan.optimizer), loss=plan.loss,
+                      metrics=plan.metrics)
         state_callbacks = stateful_training.prepare(model, data, pipelines)
 
     callbacks = [
@@ -182,17 +214,18 @@ def _train_in(path, log_dir, data, pipelines, strategy, model_fn, optimizer, los
         OperativeConfigSaver(path, gin.operative_config_str, log_dir),
         keras.callbacks.TensorBoard(log_dir=log_dir, write_graph=False),
     ]
-    measured = measurements_lib.build(*measurements, log_dir=log_dir, run_dir=path)
+    measured = measurements_lib.build(plan.measurement_factories, plan.measurement_context,
+                                      log_dir=log_dir, run_dir=path)
     callbacks += measured
-    if checkpoint_every_epoch:
+    if plan.checkpoint_every_epoch:
         callbacks.append(keras.callbacks.ModelCheckpoint(
             os.path.join(path, "checkpoints", "epoch-{epoch:03d}.weights.h5"),
             save_weights_only=True))
     callbacks += state_callbacks  # stateful models: reset per epoch, isolated evaluation
-    callbacks += list(extra_callbacks)
+    callbacks += plan.extra_callbacks
 
     train_started = time.time()
-    history = distribute.fit(model, pipelines, epochs, callbacks, strategy, verbose)
+    history = distribute.fit(model, pipelines, plan.epochs, callbacks, strategy, plan.verbose)
     train_time = time.time() - train_started
     os.makedirs(os.path.join(path, "checkpoints"), exist_ok=True)
     model.save_weights(os.path.join(path, "checkpoints", "final.weights.h5"))
@@ -203,16 +236,16 @@ def _train_in(path, log_dir, data, pipelines, strategy, model_fn, optimizer, los
             final = distribute.evaluate(model, pipelines, strategy)
     epoch_logs = {k: float(v[-1]) for k, v in history.items() if v}
     updates = int(model.optimizer.iterations.numpy())
-    num_train = data.num_train or pipelines.steps_per_epoch * batch_size
+    num_train = data.num_train or pipelines.steps_per_epoch * plan.batch_size
     summary_writer.close_all()
     return {
-        "epochs": int(epochs),
-        "batch_size": batch_size,
-        "micro_batch_size": micro,
-        "accumulation_steps": accumulation,
+        "epochs": plan.epochs,
+        "batch_size": plan.batch_size,
+        "micro_batch_size": plan.micro,
+        "accumulation_steps": plan.accumulation,
         "updates": updates,
         "train_time_s": train_time,
-        "examples_per_sec": num_train * epochs / max(train_time, 1e-9),
+        "examples_per_sec": num_train * plan.epochs / max(train_time, 1e-9),
         "updates_per_sec": updates / max(train_time, 1e-9),
         "final_epoch": epoch_logs,
         "final_validation": {k: float(v) for k, v in final.items()},
