@@ -1,20 +1,37 @@
 """Cost of the TensorBoard measurements: time per epoch with all of them on vs all off.
 
-    python benchmarks/bench_measurement.py [--epochs 8] [--repeats 3]
+    python benchmarks/bench_measurement.py [--epochs 5] [--repeats 3] [--setups NAME ...]
 
-Each setup is trained through the real runner (``experiments.runner.train``) in this process,
-alternating "off" (``train.measurements = []``) and "on" runs, ``--repeats`` times each, so that
-both arms see the same machine load. "On" is every per-epoch and per-update measurement
-(gradient norms and update ratios, generalization gap, distance from init, throughput, and the
-gradient noise scale when k > 1), logged every ``--every`` updates, plus Keskar sharpness, whose
-one-off end-of-training cost is reported in its own column (it is not part of any epoch). The time
-of an epoch is taken by a callback placed after every measurement, from its start to the end of
-the last measurement's epoch-end work; the first epoch (tracing) is dropped and the median of the
-rest is compared; also the fastest epochs and the process' CPU time, both less sensitive to a
-shared machine's load. Target: at most 5% overhead per epoch. Prints a markdown table.
+Each setup is trained through the real runner (``experiments.runner.train``), as a user runs it,
+in this process: "off" (``train.measurements = []``) and "on" runs alternate, ``--repeats`` times
+each (the order flips every round), so that both arms see the same machine load. "On" is the
+default set (``measurements.DEFAULT``: gradient norms and update ratios, generalization gap,
+distance from init, throughput, and the gradient noise scale when k > 1), logged every
+``train.gradient_norm_every`` = ``--every`` updates. Keskar sharpness (opt-in, once at the end of
+training) runs after the last epoch of the first "on" run and is reported in its own column: it is
+not part of any epoch.
+
+The time of an epoch is taken by a callback placed after every measurement, from its start to the
+end of the last measurement's epoch-end work (validation included, as in every epoch a user
+waits for); the first epoch of each run (tracing) is dropped. Reported: the medians, the ratio of
+the fastest epochs (a shared machine only ever slows an epoch down), the ratio of the median
+process CPU time (all threads; less sensitive to other processes, but it also counts TensorFlow's
+worker threads spinning while they wait), and the extra milliseconds per epoch (difference of
+the medians), which shows the fixed part of the cost. Target: at most 5% overhead per epoch.
+
+With ``--hooks``, one "on" run per setup instead, printing the wall time spent in each
+measurement callback's hooks per epoch (where the fixed cost goes; the train step's own share,
+the gradient norms and noise scale computed in-graph, is not in it).
+
+Setups: the reference models (an MLP 784-512-512-10 on 8192 synthetic rows at B = 256 split into
+8 micro-batches of 32 (also with the noise scale sampled every 4 updates), and at B = 256
+unsplit; an LSTM(128) sequence classifier on 8192 sequences
+at B = 256 = 8 x 32) and, as the smallest workload, the digits MLP (epochs of about 0.1 s).
+Prints a markdown table.
 """
 
 import argparse
+import collections
 import os
 import statistics
 import sys
@@ -28,28 +45,41 @@ import keras  # noqa: E402
 from absl import logging  # noqa: E402
 
 from experiments import launch, runner  # noqa: E402
+from experiments import measurements as measurements_lib  # noqa: E402
 
-ALL_ON = ("train.measurements = [@measurements.gradient_norms, @measurements.generalization_gap,"
-          " @measurements.weight_distance, @measurements.gradient_noise_scale,"
-          " @measurements.throughput, @measurements.sharpness]")
-SYNTHETIC = ["train.data_fn = @synthetic_classification",
-             "synthetic_classification.num_examples = 25000",  # 20k train, 5k validation
-             "synthetic_classification.input_shape = (64,)",
-             "synthetic_classification.num_classes = 10"]
+DEFAULT_SET = ("@measurements.gradient_norms, @measurements.generalization_gap, "
+               "@measurements.weight_distance, @measurements.gradient_noise_scale, "
+               "@measurements.throughput")
+REFERENCE_MLP = [  # 10240 rows: 8192 to train on, 2048 to validate on
+    "train.data_fn = @synthetic_classification",
+    "synthetic_classification.num_examples = 10240",
+    "synthetic_classification.input_shape = (784,)",
+    "synthetic_classification.num_classes = 10",
+    "mlp.hidden_units = (512, 512)"]
+REFERENCE_LSTM = [  # 10240 sequences of 20 steps x 32 features: 8192 to train on
+    "train.data_fn = @synthetic_sequences",
+    "synthetic_sequences.num_examples = 10240",
+    "synthetic_sequences.sequence_length = 20",
+    "synthetic_sequences.num_features = 32",
+    "synthetic_sequences.num_classes = 10",
+    "train.model_fn = @lstm_classifier",
+    "lstm_classifier.units = 128"]
+MLP_GIN = ["gin/experiments/digits_mlp.gin"]
+LSTM_GIN = ["gin/base.gin", "gin/models/lstm_classifier.gin", "gin/data/synthetic_sequences.gin"]
 SETUPS = {
     # name: (gin files, bindings)
-    "digits MLP, B=32 (k=1)": (["gin/experiments/digits_mlp.gin"],
-                               ["train.batch_size = 32"]),
-    "digits MLP, B=128 = 4x32 (k=4)": (["gin/experiments/digits_mlp.gin"],
-                                       ["train.batch_size = 128", "train.micro_batch_size = 32"]),
-    "synthetic 20k rows MLP(256,256), B=256 = 4x64 (k=4)": (
-        ["gin/experiments/digits_mlp.gin"], SYNTHETIC + [
-            "mlp.hidden_units = (256, 256)", "train.batch_size = 256",
-            "train.micro_batch_size = 64"]),
-    "synthetic 20k rows MLP(1024,1024), B=512 = 4x128 (k=4)": (
-        ["gin/experiments/digits_mlp.gin"], SYNTHETIC + [
-            "mlp.hidden_units = (1024, 1024)", "train.batch_size = 512",
-            "train.micro_batch_size = 128"]),
+    "MLP 784-512-512-10, 8192 rows, B=256 = 8x32 (k=8)": (
+        MLP_GIN, REFERENCE_MLP + ["train.batch_size = 256", "train.micro_batch_size = 32"]),
+    "MLP 784-512-512-10, 8192 rows, B=256 = 8x32 (k=8), noise scale sampled every 4 updates": (
+        MLP_GIN, REFERENCE_MLP + ["train.batch_size = 256", "train.micro_batch_size = 32",
+                                  "measurements.gradient_noise_scale.sample_every_n_updates = 4"]),
+    "MLP 784-512-512-10, 8192 rows, B=256 (k=1)": (
+        MLP_GIN, REFERENCE_MLP + ["train.batch_size = 256"]),
+    "LSTM(128), 8192 rows x 20 steps, B=256 = 8x32 (k=8)": (
+        LSTM_GIN, REFERENCE_LSTM + ["train.batch_size = 256", "train.micro_batch_size = 32"]),
+    "smallest: digits MLP(64,64), 1437 rows, B=32 (k=1)": (MLP_GIN, ["train.batch_size = 32"]),
+    "smallest: digits MLP(64,64), 1437 rows, B=128 = 4x32 (k=4)": (
+        MLP_GIN, ["train.batch_size = 128", "train.micro_batch_size = 32"]),
 }
 
 
@@ -69,56 +99,127 @@ class EpochTimer(keras.callbacks.Callback):
                              time.process_time() - self._start[1]))
 
 
-def run_once(files, bindings, measured, epochs, every, output_dir):
-    extra = [ALL_ON] if measured else ["train.measurements = []"]
+HOOKS = ("on_train_batch_begin", "on_train_batch_end", "on_epoch_begin", "on_epoch_end")
+
+
+class HookTimer(EpochTimer):
+    """Also sums the wall time of the measurement callbacks' own hooks (those their class
+    defines), per callback class, from the second epoch on; listed last, like ``EpochTimer``."""
+
+    def __init__(self):
+        super().__init__()
+        self.hook_seconds = collections.defaultdict(float)
+        self._counting = False
+
+    def wrap(self, callbacks):
+        for callback in callbacks:
+            for hook in HOOKS:
+                if getattr(type(callback), hook) is getattr(keras.callbacks.Callback, hook):
+                    continue
+
+                def timed(*args, _hook=getattr(callback, hook), _name=type(callback).__name__,
+                          **kwargs):
+                    started = time.perf_counter()
+                    try:
+                        return _hook(*args, **kwargs)
+                    finally:
+                        if self._counting:
+                            self.hook_seconds[_name] += time.perf_counter() - started
+
+                setattr(callback, hook, timed)
+        return callbacks
+
+    def on_epoch_end(self, epoch, logs=None):
+        super().on_epoch_end(epoch, logs)
+        self._counting = True  # the first epoch's hooks (tracing) are not counted
+
+
+def run_once(files, bindings, measured, sharpness, epochs, every, output_dir, timer=None):
+    """One run through the runner; returns ([(wall, cpu)] of epochs 2.., sharpness seconds)."""
+    listed = DEFAULT_SET + (", @measurements.sharpness" if sharpness else "")
+    extra = [f"train.measurements = [{listed}]"] if measured else ["train.measurements = []"]
     launch.parse(files, list(bindings) + extra + [
         f"train.epochs = {epochs}", "train.verbose = 0", f"train.gradient_norm_every = {every}"])
-    timer = EpochTimer()
+    timer = timer or EpochTimer()
     result = runner.train(output_dir=output_dir, experiment="bench_measurement",
                           extra_callbacks=[timer])
-    sharpness = result["measurements"].get("sharpness/seconds") if measured else None
-    return timer.seconds[1:], sharpness
+    return timer.seconds[1:], result["measurements"].get("sharpness/seconds")
+
+
+def hook_table(setups, epochs, every, output_dir):
+    """One "on" run per setup; prints ms per epoch spent in each measurement callback's hooks."""
+    build = measurements_lib.build
+    names = ("GradientNorm", "WeightDistance", "GradientNoiseScale", "GeneralizationGap",
+             "Throughput")
+    rows = []
+    try:
+        for name, (files, bindings) in setups:
+            timer = HookTimer()
+            measurements_lib.build = lambda *a, **k: timer.wrap(build(*a, **k))
+            run_once(files, bindings, True, False, epochs, every, output_dir, timer)
+            per_epoch = {k: 1000 * v / (epochs - 1) for k, v in timer.hook_seconds.items()}
+            epoch_ms = 1000 * statistics.median(w for w, _ in timer.seconds[1:])
+            rows.append((name, [per_epoch.get(n, 0.0) for n in names], epoch_ms))
+    finally:
+        measurements_lib.build = build
+    print(f"\nWall ms per epoch in each measurement callback's hooks (one run, {epochs - 1} epochs "
+          f"after the first; logged every {every} updates).\n")
+    print("| setup | " + " | ".join(names) + " | total | epoch ms |")
+    print("|---|" + "---|" * (len(names) + 2))
+    for name, values, epoch_ms in rows:
+        print(f"| {name} | " + " | ".join(f"{v:.1f}" for v in values)
+              + f" | {sum(values):.1f} | {epoch_ms:.0f} |")
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--epochs", type=int, default=6)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--epochs", type=int, default=5, help="per run; the first is dropped")
+    parser.add_argument("--repeats", type=int, default=3, help="runs per arm and setup")
     parser.add_argument("--every", type=int, default=10, help="train.gradient_norm_every")
     parser.add_argument("--setups", nargs="*", default=None,
-                        help="setup names to run (default: all)")
+                        help="setup names (or unique parts of them) to run; default: all")
+    parser.add_argument("--hooks", action="store_true",
+                        help="time each measurement callback's hooks instead (one run per setup)")
     args = parser.parse_args()
     logging.set_verbosity(logging.WARNING)
+    setups = [(name, setup) for name, setup in SETUPS.items()
+              if not args.setups or any(part in name for part in args.setups)]
+    if args.hooks:
+        with tempfile.TemporaryDirectory() as output_dir:
+            hook_table(setups, args.epochs, args.every, output_dir)
+        return
     rows = []
     with tempfile.TemporaryDirectory() as output_dir:
-        for name, (files, bindings) in SETUPS.items():
-            if args.setups and name not in args.setups:
-                continue
+        for name, (files, bindings) in setups:
             times = {False: [], True: []}
-            sharpness = []
-            for _ in range(args.repeats):
-                for measured in (False, True):
-                    seconds, sharp = run_once(files, bindings, measured, args.epochs, args.every,
-                                              output_dir)
+            sharpness = None
+            for repeat in range(args.repeats):
+                order = (False, True) if repeat % 2 == 0 else (True, False)
+                for measured in order:
+                    seconds, sharp = run_once(files, bindings, measured,
+                                              measured and sharpness is None, args.epochs,
+                                              args.every, output_dir)
                     times[measured].extend(seconds)
                     if sharp is not None:
-                        sharpness.append(sharp)
+                        sharpness = sharp
             wall = {arm: [w for w, _ in t] for arm, t in times.items()}
-            cpu = {arm: [c for _, c in t] for arm, t in times.items()}
+            cpu = {arm: statistics.median(c for _, c in t) for arm, t in times.items()}
             off, on = statistics.median(wall[False]), statistics.median(wall[True])
             rows.append((name, off, on, on / off, min(wall[True]) / min(wall[False]),
-                         statistics.median(cpu[True]) / statistics.median(cpu[False]),
-                         statistics.median(sharpness)))
-            print(f"{name}: off {off:.4f} s, on {on:.4f} s", file=sys.stderr)
+                         cpu[True] / cpu[False], 1000 * (on - off), sharpness))
+            print(f"{name}: off {off:.4f} s, on {on:.4f} s, CPU {cpu[False]:.4f} -> "
+                  f"{cpu[True]:.4f} s", file=sys.stderr, flush=True)
 
-    print(f"\nWall time per epoch, median of {args.repeats} x {args.epochs - 1} epochs per arm "
-          f"(first epoch dropped), measurements logged every {args.every} updates.\n")
-    print("| setup | epoch s, off | epoch s, all on | on / off | on / off, fastest epochs "
-          "| on / off, CPU time | sharpness s (once, at end) |")
-    print("|---|---|---|---|---|---|---|")
-    for name, off, on, ratio, fastest, cpu, sharp in rows:
+    print(f"\nTime per epoch (validation included), median of {args.repeats} runs x "
+          f"{args.epochs - 1} epochs per arm (first epoch of each run dropped), arms interleaved; "
+          f"per-update measurements logged every {args.every} updates.\n")
+    print("| setup | epoch s, off | epoch s, on | on / off | on / off, fastest epochs "
+          "| on / off, CPU time | extra ms / epoch | sharpness s (once, at end) |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name, off, on, ratio, fastest, cpu, extra, sharp in rows:
+        sharp = "-" if sharp is None else f"{sharp:.2f}"
         print(f"| {name} | {off:.4f} | {on:.4f} | {ratio:.3f} | {fastest:.3f} | {cpu:.3f} "
-              f"| {sharp:.3f} |")
+              f"| {extra:+.1f} | {sharp} |")
 
 
 if __name__ == "__main__":

@@ -14,9 +14,11 @@ around which the benefit of a larger batch starts to fall off. Logged every ``ev
 updates and at each epoch's last update, keyed by the update count: ``noise_scale/b_simple``,
 ``noise_scale/trace_sigma``, ``noise_scale/gradient_sq_norm``.
 
-The EMA is updated in a small graph call after every update (no device-to-host copy); values are
-read only when logged. Undefined for k = 1 (B_big = B_small): the callback then says so once, in
-the log and as the TensorBoard text ``noise_scale/note``, instead of logging noise. Only the data
+The estimates and their EMAs are computed inside the train step (``VirtualBatchModel``, in
+``model.measurements``), so no Python runs per update; this callback sets the decay and sampling
+when training starts and reads the averages only when it logs. Undefined for k = 1
+(B_big = B_small): the callback then says so once, in the log and as the TensorBoard text
+``noise_scale/note``, instead of logging noise. Only the data
 loss enters (no regularizer): the noise scale is about the sampled data. B counts rows, so for
 masked sequence losses it is in sequences, not tokens. With a stateful (streamed) layout the
 micro-batches of one update are consecutive windows of the same streams, hence correlated: the
@@ -25,7 +27,6 @@ variance is underestimated and B_simple is biased low.
 Needs ``track_gradient_noise=True`` on the model (``train.track_gradient_noise`` in a run).
 """
 
-import tensorflow as tf
 from absl import logging
 
 from callbacks import summary_writer
@@ -38,15 +39,18 @@ UNDEFINED_NOTE = (
 
 
 class GradientNoiseScale(UpdateClock):
-    """Logs B_simple = tr(Sigma)/|G|^2 and both parts, from the train step's micro-batch norms.
+    """Logs B_simple = tr(Sigma)/|G|^2 and both parts, from the train step's moving averages.
 
     Args:
       log_dir: TensorBoard directory; None keeps values only (``self.history``).
-      every_n_updates: logging frequency, in updates (the EMA sees every update).
+      every_n_updates: logging frequency, in updates (the averages see every sampled update).
       decay: EMA decay per sampled update (the average spans about 1/(1 - decay) samples).
-      sample_every_n_updates: feed the EMA every that many updates only (1: every update). Each
-        sample costs one small graph call (~0.1-0.5 ms of dispatch on a CPU host); sampling less
-        often trades estimator variance for speed when updates are very short.
+      sample_every_n_updates: feed the averages every that many updates only (1: every update).
+        A sample costs k + 1 passes over the gradients inside the step (one per micro-batch, one
+        over their sum); sampling less often trades estimator variance for speed.
+
+    The averages live on the model (one noise-scale callback per model): they start afresh when
+    this callback first starts training, and carry on over later ``fit`` calls with it.
     """
 
     def __init__(self, log_dir=None, every_n_updates=10, decay=0.99, sample_every_n_updates=1):
@@ -63,8 +67,7 @@ class GradientNoiseScale(UpdateClock):
         self.decay = float(decay)
         self.history = []  # (update, {tag: value})
         self.defined = None
-        self._state = None
-        self._samples = 0  # EMA feeds so far (python side: no read needed)
+        self._measurements = None  # the model's StepMeasurements, once started
 
     def on_train_begin(self, logs=None):
         m = step_measurements(self.model)
@@ -79,31 +82,9 @@ class GradientNoiseScale(UpdateClock):
             logging.warning(
                 "Gradient noise scale on a stateful model: the micro-batches of one update are "
                 "correlated windows, so B_simple is biased low.")
-        if self._state is None:
-            # ema |G|^2, ema tr(Sigma), sum of EMA weights (bias correction), updates used.
-            self._state = tf.Variable(tf.zeros([4], tf.float64), trainable=False)
-            state, decay = self._state, self.decay
-
-            @tf.function
-            def accumulate():
-                micro_sq = tf.cast(m.micro_gradient_sq_norm, tf.float64)
-                batch_sq = tf.cast(m.batch_gradient_sq_norm, tf.float64)
-                b_small = tf.cast(m.micro_batch_size, tf.float64)
-                b_big = tf.cast(m.batch_size, tf.float64)
-                defined = b_big > b_small * (1.0 + 1e-6)
-                safe_gap = tf.where(defined, b_big - b_small, 1.0)
-                gradient_sq = (b_big * batch_sq - b_small * micro_sq) / safe_gap
-                inverse_gap = tf.where(defined, 1.0 / tf.maximum(b_small, 1e-12)
-                                       - 1.0 / tf.maximum(b_big, 1e-12), 1.0)
-                trace = (micro_sq - batch_sq) / inverse_gap
-                new = tf.stack([decay * state[0] + (1.0 - decay) * gradient_sq,
-                                decay * state[1] + (1.0 - decay) * trace,
-                                decay * state[2] + (1.0 - decay),
-                                state[3] + 1.0])
-                state.assign(tf.where(defined, new, state))
-
-            # A concrete function: about half the call overhead of a tf.function, every update.
-            self._accumulate = accumulate.get_concrete_function()
+        if self._measurements is not m:
+            m.reset_noise_scale(self.decay, self.sample_every_n_updates)
+            self._measurements = m
         self.defined = True
 
     def _undefined(self):
@@ -112,37 +93,34 @@ class GradientNoiseScale(UpdateClock):
         summary_writer.text(self.log_dir, "noise_scale/note", UNDEFINED_NOTE)
 
     def on_train_batch_end(self, batch, logs=None):
-        if not self.defined:
-            return
-        update = self.update_after(batch)
-        if update % self.sample_every_n_updates == 0:
-            self._accumulate()
-            self._samples += 1
-        if self.is_logged(batch, self.every_n_updates):
-            self.log(update)
+        if self.defined and self.is_logged(batch, self.every_n_updates):
+            self.log(self.update_after(batch))
 
     def on_epoch_end(self, epoch, logs=None):
         update = self.current_update()  # epochs of unknown length: log their last update
         if self.defined and update and (not self.history or self.history[-1][0] != update):
             self.log(update)
 
+    def _read(self):
+        """({tag: value}, updates sampled so far); values empty until an update with k >= 2."""
+        state = self._measurements.noise_scale_values()
+        if state["gradient_sq_norm"] is None:
+            return {}, state["sampled"]
+        gradient_sq, trace = state["gradient_sq_norm"], state["trace_sigma"]
+        values = {"noise_scale/gradient_sq_norm": gradient_sq, "noise_scale/trace_sigma": trace}
+        if gradient_sq > 0:  # early on the |G|^2 estimate can be <= 0: B_simple is then unknown
+            values["noise_scale/b_simple"] = trace / gradient_sq
+        return values, state["sampled"]
+
     def measure(self):
         """Current {tag: value}; empty until an update with k >= 2 has been seen."""
-        gradient_sq, trace, weight, count = self._state.numpy()
-        if count == 0:
-            return {}
-        gradient_sq, trace = gradient_sq / weight, trace / weight
-        values = {"noise_scale/gradient_sq_norm": float(gradient_sq),
-                  "noise_scale/trace_sigma": float(trace)}
-        if gradient_sq > 0:  # early on the |G|^2 estimate can be <= 0: B_simple is then unknown
-            values["noise_scale/b_simple"] = float(trace / gradient_sq)
-        return values
+        return self._read()[0] if self._measurements is not None else {}
 
     def log(self, update):
-        if not self._samples:
+        values, sampled = self._read()
+        if not sampled:  # no update sampled yet
             return
-        values = self.measure()
-        if not values:  # samples were taken, none with k >= 2
+        if not values:  # updates were sampled, none with k >= 2
             if self.defined:
                 self._undefined()
             return
@@ -155,6 +133,4 @@ class GradientNoiseScale(UpdateClock):
     def result(self):
         if self.defined is False:
             return {"noise_scale/note": "undefined for k = 1"}
-        if self._state is None:
-            return {}
         return self.measure()

@@ -57,19 +57,30 @@ class Throughput(keras.callbacks.Callback):
         self._epoch_started = None
         self._last_update_time = None
         self._updates = 0
+        self._steps = None
+        self._gpu = None
+
+    def on_train_begin(self, logs=None):
+        self._gpu = bool(tf.config.list_logical_devices("GPU"))
 
     def on_epoch_begin(self, epoch, logs=None):
         self._updates = 0
+        self._steps = (self.params or {}).get("steps")
         self._epoch_started = time.perf_counter()
-        self._last_update_time = self._epoch_started
+        self._last_update_time = None
 
     def on_train_batch_end(self, batch, logs=None):
-        # ``batch`` is the index of the last step run (also with steps_per_execution > 1).
-        self._updates = int(batch) + 1
-        self._last_update_time = time.perf_counter()
+        # ``batch`` is the index of the last step run (also with steps_per_execution > 1). The
+        # clock is read after an epoch's last update only (after every update when the epoch's
+        # length is unknown): batch hooks run after every update.
+        self._updates = batch + 1
+        if self._steps is None or self._updates == self._steps:
+            self._last_update_time = time.perf_counter()
 
     def on_epoch_end(self, epoch, logs=None):
         now = time.perf_counter()
+        if self._last_update_time is None:  # the epoch ended before its announced last step
+            self._last_update_time = now
         train_seconds = max(self._last_update_time - self._epoch_started, 1e-9)
         values = {"throughput/train_seconds": train_seconds,
                   "throughput/epoch_seconds": now - self._epoch_started,
@@ -80,7 +91,7 @@ class Throughput(keras.callbacks.Callback):
             examples = self._updates * self.batch_size
         if examples is not None:
             values["throughput/examples_per_sec"] = examples / train_seconds
-        gpu = peak_gpu_memory_mb()
+        gpu = peak_gpu_memory_mb() if self._gpu is not False else None
         if gpu is not None:
             values["throughput/peak_gpu_memory_mb"] = gpu
         self.history.append((epoch, values))

@@ -19,7 +19,7 @@ import numpy as np
 import tensorflow as tf
 
 from callbacks import summary_writer
-from callbacks.gradient_norm import UpdateClock, layer_groups
+from callbacks.gradient_norm import UpdateClock, layer_groups, norms64
 
 
 class WeightDistance(UpdateClock):
@@ -55,8 +55,7 @@ class WeightDistance(UpdateClock):
 
         @tf.function
         def distances():
-            return tf.stack([tf.cast(tf.norm(v - w0), tf.float64)
-                             for v, w0 in zip(self.model.trainable_variables, initial)])
+            return norms64(v - w0 for v, w0 in zip(self.model.trainable_variables, initial))
 
         # One graph call per logged value (a concrete function skips the tracing-cache lookup).
         self._distances = distances.get_concrete_function()
@@ -82,11 +81,9 @@ class WeightDistance(UpdateClock):
         summary_writer.scalars(self.log_dir, values, update)
 
     def on_train_batch_end(self, batch, logs=None):
-        if self.every_n_updates is None:
-            return
-        update = self.update_after(batch)
-        if update % self.every_n_updates == 0:
-            self.log(update)
+        if self.every_n_updates is not None and self.is_logged(batch, self.every_n_updates,
+                                                               at_epoch_end=False):
+            self.log(self.update_after(batch))
 
     def on_epoch_end(self, epoch, logs=None):
         self.log(self.current_update())

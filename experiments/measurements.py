@@ -138,7 +138,9 @@ def generalization_gap(context):
 @gin.configurable(module="measurements")
 def gradient_noise_scale(context, every_n_updates=None, decay=0.99, sample_every_n_updates=1):
     """B_simple (McCandlish et al. 2018) from the k micro-batches of each update; None for k = 1.
-    ``every_n_updates`` None: ``train.gradient_norm_every``."""
+    ``every_n_updates`` None: ``train.gradient_norm_every``. The train step keeps the moving
+    averages (decay per sample); a sampled update costs k + 1 passes over the gradients there,
+    so ``sample_every_n_updates`` > 1 makes the measurement cheaper on small micro-batches."""
     every = _every(every_n_updates, "measurements.gradient_noise_scale.every_n_updates", context)
     if isinstance(decay, bool) or not isinstance(decay, (int, float)) or not 0 <= decay < 1:
         raise ValueError(

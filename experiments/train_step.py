@@ -31,27 +31,62 @@ class StepMeasurements:
 
     Kept out of the logs so that progress bars stay readable and reading them costs nothing unless a
     callback asks. Every value is identical on all replicas (computed after the all-reduce).
+
+    The gradient noise scale's exponential moving averages live here too and are updated inside the
+    step, so that measuring it needs no Python call per update: a callback only sets ``noise_decay``
+    and ``noise_sample_every`` (``reset_noise_scale``) and reads ``noise_scale`` when it logs.
     """
 
+    # Layout of ``noise_scale``: EMA of the |G|^2 estimate, EMA of the tr(Sigma) estimate, sum of
+    # the EMA weights (bias correction, as in Adam), updates that fed the EMAs (k >= 2), sampled
+    # updates (including those with a single micro-batch, which cannot feed them).
+    NOISE_GRADIENT_SQ, NOISE_TRACE, NOISE_WEIGHT, NOISE_COUNT, NOISE_SAMPLED = range(5)
+
     def __init__(self, num_variables):
-        def scalar(name):
+        def variable(value, name, dtype=tf.float32):
             return tf.Variable(
-                0.0, dtype=tf.float32, trainable=False, name=name,
+                value, dtype=dtype, trainable=False, name=name,
                 aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
             )
 
+        def scalar(name):
+            return variable(0.0, name)
+
         self.gradient_norm = scalar("gradient_norm")
-        self.variable_gradient_norms = tf.Variable(
-            tf.zeros([num_variables], tf.float32), trainable=False,
-            name="variable_gradient_norms",
-            aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
-        )
+        self.variable_gradient_norms = variable(tf.zeros([num_variables], tf.float32),
+                                                "variable_gradient_norms")
+        # Also fill the norms on this update (1-based count), off the ``measure_every_n_updates``
+        # interval: set by a callback that logs an epoch's last update; 0: none.
+        self.record_update = variable(0, "record_update", tf.int64)
         # Gradient noise scale ingredients (McCandlish et al. 2018); zero when not tracked.
         self.micro_gradient_sq_norm = scalar("micro_gradient_sq_norm")  # mean_j |G_j|^2
         self.batch_gradient_sq_norm = scalar("batch_gradient_sq_norm")  # |mean_j G_j|^2
         self.micro_batch_size = scalar("micro_batch_size")  # mean rows per micro-batch
         self.batch_size = scalar("batch_size")  # rows in the whole (global) virtual batch
         self.num_micro_batches = scalar("num_micro_batches")  # over all replicas
+        # ... and their moving averages, fed every ``noise_sample_every`` updates.
+        self.noise_scale = variable(tf.zeros([5], tf.float64), "noise_scale", tf.float64)
+        self.noise_decay = variable(0.99, "noise_decay", tf.float64)
+        self.noise_sample_every = variable(1, "noise_sample_every", tf.int64)
+
+    def reset_noise_scale(self, decay, sample_every=1):
+        """Starts the noise-scale averages afresh with this decay (per sample) and sampling."""
+        self.noise_scale.assign(tf.zeros([5], tf.float64))
+        self.noise_decay.assign(float(decay))
+        self.noise_sample_every.assign(int(sample_every))
+
+    def noise_scale_values(self):
+        """The bias-corrected averages as {'gradient_sq_norm', 'trace_sigma', 'count',
+        'sampled'}; the first two are None until an update with k >= 2 has fed them."""
+        state = self.noise_scale.numpy()
+        count = int(state[self.NOISE_COUNT])
+        weight = state[self.NOISE_WEIGHT]
+        values = {"count": count, "sampled": int(state[self.NOISE_SAMPLED]),
+                  "gradient_sq_norm": None, "trace_sigma": None}
+        if count and weight > 0:
+            values["gradient_sq_norm"] = float(state[self.NOISE_GRADIENT_SQ] / weight)
+            values["trace_sigma"] = float(state[self.NOISE_TRACE] / weight)
+        return values
 
 
 class VirtualBatchModel(keras.Model):
@@ -74,10 +109,11 @@ class VirtualBatchModel(keras.Model):
             regularizers, ``add_loss``). Detected from activity regularizers when None.
           virtual_batch_size: the batch B the pipeline yields, when known. With
             ``micro_batch_size >= virtual_batch_size`` (k = 1) the step skips the micro-batch loop.
-          measure_every_n_updates: fill ``measurements`` (gradient norms) every n-th update only;
-            0: never. The norms cost a pass over the gradients (and, distributed, one more
-            all-reduce): ~6% of a batch-32 step of a 784-512-512-10 MLP
-            (benchmarks/bench_virtual_batch.py). Always 1 while ``track_gradient_noise`` is on.
+          measure_every_n_updates: fill the gradient norms of ``measurements`` every n-th update
+            only (and on the update ``measurements.record_update`` names); 0: never. The norms cost
+            a pass over the gradients (and, distributed, one more all-reduce): ~6% of a batch-32
+            step of a 784-512-512-10 MLP (benchmarks/bench_virtual_batch.py). The gradient noise
+            scale's ingredients and averages are updated on every sampled update regardless.
         """
         if isinstance(measure_every_n_updates, bool) \
                 or not isinstance(measure_every_n_updates, int) or measure_every_n_updates < 0:
@@ -114,9 +150,7 @@ class VirtualBatchModel(keras.Model):
 
     @property
     def measure_every_n_updates(self):
-        """How often ``measurements`` are filled (1: every update; the noise scale forces 1)."""
-        if getattr(self, "_track_gradient_noise", False):
-            return 1
+        """How often the gradient norms of ``measurements`` are filled (1: every update)."""
         return getattr(self, "_measure_every", 1)
 
     # -- Stateful streams (experiments/stateful_data.py): micro-batches are time windows --------
@@ -200,6 +234,10 @@ class VirtualBatchModel(keras.Model):
         if self.time_window is not None:  # stateful streams: split along time, not rows
             micro = self.time_window
         loss_dtype = tf.float64 if any(v.dtype == tf.float64 for v in variables) else tf.float32
+        sampled = None  # whether this update feeds the gradient noise scale
+        if self._track_gradient_noise:
+            every = tf.maximum(self.measurements.noise_sample_every, 1)
+            sampled = tf.equal(self._coming_update() % every, 0)
 
         # Global row count is known before the loop: call-time losses (per-sample means in Keras)
         # are weighted by rows / global rows.
@@ -229,11 +267,14 @@ class VirtualBatchModel(keras.Model):
                 del tape
             sq = tf.zeros((), tf.float32)
             if self._track_gradient_noise:
-                # |G_j|^2 of this micro-batch's mean gradient ('sum' losses: mean over rows).
-                sq = 2.0 * tf.add_n([tf.nn.l2_loss(tf.cast(g, tf.float32))
-                                     for g in grads[:n_vars]])
-                per = size if self._loss_terms.sums_only else den_j
-                sq = sq / tf.square(tf.maximum(tf.cast(per, tf.float32), 1e-12))
+                def squared_norm():
+                    # |G_j|^2 of this micro-batch's mean gradient ('sum' losses: mean over rows).
+                    total = 2.0 * tf.add_n([tf.nn.l2_loss(tf.cast(g, tf.float32))
+                                            for g in grads[:n_vars]])
+                    per = size if self._loss_terms.sums_only else den_j
+                    return total / tf.square(tf.maximum(tf.cast(per, tf.float32), 1e-12))
+
+                sq = tf.cond(sampled, squared_norm, lambda: tf.zeros((), tf.float32))
             self._update_metrics(xj, yj, y_pred, swj)
             return (tf.cast(num_j, loss_dtype), tf.cast(den_j, loss_dtype),
                     tf.cast(call_term, loss_dtype), sq, grads)
@@ -337,8 +378,8 @@ class VirtualBatchModel(keras.Model):
                     grads[i] = grads[i] + tf.cast(g, v.dtype) / num_replicas
             loss = loss + reg_loss
 
-        self._maybe_record_measurements(grads, data_grads, micro_sq, num_micro, num_rows,
-                                  replica, num_replicas)
+        self._record_step_measurements(grads, data_grads, micro_sq, num_micro, num_rows,
+                                       replica, num_replicas, sampled)
         return grads, loss, num_rows
 
     def _update_metrics(self, x, y, y_pred, sample_weight):
@@ -354,19 +395,6 @@ class VirtualBatchModel(keras.Model):
         if compiled is not None:
             compiled.update_state(y, y_pred, sample_weight)
 
-    def _maybe_record_measurements(self, *args):
-        """``_record_measurements`` on the updates ``measure_every_n_updates`` asks for."""
-        every = getattr(self, "_measure_every", 1)
-        if every == 1 or self._track_gradient_noise:
-            self._record_measurements(*args)
-        elif every > 1:
-            def record():
-                self._record_measurements(*args)
-                return tf.constant(True)
-
-            due = tf.equal((self.optimizer.iterations + 1) % every, 0)  # the coming update
-            tf.cond(due, record, lambda: tf.constant(False))
-
     def _call_losses(self):
         """Losses added during the forward pass (activity regularizers, add_loss)."""
         losses = []
@@ -374,10 +402,48 @@ class VirtualBatchModel(keras.Model):
             losses.extend(layer._get_own_losses())
         return losses
 
-    def _record_measurements(self, grads, data_grads, micro_sq, num_micro, num_rows,
-                             replica, num_replicas):
-        m = self.measurements
+    def _coming_update(self):
+        """The 1-based count of the update this step performs."""
+        return tf.cast(self.optimizer.iterations, tf.int64) + 1
+
+    def _record_step_measurements(self, grads, data_grads, micro_sq, num_micro, num_rows,
+                                  replica, num_replicas, sampled):
+        """Fills ``measurements``: the noise scale on sampled updates, the gradient norms every
+        ``measure_every_n_updates`` updates and on the update ``record_update`` names.
+
+        On one device each part sits in a ``tf.cond``, so an update that records nothing costs two
+        scalar comparisons. Under a distribution strategy every update records (the values of
+        the noise scale still change on sampled updates only): all-reduces and the cross-replica
+        writes of ``ONLY_FIRST_REPLICA`` variables cannot run inside a ``tf.cond`` there.
+        """
         distributed = replica is not None and num_replicas > 1
+        gated = not tf.distribute.has_strategy()
+        if self._track_gradient_noise:
+            if gated:
+                def noise():
+                    self._record_noise(data_grads, micro_sq, num_micro, num_rows, replica,
+                                       distributed, sampled)
+                    return tf.constant(True)
+
+                tf.cond(sampled, noise, lambda: tf.constant(False))
+            else:
+                self._record_noise(data_grads, micro_sq, num_micro, num_rows, replica,
+                                   distributed, sampled)
+        every = getattr(self, "_measure_every", 1)
+        if every == 1 or (every > 1 and not gated):
+            self._record_norms(grads, replica, distributed)
+        elif every > 1:
+            def norms():
+                self._record_norms(grads, replica, distributed)
+                return tf.constant(True)
+
+            coming = self._coming_update()
+            due = tf.logical_or(tf.equal(coming % every, 0),
+                                tf.equal(coming, self.measurements.record_update))
+            tf.cond(due, norms, lambda: tf.constant(False))
+
+    def _record_norms(self, grads, replica, distributed):
+        m = self.measurements
         full = list(grads)
         if distributed:
             full = replica.all_reduce("sum", full)
@@ -387,8 +453,18 @@ class VirtualBatchModel(keras.Model):
             tf.zeros([0])
         m.variable_gradient_norms.assign(norms)
         m.gradient_norm.assign(tf.norm(norms))
-        if not self._track_gradient_noise:
-            return
+
+    def _record_noise(self, data_grads, micro_sq, num_micro, num_rows, replica, distributed,
+                      sampled):
+        """The noise scale's ingredients of this update, and their moving averages.
+
+        With B_small = b and B_big = k*b rows at the same weights (McCandlish et al. 2018):
+        |G|^2 ~ (B_big |G_big|^2 - B_small |G_small|^2) / (B_big - B_small) and
+        tr(Sigma) ~ (|G_small|^2 - |G_big|^2) / (1/B_small - 1/B_big), each averaged with decay
+        ``noise_decay`` per sample. An update with a single micro-batch (B_big = B_small) is
+        counted as sampled but does not feed the averages. Nothing changes unless ``sampled``.
+        """
+        m = self.measurements
         data = list(data_grads)
         counts = tf.stack([micro_sq, tf.cast(num_micro, tf.float32),
                            tf.cast(num_rows, tf.float32)])
@@ -396,14 +472,33 @@ class VirtualBatchModel(keras.Model):
             data = replica.all_reduce("sum", data)
             counts = replica.all_reduce("sum", counts)
         micro_sq_total, micro_count, rows = counts[0], counts[1], counts[2]
-        m.micro_gradient_sq_norm.assign(micro_sq_total / tf.maximum(micro_count, 1.0))
-        batch_sq = tf.add_n([tf.reduce_sum(tf.square(tf.cast(g, tf.float32))) for g in data])
+        micro_sq_mean = micro_sq_total / tf.maximum(micro_count, 1.0)
+        batch_sq = 2.0 * tf.add_n([tf.nn.l2_loss(tf.cast(g, tf.float32)) for g in data])
         if self._loss_terms.sums_only:  # 'sum' losses: the gradient of the mean over rows
             batch_sq = batch_sq / tf.square(tf.maximum(rows, 1.0))
-        m.batch_gradient_sq_norm.assign(batch_sq)
-        m.num_micro_batches.assign(micro_count)
-        m.batch_size.assign(rows)
-        m.micro_batch_size.assign(rows / tf.maximum(micro_count, 1.0))
+        micro_rows = rows / tf.maximum(micro_count, 1.0)
+        for variable, value in ((m.micro_gradient_sq_norm, micro_sq_mean),
+                                (m.batch_gradient_sq_norm, batch_sq),
+                                (m.num_micro_batches, micro_count), (m.batch_size, rows),
+                                (m.micro_batch_size, micro_rows)):
+            variable.assign(tf.where(sampled, value, variable))
+
+        small_sq, big_sq = tf.cast(micro_sq_mean, tf.float64), tf.cast(batch_sq, tf.float64)
+        b_small, b_big = tf.cast(micro_rows, tf.float64), tf.cast(rows, tf.float64)
+        defined = b_big > b_small * (1.0 + 1e-6)
+        gradient_sq = (b_big * big_sq - b_small * small_sq) / tf.where(
+            defined, b_big - b_small, tf.ones_like(b_big))
+        inverse_gap = tf.where(defined, 1.0 / tf.maximum(b_small, 1e-12)
+                               - 1.0 / tf.maximum(b_big, 1e-12), tf.ones_like(b_big))
+        trace = (small_sq - big_sq) / inverse_gap
+        state = tf.convert_to_tensor(m.noise_scale)
+        decay = tf.convert_to_tensor(m.noise_decay)
+        fed = tf.stack([decay * state[0] + (1.0 - decay) * gradient_sq,
+                        decay * state[1] + (1.0 - decay) * trace,
+                        decay * state[2] + (1.0 - decay),
+                        state[3] + 1.0, state[4] + 1.0])
+        kept = tf.concat([state[:4], state[4:] + tf.cast(sampled, tf.float64)], axis=0)
+        m.noise_scale.assign(tf.where(tf.logical_and(defined, sampled), fed, kept))
 
 
 def _time_slice(tensor, start, size):

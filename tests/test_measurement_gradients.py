@@ -113,3 +113,25 @@ def test_plain_keras_model_is_refused():
     model.compile(optimizer="sgd", loss="mse")
     with pytest.raises(ValueError, match="as_virtual_batch_model"):
         model.fit(np.ones((4, 5)), np.ones((4, 3)), verbose=0, callbacks=[GradientNorm()])
+
+
+def test_epoch_end_update_is_measured_off_the_step_interval():
+    """The step fills the norms every 3rd update only; GradientNorm still logs each epoch's last
+    update (10, 20) with that update's own gradient, by asking the step to measure it."""
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(40, 5)).astype(np.float32)
+    y = rng.integers(0, 3, size=40)
+    model = train_step.as_virtual_batch_model(_mlp(), measure_every_n_updates=3)
+    initial = model.get_weights()
+    model.compile(optimizer=keras.optimizers.SGD(LR),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    norms = GradientNorm(None, every_n_updates=3)
+    model.fit(x, y, batch_size=4, epochs=2, shuffle=False, verbose=0, callbacks=[norms])
+    assert [u for u, _ in norms.history] == [3, 6, 9, 10, 12, 15, 18, 20]
+
+    steps = _reference_steps(initial, np.concatenate([x, x]), np.concatenate([y, y]), 4, 20)
+    for update, values in norms.history:
+        grads, before = steps[update - 1]
+        np.testing.assert_allclose(values["gradients/global_norm"], _norm(grads), rtol=1e-4)
+        np.testing.assert_allclose(values["update_ratio/global"],
+                                   LR * _norm(grads) / _norm(before), rtol=1e-4)

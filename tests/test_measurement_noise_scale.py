@@ -99,3 +99,58 @@ def test_needs_tracking_on_the_model():
     x = np.ones((8, 3), np.float32)
     with pytest.raises(ValueError, match="track_gradient_noise"):
         model.fit(x, x[:, :1], batch_size=4, verbose=0, callbacks=[GradientNoiseScale()])
+
+
+class _Ingredients(keras.callbacks.Callback):
+    """Reads the step's per-update ingredients after every update (a reference, not a cost)."""
+
+    def __init__(self):
+        super().__init__()
+        self.rows = []
+
+    def on_train_batch_end(self, batch, logs=None):
+        m = self.model.measurements
+        self.rows.append([float(v.numpy()) for v in (
+            m.micro_gradient_sq_norm, m.batch_gradient_sq_norm, m.micro_batch_size,
+            m.batch_size)])
+
+
+def test_step_keeps_the_moving_averages_of_sampled_updates(tmp_path):
+    """The train step itself feeds the bias-corrected EMAs (no callback call per update), every
+    ``sample_every_n_updates`` updates; they equal a NumPy EMA of the sampled ingredients."""
+    rng = np.random.default_rng(3)
+    d, micro, k, updates, decay, every = 3, 4, 3, 12, 0.8, 2
+    x = rng.normal(size=(updates * micro * k, d)).astype(np.float32)
+    y = (x @ np.ones(d) + rng.normal(size=len(x))).astype(np.float32)[:, None]
+    model = train_step.as_virtual_batch_model(_linear_model(d, np.zeros(d)),
+                                              micro_batch_size=micro, track_gradient_noise=True)
+    model.compile(optimizer=keras.optimizers.SGD(0.05), loss="mse")
+    noise = GradientNoiseScale(str(tmp_path), every_n_updates=4, decay=decay,
+                               sample_every_n_updates=every)
+    ingredients = _Ingredients()
+    model.fit(x, y, batch_size=micro * k, epochs=1, shuffle=False, verbose=0,
+              callbacks=[noise, ingredients])
+
+    gradient_sq = trace = weight = 0.0
+    for update, (small_sq, big_sq, b_small, b_big) in enumerate(ingredients.rows, start=1):
+        if update % every:
+            continue
+        gradient_sq = decay * gradient_sq + (1 - decay) * (
+            (b_big * big_sq - b_small * small_sq) / (b_big - b_small))
+        trace = decay * trace + (1 - decay) * (small_sq - big_sq) / (1 / b_small - 1 / b_big)
+        weight = decay * weight + (1 - decay)
+    state = model.measurements.noise_scale_values()
+    assert state["sampled"] == state["count"] == updates // every
+    final = noise.history[-1][1]
+    assert noise.history[-1][0] == updates
+    np.testing.assert_allclose(final["noise_scale/gradient_sq_norm"], gradient_sq / weight,
+                               rtol=1e-5)
+    np.testing.assert_allclose(final["noise_scale/trace_sigma"], trace / weight, rtol=1e-5)
+    np.testing.assert_allclose(final["noise_scale/b_simple"], trace / gradient_sq, rtol=1e-5)
+
+    # A second fit with the same callback carries on; a new callback starts afresh.
+    model.fit(x, y, batch_size=micro * k, epochs=1, shuffle=False, verbose=0, callbacks=[noise])
+    assert model.measurements.noise_scale_values()["sampled"] == 2 * updates // every
+    model.fit(x[:micro * k], y[:micro * k], batch_size=micro * k, epochs=1, verbose=0,
+              callbacks=[GradientNoiseScale(sample_every_n_updates=1)])
+    assert model.measurements.noise_scale_values()["sampled"] == 1
