@@ -60,7 +60,7 @@ def explain(error):
             params = []
         return ConfigError(f"'{name}' has no parameter '{param}'.{_suggest(param, params)} "
                            f"Its parameters: {', '.join(params)}.\n{text}")
-    if isinstance(error, (SyntaxError,)) or type(error).__name__ == "TokenError":
+    if isinstance(error, SyntaxError) or type(error).__name__ == "TokenError":
         return ConfigError(f"gin syntax error: {text}")
     if isinstance(error, OSError):
         return ConfigError(f"Missing gin file: {text}")
@@ -82,7 +82,7 @@ def parse(gin_files, gin_bindings):
     gin.add_config_file_search_path(REPO_ROOT)
     try:
         gin.parse_config_files_and_bindings(files, list(gin_bindings), skip_unknown=False)
-    except (ValueError, SyntaxError, OSError, ImportError, TypeError, Exception) as error:
+    except Exception as error:  # gin raises many types; each is explained below
         raise explain(error) from error
     return files
 

@@ -253,10 +253,6 @@ class VirtualBatchModel(keras.Model):
                 y_pred = self(xj, training=True)
                 num_j, den_j = self._loss_terms(yj, y_pred, swj)
                 call_losses = self._call_losses()
-                if call_losses and not self._has_call_losses:
-                    raise ValueError(
-                        "The model adds losses in its forward pass; build the virtual-batch model "
-                        "with has_call_losses=True so they are weighted exactly.")
                 call_term = tf.zeros((), tf.float32)
                 if call_losses:
                     call_term = tf.add_n([tf.cast(c, tf.float32) for c in call_losses]) \
@@ -295,10 +291,7 @@ class VirtualBatchModel(keras.Model):
             with tf.GradientTape() as tape:
                 y_pred = self(x, training=True)
                 numerator, denominator = self._loss_terms(y, y_pred, sample_weight)
-                if self._call_losses():
-                    raise ValueError(
-                        "The model adds losses in its forward pass; build the virtual-batch model "
-                        "with has_call_losses=True so they are weighted exactly.")
+                self._call_losses()  # raises if the model adds losses nobody declared
                 totals = all_reduced(tf.stack([tf.cast(numerator, loss_dtype),
                                                tf.cast(denominator, loss_dtype)]))
                 safe_denominator = tf.stop_gradient(safe(totals[1]))
@@ -396,10 +389,18 @@ class VirtualBatchModel(keras.Model):
             compiled.update_state(y, y_pred, sample_weight)
 
     def _call_losses(self):
-        """Losses added during the forward pass (activity regularizers, add_loss)."""
+        """Losses added during the forward pass (activity regularizers, add_loss).
+
+        Raises when there are some but the model was not built with ``has_call_losses``: the
+        step would otherwise drop them or weight them wrongly.
+        """
         losses = []
         for layer in self._flatten_layers(include_self=True):
             losses.extend(layer._get_own_losses())
+        if losses and not self._has_call_losses:
+            raise ValueError(
+                "The model adds losses in its forward pass; build the virtual-batch model "
+                "with has_call_losses=True so they are weighted exactly.")
         return losses
 
     def _coming_update(self):
