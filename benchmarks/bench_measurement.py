@@ -2,12 +2,12 @@
 
     python benchmarks/bench_measurement.py [--epochs 5] [--repeats 3] [--setups NAME ...]
 
-Each setup is trained through the real runner (``experiments.runner.train``), as a user runs it,
-in this process: "off" (``train.measurements = []``) and "on" runs alternate, ``--repeats`` times
+Each setup is trained through the real runner (``experiments.run.runner.train``), as a user runs it,
+in this process: "off" (``measurements.enabled = []``) and "on" runs alternate, ``--repeats`` times
 each (the order flips every round), so that both arms see the same machine load. "On" is the
 default set (``measurements.DEFAULT``: gradient norms and update ratios, generalization gap,
 distance from init, throughput, and the gradient noise scale when k > 1), logged every
-``train.gradient_norm_every`` = ``--every`` updates. Keskar sharpness (opt-in, once at the end of
+``measurements.every_n_updates`` = ``--every`` updates. Keskar sharpness (opt-in, once at the end of
 training) runs after the last epoch of the first "on" run and is reported in its own column: it is
 not part of any epoch.
 
@@ -44,8 +44,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import keras  # noqa: E402
 from absl import logging  # noqa: E402
 
-from experiments import launch, runner  # noqa: E402
-from experiments import measurements as measurements_lib  # noqa: E402
+from experiments import launch  # noqa: E402
+from experiments.run import measurements as measurements_lib  # noqa: E402
+from experiments.run import runner  # noqa: E402
 
 DEFAULT_SET = ("@measurements.gradient_norms, @measurements.generalization_gap, "
                "@measurements.weight_distance, @measurements.gradient_noise_scale, "
@@ -137,9 +138,9 @@ class HookTimer(EpochTimer):
 def run_once(files, bindings, measured, sharpness, epochs, every, output_dir, timer=None):
     """One run through the runner; returns ([(wall, cpu)] of epochs 2.., sharpness seconds)."""
     listed = DEFAULT_SET + (", @measurements.sharpness" if sharpness else "")
-    extra = [f"train.measurements = [{listed}]"] if measured else ["train.measurements = []"]
+    extra = [f"measurements.enabled = [{listed}]"] if measured else ["measurements.enabled = []"]
     launch.parse(files, list(bindings) + extra + [
-        f"train.epochs = {epochs}", "train.verbose = 0", f"train.gradient_norm_every = {every}"])
+        f"train.epochs = {epochs}", "train.verbose = 0", f"measurements.every_n_updates = {every}"])
     timer = timer or EpochTimer()
     result = runner.train(output_dir=output_dir, experiment="bench_measurement",
                           extra_callbacks=[timer])
@@ -175,7 +176,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=5, help="per run; the first is dropped")
     parser.add_argument("--repeats", type=int, default=3, help="runs per arm and setup")
-    parser.add_argument("--every", type=int, default=10, help="train.gradient_norm_every")
+    parser.add_argument("--every", type=int, default=10, help="measurements.every_n_updates")
     parser.add_argument("--setups", nargs="*", default=None,
                         help="setup names (or unique parts of them) to run; default: all")
     parser.add_argument("--hooks", action="store_true",

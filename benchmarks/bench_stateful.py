@@ -44,26 +44,31 @@ def child(config):
     import keras
     import numpy as np
 
-    from experiments import models, stateful_data, stateful_training, train_step
+    from experiments.engine import virtual_batch_model
+    from experiments.inputs import pipelines as pipelines_lib
+    from experiments.inputs import stream_sources
+    from experiments.inputs.streams import StreamLayout
+    from experiments.models import builders as models
+    from experiments.run import stateful
 
     streams, length, vocab = config["streams"], config["length"], config["vocab"]
     ids = np.random.default_rng(0).integers(0, vocab, size=streams * length + 1)
     stateful = config["kind"] == "stateful"
     window = config["window"] if stateful else length
-    layout = stateful_data.StreamLayout(
-        num_streams=streams, window_length=window, windows_per_update=config["k"], max_offset=0,
+    layout = StreamLayout(
+        num_streams=streams, window_length=window, num_micro_batches=config["k"], max_offset=0,
         stateful=stateful)
-    data = stateful_data.stream_series(series=ids, vocabulary_size=vocab, validation_split=0.0,
+    data = stream_sources.stream_series(series=ids, vocabulary_size=vocab, validation_split=0.0,
                                        layout=layout)
-    pipelines = data.make_batched(batch_size=streams)
+    layout, pipelines = pipelines_lib.batched(data, streams)
     keras.utils.set_random_seed(0)
     if stateful:
         base = models.stateful_stacked_lstm(data.spec, units=(config["units"],), embedding_dim=32)
     else:
         base = models.stacked_lstm(data.spec, units=(config["units"],), embedding_dim=32,
                                    return_sequences=True)
-    model = train_step.as_virtual_batch_model(base)
-    callbacks = stateful_training.prepare(model, data, pipelines)
+    model = virtual_batch_model.as_virtual_batch_model(base)
+    callbacks = stateful.prepare(model, data, layout)
     model.compile(keras.optimizers.Adam(1e-3), keras.losses.SparseCategoricalCrossentropy())
 
     times = []

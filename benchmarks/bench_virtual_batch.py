@@ -40,7 +40,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from experiments import train_step  # noqa: E402
+from experiments.engine import virtual_batch_model  # noqa: E402
 
 SIZES = {  # rows of synthetic data per model: (full, --quick)
     "mlp": (8192, 4096),
@@ -89,7 +89,7 @@ def make_model(model_name, configuration):
     batch, micro, accumulation, kind = configuration
     model = build(model_name)
     if kind.startswith("batchlab"):
-        model = train_step.as_virtual_batch_model(
+        model = virtual_batch_model.as_virtual_batch_model(
             model, micro_batch_size=micro, virtual_batch_size=batch,
             measure_every_n_updates=0 if kind == "batchlab-bare" else 1)
     optimizer = keras.optimizers.SGD(learning_rate=0.01, momentum=0.9,

@@ -13,21 +13,20 @@ The validation side is read from the epoch's ``val_*`` logs when ``fit`` has val
 The training subset may also be a finite, batched ``tf.data.Dataset`` (e.g. the first batches of a
 stream pipeline): it is cached on first use, so every epoch sees the same batches. Evaluations run
 on their own zero state for stateful RNNs and leave the training state untouched
-(``callbacks.reset_states.isolated_state``).
+(``experiments.engine.states.isolated_state``).
 At ``on_train_end`` the final values are kept in ``self.final`` (and re-measured, and logged at
 the next epoch index, only if the weights changed since the last epoch end, e.g. an optimizer
 with ``use_ema=True`` swapping its averaged weights in). Works in any ``model.fit``.
 """
 
-import keras
 import numpy as np
 import tensorflow as tf
 
-from callbacks import summary_writer
-from callbacks.reset_states import isolated_state
+from callbacks.base import MeasurementCallback
+from experiments.engine.states import isolated_state, stateful_layers
 
 
-class GeneralizationGap(keras.callbacks.Callback):
+class GeneralizationGap(MeasurementCallback):
     """Args:
       train_subset: (x, y) arrays: a fixed sample of the training set (see ``fixed_subset``), or
         a finite batched ``tf.data.Dataset`` of (x, y) training batches.
@@ -37,15 +36,13 @@ class GeneralizationGap(keras.callbacks.Callback):
     """
 
     def __init__(self, train_subset, validation_data=None, log_dir=None, batch_size=256):
-        super().__init__()
+        super().__init__(log_dir)
         if train_subset is None or (not isinstance(train_subset, tf.data.Dataset)
                                     and len(train_subset) < 2):
             raise ValueError("GeneralizationGap needs train_subset=(x, y) or a dataset.")
         self.train_subset = train_subset
         self.validation_data = validation_data
-        self.log_dir = log_dir
         self.batch_size = int(batch_size)
-        self.history = []  # (epoch, {tag: value})
         self.final = {}
         self._datasets = {}
         self._functions = {}  # 'model', and per data set: (graph function, its tensors)
@@ -69,14 +66,13 @@ class GeneralizationGap(keras.callbacks.Callback):
             return self.model.evaluate(self._dataset(key, data), verbose=0, return_dict=True)
 
     def _in_one_call(self, data):
-        """Arrays, on a model without stateful layers, distribution strategy or custom training
-        loop: evaluated by one graph call (``_evaluate_in_one_call``); else by ``evaluate``."""
+        """Arrays, on a model without stateful layers, distribution strategy or evaluation loop of
+        its own: evaluated by one graph call (``_evaluate_in_one_call``); else by ``evaluate``."""
         model = self.model
         return (not isinstance(data, tf.data.Dataset)
-                and getattr(model, "_distribute_strategy", None) is None
-                and getattr(model, "_custom_loop", None) is None
-                and not any(getattr(layer, "stateful", False)
-                            for layer in model._flatten_layers()))
+                and model.distribute_strategy is tf.distribute.get_strategy()
+                and getattr(model, "evaluation_loop", None) is None
+                and not stateful_layers(model))
 
     def _evaluate_in_one_call(self, key, data):
         """What ``model.evaluate`` of these arrays returns (``return_dict=True``), in one call.
@@ -152,15 +148,14 @@ class GeneralizationGap(keras.callbacks.Callback):
 
     def _record(self, epoch, values):
         self._last_epoch = epoch
-        self.history.append((epoch, values))
         self.final = dict(values)
-        summary_writer.scalars(self.log_dir, values, epoch)
+        self.publish(epoch, values)
 
     def on_train_end(self, logs=None):
         if self._measured_at is None or not np.array_equal(self._measured_at,
                                                            self._fingerprint()):
             self._record(self._last_epoch + 1, self.measure())
-        summary_writer.flush(self.log_dir)
+        super().on_train_end(logs)
 
     def result(self):
         return dict(self.final)

@@ -24,13 +24,16 @@ masked sequence losses it is in sequences, not tokens. With a stateful (streamed
 micro-batches of one update are consecutive windows of the same streams, hence correlated: the
 variance is underestimated and B_simple is biased low.
 
-Needs ``track_gradient_noise=True`` on the model (``train.track_gradient_noise`` in a run).
+Needs ``track_gradient_noise=True`` on the model (``measurements.track_gradient_noise`` in a run).
 """
 
 from absl import logging
 
 from callbacks import summary_writer
-from callbacks.gradient_norm import UpdateClock, step_measurements
+from callbacks.base import UpdateClock
+from callbacks.gradient_norm import step_measurements
+from experiments.common import checks
+from experiments.engine.states import stateful_layers
 
 UNDEFINED_NOTE = (
     "The gradient noise scale needs k >= 2 micro-batches per update (B_big > B_small); this run "
@@ -54,31 +57,25 @@ class GradientNoiseScale(UpdateClock):
     """
 
     def __init__(self, log_dir=None, every_n_updates=10, decay=0.99, sample_every_n_updates=1):
-        super().__init__()
-        for name, value in (("every_n_updates", every_n_updates),
-                            ("sample_every_n_updates", sample_every_n_updates)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}.")
-        if not 0.0 <= float(decay) < 1.0:
-            raise ValueError(f"decay must be in [0, 1), got {decay!r}.")
-        self.log_dir = log_dir
-        self.every_n_updates = every_n_updates
-        self.sample_every_n_updates = sample_every_n_updates
-        self.decay = float(decay)
-        self.history = []  # (update, {tag: value})
+        super().__init__(log_dir)
+        self.every_n_updates = checks.positive_int(every_n_updates, "every_n_updates")
+        self.sample_every_n_updates = checks.positive_int(sample_every_n_updates,
+                                                          "sample_every_n_updates")
+        self.decay = checks.fraction(decay, "decay")
         self.defined = None
         self._measurements = None  # the model's StepMeasurements, once started
 
     def on_train_begin(self, logs=None):
         m = step_measurements(self.model)
-        if not getattr(self.model, "_track_gradient_noise", False):
+        if not getattr(self.model, "tracks_gradient_noise", False):
             raise ValueError(
                 "The gradient noise scale needs the micro-batch gradient norms: build the model "
-                "with track_gradient_noise=True (in a run: train.track_gradient_noise = True).")
+                "with track_gradient_noise=True (in a run: measurements.track_gradient_noise = "
+                "True).")
         if getattr(self.model, "micro_batch_size", None) is None:
             self._undefined()
             return
-        if any(getattr(layer, "stateful", False) for layer in self.model._flatten_layers()):
+        if stateful_layers(self.model):
             logging.warning(
                 "Gradient noise scale on a stateful model: the micro-batches of one update are "
                 "correlated windows, so B_simple is biased low.")
@@ -98,7 +95,7 @@ class GradientNoiseScale(UpdateClock):
 
     def on_epoch_end(self, epoch, logs=None):
         update = self.current_update()  # epochs of unknown length: log their last update
-        if self.defined and update and (not self.history or self.history[-1][0] != update):
+        if self.defined and update and self.last_logged_step() != update:
             self.log(update)
 
     def _read(self):
@@ -124,11 +121,7 @@ class GradientNoiseScale(UpdateClock):
             if self.defined:
                 self._undefined()
             return
-        self.history.append((update, values))
-        summary_writer.scalars(self.log_dir, values, update)
-
-    def on_train_end(self, logs=None):
-        summary_writer.flush(self.log_dir)
+        self.publish(update, values)
 
     def result(self):
         if self.defined is False:

@@ -22,11 +22,11 @@ so its cost is one weight copy and one pass over the weights every ``every_n_upd
 import collections
 import re
 
-import keras
 import numpy as np
 import tensorflow as tf
 
-from callbacks import summary_writer
+from callbacks.base import UpdateClock
+from experiments.common import checks
 
 
 def step_measurements(model):
@@ -36,7 +36,7 @@ def step_measurements(model):
         raise ValueError(
             "This callback reads gradients measured by "
             "batchlab's train step: wrap the model with "
-            "experiments.train_step.as_virtual_batch_model first.")
+            "experiments.engine.virtual_batch_model.as_virtual_batch_model first.")
     return measurements
 
 
@@ -73,42 +73,6 @@ def combine_norms(norms, groups):
     return {layer: float(np.sqrt(np.sum(np.square(norms[idx])))) for layer, idx in groups.items()}
 
 
-class UpdateClock(keras.callbacks.Callback):
-    """Base class knowing the update count at each batch hook without reading it every update.
-
-    ``optimizer.iterations`` is read once per epoch; the update that a batch hook refers to is
-    that count plus the batch index + 1 (also right with ``steps_per_execution``, where Keras
-    passes the index of the last step run).
-
-    Batch hooks run after every update (Keras calls them whenever any callback defines them), so
-    they only do integer arithmetic; anything that touches TensorFlow or NumPy happens on the
-    updates that are logged.
-    """
-
-    def __init__(self):
-        super().__init__()
-        self._epoch_start = 0
-        self._steps = None
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self._epoch_start = int(self.model.optimizer.iterations.numpy())
-        self._steps = (self.params or {}).get("steps")
-
-    def update_after(self, batch):
-        """The update count once batch ``batch`` of this epoch has been applied."""
-        return self._epoch_start + batch + 1
-
-    def is_logged(self, batch, every_n_updates, at_epoch_end=True):
-        """Log after this batch: every ``every_n_updates`` updates and, with ``at_epoch_end``,
-        after an epoch's last batch (so short runs and long intervals still give a point per
-        epoch)."""
-        return (self._epoch_start + batch + 1) % every_n_updates == 0 or (
-            at_epoch_end and batch + 1 == self._steps)
-
-    def current_update(self):
-        return int(self.model.optimizer.iterations.numpy())
-
-
 def norms64(tensors):
     """The norm of each tensor, as one float64 vector.
 
@@ -138,17 +102,11 @@ class GradientNorm(UpdateClock):
     """
 
     def __init__(self, log_dir=None, every_n_updates=10, per_layer=True, update_ratio=True):
-        super().__init__()
-        if isinstance(every_n_updates, bool) or not isinstance(every_n_updates, int) \
-                or every_n_updates < 1:
-            raise ValueError(
-                f"every_n_updates must be a positive integer, got {every_n_updates!r}.")
-        self.log_dir = log_dir
-        self.every_n_updates = every_n_updates
+        super().__init__(log_dir)
+        self.every_n_updates = checks.positive_int(every_n_updates, "every_n_updates")
         self.per_layer = bool(per_layer)
         self.update_ratio = bool(update_ratio)
         self.values = []  # (update, global gradient norm)
-        self.history = []  # (update, {tag: value}) of every logged update
         self._snapshot = None
         self._snapshot_for = None
         self._read = None
@@ -161,12 +119,12 @@ class GradientNorm(UpdateClock):
             raise ValueError(
                 f"GradientNorm logs every {self.every_n_updates} updates but the train step "
                 f"measures every {cadence}: use a multiple of the step's interval "
-                "(train.gradient_norm_every sets both in batchlab runs).")
+                "(measurements.every_n_updates sets both in batchlab runs).")
         self._cadence = max(cadence, 1)
         self._every_update = cadence == 1
-        # An epoch's last update, off the step's interval, is asked for through this variable.
-        self._record_update = getattr(measurements, "record_update", None)
-        self._epoch_ends = self._every_update or self._record_update is not None
+        # An epoch's last update, off the step's interval, is asked for with request_measurement.
+        self._can_request = hasattr(self.model, "request_measurement")
+        self._epoch_ends = self._every_update or self._can_request
         variables = self.model.trainable_variables
         self._groups = layer_groups(variables)
         if self._read is not None:
@@ -200,7 +158,7 @@ class GradientNorm(UpdateClock):
             return
         update = self.update_after(batch)
         if update % self._cadence:  # an epoch's last update: ask the step to measure it too
-            self._record_update.assign(update)
+            self.model.request_measurement(update)
         if self.update_ratio:
             self._take_snapshot()
             self._snapshot_for = update
@@ -213,7 +171,7 @@ class GradientNorm(UpdateClock):
         if not self._every_update:
             return
         update = self.current_update()  # epochs of unknown length: log their last update
-        if update and (not self.history or self.history[-1][0] != update):
+        if update and self.last_logged_step() != update:
             self.log(update)
 
     def measure(self):
@@ -241,12 +199,4 @@ class GradientNorm(UpdateClock):
     def log(self, update):
         values = self.measure()
         self.values.append((update, values["gradients/global_norm"]))
-        self.history.append((update, values))
-        summary_writer.scalars(self.log_dir, values, update)
-
-    def on_train_end(self, logs=None):
-        summary_writer.flush(self.log_dir)
-
-    def result(self):
-        """Last logged values, for the run's result.json."""
-        return dict(self.history[-1][1]) if self.history else {}
+        self.publish(update, values)

@@ -25,8 +25,9 @@ import scipy.optimize
 import tensorflow as tf
 from absl import logging
 
-from callbacks import summary_writer
-from experiments import loss_terms
+from callbacks.base import MeasurementCallback
+from experiments.common import checks
+from experiments.engine.loss_terms import LossTerms
 
 
 class SharpnessObjective:
@@ -42,7 +43,7 @@ class SharpnessObjective:
         self.variables = list(model.trainable_variables)
         self.shapes = [tuple(v.shape) for v in self.variables]
         self.sizes = [int(np.prod(s)) for s in self.shapes]
-        self.terms = loss_terms.LossTerms(model.loss)
+        self.terms = LossTerms(model.loss)
         self.dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(int(batch_size)).cache()
         regularized = [v for v in self.variables if getattr(v, "regularizer", None) is not None]
         variables, terms = self.variables, self.terms
@@ -141,7 +142,7 @@ def keskar_sharpness(objective, epsilon=1e-3, projection_dim=None, max_iteration
             "solution": solution.x, "radius": radius}
 
 
-class Sharpness(keras.callbacks.Callback):
+class Sharpness(MeasurementCallback):
     """Args:
       subset: (x, y) arrays: a fixed sample of the training set.
       log_dir: TensorBoard directory; None keeps the value only (``self.value``).
@@ -155,22 +156,13 @@ class Sharpness(keras.callbacks.Callback):
 
     def __init__(self, subset, log_dir=None, epsilon=1e-3, projection_dim=None,
                  max_iterations=10, batch_size=256, seed=0, tag="sharpness"):
-        super().__init__()
+        super().__init__(log_dir)
         if subset is None or len(subset) < 2:
             raise ValueError("Sharpness needs subset=(x, y).")
-        if not float(epsilon) > 0:
-            raise ValueError(f"epsilon must be positive, got {epsilon!r}.")
-        if projection_dim is not None and (not isinstance(projection_dim, int)
-                                           or projection_dim < 1):
-            raise ValueError(
-                f"projection_dim must be None or a positive integer, got {projection_dim!r}.")
-        if not isinstance(max_iterations, int) or max_iterations < 1:
-            raise ValueError(f"max_iterations must be a positive integer, got {max_iterations!r}.")
         self.subset = subset
-        self.log_dir = log_dir
-        self.epsilon = float(epsilon)
-        self.projection_dim = projection_dim
-        self.max_iterations = max_iterations
+        self.epsilon = checks.positive_number(epsilon, "epsilon")
+        self.projection_dim = checks.optional_positive_int(projection_dim, "projection_dim")
+        self.max_iterations = checks.positive_int(max_iterations, "max_iterations")
         self.batch_size = int(batch_size)
         self.seed = seed
         self.tag = tag
@@ -194,8 +186,8 @@ class Sharpness(keras.callbacks.Callback):
                      result["max_loss"], result["iterations"], result["evaluations"],
                      result["seconds"])
         values = {f"{self.tag}/{k}": result[k] for k in ("phi", "loss", "max_loss")}
-        summary_writer.scalars(self.log_dir, values, int(self.model.optimizer.iterations.numpy()))
-        summary_writer.flush(self.log_dir)
+        self.publish(int(self.model.optimizer.iterations.numpy()), values)
+        super().on_train_end(logs)
 
     def result(self):
         if self.value is None:

@@ -17,31 +17,15 @@ last batch is then counted right), else as updates x ``batch_size``; without eit
 update rate is logged.
 """
 
-import resource
 import time
 
-import keras
 import tensorflow as tf
 
-from callbacks import summary_writer
+from callbacks.base import MeasurementCallback
+from experiments.common.memory import peak_gpu_memory_mb, peak_memory_mb
 
 
-def peak_memory_mb():
-    """Peak resident set size of this process so far, in MiB (Linux reports KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-
-
-def peak_gpu_memory_mb():
-    """TensorFlow's peak allocation on the first GPU in MiB, or None without a GPU."""
-    if not tf.config.list_logical_devices("GPU"):
-        return None
-    try:
-        return tf.config.experimental.get_memory_info("GPU:0")["peak"] / 2.0 ** 20
-    except (ValueError, RuntimeError):
-        return None
-
-
-class Throughput(keras.callbacks.Callback):
+class Throughput(MeasurementCallback):
     """Args:
       log_dir: TensorBoard directory; None keeps values only (``self.history``).
       examples_per_epoch: training examples in one epoch, if known.
@@ -49,11 +33,9 @@ class Throughput(keras.callbacks.Callback):
     """
 
     def __init__(self, log_dir=None, examples_per_epoch=None, batch_size=None):
-        super().__init__()
-        self.log_dir = log_dir
+        super().__init__(log_dir)
         self.examples_per_epoch = examples_per_epoch
         self.batch_size = batch_size
-        self.history = []  # (epoch, {tag: value})
         self._epoch_started = None
         self._last_update_time = None
         self._updates = 0
@@ -94,12 +76,4 @@ class Throughput(keras.callbacks.Callback):
         gpu = peak_gpu_memory_mb() if self._gpu is not False else None
         if gpu is not None:
             values["throughput/peak_gpu_memory_mb"] = gpu
-        self.history.append((epoch, values))
-        summary_writer.scalars(self.log_dir, values, epoch)
-
-    def on_train_end(self, logs=None):
-        summary_writer.flush(self.log_dir)
-
-    def result(self):
-        """The last epoch's values (the first epoch includes tracing)."""
-        return dict(self.history[-1][1]) if self.history else {}
+        self.publish(epoch, values)

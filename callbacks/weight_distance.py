@@ -18,8 +18,9 @@ over the weights each time, in a single graph call.
 import numpy as np
 import tensorflow as tf
 
-from callbacks import summary_writer
-from callbacks.gradient_norm import UpdateClock, layer_groups, norms64
+from callbacks.base import UpdateClock
+from callbacks.gradient_norm import layer_groups, norms64
+from experiments.common import checks
 
 
 class WeightDistance(UpdateClock):
@@ -30,15 +31,9 @@ class WeightDistance(UpdateClock):
     """
 
     def __init__(self, log_dir=None, every_n_updates=None, per_layer=True):
-        super().__init__()
-        if every_n_updates is not None and (isinstance(every_n_updates, bool) or not isinstance(
-                every_n_updates, int) or every_n_updates < 1):
-            raise ValueError(
-                f"every_n_updates must be a positive integer or None, got {every_n_updates!r}.")
-        self.log_dir = log_dir
-        self.every_n_updates = every_n_updates
+        super().__init__(log_dir)
+        self.every_n_updates = checks.optional_positive_int(every_n_updates, "every_n_updates")
         self.per_layer = bool(per_layer)
-        self.history = []  # (update, {tag: value})
         self._initial = None
         self._last_update = None
 
@@ -76,9 +71,7 @@ class WeightDistance(UpdateClock):
         if update == self._last_update:
             return
         self._last_update = update
-        values = self.measure()
-        self.history.append((update, values))
-        summary_writer.scalars(self.log_dir, values, update)
+        self.publish(update, self.measure())
 
     def on_train_batch_end(self, batch, logs=None):
         if self.every_n_updates is not None and self.is_logged(batch, self.every_n_updates,
@@ -88,10 +81,5 @@ class WeightDistance(UpdateClock):
     def on_epoch_end(self, epoch, logs=None):
         self.log(self.current_update())
 
-    def on_train_end(self, logs=None):
-        summary_writer.flush(self.log_dir)
-
     def result(self):
-        if not self.history:
-            return {}
-        return {k: v for k, v in self.history[-1][1].items() if "/layer/" not in k}
+        return {k: v for k, v in super().result().items() if "/layer/" not in k}

@@ -113,7 +113,7 @@ def test_main_exits_nonzero_with_the_message(tmp_path):
 
 
 def test_existing_run_directory_is_never_overwritten(tmp_path):
-    from experiments import run_dir
+    from experiments.run import run_dir
     first = run_dir.create(str(tmp_path), "exp", "same")
     with open(os.path.join(first, "result.json"), "w") as handle:
         handle.write("{}")

@@ -3,7 +3,9 @@
 import numpy as np
 import pytest
 
-from experiments import data
+from experiments.inputs import arrays as data
+from experiments.inputs import pipelines as pipelines_lib
+from experiments.inputs import synthetic
 
 
 def test_digits_ships_with_the_repo_and_splits_reproducibly():
@@ -46,10 +48,10 @@ def test_text_file_windows_predict_the_next_character(tmp_path):
 
 
 def test_pipeline_batches_shuffles_with_the_seed_and_uses_the_eval_batch_size():
-    source = data.synthetic_classification(num_examples=100, validation_split=0.3)
-    first = data.make_pipelines(source, batch_size=16, eval_batch_size=50, seed=3)
-    again = data.make_pipelines(source, batch_size=16, eval_batch_size=50, seed=3)
-    other = data.make_pipelines(source, batch_size=16, eval_batch_size=50, seed=4)
+    source = synthetic.synthetic_classification(num_examples=100, validation_split=0.3)
+    first = pipelines_lib.batched(source, 16, eval_batch_size=50, seed=3)[1]
+    again = pipelines_lib.batched(source, 16, eval_batch_size=50, seed=3)[1]
+    other = pipelines_lib.batched(source, 16, eval_batch_size=50, seed=4)[1]
     labels = lambda p: np.concatenate([y.numpy() for _, y in p.train])
     assert labels(first).tolist() == labels(again).tolist()
     assert labels(first).tolist() != labels(other).tolist()
@@ -94,11 +96,11 @@ def test_missing_keras_dataset_says_where_keras_looked(tmp_path, monkeypatch):
 
 
 def test_synthetic_sources_are_seeded():
-    a = data.synthetic_regression(seed=5)
-    b = data.synthetic_regression(seed=5)
+    a = synthetic.synthetic_regression(seed=5)
+    b = synthetic.synthetic_regression(seed=5)
     np.testing.assert_array_equal(a.x_train, b.x_train)
     assert a.spec.task == "regression" and a.y_train.dtype == np.float32
-    binary = data.synthetic_binary(num_examples=64)
+    binary = synthetic.synthetic_binary(num_examples=64)
     assert binary.y_train.shape[1:] == (1,) and binary.spec.num_outputs == 1
-    seqs = data.synthetic_sequences(num_examples=32, sequence_length=6, num_features=3)
+    seqs = synthetic.synthetic_sequences(num_examples=32, sequence_length=6, num_features=3)
     assert seqs.spec.input_shape == (6, 3)

@@ -67,7 +67,7 @@ def fake_keras_cache(tmp_path, monkeypatch):
 @pytest.mark.parametrize("path", EXPERIMENTS)
 def test_experiment_smoke(path, tmp_path, fake_keras_cache):
     output = tmp_path / "runs"
-    bindings = ["train.epochs = 1", "train.verbose = 0", "train.gradient_norm_every = 1"] \
+    bindings = ["train.epochs = 1", "train.verbose = 0", "measurements.every_n_updates = 1"] \
         + smoke_bindings(path)
     results = launch.launch([path], bindings, output_dir=str(output), print_fn=lambda *_: None)
     assert results

@@ -9,7 +9,7 @@ import tensorflow as tf
 from callbacks import summary_writer
 from callbacks.gradient_norm import GradientNorm
 from callbacks.weight_distance import WeightDistance
-from experiments import train_step
+from experiments.engine import virtual_batch_model
 from tests.helpers import event_values
 
 LR = 0.1
@@ -48,7 +48,7 @@ def test_logged_norms_ratios_and_distance_match_gradient_tape(tmp_path):
     rng = np.random.default_rng(0)
     x = rng.normal(size=(24, 5)).astype(np.float32)
     y = rng.integers(0, 3, size=24)
-    model = train_step.as_virtual_batch_model(_mlp(), micro_batch_size=4)
+    model = virtual_batch_model.as_virtual_batch_model(_mlp(), micro_batch_size=4)
     initial = model.get_weights()
     model.compile(optimizer=keras.optimizers.SGD(LR),
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
@@ -97,7 +97,7 @@ def test_logged_norms_ratios_and_distance_match_gradient_tape(tmp_path):
 def test_logging_frequency_and_epoch_ends(tmp_path):
     x = np.random.default_rng(1).normal(size=(40, 5)).astype(np.float32)
     y = np.zeros(40, np.int64)
-    model = train_step.as_virtual_batch_model(_mlp())
+    model = virtual_batch_model.as_virtual_batch_model(_mlp())
     model.compile(optimizer=keras.optimizers.SGD(LR),
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     norms = GradientNorm(None, every_n_updates=3, per_layer=False)
@@ -121,7 +121,7 @@ def test_epoch_end_update_is_measured_off_the_step_interval():
     rng = np.random.default_rng(2)
     x = rng.normal(size=(40, 5)).astype(np.float32)
     y = rng.integers(0, 3, size=40)
-    model = train_step.as_virtual_batch_model(_mlp(), measure_every_n_updates=3)
+    model = virtual_batch_model.as_virtual_batch_model(_mlp(), measure_every_n_updates=3)
     initial = model.get_weights()
     model.compile(optimizer=keras.optimizers.SGD(LR),
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))

@@ -8,7 +8,7 @@ import pytest
 import tensorflow as tf
 
 from callbacks.gradient_noise_scale import GradientNoiseScale
-from experiments import train_step
+from experiments.engine import virtual_batch_model
 from tests.helpers import event_tags, event_values
 
 
@@ -34,7 +34,7 @@ def test_step_records_micro_and_batch_squared_norms(reduction):
     y = rng.normal(size=(12, 1)).astype(np.float32)
     kernel = rng.normal(size=3)
     loss = keras.losses.MeanSquaredError(reduction=reduction)
-    model = train_step.as_virtual_batch_model(
+    model = virtual_batch_model.as_virtual_batch_model(
         _linear_model(3, kernel, keras.regularizers.L2(0.1)), micro_batch_size=4,
         track_gradient_noise=True)
     model.compile(optimizer=keras.optimizers.SGD(0.0), loss=loss)
@@ -65,7 +65,7 @@ def test_b_simple_converges_to_linear_regression_closed_form(tmp_path):
     delta = np.full(d, 0.5)  # |delta|^2 = 1
     x = rng.normal(size=(updates * micro * k, d)).astype(np.float32)
     y = (x @ w_star + sigma * rng.normal(size=len(x))).astype(np.float32)[:, None]
-    model = train_step.as_virtual_batch_model(_linear_model(d, w_star + delta),
+    model = virtual_batch_model.as_virtual_batch_model(_linear_model(d, w_star + delta),
                                               micro_batch_size=micro, track_gradient_noise=True)
     model.compile(optimizer=keras.optimizers.SGD(0.0), loss="mse")
     noise = GradientNoiseScale(str(tmp_path), every_n_updates=50, decay=0.998)
@@ -82,7 +82,7 @@ def test_b_simple_converges_to_linear_regression_closed_form(tmp_path):
 
 def test_k1_says_undefined_instead_of_logging(tmp_path):
     x = np.random.default_rng(0).normal(size=(32, 3)).astype(np.float32)
-    model = train_step.as_virtual_batch_model(_linear_model(3, np.ones(3)),
+    model = virtual_batch_model.as_virtual_batch_model(_linear_model(3, np.ones(3)),
                                               track_gradient_noise=True)
     model.compile(optimizer=keras.optimizers.SGD(0.01), loss="mse")
     noise = GradientNoiseScale(str(tmp_path), every_n_updates=1)
@@ -94,7 +94,7 @@ def test_k1_says_undefined_instead_of_logging(tmp_path):
 
 
 def test_needs_tracking_on_the_model():
-    model = train_step.as_virtual_batch_model(_linear_model(3, np.ones(3)), micro_batch_size=2)
+    model = virtual_batch_model.as_virtual_batch_model(_linear_model(3, np.ones(3)), micro_batch_size=2)
     model.compile(optimizer=keras.optimizers.SGD(0.01), loss="mse")
     x = np.ones((8, 3), np.float32)
     with pytest.raises(ValueError, match="track_gradient_noise"):
@@ -122,7 +122,7 @@ def test_step_keeps_the_moving_averages_of_sampled_updates(tmp_path):
     d, micro, k, updates, decay, every = 3, 4, 3, 12, 0.8, 2
     x = rng.normal(size=(updates * micro * k, d)).astype(np.float32)
     y = (x @ np.ones(d) + rng.normal(size=len(x))).astype(np.float32)[:, None]
-    model = train_step.as_virtual_batch_model(_linear_model(d, np.zeros(d)),
+    model = virtual_batch_model.as_virtual_batch_model(_linear_model(d, np.zeros(d)),
                                               micro_batch_size=micro, track_gradient_noise=True)
     model.compile(optimizer=keras.optimizers.SGD(0.05), loss="mse")
     noise = GradientNoiseScale(str(tmp_path), every_n_updates=4, decay=decay,

@@ -10,7 +10,7 @@ from tests.helpers import event_tags, read_json, run_dirs
 
 MEASURE = "gin/experiments/measure_digits.gin"
 DIGITS = "gin/experiments/digits_mlp.gin"
-SMALL = ["train.verbose = 0", "train.epochs = 2", "train.gap_subset_size = 128"]
+SMALL = ["train.verbose = 0", "train.epochs = 2", "measurements.gap_subset_size = 128"]
 
 PER_UPDATE = ["gradients/global_norm", "gradients/layer/01_dense",
               "gradients/layer/03_output",
@@ -51,7 +51,7 @@ def test_default_run_at_k1_notes_instead_of_noise(tmp_path):
 
 
 def test_no_measurements(tmp_path):
-    path, tags, result = _run(tmp_path, [DIGITS], ["train.measurements = []"])
+    path, tags, result = _run(tmp_path, [DIGITS], ["measurements.enabled = []"])
     assert not any(t.split("/")[0] in ("gradients", "noise_scale", "throughput", "weights")
                    for t in tags)
     assert result["measurements"] == {}
@@ -61,9 +61,9 @@ def test_no_measurements(tmp_path):
     ("measurements.sharpness.epsilon = -1.0", "measurements.sharpness.epsilon"),
     ("measurements.gradient_norms.every_n_updates = 0",
      "measurements.gradient_norms.every_n_updates"),
-    ("train.gradient_norm_every = 0", "train.gradient_norm_every"),
-    ("train.track_gradient_noise = False", "train.track_gradient_noise"),
-    ("train.measurements = [3]", "train.measurements"),
+    ("measurements.every_n_updates = 0", "measurements.every_n_updates"),
+    ("measurements.track_gradient_noise = False", "measurements.track_gradient_noise"),
+    ("measurements.enabled = [3]", "measurements.enabled"),
 ])
 def test_bad_settings_fail_before_any_run(tmp_path, binding, message):
     with pytest.raises(ValueError, match=message):

@@ -8,7 +8,7 @@ import pytest
 
 from callbacks import summary_writer
 from callbacks.sharpness import Sharpness
-from experiments import train_step
+from experiments.engine import virtual_batch_model
 from tests.helpers import event_values
 
 N, CURVATURES = 64, np.array([1.0, 4.0, 9.0])
@@ -26,7 +26,7 @@ def _problem(at_minimum):
     w = w_star if at_minimum else w_star + np.array([0.3, -0.2, 0.1])
     model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1, use_bias=False)])
     model.layers[-1].kernel.assign(w.reshape(3, 1).astype(np.float32))
-    model = train_step.as_virtual_batch_model(model)
+    model = virtual_batch_model.as_virtual_batch_model(model)
     model.compile(optimizer=keras.optimizers.SGD(0.0), loss="mse")
     return model, x.astype(np.float64), y.astype(np.float32)[:, None], w
 

@@ -7,8 +7,9 @@ import keras
 import numpy as np
 import pytest
 
-from experiments import launch, models
-from experiments.data import DataSpec
+from experiments import launch
+from experiments.models import builders as models
+from experiments.inputs.dataset import DataSpec
 from tests.helpers import read_json
 
 DIGITS = "gin/experiments/digits_mlp.gin"
@@ -59,7 +60,7 @@ def test_dtype_policy_from_gin(tmp_path, policy, variable_dtype, compute_dtype):
     import gin
     launch.parse([DIGITS], QUIET + ["train.epochs = 1", f"train.dtype_policy = '{policy}'",
                                     "mlp.hidden_units = (8,)"])
-    from experiments import runner
+    from experiments.run import runner
     result = runner.train(output_dir=str(tmp_path), experiment="dtype",
                           extra_callbacks=[Probe()], config_text=gin.config_str())
     assert seen == {"variable": variable_dtype, "compute": compute_dtype}
@@ -99,7 +100,7 @@ def test_same_seed_twice_gives_identical_results(tmp_path):
 
 def test_deterministic_ops_option_switches_tensorflow_determinism_on():
     import subprocess
-    code = ("from tensorflow.python.framework import config; from experiments import seeding; "
+    code = ("from tensorflow.python.framework import config; from experiments.run import seeding; "
             "assert not config.is_op_determinism_enabled(); "
             "seeding.seed_everything(3, deterministic_ops=True); "
             "assert config.is_op_determinism_enabled(); print('ok')")

@@ -6,13 +6,14 @@ Positions are used as the series values (``arange``), so every element says wher
 import numpy as np
 import pytest
 
-from experiments import stateful_data
-from experiments.stateful_data import StreamLayout
+from experiments.inputs import pipelines as pipelines_lib
+from experiments.inputs import stream_sources as stateful_data
+from experiments.inputs.streams import StreamLayout
 
 
 def _passes(data, num_passes, seed=0):
     """Training batches of ``num_passes`` passes (epochs): a list of (x, y) arrays per pass."""
-    pipelines = data.make_batched(batch_size=data.stream.layout.num_streams, seed=seed)
+    pipelines = pipelines_lib.batched(data, data.stream.layout.num_streams, seed=seed)[1]
     out = []
     for _ in range(num_passes):
         batches = [(x.numpy(), y.numpy()) for x, y in pipelines.train]
@@ -25,20 +26,21 @@ def _position_data(n, layout, validation_split=0.0):
                                        layout=layout)
 
 
-@pytest.mark.parametrize("windows_per_update", [1, 3])
-def test_every_row_continues_across_every_batch_of_every_epoch(windows_per_update):
-    layout = StreamLayout(num_streams=5, window_length=7, windows_per_update=windows_per_update,
+@pytest.mark.parametrize("num_micro_batches", [1, 3])
+def test_every_row_continues_across_every_batch_of_every_epoch(num_micro_batches):
+    layout = StreamLayout(num_streams=5, window_length=7, num_micro_batches=num_micro_batches,
                           max_offset=9)
     n = 1001
     data = _position_data(n, layout)
     pipelines, passes = _passes(data, num_passes=4, seed=3)
-    length = (n - 1 - 9) // 5 // (7 * windows_per_update) * (7 * windows_per_update)
-    assert pipelines.steps_per_epoch == length // (7 * windows_per_update)
-    assert pipelines.time_window == 7 and pipelines.windows_per_update == windows_per_update
+    length = (n - 1 - 9) // 5 // (7 * num_micro_batches) * (7 * num_micro_batches)
+    assert pipelines.steps_per_epoch == length // (7 * num_micro_batches)
+    built = pipelines_lib.batched(data, 5)[0]
+    assert built.window_length == 7 and built.num_micro_batches == num_micro_batches
     offsets = []
     for x, y in passes:
         # Never a short batch: every batch is (S, k*T).
-        assert x.shape == (pipelines.steps_per_epoch, 5, 7 * windows_per_update)
+        assert x.shape == (pipelines.steps_per_epoch, 5, 7 * num_micro_batches)
         np.testing.assert_array_equal(y, x + 1)  # next-step targets
         # Within a row the steps are consecutive...
         np.testing.assert_array_equal(np.diff(x, axis=2), 1)
@@ -85,7 +87,7 @@ def test_text_documents_are_joined_with_a_separator(tmp_path):
     text = "".join(vocab[i] for i in data.stream.train_inputs) \
         + vocab[data.stream.train_targets[-1]]
     assert text == "abcab" + stateful_data.DOCUMENT_SEPARATOR + "cba"
-    x, y = next(iter(data.make_batched(batch_size=2).train))
+    x, y = next(iter(pipelines_lib.batched(data, 2)[1].train))
     decoded = ["".join(vocab[i] for i in row) for row in x.numpy()]
     assert decoded == ["abc", "ab" + stateful_data.DOCUMENT_SEPARATOR]
 
@@ -139,9 +141,9 @@ def test_batch_size_must_be_the_number_of_streams():
     data = _position_data(500, StreamLayout(num_streams=4, window_length=5))
     with pytest.raises(ValueError, match=r"train.batch_size=8 does not match "
                                          r"stream_layout.num_streams=4"):
-        data.make_batched(batch_size=8)
+        pipelines_lib.batched(data, 8)
     with pytest.raises(ValueError, match=r"train.eval_batch_size=2"):
-        data.make_batched(batch_size=4, eval_batch_size=2)
+        pipelines_lib.batched(data, 4, eval_batch_size=2)
 
 
 def test_bad_layout_values_name_the_binding():

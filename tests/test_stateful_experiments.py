@@ -6,7 +6,9 @@ import os
 
 import pytest
 
-from experiments import launch, stateful_data
+from experiments import launch
+from experiments.inputs import stream_sources as stateful_data
+from experiments.inputs.streams import StreamLayout
 
 QUIET = ["train.verbose = 0"]
 
@@ -29,7 +31,7 @@ def test_stateful_beats_stateless_on_the_long_memory_task(tmp_path):
 def test_char_lm_reports_bits_per_character_on_held_out_text(tmp_path):
     results = _launch("gin/experiments/char_lm.gin", [
         "stream_text.max_characters = 30000", "NUM_STREAMS = 8",
-        "stream_layout.window_length = 25", "stream_layout.windows_per_update = 2",
+        "stream_layout.window_length = 25", "stream_layout.num_micro_batches = 2",
         "stateful_stacked_lstm.units = (32,)", "train.epochs = 2"], tmp_path)
     result = results[0]
     with open(os.path.join(result["run_dir"], "result.json")) as handle:
@@ -40,16 +42,16 @@ def test_char_lm_reports_bits_per_character_on_held_out_text(tmp_path):
     # Better than a uniform guess over the characters of the text.
     vocabulary = stateful_data.stream_text(
         paths=["data/shakespeare"], max_characters=30000,
-        layout=stateful_data.StreamLayout(num_streams=8, window_length=25)).vocabulary
+        layout=StreamLayout(num_streams=8, window_length=25)).vocabulary
     assert final["bits_per_character"] < math.log2(len(vocabulary)) - 1.0
-    assert written["batch_size"] == 8 and written["accumulation_steps"] == 2
+    assert written["batch_size"] == 8 and written["num_micro_batches"] == 2
     # 29999 input steps, the last 10% held out; 8 streams of whole 50-step updates, offset <= 25.
     train_steps = 29999 - 3000
     assert written["updates"] == 2 * ((train_steps - 25) // 8 // 50)
 
 
 def test_runner_refuses_mismatched_settings_before_any_run_exists(tmp_path):
-    with pytest.raises(ValueError, match="stream_layout.windows_per_update"):
+    with pytest.raises(ValueError, match="stream_layout.num_micro_batches"):
         _launch("gin/experiments/char_lm.gin", ["train.micro_batch_size = 4"], tmp_path)
     with pytest.raises(ValueError, match="train.batch_size=16 does not match"):
         _launch("gin/experiments/char_lm.gin", ["train.batch_size = 16"], tmp_path)

@@ -10,16 +10,21 @@ import pytest
 import tensorflow as tf
 
 from callbacks import reset_states
-from experiments import data as data_lib
-from experiments import models, stateful_data, stateful_training, train_step
-from experiments.stateful_data import StreamLayout
+from experiments.engine import virtual_batch_model
+from experiments.inputs import dataset as data_lib
+from experiments.inputs import pipelines as pipelines_lib
+from experiments.inputs import stream_sources as stateful_data
+from experiments.inputs import synthetic
+from experiments.inputs.streams import StreamLayout
+from experiments.models import builders as models
+from experiments.run import stateful as stateful_training
 
 S, T, V = 4, 5, 11
 
 
-def _data(windows_per_update=1, n=600, validation_split=0.25, seed=0):
+def _data(num_micro_batches=1, n=600, validation_split=0.25, seed=0):
     ids = np.random.default_rng(seed).integers(0, V, size=n)
-    layout = StreamLayout(num_streams=S, window_length=T, windows_per_update=windows_per_update)
+    layout = StreamLayout(num_streams=S, window_length=T, num_micro_batches=num_micro_batches)
     return stateful_data.stream_series(series=ids, vocabulary_size=V,
                                        validation_split=validation_split, layout=layout)
 
@@ -65,7 +70,7 @@ class _Recorder(keras.callbacks.Callback):
 
 def test_state_is_carried_within_an_epoch_and_reset_at_its_start():
     data = _data()
-    pipelines = data.make_batched(batch_size=S)
+    pipelines = pipelines_lib.batched(data, S)[1]
     model = _model(data.spec)
     model.compile(keras.optimizers.SGD(0.1), keras.losses.SparseCategoricalCrossentropy())
     recorder = _Recorder()
@@ -99,8 +104,8 @@ def test_state_is_carried_within_an_epoch_and_reset_at_its_start():
 
 def test_carried_state_equals_running_each_whole_stream_at_once():
     """Batch by batch with the state carried = a stateless twin over the concatenated rows."""
-    data = _data(windows_per_update=2)
-    pipelines = data.make_batched(batch_size=S)
+    data = _data(num_micro_batches=2)
+    pipelines = pipelines_lib.batched(data, S)[1]
     model = _model(data.spec)
     twin = models.stacked_lstm(data_lib.DataSpec((None,), V, vocabulary_size=V), units=(6, 5),
                                embedding_dim=3, return_sequences=True)
@@ -117,7 +122,7 @@ def test_carried_state_equals_running_each_whole_stream_at_once():
 
 def test_evaluation_leaves_the_training_state_untouched():
     data = _data()
-    pipelines = data.make_batched(batch_size=S)
+    pipelines = pipelines_lib.batched(data, S)[1]
     model = _model(data.spec)
     model.compile(keras.optimizers.SGD(0.1), keras.losses.SparseCategoricalCrossentropy(),
                   metrics=["accuracy"])
@@ -144,16 +149,16 @@ def test_evaluation_leaves_the_training_state_untouched():
     assert leaked["loss"] != pytest.approx(fresh["loss"], rel=1e-6)
 
 
-@pytest.mark.parametrize("windows_per_update", [1, 3])
-def test_k_windows_per_update_equal_hand_written_truncated_bptt(windows_per_update):
-    k = windows_per_update
-    data = _data(windows_per_update=k, n=900, validation_split=0.0)
-    pipelines = data.make_batched(batch_size=S, seed=5)
+@pytest.mark.parametrize("num_micro_batches", [1, 3])
+def test_k_num_micro_batches_equal_hand_written_truncated_bptt(num_micro_batches):
+    k = num_micro_batches
+    data = _data(num_micro_batches=k, n=900, validation_split=0.0)
+    layout, pipelines = pipelines_lib.batched(data, S, seed=5)
     batches = [(x.numpy(), y.numpy()) for x, y in pipelines.train.take(3)]
     assert batches[0][0].shape == (S, k * T)
 
-    model = train_step.as_virtual_batch_model(_model(data.spec))
-    stateful_training.prepare(model, data, pipelines)
+    model = virtual_batch_model.as_virtual_batch_model(_model(data.spec))
+    stateful_training.prepare(model, data, layout)
     assert model.time_window == T
     model.compile(keras.optimizers.SGD(0.5), keras.losses.SparseCategoricalCrossentropy())
     reset_states.reset_states(model)
@@ -209,33 +214,34 @@ def test_a_batch_of_another_size_is_refused_not_broadcast():
 
 
 def test_stateful_model_on_an_ordinary_pipeline_is_refused():
-    rows = data_lib.synthetic_sequences(num_examples=64, sequence_length=5)
+    rows = synthetic.synthetic_sequences(num_examples=64, sequence_length=5)
     with pytest.raises(ValueError, match="needs a fixed batch size"):
         models.stateful_stacked_lstm(rows.spec)
     keras.utils.set_random_seed(0)
     own = keras.Sequential([keras.Input((5, 8), batch_size=8),
                             keras.layers.LSTM(4, stateful=True), keras.layers.Dense(4)])
-    pipelines = data_lib.make_pipelines(rows, 8)
+    layout = pipelines_lib.batched(rows, 8)[0]
     with pytest.raises(ValueError, match="not a stateful stream pipeline"):
-        stateful_training.prepare(train_step.as_virtual_batch_model(own), rows, pipelines)
+        stateful_training.prepare(virtual_batch_model.as_virtual_batch_model(own), rows, layout)
 
 
 def test_stateless_model_on_a_stateful_pipeline_is_refused():
     data = _data()
-    pipelines = data.make_batched(batch_size=S)
+    layout = pipelines_lib.batched(data, S)[0]
     stateless = models.stacked_lstm(data.spec, units=(4,), return_sequences=True)
     with pytest.raises(ValueError, match="has no stateful layer.*stream_layout.stateful=False"):
-        stateful_training.prepare(train_step.as_virtual_batch_model(stateless), data, pipelines)
+        stateful_training.prepare(virtual_batch_model.as_virtual_batch_model(stateless), data,
+                                  layout)
     baseline = stateful_data.stream_series(
         series=np.arange(600) % V, validation_split=0.0,
         layout=StreamLayout(num_streams=S, window_length=T, stateful=False))
     assert baseline.spec.batch_size is None
-    model = train_step.as_virtual_batch_model(
+    model = virtual_batch_model.as_virtual_batch_model(
         models.stacked_lstm(baseline.spec, units=(4,), return_sequences=True))
-    assert stateful_training.prepare(model, baseline, baseline.make_batched(S)) == []
+    assert stateful_training.prepare(model, baseline, pipelines_lib.batched(baseline, S)[0]) == []
     assert model.time_window == T
 
 
 def test_micro_batch_size_cannot_split_streams():
-    with pytest.raises(ValueError, match="stream_layout.windows_per_update"):
-        stateful_training.check_settings(_data(), micro_batch_size=2)
+    with pytest.raises(ValueError, match="stream_layout.num_micro_batches"):
+        pipelines_lib.batched(_data(), S, micro_batch_size=2)

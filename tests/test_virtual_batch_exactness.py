@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from experiments import train_step
+from experiments.engine import virtual_batch_model
 
 
 def _max_relative_error(got, want):
@@ -44,7 +44,7 @@ def _reference(build, weights, optimizer, loss, x, y, sample_weight, batch_size)
 def _virtual(build, weights, optimizer, loss, x, y, sample_weight, batch_size, micro,
              metrics=None):
     """batchlab: ``model.fit`` on the same virtual batches, split into micro-batches."""
-    model = train_step.as_virtual_batch_model(build(), micro_batch_size=micro)
+    model = virtual_batch_model.as_virtual_batch_model(build(), micro_batch_size=micro)
     model.set_weights(weights)
     model.compile(optimizer=optimizer, loss=loss, metrics=metrics or [])
     history = model.fit(x, y, sample_weight=sample_weight, batch_size=batch_size, epochs=1,

@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from experiments import custom_loop
+from experiments.engine import custom_loop
 from experiments import launch
-from experiments import schedules
-from experiments import train_step
+from experiments.models import schedules
+from experiments.engine import virtual_batch_model
 
 ROWS, BATCH, MICRO, EPOCHS = 70, 24, 6, 2  # 3 updates per epoch (24, 24, 22 rows)
 
@@ -65,7 +65,7 @@ def _tensorboard_steps(log_dir, tag):
 
 
 def _virtual_model(weights):
-    model = train_step.as_virtual_batch_model(_build(), micro_batch_size=MICRO,
+    model = virtual_batch_model.as_virtual_batch_model(_build(), micro_batch_size=MICRO,
                                               virtual_batch_size=BATCH)
     model.set_weights(weights)
     model.compile(optimizer=_warmup_sgd(), loss=keras.losses.SparseCategoricalCrossentropy(),
@@ -159,7 +159,7 @@ def _bn_model(micro, batch):
     inputs = keras.Input((3,))
     outputs = keras.layers.BatchNormalization(momentum=0.5)(inputs)
     outputs = keras.layers.Dense(1)(outputs)
-    return train_step.as_virtual_batch_model(keras.Model(inputs, outputs), micro_batch_size=micro,
+    return virtual_batch_model.as_virtual_batch_model(keras.Model(inputs, outputs), micro_batch_size=micro,
                                              virtual_batch_size=batch)
 
 
@@ -194,7 +194,7 @@ def test_batch_normalization_is_ghost_bn_and_warns_once(caplog):
 
 
 def test_keras_gradient_accumulation_on_top_is_refused():
-    model = train_step.as_virtual_batch_model(_build(), micro_batch_size=MICRO)
+    model = virtual_batch_model.as_virtual_batch_model(_build(), micro_batch_size=MICRO)
     model.compile(optimizer=keras.optimizers.SGD(0.1, gradient_accumulation_steps=2),
                   loss="sparse_categorical_crossentropy")
     x, y = _data()
@@ -248,7 +248,7 @@ def test_virtual_batch_experiment_trains_and_records_updates(tmp_path):
     (run,) = glob.glob(str(output_dir / "virtual_batch" / "*"))
     with open(os.path.join(run, "result.json")) as handle:
         text = handle.read()
-    assert '"micro_batch_size": 32' in text and '"accumulation_steps": 8' in text
+    assert '"micro_batch_size": 32' in text and '"num_micro_batches": 8' in text
     assert '"updates": 6' in text  # 1438 rows, B = 256: 6 virtual batches, 6 updates
     assert gin.query_parameter("train.micro_batch_size") == 32
 
@@ -269,7 +269,7 @@ class _NormRecorder(keras.callbacks.Callback):
 def test_gradient_norms_are_recorded_on_the_updates_asked_for(every):
     keras.utils.set_random_seed(4)
     x, y = _data(4)
-    model = train_step.as_virtual_batch_model(_build(), micro_batch_size=MICRO,
+    model = virtual_batch_model.as_virtual_batch_model(_build(), micro_batch_size=MICRO,
                                               virtual_batch_size=BATCH,
                                               measure_every_n_updates=every)
     model.compile(optimizer=keras.optimizers.SGD(0.1),

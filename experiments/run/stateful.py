@@ -1,46 +1,29 @@
-"""What the runner does differently when the data is a stateful stream layout.
+"""What a run does differently when the data is a stateful stream layout.
 
-Kept apart from the runner so that it adds three calls there and nothing else:
+Kept apart from the runner so that it adds two calls there and nothing else:
 
-- ``check_settings(data, micro_batch_size)`` before any run directory exists: a stream pipeline's
-  update is split in *time* (``stream_layout.windows_per_update``), never in rows.
-- ``prepare(model, data, pipelines)`` once the model is built: the model and the pipeline must agree
-  on statefulness and on the fixed batch; the train step is switched to time windows; returns the
-  state callbacks (reset at every epoch, evaluation on its own state).
-- ``callbacks.reset_states.isolated_state`` around the final evaluation.
+- ``prepare(model, data, layout)`` once the model is built: the model and the data must agree on
+  statefulness and on the fixed batch; the train step is switched to time windows of T steps;
+  returns the state callbacks (reset at every epoch, evaluation on its own state).
+- ``isolated_state`` around the final evaluation.
+
+The stream's batch rules (B = S, no row micro-batches, k windows per update) are checked where
+every layout rule is, in ``inputs.layout.build``.
 """
 
 from callbacks import reset_states
-from experiments import stateful_data
+from experiments.engine import states
 
 # Evaluation from a zero state that leaves the training state as it was (no-op when stateless).
-isolated_state = reset_states.isolated_state
+isolated_state = states.isolated_state
 
 
-def stream_of(data):
-    """The ``StreamData`` behind ``data``, or None for an ordinary source."""
-    stream = getattr(data.make_batched, "__self__", None)
-    return stream if isinstance(stream, stateful_data.StreamData) else None
-
-
-def check_settings(data, micro_batch_size):
-    """Raises for settings that contradict a stream layout (before anything is written)."""
-    stream = stream_of(data)
-    if stream is not None and micro_batch_size is not None:
-        raise ValueError(
-            f"train.micro_batch_size={micro_batch_size} cannot split a stream batch: its rows are "
-            f"the {stream.layout.num_streams} streams a stateful model needs together. Split an "
-            "update into consecutive windows instead with stream_layout.windows_per_update "
-            "(truncated BPTT with one update every k windows).")
-
-
-def prepare(model, data, pipelines):
+def prepare(model, data, layout):
     """Checks model against data, sets the time-window step; returns the state callbacks."""
-    stateful = bool(reset_states.stateful_layers(model))
+    stateful = bool(states.stateful_layers(model))
     fixed = data.spec.batch_size
-    stream = stream_of(data)
     if stateful and fixed is None:
-        if stream is not None:
+        if data.stream is not None:
             raise ValueError(
                 f"The model has stateful layers but '{data.name}' was laid out with "
                 "stream_layout.stateful=False; set it to True to carry the state.")
@@ -66,8 +49,8 @@ def prepare(model, data, pipelines):
             raise ValueError(
                 f"Stateful streams run on one replica (the strategy has {replicas}): each replica "
                 "would hold a slice of the streams while the model's state holds all of them.")
-    if pipelines.time_window:
-        model.configure_time_windows(pipelines.time_window)
+    if layout.time_windows:
+        model.configure_time_windows(layout.window_length)
     if not stateful:
         return []
     return [reset_states.ResetStatesOnEpochBegin(), reset_states.IsolateEvaluationState()]

@@ -23,26 +23,27 @@ import tensorflow as tf
 class CustomLoop:
     """Trains and evaluates a compiled ``VirtualBatchModel`` with ``strategy.run``.
 
-    Creating a loop attaches it to the model: ``model.evaluate`` (called by callbacks such as
-    GeneralizationGap) then runs through ``CustomLoop.evaluate`` too.
+    Creating a loop makes it the model's evaluation loop (``use_loop_for_evaluation``):
+    ``model.evaluate`` (called by callbacks such as GeneralizationGap) then runs through
+    ``CustomLoop.evaluate`` too.
 
     Args:
-      model: a compiled ``experiments.train_step.VirtualBatchModel`` built in ``strategy.scope()``.
+      model: a compiled ``VirtualBatchModel`` built in ``strategy.scope()``.
       strategy: the strategy the model was built under (default: the model's).
     """
 
     def __init__(self, model, strategy=None):
         if not hasattr(model, "virtual_batch_gradients"):
             raise ValueError(
-                "CustomLoop trains batchlab's VirtualBatchModel (experiments.train_step."
-                f"as_virtual_batch_model); got {type(model).__name__}.")
+                "CustomLoop trains batchlab's VirtualBatchModel (experiments.engine."
+                f"virtual_batch_model.as_virtual_batch_model); got {type(model).__name__}.")
         if getattr(model, "optimizer", None) is None:
             raise ValueError("Compile the model before building a CustomLoop for it.")
         self.model = model
         self.strategy = strategy or model.distribute_strategy
         self._train_functions = {}
         self._test_functions = {}
-        model._custom_loop = self
+        model.use_loop_for_evaluation(self)
 
     # ------------------------------------------------------------------------------------------
     def _distribute(self, dataset):

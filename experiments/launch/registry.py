@@ -1,6 +1,7 @@
 """The one place where everything gin can name is registered, before any gin file is parsed.
 
-Importing this module imports every batchlab module that defines configurables and registers the
+Importing this module imports every batchlab module that defines configurables (each registers
+its own, where it is defined) and registers the
 Keras built-ins a user may name, under stable module names (``keras.optimizers.Adam``,
 ``keras.losses.MeanSquaredError``, ...). ``gin.tf`` is not used: it is broken with Keras 3.
 """
@@ -8,14 +9,11 @@ Keras built-ins a user may name, under stable module names (``keras.optimizers.A
 import gin
 import keras
 
-from experiments import data  # noqa: F401  (registers data sources)
-from experiments import distribute  # noqa: F401
-from experiments import models  # noqa: F401
-from experiments import runner  # noqa: F401
-from experiments import schedules  # noqa: F401
-from experiments import measurements  # noqa: F401  (train.measurements factories)
-from experiments import sweep  # noqa: F401
-from experiments import language_metrics, stateful_data  # noqa: F401  (streams, bpc)
+from experiments.engine import distribute  # noqa: F401  (strategies, fit.loop)
+from experiments.inputs import arrays, stream_sources, streams, synthetic  # noqa: F401
+from experiments.launch import sweep  # noqa: F401
+from experiments.models import builders, metrics, schedules  # noqa: F401
+from experiments.run import measurements, runner, settings  # noqa: F401
 
 _KERAS_BUILTINS = {
     "keras.optimizers": (keras.optimizers.SGD, keras.optimizers.Adam, keras.optimizers.AdamW,

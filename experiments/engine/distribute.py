@@ -8,7 +8,7 @@
   (start the same command once per worker, each with its own ``TF_CONFIG`` task index).
 
 Whatever the strategy, each replica accumulates its micro-batches' gradients locally and the
-gradients are all-reduced once per update, by ``optimizer.apply`` (see ``train_step``).
+gradients are all-reduced once per update, by ``optimizer.apply`` (see ``accumulation``).
 
 Training goes through ``model.fit`` on one replica and through ``custom_loop.CustomLoop``
 (``strategy.run`` over a distributed dataset) on several: Keras 3's fit fails under
@@ -28,7 +28,8 @@ import gin
 import tensorflow as tf
 from absl import logging
 
-from experiments import custom_loop
+from experiments.common import checks
+from experiments.engine import custom_loop
 
 LOOPS = ("auto", "keras", "custom")
 
@@ -42,10 +43,7 @@ def default_strategy():
 def mirrored(num_cpu_devices=None):
     """MirroredStrategy over the local GPUs, or over ``num_cpu_devices`` logical CPUs."""
     if num_cpu_devices is not None:
-        if isinstance(num_cpu_devices, bool) or not isinstance(num_cpu_devices, int) \
-                or num_cpu_devices < 1:
-            raise ValueError(
-                f"mirrored.num_cpu_devices must be a positive integer, got {num_cpu_devices!r}.")
+        checks.positive_int(num_cpu_devices, "mirrored.num_cpu_devices")
         cpu = tf.config.list_physical_devices("CPU")[0]
         existing = tf.config.get_logical_device_configuration(cpu)
         if not existing:

@@ -1,0 +1,210 @@
+"""TensorBoard HParams for batch-size runs: one row per run, hyperparameters beside final metrics.
+
+Batch-size studies compare many runs that differ in a few knobs (batch size, learning rate, ...).
+The HParams dashboard shows them as a table and parallel-coordinates plot, but only if each run
+directory holds (1) a session-start summary with that run's hyperparameter values and (2) scalar
+summaries for the metric columns, and the study directory above the runs holds (3) an experiment
+config naming the columns. This module writes all three with the plugin's own summary API:
+
+- ``HParamsLogger`` (a callback of a plain ``model.fit``): (1) at train begin, (2) at train end;
+- ``write_final_metrics``: (2) after training, e.g. from a result file;
+- ``write_experiment_config``: (3), once per study.
+
+Metric scalars are tagged ``hparams/<name>`` (``hparams/val_loss``, ``hparams/gap_loss``, ...),
+written to the run directory itself (not ``train``/``validation``) at the final update count, so
+they never mix with the per-epoch curves of ``keras.callbacks.TensorBoard``.
+"""
+
+import math
+import numbers
+import warnings
+
+import keras
+import numpy as np
+import tensorflow as tf
+from tensorboard.plugins.hparams import api as hp
+
+TAG_PREFIX = "hparams/"
+
+
+def hparam_value(name, value):
+    """``value`` as the dashboard takes it: bool, int, float or str (None becomes "none")."""
+    if value is None:
+        return "none"
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, (bool, str)):
+        return value
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if isinstance(value, numbers.Real):
+        return float(value)
+    raise ValueError(f"hparams[{name!r}]={value!r} is a {type(value).__name__}; the HParams "
+                     "dashboard takes int, float, str or bool values (pass str(value)).")
+
+
+def _hparam_values(hparams):
+    if not isinstance(hparams, dict) or not hparams:
+        raise ValueError(f"hparams={hparams!r} must be a non-empty dict of name: value.")
+    return {str(name): hparam_value(name, value) for name, value in hparams.items()}
+
+
+def metric_tag(name):
+    """``"val_loss"`` or ``"hparams/val_loss"`` -> ``"hparams/val_loss"``."""
+    return name if name.startswith(TAG_PREFIX) else TAG_PREFIX + name
+
+
+def final_metrics(logs):
+    """The numeric entries of an epoch's logs, plus ``gap_<m>`` for each ``m`` with ``val_<m>``.
+
+    The gap is ``generalization_gap_<m>`` when ``callbacks.generalization_gap`` put it in the logs
+    (both sides in inference mode), else ``val_<m> - <m>`` (the train side is then ``fit``'s
+    running average over the last epoch).
+    """
+    values = {}
+    for name, value in (logs or {}).items():
+        if isinstance(value, np.ndarray) and value.size == 1:
+            value = value.item()
+        if isinstance(value, (numbers.Real, np.generic)) and not isinstance(value, bool):
+            values[name] = float(value)
+    for name in list(values):
+        if not name.startswith("val_") and f"val_{name}" in values:
+            values[f"gap_{name}"] = values.get(f"generalization_gap_{name}",
+                                               values[f"val_{name}"] - values[name])
+    return values
+
+
+def _write_scalars(writer, metrics, step):
+    written = {}
+    with writer.as_default():
+        for name, value in metrics.items():
+            tag = metric_tag(name)
+            tf.summary.scalar(tag, float(value), step=int(step))
+            written[tag] = float(value)
+    writer.flush()
+    return written
+
+
+def write_final_metrics(log_dir, metrics, step):
+    """Writes ``{name or tag: value}`` as ``hparams/<name>`` scalars at ``step`` into ``log_dir``
+    (the run directory); returns ``{tag: value}``. Usable after training."""
+    writer = tf.summary.create_file_writer(log_dir)
+    try:
+        return _write_scalars(writer, metrics, step)
+    finally:
+        writer.close()
+
+
+def _domain(name, values):
+    """A ``hp.Discrete`` of the distinct values, or None (no domain: the dashboard reads the
+    values from the runs) when they mix strings, bools and numbers, e.g. ``[None, 0.1]``."""
+    values = sorted({hparam_value(name, value) for value in values}, key=repr)
+    kinds = {bool if isinstance(v, bool) else str if isinstance(v, str) else float
+             for v in values}
+    if len(kinds) != 1:
+        return None
+    kind = kinds.pop()
+    return hp.Discrete([float(v) for v in values] if kind is float else values, dtype=kind)
+
+
+def write_experiment_config(log_dir, hparam_domains, metric_tags):
+    """Writes the study's experiment config (``hp.hparams_config``) into ``log_dir``, the parent
+    of the run directories: one column per hyperparameter and per metric.
+
+    Args:
+      hparam_domains: ``{name: [values tried]}`` (a single value counts as a list of one).
+      metric_tags: metric names or ``hparams/`` tags, as a list or ``{tag: display name}``.
+    """
+    if not isinstance(hparam_domains, dict) or not hparam_domains:
+        raise ValueError(f"hparam_domains={hparam_domains!r} must be a non-empty dict of "
+                         "name: [values].")
+    hparams = []
+    for name, values in hparam_domains.items():
+        values = [values] if isinstance(values, str) or not np.iterable(values) else list(values)
+        hparams.append(hp.HParam(str(name), _domain(name, values) if len(values) else None))
+    if isinstance(metric_tags, str):
+        metric_tags = [metric_tags]
+    if isinstance(metric_tags, dict):
+        names = {metric_tag(tag): display for tag, display in metric_tags.items()}
+    else:
+        names = {metric_tag(tag): metric_tag(tag)[len(TAG_PREFIX):] for tag in metric_tags}
+    if not names:
+        raise ValueError("write_experiment_config needs at least one metric tag.")
+    metrics = [hp.Metric(tag, display_name=display, dataset_type=_dataset_type(tag))
+               for tag, display in names.items()]
+    writer = tf.summary.create_file_writer(log_dir)
+    try:
+        with writer.as_default():
+            hp.hparams_config(hparams=hparams, metrics=metrics)
+    finally:
+        writer.close()
+
+
+def _dataset_type(tag):
+    name = tag[len(TAG_PREFIX):]
+    if name.startswith("val_"):
+        return hp.Metric.VALIDATION
+    return None if name.startswith(("gap_", "generalization_gap_")) else hp.Metric.TRAINING
+
+
+class HParamsLogger(keras.callbacks.Callback):
+    """Writes this run's hyperparameters at train begin and its final metrics at train end.
+
+    Args:
+      log_dir: the run directory (one HParams session); the study config goes in its parent.
+      hparams: ``{name: value}`` (int, float, str, bool; None is written as "none").
+      metric_tags: names or ``hparams/`` tags to write at train end; None writes every numeric
+        value of the last epoch's logs plus the ``gap_*`` values (see ``final_metrics``).
+      trial_id: the session group; None lets TensorBoard hash the hyperparameters, so runs that
+        differ only in what is not an hparam (e.g. a seed left out) form one group.
+    """
+
+    def __init__(self, log_dir, hparams, metric_tags=None, trial_id=None):
+        super().__init__()
+        self.log_dir = log_dir
+        self.hparams = _hparam_values(hparams)
+        if isinstance(metric_tags, str):
+            metric_tags = [metric_tags]
+        self.metric_tags = None if metric_tags is None else [metric_tag(t) for t in metric_tags]
+        self.trial_id = trial_id
+        self.written = {}  # {tag: value} written at train end
+        self._overrides = {}
+        self._last_logs = {}
+        self._writer = None
+
+    def set_final_metrics(self, metrics):
+        """Adds or replaces final metric values (e.g. a test accuracy measured by another
+        callback); call before train end. Keys are names or ``hparams/`` tags."""
+        for name, value in metrics.items():
+            self._overrides[metric_tag(name)[len(TAG_PREFIX):]] = float(value)
+
+    def on_train_begin(self, logs=None):
+        self.written = {}
+        self._writer = tf.summary.create_file_writer(self.log_dir)
+        with self._writer.as_default():
+            hp.hparams(self.hparams, trial_id=self.trial_id)
+        self._writer.flush()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._last_logs = dict(logs or {})
+
+    def on_train_end(self, logs=None):
+        values = final_metrics(logs or self._last_logs)
+        values.update(self._overrides)
+        if self.metric_tags is not None:
+            wanted = [tag[len(TAG_PREFIX):] for tag in self.metric_tags]
+            missing = [name for name in wanted if name not in values]
+            if missing:
+                warnings.warn(f"HParamsLogger: no final value for {missing} (have "
+                              f"{sorted(values)}); those columns stay empty for this run.")
+            values = {name: values[name] for name in wanted if name in values}
+        step = int(self.model.optimizer.iterations.numpy()) if self.model.optimizer else 0
+        writer = self._writer or tf.summary.create_file_writer(self.log_dir)
+        try:
+            self.written = _write_scalars(writer, values, step)
+        finally:
+            writer.close()
+            self._writer = None
+        bad = [tag for tag, value in self.written.items() if not math.isfinite(value)]
+        if bad:
+            warnings.warn(f"HParamsLogger: non-finite final metrics {bad} written as they are.")

@@ -1,0 +1,142 @@
+"""Reads a learning-rate range test (Smith 2017, "Cyclical Learning Rates") and suggests a rate.
+
+A range test trains with a learning rate that grows geometrically from tiny to huge and records the
+loss of every update. Read against log(learning rate), the loss stays flat while the rate is too
+small to matter, falls where the rate is useful and shoots up once updates overshoot. Two rules
+turn that curve into one number:
+
+- ``"steepest"``: the rate where the smoothed loss falls fastest per unit of log(rate), looked for
+  only before the smoothed minimum (past it the loss is already climbing);
+- ``"min_divided_by_10"``: the rate of the smoothed minimum divided by 10 (the fastai convention:
+  the minimum sits at the edge of divergence, a decade below is a safe working rate).
+
+The per-update loss is noisy, so both rules read the same bias-corrected exponential average that
+``callbacks.lr_range_test`` uses to decide divergence. Pure numpy: usable on recorded numbers
+without TensorFlow.
+"""
+
+import dataclasses
+import math
+import os
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+RULES = ("steepest", "min_divided_by_10")
+
+
+@dataclasses.dataclass(frozen=True)
+class RangeSuggestion:
+    """A suggested learning rate, the rule that chose it and the rate of the smoothed minimum."""
+    learning_rate: float
+    rule: str
+    explanation: str
+    min_loss_learning_rate: float
+
+
+def smooth_losses(losses, smoothing=0.98):
+    """Bias-corrected exponential moving average (as in Adam): value i is
+    ``sum_j smoothing^(i-j) (1 - smoothing) loss_j / (1 - smoothing^(i+1))``, so the first value
+    is the first loss rather than a value pulled towards zero."""
+    if not 0.0 <= smoothing < 1.0:
+        raise ValueError(f"smoothing={smoothing!r} must be in [0, 1).")
+    average, out = 0.0, []
+    for i, loss in enumerate(np.asarray(losses, dtype=np.float64)):
+        average = smoothing * average + (1.0 - smoothing) * loss
+        out.append(average / (1.0 - smoothing ** (i + 1)))
+    return np.asarray(out)
+
+
+def _finite_prefix(learning_rates, losses):
+    """The recorded points up to the first non-finite loss (the rest is divergence, not signal)."""
+    rates = np.asarray(learning_rates, dtype=np.float64).ravel()
+    values = np.asarray(losses, dtype=np.float64).ravel()
+    if rates.shape != values.shape:
+        raise ValueError(f"learning_rates ({rates.size}) and losses ({values.size}) must have "
+                         "the same length.")
+    if rates.size and (not np.all(np.isfinite(rates)) or np.any(rates <= 0)):
+        raise ValueError("learning_rates must be positive finite numbers.")
+    bad = np.flatnonzero(~np.isfinite(values))
+    end = bad[0] if bad.size else values.size
+    if end < 3:
+        raise ValueError(f"A range test needs at least 3 finite losses to suggest a learning "
+                         f"rate; got {end} (of {values.size} recorded).")
+    return rates[:end], values[:end]
+
+
+def suggest_learning_rate(learning_rates, losses, rule="steepest", smoothing=0.98):
+    """Returns a ``RangeSuggestion`` for the (learning rate, per-update loss) pairs of a range test.
+
+    ``losses`` are raw per-update losses; they are smoothed here with ``smoothing`` (0 keeps them
+    as they are). Points from the first non-finite loss on are ignored. Raises ValueError when the
+    smoothed loss never falls (the "steepest" rule has no descent to read: start the test at a
+    smaller rate).
+    """
+    if rule not in RULES:
+        raise ValueError(f"rule={rule!r} must be one of {RULES}.")
+    rates, values = _finite_prefix(learning_rates, losses)
+    smoothed = smooth_losses(values, smoothing)
+    lowest = int(np.argmin(smoothed))
+    min_rate = float(rates[lowest])
+    if rule == "min_divided_by_10":
+        return RangeSuggestion(
+            learning_rate=min_rate / 10.0, rule=rule, min_loss_learning_rate=min_rate,
+            explanation=(f"The smoothed loss is lowest at learning rate {min_rate:.3g}; the rule "
+                         f"'min_divided_by_10' takes a tenth of that: {min_rate / 10.0:.3g}."))
+    if lowest == 0:
+        raise ValueError("The smoothed loss never fell below its first value, so there is no "
+                         "descent for the 'steepest' rule to read: start the range test at a "
+                         "smaller learning rate.")
+    slopes = np.gradient(smoothed[:lowest + 1], np.log(rates[:lowest + 1]))
+    steepest = int(np.argmin(slopes))
+    rate = float(rates[steepest])
+    return RangeSuggestion(
+        learning_rate=rate, rule=rule, min_loss_learning_rate=min_rate,
+        explanation=(f"The rule 'steepest' takes the learning rate where the smoothed loss falls "
+                     f"fastest against log(learning rate) before its minimum: {rate:.3g} (slope "
+                     f"{slopes[steepest]:.3g} per e-fold; the minimum is at {min_rate:.3g})."))
+
+
+def _clip_divergence(axes, values, smoothed):
+    """Keeps the diverging tail (often orders of magnitude up) from flattening the useful part."""
+    top = float(np.max(smoothed[:int(np.argmin(smoothed)) + 1]))  # highest before the minimum
+    span = top - min(float(np.min(values)), float(np.min(smoothed)))
+    if span > 0:
+        axes.set_ylim(top - 1.1 * span, top + 0.5 * span)
+
+
+def plot_range_test(learning_rates, losses, suggestion, path, smoothing=0.98):
+    """Writes a PNG of loss against learning rate (log axis): raw, smoothed, and the suggestion.
+
+    Non-finite losses are left out of the plot; ``suggestion`` may be None (no marker).
+    """
+    rates = np.asarray(learning_rates, dtype=np.float64).ravel()
+    values = np.asarray(losses, dtype=np.float64).ravel()
+    finite = np.isfinite(values)
+    figure, axes = plt.subplots(figsize=(6.4, 4.0))
+    try:
+        axes.plot(rates[finite], values[finite], color="0.7", linewidth=1, label="loss")
+        if np.any(finite):
+            end = int(np.argmin(finite)) if not np.all(finite) else values.size
+            if end > 0:
+                smoothed = smooth_losses(values[:end], smoothing)
+                axes.plot(rates[:end], smoothed, color="C0", label=f"smoothed ({smoothing})")
+                _clip_divergence(axes, values[finite], smoothed)
+        if suggestion is not None and math.isfinite(suggestion.learning_rate):
+            axes.axvline(suggestion.learning_rate, color="C3", linestyle="--",
+                         label=f"{suggestion.rule}: {suggestion.learning_rate:.3g}")
+        axes.set_xscale("log")
+        axes.set_xlabel("learning rate")
+        axes.set_ylabel("loss")
+        axes.set_title("Learning-rate range test")
+        axes.legend()
+        figure.tight_layout()
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        figure.savefig(path, dpi=100)
+    finally:
+        plt.close(figure)
+    return path

@@ -1,0 +1,105 @@
+"""What the train step measures about each update, kept in variables that callbacks read.
+
+``StepMeasurements`` holds the gradient norms of the applied update and the gradient noise scale's
+moving averages. The step fills them (``record``) without any Python call per update; callbacks
+read them only on the updates they log. Every value is identical on all replicas (computed after
+the all-reduce). The noise-scale arithmetic itself is in ``noise_scale``.
+"""
+
+import tensorflow as tf
+
+from experiments.engine import noise_scale
+
+
+class StepMeasurements:
+    """Variables the train step fills in each update, read by measurement callbacks.
+
+    Kept out of the logs so that progress bars stay readable and reading them costs nothing unless a
+    callback asks. The gradient noise scale's exponential moving averages live here too, so that
+    measuring it needs no Python call per update: a callback only sets the decay and sampling
+    (``reset_noise_scale``) and reads ``noise_scale_values`` when it logs.
+    """
+
+    def __init__(self, num_variables):
+        def variable(value, name, dtype=tf.float32):
+            return tf.Variable(
+                value, dtype=dtype, trainable=False, name=name,
+                aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
+            )
+
+        def scalar(name):
+            return variable(0.0, name)
+
+        self.gradient_norm = scalar("gradient_norm")
+        self.variable_gradient_norms = variable(tf.zeros([num_variables], tf.float32),
+                                                "variable_gradient_norms")
+        # Also fill the norms on this update (1-based count), off the step's interval: set through
+        # ``VirtualBatchModel.request_measurement`` (an epoch's last update); 0: none.
+        self.requested_update = variable(0, "requested_update", tf.int64)
+        # Gradient noise scale ingredients (McCandlish et al. 2018); zero when not tracked.
+        self.micro_gradient_sq_norm = scalar("micro_gradient_sq_norm")  # mean_j |G_j|^2
+        self.batch_gradient_sq_norm = scalar("batch_gradient_sq_norm")  # |mean_j G_j|^2
+        self.micro_batch_size = scalar("micro_batch_size")  # mean rows per micro-batch
+        self.batch_size = scalar("batch_size")  # rows in the whole (global) virtual batch
+        self.num_micro_batches = scalar("num_micro_batches")  # over all replicas
+        # ... and their moving averages (layout: ``noise_scale.STATE_FIELDS``).
+        self.noise_scale = variable(tf.zeros([noise_scale.STATE_SIZE], tf.float64), "noise_scale",
+                                    tf.float64)
+        self.noise_decay = variable(0.99, "noise_decay", tf.float64)
+        self.noise_sample_every = variable(1, "noise_sample_every", tf.int64)
+
+    def reset_noise_scale(self, decay, sample_every=1):
+        """Starts the noise-scale averages afresh with this decay (per sample) and sampling."""
+        self.noise_scale.assign(tf.zeros([noise_scale.STATE_SIZE], tf.float64))
+        self.noise_decay.assign(float(decay))
+        self.noise_sample_every.assign(int(sample_every))
+
+    def noise_scale_values(self):
+        """The bias-corrected averages as {'gradient_sq_norm', 'trace_sigma', 'count',
+        'sampled'}; the first two are None until an update with k >= 2 has fed them."""
+        return noise_scale.read_state(self.noise_scale.numpy())
+
+
+def record_gradient_norms(measurements, grads, replica, distributed):
+    """Fills the global and per-variable norms of the applied (all-reduced) gradient."""
+    full = list(grads)
+    if distributed:
+        full = replica.all_reduce("sum", full)
+    # sqrt(2 * l2_loss): one fused pass per gradient; tf.norm costs ~13% of a small step.
+    norms = tf.stack([tf.sqrt(2.0 * tf.nn.l2_loss(tf.cast(g, tf.float32)))
+                      for g in full]) if full else tf.zeros([0])
+    measurements.variable_gradient_norms.assign(norms)
+    measurements.gradient_norm.assign(tf.norm(norms))
+
+
+def record(measurements, step, grads, data_grads, micro_sq, num_micro, num_rows):
+    """Fills ``measurements`` for this update: the noise scale on sampled updates, the gradient
+    norms every ``step.measure_every`` updates and on a requested update.
+
+    On one device each part sits in a ``tf.cond``, so an update that records nothing costs two
+    scalar comparisons. Under a distribution strategy every update records (the values of the
+    noise scale still change on sampled updates only): all-reduces and the cross-replica writes of
+    ``ONLY_FIRST_REPLICA`` variables cannot run inside a ``tf.cond`` there.
+    """
+    gated = not tf.distribute.has_strategy()
+    if step.track_noise:
+        def noise():
+            noise_scale.record(measurements, data_grads, micro_sq, num_micro, num_rows,
+                               step.replica, step.distributed, step.sampled, step.sums_only)
+            return tf.constant(True)
+
+        if gated:
+            tf.cond(step.sampled, noise, lambda: tf.constant(False))
+        else:
+            noise()
+    every = step.measure_every
+    if every == 1 or (every > 1 and not gated):
+        record_gradient_norms(measurements, grads, step.replica, step.distributed)
+    elif every > 1:
+        def norms():
+            record_gradient_norms(measurements, grads, step.replica, step.distributed)
+            return tf.constant(True)
+
+        due = tf.logical_or(tf.equal(step.coming_update % every, 0),
+                            tf.equal(step.coming_update, measurements.requested_update))
+        tf.cond(due, norms, lambda: tf.constant(False))

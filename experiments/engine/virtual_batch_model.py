@@ -1,0 +1,235 @@
+"""The virtual-batch model: one ``train_step`` call, one exact optimizer update, memory of one
+micro-batch.
+
+``VirtualBatchModel.train_step`` computes the gradient of the whole virtual batch from its
+micro-batches (``accumulation``), applies it once, and fills the step's measurements
+(``step_measurements``). With k = 1 (no micro-batches) there is no loop: the step costs what
+Keras' own step costs. Because one ``train_step`` is one update, ``fit`` steps,
+``optimizer.iterations``, learning-rate schedules and callbacks' batch hooks all count updates.
+
+BatchNormalization sees one micro-batch at a time: it normalises with per-micro-batch statistics,
+which is Ghost Batch Normalization (Hoffer et al. 2017). Dropout draws a fresh mask per
+micro-batch. User documentation: docs/virtual_batches.md.
+
+What callbacks may use is public: ``measurements``, ``tracks_gradient_noise``,
+``measure_every_n_updates``, ``request_measurement``, ``micro_batch_size``, ``time_window``,
+``evaluation_loop``.
+"""
+
+import keras
+import tensorflow as tf
+from absl import logging
+
+from experiments.common import checks
+from experiments.engine import accumulation, loss_terms, states
+from experiments.engine.step_measurements import StepMeasurements, record
+
+
+class VirtualBatchModel(keras.Model):
+    """A Keras model whose ``train_step`` performs one exact update per virtual batch.
+
+    Build it from any functional or Sequential model with ``as_virtual_batch_model``; the layers and
+    weights are shared, only the training step differs.
+    """
+
+    def configure_virtual_batches(self, micro_batch_size=None, track_gradient_noise=False,
+                                  has_call_losses=None, measure_every_n_updates=1):
+        """Sets the micro-batch size ``b`` (None: the whole batch at once, k = 1).
+
+        Args:
+          micro_batch_size: rows per micro-batch; the virtual batch is whatever the pipeline yields
+            (k = ceil(rows / b) per update, so a batch that grows during training stays exact).
+          track_gradient_noise: also record the per-micro-batch squared gradient norms needed by the
+            gradient noise scale estimator (one extra sum of squares per micro-batch).
+          has_call_losses: whether the model adds losses during its forward pass (activity
+            regularizers, ``add_loss``). Detected from activity regularizers when None.
+          measure_every_n_updates: fill the gradient norms of ``measurements`` every n-th update
+            only (and on a ``request_measurement`` update); 0: never. The norms cost a pass over
+            the gradients (and, distributed, one more all-reduce): ~6% of a batch-32 step of a
+            784-512-512-10 MLP (benchmarks/bench_virtual_batch.py). The gradient noise scale's
+            ingredients and averages are updated on every sampled update regardless.
+        """
+        self._measure_every = checks.non_negative_int(measure_every_n_updates,
+                                                      "measure_every_n_updates")
+        self._micro_batch_size = checks.optional_positive_int(micro_batch_size,
+                                                              "micro_batch_size")
+        self._track_gradient_noise = bool(track_gradient_noise)
+        if has_call_losses is None:
+            has_call_losses = any(
+                getattr(layer, "activity_regularizer", None) is not None
+                for layer in self._flatten_layers(include_self=False))
+        self._has_call_losses = bool(has_call_losses)
+        self.measurements = StepMeasurements(len(self.trainable_variables))
+        if micro_batch_size is not None and states.has_batch_normalization(self):
+            logging.warning(
+                "The model has BatchNormalization and each virtual batch is split into "
+                "micro-batches of %d rows: BatchNormalization normalises each micro-batch with "
+                "its own statistics and updates its moving averages once per micro-batch "
+                "(Ghost Batch Normalization, Hoffer et al. 2017), so training differs from one "
+                "pass over the whole batch.", micro_batch_size)
+
+    def configure_time_windows(self, window_length):
+        """Splits every batch along time (axis 1) into consecutive windows of ``window_length``.
+
+        For stateful models fed by a stream pipeline: a batch of shape (S, k*T, ...) holds k
+        consecutive windows of the same S streams. The step runs them in order inside the same
+        micro-batch loop, the RNN state carried from one window to the next (truncated BPTT with
+        one update every k windows; gradients never cross a window boundary). Targets and per-step
+        sample weights are split the same way; per-row sample weights go whole to every window.
+        """
+        checks.positive_int(window_length, "window_length")
+        if self.tracks_gradient_noise:
+            raise ValueError(
+                "The gradient noise scale needs independent micro-batches; consecutive windows of "
+                "the same streams are not. Turn off measurements.track_gradient_noise for stream "
+                "data.")
+        self._time_window = window_length
+
+    # -- Public contract for callbacks and loops -------------------------------------------------
+    @property
+    def micro_batch_size(self):
+        return getattr(self, "_micro_batch_size", None)
+
+    @property
+    def time_window(self):
+        """Steps per window when batches are split along time (stateful streams), else None."""
+        return getattr(self, "_time_window", None)
+
+    @property
+    def tracks_gradient_noise(self):
+        """Whether the step records what the gradient noise scale needs."""
+        return getattr(self, "_track_gradient_noise", False)
+
+    @property
+    def measure_every_n_updates(self):
+        """How often the gradient norms of ``measurements`` are filled (1: every update)."""
+        return getattr(self, "_measure_every", 1)
+
+    def request_measurement(self, update):
+        """Asks the step to fill the gradient norms on ``update`` (1-based) too, off its interval:
+        callbacks use it for an epoch's last update."""
+        self.measurements.requested_update.assign(int(update))
+
+    @property
+    def evaluation_loop(self):
+        """The loop that evaluates this model when Keras' cannot (``custom_loop.CustomLoop``
+        under several replicas), or None."""
+        return getattr(self, "_evaluation_loop", None)
+
+    def use_loop_for_evaluation(self, loop):
+        """Routes ``evaluate`` through ``loop`` (a ``CustomLoop``); None restores Keras'."""
+        self._evaluation_loop = loop
+
+    # -- Keras hooks -----------------------------------------------------------------------------
+    def train_step(self, data):
+        if not hasattr(self, "measurements"):
+            self.configure_virtual_batches()
+        if getattr(self.optimizer, "gradient_accumulation_steps", None):
+            raise ValueError(
+                "The optimizer has gradient_accumulation_steps="
+                f"{self.optimizer.gradient_accumulation_steps}: a VirtualBatchModel already "
+                "accumulates micro-batches into one update; use micro_batch_size "
+                "(train.micro_batch_size) instead of the optimizer's accumulation.")
+        grads, loss, num_rows = self.virtual_batch_gradients(data)
+        self.optimizer.apply(grads, self.trainable_variables)
+        self._loss_tracker.update_state(loss, sample_weight=num_rows)
+        return self.get_metrics_result()
+
+    def evaluate(self, x=None, y=None, batch_size=None, verbose="auto", sample_weight=None,
+                 steps=None, callbacks=None, return_dict=False, **kwargs):
+        """``keras.Model.evaluate``, or the evaluation loop's when one is set.
+
+        Under MultiWorkerMirroredStrategy Keras' own evaluate fails (keras-team/keras#20585);
+        callbacks that call ``model.evaluate`` then go through ``custom_loop.CustomLoop``.
+        """
+        loop = self.evaluation_loop
+        if loop is None:
+            return super().evaluate(x, y, batch_size=batch_size, verbose=verbose,
+                                    sample_weight=sample_weight, steps=steps,
+                                    callbacks=callbacks, return_dict=return_dict, **kwargs)
+        return loop.evaluate(x, y, batch_size=batch_size, sample_weight=sample_weight,
+                             steps=steps, return_dict=return_dict)
+
+    # -- The update ------------------------------------------------------------------------------
+    def virtual_batch_gradients(self, data):
+        """Returns (replica-local gradients, virtual-batch loss, local row count).
+
+        The optimizer's all-reduce (a sum over replicas) of the returned gradients gives exactly the
+        gradient of the loss over the global virtual batch. Also updates the compiled metrics on
+        every row and fills ``self.measurements``.
+        """
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        first = next(t for t in tf.nest.flatten(x) if t is not None)
+        num_rows = tf.shape(first)[0]
+        ctx = self._step_context(num_rows)
+        split = self.time_window or self.micro_batch_size
+        if split is None and not ctx.has_call_losses:
+            grads, loss, micro_sq = accumulation.single_pass(self, ctx, x, y, sample_weight,
+                                                             num_rows)
+            data_grads, num_micro = grads, tf.ones((), tf.int32)
+        else:
+            if split is None:
+                acc = accumulation.one_micro_batch(self, ctx, x, y, sample_weight, num_rows)
+            else:
+                axis = 0 if self.time_window is None else 1
+                acc = accumulation.accumulate_micro_batches(self, ctx, x, y, sample_weight,
+                                                            split, axis, num_rows)
+            grads, data_grads, loss = accumulation.normalise(ctx, acc)
+            micro_sq, num_micro = acc.micro_sq, acc.num_micro
+        grads, loss = accumulation.add_regularizers(ctx.variables, grads, loss, ctx.num_replicas)
+        record(self.measurements, ctx, grads, data_grads, micro_sq, num_micro, num_rows)
+        return grads, loss, num_rows
+
+    def _step_context(self, num_rows):
+        """What the accumulation functions share about this update."""
+        if not hasattr(self, "_loss_terms"):
+            self._loss_terms = loss_terms.LossTerms(self.loss)
+        variables = self.trainable_variables
+        replica = tf.distribute.get_replica_context()
+        num_replicas = replica.num_replicas_in_sync if replica is not None else 1
+        distributed = replica is not None and num_replicas > 1
+        coming = tf.cast(self.optimizer.iterations, tf.int64) + 1
+        sampled = None
+        if self._track_gradient_noise:
+            every = tf.maximum(self.measurements.noise_sample_every, 1)
+            sampled = tf.equal(coming % every, 0)
+        global_rows = None
+        if self._has_call_losses:  # call-time losses are weighted by rows / global rows
+            global_rows = tf.cast(num_rows, tf.float32)
+            if distributed:
+                global_rows = replica.all_reduce("sum", global_rows)
+        loss_dtype = tf.float64 if any(v.dtype == tf.float64 for v in variables) else tf.float32
+        return accumulation.StepContext(
+            variables=variables, loss_terms=self._loss_terms, replica=replica,
+            num_replicas=num_replicas, distributed=distributed, loss_dtype=loss_dtype,
+            has_call_losses=self._has_call_losses, track_noise=self._track_gradient_noise,
+            sampled=sampled, coming_update=coming, measure_every=self.measure_every_n_updates,
+            global_rows=global_rows)
+
+
+def as_virtual_batch_model(model, micro_batch_size=None, track_gradient_noise=False,
+                           has_call_losses=None, virtual_batch_size=None,
+                           measure_every_n_updates=1):
+    """Returns a ``VirtualBatchModel`` sharing ``model``'s layers and weights.
+
+    ``model`` must be functional or a built Sequential model (it has ``inputs`` and ``outputs``).
+    ``virtual_batch_size`` (B, when known): with ``micro_batch_size >= B`` one pass over the batch
+    is the same update, so the step is built without the micro-batch loop (k = 1). batchlab runs
+    decide this once, in ``inputs.layout.BatchLayout``, and pass no micro-batch size for k = 1.
+    """
+    if micro_batch_size is not None and virtual_batch_size is not None \
+            and micro_batch_size >= virtual_batch_size:
+        micro_batch_size = None
+    if isinstance(model, VirtualBatchModel):
+        vb = model
+    else:
+        try:
+            inputs, outputs = model.inputs, model.outputs
+        except (AttributeError, ValueError) as err:
+            raise ValueError(
+                "Virtual batches need a functional or Sequential model with an Input; "
+                f"{type(model).__name__} has no defined inputs ({err}).") from err
+        vb = VirtualBatchModel(inputs=inputs, outputs=outputs, name=model.name)
+    vb.configure_virtual_batches(micro_batch_size, track_gradient_noise, has_call_losses,
+                                 measure_every_n_updates)
+    return vb

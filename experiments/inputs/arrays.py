@@ -1,0 +1,162 @@
+"""Sources of examples held in memory: arrays, npz and csv files, text windows, Keras datasets.
+
+Every source is a gin configurable returning a ``dataset.Data``: the training and validation
+examples plus a ``DataSpec`` that tells the model builder the input shape and output size. Files
+are read strictly (``files``): a ragged or non-numeric CSV row, NaN or infinity is refused with the
+file, line and column. Paths are found as given, next to the gin files, or in the repository
+(``experiments.common.paths``). Synthetic sources live in ``synthetic``, streams in ``streams``.
+"""
+
+import os
+
+import gin
+import keras
+import numpy as np
+
+from experiments.common import checks
+from experiments.inputs import files
+from experiments.inputs.dataset import Data, DataSpec
+
+
+def _split(x, y, validation_split, seed):
+    """Seeded shuffle-then-split of arrays into train and validation parts."""
+    checks.fraction(validation_split, "validation_split")
+    order = np.random.default_rng(seed).permutation(len(y))
+    num_validation = int(round(len(y) * validation_split))
+    val, train = order[:num_validation], order[num_validation:]
+    return x[train], y[train], x[val], y[val]
+
+
+def _spec_for(x, y, task, num_outputs=None):
+    if num_outputs is None:
+        if task == "classification":
+            num_outputs = int(np.max(y)) + 1
+        elif task == "binary":
+            num_outputs = 1
+        else:
+            num_outputs = 1 if y.ndim == 1 else int(y.shape[-1])
+    return DataSpec(input_shape=tuple(x.shape[1:]), num_outputs=num_outputs, task=task)
+
+
+@gin.configurable
+def arrays(x=gin.REQUIRED, y=gin.REQUIRED, validation_split=0.2, task="classification",
+           scale=1.0, flatten=False, split_seed=0, name="arrays", dtype="float32"):
+    """In-memory arrays; ``scale`` divides the inputs, ``flatten`` makes one vector per example."""
+    x = np.asarray(x)
+    y = np.asarray(y)
+    if len(x) != len(y):
+        raise ValueError(f"'{name}': x has {len(x)} rows but y has {len(y)}.")
+    if np.issubdtype(x.dtype, np.number) and scale != 1.0:
+        x = x.astype(dtype) / scale
+    elif np.issubdtype(x.dtype, np.floating) or scale != 1.0:
+        x = x.astype(dtype)
+    if flatten:
+        x = x.reshape(len(x), -1)
+    if task == "regression":
+        y = y.astype(dtype)
+    elif task == "binary":
+        y = y.astype(dtype).reshape(len(y), -1)
+    x_tr, y_tr, x_va, y_va = _split(x, y, validation_split, split_seed)
+    spec = _spec_for(x, y, task)
+    return Data(spec, x_tr, y_tr, x_va, y_va, name=name)
+
+
+@gin.configurable
+def npz_file(path=gin.REQUIRED, x_key="x", y_key="y", **kwargs):
+    """A ``.npz`` file holding inputs under ``x_key`` and targets under ``y_key``."""
+    loaded = files.read_npz_arrays(path, (x_key, y_key))
+    kwargs.setdefault("name", os.path.splitext(os.path.basename(path))[0])
+    return arrays(x=loaded[x_key], y=loaded[y_key], **kwargs)
+
+
+@gin.configurable
+def csv_file(path=gin.REQUIRED, label_column=gin.REQUIRED, feature_columns=None, **kwargs):
+    """A ``.csv`` file with a header row; numeric feature columns and one label column."""
+    x, y = files.read_csv_columns(path, label_column, feature_columns)
+    if kwargs.get("task", "classification") == "classification":
+        y = y.astype(np.int64)
+    kwargs.setdefault("name", os.path.splitext(os.path.basename(path))[0])
+    return arrays(x=x, y=y, **kwargs)
+
+
+@gin.configurable
+def digits(path="data/digits.npz", flatten=True, validation_split=0.2, split_seed=0):
+    """The UCI handwritten digits shipped in ``data/`` (1797 images, 8×8, 10 classes)."""
+    return npz_file(path=path, scale=16.0, flatten=flatten, validation_split=validation_split,
+                    split_seed=split_seed, name="digits")
+
+
+def keras_cache_dir():
+    """Where ``keras.datasets`` caches files: ``$KERAS_HOME`` or ``~/.keras``."""
+    return os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras")
+
+
+@gin.configurable
+def keras_dataset(name=gin.REQUIRED, flatten=False, num_words=10000, sequence_length=200,
+                  max_train_examples=None):
+    """mnist, fashion_mnist, cifar10 or imdb through ``keras.datasets`` (cached or downloaded).
+
+    Keras keeps the files under ``~/.keras/datasets`` (or ``$KERAS_HOME/datasets``); the official
+    test split is the validation set. imdb reviews are padded/truncated to ``sequence_length``.
+    """
+    loaders = {
+        "mnist": (keras.datasets.mnist, 255.0),
+        "fashion_mnist": (keras.datasets.fashion_mnist, 255.0),
+        "cifar10": (keras.datasets.cifar10, 255.0),
+        "imdb": (keras.datasets.imdb, None),
+    }
+    if name not in loaders:
+        raise ValueError(f"Unknown keras dataset {name!r}; choose one of {sorted(loaders)}.")
+    module, scale = loaders[name]
+    try:
+        loaded = module.load_data(num_words=num_words) if name == "imdb" else module.load_data()
+    except Exception as error:  # no cache and no network: say where Keras looked
+        raise FileNotFoundError(
+            f"keras.datasets could not load {name!r}: it is neither cached under "
+            f"{os.path.join(keras_cache_dir(), 'datasets')} nor downloadable here "
+            f"({type(error).__name__}: {error}).") from error
+    if name == "imdb":
+        (x_tr, y_tr), (x_va, y_va) = loaded
+        pad = keras.utils.pad_sequences
+        x_tr = pad(x_tr, maxlen=sequence_length)
+        x_va = pad(x_va, maxlen=sequence_length)
+        y_tr, y_va = y_tr.astype("float32")[:, None], y_va.astype("float32")[:, None]
+        spec = DataSpec((sequence_length,), 1, task="binary", vocabulary_size=num_words)
+    else:
+        (x_tr, y_tr), (x_va, y_va) = loaded
+        y_tr, y_va = y_tr.reshape(-1).astype(np.int64), y_va.reshape(-1).astype(np.int64)
+        x_tr, x_va = x_tr.astype("float32") / scale, x_va.astype("float32") / scale
+        if x_tr.ndim == 3:  # grey images get a channel axis
+            x_tr, x_va = x_tr[..., None], x_va[..., None]
+        if flatten:
+            x_tr, x_va = x_tr.reshape(len(x_tr), -1), x_va.reshape(len(x_va), -1)
+        spec = DataSpec(tuple(x_tr.shape[1:]), 10)
+    if max_train_examples:
+        x_tr, y_tr = x_tr[:max_train_examples], y_tr[:max_train_examples]
+    return Data(spec, x_tr, y_tr, x_va, y_va, name=name)
+
+
+@gin.configurable
+def text_file(path=gin.REQUIRED, sequence_length=64, stride=None, max_characters=None,
+              validation_split=0.1, seed=0):
+    """Character-level windows of a text file; the target is the next character.
+
+    The vocabulary is the sorted set of characters in the file, so ids are stable for a file.
+    """
+    text = files.read_text(path)
+    if max_characters:
+        text = text[:max_characters]
+    vocabulary = files.CharacterVocabulary.from_text(text)
+    ids = vocabulary.encode(text)
+    stride = stride or sequence_length
+    starts = np.arange(0, len(ids) - sequence_length - 1, stride)
+    if len(starts) == 0:
+        raise ValueError(
+            f"{path}: {len(ids)} characters are too few for one window of {sequence_length}.")
+    x = np.stack([ids[s:s + sequence_length] for s in starts])
+    y = ids[starts + sequence_length].astype(np.int64)
+    x_tr, y_tr, x_va, y_va = _split(x, y, validation_split, seed)
+    spec = DataSpec((sequence_length,), vocabulary.size, task="classification",
+                    vocabulary_size=vocabulary.size)
+    return Data(spec, x_tr, y_tr, x_va, y_va, name=os.path.basename(path),
+                vocabulary=vocabulary)

@@ -1,0 +1,67 @@
+"""What a data source hands over: examples in memory or a stream, and what the model must know.
+
+Every source (``arrays``, ``digits``, ``stream_text``, ...) returns a ``Data``. The run turns it
+into a ``BatchLayout`` (``layout.build``) and then into ``tf.data`` pipelines (``pipelines.make``).
+"""
+
+import dataclasses
+from typing import Any, Callable, Optional
+
+import tensorflow as tf
+
+
+@dataclasses.dataclass
+class DataSpec:
+    """What a model builder needs to know about the data.
+
+    Attributes:
+      input_shape: shape of one example, without the batch axis.
+      num_outputs: number of classes (classification) or target dimensions (regression).
+      task: 'classification', 'binary', 'regression' or 'language_model'.
+      batch_size: the fixed batch size a stateful model must be built with (None otherwise).
+      vocabulary_size: for token inputs, the number of distinct ids.
+    """
+
+    input_shape: tuple
+    num_outputs: int
+    task: str = "classification"
+    batch_size: Optional[int] = None
+    vocabulary_size: Optional[int] = None
+
+
+@dataclasses.dataclass
+class Data:
+    """Examples in memory (``x_train``...) or a stream (``stream``: a ``streams.StreamData``).
+
+    A stream lays out its own batches (S parallel streams in windows of T steps); everything else
+    is batched from the in-memory arrays.
+    """
+
+    spec: DataSpec
+    x_train: Any = None
+    y_train: Any = None
+    x_validation: Any = None
+    y_validation: Any = None
+    sample_weight_train: Any = None
+    name: str = "data"
+    stream: Any = None
+    vocabulary: Any = None
+
+    @property
+    def num_train(self):
+        return len(self.y_train) if self.y_train is not None else None
+
+    @property
+    def num_validation(self):
+        return 0 if self.y_validation is None else len(self.y_validation)
+
+
+@dataclasses.dataclass
+class Pipelines:
+    """Finished, batched pipelines for one run (each training element is one update)."""
+
+    train: tf.data.Dataset
+    validation: Optional[tf.data.Dataset]
+    steps_per_epoch: int
+    validation_steps: Optional[int]
+    on_epoch_begin: Optional[Callable[[int], None]] = None

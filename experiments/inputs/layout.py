@@ -1,0 +1,136 @@
+"""The batch layout of a run, decided once: B, b, k, T, S, the eval batch and updates per epoch.
+
+One name per quantity, everywhere (code, gin, logs, ``result.json``, docs):
+
+- ``batch_size`` (B): rows of one update, the virtual batch (``train.batch_size``). For stream
+  data, the S streams.
+- ``micro_batch_size`` (b): rows that go through the model at once (``train.micro_batch_size``);
+  None when the update is not split by rows.
+- ``num_micro_batches`` (k): micro-batches per update; B = k·b for rows. For stream data a
+  micro-batch is one window of T steps of all S streams (``stream_layout.num_micro_batches``).
+- ``window_length`` (T) and ``num_streams`` (S): stream data only.
+- ``eval_batch_size``: rows per evaluation batch (``train.eval_batch_size``; default B).
+- ``updates_per_epoch``: optimizer updates (= training batches) per epoch.
+
+``build`` checks every rule once, before a run directory exists, and each error names its binding.
+The train step derives k from the rows of the batch it receives (k = ceil(rows / b)), so a layout
+whose B grows during training (``with_batch_size``; batch-size schedules) needs no other change
+to the step: each update stays exact for its own B.
+"""
+
+import dataclasses
+from typing import Optional
+
+from experiments.common import checks
+
+
+@dataclasses.dataclass(frozen=True)
+class BatchLayout:
+    """How the examples of a run are batched; see the module docstring for the names."""
+
+    batch_size: int
+    micro_batch_size: Optional[int]
+    num_micro_batches: int
+    eval_batch_size: int
+    updates_per_epoch: int
+    examples_per_epoch: Optional[int] = None
+    window_length: Optional[int] = None
+    num_streams: Optional[int] = None
+
+    @property
+    def time_windows(self):
+        """True for stream data: an update's micro-batches are consecutive time windows."""
+        return self.window_length is not None
+
+    @property
+    def split_size(self):
+        """What the train step cuts a batch into: b rows, or T steps for streams; None if k = 1
+        by rows (streams are always cut into windows)."""
+        if self.time_windows:
+            return self.window_length
+        return self.micro_batch_size if self.num_micro_batches > 1 else None
+
+    def with_batch_size(self, batch_size):
+        """The same layout with another B (a multiple of b): k follows, b stays (memory too)."""
+        batch_size = checks.positive_int(batch_size, "batch_size")
+        micro = self.micro_batch_size or self.batch_size
+        if self.time_windows or batch_size % micro:
+            raise ValueError(f"batch_size={batch_size} is not a whole number of micro-batches of "
+                             f"{micro} rows.")
+        return dataclasses.replace(self, batch_size=batch_size,
+                                   num_micro_batches=batch_size // micro,
+                                   micro_batch_size=self.micro_batch_size or micro)
+
+    def as_dict(self):
+        """The layout as ``result.json`` records it."""
+        return dataclasses.asdict(self)
+
+
+def check_virtual_batch(batch_size, micro_batch_size, num_examples=None):
+    """(B, b or None, k) from ``train.batch_size`` and ``train.micro_batch_size``; checks the data
+    size when known. b >= B is not split (k = 1), as one pass over B rows is the same update."""
+    batch_size = checks.positive_int(batch_size, "train.batch_size")
+    if micro_batch_size is None:
+        return batch_size, None, 1
+    micro = checks.positive_int(micro_batch_size, "train.micro_batch_size")
+    if micro > batch_size:
+        raise ValueError(
+            f"train.micro_batch_size={micro} is larger than the virtual batch "
+            f"train.batch_size={batch_size}; the micro-batch must divide the virtual batch.")
+    if batch_size % micro:
+        raise ValueError(
+            f"train.batch_size={batch_size} is not a multiple of train.micro_batch_size={micro}: "
+            f"a virtual batch is k whole micro-batches (e.g. {micro * max(batch_size // micro, 1)}"
+            f" or {micro * (batch_size // micro + 1)}).")
+    _check_data_size(batch_size, num_examples)
+    return batch_size, micro, batch_size // micro
+
+
+def _check_data_size(batch_size, num_examples):
+    if num_examples is not None and batch_size > num_examples:
+        raise ValueError(
+            f"train.batch_size={batch_size} is larger than the {num_examples} training examples.")
+
+
+def build(data, batch_size, micro_batch_size=None, eval_batch_size=None):
+    """The ``BatchLayout`` of ``data`` (a ``dataset.Data``) for these bindings, fully checked."""
+    if data.stream is not None:
+        return _stream_layout(data, batch_size, micro_batch_size, eval_batch_size)
+    batch_size, micro, k = check_virtual_batch(batch_size, micro_batch_size, data.num_train)
+    if data.num_train < batch_size:
+        raise ValueError(
+            f"The training set of '{data.name}' has {data.num_train} examples, fewer than one "
+            f"batch of train.batch_size={batch_size}.")
+    eval_batch_size = checks.positive_int(eval_batch_size or batch_size, "train.eval_batch_size")
+    return BatchLayout(batch_size=batch_size, micro_batch_size=micro, num_micro_batches=k,
+                       eval_batch_size=eval_batch_size,
+                       updates_per_epoch=-(-data.num_train // batch_size),
+                       examples_per_epoch=data.num_train)
+
+
+def _stream_layout(data, batch_size, micro_batch_size, eval_batch_size):
+    """Stream data: B is the S streams, k windows of T steps make one update."""
+    stream = data.stream
+    lay = stream.layout
+    if micro_batch_size is not None:
+        raise ValueError(
+            f"train.micro_batch_size={micro_batch_size} cannot split a stream batch: its rows are "
+            f"the {lay.num_streams} streams a stateful model needs together. Split an "
+            "update into consecutive windows instead with stream_layout.num_micro_batches "
+            "(truncated BPTT with one update every k windows).")
+    batch_size = checks.positive_int(batch_size, "train.batch_size")
+    if batch_size != lay.num_streams:
+        raise ValueError(
+            f"train.batch_size={batch_size} does not match stream_layout.num_streams="
+            f"{lay.num_streams}: a stream pipeline's batch is its {lay.num_streams} streams "
+            "(the stateful model's fixed batch size). Bind both to the same value.")
+    if eval_batch_size is not None:
+        checks.positive_int(eval_batch_size, "train.eval_batch_size")
+        if eval_batch_size != lay.num_streams:
+            raise ValueError(
+                f"train.eval_batch_size={eval_batch_size} does not match stream_layout.num_streams"
+                f"={lay.num_streams}: evaluation runs on the same fixed number of streams.")
+    return BatchLayout(batch_size=lay.num_streams, micro_batch_size=None,
+                       num_micro_batches=lay.num_micro_batches, eval_batch_size=lay.num_streams,
+                       updates_per_epoch=stream.steps_per_epoch, examples_per_epoch=None,
+                       window_length=lay.window_length, num_streams=lay.num_streams)

@@ -1,0 +1,180 @@
+"""Stateful stream pipelines: one long series laid out as S parallel streams cut into windows.
+
+A stateful RNN carries its state from one batch to the next, row by row. That is only right when
+*row i of batch k+1 continues row i of batch k* (Keras' own stateful example broke this rule,
+keras#1820, keras#7212). The layout here makes it hold by construction:
+
+    series (N steps) --drop a seeded offset--> S contiguous streams of L steps each
+    stream i = series[offset + i*L : offset + (i+1)*L]
+    batch b  = rows i = 0..S-1, steps [b*k*T, (b+1)*k*T) of stream i      shape (S, k*T, ...)
+
+T is ``stream_layout.window_length`` (the truncated-BPTT window), k is
+``stream_layout.num_micro_batches`` (windows of one optimizer update: the train step splits the
+batch along time into k windows and carries the state from one to the next, see
+``VirtualBatchModel.configure_time_windows``). Such a virtual batch holds S independent streams,
+not k × S: its k windows are consecutive stretches of the same S streams.
+
+Rules that keep it honest:
+- The batch size is fixed: S = ``stream_layout.num_streams``, the batch the stateful model is
+  built with (``DataSpec.batch_size``). ``train.batch_size`` and ``train.eval_batch_size`` must
+  equal it (keras#21183: a batch of another size is silently broadcast into the state).
+- L is a whole number of k*T windows: the remainder that does not fill a batch is dropped; there
+  is never a short batch.
+- Rows are never shuffled. Per-epoch variety comes from a seeded offset in [0, max_offset] that
+  shifts every stream (and so every window boundary). The offset is drawn inside tf.data for each
+  pass over the training set (``Dataset.random(..., rerandomize_each_iteration=True)``): Keras
+  creates the next epoch's iterator before ``on_epoch_begin`` runs, so a callback would be late.
+- The held-out part is the *end* of the series (contiguous text never trained on), laid out the same
+  way with windows of T and no offset.
+
+The sources that build a ``StreamData`` from files or arrays are in ``stream_sources``.
+"""
+
+import dataclasses
+from typing import Optional
+
+import gin
+import numpy as np
+import tensorflow as tf
+
+from experiments.common import checks
+from experiments.inputs.dataset import Pipelines
+
+
+
+@dataclasses.dataclass(frozen=True)
+class StreamLayout:
+    """How a series becomes batches; see the module docstring.
+
+    Attributes:
+      num_streams: S, rows of every batch (the stateful model's fixed batch size).
+      window_length: T, time steps of one window (the truncated-BPTT length).
+      num_micro_batches: k, consecutive windows in one optimizer update (batch is (S, k*T)).
+      max_offset: largest per-epoch offset of the streams (None: T; 0: no offset).
+      stateful: False lays out the same windows for a stateless baseline (no fixed batch size in
+        the spec, so a stateless model is accepted and no state is carried).
+    """
+
+    num_streams: int
+    window_length: int
+    num_micro_batches: int = 1
+    max_offset: Optional[int] = None
+    stateful: bool = True
+
+    def __post_init__(self):
+        for name in ("num_streams", "window_length", "num_micro_batches"):
+            checks.positive_int(getattr(self, name), f"stream_layout.{name}")
+        offset = self.max_offset
+        if offset is not None and (isinstance(offset, bool) or not isinstance(offset, int)
+                                   or offset < 0):
+            raise ValueError(
+                f"stream_layout.max_offset must be None or an integer >= 0, got {offset!r}.")
+
+    @property
+    def offset_range(self):
+        return self.window_length if self.max_offset is None else self.max_offset
+
+    @property
+    def update_length(self):
+        """k*T: time steps of one training batch."""
+        return self.window_length * self.num_micro_batches
+
+    def stream_length(self, num_steps):
+        """L: steps per stream in one training epoch (a whole number of k*T windows)."""
+        return (num_steps - self.offset_range) // self.num_streams \
+            // self.update_length * self.update_length
+
+    def min_train_steps(self):
+        return self.num_streams * self.update_length + self.offset_range
+
+    def min_validation_steps(self):
+        return self.num_streams * self.window_length
+
+
+@gin.configurable
+def stream_layout(num_streams=gin.REQUIRED, window_length=gin.REQUIRED, num_micro_batches=1,
+                  max_offset=None, stateful=True):
+    """The stream layout every stateful source uses (bind ``stream_layout.*`` once in gin)."""
+    return StreamLayout(num_streams, window_length, num_micro_batches, max_offset, stateful)
+
+
+def stream_batches(inputs, targets, num_streams, stream_length, batch_length, offset):
+    """(inputs, targets) laid out as a dataset of (S, batch_length, ...) batches; tf ops.
+
+    ``offset`` may be a scalar tensor. Stream i is ``series[offset + i*L : offset + (i+1)*L]``.
+    """
+    num_batches = stream_length // batch_length
+
+    def cut(series):
+        block = series[offset:offset + num_streams * stream_length]
+        feature_shape = series.shape[1:]
+        block = tf.reshape(block, [num_streams, num_batches, batch_length, *feature_shape])
+        perm = [1, 0, 2] + list(range(3, 3 + len(feature_shape)))
+        return tf.transpose(block, perm)  # (batches, S, batch_length, ...)
+
+    return tf.data.Dataset.from_tensor_slices((cut(inputs), cut(targets)))
+
+
+class StreamData:
+    """A training and a held-out series with their layout; ``pipelines`` builds the tf.data pipelines."""
+
+    def __init__(self, name, layout, train_inputs, train_targets, validation_inputs=None,
+                 validation_targets=None):
+        self.name = name
+        self.layout = layout
+        self.train_inputs, self.train_targets = train_inputs, train_targets
+        self.validation_inputs, self.validation_targets = validation_inputs, validation_targets
+        self._check_lengths()
+
+    def _check_lengths(self):
+        lay = self.layout
+        n = len(self.train_inputs)
+        if n < lay.min_train_steps():
+            raise ValueError(
+                f"'{self.name}': the training series has {n} steps, too few for one batch of "
+                f"stream_layout.num_streams={lay.num_streams} streams × "
+                f"stream_layout.window_length={lay.window_length} steps × "
+                f"stream_layout.num_micro_batches={lay.num_micro_batches} windows plus "
+                f"stream_layout.max_offset={lay.offset_range}: it needs at least "
+                f"{lay.min_train_steps()} steps. Use more data or fewer/shorter streams.")
+        if self.validation_inputs is not None:
+            nv = len(self.validation_inputs)
+            if nv < lay.min_validation_steps():
+                raise ValueError(
+                    f"'{self.name}': the held-out series has {nv} steps, too few for one batch of "
+                    f"stream_layout.num_streams={lay.num_streams} × "
+                    f"stream_layout.window_length={lay.window_length} = "
+                    f"{lay.min_validation_steps()} steps; raise validation_split (or set it to 0 "
+                    "for no validation).")
+
+    @property
+    def steps_per_epoch(self):
+        return self.layout.stream_length(len(self.train_inputs)) // self.layout.update_length
+
+    def pipelines(self, seed=0):
+        """Pipelines of (S, k*T) training batches and (S, T) evaluation batches."""
+        lay = self.layout
+        length = lay.stream_length(len(self.train_inputs))
+        steps = length // lay.update_length
+        x = tf.convert_to_tensor(self.train_inputs)
+        y = tf.convert_to_tensor(self.train_targets)
+        if lay.offset_range:
+            offsets = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).take(1)
+            offsets = offsets.map(lambda r: tf.cast(r % (lay.offset_range + 1), tf.int32))
+        else:
+            offsets = tf.data.Dataset.from_tensors(tf.constant(0, tf.int32))
+        train = offsets.flat_map(lambda offset: stream_batches(
+            x, y, lay.num_streams, length, lay.update_length, offset))
+        train = train.apply(tf.data.experimental.assert_cardinality(steps))
+        train = train.prefetch(tf.data.AUTOTUNE)
+
+        validation, validation_steps = None, None
+        if self.validation_inputs is not None:
+            v_length = len(self.validation_inputs) // lay.num_streams \
+                // lay.window_length * lay.window_length
+            validation = stream_batches(
+                tf.convert_to_tensor(self.validation_inputs),
+                tf.convert_to_tensor(self.validation_targets),
+                lay.num_streams, v_length, lay.window_length, 0).prefetch(tf.data.AUTOTUNE)
+            validation_steps = v_length // lay.window_length
+        return Pipelines(train, validation, steps, validation_steps)

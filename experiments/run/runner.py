@@ -1,0 +1,191 @@
+"""The runner: one run from its settings, trained, evaluated and written to its run directory.
+
+``train`` is the gin root of a run (``train.batch_size = 64``...). It groups its bindings into a
+``RunSettings``, resolves them into a ``plan.Plan`` (everything checked before the run directory
+exists), then builds the model and callbacks, trains, evaluates and writes ``result.json``. Once
+training starts, a failure marks the run ``failed`` in ``status.json``; ``result.json`` is written
+only on success.
+"""
+
+import importlib.metadata
+import os
+import platform
+import time
+
+import gin
+import keras
+import tensorflow as tf
+from absl import logging
+
+from callbacks import summary_writer
+from callbacks.nan_guard import FailOnNonFiniteLoss
+from callbacks.operative_config import OperativeConfigSaver
+from experiments.common.memory import peak_memory_mb
+from experiments.engine import distribute
+from experiments.engine.virtual_batch_model import as_virtual_batch_model
+from experiments.run import measurements as measurements_lib
+from experiments.run import plan as plan_lib
+from experiments.run import run_dir as run_dir_lib
+from experiments.run import stateful
+from experiments.run.settings import (DataSettings, ModelSettings, RunOutput, RunSettings,
+                                      check_training, checkpoint_settings)
+
+PACKAGES = ("tensorflow", "tensorflow-cpu", "keras", "gin-config", "absl-py", "numpy",
+            "tensorboard")
+
+
+@gin.configurable(denylist=["output_dir", "experiment", "run_name", "config_text"])
+def train(model_fn=gin.REQUIRED, data_fn=gin.REQUIRED, optimizer=gin.REQUIRED, loss=gin.REQUIRED,
+          batch_size=gin.REQUIRED, epochs=1, micro_batch_size=None, eval_batch_size=None,
+          metrics=("accuracy",), seed=0, deterministic_ops=False, dtype_policy="float32",
+          strategy=None, shuffle=True, extra_callbacks=(), verbose=1, output_dir="runs",
+          experiment="experiment", run_name=None, config_text=""):
+    """Runs one experiment and returns its result dict (also written to ``result.json``).
+
+    Args:
+      model_fn: builder called with the data's ``DataSpec`` (e.g. ``@mlp``).
+      data_fn: source returning a ``Data`` (e.g. ``@digits``).
+      optimizer: a Keras optimizer class or factory, called inside the distribution scope
+        (e.g. ``@keras.optimizers.SGD``).
+      loss: a Keras loss (e.g. ``@keras.losses.SparseCategoricalCrossentropy()``).
+      batch_size: the batch of one update (the virtual batch B when micro-batching).
+      micro_batch_size: rows per micro-batch b (B must be a multiple); None trains on B at once.
+      eval_batch_size: batch size for validation and evaluation (defaults to ``batch_size``).
+      dtype_policy: 'float32', 'mixed_bfloat16' or 'float64'.
+      strategy: a distribution strategy factory from ``engine.distribute`` or None.
+      shuffle: reshuffle the training rows every epoch (seeded).
+      extra_callbacks: more Keras callbacks (instances) to add.
+    Measurements are set with ``measurements.*`` and checkpoints with ``checkpoints.*``.
+    """
+    check_training(epochs, seed, dtype_policy, verbose)
+    settings = RunSettings(
+        model=ModelSettings(model_fn, optimizer, loss, tuple(metrics), dtype_policy),
+        data=DataSettings(data_fn, batch_size, micro_batch_size, eval_batch_size, bool(shuffle)),
+        epochs=epochs, seed=seed, deterministic_ops=bool(deterministic_ops), strategy=strategy,
+        measurements=measurements_lib.measurement_settings(),
+        checkpoints=checkpoint_settings(), extra_callbacks=tuple(extra_callbacks),
+        verbose=verbose)
+    return run(settings, RunOutput(output_dir, experiment, run_name, config_text))
+
+
+def run(settings, output):
+    """Plans, creates the run directory, trains in it; returns the result dict."""
+    started = time.time()
+    plan = plan_lib.build(settings)
+    # Under multi-worker training only the chief writes the run; the others write to a temp dir.
+    path = run_dir_lib.create(distribute.output_dir_for(plan.strategy, output.output_dir),
+                              output.experiment, output.run_name)
+    run_dir_lib.write_text(path, "config.gin", output.config_text)
+    logging.info("Run directory: %s", path)
+    try:
+        result = _train_in(path, plan, output.config_text)
+    except BaseException as error:
+        run_dir_lib.mark_failed(path, error)
+        summary_writer.close_all()
+        raise
+    result.update(experiment=output.experiment, run_dir=path, seed=settings.seed,
+                  dtype_policy=settings.model.dtype_policy, wall_time_s=time.time() - started,
+                  peak_memory_mb=peak_memory_mb(), versions=_package_versions())
+    run_dir_lib.write_json(path, "result.json", result)
+    run_dir_lib.write_json(path, "status.json", {"status": "finished"})
+    return result
+
+
+def build_model(plan):
+    """The compiled ``VirtualBatchModel`` of the plan, in the strategy's scope, and the
+    callbacks a stateful model needs."""
+    settings, layout = plan.settings, plan.layout
+    measured = settings.measurements
+    with plan.strategy.scope():
+        model = as_virtual_batch_model(
+            settings.model.model_fn(plan.data.spec),
+            micro_batch_size=None if layout.time_windows else layout.split_size,
+            track_gradient_noise=plan.track_gradient_noise,
+            # Nothing measured: the step skips the gradient norms too.
+            measure_every_n_updates=measured.every_n_updates if measured.enabled else 0)
+        model.compile(optimizer=_make_optimizer(settings.model.optimizer),
+                      loss=settings.model.loss, metrics=list(settings.model.metrics))
+        state_callbacks = stateful.prepare(model, plan.data, layout)
+    return model, state_callbacks
+
+
+def make_callbacks(plan, path, log_dir, state_callbacks):
+    """(every callback of the run in order, the measurement callbacks among them)."""
+    settings = plan.settings
+    callbacks = [
+        FailOnNonFiniteLoss(),
+        OperativeConfigSaver(path, gin.operative_config_str, log_dir),
+        keras.callbacks.TensorBoard(log_dir=log_dir, write_graph=False),
+    ]
+    measured = measurements_lib.build(settings.measurements.enabled, plan.measurement_context,
+                                      log_dir=log_dir, run_dir=path)
+    callbacks += measured
+    if settings.checkpoints.every_epoch:
+        callbacks.append(keras.callbacks.ModelCheckpoint(
+            os.path.join(path, "checkpoints", "epoch-{epoch:03d}.weights.h5"),
+            save_weights_only=True))
+    callbacks += state_callbacks  # stateful models: reset per epoch, isolated evaluation
+    callbacks += list(settings.extra_callbacks)
+    return callbacks, measured
+
+
+def _train_in(path, plan, config_text):
+    """Builds the model and callbacks inside the run directory ``path``, trains, evaluates."""
+    log_dir = os.path.join(path, "tensorboard")
+    writer = summary_writer.writer_for(log_dir)
+    with writer.as_default():
+        tf.summary.text("config/parsed", "\n".join("    " + line for line in
+                                                   config_text.splitlines()), step=0)
+    model, state_callbacks = build_model(plan)
+    callbacks, measured = make_callbacks(plan, path, log_dir, state_callbacks)
+    settings, pipelines = plan.settings, plan.pipelines
+    train_started = time.time()
+    history = distribute.fit(model, pipelines, settings.epochs, callbacks, plan.strategy,
+                             settings.verbose)
+    train_time = time.time() - train_started
+    os.makedirs(os.path.join(path, "checkpoints"), exist_ok=True)
+    model.save_weights(os.path.join(path, "checkpoints", "final.weights.h5"))
+    final = {}
+    if pipelines.validation is not None:
+        with stateful.isolated_state(model):  # no-op without stateful layers
+            final = distribute.evaluate(model, pipelines, plan.strategy)
+    summary_writer.close_all()
+    return _result(plan, model, history, final, train_time, measured)
+
+
+def _result(plan, model, history, final, train_time, measured):
+    """The result dict of a trained run (before run-level fields are added)."""
+    layout, epochs = plan.layout, plan.settings.epochs
+    updates = int(model.optimizer.iterations.numpy())
+    num_train = layout.examples_per_epoch or layout.updates_per_epoch * layout.batch_size
+    return {
+        **layout.as_dict(),
+        "epochs": epochs,
+        "updates": updates,
+        "train_time_s": train_time,
+        "examples_per_sec": num_train * epochs / max(train_time, 1e-9),
+        "updates_per_sec": updates / max(train_time, 1e-9),
+        "final_epoch": {k: float(v[-1]) for k, v in history.items() if v},
+        "final_validation": {k: float(v) for k, v in final.items()},
+        "num_train_examples": num_train,
+        "num_validation_examples": plan.data.num_validation,
+        "measurements": measurements_lib.results(measured),
+    }
+
+
+def _make_optimizer(optimizer):
+    if isinstance(optimizer, keras.optimizers.Optimizer):
+        return optimizer
+    if callable(optimizer):
+        return optimizer()
+    raise ValueError(f"train.optimizer must be an optimizer or its class, got {optimizer!r}.")
+
+
+def _package_versions():
+    versions = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return versions

@@ -1,0 +1,169 @@
+"""HParams for runs: the session summary, the final metric scalars and the study config reach the
+event files in the form the TensorBoard HParams dashboard reads."""
+
+import glob
+import os
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from tensorboard.plugins.hparams import api_pb2, plugin_data_pb2
+
+from callbacks.hparams import HParamsLogger, write_experiment_config, write_final_metrics
+
+HPARAMS = {"batch_size": 16, "learning_rate": 0.05, "optimizer": "sgd", "nesterov": False,
+           "weight_decay": None, "dropout": np.float32(0.25)}
+
+
+def _events(log_dir):
+    """Every (step, summary value) in the event files directly in ``log_dir``."""
+    out = []
+    for path in sorted(glob.glob(os.path.join(log_dir, "events.out.tfevents.*"))):
+        for event in tf.compat.v1.train.summary_iterator(path):
+            out.extend((event.step, value) for value in event.summary.value)
+    return out
+
+
+def _plugin_data(log_dir):
+    return [plugin_data_pb2.HParamsPluginData.FromString(value.metadata.plugin_data.content)
+            for _, value in _events(log_dir)
+            if value.metadata.plugin_data.plugin_name == "hparams"]
+
+
+def _scalars(log_dir):
+    return {value.tag: (step, float(tf.make_ndarray(value.tensor)))
+            for step, value in _events(log_dir)
+            if value.metadata.plugin_data.plugin_name == "scalars"}
+
+
+def _fit(callback, epochs=2, batch_size=16):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(64, 3)).astype("float32")
+    y = (x[:, :1] > 0).astype("float32")
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1, activation="sigmoid")])
+    model.compile(optimizer=keras.optimizers.SGD(0.05), loss="binary_crossentropy",
+                  metrics=["accuracy"])
+    history = model.fit(x[:48], y[:48], batch_size=batch_size, epochs=epochs, verbose=0,
+                        validation_data=(x[48:], y[48:]), callbacks=[callback])
+    return model, history.history
+
+
+def test_session_hparams_and_final_metrics_are_written(tmp_path):
+    log_dir = str(tmp_path / "run_0")
+    logger = HParamsLogger(log_dir, HPARAMS)
+    model, history = _fit(logger)
+
+    sessions = [data.session_start_info for data in _plugin_data(log_dir)
+                if data.HasField("session_start_info")]
+    assert len(sessions) == 1
+    values = sessions[0].hparams
+    assert values["batch_size"].number_value == 16
+    assert values["learning_rate"].number_value == pytest.approx(0.05)
+    assert values["optimizer"].string_value == "sgd"
+    assert values["nesterov"].HasField("bool_value") and not values["nesterov"].bool_value
+    assert values["weight_decay"].string_value == "none"
+    assert values["dropout"].number_value == pytest.approx(0.25)
+
+    scalars = _scalars(log_dir)
+    steps = int(model.optimizer.iterations.numpy())
+    assert steps == 2 * 3
+    for name in ("loss", "val_loss", "accuracy", "val_accuracy"):
+        assert scalars[f"hparams/{name}"] == (steps, pytest.approx(history[name][-1]))
+    assert scalars["hparams/gap_loss"][1] == pytest.approx(
+        history["val_loss"][-1] - history["loss"][-1], abs=1e-6)
+    assert scalars["hparams/gap_accuracy"][1] == pytest.approx(
+        history["val_accuracy"][-1] - history["accuracy"][-1], abs=1e-6)
+    assert logger.written["hparams/val_loss"] == pytest.approx(history["val_loss"][-1])
+
+
+def test_selected_tags_and_metrics_set_before_train_end(tmp_path):
+    log_dir = str(tmp_path / "run_1")
+
+    class TestAccuracy(keras.callbacks.Callback):
+        def on_train_end(self, logs=None):
+            logger.set_final_metrics({"hparams/test_accuracy": 0.75})
+
+    logger = HParamsLogger(log_dir, {"batch_size": 8},
+                           metric_tags=["val_loss", "hparams/test_accuracy", "val_auc"])
+    rng = np.random.default_rng(1)
+    x, y = rng.normal(size=(32, 2)).astype("float32"), rng.normal(size=(32, 1)).astype("float32")
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    model.compile(optimizer="sgd", loss="mse")
+    with pytest.warns(UserWarning, match=r"no final value for \['val_auc'\]"):
+        model.fit(x, y, batch_size=8, epochs=1, validation_split=0.25, verbose=0,
+                  callbacks=[TestAccuracy(), logger])
+    assert set(_scalars(log_dir)) == {"hparams/val_loss", "hparams/test_accuracy"}
+    assert _scalars(log_dir)["hparams/test_accuracy"] == (3, 0.75)
+
+
+def test_write_final_metrics_after_training(tmp_path):
+    log_dir = str(tmp_path / "run_2")
+    written = write_final_metrics(log_dir, {"test_loss": 0.5, "hparams/test_accuracy": 0.9},
+                                  step=120)
+    assert written == {"hparams/test_loss": 0.5, "hparams/test_accuracy": pytest.approx(0.9)}
+    scalars = _scalars(log_dir)
+    assert scalars["hparams/test_loss"] == (120, 0.5)
+    assert scalars["hparams/test_accuracy"] == (120, pytest.approx(0.9))
+
+
+def test_experiment_config_names_the_columns(tmp_path):
+    study = str(tmp_path)
+    write_experiment_config(
+        study, {"batch_size": [16, 64, 256], "learning_rate": [0.1, 0.05], "optimizer": "sgd",
+                "nesterov": [True, False], "weight_decay": [None, 1e-4]},
+        ["hparams/val_loss", "val_accuracy", "gap_loss"])
+
+    experiments = [data.experiment for data in _plugin_data(study) if data.HasField("experiment")]
+    assert len(experiments) == 1
+    infos = {info.name: info for info in experiments[0].hparam_infos}
+    assert set(infos) == {"batch_size", "learning_rate", "optimizer", "nesterov", "weight_decay"}
+    assert [v.number_value for v in infos["batch_size"].domain_discrete.values] == [16, 64, 256]
+    assert infos["optimizer"].type == api_pb2.DATA_TYPE_STRING
+    assert infos["nesterov"].type == api_pb2.DATA_TYPE_BOOL
+    assert not infos["weight_decay"].HasField("domain_discrete")  # mixed "none" and numbers
+    metrics = {info.name.tag: info for info in experiments[0].metric_infos}
+    assert set(metrics) == {"hparams/val_loss", "hparams/val_accuracy", "hparams/gap_loss"}
+    assert metrics["hparams/val_accuracy"].display_name == "val_accuracy"
+    assert metrics["hparams/val_loss"].dataset_type == api_pb2.DATASET_VALIDATION
+
+
+def test_bad_hparams_are_refused():
+    with pytest.raises(ValueError,
+                       match=r"hparams\['layers'\]=\(64, 32\) is a tuple.*str\(value\)"):
+        HParamsLogger("unused", {"layers": (64, 32)})
+    with pytest.raises(ValueError, match="non-empty dict"):
+        HParamsLogger("unused", {})
+    with pytest.raises(ValueError, match="at least one metric tag"):
+        write_experiment_config("unused", {"batch_size": [1]}, [])
+
+
+def test_dashboard_backend_lists_one_row_per_run(tmp_path):
+    """The HParams plugin's own backend (what the dashboard queries) reads the study back: one
+    session group per run, with its hyperparameters and final metrics at the final update."""
+    from tensorboard import context
+    from tensorboard.backend.event_processing import data_provider, plugin_event_multiplexer
+    from tensorboard.plugins import base_plugin
+    from tensorboard.plugins.hparams import backend_context, list_session_groups
+
+    study = str(tmp_path)
+    write_experiment_config(study, {"batch_size": [8, 16]}, ["loss", "val_loss", "gap_loss"])
+    for batch_size in (8, 16):
+        _fit(HParamsLogger(os.path.join(study, f"bs{batch_size}"), {"batch_size": batch_size}),
+             epochs=1, batch_size=batch_size)
+    multiplexer = plugin_event_multiplexer.EventMultiplexer()
+    multiplexer.AddRunsFromDirectory(study)
+    multiplexer.Reload()
+    provider = data_provider.MultiplexerDataProvider(multiplexer, study)
+    backend = backend_context.Context(base_plugin.TBContext(
+        logdir=study, data_provider=provider, multiplexer=multiplexer))
+    request = api_pb2.ListSessionGroupsRequest(
+        start_index=0, slice_size=10, include_metrics=True,
+        allowed_statuses=[api_pb2.STATUS_UNKNOWN, api_pb2.STATUS_SUCCESS])
+    response = list_session_groups.Handler(context.RequestContext(), backend, "", request).run()
+
+    rows = {group.hparams["batch_size"].number_value:
+            {m.name.tag: m.training_step for m in group.metric_values}
+            for group in response.session_groups}
+    tags = ["hparams/loss", "hparams/val_loss", "hparams/gap_loss"]
+    assert rows == {8.0: dict.fromkeys(tags, 48 // 8), 16.0: dict.fromkeys(tags, 48 // 16)}
