@@ -49,26 +49,26 @@ def child(config):
     from experiments.inputs import stream_sources
     from experiments.inputs.streams import StreamLayout
     from experiments.models import builders as models
-    from experiments.run import stateful
+    from experiments.run import stateful as stateful_run
 
     streams, length, vocab = config["streams"], config["length"], config["vocab"]
     ids = np.random.default_rng(0).integers(0, vocab, size=streams * length + 1)
-    stateful = config["kind"] == "stateful"
-    window = config["window"] if stateful else length
-    layout = StreamLayout(
+    is_stateful = config["kind"] == "stateful"
+    window = config["window"] if is_stateful else length
+    stream_layout = StreamLayout(
         num_streams=streams, window_length=window, num_micro_batches=config["k"], max_offset=0,
-        stateful=stateful)
+        stateful=is_stateful)
     data = stream_sources.stream_series(series=ids, vocabulary_size=vocab, validation_split=0.0,
-                                       layout=layout)
+                                       layout=stream_layout)
     layout, pipelines = pipelines_lib.batched(data, streams)
     keras.utils.set_random_seed(0)
-    if stateful:
+    if is_stateful:
         base = models.stateful_stacked_lstm(data.spec, units=(config["units"],), embedding_dim=32)
     else:
         base = models.stacked_lstm(data.spec, units=(config["units"],), embedding_dim=32,
                                    return_sequences=True)
     model = virtual_batch_model.as_virtual_batch_model(base)
-    callbacks = stateful.prepare(model, data, layout)
+    callbacks = stateful_run.prepare(model, data, layout)
     model.compile(keras.optimizers.Adam(1e-3), keras.losses.SparseCategoricalCrossentropy())
 
     times = []

@@ -2,7 +2,8 @@
 
 Training starts at a tiny learning rate that grows geometrically with every update; the loss of
 each update is recorded. Where the loss falls fastest is a good learning rate; where it shoots up
-the updates overshoot. ``experiments.analysis.lr_range`` turns the record into a suggestion.
+the updates overshoot. ``experiments.analysis.lr_range`` turns the record (``result()``) into a
+suggestion.
 
 Details that matter for reading the record:
 
@@ -11,7 +12,7 @@ Details that matter for reading the record:
   Keras computes in that update's forward pass, i.e. before its step (the convention of Smith and
   of fastai); the effect of a rate therefore shows in the next point.
 - Keras 3.15 reports ``logs["loss"]`` at batch end as the running mean of the epoch, weighted by
-  rows per batch (``model._loss_tracker``: a ``Mean`` with ``total`` and ``count``). The
+  rows per batch (the ``loss`` entry of ``model.metrics``: a ``Mean`` with ``total`` and ``count``). The
   per-update loss is taken as the change of that tracker's total over the change of its count
   around the update, which is exact also for a smaller last batch. A model whose train step does
   not feed the tracker falls back to ``(i + 1) * mean_i - i * mean_(i-1)`` (i the batch index in
@@ -34,7 +35,6 @@ import keras
 import tensorflow as tf
 
 from callbacks import summary_writer
-from experiments.analysis import lr_range
 
 
 def _positive_finite(name, value):
@@ -120,7 +120,7 @@ class LearningRateRangeTest(keras.callbacks.Callback):
         self._before = self._tracker_state()
 
     def _tracker_state(self):
-        tracker = getattr(self.model, "_loss_tracker", None)
+        tracker = next((m for m in self.model.metrics if m.name == "loss"), None)
         if tracker is None or not hasattr(tracker, "total") or not hasattr(tracker, "count"):
             return None
         return float(tracker.total.numpy()), float(tracker.count.numpy())
@@ -180,26 +180,12 @@ class LearningRateRangeTest(keras.callbacks.Callback):
         if self._writer is not None:
             self._writer.flush()
 
-    def result(self, rule="steepest"):
-        """The record and the suggestion of ``rule`` (see ``experiments.analysis.lr_range``).
+    def result(self):
+        """The record: learning rates, losses, smoothed losses and why the test stopped.
 
-        ``suggested_learning_rate`` is None, with the reason in ``explanation``, when the record
-        cannot support a suggestion (fewer than 3 finite losses, or no descent for "steepest").
+        ``experiments.analysis.lr_range.suggest_learning_rate`` turns it into a suggestion (kept
+        out of the callback: callbacks measure, the analysis layer interprets).
         """
-        out = {"learning_rates": list(self.learning_rates), "losses": list(self.losses),
-               "smoothed_losses": list(self.smoothed_losses),
-               "stopped_because": self.stopped_because, "updates": len(self.learning_rates),
-               "rule": rule}
-        try:
-            suggestion = lr_range.suggest_learning_rate(self.learning_rates, self.losses, rule,
-                                                        smoothing=self.smoothing)
-        except ValueError as error:
-            if rule not in lr_range.RULES:
-                raise
-            out.update(suggested_learning_rate=None, min_loss_learning_rate=None,
-                       explanation=str(error))
-            return out
-        out.update(suggested_learning_rate=suggestion.learning_rate,
-                   min_loss_learning_rate=suggestion.min_loss_learning_rate,
-                   explanation=suggestion.explanation)
-        return out
+        return {"learning_rates": list(self.learning_rates), "losses": list(self.losses),
+                "smoothed_losses": list(self.smoothed_losses), "smoothing": self.smoothing,
+                "stopped_because": self.stopped_because, "updates": len(self.learning_rates)}

@@ -19,7 +19,6 @@ subset; a random subspace also holds the n x p matrix A in memory (4 * n * p byt
 
 import time
 
-import keras
 import numpy as np
 import scipy.optimize
 import tensorflow as tf

@@ -48,6 +48,10 @@ def test_suggestion_is_below_the_stability_limit_of_a_quadratic():
     model.fit(full_batch, steps_per_epoch=40, epochs=1, shuffle=False, verbose=0,
               callbacks=[test])
     result = test.result()
+    suggestion = suggest_learning_rate(result["learning_rates"], result["losses"], "steepest",
+                                       smoothing=result["smoothing"])
+    result.update(suggested_learning_rate=suggestion.learning_rate,
+                  min_loss_learning_rate=suggestion.min_loss_learning_rate)
 
     assert test.stopped_because == "diverged"
     assert test.learning_rates[-1] > limit, (test.learning_rates[-1], limit)

@@ -34,7 +34,6 @@ import dataclasses
 from typing import Optional
 
 import gin
-import numpy as np
 import tensorflow as tf
 
 from experiments.common import checks

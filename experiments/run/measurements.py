@@ -31,6 +31,8 @@ from callbacks import summary_writer
 from callbacks.generalization_gap import GeneralizationGap, fixed_subset
 from callbacks.gradient_noise_scale import UNDEFINED_NOTE, GradientNoiseScale
 from callbacks.gradient_norm import GradientNorm
+from callbacks.hparams import HParamsLogger
+from callbacks.periodic_evaluation import PeriodicEvaluation
 from callbacks.sharpness import Sharpness
 from callbacks.throughput import Throughput
 from callbacks.weight_distance import WeightDistance
@@ -50,7 +52,7 @@ class MeasurementSettings:
 
 @gin.configurable("measurements")
 def measurement_settings(enabled=None, every_n_updates=10, gap_subset_size=512,
-                         track_gradient_noise=None):
+                         track_gradient_noise=None, also=()):
     """Checked measurement settings.
 
     Args:
@@ -62,16 +64,30 @@ def measurement_settings(enabled=None, every_n_updates=10, gap_subset_size=512,
         sharpness (None: the whole training set).
       track_gradient_noise: let the train step collect what the gradient noise scale needs; None:
         on when k > 1 (independent micro-batches) and the noise scale is enabled.
+      also: factories added to ``enabled`` without restating it (a study adds
+        ``@measurements.validation_curve`` and ``@measurements.hparams`` to every run this way,
+        whatever the base experiment enables).
     """
     if track_gradient_noise is not None and not isinstance(track_gradient_noise, bool):
         raise ValueError("measurements.track_gradient_noise must be True, False or None, got "
                          f"{track_gradient_noise!r}.")
+    enabled = resolve(enabled)
     return MeasurementSettings(
-        enabled=resolve(enabled),
+        enabled=_with_also(enabled, resolve(list(also or ()))),
         every_n_updates=checks.positive_int(every_n_updates, "measurements.every_n_updates"),
         gap_subset_size=checks.optional_positive_int(gap_subset_size,
                                                      "measurements.gap_subset_size"),
         track_gradient_noise=track_gradient_noise)
+
+
+def _with_also(enabled, also):
+    """``enabled`` plus ``also`` (those not already listed), before ``throughput`` so that its
+    epoch time keeps covering every measurement."""
+    extra = tuple(f for f in also if f not in enabled)
+    if throughput in enabled:
+        at = enabled.index(throughput)
+        return enabled[:at] + extra + enabled[at:]
+    return enabled + extra
 
 
 @dataclasses.dataclass(frozen=True)
@@ -223,6 +239,30 @@ def throughput(context):
     ``throughput/epoch_seconds`` includes the other measurements' end-of-epoch work."""
     return Throughput(context.log_dir, examples_per_epoch=context.layout.examples_per_epoch,
                       batch_size=context.layout.batch_size)
+
+
+@gin.configurable(module="measurements")
+def validation_curve(context, every_n_updates=None):
+    """The validation metrics every ``every_n_updates`` updates and at the end
+    (``validation_curve/*``; result.json ``measurements["curve"]``): steps to result.
+    ``every_n_updates`` None: ``measurements.every_n_updates``."""
+    every = _every(every_n_updates, "measurements.validation_curve.every_n_updates", context)
+    if context.validation_data is None:
+        if not context.dry_run:
+            logging.info("Validation curve not measured: this run has no validation data.")
+        return None
+    return PeriodicEvaluation(context.validation_data, every_n_updates=every,
+                              log_dir=context.log_dir, batch_size=context.layout.eval_batch_size)
+
+
+@gin.configurable("hparams", module="measurements")
+def hparams_logger(context, values=gin.REQUIRED):
+    """This run's hyperparameters ``values`` ({name: value}) and final metrics for the
+    TensorBoard HParams dashboard, written into the run's TensorBoard directory."""
+    if not isinstance(values, dict) or not values:
+        raise ValueError(f"measurements.hparams.values must be a non-empty dict of name: value, "
+                         f"got {values!r}.")
+    return HParamsLogger(context.log_dir, values)
 
 
 DEFAULT = (gradient_norms, generalization_gap, weight_distance, gradient_noise_scale, throughput)

@@ -1,0 +1,166 @@
+"""A batch-size study: a gin file that includes a base experiment and declares axes.
+
+    include 'gin/experiments/digits_mlp.gin'
+    study.batch_sizes = [8, 32, 128, 512]
+    study.learning_rates = [0.01, 0.03, 0.1]   # or study.rules = ['none', 'linear', 'sqrt']
+    study.epochs = [10]                        # or study.update_budget = 2000
+    study.target_metric = 'val_accuracy'
+    study.target = 0.95
+
+``study()`` returns the checked ``StudySpec`` (None when the gin files declare no study); the grid
+(``grid.expand``) is the product of its axes. The checks here need no data and no model: each
+names the binding that is wrong, before anything runs.
+"""
+
+import dataclasses
+from typing import Optional
+
+import gin
+
+RULES = ("none", "linear", "sqrt")
+MODES = ("max", "min")
+
+
+@dataclasses.dataclass(frozen=True)
+class StudySpec:
+    """The axes and the target of a study; see ``study`` for each field."""
+
+    batch_sizes: tuple
+    micro_batch_sizes: tuple = (None,)
+    learning_rates: Optional[tuple] = None
+    rules: Optional[tuple] = None
+    reference_batch_size: Optional[int] = None
+    reference_learning_rate: Optional[float] = None
+    warmup_updates: Optional[int] = None
+    epochs: Optional[tuple] = None
+    update_budget: Optional[int] = None
+    seeds: tuple = (0,)
+    target_metric: str = "val_accuracy"
+    target: Optional[float] = None
+    target_mode: str = "max"
+    eval_every_n_updates: Optional[int] = None
+
+    def axes(self):
+        """The study's identity as plain JSON values: a relaunch must declare the same."""
+        return {k: list(v) if isinstance(v, tuple) else v
+                for k, v in dataclasses.asdict(self).items()}
+
+
+class StudyError(ValueError):
+    """A study declaration that cannot be run; the message names the binding."""
+
+
+@gin.configurable
+def study(batch_sizes=None, micro_batch_sizes=None, learning_rates=None, rules=None,
+          reference_batch_size=None, reference_learning_rate=None, warmup_updates=None,
+          epochs=None, update_budget=None, seeds=(0,), target_metric="val_accuracy",
+          target=None, target_mode="max", eval_every_n_updates=None):
+    """The checked ``StudySpec``, or None when ``study.batch_sizes`` is not bound.
+
+    Args:
+      batch_sizes: the batch sizes B (one update each), the study's main axis.
+      micro_batch_sizes: optional axis of micro-batch sizes b (B must be a multiple; None: b = B).
+      learning_rates: an axis of fixed learning rates; exclusive with ``rules``.
+      rules: an axis of rules ('none', 'linear', 'sqrt') scaling ``reference_learning_rate``,
+        tuned at ``reference_batch_size``, to each B.
+      warmup_updates: with rules, a linear warm-up over this many updates (``WarmupSchedule``).
+      epochs: an axis of epoch counts; exclusive with ``update_budget``. Neither: the base's.
+      update_budget: about this many updates per run: epochs = ceil(budget / updates per epoch).
+      seeds: an axis of seeds.
+      target_metric, target, target_mode: steps to result count the updates until
+        ``target_metric`` reaches ``target`` ('max': at least, 'min': at most); ``target`` None
+        picks the best value every batch size reached.
+      eval_every_n_updates: validation-curve cadence (None: ``measurements.every_n_updates``).
+    """
+    if batch_sizes is None:
+        return None
+    spec = StudySpec(
+        batch_sizes=_axis(batch_sizes, "study.batch_sizes", _positive_int),
+        micro_batch_sizes=(None,) if micro_batch_sizes is None else _axis(
+            micro_batch_sizes, "study.micro_batch_sizes", _optional_positive_int),
+        learning_rates=None if learning_rates is None else _axis(
+            learning_rates, "study.learning_rates", _positive_float),
+        rules=None if rules is None else _axis(rules, "study.rules", _rule),
+        reference_batch_size=_optional_positive_int(reference_batch_size,
+                                                    "study.reference_batch_size"),
+        reference_learning_rate=None if reference_learning_rate is None else _positive_float(
+            reference_learning_rate, "study.reference_learning_rate"),
+        warmup_updates=_optional_positive_int(warmup_updates, "study.warmup_updates"),
+        epochs=None if epochs is None else _axis(epochs, "study.epochs", _positive_int),
+        update_budget=_optional_positive_int(update_budget, "study.update_budget"),
+        seeds=_axis(seeds, "study.seeds", _int),
+        target_metric=_metric_name(target_metric),
+        target=None if target is None else float(target),
+        target_mode=_mode(target_mode),
+        eval_every_n_updates=_optional_positive_int(eval_every_n_updates,
+                                                    "study.eval_every_n_updates"))
+    _check_combinations(spec)
+    return spec
+
+
+def _check_combinations(spec):
+    """Axes that exclude or need each other."""
+    if spec.learning_rates is not None and spec.rules is not None:
+        raise StudyError("Set study.learning_rates or study.rules, not both.")
+    if spec.rules is not None and (spec.reference_batch_size is None
+                                   or spec.reference_learning_rate is None):
+        raise StudyError("study.rules needs study.reference_batch_size and "
+                         "study.reference_learning_rate (the batch size the learning rate was "
+                         "tuned at, and that learning rate).")
+    if spec.warmup_updates is not None and spec.rules is None and spec.learning_rates is None:
+        raise StudyError("study.warmup_updates needs study.rules or study.learning_rates.")
+    if spec.epochs is not None and spec.update_budget is not None:
+        raise StudyError("Set study.epochs or study.update_budget, not both.")
+
+
+def _axis(values, binding, check):
+    """A non-empty tuple of checked values, without repeats."""
+    if isinstance(values, (str, bytes)) or not isinstance(values, (list, tuple)):
+        raise StudyError(f"{binding} must be a list, got {values!r}.")
+    if not values:
+        raise StudyError(f"{binding} is empty: give at least one value.")
+    checked = tuple(check(v, binding) for v in values)
+    if len(set(checked)) != len(checked):
+        raise StudyError(f"{binding} repeats a value: {list(values)!r}.")
+    return checked
+
+
+def _int(value, binding):
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise StudyError(f"{binding} holds {value!r}, which is not an integer.")
+    return value
+
+
+def _positive_int(value, binding):
+    if _int(value, binding) < 1:
+        raise StudyError(f"{binding} holds {value!r}; it must be a positive integer.")
+    return value
+
+
+def _optional_positive_int(value, binding):
+    return None if value is None else _positive_int(value, binding)
+
+
+def _positive_float(value, binding):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise StudyError(f"{binding} holds {value!r}; it must be a positive number.")
+    return float(value)
+
+
+def _rule(value, binding):
+    if value not in RULES:
+        raise StudyError(f"{binding} holds {value!r}; rules are {', '.join(RULES)}.")
+    return value
+
+
+def _metric_name(value):
+    if not isinstance(value, str) or not value:
+        raise StudyError(f"study.target_metric must be a metric name such as 'val_accuracy', "
+                         f"got {value!r}.")
+    return value
+
+
+def _mode(value):
+    if value not in MODES:
+        raise StudyError(f"study.target_mode must be 'max' or 'min', got {value!r}.")
+    return value

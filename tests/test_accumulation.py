@@ -1,0 +1,126 @@
+"""The accumulation functions one by one, each against a plain Keras or closed-form reference."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from experiments.engine import accumulation, loss_terms, noise_scale
+
+
+def _model(l2=0.0):
+    keras.utils.set_random_seed(1)
+    reg = keras.regularizers.L2(l2) if l2 else None
+    return keras.Sequential([keras.Input((5,)), keras.layers.Dense(4, activation="tanh",
+                                                                    kernel_regularizer=reg),
+                             keras.layers.Dense(3, activation="softmax")])
+
+
+def _data(n=22):
+    rng = np.random.default_rng(0)
+    return (rng.normal(size=(n, 5)).astype("float32"), rng.integers(0, 3, n),
+            rng.uniform(0.5, 2.0, n).astype("float32"))
+
+
+def _context(model, loss, track_noise=False):
+    return accumulation.StepContext(
+        variables=model.trainable_variables, loss_terms=loss_terms.LossTerms(loss),
+        replica=None, num_replicas=1, distributed=False, loss_dtype=tf.float32,
+        has_call_losses=False, track_noise=track_noise,
+        sampled=tf.constant(True) if track_noise else None,
+        coming_update=tf.constant(1, tf.int64), measure_every=0)
+
+
+def _keras_gradients(model, loss, x, y, w):
+    with tf.GradientTape() as tape:
+        value = loss(y, model(x, training=True), sample_weight=w)
+    return [g.numpy() for g in tape.gradient(value, model.trainable_variables)], float(value)
+
+
+@pytest.mark.parametrize("micro", [4, 7, 22])
+def test_micro_batches_add_up_to_the_whole_batch_gradient(micro):
+    """Ragged micro-batches and sample weights: the normalised sum is Keras' full-batch gradient."""
+    model, loss = _model(), keras.losses.SparseCategoricalCrossentropy()
+    model.compile(loss=loss)
+    x, y, w = _data()
+    reference, reference_loss = _keras_gradients(model, loss, x, y, w)
+    ctx = _context(model, loss)
+    acc = accumulation.accumulate_micro_batches(model, ctx, tf.constant(x), tf.constant(y),
+                                                tf.constant(w), micro, 0, tf.constant(22))
+    assert int(acc.num_micro) == -(-22 // micro)
+    grads, data_grads, value = accumulation.normalise(ctx, acc)
+    assert grads is data_grads  # no call-time losses
+    for got, want in zip(grads, reference):
+        np.testing.assert_allclose(got.numpy(), want, rtol=2e-5, atol=1e-7)
+    assert float(value) == pytest.approx(reference_loss, rel=1e-6)
+
+
+def test_single_pass_equals_keras_and_measures_the_squared_norm():
+    model, loss = _model(), keras.losses.SparseCategoricalCrossentropy()
+    model.compile(loss=loss)
+    x, y, w = _data()
+    reference, reference_loss = _keras_gradients(model, loss, x, y, w)
+    grads, value, squared = accumulation.single_pass(model, _context(model, loss, True),
+                                                     x, y, w, tf.constant(22))
+    for got, want in zip(grads, reference):
+        np.testing.assert_allclose(got.numpy(), want, rtol=1e-6, atol=1e-8)
+    assert float(value) == pytest.approx(reference_loss, rel=1e-6)
+    assert float(squared) == pytest.approx(sum(float(np.sum(g ** 2)) for g in reference),
+                                           rel=1e-5)
+
+
+def test_regularizers_are_added_once_per_update():
+    model = _model(l2=0.1)
+    grads = [tf.zeros_like(v) for v in model.trainable_variables]
+    out, value = accumulation.add_regularizers(model.trainable_variables, grads,
+                                               tf.constant(1.0), num_replicas=2)
+    kernel = model.trainable_variables[0].numpy()
+    assert float(value) == pytest.approx(1.0 + 0.1 * float(np.sum(kernel ** 2)), rel=1e-5)
+    # Each of 2 replicas adds half: the optimizer's all-reduce sums to the penalty's gradient.
+    np.testing.assert_allclose(out[0].numpy(), 0.2 * kernel / 2, rtol=1e-5)
+    assert all(float(tf.reduce_sum(tf.abs(g))) == 0 for g in out[1:])
+
+
+def test_take_cuts_rows_or_steps_and_passes_per_row_tensors_whole():
+    t = tf.reshape(tf.range(24), (2, 12))
+    np.testing.assert_array_equal(accumulation.take(t, 1, 1, 0).numpy(), [list(range(12, 24))])
+    np.testing.assert_array_equal(accumulation.take(t, 4, 3, 1).numpy(), [[4, 5, 6],
+                                                                          [16, 17, 18]])
+    per_row = tf.constant([1.0, 2.0])
+    assert accumulation.take(per_row, 4, 3, 1) is per_row
+    assert accumulation.take(None, 0, 1, 0) is None
+    assert float(accumulation.window_share(8, 5, 20)) == 2.0
+
+
+def test_dense_fills_missing_gradients_with_zeros():
+    variables = [tf.Variable(tf.ones((2, 2))), tf.Variable(tf.ones((3,)))]
+    out = accumulation.dense([None, tf.ones((3,))], variables)
+    assert out[0].shape == (2, 2) and float(tf.reduce_sum(out[0])) == 0.0
+
+
+def test_noise_scale_estimates_recover_the_closed_form():
+    """E|G_B|^2 = |G|^2 + tr(Sigma)/B at two batch sizes gives |G|^2 and tr(Sigma) back."""
+    g2, trace, small, big = 0.3, 12.0, 8.0, 64.0
+    est_g2, est_trace, defined = noise_scale.estimates(g2 + trace / small, g2 + trace / big,
+                                                       small, big)
+    assert bool(defined)
+    assert float(est_g2) == pytest.approx(g2, rel=1e-6)  # inputs pass through float32
+    assert float(est_trace) == pytest.approx(trace, rel=1e-6)
+    _, _, one = noise_scale.estimates(1.0, 1.0, 8.0, 8.0)
+    assert not bool(one)  # a single micro-batch cannot separate the two
+
+
+def test_noise_state_is_fed_only_on_sampled_updates_with_two_sizes():
+    state = tf.zeros([noise_scale.STATE_SIZE], tf.float64)
+    fed = noise_scale.ema_update(state, tf.constant(0.5, tf.float64), tf.constant(2.0, tf.float64),
+                                 tf.constant(4.0, tf.float64), tf.constant(True),
+                                 tf.constant(True))
+    values = noise_scale.read_state(fed.numpy())
+    assert values["gradient_sq_norm"] == pytest.approx(2.0)  # bias-corrected
+    assert values["trace_sigma"] == pytest.approx(4.0)
+    assert values["count"] == 1 and values["sampled"] == 1
+    kept = noise_scale.ema_update(fed, tf.constant(0.5, tf.float64), tf.constant(9.0, tf.float64),
+                                  tf.constant(9.0, tf.float64), tf.constant(False),
+                                  tf.constant(True))
+    assert noise_scale.read_state(kept.numpy())["gradient_sq_norm"] == pytest.approx(2.0)
+    assert noise_scale.read_state(kept.numpy())["sampled"] == 2
