@@ -14,9 +14,11 @@ import numpy as np
 import pytest
 
 from experiments import launch
+from experiments.run import config_audit
 from tests.helpers import event_tags, read_json, run_dirs
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BASE = os.path.join(REPO, "gin", "base.gin")
 EXPERIMENTS = sorted(os.path.relpath(p, REPO) for p in
                      glob.glob(os.path.join(REPO, "gin", "experiments", "*.gin")))
 EXPECTED_TAGS = {"epoch_loss", "generalization_gap/loss", "gradients/global_norm",
@@ -83,6 +85,15 @@ def test_experiment_smoke(path, tmp_path, fake_keras_cache):
         assert glob.glob(os.path.join(run, "checkpoints", "*.weights.h5"))
         tags = event_tags(os.path.join(run, "tensorboard"))
         assert EXPECTED_TAGS <= tags, EXPECTED_TAGS - tags
+    # Every binding of the experiment is used by one of its runs (a sweep's variants may each
+    # skip some). Only defaults inherited from gin/base.gin (the SGD settings of an experiment
+    # that picks another optimizer) and the data a smoke run swaps out may go unused.
+    allowed = {key.rsplit(".", 2)[-2] + "." + key.rsplit(".", 1)[-1]
+               for key in config_audit.bound_keys(open(BASE).read())}
+    unused = set.intersection(*(set(result["unused_bindings"]) for result in results))
+    if any(binding.startswith("train.data_fn") for binding in smoke_bindings(path)):
+        unused = {key for key in unused if not key.startswith("keras_dataset.")}
+    assert unused <= allowed, unused
 
 
 def test_quickstart_through_main_prints_the_table(tmp_path):

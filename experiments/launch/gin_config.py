@@ -88,8 +88,34 @@ def parse(gin_files, gin_bindings):
     paths.set_gin_files(files)  # data paths are also looked up next to these files
     gin.clear_config()
     gin.add_config_file_search_path(REPO_ROOT)
-    try:
-        gin.parse_config_files_and_bindings(files, list(gin_bindings), skip_unknown=False)
-    except Exception as error:  # gin raises many types; each is explained below
-        raise explain(error) from error
+    # File by file, then binding by binding (what gin.parse_config_files_and_bindings does), so
+    # that an error can say which file or command-line binding it is in.
+    for path in files:
+        _parse_one(gin.parse_config_file, path, f"in {path}")
+    for binding in gin_bindings:
+        _parse_one(gin.parse_config, binding, f"in the command-line binding {binding!r}")
+    _parse_one(lambda _: gin.finalize(), None, "when finalizing the configuration")
     return files
+
+
+def _parse_one(parse_fn, source, where):
+    try:
+        parse_fn(source)
+    except Exception as error:  # gin raises many types; each is explained by ``explain``
+        explained = explain(error)
+        token = _token_error_line(error)
+        if token is not None:
+            explained = ConfigError(
+                f"gin syntax error {where}: a bracket or quote opened and never closed before "
+                f"line {token} ({error.args[0]}).")
+        elif where not in str(explained) and not isinstance(error, OSError):
+            explained = ConfigError(f"{explained} ({where})")
+        raise explained from error
+
+
+def _token_error_line(error):
+    """The line of a tokenizer error (unclosed bracket at the end of a file), else None."""
+    if type(error).__name__ != "TokenError" or len(error.args) < 2:
+        return None
+    position = error.args[1]
+    return position[0] if isinstance(position, tuple) and position else None

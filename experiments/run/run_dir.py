@@ -16,6 +16,24 @@ import json
 import os
 
 
+def check_output_dir(output_dir):
+    """Raises a clear error, before anything is loaded or written, when ``output_dir`` cannot hold
+    run directories: it is a file, lies under a file, or is not writable."""
+    path = os.path.abspath(output_dir)
+    probe = path
+    while not os.path.exists(probe):
+        parent = os.path.dirname(probe)
+        if parent == probe:
+            break
+        probe = parent
+    if not os.path.isdir(probe):
+        where = "is a file" if probe == path else f"lies under the file {probe}"
+        raise ValueError(f"--output_dir={output_dir!r} {where}; give a directory.")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise ValueError(f"--output_dir={output_dir!r}: {probe} is not writable.")
+    return path
+
+
 def create(output_dir, experiment, name=None):
     """Creates and returns a new run directory; an existing one is never touched."""
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")

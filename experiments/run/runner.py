@@ -23,6 +23,7 @@ from callbacks.operative_config import OperativeConfigSaver
 from experiments.common.memory import peak_memory_mb
 from experiments.engine import distribute
 from experiments.engine.virtual_batch_model import as_virtual_batch_model
+from experiments.run import config_audit
 from experiments.run import measurements as measurements_lib
 from experiments.run import plan as plan_lib
 from experiments.run import run_dir as run_dir_lib
@@ -71,6 +72,7 @@ def train(model_fn=gin.REQUIRED, data_fn=gin.REQUIRED, optimizer=gin.REQUIRED, l
 def run(settings, output):
     """Plans, creates the run directory, trains in it; returns the result dict."""
     started = time.time()
+    run_dir_lib.check_output_dir(output.output_dir)  # before the data is loaded
     plan = plan_lib.build(settings)
     # Under multi-worker training only the chief writes the run; the others write to a temp dir.
     path = run_dir_lib.create(distribute.output_dir_for(plan.strategy, output.output_dir),
@@ -83,9 +85,14 @@ def run(settings, output):
         run_dir_lib.mark_failed(path, error)
         summary_writer.close_all()
         raise
+    unused = config_audit.unused_bindings(gin.config_str(), gin.operative_config_str())
+    if unused:
+        logging.warning("Bindings this run never used (check their names and scopes): %s",
+                        ", ".join(unused))
     result.update(experiment=output.experiment, run_dir=path, seed=settings.seed,
                   dtype_policy=settings.model.dtype_policy, wall_time_s=time.time() - started,
-                  peak_memory_mb=peak_memory_mb(), versions=_package_versions())
+                  peak_memory_mb=peak_memory_mb(), versions=_package_versions(),
+                  unused_bindings=unused)
     run_dir_lib.write_json(path, "result.json", result)
     run_dir_lib.write_json(path, "status.json", {"status": "finished"})
     return result
