@@ -15,8 +15,8 @@ def _passes(data, num_passes, seed=0):
     """Training batches of ``num_passes`` passes (epochs): a list of (x, y) arrays per pass."""
     pipelines = pipelines_lib.batched(data, data.stream.layout.num_streams, seed=seed)[1]
     out = []
-    for _ in range(num_passes):
-        batches = [(x.numpy(), y.numpy()) for x, y in pipelines.train]
+    for epoch in range(num_passes):
+        batches = [(x.numpy(), y.numpy()) for x, y in pipelines.train_from(epoch, 0, 1)]
         out.append((np.stack([b[0] for b in batches]), np.stack([b[1] for b in batches])))
     return pipelines, out
 

@@ -1,6 +1,9 @@
-"""A training loop of our own, for where ``model.fit`` cannot go: several replicas.
+"""batchlab's training loop: every run trains here, on one device or several, and can resume at
+any update.
 
-Keras 3 ``model.fit`` and ``model.evaluate`` fail under MultiWorkerMirroredStrategy ("Attempt to
+Why not ``model.fit``: a run that resumes after a kill must start in the middle of an epoch, with
+the epoch's metric sums restored; ``fit`` always starts epochs at their first step and resets the
+metrics. And Keras 3 ``model.fit`` and ``model.evaluate`` fail under MultiWorkerMirroredStrategy ("Attempt to
 convert a value (PerReplica ...)", keras-team/keras#20585), and under MirroredStrategy on any batch
 that splits unevenly over the replicas (its symbolic build adds the replicas' inputs: "Inputs to
 operation AddN ... must have the same size and shape"). This loop iterates
@@ -87,12 +90,54 @@ class CustomLoop:
             steps_per_epoch=None):
         """Trains like ``model.fit`` on a batched ``tf.data.Dataset``; returns the History.
 
-        Each element of ``dataset`` is one virtual batch, i.e. one update. ``steps_per_epoch`` is
-        only shown by the progress bar (the loop runs until the dataset ends).
+        Each element of ``dataset`` is one virtual batch, i.e. one update; every epoch iterates
+        ``dataset`` anew. ``steps_per_epoch`` is only shown by the progress bar.
         """
-        model = self.model
+        distributed = self._start(dataset)
+
+        def epoch_batches(epoch):
+            if epoch:
+                # Keras' fit opens one more iterator per epoch than it reads (at the end of each
+                # epoch, then again at the start of the next), so with a reshuffling pipeline its
+                # epoch e reads the dataset's (2e-1)-th order. Open and drop one too: for a seed,
+                # both loops then train on the same batches.
+                iter(distributed)
+            return enumerate(distributed)
+
+        return self._train(distributed, epoch_batches, 0, epochs, validation_data, callbacks,
+                           verbose, steps_per_epoch)
+
+    def fit_from(self, train_from, steps_per_epoch, epochs, validation_data=None, callbacks=(),
+                 verbose=1, initial_epoch=0, initial_step=0, resume=None):
+        """Trains from update ``initial_step`` of epoch ``initial_epoch`` to the end of ``epochs``.
+
+        ``train_from(epoch, step, num_epochs)`` gives the batches from that position on (an
+        ``inputs.dataset.Pipelines.train_from``): one iterator serves the whole run, so a run that
+        resumes mid-epoch reads exactly what an uninterrupted run reads from there. ``resume``
+        (optional) restores a checkpoint: ``resume.restore_training_state()`` once the callbacks
+        have started, ``resume.restore_metric_state()`` after the interrupted epoch's metrics
+        were reset, so its logged means cover the whole epoch.
+        """
+        dataset = train_from(initial_epoch, initial_step, epochs - initial_epoch)
+        distributed = self._start(dataset)
+        iterator = iter(distributed)
+
+        def epoch_batches(epoch):
+            first = initial_step if epoch == initial_epoch else 0
+            for step in range(first, steps_per_epoch):
+                yield step, next(iterator)
+
+        return self._train(distributed, epoch_batches, initial_epoch, epochs, validation_data,
+                           callbacks, verbose, steps_per_epoch, resume)
+
+    def _start(self, dataset):
         self._prepare(dataset)
-        distributed = self._distribute(dataset)
+        return self._distribute(dataset)
+
+    def _train(self, distributed, epoch_batches, initial_epoch, epochs, validation_data,
+               callbacks, verbose, steps_per_epoch, resume=None):
+        """The epoch loop shared by ``fit`` and ``fit_from``; returns the History."""
+        model = self.model
         train = self._function(self._train_functions, model.train_step, distributed.element_spec)
         callback_list = keras.callbacks.CallbackList(
             list(callbacks), add_history=True, add_progbar=verbose != 0, model=model,
@@ -101,33 +146,33 @@ class CustomLoop:
                        if isinstance(c, keras.callbacks.History))
         model.stop_training = False
         callback_list.on_train_begin()
+        if resume is not None:
+            resume.restore_training_state()
         logs = {}
-        for epoch in range(epochs):
+        for epoch in range(initial_epoch, epochs):
             model.reset_metrics()
+            if resume is not None and epoch == initial_epoch:
+                resume.restore_metric_state()
             callback_list.on_epoch_begin(epoch)
-            for step, batch in enumerate(distributed):
+            for step, batch in epoch_batches(epoch):
                 callback_list.on_train_batch_begin(step)
                 logs = train(batch)
                 callback_list.on_train_batch_end(step, logs)
                 if model.stop_training:
                     break
-            epoch_logs = _to_floats(logs)
-            if validation_data is not None:
-                validation = self.evaluate(validation_data, return_dict=True,
-                                           _callbacks=callback_list)
-                epoch_logs.update({f"val_{name}": value for name, value in validation.items()})
-            callback_list.on_epoch_end(epoch, epoch_logs)
-            logs = epoch_logs
+            logs = self._end_epoch(epoch, logs, validation_data, callback_list)
             if model.stop_training:
                 break
-            if epoch + 1 < epochs:
-                # Keras' fit opens one more iterator per epoch than it reads (at the end of each
-                # epoch, then again at the start of the next), so with a reshuffling pipeline its
-                # epoch e reads the dataset's (2e-1)-th order. Open and drop one too: for a seed,
-                # both loops then train on the same batches.
-                iter(distributed)
         callback_list.on_train_end(logs)
         return history
+
+    def _end_epoch(self, epoch, logs, validation_data, callback_list):
+        epoch_logs = _to_floats(logs)
+        if validation_data is not None:
+            validation = self.evaluate(validation_data, return_dict=True, _callbacks=callback_list)
+            epoch_logs.update({f"val_{name}": value for name, value in validation.items()})
+        callback_list.on_epoch_end(epoch, epoch_logs)
+        return epoch_logs
 
     def evaluate(self, x=None, y=None, batch_size=None, sample_weight=None, steps=None,
                  return_dict=False, _callbacks=None):

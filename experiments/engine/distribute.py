@@ -10,11 +10,11 @@
 Whatever the strategy, each replica accumulates its micro-batches' gradients locally and the
 gradients are all-reduced once per update, by ``optimizer.apply`` (see ``accumulation``).
 
-Training goes through ``model.fit`` on one replica and through ``custom_loop.CustomLoop``
-(``strategy.run`` over a distributed dataset) on several: Keras 3's fit fails under
-MultiWorkerMirroredStrategy (keras-team/keras#20585) and, under MirroredStrategy, on any batch that
-splits unevenly over the replicas (an odd last batch: "Inputs to operation AddN ... must have the
-same size and shape"). ``fit.loop`` forces either. Both run the same train step.
+Training goes through batchlab's own loop, ``custom_loop.CustomLoop`` (``strategy.run`` over a
+distributed dataset), on one replica or several: it resumes a run at any update, and Keras 3's fit
+fails under MultiWorkerMirroredStrategy (keras-team/keras#20585) and, under MirroredStrategy, on any
+batch that splits unevenly over the replicas. ``fit.loop = 'keras'`` uses ``model.fit`` instead
+(one replica, no mid-epoch resume). Both run the same train step.
 
 Both MultiWorkerMirroredStrategy and logical CPU devices must be set up before TensorFlow
 initialises its runtime: the runner resolves the strategy before it touches any data.
@@ -145,34 +145,41 @@ def output_dir_for(strategy, output_dir):
 
 
 def _use_custom_loop(strategy, loop):
-    if loop not in LOOPS:
-        raise ValueError(f"fit.loop must be one of {LOOPS}, got {loop!r}.")
-    if loop == "auto":
-        return is_multi_worker(strategy) or strategy.num_replicas_in_sync > 1
-    return loop == "custom"
+    checks.one_of(loop, LOOPS, "fit.loop")
+    if loop == "keras" and (is_multi_worker(strategy) or strategy.num_replicas_in_sync > 1):
+        raise ValueError("fit.loop = 'keras' cannot train on several replicas (Keras 3's fit "
+                         "fails there, keras-team/keras#20585); use 'auto'.")
+    return loop != "keras"
 
 
-@gin.configurable(denylist=["model", "pipelines", "epochs", "callbacks", "strategy", "verbose"])
-def fit(model, pipelines, epochs, callbacks, strategy, verbose=1, loop="auto"):
-    """Trains; returns the history dict (metric -> per-epoch values).
+@gin.configurable(denylist=["model", "pipelines", "epochs", "callbacks", "strategy", "verbose",
+                            "initial_epoch", "initial_step", "resume"])
+def fit(model, pipelines, epochs, callbacks, strategy, verbose=1, loop="auto", initial_epoch=0,
+        initial_step=0, resume=None):
+    """Trains from update ``initial_step`` of epoch ``initial_epoch``; returns the history dict
+    (metric -> per-epoch values).
 
     Args:
-      loop: 'keras' (``model.fit``), 'custom' (``custom_loop.CustomLoop``) or 'auto': the custom
-        loop whenever there is more than one replica (Keras 3's fit fails under multi-worker
-        strategies, keras-team/keras#20585, and under MirroredStrategy as soon as a batch splits
-        unevenly over the replicas), ``model.fit`` otherwise.
+      loop: 'auto' or 'custom': batchlab's loop (``custom_loop.CustomLoop``), which can resume
+        mid-epoch and runs on any number of replicas; 'keras': ``model.fit`` on one replica, for
+        comparison (it cannot resume a run mid-epoch).
+      resume: restores a checkpoint when training starts (see ``CustomLoop.fit_from``).
     """
     if not is_chief(strategy):
         verbose = 0
     if _use_custom_loop(strategy, loop):
         runner = custom_loop.CustomLoop(model, strategy)
-        history = runner.fit(pipelines.train, epochs=epochs,
-                             validation_data=pipelines.validation, callbacks=callbacks,
-                             verbose=verbose, steps_per_epoch=pipelines.steps_per_epoch)
-    else:
-        history = model.fit(
-            pipelines.train, epochs=epochs, validation_data=pipelines.validation,
-            callbacks=callbacks, verbose=verbose, shuffle=False)  # the pipeline shuffles
+        history = runner.fit_from(
+            pipelines.train_from, pipelines.steps_per_epoch, epochs,
+            validation_data=pipelines.validation, callbacks=callbacks, verbose=verbose,
+            initial_epoch=initial_epoch, initial_step=initial_step, resume=resume)
+        return history.history
+    if initial_step or resume is not None:
+        raise ValueError("fit.loop = 'keras' cannot resume a run; use fit.loop = 'auto'.")
+    history = model.fit(
+        pipelines.train_from(initial_epoch, 0, epochs - initial_epoch),
+        steps_per_epoch=pipelines.steps_per_epoch, initial_epoch=initial_epoch, epochs=epochs,
+        validation_data=pipelines.validation, callbacks=callbacks, verbose=verbose)
     return history.history
 
 

@@ -5,6 +5,7 @@ into a ``BatchLayout`` (``layout.build``) and then into ``tf.data`` pipelines (`
 """
 
 import dataclasses
+import functools
 from typing import Any, Callable, Optional
 
 import tensorflow as tf
@@ -58,10 +59,20 @@ class Data:
 
 @dataclasses.dataclass
 class Pipelines:
-    """Finished, batched pipelines for one run (each training element is one update)."""
+    """Finished, batched pipelines for one run (each training element is one update).
 
-    train: tf.data.Dataset
+    The training order is a pure function of (seed, epoch): ``train_from(epoch, step,
+    num_epochs)`` gives the batches from update ``step`` of ``epoch`` on, for ``num_epochs``
+    epochs, the same whether a run starts there or resumes there after a kill.
+    """
+
+    train_from: Callable[[int, int, int], tf.data.Dataset]
     validation: Optional[tf.data.Dataset]
     steps_per_epoch: int
     validation_steps: Optional[int]
-    on_epoch_begin: Optional[Callable[[int], None]] = None
+
+    @functools.cached_property
+    def train(self):
+        """The batches of the first epoch (cardinality known)."""
+        return self.train_from(0, 0, 1).apply(
+            tf.data.experimental.assert_cardinality(self.steps_per_epoch))

@@ -1,8 +1,9 @@
 """``tf.data`` pipelines from a ``Data`` and its ``BatchLayout``: one training element per update.
 
-Array data is shuffled with the run's seed and reshuffled each epoch (the same order sequence for
-the same seed); the last batch may be ragged (the train step handles it exactly). Stream data lays
-out its own batches (``streams.StreamData.pipelines``).
+Array data is shuffled with the run's seed, a new order every epoch: the order of epoch e is a pure
+function of (seed, e) (``epoch_order``), so a run that resumes at update s of epoch e reads exactly
+the batches an uninterrupted run reads there. The last batch may be ragged (the train step handles
+it exactly). Stream data lays out its own batches (``streams.StreamData.pipelines``).
 """
 
 import tensorflow as tf
@@ -15,19 +16,45 @@ def make(data, layout, seed=0, shuffle=True):
     """Training pipeline of B-row batches and evaluation pipeline of ``eval_batch_size`` rows."""
     if data.stream is not None:
         return data.stream.pipelines(seed)
-    train_parts = (data.x_train, data.y_train)
-    if data.sample_weight_train is not None:
-        train_parts += (data.sample_weight_train,)
-    train = tf.data.Dataset.from_tensor_slices(train_parts)
-    if shuffle:
-        train = train.shuffle(data.num_train, seed=seed, reshuffle_each_iteration=True)
-    train = train.batch(layout.batch_size).prefetch(tf.data.AUTOTUNE)
+    tensors = [tf.convert_to_tensor(t) for t in (data.x_train, data.y_train,
+                                                 data.sample_weight_train) if t is not None]
+
+    def train_from(first_epoch, first_step, num_epochs):
+        return epoch_batches(tensors, layout.batch_size, seed, shuffle, first_epoch, first_step,
+                             num_epochs)
+
     validation, validation_steps = None, None
     if data.num_validation:
         validation = tf.data.Dataset.from_tensor_slices((data.x_validation, data.y_validation))
         validation = validation.batch(layout.eval_batch_size).prefetch(tf.data.AUTOTUNE)
         validation_steps = -(-data.num_validation // layout.eval_batch_size)
-    return Pipelines(train, validation, layout.updates_per_epoch, validation_steps)
+    return Pipelines(train_from, validation, layout.updates_per_epoch, validation_steps)
+
+
+def epoch_order(num_examples, seed, epoch, shuffle=True):
+    """The row order of ``epoch``: a seeded permutation that depends on (seed, epoch) only."""
+    rows = tf.range(num_examples, dtype=tf.int64)
+    if not shuffle:
+        return rows
+    key = tf.stack([tf.cast(seed, tf.int64), tf.cast(epoch, tf.int64)])
+    return tf.random.experimental.stateless_shuffle(rows, seed=key)
+
+
+def epoch_batches(tensors, batch_size, seed, shuffle, first_epoch, first_step, num_epochs):
+    """Batches of ``tensors`` (rows along axis 0) for epochs ``first_epoch`` ..., starting at
+    update ``first_step`` of the first: index batches of each epoch's order, then one gather per
+    batch (cheaper than a shuffle buffer of single rows, and resumable at any update)."""
+    num_examples = int(tensors[0].shape[0])
+
+    def one_epoch(epoch):
+        order = epoch_order(num_examples, seed, epoch, shuffle)
+        return tf.data.Dataset.from_tensor_slices(order).batch(batch_size)
+
+    epochs = tf.data.Dataset.range(first_epoch, first_epoch + num_epochs)
+    batches = epochs.flat_map(one_epoch).skip(first_step)
+    batches = batches.map(lambda rows: tuple(tf.gather(t, rows) for t in tensors),
+                          num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return batches.prefetch(tf.data.AUTOTUNE)
 
 
 def batched(data, batch_size, micro_batch_size=None, eval_batch_size=None, seed=0, shuffle=True):

@@ -21,9 +21,9 @@ Rules that keep it honest:
 - L is a whole number of k*T windows: the remainder that does not fill a batch is dropped; there
   is never a short batch.
 - Rows are never shuffled. Per-epoch variety comes from a seeded offset in [0, max_offset] that
-  shifts every stream (and so every window boundary). The offset is drawn inside tf.data for each
-  pass over the training set (``Dataset.random(..., rerandomize_each_iteration=True)``): Keras
-  creates the next epoch's iterator before ``on_epoch_begin`` runs, so a callback would be late.
+  shifts every stream (and so every window boundary). The offset of epoch e is a function of
+  (seed, e) only (``epoch_offset``), drawn inside tf.data, so a resumed run lays out the same
+  windows as an uninterrupted one.
 - The held-out part is the *end* of the series (contiguous text never trained on), laid out the same
   way with windows of T and no offset.
 
@@ -157,15 +157,14 @@ class StreamData:
         steps = length // lay.update_length
         x = tf.convert_to_tensor(self.train_inputs)
         y = tf.convert_to_tensor(self.train_targets)
-        if lay.offset_range:
-            offsets = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).take(1)
-            offsets = offsets.map(lambda r: tf.cast(r % (lay.offset_range + 1), tf.int32))
-        else:
-            offsets = tf.data.Dataset.from_tensors(tf.constant(0, tf.int32))
-        train = offsets.flat_map(lambda offset: stream_batches(
-            x, y, lay.num_streams, length, lay.update_length, offset))
-        train = train.apply(tf.data.experimental.assert_cardinality(steps))
-        train = train.prefetch(tf.data.AUTOTUNE)
+
+        def one_epoch(epoch):
+            return stream_batches(x, y, lay.num_streams, length, lay.update_length,
+                                  epoch_offset(seed, epoch, lay.offset_range))
+
+        def train_from(first_epoch, first_step, num_epochs):
+            epochs = tf.data.Dataset.range(first_epoch, first_epoch + num_epochs)
+            return epochs.flat_map(one_epoch).skip(first_step).prefetch(tf.data.AUTOTUNE)
 
         validation, validation_steps = None, None
         if self.validation_inputs is not None:
@@ -176,4 +175,14 @@ class StreamData:
                 tf.convert_to_tensor(self.validation_targets),
                 lay.num_streams, v_length, lay.window_length, 0).prefetch(tf.data.AUTOTUNE)
             validation_steps = v_length // lay.window_length
-        return Pipelines(train, validation, steps, validation_steps)
+        return Pipelines(train_from, validation, steps, validation_steps)
+
+
+def epoch_offset(seed, epoch, offset_range):
+    """The offset of every stream in ``epoch``, in [0, offset_range]: a function of (seed, epoch)
+    only, so a resumed run lays out the same windows."""
+    if not offset_range:
+        return tf.constant(0, tf.int32)
+    key = tf.stack([tf.cast(seed, tf.int64), tf.cast(epoch, tf.int64)])
+    return tf.random.stateless_uniform([], seed=key, minval=0, maxval=offset_range + 1,
+                                       dtype=tf.int32)
