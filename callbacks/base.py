@@ -41,8 +41,9 @@ class UpdateClock(MeasurementCallback):
     """A measurement callback knowing the update count at each batch hook cheaply.
 
     ``optimizer.iterations`` is read once per epoch; the update that a batch hook refers to is
-    that count plus the batch index + 1 (also right with ``steps_per_execution``, where Keras
-    passes the index of the last step run).
+    that count plus the batches run since the epoch began (also right with
+    ``steps_per_execution``, where Keras passes the index of the last step run, and for an epoch
+    resumed mid-way, whose first batch index is not 0).
 
     Batch hooks run after every update (Keras calls them whenever any callback defines them), so
     they only do integer arithmetic; anything that touches TensorFlow or NumPy happens on the
@@ -52,21 +53,25 @@ class UpdateClock(MeasurementCallback):
     def __init__(self, log_dir=None):
         super().__init__(log_dir)
         self._epoch_start = 0
+        self._first_batch = 0
         self._steps = None
 
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch_start = int(self.model.optimizer.iterations.numpy())
+        self._first_batch = None
         self._steps = (self.params or {}).get("steps")
 
     def update_after(self, batch):
         """The update count once batch ``batch`` of this epoch has been applied."""
-        return self._epoch_start + batch + 1
+        if self._first_batch is None:  # the first batch hook of the epoch sets the offset
+            self._first_batch = batch
+        return self._epoch_start + batch - self._first_batch + 1
 
     def is_logged(self, batch, every_n_updates, at_epoch_end=True):
         """Log after this batch: every ``every_n_updates`` updates and, with ``at_epoch_end``,
         after an epoch's last batch (so short runs and long intervals still give a point per
         epoch)."""
-        return (self._epoch_start + batch + 1) % every_n_updates == 0 or (
+        return self.update_after(batch) % every_n_updates == 0 or (
             at_epoch_end and batch + 1 == self._steps)
 
     def current_update(self):

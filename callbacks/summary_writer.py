@@ -9,6 +9,7 @@ thread (at most ``FLUSH_SECONDS`` late; ``flush``/``close_all`` write at once). 
 every event file of a directory, so these files sit beside the ones ``tf.summary`` writes.
 """
 
+import glob
 import os
 import time
 
@@ -21,6 +22,7 @@ from tensorboard.summary.writer.event_file_writer import EventFileWriter
 FLUSH_SECONDS = 10.0  # a logged value reaches the event file at most this late
 _WRITERS = {}
 _EVENT_WRITERS = {}
+_LOGGED = {}  # subdir path -> {tag: last step already in its event files} (resumed runs)
 _SCALAR_METADATA = scalar_metadata.create_summary_metadata(display_name=None, description=None)
 _SCALAR_SHAPE = tensor_shape_pb2.TensorShapeProto()
 
@@ -57,10 +59,31 @@ def scalar_event(values, step):
 
 
 def scalars(log_dir, values, step, subdir="train"):
-    """Logs ``{tag: float}`` at ``step`` (a no-op when ``log_dir`` is None or nothing to log)."""
+    """Logs ``{tag: float}`` at ``step`` (a no-op when ``log_dir`` is None or nothing to log).
+
+    In a resumed run, a (tag, step) already in the event files is not written again.
+    """
     if log_dir is None or not values:
         return
+    logged = _LOGGED.get(os.path.join(log_dir, subdir))
+    if logged:
+        values = {tag: v for tag, v in values.items() if step > logged.get(tag, -1)}
+        if not values:
+            return
     _event_writer(log_dir, subdir).add_event(scalar_event(values, step))
+
+
+def continue_from(log_dir):
+    """Reads the steps already logged under ``log_dir`` by ``scalars`` (a run resumed from a
+    checkpoint replays the updates between that checkpoint and the kill: their values are the
+    same, so TensorBoard keeps one point per step instead of two)."""
+    from tensorboard.backend.event_processing import event_file_loader  # noqa: PLC0415
+
+    for path in sorted(glob.glob(os.path.join(log_dir, "*", "*.measurements*"))):
+        logged = _LOGGED.setdefault(os.path.dirname(path), {})
+        for event in event_file_loader.EventFileLoader(path).Load():
+            for value in event.summary.value:
+                logged[value.tag] = max(logged.get(value.tag, -1), event.step)
 
 
 def text(log_dir, tag, message, step=0, subdir="train"):
@@ -85,6 +108,7 @@ def close_all():
     for writer in _EVENT_WRITERS.values():
         writer.close()
     _EVENT_WRITERS.clear()
+    _LOGGED.clear()
     for writer in _WRITERS.values():
         writer.flush()
         writer.close()

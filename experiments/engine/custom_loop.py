@@ -115,8 +115,9 @@ class CustomLoop:
         ``inputs.dataset.Pipelines.train_from``): one iterator serves the whole run, so a run that
         resumes mid-epoch reads exactly what an uninterrupted run reads from there. ``resume``
         (optional) restores a checkpoint: ``resume.restore_training_state()`` once the callbacks
-        have started, ``resume.restore_metric_state()`` after the interrupted epoch's metrics
-        were reset, so its logged means cover the whole epoch.
+        have started, ``resume.restore_epoch_state()`` once the interrupted epoch has started
+        (which reset its metrics and, for stateful models, the states), so its logged means
+        cover the whole epoch and the streams continue.
         """
         dataset = train_from(initial_epoch, initial_step, epochs - initial_epoch)
         distributed = self._start(dataset)
@@ -151,9 +152,9 @@ class CustomLoop:
         logs = {}
         for epoch in range(initial_epoch, epochs):
             model.reset_metrics()
+            callback_list.on_epoch_begin(epoch)  # may reset stateful layers' states
             if resume is not None and epoch == initial_epoch:
-                resume.restore_metric_state()
-            callback_list.on_epoch_begin(epoch)
+                resume.restore_epoch_state()
             for step, batch in epoch_batches(epoch):
                 callback_list.on_train_batch_begin(step)
                 logs = train(batch)

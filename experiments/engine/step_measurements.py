@@ -48,6 +48,14 @@ class StepMeasurements:
         self.noise_decay = variable(0.99, "noise_decay", tf.float64)
         self.noise_sample_every = variable(1, "noise_sample_every", tf.int64)
 
+    def variables(self):
+        """Every variable, in a fixed order (what a checkpoint saves: the noise-scale averages
+        must survive a resume)."""
+        return [self.gradient_norm, self.variable_gradient_norms, self.requested_update,
+                self.micro_gradient_sq_norm, self.batch_gradient_sq_norm, self.micro_batch_size,
+                self.batch_size, self.num_micro_batches, self.noise_scale, self.noise_decay,
+                self.noise_sample_every]
+
     def reset_noise_scale(self, decay, sample_every=1):
         """Starts the noise-scale averages afresh with this decay (per sample) and sampling."""
         self.noise_scale.assign(tf.zeros([noise_scale.STATE_SIZE], tf.float64))

@@ -1,19 +1,30 @@
-"""The run directory: created fresh for every run, never reused, and honest about its state.
+"""The run directory: honest about its state, never overwritten, resumable.
 
 Layout::
 
-    <output_dir>/<experiment>/<timestamp>[-N]/
+    <output_dir>/<experiment>/<run_name or timestamp[-N]>/
         config.gin            every parsed binding, written before training
         operative_config.gin  the values actually used, written after the first update
-        status.json           'running', then 'finished' or 'failed' with the error
+        status.json           'running' (pid, host, start, heartbeat), then 'finished', 'failed'
+                              (with the error) or 'interrupted' (stopped by a signal, resumable)
         result.json           only for a finished run
         tensorboard/          train/ and validation/ event files
-        checkpoints/          weights per epoch
+        checkpoints/          state-<update>.npz (the last few) and final.weights.h5
+
+A run without a name gets a fresh timestamped directory. A named run (``--run_name``) reuses its
+directory: ``open_named`` resumes an unfinished run of the same configuration, refuses a finished
+one, one that is still running, and one of another configuration (with the difference).
 """
 
 import datetime
+import difflib
 import json
 import os
+import socket
+import time
+
+# A 'running' status whose heartbeat is older than this is taken as a dead run.
+STALE_AFTER_SECONDS = 120.0
 
 
 def check_output_dir(output_dir):
@@ -47,8 +58,90 @@ def create(output_dir, experiment, name=None):
         except FileExistsError:
             path = f"{base}-{suffix}"
             suffix += 1
-    write_json(path, "status.json", {"status": "running"})
+    write_json(path, "status.json", running_status())
     return path
+
+
+def running_status(started=None):
+    """The status of a live run: who runs it, since when, and a heartbeat (now)."""
+    now = time.time()
+    return {"status": "running", "pid": os.getpid(), "host": socket.gethostname(),
+            "started": started or now, "heartbeat": now}
+
+
+def read_status(run_dir):
+    try:
+        with open(os.path.join(run_dir, "status.json")) as handle:
+            return json.load(handle)
+    except (OSError, ValueError):
+        return {}
+
+
+def is_alive(status, now=None):
+    """Whether a 'running' status belongs to a live process: its heartbeat is recent and, on this
+    host, its process exists. A run killed without a word (SIGKILL, lost machine) is not."""
+    if status.get("status") != "running":
+        return False
+    now = time.time() if now is None else now
+    if now - float(status.get("heartbeat", 0.0)) > STALE_AFTER_SECONDS:
+        return False
+    if status.get("host") == socket.gethostname() and status.get("pid"):
+        try:
+            os.kill(int(status["pid"]), 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+    return True
+
+
+def effective_status(run_dir):
+    """'finished', 'failed', 'interrupted', 'running' or 'missing'; a 'running' run whose process
+    is gone or whose heartbeat is stale reads as 'interrupted'."""
+    status = read_status(run_dir)
+    state = status.get("status", "missing")
+    if state == "running" and not is_alive(status):
+        return "interrupted"
+    return state
+
+
+class RunExistsError(ValueError):
+    """A named run directory cannot be used for this launch (finished, live, or different)."""
+
+
+def open_named(output_dir, experiment, name, config_text):
+    """(path, resuming) of the named run ``<output_dir>/<experiment>/<name>``: a new directory, or
+    an unfinished run of the same configuration to resume. Raises ``RunExistsError`` otherwise."""
+    path = os.path.join(output_dir, experiment, name)
+    if not os.path.exists(path):
+        return create(output_dir, experiment, name), False
+    state = effective_status(path)
+    if state == "finished":
+        raise RunExistsError(f"The run {path} is finished; it is never overwritten. Choose "
+                             "another --run_name to train again.")
+    if state == "running":
+        status = read_status(path)
+        raise RunExistsError(f"The run {path} is running (pid {status.get('pid')} on "
+                             f"{status.get('host')}); wait for it or stop it first.")
+    check_same_config(path, config_text)
+    write_json(path, "status.json", running_status())
+    return path, True
+
+
+def check_same_config(run_dir, config_text):
+    """Raises ``RunExistsError`` with the difference when ``run_dir`` was configured otherwise."""
+    try:
+        with open(os.path.join(run_dir, "config.gin")) as handle:
+            saved = handle.read()
+    except OSError:
+        saved = ""
+    if saved == config_text:
+        return
+    diff = "\n".join(difflib.unified_diff(saved.splitlines(), config_text.splitlines(),
+                                          "in the run directory", "now", lineterm="", n=0))
+    raise RunExistsError(f"The run {run_dir} was started with another configuration; resume it "
+                         "with the same files and bindings (or --resume), or choose another "
+                         f"--run_name. The difference:\n{diff}")
 
 
 def write_text(run_dir, name, text):
@@ -67,6 +160,11 @@ def write_json(run_dir, name, payload):
 def mark_failed(run_dir, error):
     write_json(run_dir, "status.json",
                {"status": "failed", "error": f"{type(error).__name__}: {error}"})
+
+
+def mark_interrupted(run_dir, reason, update):
+    write_json(run_dir, "status.json", {"status": "interrupted", "reason": str(reason),
+                                        "update": update, "time": time.time()})
 
 
 def _jsonable(value):

@@ -10,6 +10,7 @@ only on success.
 import importlib.metadata
 import os
 import platform
+import signal
 import time
 
 import gin
@@ -18,29 +19,31 @@ import tensorflow as tf
 from absl import logging
 
 from callbacks import summary_writer
+from callbacks.checkpointing import TrainingInterrupted
 from callbacks.nan_guard import FailOnNonFiniteLoss
 from callbacks.operative_config import OperativeConfigSaver
 from experiments.common.memory import peak_memory_mb
 from experiments.engine import distribute
 from experiments.engine.virtual_batch_model import as_virtual_batch_model
-from experiments.run import config_audit
+from experiments.run import config_audit, interrupts
 from experiments.run import measurements as measurements_lib
 from experiments.run import plan as plan_lib
 from experiments.run import run_dir as run_dir_lib
 from experiments.run import stateful
 from experiments.run.settings import (DataSettings, ModelSettings, RunOutput, RunSettings,
                                       check_training, checkpoint_settings)
+from experiments.run.training_state import RunState
 
 PACKAGES = ("tensorflow", "tensorflow-cpu", "keras", "gin-config", "absl-py", "numpy",
             "tensorboard")
 
 
-@gin.configurable(denylist=["output_dir", "experiment", "run_name", "config_text"])
+@gin.configurable(denylist=["output_dir", "experiment", "run_name", "config_text", "resumable"])
 def train(model_fn=gin.REQUIRED, data_fn=gin.REQUIRED, optimizer=gin.REQUIRED, loss=gin.REQUIRED,
           batch_size=gin.REQUIRED, epochs=1, micro_batch_size=None, eval_batch_size=None,
           metrics=("accuracy",), seed=0, deterministic_ops=False, dtype_policy="float32",
           strategy=None, shuffle=True, extra_callbacks=(), verbose=1, output_dir="runs",
-          experiment="experiment", run_name=None, config_text=""):
+          experiment="experiment", run_name=None, config_text="", resumable=False):
     """Runs one experiment and returns its result dict (also written to ``result.json``).
 
     Args:
@@ -66,21 +69,26 @@ def train(model_fn=gin.REQUIRED, data_fn=gin.REQUIRED, optimizer=gin.REQUIRED, l
         measurements=measurements_lib.measurement_settings(),
         checkpoints=checkpoint_settings(), extra_callbacks=tuple(extra_callbacks),
         verbose=verbose)
-    return run(settings, RunOutput(output_dir, experiment, run_name, config_text))
+    return run(settings, RunOutput(output_dir, experiment, run_name, config_text, resumable))
 
 
 def run(settings, output):
-    """Plans, creates the run directory, trains in it; returns the result dict."""
+    """Plans, opens the run directory (new, or an unfinished run to resume), trains in it;
+    returns the result dict. A stop signal saves a checkpoint and raises ``TrainingInterrupted``
+    with the run marked 'interrupted'; any other failure marks it 'failed'."""
     started = time.time()
     run_dir_lib.check_output_dir(output.output_dir)  # before the data is loaded
     plan = plan_lib.build(settings)
-    # Under multi-worker training only the chief writes the run; the others write to a temp dir.
-    path = run_dir_lib.create(distribute.output_dir_for(plan.strategy, output.output_dir),
-                              output.experiment, output.run_name)
-    run_dir_lib.write_text(path, "config.gin", output.config_text)
-    logging.info("Run directory: %s", path)
+    path, resuming = _open_run_dir(plan.strategy, output)
+    state = RunState(path, settings.checkpoints, resuming,
+                     writes=distribute.is_chief(plan.strategy))
     try:
-        result = _train_in(path, plan, output.config_text)
+        with interrupts.catch_stop_signals() as stop_requested:
+            result = _train_in(path, plan, output.config_text, state, stop_requested)
+    except TrainingInterrupted as stopped:
+        run_dir_lib.mark_interrupted(path, _signal_name(stopped.reason), stopped.update)
+        summary_writer.close_all()
+        raise
     except BaseException as error:
         run_dir_lib.mark_failed(path, error)
         summary_writer.close_all()
@@ -96,6 +104,31 @@ def run(settings, output):
     run_dir_lib.write_json(path, "result.json", result)
     run_dir_lib.write_json(path, "status.json", {"status": "finished"})
     return result
+
+
+def _open_run_dir(strategy, output):
+    """(path, resuming). Under multi-worker training only the chief writes the run; the others
+    write to a temporary directory (removed at the end)."""
+    if not distribute.is_chief(strategy):
+        return run_dir_lib.create(distribute.output_dir_for(strategy, output.output_dir),
+                                  output.experiment, output.run_name), False
+    if output.resumable and output.run_name:
+        path, resuming = run_dir_lib.open_named(output.output_dir, output.experiment,
+                                                output.run_name, output.config_text)
+    else:
+        path, resuming = run_dir_lib.create(output.output_dir, output.experiment,
+                                            output.run_name), False
+    if not resuming:
+        run_dir_lib.write_text(path, "config.gin", output.config_text)
+    logging.info("Run directory: %s%s", path, " (resuming)" if resuming else "")
+    return path, resuming
+
+
+def _signal_name(reason):
+    try:
+        return signal.Signals(reason).name
+    except (TypeError, ValueError):
+        return str(reason)
 
 
 def build_model(plan):
@@ -116,7 +149,7 @@ def build_model(plan):
     return model, state_callbacks
 
 
-def make_callbacks(plan, path, log_dir, state_callbacks):
+def make_callbacks(plan, path, log_dir, state_callbacks, checkpoint_callbacks=()):
     """(every callback of the run in order, the measurement callbacks among them)."""
     settings = plan.settings
     callbacks = [
@@ -133,31 +166,41 @@ def make_callbacks(plan, path, log_dir, state_callbacks):
             save_weights_only=True))
     callbacks += state_callbacks  # stateful models: reset per epoch, isolated evaluation
     callbacks += list(settings.extra_callbacks)
+    # Last: a checkpoint holds everything the other callbacks did at this update.
+    callbacks += list(checkpoint_callbacks)
     return callbacks, measured
 
 
-def _train_in(path, plan, config_text):
-    """Builds the model and callbacks inside the run directory ``path``, trains, evaluates."""
+def _train_in(path, plan, config_text, state, stop_requested):
+    """Builds the model and callbacks inside the run directory ``path``, trains (from the
+    checkpoint of a resumed run), evaluates."""
     log_dir = os.path.join(path, "tensorboard")
-    writer = summary_writer.writer_for(log_dir)
-    with writer.as_default():
-        tf.summary.text("config/parsed", "\n".join("    " + line for line in
-                                                   config_text.splitlines()), step=0)
+    if state.resumed:
+        summary_writer.continue_from(log_dir)  # the replayed updates are not logged twice
+    else:
+        with summary_writer.writer_for(log_dir).as_default():
+            tf.summary.text("config/parsed", "\n".join("    " + line for line in
+                                                       config_text.splitlines()), step=0)
     model, state_callbacks = build_model(plan)
-    callbacks, measured = make_callbacks(plan, path, log_dir, state_callbacks)
-    settings, pipelines = plan.settings, plan.pipelines
-    train_started = time.time()
+    callbacks, measured = make_callbacks(plan, path, log_dir, state_callbacks,
+                                         state.callbacks(model, stop_requested))
+    settings, pipelines, start = plan.settings, plan.pipelines, state.position
+    state.training_started()
     history = distribute.fit(model, pipelines, settings.epochs, callbacks, plan.strategy,
-                             settings.verbose)
-    train_time = time.time() - train_started
+                             settings.verbose, initial_epoch=start.epoch,
+                             initial_step=start.step, resume=state.resume(model))
+    state.training_ended()
     os.makedirs(os.path.join(path, "checkpoints"), exist_ok=True)
-    model.save_weights(os.path.join(path, "checkpoints", "final.weights.h5"))
+    if state.writes:
+        model.save_weights(os.path.join(path, "checkpoints", "final.weights.h5"))
     final = {}
     if pipelines.validation is not None:
         with stateful.isolated_state(model):  # no-op without stateful layers
             final = distribute.evaluate(model, pipelines, plan.strategy)
     summary_writer.close_all()
-    return _result(plan, model, history, final, train_time, measured)
+    result = _result(plan, model, history, final, state.training_seconds(), measured)
+    result.update(state.summary())
+    return result
 
 
 def _result(plan, model, history, final, train_time, measured):

@@ -40,18 +40,39 @@ class DataSettings:
 
 @dataclasses.dataclass(frozen=True)
 class CheckpointSettings:
-    """When weights are saved (gin: ``checkpoints.*``)."""
+    """When the training state is saved (gin: ``checkpoints.*``); see ``checkpoint_settings``."""
 
+    every_n_updates: Optional[int]
+    every_n_minutes: Optional[float]
+    keep: int
     every_epoch: bool
+    heartbeat_seconds: float
 
 
 @gin.configurable("checkpoints")
-def checkpoint_settings(every_epoch=True):
-    """Args:
-      every_epoch: save the weights at every epoch end (``checkpoints/epoch-NNN.weights.h5``);
-        the final weights are always saved (``checkpoints/final.weights.h5``).
+def checkpoint_settings(every_n_updates=None, every_n_minutes=2.0, keep=2, every_epoch=False,
+                        heartbeat_seconds=30.0):
+    """Checked checkpoint settings.
+
+    Args:
+      every_n_updates: save the whole training state every that many updates (None: not by
+        count). A killed run resumes from its newest checkpoint (``experiments/run/checkpoints``).
+      every_n_minutes: also save when that many minutes passed since the last save (None: not by
+        time). A SIGTERM or SIGINT always saves at the next update boundary.
+      keep: checkpoints kept (the newest); the final weights are always saved
+        (``checkpoints/final.weights.h5``).
+      every_epoch: also keep the weights of every epoch end (``epoch-NNN.weights.h5``), for
+        analysis; off by default (200 epochs would leave 200 files).
+      heartbeat_seconds: how often ``status.json`` records that the run is alive.
     """
-    return CheckpointSettings(every_epoch=bool(every_epoch))
+    return CheckpointSettings(
+        every_n_updates=checks.optional_positive_int(every_n_updates,
+                                                     "checkpoints.every_n_updates"),
+        every_n_minutes=None if every_n_minutes is None else checks.positive_number(
+            every_n_minutes, "checkpoints.every_n_minutes"),
+        keep=checks.positive_int(keep, "checkpoints.keep"), every_epoch=bool(every_epoch),
+        heartbeat_seconds=checks.positive_number(heartbeat_seconds,
+                                                 "checkpoints.heartbeat_seconds"))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,12 +93,17 @@ class RunSettings:
 
 @dataclasses.dataclass(frozen=True)
 class RunOutput:
-    """Where a run is written: ``<output_dir>/<experiment>/<run_name or a timestamp>``."""
+    """Where a run is written: ``<output_dir>/<experiment>/<run_name or a timestamp>``.
+
+    ``resumable``: the named directory is the run's own (``--run_name``): an unfinished run of
+    the same configuration there is resumed; otherwise a taken name gets a ``-N`` suffix.
+    """
 
     output_dir: str = "runs"
     experiment: str = "experiment"
     run_name: Optional[str] = None
     config_text: str = ""
+    resumable: bool = False
 
 
 def check_training(epochs, seed, dtype_policy, verbose):

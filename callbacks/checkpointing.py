@@ -1,0 +1,78 @@
+"""Checkpoints on their own cadence, and a clean stop at the next update boundary.
+
+``PeriodicCheckpoint`` calls ``save(epoch, step, update)`` (the position training continues from:
+update ``step`` of ``epoch``, ``update`` updates done) every ``every_n_updates`` updates and/or
+every ``every_n_minutes`` minutes. When ``stop_requested()`` returns a reason (a signal number,
+say), it saves at the next update boundary and raises ``TrainingInterrupted``, so the run's owner
+can record it as interrupted and exit. What is saved is the owner's business (``save`` is any
+function): in batchlab runs, ``experiments/run/checkpoints.py``. Works in any ``model.fit``.
+"""
+
+import time
+
+import keras
+
+from experiments.common import checks
+
+
+class TrainingInterrupted(Exception):
+    """Training stopped on request after a checkpoint; ``reason`` says why (e.g. the signal)."""
+
+    def __init__(self, reason, update):
+        super().__init__(f"training interrupted ({reason}) after update {update}; a checkpoint "
+                         "was saved there")
+        self.reason = reason
+        self.update = update
+
+
+class PeriodicCheckpoint(keras.callbacks.Callback):
+    """Args:
+      save: ``save(epoch, step, update)``, called at an update boundary.
+      every_n_updates: save every that many updates (None: not by count).
+      every_n_minutes: save when that many minutes passed since the last save (None: not by time).
+      stop_requested: returns a reason to stop now (truthy), or None; polled after every update.
+    """
+
+    def __init__(self, save, every_n_updates=None, every_n_minutes=None, stop_requested=None):
+        super().__init__()
+        self.save = save
+        self.every_n_updates = checks.optional_positive_int(every_n_updates, "every_n_updates")
+        self.every_seconds = None if every_n_minutes is None else 60.0 * checks.positive_number(
+            every_n_minutes, "every_n_minutes")
+        self.stop_requested = stop_requested or (lambda: None)
+        self.saved_updates = []
+        self._epoch = 0
+        self._epoch_start = 0
+        self._first_batch = None
+        self._last_save = None
+
+    def on_train_begin(self, logs=None):
+        self._last_save = time.monotonic()
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+        self._epoch_start = int(self.model.optimizer.iterations.numpy())
+        self._first_batch = None  # a resumed epoch's first batch index is not 0
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self._first_batch is None:
+            self._first_batch = batch
+        update = self._epoch_start + batch - self._first_batch + 1
+        reason = self.stop_requested()
+        due = reason is not None or (self.every_n_updates and update % self.every_n_updates == 0) \
+            or (self.every_seconds is not None
+                and time.monotonic() - self._last_save >= self.every_seconds)
+        if not due:
+            return
+        self._save(batch, update)
+        if reason is not None:
+            raise TrainingInterrupted(reason, update)
+
+    def _save(self, batch, update):
+        steps = (self.params or {}).get("steps")
+        epoch, step = self._epoch, batch + 1
+        if steps is not None and step >= steps:
+            epoch, step = epoch + 1, 0
+        self.save(epoch, step, update)
+        self.saved_updates.append(update)
+        self._last_save = time.monotonic()

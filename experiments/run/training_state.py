@@ -1,0 +1,105 @@
+"""A run's training state across processes: where it starts, when it saves, what it restores.
+
+``RunState`` ties the run directory's checkpoints (``checkpoints``) to the training loop: the
+position a resumed run starts from, the ``save`` that ``callbacks.checkpointing`` calls on its
+cadence and on a stop signal, the heartbeat written to ``status.json``, and the ``Resume`` the
+loop applies once the model and optimizer exist. Only the chief of a multi-worker job writes;
+every worker reads the same checkpoint, so all of them resume from the same update.
+"""
+
+import os
+import time
+
+from absl import logging
+
+from callbacks.checkpointing import PeriodicCheckpoint
+from callbacks.heartbeat import Heartbeat
+from experiments.run import run_dir as run_dir_lib
+from experiments.run.checkpoints import CheckpointStore, Position, Resume, training_variables
+
+
+class RunState:
+    """Args:
+      run_dir: the run directory (its ``checkpoints/`` holds the state).
+      settings: ``settings.CheckpointSettings``.
+      resuming: start from the newest readable checkpoint, if any.
+      writes: this process writes checkpoints and status (the chief).
+    """
+
+    def __init__(self, run_dir, settings, resuming=False, writes=True):
+        self.run_dir = run_dir
+        self.settings = settings
+        self.writes = writes
+        self.store = CheckpointStore(os.path.join(run_dir, "checkpoints"), keep=settings.keep)
+        self.model = None
+        self._fit_started = self._fit_ended = None
+        self._status = run_dir_lib.running_status()
+        self.position, self.bookkeeping, self._checkpoint = Position(0, 0, 0), {}, None
+        if resuming:
+            self._find_checkpoint()
+
+    def _find_checkpoint(self):
+        if self.writes:
+            self.store.remove_partial_writes()
+        found = self.store.latest_meta()
+        if found is None:
+            logging.info("No checkpoint in %s: training starts from the beginning.", self.run_dir)
+            return
+        self._checkpoint, self.position, self.bookkeeping = found
+        logging.info("Resuming %s at update %d (epoch %d, step %d).", self.run_dir,
+                     self.position.update, self.position.epoch + 1, self.position.step)
+
+    @property
+    def resumed(self):
+        return self._checkpoint is not None
+
+    def training_started(self):
+        self._fit_started = time.monotonic()
+
+    def training_ended(self):
+        self._fit_ended = time.monotonic()
+
+    def training_seconds(self):
+        """Time spent in the training loop, over every process that trained this run."""
+        here = 0.0
+        if self._fit_started is not None:
+            here = (self._fit_ended or time.monotonic()) - self._fit_started
+        return self.bookkeeping.get("train_time_s", 0.0) + here
+
+    def resume(self, model):
+        """The ``Resume`` the loop applies (None when starting afresh)."""
+        self.model = model
+        if self._checkpoint is None:
+            return None
+        return Resume(self.store, self._checkpoint, model)
+
+    def save(self, epoch, step, update):
+        """The checkpoint callback's ``save``: the whole training state at this position."""
+        if not self.writes:
+            return
+        names, variables, _ = training_variables(self.model)
+        bookkeeping = {"train_time_s": self.training_seconds(),
+                       "resumed_at": self.bookkeeping.get("resumed_at", [])}
+        self.store.save(names, [v.numpy() for v in variables], Position(epoch, step, update),
+                        bookkeeping)
+        self.beat()
+
+    def beat(self):
+        """Rewrites the 'running' status with a fresh heartbeat."""
+        if self.writes:
+            self._status["heartbeat"] = time.time()
+            run_dir_lib.write_json(self.run_dir, "status.json", self._status)
+
+    def callbacks(self, model, stop_requested):
+        """The checkpoint and heartbeat callbacks of this run."""
+        self.model = model
+        return [PeriodicCheckpoint(self.save, self.settings.every_n_updates,
+                                   self.settings.every_n_minutes, stop_requested),
+                Heartbeat(self.beat, self.settings.heartbeat_seconds)]
+
+    def summary(self):
+        """What ``result.json`` records about checkpoints and resumes."""
+        resumed_at = list(self.bookkeeping.get("resumed_at", []))
+        if self.resumed:
+            resumed_at.append(self.position.update)
+        return {"resumed_at_updates": resumed_at, "train_time_s": self.training_seconds()}
