@@ -13,6 +13,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 
 import h5py
 import numpy as np
@@ -45,10 +46,10 @@ def _only_run(output_dir, experiment):
     return runs[0]
 
 
-def _main(gin_file, output_dir, bindings=(), env=None):
+def _main(gin_file, output_dir, bindings=(), env=None, flags=()):
     """Starts ``main.py``; its output goes to a log file (a full pipe would stall the run)."""
     command = [sys.executable, os.path.join(REPO, "main.py"), f"--gin_file={gin_file}",
-               f"--output_dir={output_dir}"]
+               f"--output_dir={output_dir}", *flags]
     command += [f"--gin_bindings={b}" for b in list(BINDINGS) + list(bindings)]
     full_env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", **(env or {}))
     log = open(os.path.join(output_dir, f"main-{len(os.listdir(output_dir))}.log"), "w+")
@@ -112,14 +113,14 @@ def runs(tmp_path_factory):
                 process.wait()
 
 
-def _assert_same_training(run, reference):
+def _assert_same_training(run, reference, updates=12):
     got, want = _weights(run), _weights(reference)
     assert len(got) == len(want) >= 6
     diff = np.concatenate([(g - w).ravel() for g, w in zip(got, want)])
     norm = np.concatenate([w.ravel() for w in want])
     assert np.linalg.norm(diff) / np.linalg.norm(norm) <= 1e-5
     result, expected = _result(run), _result(reference)
-    assert result["updates"] == expected["updates"] == 12
+    assert result["updates"] == expected["updates"] == updates
     for part in ("final_epoch", "final_validation"):
         for name, value in expected[part].items():
             # Metrics are read across replicas: exact over every row, not a mean of replicas.
@@ -136,10 +137,56 @@ def test_multi_worker_mirrored_strategy_with_two_local_workers(runs):
     processes, output_dir, scratch = runs["multi_worker"]
     for process in processes:
         _finish(process)
-    # Only the chief (worker 0) writes into output_dir; worker 1 wrote to its temp dir.
+    # Only the chief (worker 0) writes into output_dir; worker 1 trained in a scratch directory
+    # that it removed when it ended.
     chief = _only_run(output_dir, "virtual_batch_distributed")
-    (other,) = glob.glob(str(scratch[1] / "batchlab-worker1-*" / "virtual_batch_distributed" /
-                             "*"))
     assert not glob.glob(str(scratch[0] / "batchlab-*"))
+    assert not glob.glob(str(scratch[1] / "batchlab-*"))
     _assert_same_training(chief, runs["single"])
-    _assert_same_training(other, runs["single"])
+
+
+def _workers(output_dir, scratch, bindings, flags):
+    workers = [f"localhost:{port}" for port in _free_ports(2)]
+    processes = []
+    for index in range(2):
+        tf_config = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
+        processes.append(_main("gin/experiments/virtual_batch_distributed.gin", output_dir,
+                               bindings, env={"TF_CONFIG": json.dumps(tf_config),
+                                              "TMPDIR": str(scratch[index])}, flags=flags))
+    return processes
+
+
+def test_a_multi_worker_job_resumes_every_worker_after_one_dies(tmp_path):
+    """Worker 1 is killed mid-run (worker 0 then waits on it for ever and is killed too, as a
+    scheduler would); relaunching the job resumes both from the chief's newest checkpoint and
+    ends where a single device ends."""
+    bindings = ["train.epochs = 4", "checkpoints.every_n_updates = 2"]
+    scratch = [tmp_path / "tmp0", tmp_path / "tmp1"]
+    for path in scratch:
+        path.mkdir()
+    output_dir = str(tmp_path / "runs")
+    os.makedirs(output_dir)
+    processes = _workers(output_dir, scratch, bindings, ["--run_name=job"])
+    checkpoint = os.path.join(output_dir, "virtual_batch_distributed", "job", "checkpoints",
+                              "state-000000006.npz")
+    try:
+        deadline = time.time() + TIMEOUT_S
+        while not os.path.exists(checkpoint):
+            assert time.time() < deadline and all(p.poll() is None for p in processes)
+            time.sleep(0.05)
+        processes[1].kill()
+        processes[0].kill()
+    finally:
+        for process in processes:
+            process.wait()
+    processes = _workers(output_dir, scratch, bindings, ["--run_name=job"])
+    for process in processes:
+        _finish(process)
+    single_dir = str(tmp_path / "single")
+    launch.launch(["gin/experiments/virtual_batch.gin"], BINDINGS + bindings[:1], single_dir,
+                  print_fn=lambda *_: None)
+    chief = os.path.join(output_dir, "virtual_batch_distributed", "job")
+    result = _result(chief)
+    assert result["resumed_at_updates"][0] >= 6 and result["updates"] == 24
+    _assert_same_training(chief, _only_run(single_dir, "virtual_batch"), updates=24)
+    assert not glob.glob(str(scratch[1] / "batchlab-*"))

@@ -22,6 +22,7 @@ initialises its runtime: the runner resolves the strategy before it touches any 
 
 import json
 import os
+import shutil
 import tempfile
 
 import gin
@@ -133,15 +134,18 @@ def is_chief(strategy):
     return task_type == "worker" and task_id == 0 and "chief" not in jobs
 
 
-def output_dir_for(strategy, output_dir):
-    """``output_dir`` on the chief; a fresh temporary directory on every other worker.
-
-    All workers run the same program; only the chief's run directory is the run's record.
-    """
-    if is_chief(strategy):
-        return output_dir
+def scratch_dir(strategy, name=None):
+    """A fresh temporary directory for a non-chief worker (all workers run the same program;
+    only the chief's run directory is the run's record). A named run gets the same directory
+    each time, emptied first: what a killed worker left there goes when the job is relaunched."""
     resolver = strategy.cluster_resolver
-    return tempfile.mkdtemp(prefix=f"batchlab-{resolver.task_type}{resolver.task_id}-")
+    prefix = f"batchlab-{resolver.task_type}{resolver.task_id}-"
+    if name is None:
+        return tempfile.mkdtemp(prefix=prefix)
+    path = os.path.join(tempfile.gettempdir(), prefix + name.replace(os.sep, "_"))
+    shutil.rmtree(path, ignore_errors=True)
+    os.makedirs(path)
+    return path
 
 
 def _use_custom_loop(strategy, loop):

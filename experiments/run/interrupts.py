@@ -29,11 +29,12 @@ class StopRequest:
 
 
 @contextlib.contextmanager
-def catch_stop_signals():
-    """Yields a ``StopRequest``; restores the previous handlers on exit. Outside the main thread
-    (where Python cannot install handlers) the request never fires."""
+def catch_stop_signals(enabled=True):
+    """Yields a ``StopRequest``; restores the previous handlers on exit. Not ``enabled``, or
+    outside the main thread (where Python cannot install handlers), the request never fires and
+    the signals keep their default effect."""
     request = StopRequest()
-    if threading.current_thread() is not threading.main_thread():
+    if not enabled or threading.current_thread() is not threading.main_thread():
         yield request
         return
     previous = {sig: signal.signal(sig, request._handler) for sig in STOP_SIGNALS}

@@ -10,6 +10,7 @@ only on success.
 import importlib.metadata
 import os
 import platform
+import shutil
 import signal
 import time
 
@@ -79,11 +80,13 @@ def run(settings, output):
     started = time.time()
     run_dir_lib.check_output_dir(output.output_dir)  # before the data is loaded
     plan = plan_lib.build(settings)
-    path, resuming = _open_run_dir(plan.strategy, output)
-    state = RunState(path, settings.checkpoints, resuming,
-                     writes=distribute.is_chief(plan.strategy))
+    if not distribute.is_chief(plan.strategy):
+        return _run_as_worker(plan, output)
+    path, resuming = _open_run_dir(output)
+    multi_worker = distribute.is_multi_worker(plan.strategy)
+    state = RunState(path, settings.checkpoints, resuming, synchronized=multi_worker)
     try:
-        with interrupts.catch_stop_signals() as stop_requested:
+        with interrupts.catch_stop_signals(enabled=not multi_worker) as stop_requested:
             result = _train_in(path, plan, output.config_text, state, stop_requested)
     except TrainingInterrupted as stopped:
         run_dir_lib.mark_interrupted(path, _signal_name(stopped.reason), stopped.update)
@@ -106,12 +109,8 @@ def run(settings, output):
     return result
 
 
-def _open_run_dir(strategy, output):
-    """(path, resuming). Under multi-worker training only the chief writes the run; the others
-    write to a temporary directory (removed at the end)."""
-    if not distribute.is_chief(strategy):
-        return run_dir_lib.create(distribute.output_dir_for(strategy, output.output_dir),
-                                  output.experiment, output.run_name), False
+def _open_run_dir(output):
+    """(path, resuming) of the chief's run directory."""
     if output.resumable and output.run_name:
         path, resuming = run_dir_lib.open_named(output.output_dir, output.experiment,
                                                 output.run_name, output.config_text)
@@ -122,6 +121,28 @@ def _open_run_dir(strategy, output):
         run_dir_lib.write_text(path, "config.gin", output.config_text)
     logging.info("Run directory: %s%s", path, " (resuming)" if resuming else "")
     return path, resuming
+
+
+def _run_as_worker(plan, output):
+    """A non-chief worker of a multi-worker job: it trains in step with the chief (and resumes
+    from the chief's checkpoint, read from the shared run directory) but keeps nothing: its
+    scratch directory is removed when it ends."""
+    named = output.resumable and output.run_name
+    scratch = distribute.scratch_dir(plan.strategy,
+                                     f"{output.experiment}-{output.run_name}" if named else None)
+    chief_checkpoints = None
+    if named:
+        chief_checkpoints = os.path.join(output.output_dir, output.experiment, output.run_name,
+                                         "checkpoints")
+    try:
+        path = run_dir_lib.create(scratch, output.experiment, output.run_name)
+        state = RunState(path, plan.settings.checkpoints, resuming=chief_checkpoints is not None,
+                         writes=False, checkpoint_dir=chief_checkpoints, synchronized=True)
+        with interrupts.catch_stop_signals(enabled=False) as stop_requested:
+            return _train_in(path, plan, output.config_text, state, stop_requested)
+    finally:
+        summary_writer.close_all()
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def _signal_name(reason):

@@ -24,13 +24,23 @@ class RunState:
       settings: ``settings.CheckpointSettings``.
       resuming: start from the newest readable checkpoint, if any.
       writes: this process writes checkpoints and status (the chief).
+      checkpoint_dir: where the checkpoints are, when not in ``run_dir`` (a non-chief worker
+        reads the chief's).
+      synchronized: several workers train together (MultiWorkerMirroredStrategy). Reading the
+        metrics' sums is a collective operation there, so every worker takes part in every
+        save (only the chief writes), and saves are decided by the update count alone: a clock
+        or a signal would reach the workers at different updates. A stop signal then ends the
+        worker at once; the job resumes from the last periodic checkpoint.
     """
 
-    def __init__(self, run_dir, settings, resuming=False, writes=True):
+    def __init__(self, run_dir, settings, resuming=False, writes=True, checkpoint_dir=None,
+                 synchronized=False):
         self.run_dir = run_dir
         self.settings = settings
         self.writes = writes
-        self.store = CheckpointStore(os.path.join(run_dir, "checkpoints"), keep=settings.keep)
+        self.synchronized = synchronized
+        self.store = CheckpointStore(checkpoint_dir or os.path.join(run_dir, "checkpoints"),
+                                     keep=settings.keep)
         self.model = None
         self._fit_started = self._fit_ended = None
         self._status = run_dir_lib.running_status()
@@ -75,13 +85,13 @@ class RunState:
 
     def save(self, epoch, step, update):
         """The checkpoint callback's ``save``: the whole training state at this position."""
+        names, variables, _ = training_variables(self.model)
+        values = [v.numpy() for v in variables]  # on every worker: collective reads
         if not self.writes:
             return
-        names, variables, _ = training_variables(self.model)
         bookkeeping = {"train_time_s": self.training_seconds(),
                        "resumed_at": self.bookkeeping.get("resumed_at", [])}
-        self.store.save(names, [v.numpy() for v in variables], Position(epoch, step, update),
-                        bookkeeping)
+        self.store.save(names, values, Position(epoch, step, update), bookkeeping)
         self.beat()
 
     def beat(self):
@@ -93,8 +103,9 @@ class RunState:
     def callbacks(self, model, stop_requested):
         """The checkpoint and heartbeat callbacks of this run."""
         self.model = model
-        return [PeriodicCheckpoint(self.save, self.settings.every_n_updates,
-                                   self.settings.every_n_minutes, stop_requested),
+        minutes = None if self.synchronized else self.settings.every_n_minutes
+        stop = None if self.synchronized else stop_requested
+        return [PeriodicCheckpoint(self.save, self.settings.every_n_updates, minutes, stop),
                 Heartbeat(self.beat, self.settings.heartbeat_seconds)]
 
     def summary(self):
