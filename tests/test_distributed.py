@@ -190,3 +190,20 @@ def test_a_multi_worker_job_resumes_every_worker_after_one_dies(tmp_path):
     assert result["resumed_at_updates"][0] >= 6 and result["updates"] == 24
     _assert_same_training(chief, _only_run(single_dir, "virtual_batch"), updates=24)
     assert not glob.glob(str(scratch[1] / "batchlab-*"))
+
+
+def test_one_device_gives_the_same_numbers_whatever_the_loop_or_strategy(runs, tmp_path):
+    """virtual_batch_distributed.gin without TF_CONFIG (one worker), virtual_batch.gin through
+    batchlab's loop and through ``model.fit``: one data order, one update, identical metrics."""
+    output_dir = str(tmp_path / "one_worker")
+    os.makedirs(output_dir)
+    _finish(_main("gin/experiments/virtual_batch_distributed.gin", output_dir))
+    keras_dir = str(tmp_path / "keras")
+    launch.launch(["gin/experiments/virtual_batch.gin"], BINDINGS + ["fit.loop = 'keras'"],
+                  keras_dir, print_fn=lambda *_: None)
+    expected = _result(runs["single"])
+    for run in (_only_run(output_dir, "virtual_batch_distributed"),
+                _only_run(keras_dir, "virtual_batch")):
+        result = _result(run)
+        for part in ("final_epoch", "final_validation"):
+            assert result[part] == expected[part], (run, part)

@@ -183,7 +183,8 @@ def fit(model, pipelines, epochs, callbacks, strategy, verbose=1, loop="auto", i
     history = model.fit(
         pipelines.train_from(initial_epoch, 0, epochs - initial_epoch),
         steps_per_epoch=pipelines.steps_per_epoch, initial_epoch=initial_epoch, epochs=epochs,
-        validation_data=pipelines.validation, callbacks=callbacks, verbose=verbose)
+        validation_data=pipelines.validation, callbacks=callbacks, verbose=verbose,
+        shuffle=False)  # the pipeline orders the rows (a function of the seed and the epoch)
     return history.history
 
 
