@@ -1,8 +1,11 @@
 """batchlab entry point.
 
     python main.py [--gin_file=F]... [--gin_bindings=B]... [--output_dir=D]
+                   [--jobs=N] [--shard=i/n] [--run_name=NAME]
+    python main.py --report=STUDY_DIR
 
-Files and bindings compose in order; with no flags it runs gin/quickstart.gin.
+Files and bindings compose in order; with no flags it runs gin/quickstart.gin. A gin file with
+``sweep.variants`` runs a sweep, one with ``study.*`` a batch-size study (docs/studies.md).
 """
 
 import os
@@ -15,20 +18,83 @@ from absl import app, flags  # noqa: E402
 flags.DEFINE_multi_string("gin_file", [], "Gin files, parsed in order.")
 flags.DEFINE_multi_string("gin_bindings", [], "Gin bindings, parsed after the files.")
 flags.DEFINE_string("output_dir", "runs", "Parent of the run directories.")
+flags.DEFINE_integer("jobs", 1, "Runs of a sweep or study trained at once, each in its own "
+                     "process (1: one after the other in this process).")
+flags.DEFINE_string("shard", None, "i/n: run only the study runs whose index % n == i.")
+flags.DEFINE_string("run_name", None, "Name of the sweep or study directory (default: a "
+                    "timestamp); relaunching a study with the same name skips its finished runs.")
+flags.DEFINE_string("resume", None, "Resume this run directory from its own config.gin and "
+                    "newest checkpoint (no gin file or binding needed).")
+flags.DEFINE_string("report", None, "Rebuild the report of this study directory (no training).")
+flags.DEFINE_string("run_dir", None, "Internal: train exactly one run into this new directory "
+                    "(what --jobs child processes run).")
+flags.DEFINE_bool("worker", False, "Internal: train the runs sent as JSON lines on stdin (what "
+                  "--jobs starts).")
+flags.DEFINE_integer("intra_op_threads", 0, "Internal: TensorFlow CPU threads (0: default).")
 FLAGS = flags.FLAGS
+
+
+def _limit_threads(threads):
+    if threads > 0:
+        import tensorflow as tf
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+
+
+def _dispatch(launch):
+    if FLAGS.resume:
+        from experiments.launch import resume
+        if FLAGS.gin_file or FLAGS.gin_bindings:
+            raise launch.ConfigError("--resume takes the run's own config.gin; give no "
+                                     "--gin_file or --gin_bindings with it.")
+        resume.resume(FLAGS.resume)
+        return
+    if FLAGS.report:
+        from experiments.launch import study_reporting
+        report = study_reporting.write(FLAGS.report)
+        print(open(report["report"], encoding="utf-8").read())
+        return
+    if FLAGS.run_dir or FLAGS.worker:
+        from experiments.launch import worker
+        files = FLAGS.gin_file or [launch.QUICKSTART]
+        if FLAGS.worker:
+            worker.serve(files, FLAGS.gin_bindings)
+        else:
+            worker.train_here(files, FLAGS.gin_bindings, FLAGS.run_dir)
+        return
+    results = launch.launch(FLAGS.gin_file, FLAGS.gin_bindings, FLAGS.output_dir,
+                            jobs=FLAGS.jobs, shard=FLAGS.shard, run_name=FLAGS.run_name)
+    failed = [r["run"] for r in results if r.get("status") == "failed"] \
+        if isinstance(results, list) else \
+        [o.name for o in results["outcomes"] if o.status == "failed"]
+    if failed:
+        sys.exit(f"batchlab: {len(failed)} run(s) failed: {', '.join(failed)}")
+
+
+def _message(error):
+    """The error's own message, without the call chain gin appends to it."""
+    return str(error).split("\n  In call to configurable")[0]
 
 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    _limit_threads(FLAGS.intra_op_threads)
     from experiments import launch  # after flags: importing TensorFlow is slow
+    from callbacks.checkpointing import TrainingInterrupted
 
     try:
-        launch.launch(FLAGS.gin_file, FLAGS.gin_bindings, FLAGS.output_dir)
+        _dispatch(launch)
     except launch.ConfigError as error:
-        sys.exit(f"batchlab: configuration error: {error}")
+        sys.exit(f"batchlab: configuration error: {_message(error)}")
+    except TrainingInterrupted as stopped:  # SIGTERM / SIGINT: checkpoint saved, resumable
+        print(f"batchlab: {_message(stopped)}; relaunch the same command to resume.",
+              file=sys.stderr)
+        sys.exit(128 + int(stopped.reason))
+    except KeyboardInterrupt:  # --jobs: the workers were stopped with their runs 'interrupted'
+        sys.exit("batchlab: stopped; relaunch with the same --run_name to run what is left.")
     except (ValueError, FileNotFoundError, KeyError) as error:
-        sys.exit(f"batchlab: error: {error}")
+        sys.exit(f"batchlab: error: {_message(error)}")
 
 
 if __name__ == "__main__":

@@ -39,16 +39,20 @@ class GridContext:
       base_learning_rate: the base's learning rate (recorded when no LR axis), or None.
       base_epochs: the base's ``train.epochs`` (used when the study sets no epochs).
       num_train_examples: training rows, for ``study.update_budget``.
+      base_micro_batch_size, base_seed: the base's, used when the study has no such axis.
     """
 
     lr_selector: str
     base_learning_rate: Optional[float] = None
     base_epochs: int = 1
     num_train_examples: Optional[int] = None
+    base_micro_batch_size: Optional[int] = None
+    base_seed: int = 0
 
 
 def scaled_learning_rate(rule, reference_learning_rate, reference_batch_size, batch_size):
-    """lr for ``batch_size`` under ``rule`` ('none', 'linear' = × B/B_ref, 'sqrt' = × √(B/B_ref))."""
+    """The learning rate at ``batch_size`` under ``rule``: 'none' keeps the reference one,
+    'linear' multiplies it by B/B_ref, 'sqrt' by √(B/B_ref)."""
     ratio = batch_size / reference_batch_size
     factor = {"none": 1.0, "linear": ratio, "sqrt": math.sqrt(ratio)}[rule]
     return reference_learning_rate * factor
@@ -82,8 +86,8 @@ def _epoch_points(spec, batch_size, context):
 def run_name(spec, batch_size, micro, lr, rule, epochs, seed):
     """``b32[_m8][_lr0.1|_linear][_e10]_s0``: epochs only when they are an axis."""
     parts = [f"b{batch_size}"]
-    if micro is not None:
-        parts.append(f"m{micro}")
+    if spec.micro_batch_sizes != (None,):
+        parts.append(f"m{micro or batch_size}")
     if rule is not None:
         parts.append(rule)
     elif lr is not None:
@@ -107,8 +111,9 @@ def _lr_bindings(spec, lr, selector):
 def point_bindings(spec, context, hparams):
     """The gin bindings of one grid point (see ``expand``)."""
     bindings = [f"train.batch_size = {hparams['batch_size']}",
-                f"train.micro_batch_size = {hparams['micro_batch_size']!r}",
                 f"train.epochs = {hparams['epochs']}", f"train.seed = {hparams['seed']}"]
+    if spec.micro_batch_sizes != (None,):  # else the base's micro-batch size stays
+        bindings.append(f"train.micro_batch_size = {hparams['micro_batch_size']!r}")
     bindings += _lr_bindings(spec, hparams["learning_rate"], context.lr_selector)
     bindings += ["measurements.also = [@measurements.validation_curve, @measurements.hparams]",
                  f"measurements.hparams.values = {hparams!r}"]
@@ -119,14 +124,19 @@ def point_bindings(spec, context, hparams):
 
 
 def expand(spec, context):
-    """Every grid point of ``spec`` (product of the axes, batch size outermost) as a RunSpec."""
+    """Every grid point of ``spec`` (product of the axes, batch size outermost) as a RunSpec;
+    micro-batch sizes larger than the batch size are skipped."""
     runs, names = [], set()
+    seeds = spec.seeds or (context.base_seed,)
     for batch_size, micro in itertools.product(spec.batch_sizes, spec.micro_batch_sizes):
+        if micro is not None and micro > batch_size:
+            continue  # b > B is no split: the product of the two axes skips it
         for (lr, rule), epochs, seed in itertools.product(
-                _lr_points(spec, batch_size), _epoch_points(spec, batch_size, context),
-                spec.seeds):
+                _lr_points(spec, batch_size), _epoch_points(spec, batch_size, context), seeds):
             recorded_lr = context.base_learning_rate if lr is None else lr
-            hparams = {"batch_size": batch_size, "micro_batch_size": micro,
+            hparams = {"batch_size": batch_size,
+                       "micro_batch_size": context.base_micro_batch_size
+                       if spec.micro_batch_sizes == (None,) else micro,
                        "learning_rate": recorded_lr, "rule": rule, "seed": seed,
                        "epochs": epochs}
             name = run_name(spec, batch_size, micro, lr, rule, epochs, seed)

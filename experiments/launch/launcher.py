@@ -1,6 +1,9 @@
-"""From command-line flags to runs: parse gin, expand sweeps, run, print tables.
+"""From command-line flags to runs: parse gin, then one run, a sweep or a study.
 
-Every variant of a sweep is parsed and its batch layout checked before the first run starts.
+Sweeps (``sweep.variants``) and studies (``study.*``, see ``study``) both become a list of
+``grid.RunSpec`` run by ``executor`` (in process, or ``--jobs`` child processes). Every run is
+parsed and its batch layout checked before the first one starts; a failing run never stops the
+others.
 """
 
 import datetime
@@ -10,9 +13,13 @@ import os
 import gin
 
 from experiments.analysis import tables
-from experiments.inputs.layout import check_virtual_batch
+from experiments.launch import executor, worker
+from experiments.launch import grid as grid_lib
+from experiments.launch import points
+from experiments.launch import study as study_lib
+from experiments.launch import study_launch
 from experiments.launch import sweep as sweep_lib
-from experiments.launch.gin_config import ConfigError, parse, query
+from experiments.launch.gin_config import ConfigError, parse
 from experiments.run import runner
 
 QUICKSTART = os.path.join("gin", "quickstart.gin")
@@ -22,62 +29,98 @@ def experiment_name(gin_files):
     return os.path.splitext(os.path.basename(gin_files[-1]))[0] if gin_files else "quickstart"
 
 
-def launch(gin_files=(), gin_bindings=(), output_dir="runs", print_fn=print):
-    """Runs what the gin files describe (one run or a sweep); returns the list of results."""
+def launch(gin_files=(), gin_bindings=(), output_dir="runs", print_fn=print, jobs=1, shard=None,
+           run_name=None):
+    """Runs what the gin files describe (one run, a sweep or a study).
+
+    Returns the list of results of a run or sweep (a failed sweep run's result has
+    ``status: failed`` and its ``error``), or for a study the dict of
+    ``study_launch.launch_study``. ``jobs``, ``shard`` and ``run_name`` apply to sweeps and
+    studies (``shard`` to studies only).
+    """
     gin_files = list(gin_files) or [QUICKSTART]
     files = parse(gin_files, gin_bindings)
     experiment = experiment_name(files)
+    jobs = _check_jobs(jobs)
+    try:
+        spec = study_lib.study()
+    except ValueError as error:
+        raise ConfigError(str(error)) from error
     variants, columns = sweep_lib.sweep()
+    if spec is not None:
+        if variants:
+            raise ConfigError("These gin files declare both sweep.variants and a study; keep one.")
+        return study_launch.launch_study(spec, experiment, files, gin_bindings, output_dir,
+                                         jobs=jobs, shard=shard, run_name=run_name,
+                                         print_fn=print_fn)
+    if shard not in (None, "", "0/1"):
+        raise ConfigError(f"--shard={shard} applies to studies; these gin files declare none.")
     if not variants:
-        result = runner.train(output_dir=output_dir, experiment=experiment,
-                              config_text=gin.config_str())
+        # A named single run is resumable: relaunching the same command continues it.
+        result = runner.train(output_dir=output_dir, experiment=experiment, run_name=run_name,
+                              config_text=gin.config_str(), resumable=bool(run_name))
         result["run"] = experiment
         print_fn(tables.format_table([result]))
         return [result]
+    return _launch_sweep(files, gin_bindings, output_dir, experiment, variants, columns, jobs,
+                         run_name, print_fn)
 
-    for name, bindings in variants.items():  # every variant parses before anything runs
-        try:
-            parse(files, list(gin_bindings) + list(bindings))
-        except ConfigError as error:
-            raise ConfigError(f"In sweep variant {name!r}: {error}") from error
-        _check_variant(name)
 
-    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    group = f"{experiment}/{stamp}"
-    results = []
-    for name, bindings in variants.items():
-        parse(files, list(gin_bindings) + list(bindings))
-        print_fn(f"\n=== {experiment}: {name} ({'; '.join(bindings)})")
-        result = runner.train(output_dir=output_dir, experiment=group, run_name=name,
-                              config_text=gin.config_str())
-        result["run"] = name
-        results.append(result)
+def _check_jobs(jobs):
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise ConfigError(f"--jobs={jobs!r} must be a positive integer.")
+    return jobs
+
+
+def _launch_sweep(files, gin_bindings, output_dir, experiment, variants, columns, jobs, run_name,
+                  print_fn):
+    """Every variant checked, then run through the executor; the table printed and saved."""
+    runs = grid_lib.from_variants(variants)
+    points.check_all(files, gin_bindings, runs, "sweep variant")
+    group_dir = _new_group_dir(output_dir, experiment, run_name)
+
+    def run_in_process(job):
+        print_fn(f"\n=== {experiment}: {job.spec.name} ({'; '.join(job.spec.bindings)})")
+        return worker.train_here(files, list(gin_bindings) + list(job.spec.bindings),
+                                   job.run_dir)
+
+    outcomes = executor.execute([executor.Job(r, os.path.join(group_dir, r.name)) for r in runs],
+                                run_in_process, files, gin_bindings, jobs, print_fn)
+    results = [_row(outcome) for outcome in outcomes]
     table = tables.format_table(results, _columns(columns))
-    group_dir = os.path.join(output_dir, experiment, stamp)
     with open(os.path.join(group_dir, "table.txt"), "w") as handle:
         handle.write(table + "\n")
     with open(os.path.join(group_dir, "sweep.json"), "w") as handle:
-        json.dump({"variants": variants, "runs": [r["run_dir"] for r in results]}, handle,
-                  indent=2)
+        json.dump({"variants": variants, "runs": [r["run_dir"] for r in results],
+                   "status": {r["run"]: r["status"] for r in results}}, handle, indent=2)
     print_fn("\n" + table)
     print_fn(f"\nRuns: {group_dir}   (tensorboard --logdir {output_dir})")
     return results
+
+
+def _row(outcome):
+    """A sweep table row: the run's result, or its name, status and error."""
+    row = dict(outcome.result or {}, run_dir=outcome.run_dir)
+    row.update(run=outcome.name, status=outcome.status)
+    if outcome.error:
+        row["error"] = outcome.error
+    return row
+
+
+def _new_group_dir(output_dir, experiment, run_name):
+    """``<output_dir>/<experiment>/<run_name or timestamp>``, created new (never reused)."""
+    stamp = run_name or datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    base = path = os.path.join(output_dir, experiment, stamp)
+    suffix = 1
+    while True:
+        try:
+            os.makedirs(path, exist_ok=False)
+            return path
+        except FileExistsError:
+            path, suffix = f"{base}-{suffix}", suffix + 1
 
 
 def _columns(columns):
     if not columns:
         return tables.DEFAULT_COLUMNS
     return tuple(tuple(c) for c in columns)
-
-
-def _check_variant(name):
-    """Cheap checks on a variant's batch layout before the first run starts."""
-    batch = query("train.batch_size")
-    micro = query("train.micro_batch_size")
-    if batch is None or isinstance(batch, gin.config.ConfigurableReference) or \
-            isinstance(micro, gin.config.ConfigurableReference):
-        return
-    try:
-        check_virtual_batch(batch, micro)
-    except ValueError as error:
-        raise ConfigError(f"In sweep variant {name!r}: {error}") from error

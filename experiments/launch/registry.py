@@ -11,7 +11,7 @@ import keras
 
 from experiments.engine import distribute  # noqa: F401  (strategies, fit.loop)
 from experiments.inputs import arrays, stream_sources, streams, synthetic  # noqa: F401
-from experiments.launch import sweep  # noqa: F401
+from experiments.launch import study, sweep  # noqa: F401
 from experiments.models import builders, metrics, schedules  # noqa: F401
 from experiments.run import measurements, runner, settings  # noqa: F401
 

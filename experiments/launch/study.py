@@ -34,7 +34,7 @@ class StudySpec:
     warmup_updates: Optional[int] = None
     epochs: Optional[tuple] = None
     update_budget: Optional[int] = None
-    seeds: tuple = (0,)
+    seeds: Optional[tuple] = None
     target_metric: str = "val_accuracy"
     target: Optional[float] = None
     target_mode: str = "max"
@@ -53,7 +53,7 @@ class StudyError(ValueError):
 @gin.configurable
 def study(batch_sizes=None, micro_batch_sizes=None, learning_rates=None, rules=None,
           reference_batch_size=None, reference_learning_rate=None, warmup_updates=None,
-          epochs=None, update_budget=None, seeds=(0,), target_metric="val_accuracy",
+          epochs=None, update_budget=None, seeds=None, target_metric="val_accuracy",
           target=None, target_mode="max", eval_every_n_updates=None):
     """The checked ``StudySpec``, or None when ``study.batch_sizes`` is not bound.
 
@@ -66,7 +66,7 @@ def study(batch_sizes=None, micro_batch_sizes=None, learning_rates=None, rules=N
       warmup_updates: with rules, a linear warm-up over this many updates (``WarmupSchedule``).
       epochs: an axis of epoch counts; exclusive with ``update_budget``. Neither: the base's.
       update_budget: about this many updates per run: epochs = ceil(budget / updates per epoch).
-      seeds: an axis of seeds.
+      seeds: an axis of seeds (None: the base's ``train.seed``).
       target_metric, target, target_mode: steps to result count the updates until
         ``target_metric`` reaches ``target`` ('max': at least, 'min': at most); ``target`` None
         picks the best value every batch size reached.
@@ -88,7 +88,7 @@ def study(batch_sizes=None, micro_batch_sizes=None, learning_rates=None, rules=N
         warmup_updates=_optional_positive_int(warmup_updates, "study.warmup_updates"),
         epochs=None if epochs is None else _axis(epochs, "study.epochs", _positive_int),
         update_budget=_optional_positive_int(update_budget, "study.update_budget"),
-        seeds=_axis(seeds, "study.seeds", _int),
+        seeds=None if seeds is None else _axis(seeds, "study.seeds", _int),
         target_metric=_metric_name(target_metric),
         target=None if target is None else float(target),
         target_mode=_mode(target_mode),

@@ -23,11 +23,13 @@ from callbacks import summary_writer
 from callbacks.checkpointing import TrainingInterrupted
 from callbacks.nan_guard import FailOnNonFiniteLoss
 from callbacks.operative_config import OperativeConfigSaver
+from experiments.common import checks
 from experiments.common.memory import peak_memory_mb
 from experiments.engine import distribute
 from experiments.engine.virtual_batch_model import as_virtual_batch_model
 from experiments.run import config_audit, interrupts
 from experiments.run import measurements as measurements_lib
+from experiments.run import micro_batch_finder
 from experiments.run import plan as plan_lib
 from experiments.run import run_dir as run_dir_lib
 from experiments.run import stateful
@@ -35,6 +37,7 @@ from experiments.run.settings import (DataSettings, ModelSettings, RunOutput, Ru
                                       check_training, checkpoint_settings)
 from experiments.run.training_state import RunState
 
+MODES = ("train", "find_micro_batch")
 PACKAGES = ("tensorflow", "tensorflow-cpu", "keras", "gin-config", "absl-py", "numpy",
             "tensorboard")
 
@@ -44,7 +47,8 @@ def train(model_fn=gin.REQUIRED, data_fn=gin.REQUIRED, optimizer=gin.REQUIRED, l
           batch_size=gin.REQUIRED, epochs=1, micro_batch_size=None, eval_batch_size=None,
           metrics=("accuracy",), seed=0, deterministic_ops=False, dtype_policy="float32",
           strategy=None, shuffle=True, extra_callbacks=(), verbose=1, output_dir="runs",
-          experiment="experiment", run_name=None, config_text="", resumable=False):
+          experiment="experiment", run_name=None, config_text="", resumable=False,
+          mode="train"):
     """Runs one experiment and returns its result dict (also written to ``result.json``).
 
     Args:
@@ -60,9 +64,12 @@ def train(model_fn=gin.REQUIRED, data_fn=gin.REQUIRED, optimizer=gin.REQUIRED, l
       strategy: a distribution strategy factory from ``engine.distribute`` or None.
       shuffle: reshuffle the training rows every epoch (seeded).
       extra_callbacks: more Keras callbacks (instances) to add.
+      mode: 'train', or 'find_micro_batch': measure the largest micro-batch that fits for this
+        model and batch size instead of training (``micro_batch_finder``; writes nothing).
     Measurements are set with ``measurements.*`` and checkpoints with ``checkpoints.*``.
     """
     check_training(epochs, seed, dtype_policy, verbose)
+    checks.one_of(mode, MODES, "train.mode")
     settings = RunSettings(
         model=ModelSettings(model_fn, optimizer, loss, tuple(metrics), dtype_policy),
         data=DataSettings(data_fn, batch_size, micro_batch_size, eval_batch_size, bool(shuffle)),
@@ -70,6 +77,8 @@ def train(model_fn=gin.REQUIRED, data_fn=gin.REQUIRED, optimizer=gin.REQUIRED, l
         measurements=measurements_lib.measurement_settings(),
         checkpoints=checkpoint_settings(), extra_callbacks=tuple(extra_callbacks),
         verbose=verbose)
+    if mode == "find_micro_batch":
+        return micro_batch_finder.run(settings, config_text)
     return run(settings, RunOutput(output_dir, experiment, run_name, config_text, resumable))
 
 

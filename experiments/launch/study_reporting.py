@@ -38,9 +38,6 @@ def record(run, run_dir):
         return out
     measured = result.get("measurements") or {}
     final = final_metrics(result.get("final_epoch") or {})
-    final.update({f"val_{k}" if not k.startswith("val_") else k: v
-                  for k, v in (result.get("final_validation") or {}).items()
-                  if f"val_{k}" not in final and k not in final})
     out.update(curve=measured.get("curve") or {}, final=final,
                b_simple=measured.get("noise_scale/b_simple"),
                examples_per_sec=result.get("examples_per_sec"),

@@ -1,0 +1,36 @@
+"""Every run of a sweep or study is checked before the first one starts.
+
+Each run's bindings are parsed on top of the base files and bindings (an unknown or misspelt
+binding fails here, naming the run), and its batch layout is checked, so a bad grid point never
+surfaces after an hour of other runs.
+"""
+
+import gin
+
+from experiments.inputs.layout import check_virtual_batch
+from experiments.launch.gin_config import ConfigError, parse, query
+
+
+def check_all(gin_files, gin_bindings, runs, label):
+    """Parses and checks every RunSpec; ConfigError "In <label> '<name>': ..." on the first bad
+    one. Leaves gin holding the base configuration."""
+    for run in runs:
+        try:
+            parse(gin_files, list(gin_bindings) + list(run.bindings))
+        except ConfigError as error:
+            raise ConfigError(f"In {label} {run.name!r}: {error}") from error
+        check_layout(run.name, label)
+    parse(gin_files, gin_bindings)
+
+
+def check_layout(name, label):
+    """Cheap checks on the run's batch layout (B, b) under the current gin config."""
+    batch = query("train.batch_size")
+    micro = query("train.micro_batch_size")
+    if batch is None or isinstance(batch, gin.config.ConfigurableReference) or \
+            isinstance(micro, gin.config.ConfigurableReference):
+        return
+    try:
+        check_virtual_batch(batch, micro)
+    except ValueError as error:
+        raise ConfigError(f"In {label} {name!r}: {error}") from error

@@ -1,0 +1,148 @@
+"""Launching a study: check everything, then run this shard's unfinished runs, then report.
+
+Order matters: the grid is expanded, every point parsed and checked, the target metric, the shard
+and an existing study directory are checked, all before anything is written; only then is
+study.json written and do runs start. A relaunch with the same ``--run_name`` skips finished runs
+and moves unfinished ones aside (``<run>.attempt-K``) before running them again.
+"""
+
+import datetime
+import difflib
+import os
+
+import gin
+
+from experiments.launch import executor, worker
+from experiments.launch import grid as grid_lib
+from experiments.launch import points
+from experiments.launch import study_dir as study_dir_lib
+from experiments.launch import study_reporting
+from experiments.launch.gin_config import ConfigError, query
+
+
+def grid_context(spec):
+    """What ``grid.expand`` needs from the parsed base experiment."""
+    optimizer = query("train.optimizer")
+    if not isinstance(optimizer, gin.config.ConfigurableReference):
+        raise ConfigError("A study binds the learning rate of the configurable that "
+                          f"train.optimizer refers to, but train.optimizer is {optimizer!r}: "
+                          "write train.optimizer = @keras.optimizers.SGD (or another).")
+    selector = optimizer.configurable.selector
+    base_lr = query(f"{selector}.learning_rate")
+    num_train = None
+    if spec.update_budget is not None:
+        num_train = _num_train_examples()
+    return grid_lib.GridContext(
+        lr_selector=selector,
+        base_learning_rate=float(base_lr) if isinstance(base_lr, (int, float)) else None,
+        base_epochs=query("train.epochs", 1), num_train_examples=num_train,
+        base_micro_batch_size=query("train.micro_batch_size"), base_seed=query("train.seed", 0))
+
+
+def _num_train_examples():
+    """Training rows of the base's data, for ``study.update_budget``."""
+    data_fn = query("train.data_fn")
+    data = data_fn.scoped_configurable_fn() if isinstance(
+        data_fn, gin.config.ConfigurableReference) else data_fn()
+    if not getattr(data, "num_train", None):
+        raise ConfigError("study.update_budget needs a data source with a known number of "
+                          "training rows; set study.epochs instead.")
+    return int(data.num_train)
+
+
+def logged_metrics():
+    """The validation-curve names a run logs (``val_loss``, ``val_<metric>``), or None when a
+    metric's name cannot be known before training."""
+    names = ["loss"]
+    for metric in query("train.metrics", ("accuracy",)) or ():
+        if isinstance(metric, str):
+            names.append(metric)
+            continue
+        try:
+            built = metric.scoped_configurable_fn() if isinstance(
+                metric, gin.config.ConfigurableReference) else metric
+            names.append(built.name)
+        except Exception:  # noqa: BLE001  (an unknown name only disables this check)
+            return None
+    return ["val_" + name for name in names]
+
+
+def check_target_metric(spec):
+    """The target metric must be on every run's validation curve."""
+    logged = logged_metrics()
+    if logged is None or spec.target_metric in logged:
+        return
+    close = difflib.get_close_matches(spec.target_metric, logged, n=1, cutoff=0.5)
+    hint = f" Did you mean: {close[0]}?" if close else ""
+    raise ConfigError(f"study.target_metric = {spec.target_metric!r} is not logged by the runs "
+                      f"(their validation curves hold {', '.join(logged)}).{hint}")
+
+
+def study_directory(output_dir, study_name, run_name):
+    """``<output_dir>/<study>/<run_name>``; without a run name a new timestamped directory."""
+    if run_name:
+        return os.path.join(output_dir, study_name, run_name)
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    base = path = os.path.join(output_dir, study_name, stamp)
+    suffix = 1
+    while os.path.exists(path):
+        path, suffix = f"{base}-{suffix}", suffix + 1
+    return path
+
+
+def prepare(spec, study_name, gin_files, gin_bindings, output_dir, shard, run_name):
+    """Everything checked, nothing written: (study dir, state, all runs, this shard's runs)."""
+    runs = grid_lib.expand(spec, grid_context(spec))
+    check_target_metric(spec)
+    try:
+        index, count = grid_lib.parse_shard(shard)
+    except ValueError as error:
+        raise ConfigError(str(error)) from error
+    points.check_all(gin_files, gin_bindings, runs, "study run")
+    path = study_directory(output_dir, study_name, run_name)
+    stored = study_dir_lib.load(path)
+    fresh = study_dir_lib.new_state(study_name, gin_files, gin_bindings, spec, runs)
+    if stored is not None:
+        changed = study_dir_lib.differences(stored, fresh["axes"])
+        if changed:
+            raise ConfigError(f"{path} holds a different study (--run_name={run_name}); "
+                              "use another --run_name. Differences (stored -> now): "
+                              + "; ".join(changed))
+        for old, new in zip(stored["runs"], fresh["runs"]):  # keep errors of earlier attempts
+            new.update(status=old.get("status"), error=old.get("error"))
+    return path, fresh, runs, grid_lib.shard(runs, index, count)
+
+
+def launch_study(spec, study_name, gin_files, gin_bindings, output_dir, jobs=1, shard=None,
+                 run_name=None, print_fn=print):
+    """Runs the study's unfinished runs of this shard, then writes study.json and the report.
+    Returns {"study_dir", "outcomes", "report"}."""
+    path, state, runs, mine = prepare(spec, study_name, gin_files, gin_bindings, output_dir,
+                                      shard, run_name)
+    todo = [r for r in mine
+            if study_dir_lib.run_status(os.path.join(path, r.name))[0] != "finished"]
+    for run in todo:
+        study_dir_lib.set_aside(os.path.join(path, run.name))
+    study_dir_lib.write(path, study_dir_lib.refresh(path, state))
+    print_fn(f"Study {study_name}: {len(runs)} runs, this shard {len(mine)}, "
+             f"{len(mine) - len(todo)} already finished, {len(todo)} to run "
+             f"({jobs} at once) in {path}")
+
+    def run_in_process(job):
+        return worker.train_here(gin_files, list(gin_bindings) + list(job.spec.bindings),
+                                   job.run_dir)
+
+    jobs_list = [executor.Job(run, os.path.join(path, run.name)) for run in todo]
+    outcomes = executor.execute(jobs_list, run_in_process, gin_files, gin_bindings, jobs,
+                                print_fn)
+    errors = {o.name: o.error for o in outcomes if o.status == "failed"}
+    study_dir_lib.write(path, study_dir_lib.refresh(path, state, errors))
+    report = study_reporting.write(path, state)
+    _print_report(report, path, print_fn)
+    return {"study_dir": path, "outcomes": outcomes, "report": report}
+
+
+def _print_report(report, path, print_fn):
+    from experiments.analysis.study_report import sentences
+    print_fn("\n" + "\n".join(f"- {s}" for s in sentences(report["summary"])))
+    print_fn(f"\nReport: {report['report']}   (tensorboard --logdir {path})")
