@@ -105,7 +105,7 @@ def test_relaunch_runs_only_unfinished_runs(study_output, tmp_path):
     ran = sorted(o.name for o in again["outcomes"])
     assert ran == ["b128_lr0.1_s0", "b128_lr1e+12_s0", "b64_lr1e+12_s0"]
     assert os.path.getmtime(kept) == before
-    assert os.path.isdir(killed + ".attempt-1")
+    assert not os.path.exists(killed + ".attempt-1")  # an interrupted run resumes in place
     assert read_json(os.path.join(killed, "status.json"))["status"] == "finished"
     state = read_json(os.path.join(study_dir, "study.json"))
     assert [r["status"] for r in state["runs"]].count("finished") == 2
@@ -253,5 +253,7 @@ def test_sigterm_stops_the_workers_and_a_relaunch_finishes_the_study(tmp_path):
     assert study_dir_lib.run_status(str(study_dir / "b64_lr0.1_s0"))[0] == "interrupted"
     again = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
-    assert os.path.isdir(study_dir / "b64_lr0.1_s0.attempt-1")
+    assert not os.path.exists(study_dir / "b64_lr0.1_s0.attempt-1")  # resumed in place...
+    resumed = read_json(study_dir / "b64_lr0.1_s0" / "result.json")["resumed_at_updates"]
+    assert resumed and resumed[0] > 0  # ...from the checkpoint its SIGTERM saved
     assert {r["status"] for r in read_json(study_dir / "study.json")["runs"]} == {"finished"}

@@ -3,7 +3,8 @@
     <output_dir>/<study name>/<run_name or timestamp>/
         study.json       axes, target, every run's name, bindings, hparams, status, error, path
         <run>/           one run directory per grid point (see run/run_dir.py)
-        <run>.attempt-K/ an earlier unfinished attempt, moved aside on relaunch
+        <run>.attempt-K/ an earlier failed attempt, moved aside on relaunch (an interrupted run
+                         resumes in place from its newest checkpoint instead)
         report.md, *.png, tensorboard/
 
 Each run's own ``status.json`` is the truth about it; ``study.json`` is rewritten from them
@@ -13,6 +14,8 @@ a complete file, and a relaunch trusts the run directories, not an older study.j
 
 import json
 import os
+
+from experiments.run import run_dir as run_dir_lib
 
 STUDY_FILE = "study.json"
 
@@ -44,16 +47,11 @@ def differences(stored, axes):
 
 
 def run_status(run_dir):
-    """(status, error) of a run directory: 'pending' when it does not exist, 'running' when it
-    has no readable status (a killed run)."""
+    """(status, error) of a run directory: 'pending' when it does not exist; a 'running' run
+    whose process is gone or whose heartbeat is stale reads 'interrupted' (``run_dir``)."""
     if not os.path.isdir(run_dir):
         return "pending", None
-    try:
-        with open(os.path.join(run_dir, "status.json")) as handle:
-            status = json.load(handle)
-    except (OSError, ValueError):
-        return "running", None
-    return status.get("status", "running"), status.get("error")
+    return run_dir_lib.effective_status(run_dir), run_dir_lib.read_status(run_dir).get("error")
 
 
 def set_aside(run_dir):

@@ -119,14 +119,16 @@ def launch_study(spec, study_name, gin_files, gin_bindings, output_dir, jobs=1, 
     Returns {"study_dir", "outcomes", "report"}."""
     path, state, runs, mine = prepare(spec, study_name, gin_files, gin_bindings, output_dir,
                                       shard, run_name)
-    todo = [r for r in mine
-            if study_dir_lib.run_status(os.path.join(path, r.name))[0] != "finished"]
-    for run in todo:
-        study_dir_lib.set_aside(os.path.join(path, run.name))
+    statuses = {r.name: study_dir_lib.run_status(os.path.join(path, r.name))[0] for r in mine}
+    todo = [r for r in mine if statuses[r.name] not in ("finished", "running")]
+    for run in todo:  # a failed run starts afresh; an interrupted one resumes where it stopped
+        if statuses[run.name] == "failed":
+            study_dir_lib.set_aside(os.path.join(path, run.name))
     study_dir_lib.write(path, study_dir_lib.refresh(path, state))
+    live = sum(status == "running" for status in statuses.values())
     print_fn(f"Study {study_name}: {len(runs)} runs, this shard {len(mine)}, "
-             f"{len(mine) - len(todo)} already finished, {len(todo)} to run "
-             f"({jobs} at once) in {path}")
+             f"{len(mine) - len(todo) - live} already finished, {live} running elsewhere, "
+             f"{len(todo)} to run ({jobs} at once) in {path}")
 
     def run_in_process(job):
         return worker.train_here(gin_files, list(gin_bindings) + list(job.spec.bindings),

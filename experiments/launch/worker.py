@@ -27,14 +27,16 @@ DONE_PREFIX = "BATCHLAB-WORKER-DONE "
 
 
 def train_here(gin_files, bindings, run_dir):
-    """Parses the files then ``bindings`` and trains one run into exactly ``run_dir`` (which
-    must not exist yet); returns the result dict."""
+    """Parses the files then ``bindings`` and trains one run into exactly ``run_dir`` (new, or
+    an unfinished run of the same configuration, which resumes from its newest checkpoint);
+    returns the result dict."""
     parse(gin_files, bindings)
     sweep.sweep()  # the launcher consumed study.* and sweep.*: not "never used" by this run
     study.study()
     parent = os.path.dirname(os.path.abspath(run_dir))
     return runner.train(output_dir=os.path.dirname(parent), experiment=os.path.basename(parent),
-                        run_name=os.path.basename(run_dir), config_text=gin.config_str())
+                        run_name=os.path.basename(run_dir), config_text=gin.config_str(),
+                        resumable=True)
 
 
 @contextlib.contextmanager
