@@ -7,6 +7,7 @@ training starts, a failure marks the run ``failed`` in ``status.json``; ``result
 only on success.
 """
 
+import dataclasses
 import importlib.metadata
 import os
 import platform
@@ -21,6 +22,7 @@ from absl import logging
 
 from callbacks import summary_writer
 from callbacks.checkpointing import TrainingInterrupted
+from callbacks.lr_range_test import LearningRateRangeTest
 from callbacks.nan_guard import FailOnNonFiniteLoss
 from callbacks.operative_config import OperativeConfigSaver
 from experiments.common import checks
@@ -29,7 +31,7 @@ from experiments.engine import distribute
 from experiments.engine.virtual_batch_model import as_virtual_batch_model
 from experiments.run import config_audit, interrupts
 from experiments.run import measurements as measurements_lib
-from experiments.run import micro_batch_finder
+from experiments.run import micro_batch_finder, range_test
 from experiments.run import plan as plan_lib
 from experiments.run import run_dir as run_dir_lib
 from experiments.run import stateful
@@ -37,7 +39,7 @@ from experiments.run.settings import (DataSettings, ModelSettings, RunOutput, Ru
                                       check_training, checkpoint_settings)
 from experiments.run.training_state import RunState
 
-MODES = ("train", "find_micro_batch")
+MODES = ("train", "find_micro_batch", "lr_range_test")
 PACKAGES = ("tensorflow", "tensorflow-cpu", "keras", "gin-config", "absl-py", "numpy",
             "tensorboard")
 
@@ -64,8 +66,10 @@ def train(model_fn=gin.REQUIRED, data_fn=gin.REQUIRED, optimizer=gin.REQUIRED, l
       strategy: a distribution strategy factory from ``engine.distribute`` or None.
       shuffle: reshuffle the training rows every epoch (seeded).
       extra_callbacks: more Keras callbacks (instances) to add.
-      mode: 'train', or 'find_micro_batch': measure the largest micro-batch that fits for this
-        model and batch size instead of training (``micro_batch_finder``; writes nothing).
+      mode: 'train'; 'find_micro_batch': measure the largest micro-batch that fits for this
+        model and batch size instead of training (``micro_batch_finder``; writes nothing);
+        'lr_range_test': a run whose learning rate grows every update until the loss diverges,
+        with a suggested learning rate in result.json (``range_test``, ``lr_range_test.*``).
     Measurements are set with ``measurements.*`` and checkpoints with ``checkpoints.*``.
     """
     check_training(epochs, seed, dtype_policy, verbose)
@@ -76,7 +80,8 @@ def train(model_fn=gin.REQUIRED, data_fn=gin.REQUIRED, optimizer=gin.REQUIRED, l
         epochs=epochs, seed=seed, deterministic_ops=bool(deterministic_ops), strategy=strategy,
         measurements=measurements_lib.measurement_settings(),
         checkpoints=checkpoint_settings(), extra_callbacks=tuple(extra_callbacks),
-        verbose=verbose)
+        verbose=verbose,
+        range_test=range_test.range_test_settings() if mode == "lr_range_test" else None)
     if mode == "find_micro_batch":
         return micro_batch_finder.run(settings, config_text)
     return run(settings, RunOutput(output_dir, experiment, run_name, config_text, resumable))
@@ -89,6 +94,10 @@ def run(settings, output):
     started = time.time()
     run_dir_lib.check_output_dir(output.output_dir)  # before the data is loaded
     plan = plan_lib.build(settings)
+    if settings.range_test is not None:  # as many epochs as the ramp needs
+        settings = dataclasses.replace(settings, epochs=range_test.epochs_for(
+            settings.range_test, plan.layout.updates_per_epoch))
+        plan.settings = settings
     if not distribute.is_chief(plan.strategy):
         return _run_as_worker(plan, output)
     path, resuming = _open_run_dir(output)
@@ -182,8 +191,9 @@ def build_model(plan):
 def make_callbacks(plan, path, log_dir, state_callbacks, checkpoint_callbacks=()):
     """(every callback of the run in order, the measurement callbacks among them)."""
     settings = plan.settings
-    callbacks = [
-        FailOnNonFiniteLoss(),
+    # A range test ends in divergence on purpose: its own callback stops it there.
+    callbacks = [] if settings.range_test is not None else [FailOnNonFiniteLoss()]
+    callbacks += [
         OperativeConfigSaver(path, gin.operative_config_str, log_dir),
         keras.callbacks.TensorBoard(log_dir=log_dir, write_graph=False),
     ]
@@ -195,6 +205,8 @@ def make_callbacks(plan, path, log_dir, state_callbacks, checkpoint_callbacks=()
             os.path.join(path, "checkpoints", "epoch-{epoch:03d}.weights.h5"),
             save_weights_only=True))
     callbacks += state_callbacks  # stateful models: reset per epoch, isolated evaluation
+    if settings.range_test is not None:
+        callbacks.append(range_test.callback(settings.range_test, log_dir))
     callbacks += list(settings.extra_callbacks)
     # Last: a checkpoint holds everything the other callbacks did at this update.
     callbacks += list(checkpoint_callbacks)
@@ -230,6 +242,9 @@ def _train_in(path, plan, config_text, state, stop_requested):
     summary_writer.close_all()
     result = _result(plan, model, history, final, state.training_seconds(), measured)
     result.update(state.summary())
+    if settings.range_test is not None:
+        (test,) = [c for c in callbacks if isinstance(c, LearningRateRangeTest)]
+        result["lr_range_test"] = range_test.summarize(settings.range_test, test, path)
     return result
 
 

@@ -89,6 +89,7 @@ class RunSettings:
     checkpoints: CheckpointSettings
     extra_callbacks: tuple = ()
     verbose: int = 1
+    range_test: Any = None  # range_test.RangeTestSettings in train.mode = 'lr_range_test'
 
 
 @dataclasses.dataclass(frozen=True)
