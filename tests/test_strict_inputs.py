@@ -86,3 +86,17 @@ def test_an_unused_binding_is_logged_and_recorded(tmp_path):
     (result,) = _launch(tmp_path / "runs", ["vgg_convnet.filters = (8,)"])
     saved = read_json(os.path.join(result["run_dir"], "result.json"))
     assert saved["unused_bindings"] == ["vgg_convnet.filters"]
+
+
+def test_group_directories_are_created_atomically_and_never_shared(tmp_path):
+    """Two sweeps or studies of the same name started in the same second get two directories
+    (os.makedirs(exist_ok=False), never a check-then-create)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from experiments.run import run_dir
+
+    with ThreadPoolExecutor(8) as pool:
+        paths = list(pool.map(lambda _: run_dir.new_directory(str(tmp_path), "sweep"), range(8)))
+    assert len(set(paths)) == 8 and all(os.path.isdir(p) for p in paths)
+    stamped = {run_dir.new_directory(str(tmp_path)) for _ in range(3)}  # same second
+    assert len(stamped) == 3

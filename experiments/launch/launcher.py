@@ -6,7 +6,6 @@ parsed and its batch layout checked before the first one starts; a failing run n
 others.
 """
 
-import datetime
 import json
 import os
 
@@ -20,6 +19,7 @@ from experiments.launch import study as study_lib
 from experiments.launch import study_launch
 from experiments.launch import sweep as sweep_lib
 from experiments.launch.gin_config import ConfigError, parse
+from experiments.run import run_dir as run_dir_lib
 from experiments.run import runner
 
 QUICKSTART = os.path.join("gin", "quickstart.gin")
@@ -109,15 +109,7 @@ def _row(outcome):
 
 def _new_group_dir(output_dir, experiment, run_name):
     """``<output_dir>/<experiment>/<run_name or timestamp>``, created new (never reused)."""
-    stamp = run_name or datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    base = path = os.path.join(output_dir, experiment, stamp)
-    suffix = 1
-    while True:
-        try:
-            os.makedirs(path, exist_ok=False)
-            return path
-        except FileExistsError:
-            path, suffix = f"{base}-{suffix}", suffix + 1
+    return run_dir_lib.new_directory(os.path.join(output_dir, experiment), run_name)
 
 
 def _columns(columns):

@@ -6,7 +6,6 @@ study.json written and do runs start. A relaunch with the same ``--run_name`` sk
 and moves unfinished ones aside (``<run>.attempt-K``) before running them again.
 """
 
-import datetime
 import difflib
 import os
 
@@ -18,6 +17,7 @@ from experiments.launch import points
 from experiments.launch import study_dir as study_dir_lib
 from experiments.launch import study_reporting
 from experiments.launch.gin_config import ConfigError, query
+from experiments.run import run_dir as run_dir_lib
 
 
 def grid_context(spec):
@@ -79,15 +79,11 @@ def check_target_metric(spec):
 
 
 def study_directory(output_dir, study_name, run_name):
-    """``<output_dir>/<study>/<run_name>``; without a run name a new timestamped directory."""
+    """``<output_dir>/<study>/<run_name>`` (a relaunch reuses it); without a run name a new
+    timestamped directory, created atomically."""
     if run_name:
         return os.path.join(output_dir, study_name, run_name)
-    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    base = path = os.path.join(output_dir, study_name, stamp)
-    suffix = 1
-    while os.path.exists(path):
-        path, suffix = f"{base}-{suffix}", suffix + 1
-    return path
+    return run_dir_lib.new_directory(os.path.join(output_dir, study_name))
 
 
 def prepare(spec, study_name, gin_files, gin_bindings, output_dir, shard, run_name):

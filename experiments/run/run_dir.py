@@ -45,19 +45,23 @@ def check_output_dir(output_dir):
     return path
 
 
-def create(output_dir, experiment, name=None):
-    """Creates and returns a new run directory; an existing one is never touched."""
-    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    parent = os.path.join(output_dir, experiment)
-    base = os.path.join(parent, name or stamp)
+def new_directory(parent, name=None):
+    """Creates and returns ``<parent>/<name or a timestamp>``, or with a ``-N`` suffix when that
+    exists: created atomically (``os.makedirs(exist_ok=False)``), so two launches in the same
+    second never share a directory. Runs, sweeps and studies all get theirs here."""
+    base = os.path.join(parent, name or datetime.datetime.now().strftime("%Y%m%d-%H%M%S"))
     path, suffix = base, 1
     while True:
         try:
             os.makedirs(path, exist_ok=False)
-            break
+            return path
         except FileExistsError:
-            path = f"{base}-{suffix}"
-            suffix += 1
+            path, suffix = f"{base}-{suffix}", suffix + 1
+
+
+def create(output_dir, experiment, name=None):
+    """Creates and returns a new run directory; an existing one is never touched."""
+    path = new_directory(os.path.join(output_dir, experiment), name)
     write_json(path, "status.json", running_status())
     return path
 
