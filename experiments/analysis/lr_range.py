@@ -26,6 +26,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from experiments.analysis import fits  # noqa: E402
+
 RULES = ("steepest", "min_divided_by_10")
 
 
@@ -140,3 +142,24 @@ def plot_range_test(learning_rates, losses, suggestion, path, smoothing=0.98):
     finally:
         plt.close(figure)
     return path
+
+
+def scaling_sentence(results):
+    """For range tests run at several batch sizes (a sweep or study of ``train.mode =
+    'lr_range_test'`` runs): the fitted exponent p of suggested LR ∝ B^p, as a sentence, or None
+    when fewer than two batch sizes have a suggestion. p = 1 is the linear rule, 0.5 the
+    square-root rule: the user's own scaling rule, measured."""
+    points = sorted({(r["batch_size"], r["lr_range_test"]["suggested_learning_rate"])
+                     for r in results
+                     if (r.get("lr_range_test") or {}).get("suggested_learning_rate")
+                     and r.get("batch_size")})
+    if len({b for b, _ in points}) < 2:
+        return None
+    fit = fits.fit_power_law([b for b, _ in points], [lr for _, lr in points])
+    nearest = min((("no scaling", 0.0), ("square-root scaling", 0.5), ("linear scaling", 1.0)),
+                  key=lambda rule: abs(rule[1] - fit.exponent))[0]
+    pairs = ", ".join(f"B = {b}: {lr:.3g}" for b, lr in points)
+    spread = "" if fit.exponent_stderr != fit.exponent_stderr else \
+        f" ± {fit.exponent_stderr:.2f}"
+    return (f"The suggested learning rate grows as B^{fit.exponent:.2f}{spread} over "
+            f"{len(points)} range tests ({pairs}): closest to {nearest}.")

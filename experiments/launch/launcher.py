@@ -11,7 +11,7 @@ import os
 
 import gin
 
-from experiments.analysis import tables
+from experiments.analysis import lr_range, tables
 from experiments.launch import executor, worker
 from experiments.launch import grid as grid_lib
 from experiments.launch import points
@@ -88,6 +88,9 @@ def _launch_sweep(files, gin_bindings, output_dir, experiment, variants, columns
                                 run_in_process, files, gin_bindings, jobs, print_fn)
     results = [_row(outcome) for outcome in outcomes]
     table = tables.format_table(results, _columns(columns))
+    scaling = lr_range.scaling_sentence(results)  # range tests at several batch sizes
+    if scaling:
+        table += "\n\n" + scaling
     with open(os.path.join(group_dir, "table.txt"), "w") as handle:
         handle.write(table + "\n")
     with open(os.path.join(group_dir, "sweep.json"), "w") as handle:
