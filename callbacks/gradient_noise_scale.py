@@ -124,6 +124,14 @@ class GradientNoiseScale(UpdateClock):
         self.publish(update, values)
 
     def result(self):
+        """The final values, and the logged B_simple curve ``noise_scale/b_simple_curve``
+        ([update, value] pairs): B_simple grows as the loss falls, so comparing it with a
+        critical batch size needs its value where the runs reached their target."""
         if self.defined is False:
             return {"noise_scale/note": "undefined for k = 1"}
-        return self.measure()
+        values = self.measure()
+        curve = [[update, v["noise_scale/b_simple"]] for update, v in self.history
+                 if "noise_scale/b_simple" in v]
+        if curve:
+            values["noise_scale/b_simple_curve"] = curve
+        return values

@@ -239,3 +239,26 @@ def test_lr_sentence_flags_grid_edges_and_unsearched_rules():
     text = sentences(summarize(ruled, target=TARGET))
     assert any("configured rule" in s for s in text)
     assert not any("best learning rate tried" in s for s in text)
+
+
+def test_b_simple_is_read_where_each_best_run_reached_the_target():
+    """B_simple grows during training: the report compares B_noise with its value at the update
+    each batch size's best run reached the target, not with its final value."""
+    from experiments.analysis.steps_to_result import value_at
+
+    def run(name, batch, reach, b_simple_curve):
+        return {"name": name, "status": "finished", "batch_size": batch, "learning_rate": 0.1,
+                "curve": {"val_accuracy": [[reach - 1, 0.5], [reach, 0.96]]},
+                "final": {"val_accuracy": 0.97}, "b_simple": b_simple_curve[-1][1],
+                "b_simple_curve": b_simple_curve}
+
+    records = [run("b16", 16, 40, [[10, 20.0], [40, 50.0], [200, 400.0]]),
+               run("b64", 64, 20, [[10, 30.0], [20, 60.0], [200, 500.0]]),
+               run("b256", 256, 10, [[5, 70.0], [10, 70.0], [200, 600.0]])]
+    summary = summarize(records, target=0.95, mode="max", metric="val_accuracy")
+    assert summary["b_simple"] == 60.0  # median of 50, 60, 70 (at updates 40, 20, 10)
+    assert summary["b_simple_when"].startswith("where each batch size's best run")
+    assert value_at([[5, 1.0], [10, 2.0]], 7) == 1.0 and value_at([[5, 1.0]], 2) == 1.0
+    assert value_at([], 3) is None
+    without = [dict(r, b_simple_curve=None) for r in records]
+    assert summarize(without, target=0.95)["b_simple"] == 500.0  # final values' median

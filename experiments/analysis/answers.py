@@ -148,7 +148,9 @@ def _noise_sentence(s):
         have = f"the fitted B_noise ≈ {_num(fit.b_noise)}" if fit else "B_noise"
         return _cite(f"{have[0].upper()}{have[1:]} cannot be compared with the measured gradient "
                      f"noise scale: {missing}", "steps_to_result")
-    measured = f"the measured B_simple ≈ {_num(b_simple)} (median of {s['num_b_simple']} runs)"
+    when = s.get("b_simple_when", "at the end of training")
+    measured = (f"the measured B_simple ≈ {_num(b_simple)} (median of {s['num_b_simple']} "
+                f"runs, {when})")
     if fit is None:
         return _cite(f"The fitted B_noise is not available to compare with {measured}: "
                      + s["steps_fit_reason"], "steps_to_result")

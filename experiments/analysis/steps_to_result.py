@@ -76,3 +76,13 @@ def best_per_batch_size(records, target, mode="max", metric="val_accuracy"):
         best[batch_size] = {"steps": steps, "learning_rate": record.get("learning_rate"),
                             "run": record.get("name")}
     return best
+
+
+def value_at(curve, update):
+    """The value a logged curve ([update, value] pairs) had at ``update``: its last point at or
+    before it (the first point when the curve starts later); None for an empty curve."""
+    points = sorted((u, v) for u, v in (curve or []) if v is not None)
+    if not points:
+        return None
+    before = [v for u, v in points if u <= update]
+    return before[-1] if before else points[0][1]

@@ -13,7 +13,8 @@ import statistics
 
 from experiments.analysis import plots
 from experiments.analysis.fits import fit_power_law, fit_steps_to_result
-from experiments.analysis.steps_to_result import best_per_batch_size, finished, run_steps
+from experiments.analysis.steps_to_result import (best_per_batch_size, finished, run_steps,
+                                                  value_at)
 
 from experiments.analysis.answers import FIGURES, better, gap_key, metric_name, sentences
 
@@ -111,6 +112,25 @@ def _throughput_per_batch(done):
     return {b: statistics.fmean(rates[b]) for b in sorted(rates)}
 
 
+def _b_simples(done, best):
+    """(B_simple values, when they were taken). B_simple grows as the loss falls, so the critical
+    batch for reaching a target is predicted by its value where the runs reach that target
+    (McCandlish et al. 2018, section 3): the value on each batch size's best run's logged curve
+    at the update it reached the target. Without curves: each run's final value."""
+    by_name = {r.get("name"): r for r in done}
+    at_target = []
+    for entry in best.values():
+        run = by_name.get(entry.get("run"))
+        if run and entry.get("steps") is not None and run.get("b_simple_curve"):
+            value = value_at(run["b_simple_curve"], entry["steps"])
+            if value is not None:
+                at_target.append(value)
+    if at_target:
+        return at_target, "where each batch size's best run reached the target"
+    final = [r["b_simple"] for r in done if r.get("b_simple") is not None]
+    return final, "at the end of training"
+
+
 def summarize(records, target=None, mode="max", metric="val_accuracy"):
     """Everything the report states about a study, as a dict (see the keys below).
 
@@ -125,7 +145,7 @@ def summarize(records, target=None, mode="max", metric="val_accuracy"):
         target_source = "the best value that every batch size reached"
     best = best_per_batch_size(records, target, mode, metric) if target is not None else {}
     steps_fit, steps_fit_reason = _fit_steps(best, target, metric, mode)
-    b_simples = [r["b_simple"] for r in done if r.get("b_simple") is not None]
+    b_simples, b_simple_when = _b_simples(done, best)
     b_simple = statistics.median(b_simples) if b_simples else None
     per_batch = _best_final_per_batch(done, metric, mode)
     lr_fit, lr_fit_reason = _fit_best_lr(per_batch)
@@ -136,7 +156,7 @@ def summarize(records, target=None, mode="max", metric="val_accuracy"):
         "batch_sizes": sorted({r["batch_size"] for r in records if r.get("batch_size")}),
         "num_runs": len(records), "num_finished": len(done),
         "best": best, "steps_fit": steps_fit, "steps_fit_reason": steps_fit_reason,
-        "b_simple": b_simple, "num_b_simple": len(b_simples),
+        "b_simple": b_simple, "num_b_simple": len(b_simples), "b_simple_when": b_simple_when,
         "b_noise_over_b_simple": (steps_fit.b_noise / b_simple
                                   if steps_fit is not None and b_simple else None),
         "per_batch": per_batch, "lr_fit": lr_fit, "lr_fit_reason": lr_fit_reason,

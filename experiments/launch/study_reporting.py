@@ -40,6 +40,7 @@ def record(run, run_dir):
     final = final_metrics(result.get("final_epoch") or {})
     out.update(curve=measured.get("curve") or {}, final=final,
                b_simple=measured.get("noise_scale/b_simple"),
+               b_simple_curve=measured.get("noise_scale/b_simple_curve"),
                examples_per_sec=result.get("examples_per_sec"),
                wall_time_s=result.get("wall_time_s"), updates=result.get("updates"),
                batch_size=result.get("batch_size", out["batch_size"]))
