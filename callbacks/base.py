@@ -7,6 +7,7 @@ count at each batch hook without reading it every update.
 """
 
 import keras
+import numpy as np
 
 from callbacks import summary_writer
 
@@ -26,6 +27,14 @@ class MeasurementCallback(keras.callbacks.Callback):
         self.history.append((step, values))
         summary_writer.scalars(self.log_dir, values, step)
 
+    def whole_curve(self, tag, points):
+        """``points`` ([step, value] of this process) with the points of ``tag`` a resumed run
+        logged before its kill, sorted by step, values at float32 precision (as event files hold
+        them: a resumed run's curve then equals an uninterrupted run's)."""
+        merged = dict(summary_writer.logged_before(self.log_dir, tag))
+        merged.update((int(step), value) for step, value in points)
+        return [[step, float(np.float32(value))] for step, value in sorted(merged.items())]
+
     def last_logged_step(self):
         return self.history[-1][0] if self.history else None
 
@@ -42,8 +51,12 @@ class UpdateClock(MeasurementCallback):
 
     ``optimizer.iterations`` is read once per epoch; the update that a batch hook refers to is
     that count plus the batches run since the epoch began (also right with
-    ``steps_per_execution``, where Keras passes the index of the last step run, and for an epoch
-    resumed mid-way, whose first batch index is not 0).
+    ``steps_per_execution``, where the hooks get the index of the last step run, and for an
+    epoch resumed mid-way, whose first batch index is not 0).
+
+    The epoch's first batch index comes from the params (``epoch_first_batch``): batchlab's loop
+    passes ``initial_epoch`` and ``initial_step``; Keras' fit starts every epoch at 0. It is not
+    read from the first hook seen, which with several updates per call is the end of a chunk.
 
     Batch hooks run after every update (Keras calls them whenever any callback defines them), so
     they only do integer arithmetic; anything that touches TensorFlow or NumPy happens on the
@@ -58,13 +71,11 @@ class UpdateClock(MeasurementCallback):
 
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch_start = int(self.model.optimizer.iterations.numpy())
-        self._first_batch = None
+        self._first_batch = epoch_first_batch(self.params, epoch)
         self._steps = (self.params or {}).get("steps")
 
     def update_after(self, batch):
         """The update count once batch ``batch`` of this epoch has been applied."""
-        if self._first_batch is None:  # the first batch hook of the epoch sets the offset
-            self._first_batch = batch
         return self._epoch_start + batch - self._first_batch + 1
 
     def is_logged(self, batch, every_n_updates, at_epoch_end=True):
@@ -76,3 +87,12 @@ class UpdateClock(MeasurementCallback):
 
     def current_update(self):
         return int(self.model.optimizer.iterations.numpy())
+
+
+def epoch_first_batch(params, epoch):
+    """The first batch index of ``epoch``: ``initial_step`` for the epoch training started in
+    (a run resumed mid-epoch; batchlab's loop puts both in the params), else 0."""
+    params = params or {}
+    if epoch == params.get("initial_epoch", 0):
+        return int(params.get("initial_step", 0) or 0)
+    return 0

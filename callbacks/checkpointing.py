@@ -12,6 +12,7 @@ import time
 
 import keras
 
+from callbacks.base import epoch_first_batch
 from experiments.common import checks
 
 
@@ -43,7 +44,7 @@ class PeriodicCheckpoint(keras.callbacks.Callback):
         self.saved_updates = []
         self._epoch = 0
         self._epoch_start = 0
-        self._first_batch = None
+        self._first_batch = 0
         self._last_save = None
 
     def on_train_begin(self, logs=None):
@@ -52,11 +53,11 @@ class PeriodicCheckpoint(keras.callbacks.Callback):
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch = epoch
         self._epoch_start = int(self.model.optimizer.iterations.numpy())
-        self._first_batch = None  # a resumed epoch's first batch index is not 0
+        # A resumed epoch's first batch index is not 0; with several updates per call the
+        # first hook seen is the end of a chunk, so it comes from the params.
+        self._first_batch = epoch_first_batch(self.params, epoch)
 
     def on_train_batch_end(self, batch, logs=None):
-        if self._first_batch is None:
-            self._first_batch = batch
         update = self._epoch_start + batch - self._first_batch + 1
         reason = self.stop_requested()
         due = reason is not None or (self.every_n_updates and update % self.every_n_updates == 0) \

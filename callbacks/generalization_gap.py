@@ -47,6 +47,7 @@ class GeneralizationGap(MeasurementCallback):
         self._datasets = {}
         self._functions = {}  # 'model', and per data set: (graph function, its tensors)
         self._measured_at = None  # weights fingerprint at the last measurement
+        self._fingerprint_now = None  # the one computed with the last evaluation, if any
         self._last_epoch = -1
 
     def _dataset(self, key, data):
@@ -66,12 +67,12 @@ class GeneralizationGap(MeasurementCallback):
             return self.model.evaluate(self._dataset(key, data), verbose=0, return_dict=True)
 
     def _in_one_call(self, data):
-        """Arrays, on a model without stateful layers, distribution strategy or evaluation loop of
-        its own: evaluated by one graph call (``_evaluate_in_one_call``); else by ``evaluate``."""
+        """Arrays, on a model without stateful layers or distribution strategy: evaluated by one
+        graph call (``_evaluate_in_one_call``); else by ``evaluate`` (through the model's
+        evaluation loop when it has one, which is what several replicas need)."""
         model = self.model
         return (not isinstance(data, tf.data.Dataset)
                 and model.distribute_strategy is tf.distribute.get_strategy()
-                and getattr(model, "evaluation_loop", None) is None
                 and not stateful_layers(model))
 
     def _evaluate_in_one_call(self, key, data):
@@ -91,20 +92,23 @@ class GeneralizationGap(MeasurementCallback):
 
             @tf.function
             def evaluate_all(x, y):
+                model.reset_metrics()  # in the graph: one call instead of one per variable
                 rows = tf.shape(tf.nest.flatten(y)[0])[0]
                 for start in tf.range(0, rows, size):
                     model.test_step(tf.nest.map_structure(lambda t: t[start:start + size],
                                                           (x, y)))
-                return model.get_metrics_result()
+                # The weights' fingerprint in the same call (``measure`` needs it every epoch).
+                return model.get_metrics_result(), weights_fingerprint(model)
 
             tensors = tf.nest.map_structure(tf.convert_to_tensor, (data[0], data[1]))
             self._functions[key] = (evaluate_all, tensors)
         evaluate_all, (x, y) = self._functions[key]
-        model.reset_metrics()
-        return {name: float(value) for name, value in evaluate_all(x, y).items()}
+        results, self._fingerprint_now = evaluate_all(x, y)
+        return {name: float(value) for name, value in results.items()}
 
     def measure(self, logs=None):
         """Returns {'train_inference/<m>': ..., 'generalization_gap/<m>': ...} for now."""
+        self._fingerprint_now = None
         train = self._evaluate("train", self.train_subset)
         logs = logs or {}
         val = {k[4:]: v for k, v in logs.items() if k.startswith("val_")}
@@ -115,29 +119,15 @@ class GeneralizationGap(MeasurementCallback):
             values[f"train_inference/{name}"] = float(train_value)
             if name in val:
                 values[f"generalization_gap/{name}"] = float(val[name]) - float(train_value)
-        self._measured_at = self._fingerprint()
+        self._measured_at = self._fingerprint() if self._fingerprint_now is None \
+            else self._fingerprint_now.numpy()
         return values
 
     def _fingerprint(self):
-        """A few numbers that change when any weight changes (updates, EMA swap, reloading)."""
-        if not hasattr(self, "_fingerprint_fn"):
-            model = self.model
-
-            @tf.function
-            def fingerprint():
-                # Sums and sums of squares in each weight's own float type (no float64 copy of
-                # the weights: this runs every epoch).
-                parts = [tf.zeros((), tf.float64)]
-                for v in model.weights:
-                    value = tf.convert_to_tensor(v)
-                    if not value.dtype.is_floating:
-                        value = tf.cast(value, tf.float64)
-                    parts += [tf.cast(tf.reduce_sum(value), tf.float64),
-                              tf.cast(2.0 * tf.nn.l2_loss(value), tf.float64)]
-                return tf.stack(parts)
-
-            self._fingerprint_fn = fingerprint
-        return self._fingerprint_fn().numpy()
+        """A few numbers that change when any weight changes (updates, EMA swap, reloading).
+        Eager: it runs once per run at the end (each epoch's comes with the evaluation's graph
+        call), where tracing a function would cost more than the ops."""
+        return weights_fingerprint(self.model).numpy()
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs if logs is not None else {}
@@ -159,6 +149,19 @@ class GeneralizationGap(MeasurementCallback):
 
     def result(self):
         return dict(self.final)
+
+
+def weights_fingerprint(model):
+    """Graph code: sums and sums of squares of every weight, in each weight's own float type (no
+    float64 copy of the weights: this runs every epoch)."""
+    parts = [tf.zeros((), tf.float64)]
+    for v in model.weights:
+        value = tf.convert_to_tensor(v)
+        if not value.dtype.is_floating:
+            value = tf.cast(value, tf.float64)
+        parts += [tf.cast(tf.reduce_sum(value), tf.float64),
+                  tf.cast(2.0 * tf.nn.l2_loss(value), tf.float64)]
+    return tf.stack(parts)
 
 
 def fixed_subset(x, y, size, seed=0):

@@ -130,8 +130,9 @@ class GradientNoiseScale(UpdateClock):
         if self.defined is False:
             return {"noise_scale/note": "undefined for k = 1"}
         values = self.measure()
-        curve = [[update, v["noise_scale/b_simple"]] for update, v in self.history
-                 if "noise_scale/b_simple" in v]
+        curve = self.whole_curve("noise_scale/b_simple", [
+            (update, v["noise_scale/b_simple"]) for update, v in self.history
+            if "noise_scale/b_simple" in v])
         if curve:
             values["noise_scale/b_simple_curve"] = curve
         return values

@@ -106,4 +106,5 @@ class PeriodicEvaluation(UpdateClock):
 
     def result(self):
         """``{"curve": {metric: [[update, value], ...]}}`` for the run's result.json."""
-        return {"curve": {name: [list(p) for p in points] for name, points in self.curve.items()}}
+        return {"curve": {name: self.whole_curve(f"validation_curve/{name}", points)
+                          for name, points in self.curve.items()}}

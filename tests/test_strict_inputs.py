@@ -49,7 +49,7 @@ def test_output_dir_that_is_a_file_is_refused_before_loading(tmp_path):
 def _csv(tmp_path, text):
     path = tmp_path / "table.csv"
     path.write_text(text)
-    return [f"train.data_fn = @csv_file", f"csv_file.path = '{path}'",
+    return ["train.data_fn = @csv_file", f"csv_file.path = '{path}'",
             "csv_file.label_column = 'label'", "csv_file.validation_split = 0.0",
             "train.batch_size = 2"]
 

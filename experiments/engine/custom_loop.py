@@ -16,11 +16,33 @@ progress bar (ProgbarLogger) and calls every hook with ``logs`` of the same name
 metrics, ``val_*``), so TensorBoard, ModelCheckpoint and batchlab's callbacks need no change.
 Metric results are read in cross-replica context, i.e. summed over every replica's rows: the logged
 values are exact over the whole (global) virtual batch, also when replicas hold unequal rows.
+
+Fixed costs (small runs are many short epochs; benchmarks/RESULTS_speed.md has the breakdown):
+
+- ``steps_per_execution`` updates run in one ``tf.function`` call that reads its batches from the
+  iterator in the graph (no host copy of a batch, one call instead of n). Callbacks then see one
+  ``on_train_batch_begin(first step)`` / ``on_train_batch_end(last step)`` per call, as under
+  Keras' fit. So that every measurement and checkpoint still sees the update it logs, a call ends
+  at every multiple of each callback's ``every_n_updates`` (and at the epoch's end), and the
+  update that a callback acting before updates (``on_train_batch_begin``) logs runs alone, after
+  its hook. A callback that acts before updates and declares no cadence (the LR range test) gets
+  one update per call; so does ``fit`` (epochs of unknown length). The results are those of one
+  update per call (``tests/test_speed_loop.py``).
+- Validation runs as one graph call over the whole validation set (a small finite one is kept as
+  tensors) on one replica without stateful layers; elsewhere batch by batch via ``strategy.run``.
+- Each function is traced once; the train chunk is called as a concrete function.
 """
 
 import keras
 import numpy as np
 import tensorflow as tf
+
+from experiments.common import checks
+from experiments.engine import chunks, states
+
+
+HELD_BATCHES = 4096  # a finite evaluation set of at most this many batches and ...
+HELD_BYTES = 64 << 20  # ... bytes is read once and kept as tensors (``CustomLoop._held``)
 
 
 class CustomLoop:
@@ -33,9 +55,12 @@ class CustomLoop:
     Args:
       model: a compiled ``VirtualBatchModel`` built in ``strategy.scope()``.
       strategy: the strategy the model was built under (default: the model's).
+      steps_per_execution: most updates per graph call (see the module docstring).
+      jit_compile: compile the train step with XLA (the step itself; the loop around it reads
+        the iterator, which XLA cannot).
     """
 
-    def __init__(self, model, strategy=None):
+    def __init__(self, model, strategy=None, steps_per_execution=1, jit_compile=False):
         if not hasattr(model, "virtual_batch_gradients"):
             raise ValueError(
                 "CustomLoop trains batchlab's VirtualBatchModel (experiments.engine."
@@ -44,8 +69,13 @@ class CustomLoop:
             raise ValueError("Compile the model before building a CustomLoop for it.")
         self.model = model
         self.strategy = strategy or model.distribute_strategy
+        self.steps_per_execution = checks.positive_int(steps_per_execution,
+                                                       "fit.steps_per_execution")
+        self.jit_compile = bool(jit_compile)
         self._train_functions = {}
         self._test_functions = {}
+        self._prepared = set()
+        self._held_sets = {}  # id(dataset) -> (dataset, (graph function, tensors) or None)
         model.use_loop_for_evaluation(self)
 
     # ------------------------------------------------------------------------------------------
@@ -73,17 +103,44 @@ class CustomLoop:
             cache[key] = run
         return cache[key]
 
+    def _train_function(self, iterator):
+        """One ``tf.function`` per iterator spec running ``n`` updates (``n`` a tensor, so one
+        trace serves every chunk length); returns the metrics after the last."""
+        key = repr(iterator.element_spec)
+        if key not in self._train_functions:
+            model, strategy = self.model, self.strategy
+            step = model.train_step
+            if self.jit_compile:
+                step = tf.function(model.train_step, jit_compile=True)
+
+            @tf.function
+            def run(iterator, n):
+                for _ in tf.range(n):
+                    strategy.run(step, args=(next(iterator),))
+                return model.get_metrics_result()
+
+            # The concrete function: a tf.function call first matches its arguments against its
+            # traces, which for an iterator costs ~0.8 ms per call here (as much as a small
+            # update).
+            self._train_functions[key] = run.get_concrete_function(
+                iterator, tf.TensorSpec((), tf.int64))
+        return self._train_functions[key]
+
     def _prepare(self, dataset):
         """Creates every variable (compiled metrics and loss, optimizer slots) before tracing.
 
         Variables created inside the first ``tf.function`` call on several replicas break the
         graph ("You must feed a value for placeholder"); ``model.fit`` builds them the same way.
         """
+        key = repr(dataset.element_spec)
+        if key in self._prepared:
+            return
         with self.strategy.scope():
             # Keras' own builder (private): symbolic tensors shaped like the dataset's elements.
             self.model._symbolic_build(data_batch=dataset.element_spec)  # pylint: disable=W0212
             if not self.model.optimizer.built:
                 self.model.optimizer.build(self.model.trainable_variables)
+        self._prepared.add(key)
 
     # ------------------------------------------------------------------------------------------
     def fit(self, dataset, epochs=1, validation_data=None, callbacks=(), verbose=1,
@@ -91,21 +148,22 @@ class CustomLoop:
         """Trains like ``model.fit`` on a batched ``tf.data.Dataset``; returns the History.
 
         Each element of ``dataset`` is one virtual batch, i.e. one update; every epoch iterates
-        ``dataset`` anew. ``steps_per_epoch`` is only shown by the progress bar.
+        ``dataset`` anew, to its end (one update per call: its length may be unknown).
+        ``steps_per_epoch`` is only shown by the progress bar.
         """
         distributed = self._start(dataset)
 
-        def epoch_batches(epoch):
+        def epoch_iterator(epoch):
             if epoch:
                 # Keras' fit opens one more iterator per epoch than it reads (at the end of each
                 # epoch, then again at the start of the next), so with a reshuffling pipeline its
                 # epoch e reads the dataset's (2e-1)-th order. Open and drop one too: for a seed,
                 # both loops then train on the same batches.
                 iter(distributed)
-            return enumerate(distributed)
+            return 0, iter(distributed)
 
-        return self._train(distributed, epoch_batches, 0, epochs, validation_data, callbacks,
-                           verbose, steps_per_epoch)
+        return self._train(epoch_iterator, 0, epochs, validation_data, callbacks, verbose,
+                           steps_per_epoch, until_end=True)
 
     def fit_from(self, train_from, steps_per_epoch, epochs, validation_data=None, callbacks=(),
                  verbose=1, initial_epoch=0, initial_step=0, resume=None):
@@ -120,52 +178,92 @@ class CustomLoop:
         cover the whole epoch and the streams continue.
         """
         dataset = train_from(initial_epoch, initial_step, epochs - initial_epoch)
-        distributed = self._start(dataset)
-        iterator = iter(distributed)
+        iterator = iter(self._start(dataset))
 
-        def epoch_batches(epoch):
-            first = initial_step if epoch == initial_epoch else 0
-            for step in range(first, steps_per_epoch):
-                yield step, next(iterator)
+        def epoch_iterator(epoch):
+            return (initial_step if epoch == initial_epoch else 0), iterator
 
-        return self._train(distributed, epoch_batches, initial_epoch, epochs, validation_data,
-                           callbacks, verbose, steps_per_epoch, resume)
+        return self._train(epoch_iterator, initial_epoch, epochs, validation_data, callbacks,
+                           verbose, steps_per_epoch, resume, initial_step)
 
     def _start(self, dataset):
         self._prepare(dataset)
         return self._distribute(dataset)
 
-    def _train(self, distributed, epoch_batches, initial_epoch, epochs, validation_data,
-               callbacks, verbose, steps_per_epoch, resume=None):
-        """The epoch loop shared by ``fit`` and ``fit_from``; returns the History."""
+    def _train(self, epoch_iterator, initial_epoch, epochs, validation_data, callbacks, verbose,
+               steps_per_epoch, resume=None, initial_step=0, until_end=False):
+        """The epoch loop shared by ``fit`` and ``fit_from``; returns the History.
+
+        The callbacks' params carry ``initial_epoch`` and ``initial_step`` (where training
+        starts): a callback counting updates from batch indices needs the first index of a
+        resumed epoch, which it may not see when several updates run per call.
+        """
         model = self.model
-        train = self._function(self._train_functions, model.train_step, distributed.element_spec)
         callback_list = keras.callbacks.CallbackList(
             list(callbacks), add_history=True, add_progbar=verbose != 0, model=model,
-            verbose=verbose, epochs=epochs, steps=steps_per_epoch)
+            verbose=verbose, epochs=epochs, steps=steps_per_epoch, initial_epoch=initial_epoch,
+            initial_step=initial_step)
         history = next(c for c in callback_list.callbacks
                        if isinstance(c, keras.callbacks.History))
+        plan = chunks.ChunkPlan(callback_list.callbacks, self.steps_per_execution)
         model.stop_training = False
         callback_list.on_train_begin()
         if resume is not None:
             resume.restore_training_state()
         logs = {}
         for epoch in range(initial_epoch, epochs):
-            model.reset_metrics()
+            self._reset_metrics()
             callback_list.on_epoch_begin(epoch)  # may reset stateful layers' states
             if resume is not None and epoch == initial_epoch:
                 resume.restore_epoch_state()
-            for step, batch in epoch_batches(epoch):
-                callback_list.on_train_batch_begin(step)
-                logs = train(batch)
-                callback_list.on_train_batch_end(step, logs)
-                if model.stop_training:
-                    break
+            first, iterator = epoch_iterator(epoch)
+            steps = None if until_end else steps_per_epoch
+            logs = self._run_epoch(iterator, first, steps, plan, callback_list) or logs
             logs = self._end_epoch(epoch, logs, validation_data, callback_list)
             if model.stop_training:
                 break
         callback_list.on_train_end(logs)
         return history
+
+    def _reset_metrics(self):
+        """``model.reset_metrics()``, as one graph call on one replica (eagerly it costs one op
+        call per metric variable, about 1.5 ms per epoch for loss and accuracy)."""
+        if self.strategy is not tf.distribute.get_strategy():
+            self.model.reset_metrics()
+            return
+        if "reset" not in self._test_functions:
+            self._test_functions["reset"] = tf.function(self.model.reset_metrics)
+        self._test_functions["reset"]()
+
+    def _run_epoch(self, iterator, first, steps, plan, callback_list):
+        """Runs the epoch's updates from step ``first`` in chunks; returns the last logs."""
+        if steps is None:
+            return self._run_to_end(iterator, callback_list)
+        train = self._train_function(iterator)
+        update = int(self.model.optimizer.iterations.numpy())
+        logs = None
+        for begin, size in plan.chunks(first, steps, update):
+            callback_list.on_train_batch_begin(begin)
+            logs = train(iterator, tf.constant(size, tf.int64))
+            callback_list.on_train_batch_end(begin + size - 1, logs)
+            if self.model.stop_training:
+                break
+        return logs
+
+    def _run_to_end(self, iterator, callback_list):
+        """An epoch of unknown length (``fit``): one update per call on batches read on the
+        host, until the iterator ends (an exhausted iterator read inside the graph would still
+        run the update's data-independent ops, such as the optimizer's step count)."""
+        train = self._function(self._train_functions, self.model.train_step,
+                               iterator.element_spec)
+        logs = None
+        for step, batch in enumerate(iterator):
+            callback_list.on_train_batch_begin(step)
+            logs = train(batch)
+            callback_list.on_train_batch_end(step, logs)
+            if self.model.stop_training:
+                break
+        return logs
 
     def _end_epoch(self, epoch, logs, validation_data, callback_list):
         epoch_logs = _to_floats(logs)
@@ -181,37 +279,139 @@ class CustomLoop:
 
         ``x`` is a batched ``tf.data.Dataset`` or arrays (then ``y``, ``sample_weight`` and
         ``batch_size``, default 32, as in Keras). During ``fit`` the callbacks' test hooks run
-        as under Keras' fit (TensorBoard's ``evaluation_*_vs_iterations``).
+        as under Keras' fit (TensorBoard's ``evaluation_*_vs_iterations``); per-batch test hooks
+        only when a callback uses them (then the batch-by-batch route).
         """
         callbacks = _callbacks or keras.callbacks.CallbackList([], model=self.model)
         model = self.model
-        if isinstance(x, tf.data.Dataset):
-            if y is not None or sample_weight is not None:
-                raise ValueError("Pass y and sample_weight inside the dataset, not separately.")
-            dataset = x
-        else:
-            parts = (x,) if y is None else (x, y)
-            if sample_weight is not None:
-                parts += (sample_weight,)
-            dataset = tf.data.Dataset.from_tensor_slices(parts).batch(batch_size or 32)
+        dataset = _as_dataset(x, y, sample_weight, batch_size)
         if steps is not None:
             dataset = dataset.take(steps)
         self._prepare(dataset)
-        distributed = self._distribute(dataset)
-        test = self._function(self._test_functions, model.test_step, distributed.element_spec)
-        model.reset_metrics()
         callbacks.on_test_begin()
-        logs = {}
-        for step, batch in enumerate(distributed):
-            callbacks.on_test_batch_begin(step)
-            logs = test(batch)
-            callbacks.on_test_batch_end(step, logs)
+        if self._in_one_call(callbacks):
+            logs = self._evaluate_in_one_call(dataset)
+        else:
+            model.reset_metrics()
+            logs = self._evaluate_by_batch(dataset, callbacks)
         logs = _to_floats(logs) if logs else {name: float("nan") for name in model.metrics_names}
         callbacks.on_test_end(logs)
         if return_dict:
             return logs
         values = list(logs.values())
         return values[0] if len(values) == 1 else values
+
+    def _in_one_call(self, callbacks):
+        """One graph call over the whole set: one replica, no stateful layers (their state is
+        handled between batches), and no callback watching test batches."""
+        if self.strategy is not tf.distribute.get_strategy() or states.stateful_layers(self.model):
+            return False
+        return not any(chunks.overrides(c, ("on_test_batch_begin", "on_test_batch_end"))
+                       for c in callbacks.callbacks
+                       if not isinstance(c, _KERAS_TEST_HOOKS_UNUSED))
+
+    def _evaluate_in_one_call(self, dataset):
+        """The same ``test_step`` on the same batches and metrics as ``_evaluate_by_batch``, in
+        one ``tf.function``: the per-batch route costs a call, a host copy of the logs and the
+        hooks for every batch. A small finite set is read once and kept as tensors
+        (``_held``), its batches sliced in the graph; any other is read through an iterator made
+        eagerly and passed in (a dataset iterated inside the function is re-optimised by tf.data
+        at every call: about 12 ms of CPU, against 2 ms for an eager iterator and none for
+        tensors)."""
+        held = self._held(dataset)
+        if held is not None:
+            run, tensors = held
+            return run(tensors) if tensors is not None else {}
+        key = ("one call", repr(dataset.element_spec))
+        if key not in self._test_functions:
+            model = self.model
+
+            @tf.function
+            def run_iterator(iterator):
+                model.reset_metrics()  # in the graph: eagerly, one op call per metric variable
+                batches = tf.constant(0, tf.int64)
+                for batch in iterator:
+                    model.test_step(batch)
+                    batches += 1
+                return model.get_metrics_result(), batches
+
+            self._test_functions[key] = run_iterator
+        logs, batches = self._test_functions[key](iter(dataset))
+        return logs if int(batches) else {}
+
+    def _held(self, dataset):
+        """(graph function, tensors) of a dataset read once and kept, or None when it is not
+        kept: unknown or infinite length, more than ``HELD_BYTES``, or batches that are not
+        slices of one array (equal leading sizes, a shorter last one). Keyed by the dataset
+        object (a run's validation pipeline is the same object every epoch)."""
+        entry = self._held_sets.get(id(dataset))
+        if entry is not None and entry[0] is dataset:
+            return entry[1]
+        held = None
+        if 0 <= int(dataset.cardinality()) <= HELD_BATCHES:
+            held = self._read_and_keep(dataset)
+        self._held_sets[id(dataset)] = (dataset, held)
+        return held
+
+    def _read_and_keep(self, dataset):
+        """Reads ``dataset`` once: (graph function over its rows, the rows), (None, None) when
+        empty, None when its batches cannot be kept (see ``_held``)."""
+        batches, sizes, total = [], [], 0
+        for batch in dataset:
+            leaves = tf.nest.flatten(batch)
+            rows = {int(t.shape[0]) if t.shape.rank else None for t in leaves}
+            if len(rows) != 1 or None in rows:
+                return None  # a part without a batch axis, or parts of different lengths
+            (size,) = rows
+            if sizes and (sizes[-1] != sizes[0] or size > sizes[0]):
+                return None  # only the last batch may be shorter
+            total += sum(t.numpy().nbytes for t in leaves)
+            if total > HELD_BYTES:
+                return None
+            sizes.append(size)
+            batches.append(batch)
+        if not batches:
+            return (None, None)
+        tensors = tf.nest.map_structure(lambda *parts: tf.concat(parts, 0), *batches)
+        model, size = self.model, sizes[0]
+
+        @tf.function
+        def run(data):
+            model.reset_metrics()
+            rows = tf.shape(tf.nest.flatten(data)[0])[0]
+            for start in tf.range(0, rows, size):
+                model.test_step(tf.nest.map_structure(lambda t: t[start:start + size], data))
+            return model.get_metrics_result()
+
+        return run.get_concrete_function(tensors), tensors  # no trace lookup per call
+
+    def _evaluate_by_batch(self, dataset, callbacks):
+        distributed = self._distribute(dataset)
+        test = self._function(self._test_functions, self.model.test_step,
+                              distributed.element_spec)
+        logs = {}
+        for step, batch in enumerate(distributed):
+            callbacks.on_test_batch_begin(step)
+            logs = test(batch)
+            callbacks.on_test_batch_end(step, logs)
+        return logs
+
+
+# Callbacks whose test-batch hooks do nothing that a one-call evaluation would skip.
+_KERAS_TEST_HOOKS_UNUSED = (keras.callbacks.ProgbarLogger, keras.callbacks.TensorBoard,
+                            keras.callbacks.History)
+
+
+def _as_dataset(x, y, sample_weight, batch_size):
+    """A batched dataset from ``evaluate``'s arguments (a dataset, or arrays as in Keras)."""
+    if isinstance(x, tf.data.Dataset):
+        if y is not None or sample_weight is not None:
+            raise ValueError("Pass y and sample_weight inside the dataset, not separately.")
+        return x
+    parts = (x,) if y is None else (x, y)
+    if sample_weight is not None:
+        parts += (sample_weight,)
+    return tf.data.Dataset.from_tensor_slices(parts).batch(batch_size or 32)
 
 
 def _to_floats(logs):

@@ -33,6 +33,7 @@ from experiments.common import checks
 from experiments.engine import custom_loop
 
 LOOPS = ("auto", "keras", "custom")
+STEPS_PER_EXECUTION = 32  # measured: benchmarks/RESULTS_speed.md
 
 
 @gin.configurable
@@ -159,7 +160,7 @@ def _use_custom_loop(strategy, loop):
 @gin.configurable(denylist=["model", "pipelines", "epochs", "callbacks", "strategy", "verbose",
                             "initial_epoch", "initial_step", "resume"])
 def fit(model, pipelines, epochs, callbacks, strategy, verbose=1, loop="auto", initial_epoch=0,
-        initial_step=0, resume=None):
+        initial_step=0, resume=None, steps_per_execution=STEPS_PER_EXECUTION, jit_compile=False):
     """Trains from update ``initial_step`` of epoch ``initial_epoch``; returns the history dict
     (metric -> per-epoch values).
 
@@ -168,11 +169,16 @@ def fit(model, pipelines, epochs, callbacks, strategy, verbose=1, loop="auto", i
         mid-epoch and runs on any number of replicas; 'keras': ``model.fit`` on one replica, for
         comparison (it cannot resume a run mid-epoch).
       resume: restores a checkpoint when training starts (see ``CustomLoop.fit_from``).
+      steps_per_execution: most updates per graph call of batchlab's loop. Calls still end on
+        every update a measurement logs or a checkpoint saves (``custom_loop``), so results are
+        the same for any value; what changes is the fixed cost per update (a call and a host
+        copy of the metrics; see benchmarks/RESULTS_speed.md for the default).
+      jit_compile: compile the train step with XLA (benchmarks/RESULTS_speed.md: when it pays).
     """
     if not is_chief(strategy):
         verbose = 0
     if _use_custom_loop(strategy, loop):
-        runner = custom_loop.CustomLoop(model, strategy)
+        runner = custom_loop.CustomLoop(model, strategy, steps_per_execution, jit_compile)
         history = runner.fit_from(
             pipelines.train_from, pipelines.steps_per_epoch, epochs,
             validation_data=pipelines.validation, callbacks=callbacks, verbose=verbose,

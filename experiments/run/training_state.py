@@ -12,6 +12,7 @@ import time
 
 from absl import logging
 
+from callbacks import summary_writer
 from callbacks.checkpointing import PeriodicCheckpoint
 from callbacks.heartbeat import Heartbeat
 from experiments.run import run_dir as run_dir_lib
@@ -89,6 +90,10 @@ class RunState:
         values = [v.numpy() for v in variables]  # on every worker: collective reads
         if not self.writes:
             return
+        # What was logged up to this update reaches the disk with the checkpoint: a resumed run
+        # then finds every point before its checkpoint in the event files (and does not log the
+        # replayed ones twice).
+        summary_writer.flush()
         bookkeeping = {"train_time_s": self.training_seconds(),
                        "resumed_at": self.bookkeeping.get("resumed_at", [])}
         self.store.save(names, values, Position(epoch, step, update), bookkeeping)
