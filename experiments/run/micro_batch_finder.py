@@ -7,10 +7,12 @@ smallest up, each probe in a process of its own (the run's configuration, plus
 
 - on a GPU, TensorFlow's peak allocation on the device, stopping at the first b that runs out of
   memory (the probe's process reports it and ends; the finder goes on);
-- on CPU, the probe process' peak resident memory (what a machine's or a scheduler's memory
-  limit counts: TensorFlow, the weights, optimizer slots, the accumulated gradients, one
-  micro-batch's activations), stopping at the first b above ``budget_mb``. A process of its own
-  per probe: the peak of a process never falls, and memory freed by one probe stays counted.
+- on CPU, the probe process' peak resident memory during training (what a machine's or a
+  scheduler's memory limit counts: TensorFlow, the data, the weights, optimizer slots, the
+  accumulated gradients, one micro-batch's activations; the peak is reset to the current size
+  just before training, so a start-up spike does not count), stopping at the first b above
+  ``budget_mb``. A process of its own per probe: memory freed by one probe stays counted in a
+  process's size.
 
 It prints one row per probe (b, k, peak memory, examples/s) and the bindings to paste
 (``train.micro_batch_size = b``). Configured in gin (``find_micro_batch.*``); run with
@@ -100,6 +102,8 @@ class Prober:
                            else self.optimizer, loss=self.loss)
         if self.gpu:
             tf.config.experimental.reset_memory_stats("GPU:0")
+        else:
+            _reset_peak_rss()  # what was allocated before training (imports, data) is not counted
         dataset = tf.data.Dataset.from_tensors((self.x, self.y)).repeat(self.updates + 1)
         self.model.fit(dataset.take(1), verbose=0, shuffle=False)  # tracing, first allocation
         started = time.perf_counter()
@@ -108,8 +112,32 @@ class Prober:
         if self.gpu:
             peak = tf.config.experimental.get_memory_info("GPU:0")["peak"] / 2.0 ** 20
         else:
-            peak = peak_memory_mb()
+            peak = _peak_rss_mb()
         return peak, self.updates * self.batch_size / max(seconds, 1e-9)
+
+
+def _reset_peak_rss():
+    """Resets the process' peak resident set size to its current size (Linux:
+    ``/proc/self/clear_refs``), so that the peak measured next is the training's, over the
+    memory the process holds now, and not a spike of its start-up."""
+    try:
+        with open("/proc/self/clear_refs", "w") as handle:
+            handle.write("5")
+    except OSError:
+        pass
+
+
+def _peak_rss_mb():
+    """The peak resident set size since the last reset, in MiB (``VmHWM``); elsewhere the
+    process' peak (``ru_maxrss``)."""
+    try:
+        with open("/proc/self/status") as handle:
+            for line in handle:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return peak_memory_mb()
 
 
 def find(prober, batch_size, budget_mb=None, smallest=1):
