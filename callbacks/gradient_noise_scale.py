@@ -33,6 +33,7 @@ from callbacks import summary_writer
 from callbacks.base import UpdateClock
 from callbacks.gradient_norm import step_measurements
 from experiments.common import checks
+from experiments.engine.step_measurements import UpdateProbe
 from experiments.engine.states import stateful_layers
 
 UNDEFINED_NOTE = (
@@ -64,8 +65,11 @@ class GradientNoiseScale(UpdateClock):
         self.decay = checks.fraction(decay, "decay")
         self.defined = None
         self._measurements = None  # the model's StepMeasurements, once started
+        self._probe = None
+        self._probed = False
 
     def on_train_begin(self, logs=None):
+        self._probed = False
         m = step_measurements(self.model)
         if not getattr(self.model, "tracks_gradient_noise", False):
             raise ValueError(
@@ -82,7 +86,22 @@ class GradientNoiseScale(UpdateClock):
         if self._measurements is not m:
             m.reset_noise_scale(self.decay, self.sample_every_n_updates)
             self._measurements = m
+            # In batchlab's loop the averages are read inside the train chunk (``update_probe``).
+            self._probe = UpdateProbe(self.every_n_updates, lambda update: m.noise_scale.value(),
+                                      shape=m.noise_scale.shape, receive=self._receive)
         self.defined = True
+
+    def _receive(self, update, state):
+        if self.defined:
+            self.log(update, state)
+
+    def update_probe(self):
+        """The read as an ``UpdateProbe`` for batchlab's loop (the batch hook then does nothing
+        in this ``fit``); None when the noise scale is not measured."""
+        if not self.defined or self._probe is None:
+            return None
+        self._probed = True
+        return self._probe
 
     def _undefined(self):
         self.defined = False
@@ -90,6 +109,8 @@ class GradientNoiseScale(UpdateClock):
         summary_writer.text(self.log_dir, "noise_scale/note", UNDEFINED_NOTE)
 
     def on_train_batch_end(self, batch, logs=None):
+        if self._probed:
+            return
         if self.defined and self.is_logged(batch, self.every_n_updates):
             self.log(self.update_after(batch))
 
@@ -98,9 +119,10 @@ class GradientNoiseScale(UpdateClock):
         if self.defined and update and self.last_logged_step() != update:
             self.log(update)
 
-    def _read(self):
-        """({tag: value}, updates sampled so far); values empty until an update with k >= 2."""
-        state = self._measurements.noise_scale_values()
+    def _read(self, state=None):
+        """({tag: value}, updates sampled so far); values empty until an update with k >= 2.
+        ``state``: the averages as read inside the train chunk, else read now."""
+        state = self._measurements.noise_scale_values(state)
         if state["gradient_sq_norm"] is None:
             return {}, state["sampled"]
         gradient_sq, trace = state["gradient_sq_norm"], state["trace_sigma"]
@@ -113,8 +135,8 @@ class GradientNoiseScale(UpdateClock):
         """Current {tag: value}; empty until an update with k >= 2 has been seen."""
         return self._read()[0] if self._measurements is not None else {}
 
-    def log(self, update):
-        values, sampled = self._read()
+    def log(self, update, state=None):
+        values, sampled = self._read(state)
         if not sampled:  # no update sampled yet
             return
         if not values:  # updates were sampled, none with k >= 2

@@ -17,6 +17,10 @@ measures only every n-th update, this callback asks it to measure that update as
 Nothing here runs a second backward pass. The update ratio needs the weights before the update:
 they are copied (one extra copy of the weights in memory) only before updates that will be logged,
 so its cost is one weight copy and one pass over the weights every ``every_n_updates`` updates.
+
+In batchlab's loop the copy and the read run inside the train chunk's graph call (``update_probe``,
+``experiments.engine.step_measurements.UpdateProbe``): a logged update then costs no graph call of
+its own. In any other loop (Keras' ``fit``) the batch hooks make the same two calls.
 """
 
 import collections
@@ -27,6 +31,7 @@ import tensorflow as tf
 
 from callbacks.base import UpdateClock
 from experiments.common import checks
+from experiments.engine.step_measurements import UpdateProbe, request_in_graph
 
 
 def step_measurements(model):
@@ -110,6 +115,8 @@ class GradientNorm(UpdateClock):
         self._snapshot = None
         self._snapshot_for = None
         self._read = None
+        self._probe = None
+        self._probed = False  # this fit's loop measures through the probe
 
     def on_train_begin(self, logs=None):
         measurements = step_measurements(self.model)
@@ -127,33 +134,59 @@ class GradientNorm(UpdateClock):
         self._epoch_ends = self._every_update or self._can_request
         variables = self.model.trainable_variables
         self._groups = layer_groups(variables)
+        self._probed = False
         if self._read is not None:
+            self._probe.at_epoch_end = self._epoch_ends
             return
-        # One graph call per logged update reads everything (a call costs ~0.1 ms of dispatch;
-        # concrete functions skip the tracing-cache lookup of a tf.function).
-        if not self.update_ratio:
-            self._read = tf.function(
-                lambda: tf.cast(measurements.variable_gradient_norms, tf.float64)[None]
-            ).get_concrete_function()
-            return
-        snapshot = [tf.Variable(tf.zeros(v.shape, v.dtype), trainable=False) for v in variables]
+        # Graph code, run by one graph call per logged update here, or inside the train chunk by
+        # batchlab's loop (``update_probe``); concrete functions skip the tracing-cache lookup.
+        snapshot = None
+        if self.update_ratio:
+            snapshot = [tf.Variable(tf.zeros(v.shape, v.dtype), trainable=False)
+                        for v in variables]
 
-        @tf.function
         def take_snapshot():
             for copy, variable in zip(snapshot, self.model.trainable_variables):
                 copy.assign(variable)
 
-        @tf.function
         def read():
+            grads = tf.cast(measurements.variable_gradient_norms, tf.float64)
+            if snapshot is None:
+                return grads[None]
             deltas = norms64(v - s for v, s in zip(self.model.trainable_variables, snapshot))
-            return tf.stack([tf.cast(measurements.variable_gradient_norms, tf.float64),
-                             deltas, norms64(snapshot)])
+            return tf.stack([grads, deltas, norms64(snapshot)])
+
+        def before(update):
+            if self._cadence > 1:  # an epoch's last update, off the step's interval
+                tf.cond(tf.not_equal(update % self._cadence, 0),
+                        lambda: _done(request_in_graph(measurements, update)),
+                        lambda: tf.constant(False))
+            if snapshot is not None:
+                take_snapshot()
 
         self._snapshot = snapshot
-        self._take_snapshot = take_snapshot.get_concrete_function()
-        self._read = read.get_concrete_function()
+        if snapshot is not None:
+            self._take_snapshot = tf.function(take_snapshot).get_concrete_function()
+        self._read = tf.function(read).get_concrete_function()
+        self._probe = UpdateProbe(
+            self.every_n_updates, lambda update: read(),
+            shape=(1 if snapshot is None else 3, len(variables)), receive=self._receive,
+            before=before, at_epoch_end=self._epoch_ends)
+
+    def update_probe(self):
+        """The measurement as an ``UpdateProbe`` for batchlab's loop (the batch hooks then do
+        nothing in this ``fit``); None before training has begun."""
+        if self._probe is not None:
+            self._probed = True
+        return self._probe
+
+    def _receive(self, update, rows):
+        self._snapshot_for = update if self._snapshot is not None else None
+        self.log(update, rows)
 
     def on_train_batch_begin(self, batch, logs=None):
+        if self._probed:
+            return
         if not self.is_logged(batch, self.every_n_updates, self._epoch_ends):
             return
         update = self.update_after(batch)
@@ -164,6 +197,8 @@ class GradientNorm(UpdateClock):
             self._snapshot_for = update
 
     def on_train_batch_end(self, batch, logs=None):
+        if self._probed:
+            return
         if self.is_logged(batch, self.every_n_updates, self._epoch_ends):
             self.log(self.update_after(batch))
 
@@ -174,9 +209,10 @@ class GradientNorm(UpdateClock):
         if update and self.last_logged_step() != update:
             self.log(update)
 
-    def measure(self):
-        """Returns {tag: value} for the last update (ratios only when a snapshot was taken)."""
-        rows = self._read().numpy()
+    def measure(self, rows=None):
+        """Returns {tag: value} for the last update (ratios only when a snapshot was taken);
+        ``rows``: what the read returned, when it ran inside the train chunk."""
+        rows = self._read().numpy() if rows is None else rows
         grads = rows[0]
         values = {"gradients/global_norm": float(np.sqrt(np.sum(grads ** 2)))}
         if self.per_layer:
@@ -196,7 +232,11 @@ class GradientNorm(UpdateClock):
                             np.sqrt(np.sum(deltas[idx] ** 2)) / norm)
         return values
 
-    def log(self, update):
-        values = self.measure()
+    def log(self, update, rows=None):
+        values = self.measure(rows)
         self.values.append((update, values["gradients/global_norm"]))
         self.publish(update, values)
+
+
+def _done(*_):
+    return tf.constant(True)

@@ -12,7 +12,8 @@ the weights in memory) and logs, keyed by the update count:
   in ``callbacks.gradient_norm.layer_groups``: ``01_dense``, ...).
 
 It logs at each epoch end and, with ``every_n_updates``, also every that many updates: one pass
-over the weights each time, in a single graph call.
+over the weights each time, in a single graph call (in batchlab's loop, inside the train chunk's
+call: ``update_probe``).
 """
 
 import numpy as np
@@ -21,6 +22,7 @@ import tensorflow as tf
 from callbacks.base import UpdateClock
 from callbacks.gradient_norm import layer_groups, norms64
 from experiments.common import checks
+from experiments.engine.step_measurements import UpdateProbe
 
 
 class WeightDistance(UpdateClock):
@@ -36,10 +38,13 @@ class WeightDistance(UpdateClock):
         self.per_layer = bool(per_layer)
         self._initial = None
         self._last_update = None
+        self._probe = None
+        self._probed = False
 
     def on_train_begin(self, logs=None):
         variables = self.model.trainable_variables
         self._groups = layer_groups(variables)
+        self._probed = False
         if self._initial is not None:
             return
         self._initial = [tf.Variable(tf.convert_to_tensor(v), trainable=False) for v in variables]
@@ -48,15 +53,26 @@ class WeightDistance(UpdateClock):
                           for w0 in initial])
         self._initial_norm = float(np.sqrt(np.sum(sizes ** 2)))
 
-        @tf.function
         def distances():
             return norms64(v - w0 for v, w0 in zip(self.model.trainable_variables, initial))
 
         # One graph call per logged value (a concrete function skips the tracing-cache lookup).
-        self._distances = distances.get_concrete_function()
+        self._distances = tf.function(distances).get_concrete_function()
+        if self.every_n_updates is not None:
+            # Logged updates and the epoch's last (which ``on_epoch_end`` then finds logged).
+            self._probe = UpdateProbe(self.every_n_updates, lambda update: distances(),
+                                      shape=(len(variables),), receive=self.log)
 
-    def measure(self):
-        distances = self._distances().numpy()
+    def update_probe(self):
+        """The per-update measurement as an ``UpdateProbe`` for batchlab's loop (the batch hook
+        then does nothing in this ``fit``); None without ``every_n_updates``."""
+        if self._probe is not None:
+            self._probed = True
+        return self._probe
+
+    def measure(self, distances=None):
+        """``distances``: the per-variable distances, when read inside the train chunk."""
+        distances = self._distances().numpy() if distances is None else distances
         total = float(np.sqrt(np.sum(distances ** 2)))
         values = {"weights/distance_from_init": total}
         if self._initial_norm > 0:
@@ -67,13 +83,15 @@ class WeightDistance(UpdateClock):
                     np.sqrt(np.sum(distances[idx] ** 2)))
         return values
 
-    def log(self, update):
+    def log(self, update, distances=None):
         if update == self._last_update:
             return
         self._last_update = update
-        self.publish(update, self.measure())
+        self.publish(update, self.measure(distances))
 
     def on_train_batch_end(self, batch, logs=None):
+        if self._probed:
+            return
         if self.every_n_updates is not None and self.is_logged(batch, self.every_n_updates,
                                                                at_epoch_end=False):
             self.log(self.update_after(batch))

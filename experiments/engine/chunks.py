@@ -5,6 +5,10 @@ logs, and a callback acting before an update must run right before it.
 ``ChunkPlan`` reads the callbacks once: their ``every_n_updates`` (a call ends on each multiple)
 and whether they act in ``on_train_batch_begin`` (the update they log then runs alone). The
 results are those of one update per call (``tests/test_speed_loop.py``).
+
+A measurement callback that offers an ``update_probe()`` (``step_measurements.UpdateProbe``) is
+measured inside the call instead: its cadence ends no call, and the call is cut into segments
+(``segments``) so that each update it logs runs alone between its ``before`` and ``after``.
 """
 
 import keras
@@ -17,13 +21,62 @@ class ChunkPlan:
     begin hook then comes right before it, as with one update per call."""
 
     def __init__(self, callbacks, steps_per_execution):
+        self._callbacks = list(callbacks)
+        self._steps_per_execution = steps_per_execution
+        self._probes = None
+        self._plan(self._callbacks)
+
+    def _plan(self, callbacks):
         self.cadences = sorted({cadence(c) for c in callbacks if cadence(c)})
         before = [c for c in callbacks if acts_before_updates(c)]
         self.before = sorted({cadence(c) for c in before if cadence(c)})
         # A callback acting before every update (an LR range test) needs one update per call.
         every_update = any(cadence(c) is None for c in before)
-        self.size = 1 if every_update else steps_per_execution
+        self.size = 1 if every_update else self._steps_per_execution
         self.isolate_epoch_end = bool(before)
+
+    def probes(self, enabled=True):
+        """The callbacks' ``UpdateProbe``s (asked once, after ``on_train_begin``; taking a probe
+        tells its callback that the loop measures for it); the calls are then planned without
+        the probed callbacks. ``enabled`` False (or no probe offered): [] and the plan as is."""
+        if self._probes is None:
+            self._probes = []
+            probed = set()
+            if enabled:
+                for callback in self._callbacks:
+                    probe = getattr(callback, "update_probe", None)
+                    probe = probe() if callable(probe) else None
+                    if probe is not None:
+                        self._probes.append(probe)
+                        probed.add(id(callback))
+            if probed:
+                self._plan([c for c in self._callbacks if id(c) not in probed])
+        return self._probes
+
+    def segments(self, update, size, epoch_end):
+        """How a call of ``size`` updates after ``update`` runs with the probes: (lengths, masks,
+        logged). Each logged update is a segment of its own (length 1) with ``masks[s][p]`` True
+        for each probe ``p`` logging it; the updates between are segments without a mask.
+        ``logged``: (segment, probe, update) in update order. ``epoch_end``: the epoch's last
+        update (None: unknown)."""
+        lengths, masks, logged = [], [], []
+        plain = 0
+        for u in range(update + 1, update + size + 1):
+            mask = [probe.logs(u, u == epoch_end) for probe in self._probes]
+            if not any(mask):
+                plain += 1
+                continue
+            if plain:
+                lengths.append(plain)
+                masks.append([False] * len(mask))
+                plain = 0
+            logged.extend((len(lengths), p, u) for p, on in enumerate(mask) if on)
+            lengths.append(1)
+            masks.append(mask)
+        if plain or not lengths:
+            lengths.append(plain)
+            masks.append([False] * len(self._probes))
+        return lengths, masks, logged
 
     def chunks(self, first, steps, update):
         """Yields (first step, number of updates) of each call; ``update``: updates done before

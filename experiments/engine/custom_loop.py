@@ -107,27 +107,68 @@ class CustomLoop:
             cache[key] = run
         return cache[key]
 
-    def _train_function(self, iterator):
+    def _train_function(self, iterator, probes=()):
         """One ``tf.function`` per iterator spec running ``n`` updates (``n`` a tensor, so one
-        trace serves every chunk length); returns the metrics after the last."""
-        key = repr(iterator.element_spec)
+        trace serves every chunk length); returns the metrics after the last.
+
+        With ``probes`` (``step_measurements.UpdateProbe``), it runs segments instead
+        (``ChunkPlan.segments``: ``lengths``, ``masks``) and each probe's ``before`` / ``after``
+        around the updates it logs (one ``tf.cond`` per probe at each segment's ends, none per
+        update); returns (metrics, one [segments, *shape] tensor of rows per probe)."""
+        key = (repr(iterator.element_spec), tuple(id(p) for p in probes))
         if key not in self._train_functions:
             model, strategy = self.model, self.strategy
             step = model.train_step
             if self.jit_compile:
                 step = tf.function(model.train_step, jit_compile=True)
 
-            @tf.function
-            def run(iterator, n):
+            def updates(iterator, n):
                 for _ in tf.range(n):
                     strategy.run(step, args=(next(iterator),))
-                return model.get_metrics_result()
 
-            # The concrete function: a tf.function call first matches its arguments against its
-            # traces, which for an iterator costs ~0.8 ms per call here (as much as a small
-            # update).
-            self._train_functions[key] = run.get_concrete_function(
-                iterator, tf.TensorSpec((), tf.int64))
+            if not probes:
+                @tf.function
+                def run(iterator, n):
+                    updates(iterator, n)
+                    return model.get_metrics_result()
+
+                # The concrete function: a tf.function call first matches its arguments against
+                # its traces, which for an iterator costs ~0.8 ms per call here (as much as a
+                # small update).
+                self._train_functions[key] = run.get_concrete_function(
+                    iterator, tf.TensorSpec((), tf.int64))
+                return self._train_functions[key]
+
+            @tf.function
+            def run_probed(iterator, lengths, masks):
+                count = tf.shape(lengths)[0]
+                rows = [tf.TensorArray(tf.float64, size=count, element_shape=p.shape)
+                        for p in probes]
+
+                def segment(s, rows):
+                    mask = masks[s]
+                    update = tf.cast(model.optimizer.iterations, tf.int64) + 1
+                    for p, probe in enumerate(probes):
+                        if probe.before is not None:
+                            tf.cond(mask[p], lambda probe=probe: _done(probe.before(update)),
+                                    lambda: tf.constant(False))
+                    def one_update(i):
+                        strategy.run(step, args=(next(iterator),))
+                        return (i + 1,)
+
+                    tf.while_loop(lambda i: i < lengths[s], one_update,
+                                  [tf.constant(0, tf.int64)])
+                    rows = [r.write(s, tf.cond(mask[p], lambda probe=probe: probe.after(update),
+                                               probe.zeros))
+                            for p, (probe, r) in enumerate(zip(probes, rows))]
+                    return s + 1, rows
+
+                _, rows = tf.while_loop(lambda s, _: s < count, segment, [tf.constant(0), rows])
+                return model.get_metrics_result(), [r.stack() for r in rows]
+
+            self._train_functions[key] = run_probed.get_concrete_function(
+                iterator, tf.TensorSpec([None], tf.int64),
+                tf.TensorSpec([None, len(probes)], tf.bool))
         return self._train_functions[key]
 
     def _prepare(self, dataset):
@@ -179,7 +220,8 @@ class CustomLoop:
         (optional) restores a checkpoint: ``resume.restore_training_state()`` once the callbacks
         have started, ``resume.restore_epoch_state()`` once the interrupted epoch has started
         (which reset its metrics and, for stateful models, the states), so its logged means
-        cover the whole epoch and the streams continue.
+        cover the whole epoch and the streams continue. ``steps_per_epoch`` is a number, or a
+        function of the epoch (a batch-size schedule: epochs differ in their updates).
         """
         dataset = train_from(initial_epoch, initial_step, epochs - initial_epoch)
         iterator = iter(self._start(dataset))
@@ -203,10 +245,11 @@ class CustomLoop:
         resumed epoch, which it may not see when several updates run per call.
         """
         model = self.model
+        steps_in = steps_per_epoch if callable(steps_per_epoch) else lambda _: steps_per_epoch
         callback_list = keras.callbacks.CallbackList(
             list(callbacks), add_history=True, add_progbar=verbose != 0, model=model,
-            verbose=verbose, epochs=epochs, steps=steps_per_epoch, initial_epoch=initial_epoch,
-            initial_step=initial_step)
+            verbose=verbose, epochs=epochs, steps=steps_in(initial_epoch),
+            initial_epoch=initial_epoch, initial_step=initial_step)
         history = next(c for c in callback_list.callbacks
                        if isinstance(c, keras.callbacks.History))
         plan = chunks.ChunkPlan(callback_list.callbacks, self.steps_per_execution)
@@ -217,11 +260,13 @@ class CustomLoop:
         logs = {}
         for epoch in range(initial_epoch, epochs):
             self._reset_metrics()
+            if callable(steps_per_epoch):  # the callbacks' ``steps`` is this epoch's
+                callback_list.set_params({**callback_list.params, "steps": steps_in(epoch)})
             callback_list.on_epoch_begin(epoch)  # may reset stateful layers' states
             if resume is not None and epoch == initial_epoch:
                 resume.restore_epoch_state()
             first, iterator = epoch_iterator(epoch)
-            steps = None if until_end else steps_per_epoch
+            steps = None if until_end else steps_in(epoch)
             logs = self._run_epoch(iterator, first, steps, plan, callback_list) or logs
             logs = self._end_epoch(epoch, logs, validation_data, callback_list)
             if model.stop_training:
@@ -240,15 +285,31 @@ class CustomLoop:
         self._test_functions["reset"]()
 
     def _run_epoch(self, iterator, first, steps, plan, callback_list):
-        """Runs the epoch's updates from step ``first`` in chunks; returns the last logs."""
+        """Runs the epoch's updates from step ``first`` in chunks; returns the last logs.
+
+        Measurement callbacks that offer an ``UpdateProbe`` (one replica only) are measured
+        inside the chunks: their rows are handed over (``receive``) before the chunk's
+        ``on_train_batch_end``."""
         if steps is None:
             return self._run_to_end(iterator, callback_list)
-        train = self._train_function(iterator)
+        probes = plan.probes(self.strategy is tf.distribute.get_strategy())
+        train = self._train_function(iterator, probes)
         update = int(self.model.optimizer.iterations.numpy())
+        epoch_end = update + steps - first
         logs = None
         for begin, size in plan.chunks(first, steps, update):
             callback_list.on_train_batch_begin(begin)
-            logs = train(iterator, tf.constant(size, tf.int64))
+            if probes:
+                lengths, masks, logged = plan.segments(update + begin - first, size, epoch_end)
+                logs, rows = train(iterator, tf.constant(lengths, tf.int64),
+                                   tf.constant(masks, tf.bool))
+                values = {}
+                for s, p, u in logged:
+                    if p not in values:
+                        values[p] = rows[p].numpy()
+                    probes[p].receive(u, values[p][s])
+            else:
+                logs = train(iterator, tf.constant(size, tf.int64))
             callback_list.on_train_batch_end(begin + size - 1, logs)
             if self.model.stop_training:
                 break
@@ -416,6 +477,11 @@ def _as_dataset(x, y, sample_weight, batch_size):
     if sample_weight is not None:
         parts += (sample_weight,)
     return tf.data.Dataset.from_tensor_slices(parts).batch(batch_size or 32)
+
+
+def _done(*_):
+    """A scalar to return from a ``tf.cond`` branch or loop body run for its effects."""
+    return tf.constant(True)
 
 
 def _to_floats(logs):

@@ -62,10 +62,11 @@ class StepMeasurements:
         self.noise_decay.assign(float(decay))
         self.noise_sample_every.assign(int(sample_every))
 
-    def noise_scale_values(self):
+    def noise_scale_values(self, state=None):
         """The bias-corrected averages as {'gradient_sq_norm', 'trace_sigma', 'count',
-        'sampled'}; the first two are None until an update with k >= 2 has fed them."""
-        return noise_scale.read_state(self.noise_scale.numpy())
+        'sampled'}; the first two are None until an update with k >= 2 has fed them. ``state``:
+        the value of ``noise_scale`` read earlier (inside a train chunk), else read now."""
+        return noise_scale.read_state(self.noise_scale.numpy() if state is None else state)
 
 
 def record_gradient_norms(measurements, grads, replica, distributed):
@@ -111,3 +112,42 @@ def record(measurements, step, grads, data_grads, micro_sq, num_micro, num_rows)
         due = tf.logical_or(tf.equal(step.coming_update % every, 0),
                             tf.equal(step.coming_update, measurements.requested_update))
         tf.cond(due, norms, lambda: tf.constant(False))
+
+
+class UpdateProbe:
+    """What a measurement callback reads around the updates it logs, run inside the train
+    chunk's graph call by batchlab's loop (``CustomLoop``), so that a logged update costs no graph
+    call of its own and no chunk has to end on it.
+
+    A callback offers one from ``update_probe()`` (called once training has begun; it returns
+    None when it cannot be probed). The loop runs, for each logged update ``u``, ``before(u)``
+    right before the update (graph code; optional: e.g. a copy of the weights) and ``after(u)``
+    right after it (graph code returning a float64 tensor of shape ``shape``), and hands each
+    row to ``receive(u, row)`` (host, a NumPy array) once the call has returned, in update order.
+    ``u`` is the update's 1-based count (an int64 tensor in the graph). Logged updates: every
+    multiple of ``every_n_updates`` and, with ``at_epoch_end``, an epoch's last update.
+
+    Under Keras' ``fit`` (or any loop that does not take the probe) the callback's own hooks
+    measure as before; a probe only moves where the same graph code runs.
+    """
+
+    def __init__(self, every_n_updates, after, shape, receive, before=None, at_epoch_end=True):
+        self.every_n_updates = every_n_updates
+        self.after = after
+        self.shape = tuple(shape)
+        self.receive = receive
+        self.before = before
+        self.at_epoch_end = bool(at_epoch_end)
+
+    def logs(self, update, epoch_end):
+        """Whether update ``update`` (1-based) is logged; ``epoch_end``: it ends its epoch."""
+        return update % self.every_n_updates == 0 or (self.at_epoch_end and epoch_end)
+
+    def zeros(self):
+        return tf.zeros(self.shape, tf.float64)
+
+
+def request_in_graph(measurements, update):
+    """``VirtualBatchModel.request_measurement`` as graph code (``update`` a tensor): the step
+    fills the gradient norms on ``update`` too."""
+    measurements.requested_update.assign(tf.cast(update, tf.int64))
