@@ -6,8 +6,8 @@
     callbacks/ (top-level package) Keras callbacks, one job each       public names of engine/
     engine/    VirtualBatchModel, accumulation, loss terms, step       common/ only
                measurements, noise scale, states, distribution
-    inputs/    BatchLayout, sources (arrays, files, synthetic,         common/ only
-               streams), tf.data pipelines
+    inputs/    BatchLayout, batch-size schedules, sources (arrays,     common/ only
+               files, synthetic, streams), tf.data pipelines
     models/    builders, LR schedules, metrics                         common/ only
     analysis/  tables over finished runs                               common/ only
     common/    checks, paths, memory                                   nothing

@@ -78,11 +78,3 @@ def test_stream_layout_takes_s_t_k_from_the_stream():
 def test_stream_errors_name_their_bindings(kwargs, message):
     with pytest.raises(ValueError, match=message):
         layout_lib.build(_stream(), **kwargs)
-
-
-def test_a_growing_batch_keeps_b_and_follows_with_k():
-    layout = layout_lib.build(_rows(), batch_size=16, micro_batch_size=8)
-    grown = layout.with_batch_size(64)
-    assert (grown.batch_size, grown.micro_batch_size, grown.num_micro_batches) == (64, 8, 8)
-    with pytest.raises(ValueError, match="not a whole number of micro-batches of 8"):
-        layout.with_batch_size(60)

@@ -17,6 +17,8 @@ JUDGED_ON = {  # the result.json entries each claim's table row is read from
                             "final_validation.accuracy"],
     "hoffer_train_longer": ["final_validation.accuracy", "measurements.weights/distance_from_init"],
     "lr_range_scaling": ["lr_range_test.stopped_because", "lr_range_test.learning_rates"],
+    "smith_increase_batch": ["final_validation.accuracy", "final_validation.loss",
+                             "final_epoch.loss"],
 }
 
 

@@ -179,13 +179,18 @@ def fit(model, pipelines, epochs, callbacks, strategy, verbose=1, loop="auto", i
         verbose = 0
     if _use_custom_loop(strategy, loop):
         runner = custom_loop.CustomLoop(model, strategy, steps_per_execution, jit_compile)
+        steps = pipelines.steps_per_epoch if pipelines.updates_in is None \
+            else pipelines.updates_in  # a batch-size schedule: a function of the epoch
         history = runner.fit_from(
-            pipelines.train_from, pipelines.steps_per_epoch, epochs,
+            pipelines.train_from, steps, epochs,
             validation_data=pipelines.validation, callbacks=callbacks, verbose=verbose,
             initial_epoch=initial_epoch, initial_step=initial_step, resume=resume)
         return history.history
     if initial_step or resume is not None:
         raise ValueError("fit.loop = 'keras' cannot resume a run; use fit.loop = 'auto'.")
+    if pipelines.updates_in is not None:
+        raise ValueError("fit.loop = 'keras' cannot train with train.batch_size_schedule (Keras' "
+                         "fit runs the same number of updates every epoch); use 'auto'.")
     history = model.fit(
         pipelines.train_from(initial_epoch, 0, epochs - initial_epoch),
         steps_per_epoch=pipelines.steps_per_epoch, initial_epoch=initial_epoch, epochs=epochs,

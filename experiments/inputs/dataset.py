@@ -64,12 +64,19 @@ class Pipelines:
     The training order is a pure function of (seed, epoch): ``train_from(epoch, step,
     num_epochs)`` gives the batches from update ``step`` of ``epoch`` on, for ``num_epochs``
     epochs, the same whether a run starts there or resumes there after a kill.
+    ``steps_per_epoch`` is the first epoch's number of updates, ``steps_in(epoch)`` any epoch's
+    (they differ under a batch-size schedule: ``updates_in``).
     """
 
     train_from: Callable[[int, int, int], tf.data.Dataset]
     validation: Optional[tf.data.Dataset]
     steps_per_epoch: int
     validation_steps: Optional[int]
+    updates_in: Optional[Callable[[int], int]] = None
+
+    def steps_in(self, epoch):
+        """Updates in ``epoch``."""
+        return self.steps_per_epoch if self.updates_in is None else self.updates_in(epoch)
 
     @functools.cached_property
     def train(self):

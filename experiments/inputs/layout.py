@@ -14,14 +14,16 @@ One name per quantity, everywhere (code, gin, logs, ``result.json``, docs):
 
 ``build`` checks every rule once, before a run directory exists, and each error names its binding.
 The train step derives k from the rows of the batch it receives (k = ceil(rows / b)), so a layout
-whose B grows during training (``with_batch_size``; batch-size schedules) needs no other change
-to the step: each update stays exact for its own B.
+whose B grows during training (``train.batch_size_schedule``, ``batch_schedule``) needs no other
+change to the step: each update stays exact for its own B. Such a layout's ``batch_size`` and
+``num_micro_batches`` are those of the first stage; ``update_sizes`` gives every update's size.
 """
 
 import dataclasses
 from typing import Optional
 
 from experiments.common import checks
+from experiments.inputs.batch_schedule import BatchSizeSchedule, UpdateSizes
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,6 +38,9 @@ class BatchLayout:
     examples_per_epoch: Optional[int] = None
     window_length: Optional[int] = None
     num_streams: Optional[int] = None
+    batch_size_schedule: Optional[BatchSizeSchedule] = None
+    update_sizes: Optional[UpdateSizes] = dataclasses.field(default=None, compare=False,
+                                                            repr=False)
 
     @property
     def time_windows(self):
@@ -48,22 +53,48 @@ class BatchLayout:
         by rows (streams are always cut into windows)."""
         if self.time_windows:
             return self.window_length
+        if self.batch_size_schedule is not None:  # later stages have k > 1: b from the start
+            return self.micro_batch_size
         return self.micro_batch_size if self.num_micro_batches > 1 else None
 
-    def with_batch_size(self, batch_size):
-        """The same layout with another B (a multiple of b): k follows, b stays (memory too)."""
-        batch_size = checks.positive_int(batch_size, "batch_size")
-        micro = self.micro_batch_size or self.batch_size
-        if self.time_windows or batch_size % micro:
-            raise ValueError(f"batch_size={batch_size} is not a whole number of micro-batches of "
-                             f"{micro} rows.")
-        return dataclasses.replace(self, batch_size=batch_size,
-                                   num_micro_batches=batch_size // micro,
-                                   micro_batch_size=self.micro_batch_size or micro)
+    @property
+    def largest_num_micro_batches(self):
+        """The largest k of any update (that of the last stage when a schedule grows B)."""
+        if self.update_sizes is None:
+            return self.num_micro_batches
+        unit = 1 if self.time_windows else self.micro_batch_size
+        return max(size // unit for size in self.update_sizes.size_of_stage)
+
+    def updates_in(self, epoch):
+        """Updates (training batches) in ``epoch``: the same every epoch unless scheduled."""
+        if self.update_sizes is None:
+            return self.updates_per_epoch
+        return self.update_sizes.updates_in(epoch)
+
+    def stages(self, epochs):
+        """Each stage of a batch-size schedule over ``epochs`` epochs: where it starts (epoch,
+        update) and its B and k; one stage without a schedule."""
+        if self.update_sizes is None:
+            return [{"stage": 0, "epoch": 0, "update": 0, "batch_size": self.batch_size,
+                     "num_micro_batches": self.num_micro_batches}]
+        sizes = self.update_sizes.size_of_stage
+        stages = []
+        for start in self.update_sizes.stages(epochs):
+            size = sizes[start["stage"]]
+            if self.time_windows:  # a stage's size is its windows per update
+                start.update(batch_size=self.batch_size, num_micro_batches=size)
+            else:
+                start.update(batch_size=size, num_micro_batches=size // self.micro_batch_size)
+            stages.append(start)
+        return stages
 
     def as_dict(self):
-        """The layout as ``result.json`` records it."""
-        return dataclasses.asdict(self)
+        """The layout as ``result.json`` records it (the schedule as its bindings)."""
+        fields = {field.name: getattr(self, field.name) for field in dataclasses.fields(self)
+                  if field.name != "update_sizes"}
+        if self.batch_size_schedule is not None:
+            fields["batch_size_schedule"] = dataclasses.asdict(self.batch_size_schedule)
+        return fields
 
 
 def check_virtual_batch(batch_size, micro_batch_size, num_examples=None):
@@ -92,10 +123,17 @@ def _check_data_size(batch_size, num_examples):
             f"train.batch_size={batch_size} is larger than the {num_examples} training examples.")
 
 
-def build(data, batch_size, micro_batch_size=None, eval_batch_size=None):
-    """The ``BatchLayout`` of ``data`` (a ``dataset.Data``) for these bindings, fully checked."""
+def build(data, batch_size, micro_batch_size=None, eval_batch_size=None, schedule=None):
+    """The ``BatchLayout`` of ``data`` (a ``dataset.Data``) for these bindings, fully checked;
+    ``schedule``: a ``batch_schedule.BatchSizeSchedule`` (``train.batch_size_schedule``)."""
     if data.stream is not None:
-        return _stream_layout(data, batch_size, micro_batch_size, eval_batch_size)
+        layout = _stream_layout(data, batch_size, micro_batch_size, eval_batch_size)
+        return layout if schedule is None else _scheduled_streams(layout, data, schedule)
+    layout = _array_layout(data, batch_size, micro_batch_size, eval_batch_size)
+    return layout if schedule is None else _scheduled_arrays(layout, data, schedule)
+
+
+def _array_layout(data, batch_size, micro_batch_size, eval_batch_size):
     batch_size, micro, k = check_virtual_batch(batch_size, micro_batch_size, data.num_train)
     if data.num_train < batch_size:
         raise ValueError(
@@ -134,3 +172,52 @@ def _stream_layout(data, batch_size, micro_batch_size, eval_batch_size):
                        num_micro_batches=lay.num_micro_batches, eval_batch_size=lay.num_streams,
                        updates_per_epoch=stream.steps_per_epoch, examples_per_epoch=None,
                        window_length=lay.window_length, num_streams=lay.num_streams)
+
+
+def _check_schedule(schedule):
+    if not isinstance(schedule, BatchSizeSchedule):
+        raise ValueError(f"train.batch_size_schedule must be @batch_size_schedule(), got "
+                         f"{schedule!r}.")
+
+
+def _scheduled_arrays(layout, data, schedule):
+    """Array data: each stage's B must be whole micro-batches of b and fit in the data."""
+    _check_schedule(schedule)
+    micro = layout.micro_batch_size or layout.batch_size
+    sizes = schedule.stage_sizes(layout.batch_size)
+    for stage, size in enumerate(sizes[1:], 1):
+        where = (f"batch_size_schedule: stage {stage} (from {schedule.unit[:-1]} "
+                 f"{schedule.boundaries[stage - 1]}) has B={size}")
+        if size % micro:
+            raise ValueError(f"{where}, not a multiple of the micro-batch b={micro} "
+                             "(train.micro_batch_size, or train.batch_size when unset): a "
+                             "schedule changes k, the micro-batches of an update, not b.")
+        if size > data.num_train:
+            raise ValueError(f"{where}, larger than the {data.num_train} training examples of "
+                             f"'{data.name}'.")
+    return dataclasses.replace(
+        layout, micro_batch_size=micro, batch_size_schedule=schedule,
+        update_sizes=UpdateSizes(schedule, sizes, data.num_train, ragged=True))
+
+
+def _scheduled_streams(layout, data, schedule):
+    """Stream data: the S streams stay; a stage multiplies k, the T-step windows of an update."""
+    _check_schedule(schedule)
+    if schedule.batch_sizes is not None:
+        raise ValueError(
+            "batch_size_schedule.batch_sizes cannot grow a stream batch: its rows are the "
+            f"{layout.num_streams} streams of the stateful model. Use batch_size_schedule.factor "
+            "(k, the windows of one update, is multiplied).")
+    lay = data.stream.layout
+    windows = (len(data.stream.train_inputs) - lay.offset_range) // lay.num_streams \
+        // lay.window_length
+    sizes = schedule.stage_sizes(layout.num_micro_batches)
+    for stage, size in enumerate(sizes[1:], 1):
+        if size > windows:
+            raise ValueError(
+                f"batch_size_schedule: stage {stage} (from {schedule.unit[:-1]} "
+                f"{schedule.boundaries[stage - 1]}) has k={size} windows of "
+                f"{lay.window_length} steps per update, more than the {windows} windows each "
+                f"of the {lay.num_streams} streams holds in '{data.name}'.")
+    return dataclasses.replace(layout, batch_size_schedule=schedule,
+                               update_sizes=UpdateSizes(schedule, sizes, windows, ragged=False))

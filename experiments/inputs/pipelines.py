@@ -3,7 +3,9 @@
 Array data is shuffled with the run's seed, a new order every epoch: the order of epoch e is a pure
 function of (seed, e) (``epoch_order``), so a run that resumes at update s of epoch e reads exactly
 the batches an uninterrupted run reads there. The last batch may be ragged (the train step handles
-it exactly). Stream data lays out its own batches (``streams.StreamData.pipelines``).
+it exactly). Under a batch-size schedule each epoch's order is cut into the sizes the layout's
+``update_sizes`` gives for that epoch. Stream data lays out its own batches
+(``streams.StreamData.pipelines``).
 """
 
 import tensorflow as tf
@@ -15,11 +17,14 @@ from experiments.inputs.dataset import Pipelines
 def make(data, layout, seed=0, shuffle=True):
     """Training pipeline of B-row batches and evaluation pipeline of ``eval_batch_size`` rows."""
     if data.stream is not None:
-        return data.stream.pipelines(seed)
+        return data.stream.pipelines(seed, layout.update_sizes)
     tensors = [tf.convert_to_tensor(t) for t in (data.x_train, data.y_train,
                                                  data.sample_weight_train) if t is not None]
 
     def train_from(first_epoch, first_step, num_epochs):
+        if layout.update_sizes is not None:
+            return scheduled_batches(tensors, layout.update_sizes, seed, shuffle, first_epoch,
+                                     first_step, num_epochs)
         return epoch_batches(tensors, layout.batch_size, seed, shuffle, first_epoch, first_step,
                              num_epochs)
 
@@ -28,7 +33,9 @@ def make(data, layout, seed=0, shuffle=True):
         validation = tf.data.Dataset.from_tensor_slices((data.x_validation, data.y_validation))
         validation = validation.batch(layout.eval_batch_size).prefetch(tf.data.AUTOTUNE)
         validation_steps = -(-data.num_validation // layout.eval_batch_size)
-    return Pipelines(train_from, validation, layout.updates_per_epoch, validation_steps)
+    scheduled = layout.update_sizes is not None
+    return Pipelines(train_from, validation, layout.updates_per_epoch, validation_steps,
+                     updates_in=layout.updates_in if scheduled else None)
 
 
 def epoch_order(num_examples, seed, epoch, shuffle=True):
@@ -52,8 +59,36 @@ def epoch_batches(tensors, batch_size, seed, shuffle, first_epoch, first_step, n
 
     epochs = tf.data.Dataset.range(first_epoch, first_epoch + num_epochs)
     batches = epochs.flat_map(one_epoch).skip(first_step)
-    batches = batches.map(lambda rows: tuple(tf.gather(t, rows) for t in tensors),
-                          num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return _gathered(tensors, batches)
+
+
+def scheduled_batches(tensors, update_sizes, seed, shuffle, first_epoch, first_step, num_epochs):
+    """``epoch_batches`` under a batch-size schedule: epoch e's order cut into the sizes of its
+    updates (``batch_schedule.UpdateSizes``), looked up in a table built here for the epochs
+    read (a pure function of the epoch, so resuming reads the same batches)."""
+    num_examples = int(tensors[0].shape[0])
+    epochs = range(first_epoch, first_epoch + num_epochs)
+    per_epoch = [update_sizes.epoch(epoch)[1] for epoch in epochs]
+    width = max(len(sizes) for sizes in per_epoch)
+    sizes = tf.constant([list(s) + [0] * (width - len(s)) for s in per_epoch], tf.int64)
+    counts = tf.constant([len(s) for s in per_epoch], tf.int64)
+    starts = tf.math.cumsum(sizes, axis=1, exclusive=True)
+
+    def one_epoch(index):
+        order = epoch_order(num_examples, seed, first_epoch + index, shuffle)
+        count = counts[index]
+        pieces = tf.data.Dataset.from_tensor_slices((starts[index, :count],
+                                                     sizes[index, :count]))
+        return pieces.map(lambda start, size: order[start:start + size])
+
+    batches = tf.data.Dataset.range(num_epochs).flat_map(one_epoch).skip(first_step)
+    return _gathered(tensors, batches)
+
+
+def _gathered(tensors, index_batches):
+    """The rows of each batch of indices, gathered in parallel, in order."""
+    batches = index_batches.map(lambda rows: tuple(tf.gather(t, rows) for t in tensors),
+                                num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return batches.prefetch(tf.data.AUTOTUNE)
 
 

@@ -150,8 +150,9 @@ class StreamData:
     def steps_per_epoch(self):
         return self.layout.stream_length(len(self.train_inputs)) // self.layout.update_length
 
-    def pipelines(self, seed=0):
-        """Pipelines of (S, k*T) training batches and (S, T) evaluation batches."""
+    def pipelines(self, seed=0, update_sizes=None):
+        """Pipelines of (S, k*T) training batches and (S, T) evaluation batches; with
+        ``update_sizes`` (a batch-size schedule), k of each update from there."""
         lay = self.layout
         length = lay.stream_length(len(self.train_inputs))
         steps = length // lay.update_length
@@ -163,6 +164,9 @@ class StreamData:
                                   epoch_offset(seed, epoch, lay.offset_range))
 
         def train_from(first_epoch, first_step, num_epochs):
+            if update_sizes is not None:
+                return scheduled_stream_batches(x, y, lay, update_sizes, seed, first_epoch,
+                                                first_step, num_epochs)
             epochs = tf.data.Dataset.range(first_epoch, first_epoch + num_epochs)
             return epochs.flat_map(one_epoch).skip(first_step).prefetch(tf.data.AUTOTUNE)
 
@@ -175,7 +179,44 @@ class StreamData:
                 tf.convert_to_tensor(self.validation_targets),
                 lay.num_streams, v_length, lay.window_length, 0).prefetch(tf.data.AUTOTUNE)
             validation_steps = v_length // lay.window_length
+        if update_sizes is not None:
+            return Pipelines(train_from, validation, update_sizes.updates_in(0),
+                             validation_steps, updates_in=update_sizes.updates_in)
         return Pipelines(train_from, validation, steps, validation_steps)
+
+
+def scheduled_stream_batches(x, y, lay, update_sizes, seed, first_epoch, first_step, num_epochs):
+    """Stream batches under a batch-size schedule: epoch e's streams (each as long as the
+    windows of its updates) cut into (S, k_u*T) batches, k_u from ``update_sizes`` (the S
+    streams and T stay; the windows left over at an epoch's end are dropped, as without one)."""
+    per_epoch = [update_sizes.epoch(epoch)[1] for epoch in
+                 range(first_epoch, first_epoch + num_epochs)]
+    width = max(len(sizes) for sizes in per_epoch)
+    steps = tf.constant([[k * lay.window_length for k in sizes] + [0] * (width - len(sizes))
+                         for sizes in per_epoch], tf.int32)
+    counts = tf.constant([len(sizes) for sizes in per_epoch], tf.int32)
+    lengths = tf.reduce_sum(steps, axis=1)  # L_e: steps per stream in epoch e
+    starts = tf.math.cumsum(steps, axis=1, exclusive=True)
+
+    def one_epoch(index):
+        index = tf.cast(index, tf.int32)  # the tables are int32, as offsets and shapes are
+        offset = epoch_offset(seed, first_epoch + index, lay.offset_range)
+        length = lengths[index]
+
+        def streams(series):  # (S, L_e, ...): stream i is series[offset + i*L_e :][:L_e]
+            block = series[offset:offset + lay.num_streams * length]
+            return tf.reshape(block, tf.concat([[lay.num_streams, length],
+                                                tf.shape(series)[1:]], 0))
+
+        xs, ys = streams(x), streams(y)
+        count = counts[index]
+        pieces = tf.data.Dataset.from_tensor_slices((starts[index, :count],
+                                                     steps[index, :count]))
+        return pieces.map(lambda start, size: (xs[:, start:start + size],
+                                               ys[:, start:start + size]))
+
+    batches = tf.data.Dataset.range(num_epochs).flat_map(one_epoch).skip(first_step)
+    return batches.prefetch(tf.data.AUTOTUNE)
 
 
 def epoch_offset(seed, epoch, offset_range):

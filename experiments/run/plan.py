@@ -42,7 +42,7 @@ def build(settings):
     data_settings = settings.data
     data = data_settings.data_fn()
     layout = layout_lib.build(data, data_settings.batch_size, data_settings.micro_batch_size,
-                              data_settings.eval_batch_size)
+                              data_settings.eval_batch_size, data_settings.batch_size_schedule)
     pipelines = pipelines_lib.make(data, layout, seed=settings.seed,
                                    shuffle=data_settings.shuffle)
     measured = settings.measurements

@@ -21,6 +21,7 @@ import tensorflow as tf
 from absl import logging
 
 from callbacks import summary_writer
+from callbacks.batch_size_log import BatchSizeLog
 from callbacks.checkpointing import TrainingInterrupted
 from callbacks.lr_range_test import LearningRateRangeTest
 from callbacks.nan_guard import FailOnNonFiniteLoss
@@ -50,7 +51,7 @@ def train(model_fn=gin.REQUIRED, data_fn=gin.REQUIRED, optimizer=gin.REQUIRED, l
           metrics=("accuracy",), seed=0, deterministic_ops=False, dtype_policy="float32",
           strategy=None, shuffle=True, extra_callbacks=(), verbose=1, output_dir="runs",
           experiment="experiment", run_name=None, config_text="", resumable=False,
-          mode="train"):
+          mode="train", batch_size_schedule=None):
     """Runs one experiment and returns its result dict (also written to ``result.json``).
 
     Args:
@@ -61,6 +62,8 @@ def train(model_fn=gin.REQUIRED, data_fn=gin.REQUIRED, optimizer=gin.REQUIRED, l
       loss: a Keras loss (e.g. ``@keras.losses.SparseCategoricalCrossentropy()``).
       batch_size: the batch of one update (the virtual batch B when micro-batching).
       micro_batch_size: rows per micro-batch b (B must be a multiple); None trains on B at once.
+      batch_size_schedule: ``@batch_size_schedule()``: the virtual batch grows during training
+        (k multiplied at given epochs or updates, b unchanged; ``inputs.batch_schedule``).
       eval_batch_size: batch size for validation and evaluation (defaults to ``batch_size``).
       dtype_policy: 'float32', 'mixed_bfloat16' or 'float64'.
       strategy: a distribution strategy factory from ``engine.distribute`` or None.
@@ -74,9 +77,13 @@ def train(model_fn=gin.REQUIRED, data_fn=gin.REQUIRED, optimizer=gin.REQUIRED, l
     """
     check_training(epochs, seed, dtype_policy, verbose)
     checks.one_of(mode, MODES, "train.mode")
+    if batch_size_schedule is not None and mode == "lr_range_test":
+        raise ValueError("train.batch_size_schedule cannot be used with train.mode = "
+                         "'lr_range_test': a range test measures one batch size.")
     settings = RunSettings(
         model=ModelSettings(model_fn, optimizer, loss, tuple(metrics), dtype_policy),
-        data=DataSettings(data_fn, batch_size, micro_batch_size, eval_batch_size, bool(shuffle)),
+        data=DataSettings(data_fn, batch_size, micro_batch_size, eval_batch_size, bool(shuffle),
+                          batch_size_schedule),
         epochs=epochs, seed=seed, deterministic_ops=bool(deterministic_ops), strategy=strategy,
         measurements=measurements_lib.measurement_settings(),
         checkpoints=checkpoint_settings(), extra_callbacks=tuple(extra_callbacks),
@@ -200,6 +207,8 @@ def make_callbacks(plan, path, log_dir, state_callbacks, checkpoint_callbacks=()
     measured = measurements_lib.build(settings.measurements.enabled, plan.measurement_context,
                                       log_dir=log_dir, run_dir=path)
     callbacks += measured
+    if plan.layout.batch_size_schedule is not None:  # B in TensorBoard, stage by stage
+        callbacks.append(BatchSizeLog(plan.layout.stages(settings.epochs), log_dir))
     if settings.checkpoints.every_epoch:
         callbacks.append(keras.callbacks.ModelCheckpoint(
             os.path.join(path, "checkpoints", "epoch-{epoch:03d}.weights.h5"),
@@ -253,8 +262,14 @@ def _result(plan, model, history, final, train_time, measured):
     layout, epochs = plan.layout, plan.settings.epochs
     updates = int(model.optimizer.iterations.numpy())
     num_train = layout.examples_per_epoch or layout.updates_per_epoch * layout.batch_size
+    scheduled = {}
+    if layout.batch_size_schedule is not None:  # where B grew, and the B it ended with
+        stages = layout.stages(epochs)
+        scheduled = {"batch_size_stages": stages, "final_batch_size": stages[-1]["batch_size"],
+                     "final_num_micro_batches": stages[-1]["num_micro_batches"]}
     return {
         **layout.as_dict(),
+        **scheduled,
         "epochs": epochs,
         "updates": updates,
         "train_time_s": train_time,

@@ -36,6 +36,7 @@ class DataSettings:
     micro_batch_size: Any
     eval_batch_size: Any
     shuffle: bool
+    batch_size_schedule: Any = None  # inputs.batch_schedule.BatchSizeSchedule
 
 
 @dataclasses.dataclass(frozen=True)
