@@ -34,6 +34,14 @@ flags.DEFINE_integer("intra_op_threads", 0, "Internal: TensorFlow CPU threads (0
 FLAGS = flags.FLAGS
 
 
+def _launches_workers():
+    """True when this process launches a sweep or study with --jobs=N > 1: it then starts its
+    N - 1 workers before importing TensorFlow and trains runs itself on the N-th slot, with its
+    share of the CPU threads."""
+    internal = FLAGS.worker or FLAGS.run_dir or FLAGS.report or FLAGS.resume
+    return FLAGS.jobs > 1 and not internal
+
+
 def _limit_threads(threads):
     if threads > 0:
         import tensorflow as tf
@@ -79,8 +87,14 @@ def _message(error):
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    _limit_threads(FLAGS.intra_op_threads)
+    threads = FLAGS.intra_op_threads
+    if _launches_workers():
+        from experiments.launch import spares  # imports no TensorFlow
+        spares.start(FLAGS.jobs, FLAGS.gin_file, FLAGS.gin_bindings)
+        threads = threads or spares.threads_per_job(FLAGS.jobs)
+    _limit_threads(threads)
     from experiments import launch  # after flags: importing TensorFlow is slow
+    from experiments.launch import spares
     from callbacks.checkpointing import TrainingInterrupted
 
     try:
@@ -95,6 +109,8 @@ def main(argv):
         sys.exit("batchlab: stopped; relaunch with the same --run_name to run what is left.")
     except (ValueError, FileNotFoundError, KeyError) as error:
         sys.exit(f"batchlab: error: {_message(error)}")
+    finally:
+        spares.release()  # workers started for --jobs that no sweep or study took
 
 
 if __name__ == "__main__":

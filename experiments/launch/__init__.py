@@ -13,11 +13,26 @@
   TensorBoard images.
 - ``resume``: ``--resume=RUN_DIR``.
 - ``launcher``: ``launch(gin_files, gin_bindings, output_dir)``: one run, a sweep or a study.
+- ``spares``: the worker command and its environment, and workers ``main.py`` starts before it
+  imports TensorFlow (importing it imports no TensorFlow, so this package's own names below are
+  loaded on first use).
 
 Layers (each imports only layers below it; ``tests/test_architecture.py`` walks the imports):
 ``launch`` > ``run`` > ``callbacks`` > ``engine``, ``inputs``, ``models``, ``analysis`` >
 ``common``.
 """
 
-from experiments.launch.gin_config import ConfigError, parse  # noqa: F401
-from experiments.launch.launcher import QUICKSTART, experiment_name, launch  # noqa: F401
+import importlib
+
+_NAMES = {"ConfigError": "gin_config", "parse": "gin_config", "QUICKSTART": "launcher",
+          "experiment_name": "launcher", "launch": "launcher"}
+
+
+def __getattr__(name):
+    """``ConfigError``, ``parse``, ``QUICKSTART``, ``experiment_name``, ``launch``, imported on
+    first use (they import TensorFlow; ``experiments.launch.spares`` must not)."""
+    if name not in _NAMES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{_NAMES[name]}"), name)
+    globals()[name] = value
+    return value

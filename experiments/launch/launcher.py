@@ -14,7 +14,7 @@ import gin
 from experiments.analysis import lr_range, tables
 from experiments.launch import executor, worker
 from experiments.launch import grid as grid_lib
-from experiments.launch import points
+from experiments.launch import points, spares
 from experiments.launch import study as study_lib
 from experiments.launch import study_launch
 from experiments.launch import sweep as sweep_lib
@@ -56,6 +56,7 @@ def launch(gin_files=(), gin_bindings=(), output_dir="runs", print_fn=print, job
     if shard not in (None, "", "0/1"):
         raise ConfigError(f"--shard={shard} applies to studies; these gin files declare none.")
     if not variants:
+        spares.release()  # workers main.py started for --jobs: a single run needs none
         # A named single run is resumable: relaunching the same command continues it.
         result = runner.train(output_dir=output_dir, experiment=experiment, run_name=run_name,
                               config_text=gin.config_str(), resumable=bool(run_name))

@@ -1,13 +1,15 @@
 """The child side of ``--jobs``: a long-lived ``python main.py --worker`` training the runs sent.
 
-A worker reads one JSON job a line on stdin (``{"bindings", "run_dir", "log"}``), trains it with
-``train_here`` (the base gin files and bindings come from its own flags), with its file
-descriptors 1 and 2 pointing at the job's log (Python, absl and TensorFlow's C++ output alike),
+A worker says ``READY_PREFIX`` on its stdout once its imports are done, then reads one JSON job a
+line on stdin (``{"gin_files", "bindings", "run_dir", "log"}``; without ``gin_files`` its own
+flags' files and bindings come first), trains it with ``run_job`` (``train_here`` with file
+descriptors 1 and 2 pointing at the job's log: Python, absl and TensorFlow's C++ output alike),
 then writes ``DONE_PREFIX <json>`` on its real stdout. One process serves many runs, so
 TensorFlow is imported once per worker, not once per run: for runs of a few seconds the import
-would cost as much as the run. A run that raises is written to its log and marked failed by the
-runner; the worker goes on with the next one. A run stopped by a signal (``TrainingInterrupted``)
-ends the worker.
+would cost as much as the run. The launcher itself serves jobs with ``run_job`` too (one of the
+``--jobs`` slots). A run that raises is written to its log and marked failed by the runner; the
+worker goes on with the next one. A run stopped by a signal (``TrainingInterrupted``) ends the
+worker.
 """
 
 import contextlib
@@ -24,6 +26,7 @@ from experiments.launch.gin_config import parse
 from experiments.run import runner
 
 DONE_PREFIX = "BATCHLAB-WORKER-DONE "
+READY_PREFIX = "BATCHLAB-WORKER-READY"
 
 
 def train_here(gin_files, bindings, run_dir):
@@ -59,20 +62,35 @@ def output_to(path):
             os.close(saved[1])
 
 
+def run_job(gin_files, bindings, run_dir, log):
+    """Trains one job with its output in ``log``; an exception is written there (the runner
+    marks the run failed) and not raised. ``TrainingInterrupted`` (a stop signal) is raised."""
+    with output_to(log):
+        try:
+            train_here(gin_files, bindings, run_dir)
+        except TrainingInterrupted:
+            traceback.print_exc()
+            raise
+        except Exception:  # noqa: BLE001  (recorded in the log and status.json; go on)
+            traceback.print_exc()
+
+
 def serve(gin_files, base_bindings, lines=sys.stdin, out=None):
     """Trains each job read from ``lines`` until they end (the parent closed our stdin)."""
     out = out or os.fdopen(os.dup(1), "w")  # the real stdout, kept across redirections
+    out.write(READY_PREFIX + "\n")
+    out.flush()
     for line in lines:
         if not line.strip():
             continue
         job = json.loads(line)
-        with output_to(job["log"]):
-            try:
-                train_here(gin_files, list(base_bindings) + list(job["bindings"]), job["run_dir"])
-            except TrainingInterrupted:  # stopped by a signal: end without "done"; the parent
-                traceback.print_exc()    # reads the run's 'interrupted' status
-                return
-            except Exception:  # noqa: BLE001  (recorded in the log and status.json; go on)
-                traceback.print_exc()
+        if "gin_files" in job:
+            files, bindings = job["gin_files"], job["bindings"]
+        else:
+            files, bindings = gin_files, list(base_bindings) + list(job["bindings"])
+        try:
+            run_job(files, bindings, job["run_dir"], job["log"])
+        except TrainingInterrupted:  # stopped by a signal: end without "done"; the parent
+            return                   # reads the run's 'interrupted' status
         out.write(DONE_PREFIX + json.dumps({"run_dir": job["run_dir"]}) + "\n")
         out.flush()
