@@ -92,9 +92,11 @@ def main(argv):
         from experiments.launch import spares  # imports no TensorFlow
         spares.start(FLAGS.jobs, FLAGS.gin_file, FLAGS.gin_bindings)
         threads = threads or spares.threads_per_job(FLAGS.jobs)
+        for name, value in spares.thread_env(threads).items():  # as the workers have it
+            os.environ[name] = value
     _limit_threads(threads)
     from experiments import launch  # after flags: importing TensorFlow is slow
-    from experiments.launch import spares
+    from experiments.launch import executor, spares
     from callbacks.checkpointing import TrainingInterrupted
 
     try:
@@ -111,6 +113,7 @@ def main(argv):
         sys.exit(f"batchlab: error: {_message(error)}")
     finally:
         spares.release()  # workers started for --jobs that no sweep or study took
+        executor.wait_for_workers()  # the workers' exit, overlapped with the report
 
 
 if __name__ == "__main__":

@@ -90,6 +90,8 @@ def test_this_process_and_a_worker_share_the_runs(fake_workers, tmp_path):
         assert "train.verbose = 2" in outcome.result["bindings"]
         assert open(os.path.join(outcome.run_dir, "log.txt")).read().endswith("log\n")
     assert len(lines) == 8 and "done 8, running 0, failed 0" in lines[-1]
+    executor.wait_for_workers()  # what a launch does after its report: no worker outlives it
+    assert not executor._CLOSING
 
 
 def test_runs_are_handed_out_longest_first(fake_workers, tmp_path):

@@ -102,6 +102,18 @@ def dispatch_order(jobs):
     return sorted(range(len(jobs)), key=lambda position: -cost(jobs[position].spec))
 
 
+# Feeder threads still closing their worker after the last run (see wait_for_workers).
+_CLOSING = []
+
+
+def wait_for_workers():
+    """Waits until every worker of the pools that ran has ended. A pool returns as soon as the
+    last run's outcome is in, so that a worker's exit (about a second of TensorFlow shutdown)
+    overlaps the caller's report; the caller waits here at its end, and no worker outlives it."""
+    while _CLOSING:
+        _CLOSING.pop().join()
+
+
 def _pending_log(run_dir):
     return f"{run_dir}.log.txt"
 
@@ -256,6 +268,7 @@ class _Pool:
             while not self.all_done.is_set() and any(f.is_alive() for f in self.feeders):
                 self.all_done.wait(timeout=0.5)  # a short wait: signals still reach us
             completed = True
+            _CLOSING.extend(self.feeders)
         finally:
             if previous is not None:
                 signal.signal(signal.SIGTERM, previous)

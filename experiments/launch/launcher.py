@@ -87,6 +87,7 @@ def _launch_sweep(files, gin_bindings, output_dir, experiment, variants, columns
 
     outcomes = executor.execute([executor.Job(r, os.path.join(group_dir, r.name)) for r in runs],
                                 run_in_process, files, gin_bindings, jobs, print_fn)
+    executor.wait_for_workers()
     results = [_row(outcome) for outcome in outcomes]
     table = tables.format_table(results, _columns(columns))
     scaling = lr_range.scaling_sentence(results)  # range tests at several batch sizes

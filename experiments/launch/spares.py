@@ -36,10 +36,17 @@ def worker_command(gin_files, base_bindings, threads):
             + [f"--gin_bindings={b}" for b in base_bindings])
 
 
+def thread_env(threads):
+    """The environment variables that hold a process to ``threads`` CPU threads (read when
+    TensorFlow and OpenMP start): the workers' and, with --jobs, the launcher's own."""
+    return {"OMP_NUM_THREADS": str(threads), "TF_NUM_INTRAOP_THREADS": str(threads),
+            "TF_NUM_INTEROP_THREADS": "1"}
+
+
 def worker_env(threads):
     """The environment of a worker: its share of the CPU threads, quiet TensorFlow start-up."""
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), TF_NUM_INTRAOP_THREADS=str(threads),
-               TF_NUM_INTEROP_THREADS="1", TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1")
+    env = dict(os.environ, **thread_env(threads), TF_CPP_MIN_LOG_LEVEL="2",
+               PYTHONUNBUFFERED="1")
     env["PYTHONPATH"] = os.pathsep.join(p for p in (paths.REPO_ROOT, env.get("PYTHONPATH")) if p)
     return env
 

@@ -136,6 +136,7 @@ def launch_study(spec, study_name, gin_files, gin_bindings, output_dir, jobs=1, 
     errors = {o.name: o.error for o in outcomes if o.status == "failed"}
     study_dir_lib.write(path, study_dir_lib.refresh(path, state, errors))
     report = study_reporting.write(path, state)
+    executor.wait_for_workers()
     _print_report(report, path, print_fn)
     return {"study_dir": path, "outcomes": outcomes, "report": report}
 
