@@ -18,9 +18,10 @@ Nothing here runs a second backward pass. The update ratio needs the weights bef
 they are copied (one extra copy of the weights in memory) only before updates that will be logged,
 so its cost is one weight copy and one pass over the weights every ``every_n_updates`` updates.
 
-In batchlab's loop the copy and the read run inside the train chunk's graph call (``update_probe``,
-``experiments.engine.step_measurements.UpdateProbe``): a logged update then costs no graph call of
-its own. In any other loop (Keras' ``fit``) the batch hooks make the same two calls.
+In batchlab's loop the copy is made by the train step before the updates it measures
+(``StepMeasurements.keep_weights_before``) and the read runs inside the train chunk's graph call
+(``update_probe``, ``experiments.engine.step_measurements.UpdateProbe``): a logged update then costs
+no graph call of its own. In any other loop (Keras' ``fit``) the batch hooks make the two calls.
 """
 
 import collections
@@ -31,7 +32,7 @@ import tensorflow as tf
 
 from callbacks.base import UpdateClock
 from experiments.common import checks
-from experiments.engine.step_measurements import UpdateProbe, request_in_graph
+from experiments.engine.step_measurements import UpdateProbe
 
 
 def step_measurements(model):
@@ -156,14 +157,6 @@ class GradientNorm(UpdateClock):
             deltas = norms64(v - s for v, s in zip(self.model.trainable_variables, snapshot))
             return tf.stack([grads, deltas, norms64(snapshot)])
 
-        def before(update):
-            if self._cadence > 1:  # an epoch's last update, off the step's interval
-                tf.cond(tf.not_equal(update % self._cadence, 0),
-                        lambda: _done(request_in_graph(measurements, update)),
-                        lambda: tf.constant(False))
-            if snapshot is not None:
-                take_snapshot()
-
         self._snapshot = snapshot
         if snapshot is not None:
             self._take_snapshot = tf.function(take_snapshot).get_concrete_function()
@@ -171,14 +164,25 @@ class GradientNorm(UpdateClock):
         self._probe = UpdateProbe(
             self.every_n_updates, lambda update: read(),
             shape=(1 if snapshot is None else 3, len(variables)), receive=self._receive,
-            before=before, at_epoch_end=self._epoch_ends)
+            prepare=self._prepare, at_epoch_end=self._epoch_ends)
 
     def update_probe(self):
         """The measurement as an ``UpdateProbe`` for batchlab's loop (the batch hooks then do
-        nothing in this ``fit``); None before training has begun."""
-        if self._probe is not None:
-            self._probed = True
+        nothing in this ``fit``); None before training has begun. The step itself then copies
+        the weights before the updates it measures (``keep_weights_before``)."""
+        if self._probe is None:
+            return None
+        if self._snapshot is not None:
+            step_measurements(self.model).keep_weights_before(self._snapshot,
+                                                              self.every_n_updates)
+        self._probed = True
         return self._probe
+
+    def _prepare(self, update):
+        # An epoch's last update, off this callback's interval: the step measures it (and keeps
+        # the weights before it) on request.
+        if update % self.every_n_updates:
+            self.model.request_measurement(update)
 
     def _receive(self, update, rows):
         self._snapshot_for = update if self._snapshot is not None else None
@@ -236,7 +240,3 @@ class GradientNorm(UpdateClock):
         values = self.measure(rows)
         self.values.append((update, values["gradients/global_norm"]))
         self.publish(update, values)
-
-
-def _done(*_):
-    return tf.constant(True)

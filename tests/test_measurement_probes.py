@@ -54,10 +54,11 @@ def _train_from(steps):
     return train_from
 
 
-def _train(probed, steps_per_execution, initial_step=0):
+def _train(probed, steps_per_execution, initial_step=0, measure_every=3):
     """10 updates per epoch, 3 epochs (resumed at ``initial_step`` of epoch 0), measurements
-    every 3 updates; returns the histories and the train calls."""
-    model = _model(3)
+    every 3 updates (the step measuring every ``measure_every``); returns the histories, the
+    train calls and the final weights."""
+    model = _model(measure_every)
     model.optimizer.iterations.assign(initial_step)
     wrap = (lambda cls: cls) if probed else _hooks_only
     callbacks = [wrap(GradientNorm)(every_n_updates=3), wrap(WeightDistance)(every_n_updates=3),
@@ -92,6 +93,12 @@ def test_probes_with_one_update_per_call():
     assert _train(True, 1)[0] == _train(False, 1)[0]
 
 
+def test_probes_when_the_step_measures_every_update():
+    """The step fills the norms on every update; it keeps the weights before the logged ones
+    (multiples of 3 and the epochs' last) for the update ratios."""
+    assert _train(True, 32, measure_every=1)[0] == _train(False, 32, measure_every=1)[0]
+
+
 def test_a_probed_callback_still_works_in_keras_fit():
     """The same callback objects measure through their hooks in a plain ``model.fit``."""
     rng = np.random.default_rng(1)
@@ -120,11 +127,10 @@ def test_segments_isolate_each_logged_update():
     plan = chunks.ChunkPlan([Offers(p) for p in probes], 32)
     assert plan.probes() == probes
     assert plan.cadences == [] and not plan.isolate_epoch_end  # no call ends on their cadence
-    # Updates 2..11 (after 1 done), the epoch ending at 11.
+    # Updates 2..11 (after 1 done), the epoch ending at 11: segments end on logged updates.
     lengths, masks, logged = plan.segments(1, 10, 11)
-    assert lengths == [1] * 10
-    assert logged == [(1, 0, 3), (2, 1, 4), (4, 0, 6), (6, 1, 8), (7, 0, 9), (9, 0, 11)]
-    assert masks[1] == [True, False] and masks[0] == [False, False] and masks[5] == [False, False]
+    assert lengths == [2, 1, 2, 2, 1, 2]  # ..3 | 4 | ..6 | ..8 | 9 | ..11
+    assert logged == [(0, 0, 3), (1, 1, 4), (2, 0, 6), (3, 1, 8), (4, 0, 9), (5, 0, 11)]
+    assert masks[0] == [True, False] and masks[1] == [False, True]
     assert plan.segments(9, 2, None) == ([2], [[False, False]], [])  # 10, 11: none logged
-    assert plan.segments(10, 4, None)[:2] == ([1, 1, 2], [[False] * 2, [True, True],
-                                                          [False] * 2])  # 12 logged by both
+    assert plan.segments(10, 4, None)[:2] == ([2, 2], [[True, True], [False, False]])

@@ -8,7 +8,7 @@ results are those of one update per call (``tests/test_speed_loop.py``).
 
 A measurement callback that offers an ``update_probe()`` (``step_measurements.UpdateProbe``) is
 measured inside the call instead: its cadence ends no call, and the call is cut into segments
-(``segments``) so that each update it logs runs alone between its ``before`` and ``after``.
+(``segments``) that end on the updates it logs, where its ``after`` reads them.
 """
 
 import keras
@@ -53,31 +53,6 @@ class ChunkPlan:
                 self._plan([c for c in self._callbacks if id(c) not in probed])
         return self._probes
 
-    def segments(self, update, size, epoch_end):
-        """How a call of ``size`` updates after ``update`` runs with the probes: (lengths, masks,
-        logged). Each logged update is a segment of its own (length 1) with ``masks[s][p]`` True
-        for each probe ``p`` logging it; the updates between are segments without a mask.
-        ``logged``: (segment, probe, update) in update order. ``epoch_end``: the epoch's last
-        update (None: unknown)."""
-        lengths, masks, logged = [], [], []
-        plain = 0
-        for u in range(update + 1, update + size + 1):
-            mask = [probe.logs(u, u == epoch_end) for probe in self._probes]
-            if not any(mask):
-                plain += 1
-                continue
-            if plain:
-                lengths.append(plain)
-                masks.append([False] * len(mask))
-                plain = 0
-            logged.extend((len(lengths), p, u) for p, on in enumerate(mask) if on)
-            lengths.append(1)
-            masks.append(mask)
-        if plain or not lengths:
-            lengths.append(plain)
-            masks.append([False] * len(self._probes))
-        return lengths, masks, logged
-
     def chunks(self, first, steps, update):
         """Yields (first step, number of updates) of each call; ``update``: updates done before
         step ``first``."""
@@ -93,6 +68,26 @@ class ChunkPlan:
                 size -= 1
             yield step, size
             step, update = step + size, update + size
+
+    def segments(self, update, size, epoch_end):
+        """How a call of ``size`` updates after ``update`` runs with the probes: (lengths, masks,
+        logged). Each segment ends on a logged update (``masks[s][p]`` True for each probe ``p``
+        logging it, read right after it) or at the call's end (no mask). ``logged``: (segment,
+        probe, update) in update order. ``epoch_end``: the epoch's last update (None: unknown)."""
+        lengths, masks, logged = [], [], []
+        run = 0
+        for u in range(update + 1, update + size + 1):
+            run += 1
+            mask = [probe.logs(u, u == epoch_end) for probe in self._probes]
+            if any(mask):
+                logged.extend((len(lengths), p, u) for p, on in enumerate(mask) if on)
+                lengths.append(run)
+                masks.append(mask)
+                run = 0
+        if run or not lengths:
+            lengths.append(run)
+            masks.append([False] * len(self._probes))
+        return lengths, masks, logged
 
 
 def cadence(callback):

@@ -112,9 +112,9 @@ class CustomLoop:
         trace serves every chunk length); returns the metrics after the last.
 
         With ``probes`` (``step_measurements.UpdateProbe``), it runs segments instead
-        (``ChunkPlan.segments``: ``lengths``, ``masks``) and each probe's ``before`` / ``after``
-        around the updates it logs (one ``tf.cond`` per probe at each segment's ends, none per
-        update); returns (metrics, one [segments, *shape] tensor of rows per probe)."""
+        (``ChunkPlan.segments``: ``lengths``, ``masks``), each ending on a logged update, and each
+        probe's ``after`` there (one ``tf.cond`` per probe and segment, none per update); returns
+        (metrics, one [segments, *shape] tensor of rows per probe)."""
         key = (repr(iterator.element_spec), tuple(id(p) for p in probes))
         if key not in self._train_functions:
             model, strategy = self.model, self.strategy
@@ -145,19 +145,15 @@ class CustomLoop:
                 rows = [tf.TensorArray(tf.float64, size=count, element_shape=p.shape)
                         for p in probes]
 
-                def segment(s, rows):
-                    mask = masks[s]
-                    update = tf.cast(model.optimizer.iterations, tf.int64) + 1
-                    for p, probe in enumerate(probes):
-                        if probe.before is not None:
-                            tf.cond(mask[p], lambda probe=probe: _done(probe.before(update)),
-                                    lambda: tf.constant(False))
-                    def one_update(i):
-                        strategy.run(step, args=(next(iterator),))
-                        return (i + 1,)
+                def one_update(i):
+                    strategy.run(step, args=(next(iterator),))
+                    return (i + 1,)
 
+                def segment(s, rows):
                     tf.while_loop(lambda i: i < lengths[s], one_update,
                                   [tf.constant(0, tf.int64)])
+                    update = tf.cast(model.optimizer.iterations, tf.int64)
+                    mask = masks[s]
                     rows = [r.write(s, tf.cond(mask[p], lambda probe=probe: probe.after(update),
                                                probe.zeros))
                             for p, (probe, r) in enumerate(zip(probes, rows))]
@@ -288,8 +284,8 @@ class CustomLoop:
         """Runs the epoch's updates from step ``first`` in chunks; returns the last logs.
 
         Measurement callbacks that offer an ``UpdateProbe`` (one replica only) are measured
-        inside the chunks: their rows are handed over (``receive``) before the chunk's
-        ``on_train_batch_end``."""
+        inside the chunks: ``prepare`` before the call, the rows handed over (``receive``)
+        before the chunk's ``on_train_batch_end``."""
         if steps is None:
             return self._run_to_end(iterator, callback_list)
         probes = plan.probes(self.strategy is tf.distribute.get_strategy())
@@ -301,6 +297,9 @@ class CustomLoop:
             callback_list.on_train_batch_begin(begin)
             if probes:
                 lengths, masks, logged = plan.segments(update + begin - first, size, epoch_end)
+                for _, p, u in logged:
+                    if probes[p].prepare is not None:
+                        probes[p].prepare(u)
                 logs, rows = train(iterator, tf.constant(lengths, tf.int64),
                                    tf.constant(masks, tf.bool))
                 values = {}
@@ -477,11 +476,6 @@ def _as_dataset(x, y, sample_weight, batch_size):
     if sample_weight is not None:
         parts += (sample_weight,)
     return tf.data.Dataset.from_tensor_slices(parts).batch(batch_size or 32)
-
-
-def _done(*_):
-    """A scalar to return from a ``tf.cond`` branch or loop body run for its effects."""
-    return tf.constant(True)
 
 
 def _to_floats(logs):

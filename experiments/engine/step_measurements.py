@@ -47,6 +47,19 @@ class StepMeasurements:
                                     tf.float64)
         self.noise_decay = variable(0.99, "noise_decay", tf.float64)
         self.noise_sample_every = variable(1, "noise_sample_every", tf.int64)
+        # Copies of the trainable weights the step fills before the updates it measures
+        # (``keep_weights_before``); None: none kept.
+        self.weights_before = None
+        self.weights_before_every = 1
+
+    def keep_weights_before(self, copies, every_n_updates):
+        """Asks the step to copy the trainable weights into ``copies`` (variables shaped like them)
+        right before each update it fills the gradient norms of and that is a multiple of
+        ``every_n_updates`` or requested: the weights before a logged update, for its
+        update-to-weight ratio, without a graph call before it. Changes the step's graph: call it
+        before the train step is traced (on one device; a distributed step keeps none)."""
+        self.weights_before = list(copies)
+        self.weights_before_every = int(every_n_updates)
 
     def variables(self):
         """Every variable, in a fixed order (what a checkpoint saves: the noise-scale averages
@@ -74,9 +87,11 @@ def record_gradient_norms(measurements, grads, replica, distributed):
     full = list(grads)
     if distributed:
         full = replica.all_reduce("sum", full)
-    # sqrt(2 * l2_loss): one fused pass per gradient; tf.norm costs ~13% of a small step.
-    norms = tf.stack([tf.sqrt(2.0 * tf.nn.l2_loss(tf.cast(g, tf.float32)))
-                      for g in full]) if full else tf.zeros([0])
+    # sqrt(2 * l2_loss): one fused pass per gradient (tf.norm costs ~13% of a small step); the
+    # doubling and the square root once on the stacked sums (the same values: elementwise ops,
+    # one op each instead of one per variable).
+    norms = tf.sqrt(2.0 * tf.stack([tf.nn.l2_loss(tf.cast(g, tf.float32)) for g in full])) \
+        if full else tf.zeros([0])
     measurements.variable_gradient_norms.assign(norms)
     measurements.gradient_norm.assign(tf.norm(norms))
 
@@ -102,41 +117,58 @@ def record(measurements, step, grads, data_grads, micro_sq, num_micro, num_rows)
         else:
             noise()
     every = step.measure_every
+    copies = measurements.weights_before if gated else None
+
+    def due(every):
+        return tf.logical_or(tf.equal(step.coming_update % every, 0),
+                             tf.equal(step.coming_update, measurements.requested_update))
+
+    def keep():
+        for copy, variable in zip(copies, step.variables):
+            copy.assign(variable)
+        return tf.constant(True)
+
     if every == 1 or (every > 1 and not gated):
+        if copies and measurements.weights_before_every > 1:
+            tf.cond(due(measurements.weights_before_every), keep, lambda: tf.constant(False))
+        elif copies:
+            keep()
         record_gradient_norms(measurements, grads, step.replica, step.distributed)
     elif every > 1:
         def norms():
+            if copies:
+                keep()
             record_gradient_norms(measurements, grads, step.replica, step.distributed)
             return tf.constant(True)
 
-        due = tf.logical_or(tf.equal(step.coming_update % every, 0),
-                            tf.equal(step.coming_update, measurements.requested_update))
-        tf.cond(due, norms, lambda: tf.constant(False))
+        tf.cond(due(every), norms, lambda: tf.constant(False))
 
 
 class UpdateProbe:
-    """What a measurement callback reads around the updates it logs, run inside the train
-    chunk's graph call by batchlab's loop (``CustomLoop``), so that a logged update costs no graph
-    call of its own and no chunk has to end on it.
+    """What a measurement callback reads after the updates it logs, run inside the train chunk's
+    graph call by batchlab's loop (``CustomLoop``), so that a logged update costs no graph call of
+    its own and no chunk has to end on it.
 
-    A callback offers one from ``update_probe()`` (called once training has begun; it returns
-    None when it cannot be probed). The loop runs, for each logged update ``u``, ``before(u)``
-    right before the update (graph code; optional: e.g. a copy of the weights) and ``after(u)``
-    right after it (graph code returning a float64 tensor of shape ``shape``), and hands each
-    row to ``receive(u, row)`` (host, a NumPy array) once the call has returned, in update order.
-    ``u`` is the update's 1-based count (an int64 tensor in the graph). Logged updates: every
-    multiple of ``every_n_updates`` and, with ``at_epoch_end``, an epoch's last update.
+    A callback offers one from ``update_probe()`` (called once training has begun, before the
+    chunk's function is traced; it returns None when it cannot be probed). For each logged update
+    ``u`` the loop calls ``prepare(u)`` on the host before the call that runs it (optional: e.g.
+    ``VirtualBatchModel.request_measurement``), runs ``after(u)`` in the graph right after the
+    update (graph code returning a float64 tensor of shape ``shape``; ``u`` an int64 tensor) and
+    hands the row to ``receive(u, row)`` (a NumPy array) once the call has returned, in update
+    order. Logged updates: every multiple of ``every_n_updates`` and, with ``at_epoch_end``, an
+    epoch's last update. What must happen right *before* a logged update happens in the step
+    (``StepMeasurements.keep_weights_before``).
 
     Under Keras' ``fit`` (or any loop that does not take the probe) the callback's own hooks
     measure as before; a probe only moves where the same graph code runs.
     """
 
-    def __init__(self, every_n_updates, after, shape, receive, before=None, at_epoch_end=True):
+    def __init__(self, every_n_updates, after, shape, receive, prepare=None, at_epoch_end=True):
         self.every_n_updates = every_n_updates
         self.after = after
         self.shape = tuple(shape)
         self.receive = receive
-        self.before = before
+        self.prepare = prepare
         self.at_epoch_end = bool(at_epoch_end)
 
     def logs(self, update, epoch_end):
@@ -145,9 +177,3 @@ class UpdateProbe:
 
     def zeros(self):
         return tf.zeros(self.shape, tf.float64)
-
-
-def request_in_graph(measurements, update):
-    """``VirtualBatchModel.request_measurement`` as graph code (``update`` a tensor): the step
-    fills the gradient norms on ``update`` too."""
-    measurements.requested_update.assign(tf.cast(update, tf.int64))
