@@ -175,7 +175,7 @@ def gradient_noise_scale(context, every_n_updates=None, decay=0.99, sample_every
     every = _every(every_n_updates, "measurements.gradient_noise_scale.every_n_updates", context)
     checks.fraction(decay, "measurements.gradient_noise_scale.decay")
     note = None
-    if context.layout.num_micro_batches <= 1:
+    if context.layout.largest_num_micro_batches <= 1:
         note = UNDEFINED_NOTE
     elif context.layout.time_windows:
         note = STREAM_NOTE
@@ -297,7 +297,7 @@ def track_gradient_noise(settings, layout):
     """``measurements.track_gradient_noise``: None means on when k > 1 (independent micro-batches,
     not stream windows) and an enabled factory needs it."""
     if settings.track_gradient_noise is None:
-        return layout.num_micro_batches > 1 and not layout.time_windows \
+        return layout.largest_num_micro_batches > 1 and not layout.time_windows \
             and needs_gradient_noise(settings.enabled)
     return settings.track_gradient_noise
 
