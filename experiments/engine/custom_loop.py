@@ -17,7 +17,7 @@ metrics, ``val_*``), so TensorBoard, ModelCheckpoint and batchlab's callbacks ne
 Metric results are read in cross-replica context, i.e. summed over every replica's rows: the logged
 values are exact over the whole (global) virtual batch, also when replicas hold unequal rows.
 
-Fixed costs (small runs are many short epochs; benchmarks/RESULTS_speed.md has the breakdown):
+Fixed costs (small runs are many short epochs; BUILD.md, "Fast small runs" has the breakdown):
 
 - ``steps_per_execution`` updates run in one ``tf.function`` call that reads its batches from the
   iterator in the graph (no host copy of a batch, one call instead of n). Callbacks then see one
@@ -26,15 +26,15 @@ Fixed costs (small runs are many short epochs; benchmarks/RESULTS_speed.md has t
   at every multiple of each callback's ``every_n_updates`` (and at the epoch's end), and the
   update that a callback acting before updates (``on_train_batch_begin``) logs runs alone, after
   its hook. A callback that acts before updates and declares no cadence (the LR range test) gets
-  one update per call; so does ``fit`` (epochs of unknown length). The results are those of one
-  update per call (``tests/test_speed_loop.py``).
+  one update per call; so does ``fit`` (epochs of unknown length). Measurement callbacks that
+  offer an ``UpdateProbe`` (one replica) are read inside the call instead, so their cadence ends
+  no call. The results are those of one update per call (``tests/test_speed_loop.py``,
+  ``tests/test_measurement_probes.py``).
 - Validation runs as one graph call over the whole validation set (a small finite one is kept as
   tensors) on one replica without stateful layers; elsewhere batch by batch via ``strategy.run``.
-- Each function is traced once; the train chunk is called as a concrete function.
-
-(About 420 lines, over the project's ~400: the epoch loop, the chunked train calls and the two
-evaluation routes share the distributed datasets, the traced functions and their caches, so they
-stay in one class; where the calls end is planned in ``chunks``.)
+- Each function is traced once; the train chunk is called as a concrete function. The graph
+  functions themselves are built in ``graph_calls``; where the calls end is planned in
+  ``chunks``.
 """
 
 import keras
@@ -42,7 +42,7 @@ import numpy as np
 import tensorflow as tf
 
 from experiments.common import checks
-from experiments.engine import chunks, states
+from experiments.engine import chunks, graph_calls, states
 
 
 HELD_BATCHES = 4096  # a finite evaluation set of at most this many batches and ...
@@ -108,63 +108,15 @@ class CustomLoop:
         return cache[key]
 
     def _train_function(self, iterator, probes=()):
-        """One ``tf.function`` per iterator spec running ``n`` updates (``n`` a tensor, so one
-        trace serves every chunk length); returns the metrics after the last.
-
-        With ``probes`` (``step_measurements.UpdateProbe``), it runs segments instead
-        (``ChunkPlan.segments``: ``lengths``, ``masks``), each ending on a logged update, and each
-        probe's ``after`` there (one ``tf.cond`` per probe and segment, none per update); returns
-        (metrics, one [segments, *shape] tensor of rows per probe)."""
+        """The graph function running a chunk of updates (``graph_calls``), traced once per
+        iterator spec and set of probes."""
         key = (repr(iterator.element_spec), tuple(id(p) for p in probes))
         if key not in self._train_functions:
-            model, strategy = self.model, self.strategy
-            step = model.train_step
+            step = self.model.train_step
             if self.jit_compile:
-                step = tf.function(model.train_step, jit_compile=True)
-
-            def updates(iterator, n):
-                for _ in tf.range(n):
-                    strategy.run(step, args=(next(iterator),))
-
-            if not probes:
-                @tf.function
-                def run(iterator, n):
-                    updates(iterator, n)
-                    return model.get_metrics_result()
-
-                # The concrete function: a tf.function call first matches its arguments against
-                # its traces, which for an iterator costs ~0.8 ms per call here (as much as a
-                # small update).
-                self._train_functions[key] = run.get_concrete_function(
-                    iterator, tf.TensorSpec((), tf.int64))
-                return self._train_functions[key]
-
-            @tf.function
-            def run_probed(iterator, lengths, masks):
-                count = tf.shape(lengths)[0]
-                rows = [tf.TensorArray(tf.float64, size=count, element_shape=p.shape)
-                        for p in probes]
-
-                def one_update(i):
-                    strategy.run(step, args=(next(iterator),))
-                    return (i + 1,)
-
-                def segment(s, rows):
-                    tf.while_loop(lambda i: i < lengths[s], one_update,
-                                  [tf.constant(0, tf.int64)])
-                    update = tf.cast(model.optimizer.iterations, tf.int64)
-                    mask = masks[s]
-                    rows = [r.write(s, tf.cond(mask[p], lambda probe=probe: probe.after(update),
-                                               probe.zeros))
-                            for p, (probe, r) in enumerate(zip(probes, rows))]
-                    return s + 1, rows
-
-                _, rows = tf.while_loop(lambda s, _: s < count, segment, [tf.constant(0), rows])
-                return model.get_metrics_result(), [r.stack() for r in rows]
-
-            self._train_functions[key] = run_probed.get_concrete_function(
-                iterator, tf.TensorSpec([None], tf.int64),
-                tf.TensorSpec([None, len(probes)], tf.bool))
+                step = tf.function(self.model.train_step, jit_compile=True)
+            self._train_functions[key] = graph_calls.chunk_function(
+                self.model, self.strategy, step, iterator, probes)
         return self._train_functions[key]
 
     def _prepare(self, dataset):
@@ -296,17 +248,8 @@ class CustomLoop:
         for begin, size in plan.chunks(first, steps, update):
             callback_list.on_train_batch_begin(begin)
             if probes:
-                lengths, masks, logged = plan.segments(update + begin - first, size, epoch_end)
-                for _, p, u in logged:
-                    if probes[p].prepare is not None:
-                        probes[p].prepare(u)
-                logs, rows = train(iterator, tf.constant(lengths, tf.int64),
-                                   tf.constant(masks, tf.bool))
-                values = {}
-                for s, p, u in logged:
-                    if p not in values:
-                        values[p] = rows[p].numpy()
-                    probes[p].receive(u, values[p][s])
+                logs = graph_calls.run_probed(train, iterator, probes, plan.segments(
+                    update + begin - first, size, epoch_end))
             else:
                 logs = train(iterator, tf.constant(size, tf.int64))
             callback_list.on_train_batch_end(begin + size - 1, logs)
@@ -413,41 +356,9 @@ class CustomLoop:
             return entry[1]
         held = None
         if 0 <= int(dataset.cardinality()) <= HELD_BATCHES:
-            held = self._read_and_keep(dataset)
+            held = graph_calls.read_and_keep(self.model, dataset, HELD_BYTES)
         self._held_sets[id(dataset)] = (dataset, held)
         return held
-
-    def _read_and_keep(self, dataset):
-        """Reads ``dataset`` once: (graph function over its rows, the rows), (None, None) when
-        empty, None when its batches cannot be kept (see ``_held``)."""
-        batches, sizes, total = [], [], 0
-        for batch in dataset:
-            leaves = tf.nest.flatten(batch)
-            rows = {int(t.shape[0]) if t.shape.rank else None for t in leaves}
-            if len(rows) != 1 or None in rows:
-                return None  # a part without a batch axis, or parts of different lengths
-            (size,) = rows
-            if sizes and (sizes[-1] != sizes[0] or size > sizes[0]):
-                return None  # only the last batch may be shorter
-            total += sum(t.numpy().nbytes for t in leaves)
-            if total > HELD_BYTES:
-                return None
-            sizes.append(size)
-            batches.append(batch)
-        if not batches:
-            return (None, None)
-        tensors = tf.nest.map_structure(lambda *parts: tf.concat(parts, 0), *batches)
-        model, size = self.model, sizes[0]
-
-        @tf.function
-        def run(data):
-            model.reset_metrics()
-            rows = tf.shape(tf.nest.flatten(data)[0])[0]
-            for start in tf.range(0, rows, size):
-                model.test_step(tf.nest.map_structure(lambda t: t[start:start + size], data))
-            return model.get_metrics_result()
-
-        return run.get_concrete_function(tensors), tensors  # no trace lookup per call
 
     def _evaluate_by_batch(self, dataset, callbacks):
         distributed = self._distribute(dataset)

@@ -33,7 +33,7 @@ from experiments.common import checks
 from experiments.engine import custom_loop
 
 LOOPS = ("auto", "keras", "custom")
-STEPS_PER_EXECUTION = 32  # measured: benchmarks/RESULTS_speed.md
+STEPS_PER_EXECUTION = 32  # measured: BUILD.md, "Fast small runs"
 
 
 @gin.configurable
@@ -172,8 +172,8 @@ def fit(model, pipelines, epochs, callbacks, strategy, verbose=1, loop="auto", i
       steps_per_execution: most updates per graph call of batchlab's loop. Calls still end on
         every update a measurement logs or a checkpoint saves (``custom_loop``), so results are
         the same for any value; what changes is the fixed cost per update (a call and a host
-        copy of the metrics; see benchmarks/RESULTS_speed.md for the default).
-      jit_compile: compile the train step with XLA (benchmarks/RESULTS_speed.md: when it pays).
+        copy of the metrics; see BUILD.md, "Fast small runs" for the default).
+      jit_compile: compile the train step with XLA (BUILD.md, "Fast small runs": when it pays).
     """
     if not is_chief(strategy):
         verbose = 0
