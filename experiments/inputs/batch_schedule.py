@@ -24,6 +24,7 @@ import dataclasses
 from typing import Optional, Tuple
 
 import gin
+import tensorflow as tf
 
 from experiments.common import checks
 
@@ -55,6 +56,11 @@ class BatchSizeSchedule:
         for factor in self.factors:
             sizes.append(sizes[-1] * factor)
         return tuple(sizes)
+
+    def stage_name(self, stage):
+        """How errors name a stage: 'batch_size_schedule: stage 1 (from epoch 10)'."""
+        return (f"batch_size_schedule: stage {stage} (from {self.unit[:-1]} "
+                f"{self.boundaries[stage - 1]})")
 
     def stage_at(self, epoch, update):
         """The stage (0 = before the first boundary) of the update ``update`` in ``epoch``."""
@@ -157,6 +163,18 @@ class UpdateSizes:
             left -= size
             update += 1
         return tuple(sizes)
+
+    def tables(self, first_epoch, num_epochs, unit=1, dtype=tf.int64):
+        """The sizes of epochs ``first_epoch`` ... as tensors a tf.data pipeline looks up by the
+        epoch's index among them: (starts, sizes, counts); row i holds epoch first_epoch + i's
+        update sizes times ``unit`` (padded with 0), their offsets within the epoch, and how many
+        there are."""
+        per_epoch = [self.epoch(epoch)[1] for epoch in range(first_epoch, first_epoch + num_epochs)]
+        width = max(len(sizes) for sizes in per_epoch)
+        sizes = tf.constant([[size * unit for size in row] + [0] * (width - len(row))
+                             for row in per_epoch], dtype)
+        counts = tf.constant([len(row) for row in per_epoch], dtype)
+        return tf.math.cumsum(sizes, axis=1, exclusive=True), sizes, counts
 
     def updates_in(self, epoch):
         return len(self.epoch(epoch)[1])

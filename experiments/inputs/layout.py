@@ -186,8 +186,7 @@ def _scheduled_arrays(layout, data, schedule):
     micro = layout.micro_batch_size or layout.batch_size
     sizes = schedule.stage_sizes(layout.batch_size)
     for stage, size in enumerate(sizes[1:], 1):
-        where = (f"batch_size_schedule: stage {stage} (from {schedule.unit[:-1]} "
-                 f"{schedule.boundaries[stage - 1]}) has B={size}")
+        where = f"{schedule.stage_name(stage)} has B={size}"
         if size % micro:
             raise ValueError(f"{where}, not a multiple of the micro-batch b={micro} "
                              "(train.micro_batch_size, or train.batch_size when unset): a "
@@ -215,8 +214,7 @@ def _scheduled_streams(layout, data, schedule):
     for stage, size in enumerate(sizes[1:], 1):
         if size > windows:
             raise ValueError(
-                f"batch_size_schedule: stage {stage} (from {schedule.unit[:-1]} "
-                f"{schedule.boundaries[stage - 1]}) has k={size} windows of "
+                f"{schedule.stage_name(stage)} has k={size} windows of "
                 f"{lay.window_length} steps per update, more than the {windows} windows each "
                 f"of the {lay.num_streams} streams holds in '{data.name}'.")
     return dataclasses.replace(layout, batch_size_schedule=schedule,

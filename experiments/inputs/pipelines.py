@@ -64,15 +64,10 @@ def epoch_batches(tensors, batch_size, seed, shuffle, first_epoch, first_step, n
 
 def scheduled_batches(tensors, update_sizes, seed, shuffle, first_epoch, first_step, num_epochs):
     """``epoch_batches`` under a batch-size schedule: epoch e's order cut into the sizes of its
-    updates (``batch_schedule.UpdateSizes``), looked up in a table built here for the epochs
-    read (a pure function of the epoch, so resuming reads the same batches)."""
+    updates, looked up in ``UpdateSizes.tables`` for the epochs read (a pure function of the
+    epoch, so resuming reads the same batches)."""
     num_examples = int(tensors[0].shape[0])
-    epochs = range(first_epoch, first_epoch + num_epochs)
-    per_epoch = [update_sizes.epoch(epoch)[1] for epoch in epochs]
-    width = max(len(sizes) for sizes in per_epoch)
-    sizes = tf.constant([list(s) + [0] * (width - len(s)) for s in per_epoch], tf.int64)
-    counts = tf.constant([len(s) for s in per_epoch], tf.int64)
-    starts = tf.math.cumsum(sizes, axis=1, exclusive=True)
+    starts, sizes, counts = update_sizes.tables(first_epoch, num_epochs)
 
     def one_epoch(index):
         order = epoch_order(num_examples, seed, first_epoch + index, shuffle)

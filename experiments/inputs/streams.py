@@ -189,14 +189,9 @@ def scheduled_stream_batches(x, y, lay, update_sizes, seed, first_epoch, first_s
     """Stream batches under a batch-size schedule: epoch e's streams (each as long as the
     windows of its updates) cut into (S, k_u*T) batches, k_u from ``update_sizes`` (the S
     streams and T stay; the windows left over at an epoch's end are dropped, as without one)."""
-    per_epoch = [update_sizes.epoch(epoch)[1] for epoch in
-                 range(first_epoch, first_epoch + num_epochs)]
-    width = max(len(sizes) for sizes in per_epoch)
-    steps = tf.constant([[k * lay.window_length for k in sizes] + [0] * (width - len(sizes))
-                         for sizes in per_epoch], tf.int32)
-    counts = tf.constant([len(sizes) for sizes in per_epoch], tf.int32)
+    starts, steps, counts = update_sizes.tables(first_epoch, num_epochs, lay.window_length,
+                                                tf.int32)
     lengths = tf.reduce_sum(steps, axis=1)  # L_e: steps per stream in epoch e
-    starts = tf.math.cumsum(steps, axis=1, exclusive=True)
 
     def one_epoch(index):
         index = tf.cast(index, tf.int32)  # the tables are int32, as offsets and shapes are
