@@ -23,6 +23,7 @@ import numpy as np
 import tensorflow as tf
 
 from callbacks.base import MeasurementCallback
+from experiments.engine import inference
 from experiments.engine.states import isolated_state, stateful_layers
 
 
@@ -78,11 +79,12 @@ class GeneralizationGap(MeasurementCallback):
     def _evaluate_in_one_call(self, key, data):
         """What ``model.evaluate`` of these arrays returns (``return_dict=True``), in one call.
 
-        The same ``test_step`` on the same batches and the same metrics, read once at the end,
-        inside one graph function: ``evaluate`` costs about 0.5 ms of Python per batch
-        (callbacks, a host copy of the logs), a large share of a small model's epoch when the
-        run's evaluation batch is small. The arrays become tensors once and are passed as
-        arguments (not graph constants); batches are slices of them.
+        One graph function: ``evaluate`` costs about 0.5 ms of Python per batch (callbacks, a
+        host copy of the logs), a large share of a small model's epoch when the run's
+        evaluation batch is small. Inside it, the forward pass runs per batch and the loss and
+        metrics once over all rows (``experiments.engine.inference.evaluate_rows``: the same
+        values up to float rounding, the memory of batched evaluation). The arrays become
+        tensors once and are passed as arguments (not graph constants).
         """
         model = self.model
         if self._functions.get("model") is not model:
@@ -92,13 +94,10 @@ class GeneralizationGap(MeasurementCallback):
 
             @tf.function
             def evaluate_all(x, y):
-                model.reset_metrics()  # in the graph: one call instead of one per variable
-                rows = tf.shape(tf.nest.flatten(y)[0])[0]
-                for start in tf.range(0, rows, size):
-                    model.test_step(tf.nest.map_structure(lambda t: t[start:start + size],
-                                                          (x, y)))
+                # Resets the metrics in the graph (eagerly: one op call per variable).
+                results = inference.evaluate_rows(model, x, y, size)
                 # The weights' fingerprint in the same call (``measure`` needs it every epoch).
-                return model.get_metrics_result(), weights_fingerprint(model)
+                return results, weights_fingerprint(model)
 
             tensors = tf.nest.map_structure(tf.convert_to_tensor, (data[0], data[1]))
             self._functions[key] = (evaluate_all, tensors)

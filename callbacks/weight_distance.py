@@ -20,7 +20,7 @@ import numpy as np
 import tensorflow as tf
 
 from callbacks.base import UpdateClock
-from callbacks.gradient_norm import layer_groups, norms64
+from callbacks.gradient_norm import SquaredSums, layer_groups, norms64
 from experiments.common import checks
 from experiments.engine.step_measurements import UpdateProbe
 
@@ -44,6 +44,8 @@ class WeightDistance(UpdateClock):
     def on_train_begin(self, logs=None):
         variables = self.model.trainable_variables
         self._groups = layer_groups(variables)
+        self._sums = SquaredSums(self._groups, len(variables))
+        self._tags = [f"weights/distance_from_init/layer/{layer}" for layer in self._groups]
         self._probed = False
         if self._initial is not None:
             return
@@ -73,14 +75,13 @@ class WeightDistance(UpdateClock):
     def measure(self, distances=None):
         """``distances``: the per-variable distances, when read inside the train chunk."""
         distances = self._distances().numpy() if distances is None else distances
-        total = float(np.sqrt(np.sum(distances ** 2)))
+        totals, layers = self._sums(distances[None])
+        total = float(np.sqrt(totals[0]))
         values = {"weights/distance_from_init": total}
         if self._initial_norm > 0:
             values["weights/relative_distance_from_init"] = total / self._initial_norm
         if self.per_layer:
-            for layer, idx in self._groups.items():
-                values[f"weights/distance_from_init/layer/{layer}"] = float(
-                    np.sqrt(np.sum(distances[idx] ** 2)))
+            values.update(zip(self._tags, np.sqrt(layers[0]).tolist()))
         return values
 
     def log(self, update, distances=None):

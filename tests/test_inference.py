@@ -1,0 +1,84 @@
+"""``engine.inference.evaluate_rows``: forward passes per batch, loss and metrics once over all rows,
+against Keras' own ``model.evaluate`` on the same rows and batch size."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from experiments.engine import inference
+
+
+def _data(rows=70):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(rows, 6)).astype(np.float32)
+    y = (x[:, 0] + 0.5 * x[:, 1] > 0).astype(np.int64)
+    return x, y
+
+
+def _model(loss=None, activity_regularizer=None):
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([
+        keras.Input((6,)),
+        keras.layers.Dense(8, activation="relu", activity_regularizer=activity_regularizer),
+        keras.layers.Dropout(0.5), keras.layers.Dense(2)])
+    model.compile(optimizer="sgd", metrics=["accuracy", keras.metrics.SparseCategoricalCrossentropy(from_logits=True, name="xent")],
+                  loss=loss or keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    return model
+
+
+def _in_graph(model, x, y, batch_size):
+    run = tf.function(lambda x, y: inference.evaluate_rows(model, x, y, batch_size))
+    return {name: float(value) for name, value in run(tf.constant(x), tf.constant(y)).items()}
+
+
+@pytest.mark.parametrize("batch_size", [1, 16, 32, 70, 100])
+def test_equals_keras_evaluate(batch_size):
+    """70 rows: ragged last batches, one batch, a batch larger than the set."""
+    x, y = _data()
+    model = _model()
+    expected = model.evaluate(x, y, batch_size=batch_size, verbose=0, return_dict=True)
+    got = _in_graph(model, x, y, batch_size)
+    assert set(got) == set(expected)
+    assert got["loss"] == pytest.approx(expected["loss"], rel=1e-6)
+    assert got["accuracy"] == expected["accuracy"]  # a count: exact
+    assert got["xent"] == pytest.approx(expected["xent"], rel=1e-6)
+
+
+def test_inference_mode_and_no_weight_change():
+    """Dropout off (two calls agree), and nothing trained."""
+    x, y = _data()
+    model = _model()
+    before = [w.copy() for w in model.get_weights()]
+    assert _in_graph(model, x, y, 16) == _in_graph(model, x, y, 16)
+    for b, a in zip(before, model.get_weights()):
+        np.testing.assert_array_equal(b, a)
+
+
+@pytest.mark.parametrize("case", ["sum_reduction", "activity_regularizer", "own_test_step"])
+def test_falls_back_to_test_step_per_batch(case):
+    """Where a per-batch loss is not a mean over rows, the function runs ``test_step`` on each
+    batch, as evaluate does: the values are evaluate's, not a mean over all rows."""
+    x, y = _data()
+    if case == "sum_reduction":
+        model = _model(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True,
+                                                                       reduction="sum"))
+    elif case == "activity_regularizer":
+        model = _model(activity_regularizer=keras.regularizers.L2(0.1))
+    else:
+        class OwnStep(keras.Model):
+            def test_step(self, data):
+                return super().test_step(data)
+
+        plain = _model()
+        model = OwnStep(plain.inputs, plain.outputs)
+        model.compile(optimizer="sgd", metrics=["accuracy", keras.metrics.SparseCategoricalCrossentropy(from_logits=True, name="xent")],
+                      loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    assert not inference.lean_evaluation(model)
+    expected = model.evaluate(x, y, batch_size=32, verbose=0, return_dict=True)
+    got = _in_graph(model, x, y, 32)
+    for name, value in expected.items():
+        assert got[name] == pytest.approx(value, rel=1e-6)
+    if case == "sum_reduction":  # evaluate's value is a mean of batch sums, not the whole sum
+        whole = float(model.compute_loss(y=y, y_pred=model(x, training=False), training=False))
+        assert got["loss"] != pytest.approx(whole, rel=1e-3)
