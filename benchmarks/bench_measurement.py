@@ -21,9 +21,9 @@ the medians), which shows the fixed part of the cost. Targets (printed with met 
 most 5% overhead per epoch on every setup, and at most 2 ms of fixed cost per epoch on the digits
 MLP.
 
-With ``--hooks``, one "on" run per setup instead, printing the wall time spent in each
-measurement callback's hooks per epoch (where the fixed cost goes; the train step's own share,
-the gradient norms and noise scale computed in-graph, is not in it).
+With ``--phases``, one "off" and one "on" run per setup instead, printing where each epoch's
+milliseconds go (``phase_table``): the train calls (the step's in-graph measurements and the
+probes inside them), validation, each callback's hooks and each probe's host side.
 
 Setups: the reference models (an MLP 784-512-512-10 on 8192 synthetic rows at B = 256 split into
 8 micro-batches of 32 (also with the noise scale sampled every 4 updates), and at B = 256
@@ -47,6 +47,7 @@ import keras  # noqa: E402
 from absl import logging  # noqa: E402
 
 from experiments import launch  # noqa: E402
+from experiments.engine import custom_loop  # noqa: E402
 from experiments.run import measurements as measurements_lib  # noqa: E402
 from experiments.run import runner  # noqa: E402
 
@@ -68,16 +69,19 @@ REFERENCE_LSTM = [  # 10240 sequences of 20 steps x 32 features: 8192 to train o
     "train.model_fn = @lstm_classifier",
     "lstm_classifier.units = 128"]
 MLP_GIN = ["gin/experiments/digits_mlp.gin"]
+REFERENCE_MLP_GIN = ["gin/base.gin", "gin/models/mlp.gin"]  # synthetic rows: no digits bindings
 LSTM_GIN = ["gin/base.gin", "gin/models/lstm_classifier.gin", "gin/data/synthetic_sequences.gin"]
 SETUPS = {
     # name: (gin files, bindings)
     "MLP 784-512-512-10, 8192 rows, B=256 = 8x32 (k=8)": (
-        MLP_GIN, REFERENCE_MLP + ["train.batch_size = 256", "train.micro_batch_size = 32"]),
+        REFERENCE_MLP_GIN, REFERENCE_MLP + ["train.batch_size = 256",
+                                            "train.micro_batch_size = 32"]),
     "MLP 784-512-512-10, 8192 rows, B=256 = 8x32 (k=8), noise scale sampled every 4 updates": (
-        MLP_GIN, REFERENCE_MLP + ["train.batch_size = 256", "train.micro_batch_size = 32",
-                                  "measurements.gradient_noise_scale.sample_every_n_updates = 4"]),
+        REFERENCE_MLP_GIN, REFERENCE_MLP + [
+            "train.batch_size = 256", "train.micro_batch_size = 32",
+            "measurements.gradient_noise_scale.sample_every_n_updates = 4"]),
     "MLP 784-512-512-10, 8192 rows, B=256 (k=1)": (
-        MLP_GIN, REFERENCE_MLP + ["train.batch_size = 256"]),
+        REFERENCE_MLP_GIN, REFERENCE_MLP + ["train.batch_size = 256"]),
     "LSTM(128), 8192 rows x 20 steps, B=256 = 8x32 (k=8)": (
         LSTM_GIN, REFERENCE_LSTM + ["train.batch_size = 256", "train.micro_batch_size = 32"]),
     "smallest: digits MLP(64,64), 1437 rows, B=32 (k=1)": (MLP_GIN, ["train.batch_size = 32"]),
@@ -105,36 +109,64 @@ class EpochTimer(keras.callbacks.Callback):
 HOOKS = ("on_train_batch_begin", "on_train_batch_end", "on_epoch_begin", "on_epoch_end")
 
 
-class HookTimer(EpochTimer):
-    """Also sums the wall time of the measurement callbacks' own hooks (those their class
-    defines), per callback class, from the second epoch on; listed last, like ``EpochTimer``."""
+class PhaseTimer(EpochTimer):
+    """Also sums, from the second epoch on, the wall time of each phase of an epoch: the train
+    calls (``CustomLoop._run_epoch``, with the probes' host side inside them), validation
+    (``CustomLoop.evaluate`` called by the loop), and each measurement callback's own hooks
+    (those its class defines), minus the time its probe's host side (``receive``) took inside the
+    train calls, which is listed on its own. Listed last, like ``EpochTimer``."""
 
     def __init__(self):
         super().__init__()
-        self.hook_seconds = collections.defaultdict(float)
+        self.seconds_in = collections.defaultdict(float)
         self._counting = False
+        self._patched = []
+
+    def timed(self, owner, name, key):
+        """Wraps ``owner.name`` (restored by ``restore``) to add its wall time to ``key``."""
+        original = getattr(owner, name)
+
+        def wrapper(*args, **kwargs):
+            started = time.perf_counter()
+            try:
+                return original(*args, **kwargs)
+            finally:
+                if self._counting:
+                    self.seconds_in[key] += time.perf_counter() - started
+
+        self._patched.append((owner, name, owner.__dict__.get(name)))
+        setattr(owner, name, wrapper)
 
     def wrap(self, callbacks):
         for callback in callbacks:
+            name = type(callback).__name__
             for hook in HOOKS:
-                if getattr(type(callback), hook) is getattr(keras.callbacks.Callback, hook):
-                    continue
+                if getattr(type(callback), hook) is not getattr(keras.callbacks.Callback, hook):
+                    self.timed(callback, hook, f"hooks: {name}")
+            probe = getattr(callback, "update_probe", None)
+            if callable(probe):
+                original = probe
 
-                def timed(*args, _hook=getattr(callback, hook), _name=type(callback).__name__,
-                          **kwargs):
-                    started = time.perf_counter()
-                    try:
-                        return _hook(*args, **kwargs)
-                    finally:
-                        if self._counting:
-                            self.hook_seconds[_name] += time.perf_counter() - started
+                def probe_with_timed_receive(_original=original, _name=name):
+                    taken = _original()
+                    if taken is not None:
+                        self.timed(taken, "receive", f"probe receive: {_name}")
+                    return taken
 
-                setattr(callback, hook, timed)
+                callback.update_probe = probe_with_timed_receive
         return callbacks
 
-    def on_epoch_end(self, epoch, logs=None):
-        super().on_epoch_end(epoch, logs)
-        self._counting = True  # the first epoch's hooks (tracing) are not counted
+    def restore(self):
+        for owner, name, previous in reversed(self._patched):
+            if previous is None:
+                delattr(owner, name)
+            else:
+                setattr(owner, name, previous)
+        self._patched.clear()
+
+    def on_epoch_begin(self, epoch, logs=None):
+        super().on_epoch_begin(epoch, logs)
+        self._counting = epoch > 0  # the first epoch (tracing, also at its end) is not counted
 
 
 def run_once(files, bindings, measured, sharpness, epochs, every, output_dir, timer=None,
@@ -152,29 +184,38 @@ def run_once(files, bindings, measured, sharpness, epochs, every, output_dir, ti
     return timer.seconds[1:], result["measurements"].get("sharpness/seconds")
 
 
-def hook_table(setups, epochs, every, output_dir):
-    """One "on" run per setup; prints ms per epoch spent in each measurement callback's hooks."""
+def phase_table(setups, epochs, every, output_dir):
+    """One "off" and one "on" run per setup; prints wall ms per epoch in each phase."""
     build = measurements_lib.build
-    names = ("GradientNorm", "WeightDistance", "GradientNoiseScale", "GeneralizationGap",
-             "Throughput")
-    rows = []
-    try:
-        for name, (files, bindings) in setups:
-            timer = HookTimer()
-            measurements_lib.build = lambda *a, **k: timer.wrap(build(*a, **k))
-            run_once(files, bindings, True, False, epochs, every, output_dir, timer)
-            per_epoch = {k: 1000 * v / (epochs - 1) for k, v in timer.hook_seconds.items()}
-            epoch_ms = 1000 * statistics.median(w for w, _ in timer.seconds[1:])
-            rows.append((name, [per_epoch.get(n, 0.0) for n in names], epoch_ms))
-    finally:
-        measurements_lib.build = build
-    print(f"\nWall ms per epoch in each measurement callback's hooks (one run, {epochs - 1} epochs "
-          f"after the first; logged every {every} updates).\n")
-    print("| setup | " + " | ".join(names) + " | total | epoch ms |")
-    print("|---|" + "---|" * (len(names) + 2))
-    for name, values, epoch_ms in rows:
-        print(f"| {name} | " + " | ".join(f"{v:.1f}" for v in values)
-              + f" | {sum(values):.1f} | {epoch_ms:.0f} |")
+    for name, (files, bindings) in setups:
+        columns = {}
+        for measured in (False, True):
+            timer = PhaseTimer()
+            timer.timed(custom_loop.CustomLoop, "_run_epoch", "train calls")
+            timer.timed(custom_loop.CustomLoop, "_end_epoch", "epoch end (validation, hooks)")
+            timer.timed(custom_loop.CustomLoop, "evaluate", "validation")
+            measurements_lib.build = lambda *a, _timer=timer, **k: _timer.wrap(build(*a, **k))
+            try:
+                run_once(files, bindings, measured, False, epochs, every, output_dir, timer)
+            finally:
+                measurements_lib.build = build
+                timer.restore()
+            counted = epochs - 1
+            per_epoch = {k: 1000 * v / counted for k, v in timer.seconds_in.items()}
+            per_epoch["epoch (median)"] = 1000 * statistics.median(
+                w for w, _ in timer.seconds[1:])
+            columns["on" if measured else "off"] = per_epoch
+        print(f"\n{name}: wall ms per epoch, one run per arm, {epochs - 1} epochs after the "
+              f"first; per-update measurements every {every} updates. The epoch-end row holds "
+              "validation and every callback's epoch-end hook; a probe's receive runs inside "
+              "the train calls.\n")
+        print("| phase | off | on | on - off |")
+        print("|---|---|---|---|")
+        phases = sorted(set(columns["off"]) | set(columns["on"]),
+                        key=lambda k: (k.startswith("epoch ("), k))
+        for phase in phases:
+            off, on = columns["off"].get(phase, 0.0), columns["on"].get(phase, 0.0)
+            print(f"| {phase} | {off:.2f} | {on:.2f} | {on - off:+.2f} |")
 
 
 def main():
@@ -187,15 +228,16 @@ def main():
     parser.add_argument("--without", nargs="*", default=(),
                         help="measurement factories left out of the 'on' arm (e.g. "
                              "generalization_gap): the cost of the others")
-    parser.add_argument("--hooks", action="store_true",
-                        help="time each measurement callback's hooks instead (one run per setup)")
+    parser.add_argument("--phases", action="store_true",
+                        help="per-epoch breakdown instead: train calls, validation, each "
+                             "callback's hooks and probe host side (one run per arm and setup)")
     args = parser.parse_args()
     logging.set_verbosity(logging.WARNING)
     setups = [(name, setup) for name, setup in SETUPS.items()
               if not args.setups or any(part in name for part in args.setups)]
-    if args.hooks:
+    if args.phases:
         with tempfile.TemporaryDirectory() as output_dir:
-            hook_table(setups, args.epochs, args.every, output_dir)
+            phase_table(setups, args.epochs, args.every, output_dir)
         return
     rows = []
     with tempfile.TemporaryDirectory() as output_dir:
