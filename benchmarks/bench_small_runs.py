@@ -219,8 +219,8 @@ def breakdown(output_dir):
         callbacks, measured = build(*args, **kwargs)
         return timer.wrap_callbacks(callbacks), measured
 
-    def train_function(self, iterator):
-        return timer.timed(originals["_train_function"](self, iterator), "train calls")
+    def train_function(self, iterator, *args):  # args: the probes, where the loop has them
+        return timer.timed(originals["_train_function"](self, iterator, *args), "train calls")
 
     def function(self, cache, step, spec):
         phase = "train calls" if cache is self._train_functions else "validation calls"

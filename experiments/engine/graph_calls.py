@@ -5,13 +5,17 @@
   the chunk runs in segments that end on the updates they log, and reads them there
   (``run_probed`` is the host side).
 - ``read_and_keep``: a small finite evaluation set read once and kept as tensors, with a function
-  evaluating all of it in one call.
+  evaluating all of it in one call (for (x, y) batches: the forward pass per batch, the loss and
+  metrics once over all rows, ``inference.evaluate_rows``; with sample weights ``test_step`` per
+  batch).
 
 Each is returned as a concrete function: a ``tf.function`` call first matches its arguments
 against its traces, which for an iterator costs ~0.8 ms per call here (as much as a small update).
 """
 
 import tensorflow as tf
+
+from experiments.engine import inference
 
 
 def chunk_function(model, strategy, step, iterator, probes=()):
@@ -100,6 +104,8 @@ def read_and_keep(model, dataset, max_bytes):
 
     @tf.function
     def run(data):
+        if isinstance(data, tuple) and len(data) == 2:  # (x, y): forward per batch, then
+            return inference.evaluate_rows(model, data[0], data[1], size)  # loss and metrics once
         model.reset_metrics()
         rows = tf.shape(tf.nest.flatten(data)[0])[0]
         for start in tf.range(0, rows, size):

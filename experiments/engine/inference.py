@@ -34,7 +34,7 @@ def lean_evaluation(model):
     module docstring); decided from the model and its compiled loss."""
     for method in ("test_step", "compute_loss", "compute_metrics"):
         own = getattr(type(model), method, None)
-        if own is not getattr(keras.Model, method, None):
+        if own is not getattr(keras.Model, method, None) or method in vars(model):
             return False
     if any(getattr(layer, "activity_regularizer", None) is not None
            for layer in model._flatten_layers(include_self=True)):  # pylint: disable=W0212
