@@ -38,6 +38,7 @@ def test_equals_keras_evaluate(batch_size):
     x, y = _data()
     model = _model()
     expected = model.evaluate(x, y, batch_size=batch_size, verbose=0, return_dict=True)
+    assert inference.lean_evaluation(model)  # the loss and metrics once over all rows
     got = _in_graph(model, x, y, batch_size)
     assert set(got) == set(expected)
     assert got["loss"] == pytest.approx(expected["loss"], rel=1e-6)
@@ -82,3 +83,78 @@ def test_falls_back_to_test_step_per_batch(case):
     if case == "sum_reduction":  # evaluate's value is a mean of batch sums, not the whole sum
         whole = float(model.compute_loss(y=y, y_pred=model(x, training=False), training=False))
         assert got["loss"] != pytest.approx(whole, rel=1e-3)
+
+
+class _AddsLoss(keras.layers.Layer):
+    def call(self, inputs):
+        self.add_loss(0.1 * keras.ops.sum(keras.ops.square(inputs)))
+        return inputs
+
+
+class _TracksActivation(keras.layers.Layer):
+    """Updates a metric of its own in the forward pass."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.activation_mean = keras.metrics.Mean(name="mean_activation")
+
+    def call(self, inputs):
+        self.activation_mean.update_state(keras.ops.mean(inputs))
+        return inputs
+
+
+def _batch_rmse(y_true, y_pred):
+    """One number per batch (not per row): evaluate averages it over batches."""
+    return tf.sqrt(tf.reduce_mean(tf.square(tf.cast(y_true, y_pred.dtype)[:, None] - y_pred)))
+
+
+def _two_outputs():
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((6,))
+    hidden = keras.layers.Dense(8, activation="relu")(inputs)
+    model = keras.Model(inputs, [keras.layers.Dense(1, name="reg")(hidden),
+                                 keras.layers.Dense(2, name="cls")(hidden)])
+    model.compile(optimizer="sgd", loss=["mse", keras.losses.SparseCategoricalCrossentropy(
+        from_logits=True)], metrics=[[], ["accuracy"]])
+    return model
+
+
+@pytest.mark.parametrize("case", ["two_outputs", "add_loss", "batch_scalar_loss",
+                                  "batch_scalar_metric", "metric_in_forward_pass",
+                                  "large_predictions"])
+def test_equals_evaluate_where_batching_matters(case, monkeypatch):
+    """Cases where a per-batch value is not a mean over rows (or the predictions are too large
+    to keep): the result is still evaluate's, on a ragged last batch (70 rows, batches of 32)."""
+    x, y = _data()
+    y_fit = y
+    if case == "two_outputs":
+        model = _two_outputs()
+        y_fit = (y.astype(np.float32)[:, None], y)
+    else:
+        keras.utils.set_random_seed(0)
+        extra = {"add_loss": [_AddsLoss()],
+                 "metric_in_forward_pass": [_TracksActivation()]}.get(case, [])
+        model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(8, activation="relu"),
+                                  *extra, keras.layers.Dense(2)])
+        loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+        metrics = ["accuracy"]
+        if case == "batch_scalar_loss":
+            loss = _batch_rmse
+        if case == "batch_scalar_metric":
+            metrics = ["accuracy", _batch_rmse]
+        model.compile(optimizer="sgd", loss=loss, metrics=metrics)
+    by_batch = []
+    if case == "large_predictions":  # 70 x 2 float32 predictions: 560 bytes
+        monkeypatch.setattr(inference, "MAX_PREDICTION_BYTES", 100)
+        original = inference._by_batch  # pylint: disable=protected-access
+        monkeypatch.setattr(inference, "_by_batch",
+                            lambda *args: by_batch.append(1) or original(*args))
+    expected = model.evaluate(x, y_fit, batch_size=32, verbose=0, return_dict=True)
+    run = tf.function(lambda x, y: inference.evaluate_rows(model, x, y, 32))
+    got = {name: float(value) for name, value in run(
+        tf.constant(x), tf.nest.map_structure(tf.constant, y_fit)).items()}
+    assert set(got) == set(expected)
+    for name, value in expected.items():
+        assert got[name] == pytest.approx(value, rel=1e-6), name
+    if case == "large_predictions":
+        assert by_batch  # not kept: evaluated batch by batch

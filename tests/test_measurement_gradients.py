@@ -7,7 +7,7 @@ import pytest
 import tensorflow as tf
 
 from callbacks import summary_writer
-from callbacks.gradient_norm import GradientNorm
+from callbacks.gradient_norm import GradientNorm, SquaredSums
 from callbacks.weight_distance import WeightDistance
 from experiments.engine import virtual_batch_model
 from tests.helpers import event_values
@@ -135,3 +135,20 @@ def test_epoch_end_update_is_measured_off_the_step_interval():
         np.testing.assert_allclose(values["gradients/global_norm"], _norm(grads), rtol=1e-4)
         np.testing.assert_allclose(values["update_ratio/global"],
                                    LR * _norm(grads) / _norm(before), rtol=1e-4)
+
+
+def test_layer_sums_keep_a_diverging_layer_to_itself():
+    """Per-layer sums of squared norms (host side of a logged point): a NaN or infinite norm
+    shows in its own layer only, and finite values equal a loop over the layers."""
+    groups = {"01_dense": [0, 3], "02_dense": [1, 4], "03_out": [2, 5]}  # interleaved
+    sums = SquaredSums(groups, 6)
+    rows = np.array([[1.0, 2.0, 3.0, 4.0, 5.0, 6.0],
+                     [np.nan, 2.0, 3.0, 4.0, 5.0, 6.0],
+                     [1.0, np.inf, 3.0, 4.0, 5.0, 6.0]])
+    totals, layers = sums(rows)
+    loop = [[np.sum(np.square(row[idx])) for idx in groups.values()] for row in rows]
+    np.testing.assert_array_equal(layers[0], loop[0])
+    assert totals[0] == np.sum(np.square(rows[0]))
+    assert np.isnan(layers[1][0]) and np.isfinite(layers[1][1:]).all()
+    assert np.isinf(layers[2][1]) and np.isfinite(layers[2][[0, 2]]).all()
+    np.testing.assert_array_equal(layers[1][1:], loop[1][1:])

@@ -5,45 +5,66 @@ the metrics once over all rows.
 metric's update on that batch. On a small model the per-batch loss and metric ops cost more than
 the forward pass itself (digits MLP, 16 batches of 32 rows: BUILD.md, "Measurement overhead"), and
 a measurement that evaluates the same training subset every epoch
-(``callbacks.generalization_gap``) pays that every epoch.
+(``callbacks.generalization_gap``), or a run's validation every epoch, pays that every time.
 
-``evaluate_rows`` keeps the memory of batched evaluation (one batch's activations alive at a
-time: the batches run in a ``tf.while_loop`` with ``parallel_iterations=1``) and keeps only the
-predictions of every row (rows x outputs). Then it computes the loss and the compiled metrics
-once over all rows, as ``test_step`` does on one batch. The values equal ``model.evaluate``'s up
-to float rounding of the sums: the loss is the mean over rows either way, and counts such as
-accuracy are exact.
+``evaluate_rows`` keeps the memory of batched evaluation for the activations (one batch alive at
+a time: the batches run in a ``tf.while_loop`` with ``parallel_iterations=1``) and keeps the
+predictions of every row (at most ``MAX_PREDICTION_BYTES``). Then it computes the loss and the
+compiled metrics once over all rows, as ``test_step`` does on one batch. The values equal
+``model.evaluate``'s up to float rounding of the sums: the loss is the mean over rows either way,
+and counts such as accuracy are exact.
 
-That holds when the loss is a mean over rows whatever the batching: Keras' own ``test_step`` and
-``compute_loss``, every compiled loss reduced by ``sum_over_batch_size`` or
-``mean_with_sample_weight`` (no sample weights here), no activity regularizer or other loss
-added in the forward pass, and no mask on the outputs (a masked loss is a mean over each batch's
-valid steps, which ``evaluate`` then averages by rows). Otherwise (``lean_evaluation`` False, or
-a mask seen at tracing) it runs ``test_step`` batch by batch, as ``evaluate`` does.
+That holds only where every per-batch value is a mean (or count) over rows, so the loss and
+metrics of the whole set do not depend on how it is batched. ``evaluate_rows`` computes them once
+only for: one replica; a model with one output, Keras' own ``test_step``, ``compute_loss`` and
+``compute_metrics``; compiled losses and metrics that are Keras' own (a user function may return
+one number per batch, which ``evaluate`` then averages over batches), losses reduced by
+``sum_over_batch_size`` or ``mean_with_sample_weight`` (no sample weights here); and, seen at
+tracing, no mask on the output and no loss added in the forward pass (``add_loss``, activity
+regularizers). Everything else runs ``test_step`` batch by batch, as ``evaluate`` does.
 """
 
 import keras
+import numpy as np
 import tensorflow as tf
 from keras.src import backend as keras_backend
 
 MEAN_REDUCTIONS = ("sum_over_batch_size", "mean_with_sample_weight")
+MAX_PREDICTION_BYTES = 64 << 20  # predictions kept for the loss and metrics, at most
+
+
+def _keras_own(function_or_object):
+    """Whether a loss or metric (or the function a wrapper calls) is defined by Keras itself."""
+    fn = getattr(function_or_object, "_fn", None) or getattr(function_or_object, "fn", None)
+    target = fn if fn is not None else type(function_or_object)
+    return (getattr(target, "__module__", "") or "").startswith("keras.")
 
 
 def lean_evaluation(model):
     """Whether the loss and metrics of ``model`` may be computed once over all rows (see the
-    module docstring); decided from the model and its compiled loss."""
+    module docstring), as far as the model and its compiled loss and metrics tell; the output's
+    mask and forward-pass losses are checked at tracing (``evaluate_rows``)."""
+    if tf.distribute.get_strategy().num_replicas_in_sync != 1:
+        return False  # compute_loss scales by the replicas, and test_step scales back
     for method in ("test_step", "compute_loss", "compute_metrics"):
         own = getattr(type(model), method, None)
         if own is not getattr(keras.Model, method, None) or method in vars(model):
             return False
+    if len(getattr(model, "outputs", None) or [None]) != 1:
+        return False  # per-output loss trackers average batch means: not a mean over rows
     if any(getattr(layer, "activity_regularizer", None) is not None
            for layer in model._flatten_layers(include_self=True)):  # pylint: disable=W0212
         return False
-    losses = getattr(model, "loss", None)
-    if isinstance(losses, dict):
-        losses = list(losses.values())
-    for loss in tf.nest.flatten(losses):
-        if isinstance(loss, keras.losses.Loss) and loss.reduction not in MEAN_REDUCTIONS:
+    compiled_loss = getattr(model, "_compile_loss", None)
+    for entry in getattr(compiled_loss, "_flat_losses", None) or []:
+        loss = getattr(entry, "loss", entry)
+        if not _keras_own(loss) or getattr(loss, "reduction", None) not in MEAN_REDUCTIONS:
+            return False
+    compiled_metrics = getattr(model, "_compile_metrics", None)
+    if compiled_metrics is not None:
+        if not getattr(compiled_metrics, "built", False):
+            return False
+        if not all(_keras_own(metric) for metric in compiled_metrics.metrics):
             return False
     return True
 
@@ -52,39 +73,58 @@ def _rows(tensor, start, size):
     return tensor[start:start + size]
 
 
+def _adds_losses_in_call(model):
+    """Whether the last forward pass added losses (``add_loss``, activity regularizers)."""
+    return any(layer._get_own_losses()  # pylint: disable=protected-access
+               for layer in model._flatten_layers(include_self=True))  # pylint: disable=W0212
+
+
 def evaluate_rows(model, x, y, batch_size):
     """Graph code: ``{name: value}`` as ``model.evaluate(x, y, batch_size=batch_size,
     return_dict=True)`` gives it, computed as the module docstring says. Resets the model's
     metrics first."""
-    rows = tf.shape(tf.nest.flatten(x)[0])[0]
-    if not lean_evaluation(model):
+    first_leaf = tf.nest.flatten(x)[0]
+    rows = tf.shape(first_leaf)[0]
+    if not lean_evaluation(model) or first_leaf.shape[0] == 0:
         return _by_batch(model, x, y, rows, batch_size)
+    model.reset_metrics()  # before the forward passes: layers may update metrics in them
     size = tf.minimum(tf.constant(batch_size, rows.dtype), tf.maximum(rows, 1))
     first = model(tf.nest.map_structure(lambda t: _rows(t, 0, size), x), training=False)
     leaves = tf.nest.flatten(first)
-    if any(keras_backend.get_keras_mask(leaf) is not None for leaf in leaves):
+    if (len(leaves) != 1 or keras_backend.get_keras_mask(leaves[0]) is not None
+            or _adds_losses_in_call(model) or not _fits(leaves[0], first_leaf.shape[0])):
         return _by_batch(model, x, y, rows, batch_size)
+    (leaf,) = leaves
     num_batches = (rows + size - 1) // size
-    arrays = [tf.TensorArray(leaf.dtype, size=num_batches, infer_shape=False,
-                             element_shape=tf.TensorShape([None]).concatenate(leaf.shape[1:]))
-              .write(0, leaf) for leaf in leaves]
+    predictions = tf.TensorArray(leaf.dtype, size=num_batches, infer_shape=False,
+                                 element_shape=tf.TensorShape([None]).concatenate(
+                                     leaf.shape[1:])).write(0, leaf)
 
-    def body(i, arrays):
+    def body(i, predictions):
         part = model(tf.nest.map_structure(lambda t: _rows(t, i * size, size), x),
                      training=False)
-        return i + 1, [a.write(i, leaf) for a, leaf in zip(arrays, tf.nest.flatten(part))]
+        return i + 1, predictions.write(i, tf.nest.flatten(part)[0])
 
     # One batch's activations at a time, as in evaluate.
-    _, arrays = tf.while_loop(lambda i, _: i < num_batches, body,
-                              [tf.constant(1, num_batches.dtype), arrays],
-                              parallel_iterations=1)
-    y_pred = tf.nest.pack_sequence_as(first, [a.concat() for a in arrays])
-    model.reset_metrics()
+    _, predictions = tf.while_loop(lambda i, _: i < num_batches, body,
+                                   [tf.constant(1, num_batches.dtype), predictions],
+                                   parallel_iterations=1)
+    y_pred = tf.nest.pack_sequence_as(first, [predictions.concat()])
     loss = model.compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=None, training=False)
     results = dict(model.compute_metrics(x, y, y_pred, sample_weight=None))
     if loss is not None and "loss" in results:  # the loss tracker saw no batch: set its value
         results["loss"] = tf.cast(loss, results["loss"].dtype)
     return results
+
+
+def _fits(leaf, num_rows):
+    """Whether the predictions of ``num_rows`` rows (static; None: unknown) fit
+    ``MAX_PREDICTION_BYTES``."""
+    per_row = leaf.shape[1:]
+    if num_rows is None or not per_row.is_fully_defined():
+        return False
+    return num_rows * int(np.prod(per_row, dtype=np.int64)) * leaf.dtype.size \
+        <= MAX_PREDICTION_BYTES
 
 
 def _by_batch(model, x, y, rows, batch_size):
