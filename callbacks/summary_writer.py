@@ -31,6 +31,7 @@ _LOGGED = {}  # subdir path -> {tag: last step already in its event files} (resu
 _BEFORE = {}  # subdir path -> {tag: [(step, value)] in its event files when the run resumed}
 _SCALAR_METADATA = scalar_metadata.create_summary_metadata(display_name=None, description=None)
 _SCALAR_SHAPE = tensor_shape_pb2.TensorShapeProto()
+_VALUE_TEMPLATES = {}  # tag -> Summary.Value without its number (``scalar_event``)
 
 
 def writer_for(log_dir, subdir="train"):
@@ -54,13 +55,21 @@ def _event_writer(log_dir, subdir):
 
 
 def scalar_event(values, step):
-    """One ``Event`` holding ``{tag: float}`` at ``step``, as ``tf.summary.scalar`` encodes it."""
-    summary = summary_pb2.Summary(value=[
-        summary_pb2.Summary.Value(
-            tag=tag, metadata=_SCALAR_METADATA,
-            tensor=tensor_pb2.TensorProto(dtype=types_pb2.DT_FLOAT, tensor_shape=_SCALAR_SHAPE,
-                                          float_val=[float(value)]))
-        for tag, value in values.items()])
+    """One ``Event`` holding ``{tag: float}`` at ``step``, as ``tf.summary.scalar`` encodes it.
+
+    Each tag's value message (tag, plugin metadata, tensor type and shape) is built once and
+    copied: building it afresh costs about twice as much, on every logged point."""
+    summary = summary_pb2.Summary()
+    for tag, value in values.items():
+        template = _VALUE_TEMPLATES.get(tag)
+        if template is None:
+            template = _VALUE_TEMPLATES[tag] = summary_pb2.Summary.Value(
+                tag=tag, metadata=_SCALAR_METADATA,
+                tensor=tensor_pb2.TensorProto(dtype=types_pb2.DT_FLOAT,
+                                              tensor_shape=_SCALAR_SHAPE))
+        entry = summary.value.add()
+        entry.CopyFrom(template)
+        entry.tensor.float_val.append(float(value))
     return event_pb2.Event(wall_time=time.time(), step=int(step), summary=summary)
 
 

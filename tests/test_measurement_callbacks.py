@@ -1,4 +1,8 @@
-"""Generalization gap and throughput in a plain ``model.fit`` (no batchlab train step needed)."""
+"""Generalization gap and throughput in a plain ``model.fit`` (no batchlab train step needed), and
+the encoding of the scalars measurement callbacks write."""
+
+import glob
+import os
 
 import keras
 import numpy as np
@@ -123,3 +127,41 @@ def test_gap_on_a_stream_dataset_keeps_the_training_state():
     expected = model.evaluate(windows, verbose=0, return_dict=True)
     assert measured["train_inference/loss"] == pytest.approx(expected["loss"], rel=1e-5)
     assert measured["train_inference/accuracy"] == pytest.approx(expected["accuracy"])
+
+
+def test_scalar_events_encode_like_tf_summary(tmp_path):
+    """``summary_writer.scalars`` writes what ``tf.summary.scalar`` writes (tag, plugin metadata,
+    a float tensor), also when the same tags are written again with other values."""
+    from tensorboard.backend.event_processing import event_file_loader  # noqa: PLC0415
+
+    def values_in(directory):
+        found = []
+        for path in sorted(glob.glob(os.path.join(directory, "**", "events.out.*"),
+                                     recursive=True)):
+            for event in event_file_loader.EventFileLoader(path).Load():
+                found += [(event.step, value) for value in event.summary.value]
+        return found
+
+    reference = str(tmp_path / "reference")
+    writer = tf.summary.create_file_writer(reference)
+    with writer.as_default():
+        for step, value in ((3, 0.25), (4, -1.5)):
+            tf.summary.scalar("gradients/global_norm", value, step=step)
+            tf.summary.scalar("weights/distance_from_init", 2 * value, step=step)
+    writer.close()
+    ours = str(tmp_path / "ours")
+    for step, value in ((3, 0.25), (4, -1.5)):
+        summary_writer.scalars(ours, {"gradients/global_norm": value,
+                                      "weights/distance_from_init": 2 * value}, step)
+    summary_writer.close_all()
+    expected, got = values_in(reference), values_in(ours)
+    assert [(s, v.tag, v.tensor.float_val[0]) for s, v in got] == \
+        [(3, "gradients/global_norm", 0.25), (3, "weights/distance_from_init", 0.5),
+         (4, "gradients/global_norm", -1.5), (4, "weights/distance_from_init", -3.0)]
+    for (step, mine), (ref_step, theirs) in zip(got, expected):
+        assert step == ref_step
+        assert mine.tag == theirs.tag
+        assert mine.metadata.plugin_data.plugin_name == theirs.metadata.plugin_data.plugin_name
+        assert mine.tensor.dtype == theirs.tensor.dtype
+        assert mine.tensor.tensor_shape == theirs.tensor.tensor_shape
+        assert tf.make_ndarray(mine.tensor) == tf.make_ndarray(theirs.tensor)
