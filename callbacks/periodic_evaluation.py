@@ -17,6 +17,7 @@ import numpy as np
 import tensorflow as tf
 
 from callbacks.base import UpdateClock
+from experiments.engine import inference
 from experiments.engine.states import isolated_state, stateful_layers
 
 
@@ -90,18 +91,13 @@ class PeriodicEvaluation(UpdateClock):
             size = self.batch_size
 
             @tf.function
-            def evaluate_all(x, y):
-                rows = tf.shape(tf.nest.flatten(y)[0])[0]
-                for start in tf.range(0, rows, size):
-                    model.test_step(tf.nest.map_structure(lambda t: t[start:start + size],
-                                                          (x, y)))
-                return model.get_metrics_result()
+            def evaluate_all(x, y):  # resets the metrics in the graph, then test_step per batch
+                return inference.by_batch(model, (x, y), size)
 
             x, y = self.validation_data
             tensors = tf.nest.map_structure(tf.convert_to_tensor, (x, y))
             self._function = (model, evaluate_all, tensors)
         _, evaluate_all, (x, y) = self._function
-        model.reset_metrics()
         return {name: float(np.asarray(value)) for name, value in evaluate_all(x, y).items()}
 
     def result(self):

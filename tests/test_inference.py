@@ -146,8 +146,8 @@ def test_equals_evaluate_where_batching_matters(case, monkeypatch):
     by_batch = []
     if case == "large_predictions":  # 70 x 2 float32 predictions: 560 bytes
         monkeypatch.setattr(inference, "MAX_PREDICTION_BYTES", 100)
-        original = inference._by_batch  # pylint: disable=protected-access
-        monkeypatch.setattr(inference, "_by_batch",
+        original = inference.by_batch
+        monkeypatch.setattr(inference, "by_batch",
                             lambda *args: by_batch.append(1) or original(*args))
     expected = model.evaluate(x, y_fit, batch_size=32, verbose=0, return_dict=True)
     run = tf.function(lambda x, y: inference.evaluate_rows(model, x, y, 32))

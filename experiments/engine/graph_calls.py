@@ -106,10 +106,6 @@ def read_and_keep(model, dataset, max_bytes):
     def run(data):
         if isinstance(data, tuple) and len(data) == 2:  # (x, y): forward per batch, then
             return inference.evaluate_rows(model, data[0], data[1], size)  # loss and metrics once
-        model.reset_metrics()
-        rows = tf.shape(tf.nest.flatten(data)[0])[0]
-        for start in tf.range(0, rows, size):
-            model.test_step(tf.nest.map_structure(lambda t: t[start:start + size], data))
-        return model.get_metrics_result()
+        return inference.by_batch(model, data, size)
 
     return run.get_concrete_function(tensors), tensors

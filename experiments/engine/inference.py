@@ -21,7 +21,8 @@ only for: one replica; a model with one output, Keras' own ``test_step``, ``comp
 one number per batch, which ``evaluate`` then averages over batches), losses reduced by
 ``sum_over_batch_size`` or ``mean_with_sample_weight`` (no sample weights here); and, seen at
 tracing, no mask on the output and no loss added in the forward pass (``add_loss``, activity
-regularizers). Everything else runs ``test_step`` batch by batch, as ``evaluate`` does.
+regularizers). Everything else runs ``test_step`` batch by batch, as ``evaluate`` does
+(``by_batch``, also what the validation curve and sample-weighted sets use).
 """
 
 import keras
@@ -86,14 +87,14 @@ def evaluate_rows(model, x, y, batch_size):
     first_leaf = tf.nest.flatten(x)[0]
     rows = tf.shape(first_leaf)[0]
     if not lean_evaluation(model) or first_leaf.shape[0] == 0:
-        return _by_batch(model, x, y, rows, batch_size)
+        return by_batch(model, (x, y), batch_size)
     model.reset_metrics()  # before the forward passes: layers may update metrics in them
     size = tf.minimum(tf.constant(batch_size, rows.dtype), tf.maximum(rows, 1))
     first = model(tf.nest.map_structure(lambda t: _rows(t, 0, size), x), training=False)
     leaves = tf.nest.flatten(first)
     if (len(leaves) != 1 or keras_backend.get_keras_mask(leaves[0]) is not None
             or _adds_losses_in_call(model) or not _fits(leaves[0], first_leaf.shape[0])):
-        return _by_batch(model, x, y, rows, batch_size)
+        return by_batch(model, (x, y), batch_size)
     (leaf,) = leaves
     num_batches = (rows + size - 1) // size
     predictions = tf.TensorArray(leaf.dtype, size=num_batches, infer_shape=False,
@@ -127,9 +128,12 @@ def _fits(leaf, num_rows):
         <= MAX_PREDICTION_BYTES
 
 
-def _by_batch(model, x, y, rows, batch_size):
-    """``test_step`` on each batch of ``batch_size`` rows, as ``evaluate`` runs it."""
+def by_batch(model, data, batch_size):
+    """Graph code: ``test_step`` on each batch of ``batch_size`` rows of ``data`` (any structure
+    ``test_step`` takes: (x, y), (x, y, sample_weight)), as ``evaluate`` runs it; resets the
+    metrics first and returns their results."""
     model.reset_metrics()
+    rows = tf.shape(tf.nest.flatten(data)[0])[0]
     for start in tf.range(0, rows, batch_size):
-        model.test_step(tf.nest.map_structure(lambda t: _rows(t, start, batch_size), (x, y)))
+        model.test_step(tf.nest.map_structure(lambda t: _rows(t, start, batch_size), data))
     return model.get_metrics_result()

@@ -179,9 +179,6 @@ class UpdateSizes:
     def updates_in(self, epoch):
         return len(self.epoch(epoch)[1])
 
-    def first_update(self, epoch):
-        return self.epoch(epoch)[0]
-
     def stages(self, epochs):
         """Where each stage starts within ``epochs`` epochs: a list of dicts (epoch, update,
         size), for logs and ``result.json``."""
