@@ -23,7 +23,7 @@ MLP.
 
 With ``--phases``, one "off" and one "on" run per setup instead, printing where each epoch's
 milliseconds go (``phase_table``): the train calls (the step's in-graph measurements and the
-probes inside them), validation, each callback's hooks and each probe's host side.
+measurements read inside them), validation, each callback's hooks and each measurement's host side.
 
 Setups: the reference models (an MLP 784-512-512-10 on 8192 synthetic rows at B = 256 split into
 8 micro-batches of 32 (also with the noise scale sampled every 4 updates), and at B = 256
@@ -48,6 +48,7 @@ from absl import logging  # noqa: E402
 
 from experiments import launch  # noqa: E402
 from experiments.engine import custom_loop  # noqa: E402
+from experiments.engine.measurement import Measurement  # noqa: E402
 from experiments.run import measurements as measurements_lib  # noqa: E402
 from experiments.run import runner  # noqa: E402
 
@@ -111,10 +112,10 @@ HOOKS = ("on_train_batch_begin", "on_train_batch_end", "on_epoch_begin", "on_epo
 
 class PhaseTimer(EpochTimer):
     """Also sums, from the second epoch on, the wall time of each phase of an epoch: the train
-    calls (``CustomLoop._run_epoch``, with the probes' host side inside them), validation
-    (``CustomLoop.evaluate`` called by the loop), and each measurement callback's own hooks
-    (those its class defines), minus the time its probe's host side (``receive``) took inside the
-    train calls, which is listed on its own. Listed last, like ``EpochTimer``."""
+    calls (``CustomLoop._run_epoch``, with the measurements' host side inside them), validation
+    (``CustomLoop.evaluate`` called by the loop), each callback's own hooks (those its class
+    defines) and each per-update measurement's host side (``publish``, run inside the train
+    calls: listed on its own). Listed last, like ``EpochTimer``."""
 
     def __init__(self):
         super().__init__()
@@ -140,20 +141,12 @@ class PhaseTimer(EpochTimer):
     def wrap(self, callbacks):
         for callback in callbacks:
             name = type(callback).__name__
+            if isinstance(callback, Measurement):  # read in the train calls, no hooks there
+                self.timed(callback, "publish", f"host side: {name}")
+                continue
             for hook in HOOKS:
                 if getattr(type(callback), hook) is not getattr(keras.callbacks.Callback, hook):
                     self.timed(callback, hook, f"hooks: {name}")
-            probe = getattr(callback, "update_probe", None)
-            if callable(probe):
-                original = probe
-
-                def probe_with_timed_receive(_original=original, _name=name):
-                    taken = _original()
-                    if taken is not None:
-                        self.timed(taken, "receive", f"probe receive: {_name}")
-                    return taken
-
-                callback.update_probe = probe_with_timed_receive
         return callbacks
 
     def restore(self):
@@ -207,7 +200,7 @@ def phase_table(setups, epochs, every, output_dir):
             columns["on" if measured else "off"] = per_epoch
         print(f"\n{name}: wall ms per epoch, one run per arm, {epochs - 1} epochs after the "
               f"first; per-update measurements every {every} updates. The epoch-end row holds "
-              "validation and every callback's epoch-end hook; a probe's receive runs inside "
+              "validation and every callback's epoch-end hook; a measurement's publish runs inside "
               "the train calls.\n")
         print("| phase | off | on | on - off |")
         print("|---|---|---|---|")
@@ -230,7 +223,7 @@ def main():
                              "generalization_gap): the cost of the others")
     parser.add_argument("--phases", action="store_true",
                         help="per-epoch breakdown instead: train calls, validation, each "
-                             "callback's hooks and probe host side (one run per arm and setup)")
+                             "callback's hooks and measurement host side (one run per arm and setup)")
     args = parser.parse_args()
     logging.set_verbosity(logging.WARNING)
     setups = [(name, setup) for name, setup in SETUPS.items()

@@ -69,7 +69,7 @@ def build(model_name):
 
 # name -> (batch the pipeline yields, micro-batch or None, Keras accumulation steps or None, kind)
 # 'batchlab' records the gradient norms every update, as the runner's models do; 'batchlab-bare'
-# records none (measure_every_n_updates=0): the cost of the step alone.
+# records none (measure_gradient_norms=False): the cost of the step alone.
 CONFIGURATIONS = {
     "batchlab 32x8": (256, 32, None, "batchlab"),
     "plain fit 32": (32, None, None, "plain"),
@@ -91,7 +91,7 @@ def make_model(model_name, configuration):
     if kind.startswith("batchlab"):
         model = virtual_batch_model.as_virtual_batch_model(
             model, micro_batch_size=micro, virtual_batch_size=batch,
-            measure_every_n_updates=0 if kind == "batchlab-bare" else 1)
+            measure_gradient_norms=kind != "batchlab-bare")
     optimizer = keras.optimizers.SGD(learning_rate=0.01, momentum=0.9,
                                      gradient_accumulation_steps=accumulation)
     model.compile(optimizer=optimizer, loss=keras.losses.SparseCategoricalCrossentropy(),

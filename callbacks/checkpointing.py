@@ -12,8 +12,8 @@ import time
 
 import keras
 
-from callbacks.base import epoch_first_batch
 from experiments.common import checks
+from experiments.engine.schedule import Cadence, epoch_first_update
 
 
 class TrainingInterrupted(Exception):
@@ -38,13 +38,13 @@ class PeriodicCheckpoint(keras.callbacks.Callback):
         super().__init__()
         self.save = save
         self.every_n_updates = checks.optional_positive_int(every_n_updates, "every_n_updates")
+        self._cadence = Cadence(self.every_n_updates)
         self.every_seconds = None if every_n_minutes is None else 60.0 * checks.positive_number(
             every_n_minutes, "every_n_minutes")
         self.stop_requested = stop_requested or (lambda: None)
         self.saved_updates = []
         self._epoch = 0
-        self._epoch_start = 0
-        self._first_batch = 0
+        self._first_update = 0
         self._last_save = None
 
     def on_train_begin(self, logs=None):
@@ -52,15 +52,14 @@ class PeriodicCheckpoint(keras.callbacks.Callback):
 
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch = epoch
-        self._epoch_start = int(self.model.optimizer.iterations.numpy())
-        # A resumed epoch's first batch index is not 0; with several updates per call the
-        # first hook seen is the end of a chunk, so it comes from the params.
-        self._first_batch = epoch_first_batch(self.params, epoch)
+        # The updates done before the epoch's first step, from the loop (a resumed epoch starts
+        # at a later step): batch ``b`` of the epoch is then update first + b + 1.
+        self._first_update = epoch_first_update(self.params, self.model)
 
     def on_train_batch_end(self, batch, logs=None):
-        update = self._epoch_start + batch - self._first_batch + 1
+        update = self._first_update + batch + 1
         reason = self.stop_requested()
-        due = reason is not None or (self.every_n_updates and update % self.every_n_updates == 0) \
+        due = reason is not None or self._cadence.logs(update) \
             or (self.every_seconds is not None
                 and time.monotonic() - self._last_save >= self.every_seconds)
         if not due:

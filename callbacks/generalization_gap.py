@@ -23,8 +23,8 @@ import numpy as np
 import tensorflow as tf
 
 from callbacks.base import MeasurementCallback
-from experiments.engine import inference
-from experiments.engine.states import isolated_state, stateful_layers
+from experiments.engine import evaluation
+from experiments.engine.states import isolated_state
 
 
 class GeneralizationGap(MeasurementCallback):
@@ -71,19 +71,17 @@ class GeneralizationGap(MeasurementCallback):
         """Arrays, on a model without stateful layers or distribution strategy: evaluated by one
         graph call (``_evaluate_in_one_call``); else by ``evaluate`` (through the model's
         evaluation loop when it has one, which is what several replicas need)."""
-        model = self.model
-        return (not isinstance(data, tf.data.Dataset)
-                and model.distribute_strategy is tf.distribute.get_strategy()
-                and not stateful_layers(model))
+        return evaluation.can_hold(self.model, data)
 
     def _evaluate_in_one_call(self, key, data):
         """What ``model.evaluate`` of these arrays returns (``return_dict=True``), in one call.
 
-        One graph function: ``evaluate`` costs about 0.5 ms of Python per batch (callbacks, a
-        host copy of the logs), a large share of a small model's epoch when the run's
+        One graph function: ``evaluate`` costs Python per batch (callbacks, a host copy of the
+        logs), a large share of a small model's epoch when the run's
         evaluation batch is small. Inside it, the forward pass runs per batch and the loss and
-        metrics once over all rows (``experiments.engine.inference.evaluate_rows``: the same
-        values up to float rounding, the memory of batched evaluation). The arrays become
+        metrics once over all rows (``experiments.engine.evaluation.in_graph``, the route the
+        loop's validation takes: the same values up to float rounding, the memory of batched
+        evaluation). The arrays become
         tensors once and are passed as arguments (not graph constants).
         """
         model = self.model
@@ -95,7 +93,7 @@ class GeneralizationGap(MeasurementCallback):
             @tf.function
             def evaluate_all(x, y):
                 # Resets the metrics in the graph (eagerly: one op call per variable).
-                results = inference.evaluate_rows(model, x, y, size)
+                results = evaluation.in_graph(model, (x, y), size)
                 # The weights' fingerprint in the same call (``measure`` needs it every epoch).
                 return results, weights_fingerprint(model)
 

@@ -15,9 +15,11 @@ updates and at each epoch's last update, keyed by the update count: ``noise_scal
 ``noise_scale/trace_sigma``, ``noise_scale/gradient_sq_norm``.
 
 The estimates and their EMAs are computed inside the train step (``VirtualBatchModel``, in
-``model.measurements``), so no Python runs per update; this callback sets the decay and sampling
-when training starts and reads the averages only when it logs. Undefined for k = 1
-(B_big = B_small): the callback then says so once, in the log and as the TensorBoard text
+``model.measurements``), so no Python runs per update; this measurement
+(``experiments.engine.measurement``) sets the decay and sampling when training starts and reads
+the averages only when it logs (inside batchlab's train call; in Keras' own ``fit``, through
+``GradientNoiseScale(...).callback()``). Undefined for k = 1
+(B_big = B_small): the measurement then says so once, in the log and as the TensorBoard text
 ``noise_scale/note``, instead of logging noise. Only the data
 loss enters (no regularizer): the noise scale is about the sampled data. B counts rows, so for
 masked sequence losses it is in sequences, not tokens. With a stateful (streamed) layout the
@@ -27,13 +29,14 @@ variance is underestimated and B_simple is biased low.
 Needs ``track_gradient_noise=True`` on the model (``measurements.track_gradient_noise`` in a run).
 """
 
+import tensorflow as tf
 from absl import logging
 
 from callbacks import summary_writer
-from callbacks.base import UpdateClock
+from callbacks.base import LoggedMeasurement
 from callbacks.gradient_norm import step_measurements
 from experiments.common import checks
-from experiments.engine.step_measurements import UpdateProbe
+from experiments.engine.schedule import Cadence
 from experiments.engine.states import stateful_layers
 
 UNDEFINED_NOTE = (
@@ -42,7 +45,7 @@ UNDEFINED_NOTE = (
     "of train.batch_size to measure it.")
 
 
-class GradientNoiseScale(UpdateClock):
+class GradientNoiseScale(LoggedMeasurement):
     """Logs B_simple = tr(Sigma)/|G|^2 and both parts, from the train step's moving averages.
 
     Args:
@@ -53,75 +56,53 @@ class GradientNoiseScale(UpdateClock):
         A sample costs k + 1 passes over the gradients inside the step (one per micro-batch, one
         over their sum); sampling less often trades estimator variance for speed.
 
-    The averages live on the model (one noise-scale callback per model): they start afresh when
-    this callback first starts training, and carry on over later ``fit`` calls with it.
+    The averages live on the model (one noise-scale measurement per model): they start afresh
+    when this measurement first starts training, and carry on over later ``fit`` calls with it.
     """
 
     def __init__(self, log_dir=None, every_n_updates=10, decay=0.99, sample_every_n_updates=1):
         super().__init__(log_dir)
         self.every_n_updates = checks.positive_int(every_n_updates, "every_n_updates")
+        self.cadence = Cadence(self.every_n_updates, at_epoch_end=True)
         self.sample_every_n_updates = checks.positive_int(sample_every_n_updates,
                                                           "sample_every_n_updates")
         self.decay = checks.fraction(decay, "decay")
         self.defined = None
         self._measurements = None  # the model's StepMeasurements, once started
-        self._probe = None
-        self._probed = False
 
-    def on_train_begin(self, logs=None):
-        self._probed = False
-        m = step_measurements(self.model)
-        if not getattr(self.model, "tracks_gradient_noise", False):
+    def start(self, model):
+        self.set_model(model)
+        m = step_measurements(model)
+        if not getattr(model, "tracks_gradient_noise", False):
             raise ValueError(
                 "The gradient noise scale needs the micro-batch gradient norms: build the model "
                 "with track_gradient_noise=True (in a run: measurements.track_gradient_noise = "
                 "True).")
-        if getattr(self.model, "micro_batch_size", None) is None:
+        if getattr(model, "micro_batch_size", None) is None:
             self._undefined()
-            return
-        if stateful_layers(self.model):
+            return False
+        if stateful_layers(model):
             logging.warning(
                 "Gradient noise scale on a stateful model: the micro-batches of one update are "
                 "correlated windows, so B_simple is biased low.")
         if self._measurements is not m:
             m.reset_noise_scale(self.decay, self.sample_every_n_updates)
             self._measurements = m
-            # In batchlab's loop the averages are read inside the train chunk (``update_probe``).
-            self._probe = UpdateProbe(self.every_n_updates, lambda update: m.noise_scale.value(),
-                                      shape=m.noise_scale.shape, receive=self._receive)
+        self.shape = tuple(m.noise_scale.shape)
         self.defined = True
-
-    def _receive(self, update, state):
-        if self.defined:
-            self.log(update, state)
-
-    def update_probe(self):
-        """The read as an ``UpdateProbe`` for batchlab's loop (the batch hook then does nothing
-        in this ``fit``); None when the noise scale is not measured."""
-        if not self.defined or self._probe is None:
-            return None
-        self._probed = True
-        return self._probe
+        return True
 
     def _undefined(self):
         self.defined = False
         logging.warning(UNDEFINED_NOTE)
         summary_writer.text(self.log_dir, "noise_scale/note", UNDEFINED_NOTE)
 
-    def on_train_batch_end(self, batch, logs=None):
-        if self._probed:
-            return
-        if self.defined and self.is_logged(batch, self.every_n_updates):
-            self.log(self.update_after(batch))
-
-    def on_epoch_end(self, epoch, logs=None):
-        update = self.current_update()  # epochs of unknown length: log their last update
-        if self.defined and update and self.last_logged_step() != update:
-            self.log(update)
+    def read(self, update):
+        return tf.convert_to_tensor(self._measurements.noise_scale)
 
     def _read(self, state=None):
         """({tag: value}, updates sampled so far); values empty until an update with k >= 2.
-        ``state``: the averages as read inside the train chunk, else read now."""
+        ``state``: the averages as read inside the train call, else read now."""
         state = self._measurements.noise_scale_values(state)
         if state["gradient_sq_norm"] is None:
             return {}, state["sampled"]
@@ -135,15 +116,16 @@ class GradientNoiseScale(UpdateClock):
         """Current {tag: value}; empty until an update with k >= 2 has been seen."""
         return self._read()[0] if self._measurements is not None else {}
 
-    def log(self, update, state=None):
+    def values(self, update, state):
+        if not self.defined:
+            return None
         values, sampled = self._read(state)
         if not sampled:  # no update sampled yet
-            return
+            return None
         if not values:  # updates were sampled, none with k >= 2
-            if self.defined:
-                self._undefined()
-            return
-        self.publish(update, values)
+            self._undefined()
+            return None
+        return values
 
     def result(self):
         """The final values, and the logged B_simple curve ``noise_scale/b_simple_curve``

@@ -11,17 +11,15 @@ This callback publishes them every ``every_n_updates`` updates, keyed by the upd
 - ``update_ratio/global`` and ``update_ratio/layer/<NN_layer>``: ||w_after - w_before|| /
   ||w_before|| for that update, the "is my learning rate sane" number (around 1e-3 is typical).
 
-Each epoch's last update is logged too, so that every epoch has a point (when the train step
-measures only every n-th update, this callback asks it to measure that update as well).
+Each epoch's last update is logged too, so that every epoch has a point.
 
 Nothing here runs a second backward pass. The update ratio needs the weights before the update:
 they are copied (one extra copy of the weights in memory) only before updates that will be logged,
 so its cost is one weight copy and one pass over the weights every ``every_n_updates`` updates.
 
-In batchlab's loop the copy is made by the train step before the updates it measures
-(``StepMeasurements.keep_weights_before``) and the read runs inside the train chunk's graph call
-(``update_probe``, ``experiments.engine.step_measurements.UpdateProbe``): a logged update then costs
-no graph call of its own. In any other loop (Keras' ``fit``) the batch hooks make the two calls.
+It is a ``Measurement`` (``experiments.engine.measurement``): the train step fills the norms and
+copies the weights (``before_update``) on the update the loop measures, and ``read`` runs inside
+the loop's train call. In Keras' own ``fit``, use ``GradientNorm(...).callback()``.
 """
 
 import collections
@@ -30,9 +28,9 @@ import re
 import numpy as np
 import tensorflow as tf
 
-from callbacks.base import UpdateClock
+from callbacks.base import LoggedMeasurement
 from experiments.common import checks
-from experiments.engine.step_measurements import UpdateProbe
+from experiments.engine.schedule import Cadence
 
 
 def step_measurements(model):
@@ -111,136 +109,73 @@ def norms64(tensors):
     return tf.sqrt(2.0 * sums)
 
 
-class GradientNorm(UpdateClock):
+class GradientNorm(LoggedMeasurement):
     """Publishes gradient norms (global and per layer) and update-to-weight ratios.
 
     Args:
       log_dir: TensorBoard directory (scalars go to ``log_dir/train``); None keeps values only.
-      every_n_updates: logging frequency, in updates.
+      every_n_updates: logging frequency, in updates (and each epoch's last update).
       per_layer: also log one norm (and ratio) per layer.
       update_ratio: log ||delta w|| / ||w|| of the logged updates (keeps one weight copy).
     """
 
+    uses_step = True
+
     def __init__(self, log_dir=None, every_n_updates=10, per_layer=True, update_ratio=True):
         super().__init__(log_dir)
         self.every_n_updates = checks.positive_int(every_n_updates, "every_n_updates")
+        self.cadence = Cadence(self.every_n_updates, at_epoch_end=True)
         self.per_layer = bool(per_layer)
         self.update_ratio = bool(update_ratio)
-        self.values = []  # (update, global gradient norm)
+        self._built_for = None
         self._snapshot = None
-        self._snapshot_for = None
-        self._read = None
-        self._probe = None
-        self._probed = False  # this fit's loop measures through the probe
 
-    def on_train_begin(self, logs=None):
-        measurements = step_measurements(self.model)
-        # The step fills the norms every ``measure_every_n_updates`` updates only: log on those.
-        cadence = getattr(self.model, "measure_every_n_updates", 1)
-        if cadence == 0 or self.every_n_updates % max(cadence, 1):
-            raise ValueError(
-                f"GradientNorm logs every {self.every_n_updates} updates but the train step "
-                f"measures every {cadence}: use a multiple of the step's interval "
-                "(measurements.every_n_updates sets both in batchlab runs).")
-        self._cadence = max(cadence, 1)
-        self._every_update = cadence == 1
-        # An epoch's last update, off the step's interval, is asked for with request_measurement.
-        self._can_request = hasattr(self.model, "request_measurement")
-        self._epoch_ends = self._every_update or self._can_request
-        variables = self.model.trainable_variables
+    def start(self, model):
+        measurements = step_measurements(model)
+        if not model.measures_gradient_norms:
+            raise ValueError("GradientNorm reads the gradient norms the train step fills: build "
+                             "the model with measure_gradient_norms=True.")
+        self.set_model(model)
+        variables = model.trainable_variables
         self._groups = layer_groups(variables)
         self._sums = SquaredSums(self._groups, len(variables))
         self._tags = [f"gradients/layer/{layer}" for layer in self._groups]
         self._ratio_tags = [f"update_ratio/layer/{layer}" for layer in self._groups]
-        self._probed = False
-        if self._read is not None:
-            self._probe.at_epoch_end = self._epoch_ends
-            return
-        # Graph code, run by one graph call per logged update here, or inside the train chunk by
-        # batchlab's loop (``update_probe``); concrete functions skip the tracing-cache lookup.
-        snapshot = None
-        if self.update_ratio:
-            snapshot = [tf.Variable(tf.zeros(v.shape, v.dtype), trainable=False)
+        if self._built_for is not model:  # graph state is built once per model
+            self._built_for = model
+            self._own_call = None
+            self._snapshot = None
+            if self.update_ratio:  # the weights before a measured update, kept by the step
+                with model.distribute_strategy.scope():
+                    self._snapshot = [tf.Variable(
+                        tf.zeros(v.shape, v.dtype), trainable=False,
+                        aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
                         for v in variables]
+        self._measurements = measurements
+        self.shape = (1 if self._snapshot is None else 3, len(variables))
+        self.before_update = None if self._snapshot is None else self._keep_weights
+        return True
 
-        def take_snapshot():
-            for copy, variable in zip(snapshot, self.model.trainable_variables):
-                copy.assign(variable)
+    def _keep_weights(self):
+        for copy, variable in zip(self._snapshot, self.model.trainable_variables):
+            copy.assign(variable)
 
-        def read():
-            grads = tf.cast(measurements.variable_gradient_norms, tf.float64)
-            if snapshot is None:
-                return grads[None]
-            deltas = norms64(v - s for v, s in zip(self.model.trainable_variables, snapshot))
-            return tf.stack([grads, deltas, norms64(snapshot)])
+    def read(self, update):
+        grads = tf.cast(self._measurements.variable_gradient_norms, tf.float64)
+        if self._snapshot is None:
+            return grads[None]
+        deltas = norms64(v - s for v, s in zip(self.model.trainable_variables, self._snapshot))
+        return tf.stack([grads, deltas, norms64(self._snapshot)])
 
-        self._snapshot = snapshot
-        if snapshot is not None:
-            self._take_snapshot = tf.function(take_snapshot).get_concrete_function()
-        self._read = tf.function(read).get_concrete_function()
-        self._probe = UpdateProbe(
-            self.every_n_updates, lambda update: read(),
-            shape=(1 if snapshot is None else 3, len(variables)), receive=self._receive,
-            prepare=self._prepare, at_epoch_end=self._epoch_ends)
-
-    def update_probe(self):
-        """The measurement as an ``UpdateProbe`` for batchlab's loop (the batch hooks then do
-        nothing in this ``fit``); None before training has begun. The step itself then copies
-        the weights before the updates it measures (``keep_weights_before``)."""
-        if self._probe is None:
-            return None
-        if self._snapshot is not None:
-            step_measurements(self.model).keep_weights_before(self._snapshot,
-                                                              self.every_n_updates)
-        self._probed = True
-        return self._probe
-
-    def _prepare(self, update):
-        # An epoch's last update, off this callback's interval: the step measures it (and keeps
-        # the weights before it) on request.
-        if update % self.every_n_updates:
-            self.model.request_measurement(update)
-
-    def _receive(self, update, rows):
-        self._snapshot_for = update if self._snapshot is not None else None
-        self.log(update, rows)
-
-    def on_train_batch_begin(self, batch, logs=None):
-        if self._probed:
-            return
-        if not self.is_logged(batch, self.every_n_updates, self._epoch_ends):
-            return
-        update = self.update_after(batch)
-        if update % self._cadence:  # an epoch's last update: ask the step to measure it too
-            self.model.request_measurement(update)
-        if self.update_ratio:
-            self._take_snapshot()
-            self._snapshot_for = update
-
-    def on_train_batch_end(self, batch, logs=None):
-        if self._probed:
-            return
-        if self.is_logged(batch, self.every_n_updates, self._epoch_ends):
-            self.log(self.update_after(batch))
-
-    def on_epoch_end(self, epoch, logs=None):
-        if not self._every_update:
-            return
-        update = self.current_update()  # epochs of unknown length: log their last update
-        if update and self.last_logged_step() != update:
-            self.log(update)
-
-    def measure(self, rows=None):
-        """Returns {tag: value} for the last update (ratios only when a snapshot was taken);
-        ``rows``: what the read returned, when it ran inside the train chunk."""
-        rows = self._read().numpy() if rows is None else rows
+    def values(self, update, rows):
+        """{tag: value} of a logged update's rows (per-variable norms; with ``update_ratio``
+        also the weight changes and the weights before)."""
         totals, layers = self._sums(rows)
         norms = np.sqrt(layers)
         values = {"gradients/global_norm": float(np.sqrt(totals[0]))}
         if self.per_layer:
             values.update(zip(self._tags, norms[0].tolist()))
-        if self._snapshot_for is not None:
-            self._snapshot_for = None
+        if self._snapshot is not None:
             total = np.sqrt(totals[2])
             if total > 0:
                 values["update_ratio/global"] = float(np.sqrt(totals[1]) / total)
@@ -250,8 +185,3 @@ class GradientNorm(UpdateClock):
                     if weight > 0:  # a layer still at zero (fresh biases) has no ratio
                         values[tag] = delta / weight
         return values
-
-    def log(self, update, rows=None):
-        values = self.measure(rows)
-        self.values.append((update, values["gradients/global_norm"]))
-        self.publish(update, values)

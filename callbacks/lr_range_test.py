@@ -12,11 +12,11 @@ Details that matter for reading the record:
   Keras computes in that update's forward pass, i.e. before its step (the convention of Smith and
   of fastai); the effect of a rate therefore shows in the next point.
 - Keras 3.15 reports ``logs["loss"]`` at batch end as the running mean of the epoch, weighted by
-  rows per batch (the ``loss`` entry of ``model.metrics``: a ``Mean`` with ``total`` and ``count``). The
-  per-update loss is taken as the change of that tracker's total over the change of its count
-  around the update, which is exact also for a smaller last batch. A model whose train step does
-  not feed the tracker falls back to ``(i + 1) * mean_i - i * mean_(i-1)`` (i the batch index in
-  the epoch), which assumes equal batches.
+  rows per batch (the ``loss`` entry of ``model.metrics``: a ``Mean`` with ``total`` and
+  ``count``). The per-update loss is taken as the change of that tracker's total over the change
+  of its count around the update, which is exact also for a smaller last batch. A model whose
+  train step does not feed the tracker falls back to ``(i + 1) * mean_i - i * mean_(i-1)`` (i the
+  batch index in the epoch), which assumes equal batches.
 - Training stops (``model.stop_training``) when the bias-corrected smoothed loss exceeds
   ``divergence_factor`` times its best value so far, when a loss or the smoothed loss is not
   finite, or after ``num_updates`` updates. Give ``fit`` at least that many updates.
@@ -97,13 +97,16 @@ class LearningRateRangeTest(keras.callbacks.Callback):
         optimizer = getattr(self.model, "optimizer", None)
         if optimizer is None:
             raise ValueError("LearningRateRangeTest needs a compiled model with an optimizer.")
-        inner = getattr(optimizer, "inner_optimizer", optimizer)  # LossScaleOptimizer
-        rate = getattr(inner, "_learning_rate", None)
+        # Keras' public ``learning_rate`` is the variable itself only when the optimizer was
+        # created with a number (also through a LossScaleOptimizer); a schedule or a callable
+        # gives its current value, which assigning cannot change.
+        rate = optimizer.learning_rate
         if not isinstance(rate, keras.Variable):
             raise ValueError(
                 "LearningRateRangeTest sets the learning rate of every update, but the optimizer "
-                f"was created with learning_rate={rate!r} (a schedule or "
-                "callable). Create the optimizer with a float learning_rate for the range test.")
+                f"was created with a schedule or callable (its learning_rate now reads {rate!r}, "
+                "not a variable). Create the optimizer with a float learning_rate for the range "
+                "test.")
         steps = getattr(self.model, "steps_per_execution", 1) or 1
         if int(steps) > 1:
             raise ValueError(

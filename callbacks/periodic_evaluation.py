@@ -4,24 +4,30 @@ Steps to result (Shallue et al. 2018) asks at which *update* a run first reaches
 validation set must be evaluated during an epoch, not only at its end. ``PeriodicEvaluation``
 evaluates it every ``every_n_updates`` updates and at the end of training, keeps the curve
 ``{"val_loss": [[update, value], ...], "val_accuracy": [...]}`` and logs each point as
-``validation_curve/<metric>`` at its update (``log_dir/train``). Works in any ``model.fit``.
+``validation_curve/<metric>`` at its update (``log_dir/train``).
 
-Evaluating mid-epoch must not disturb training: the model's metric variables (the running
-averages ``fit`` reports for the epoch) are saved before and restored after each evaluation.
-Arrays on a plain model are evaluated by one graph call over all batches (the same ``test_step``
-``evaluate`` runs, without its ~0.5 ms of Python per batch, as in ``generalization_gap``); other
-models use ``model.evaluate``.
+It is a ``Measurement`` (``experiments.engine.measurement``): for (x, y) arrays on one replica
+without stateful layers, batchlab's loop evaluates the set inside its train call, right after the
+measured update (``experiments.engine.evaluation``: the route the loop's own validation takes), so
+a point costs one pass over the validation rows and no graph call of its own. Evaluating
+mid-epoch must not disturb training: the model's metric variables (the running averages the loop
+reports for the epoch) are saved before and restored after each evaluation, in the same graph.
+Elsewhere (a dataset, several replicas, stateful layers) each point is one ``model.evaluate`` on
+the host. In Keras' own ``fit`` use ``PeriodicEvaluation(...).callback()``; there the points use
+``test_step`` per batch, as Keras' own validation does.
 """
 
 import numpy as np
 import tensorflow as tf
 
-from callbacks.base import UpdateClock
-from experiments.engine import inference
-from experiments.engine.states import isolated_state, stateful_layers
+from callbacks.base import LoggedMeasurement
+from experiments.common import checks
+from experiments.engine import evaluation
+from experiments.engine.schedule import Cadence
+from experiments.engine.states import isolated_state
 
 
-class PeriodicEvaluation(UpdateClock):
+class PeriodicEvaluation(LoggedMeasurement):
     """Args:
       validation_data: (x, y) arrays or a finite batched ``tf.data.Dataset``.
       every_n_updates: evaluate after every this many updates (and at the end of training).
@@ -35,40 +41,55 @@ class PeriodicEvaluation(UpdateClock):
         super().__init__(log_dir)
         if validation_data is None:
             raise ValueError("PeriodicEvaluation needs validation_data=(x, y) or a dataset.")
-        if int(every_n_updates) < 1:
-            raise ValueError(f"every_n_updates must be >= 1, got {every_n_updates!r}.")
+        self.every_n_updates = checks.positive_int(every_n_updates, "every_n_updates")
+        self.cadence = Cadence(self.every_n_updates)
         self.validation_data = validation_data
-        self.every_n_updates = int(every_n_updates)
-        self.batch_size = int(batch_size)
+        self.batch_size = checks.positive_int(batch_size, "batch_size")
         self.prefix = prefix
         self.curve = {}  # {metric: [[update, value], ...]}
-        self._function = None  # (model, graph function, tensors)
+        self._set = None  # evaluation.FixedSet of the model
+        self._names = []
         self._last_update = None
 
-    def on_train_batch_end(self, batch, logs=None):
-        if self.is_logged(batch, self.every_n_updates, at_epoch_end=False):
-            self._evaluate_at(self.update_after(batch))
+    def start(self, model):
+        self.set_model(model)
+        self.in_train_call = evaluation.can_hold(model, self.validation_data)
+        if self.in_train_call and (self._set is None or self._set.model is not model):
+            # batchlab's loop (which sets the model's evaluation loop) validates with the lean
+            # route; Keras' fit with ``test_step`` per batch: a point equals that loop's val_*.
+            lean = getattr(model, "evaluation_loop", None) is not None
+            self._set = evaluation.FixedSet(model, self.validation_data, self.batch_size,
+                                            lean=lean, keep_metrics=True)
+            self._names = self._set.names()
+            self._own_call = None
+            self.shape = (len(self._names),)
+        return True
 
-    def on_train_end(self, logs=None):
-        update = self.current_update()
-        if update != self._last_update:
-            self._evaluate_at(update)
-        super().on_train_end(logs)
+    def read(self, update):
+        values = self._set.graph()
+        return tf.stack([tf.cast(values[name], tf.float64) for name in self._names])
 
-    def _evaluate_at(self, update):
-        values = {self.prefix + name: float(v) for name, v in self._evaluate().items()}
-        self._last_update = update
+    def values(self, update, row):
+        self._last_update = int(update)
+        values = {self.prefix + name: float(v) for name, v in zip(self._names, row)}
         for name, value in values.items():
             self.curve.setdefault(name, []).append([int(update), value])
-        self.publish(update, {f"validation_curve/{name}": v for name, v in values.items()})
+        return {f"validation_curve/{name}": v for name, v in values.items()}
 
-    def _evaluate(self):
-        """{metric: value} on the validation set, leaving the training metrics as they were."""
+    def measure_now(self, update):
+        if self.in_train_call:
+            return super().measure_now(update)
+        return self.publish_dict(update, self._evaluate_on_host())
+
+    def publish_dict(self, update, results):
+        self._names = list(results)
+        self.publish(update, np.array([results[name] for name in self._names]))
+
+    def _evaluate_on_host(self):
+        """{metric: value} by ``model.evaluate``, leaving the training metrics as they were."""
         saved = [v.numpy() for v in self.model.metrics_variables]
         try:
             with isolated_state(self.model):
-                if self._in_one_call():
-                    return self._evaluate_in_one_call()
                 data = self.validation_data
                 if not isinstance(data, tf.data.Dataset):
                     data = tf.data.Dataset.from_tensor_slices(tuple(data)).batch(self.batch_size)
@@ -77,28 +98,10 @@ class PeriodicEvaluation(UpdateClock):
             for variable, value in zip(self.model.metrics_variables, saved):
                 variable.assign(value)
 
-    def _in_one_call(self):
-        model = self.model
-        return (not isinstance(self.validation_data, tf.data.Dataset)
-                and model.distribute_strategy is tf.distribute.get_strategy()
-                and getattr(model, "evaluation_loop", None) is None
-                and not stateful_layers(model))
-
-    def _evaluate_in_one_call(self):
-        """What ``model.evaluate`` returns for the arrays, from one graph call."""
-        model = self.model
-        if self._function is None or self._function[0] is not model:
-            size = self.batch_size
-
-            @tf.function
-            def evaluate_all(x, y):  # resets the metrics in the graph, then test_step per batch
-                return inference.by_batch(model, (x, y), size)
-
-            x, y = self.validation_data
-            tensors = tf.nest.map_structure(tf.convert_to_tensor, (x, y))
-            self._function = (model, evaluate_all, tensors)
-        _, evaluate_all, (x, y) = self._function
-        return {name: float(np.asarray(value)) for name, value in evaluate_all(x, y).items()}
+    def finish(self, update):
+        if update != self._last_update:
+            self.measure_now(update)
+        super().finish(update)
 
     def result(self):
         """``{"curve": {metric: [[update, value], ...]}}`` for the run's result.json."""

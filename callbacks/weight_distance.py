@@ -12,20 +12,20 @@ the weights in memory) and logs, keyed by the update count:
   in ``callbacks.gradient_norm.layer_groups``: ``01_dense``, ...).
 
 It logs at each epoch end and, with ``every_n_updates``, also every that many updates: one pass
-over the weights each time, in a single graph call (in batchlab's loop, inside the train chunk's
-call: ``update_probe``).
+over the weights each time, read inside batchlab's train call (a ``Measurement``,
+``experiments.engine.measurement``; in Keras' own ``fit``, use ``WeightDistance(...).callback()``).
 """
 
 import numpy as np
 import tensorflow as tf
 
-from callbacks.base import UpdateClock
+from callbacks.base import LoggedMeasurement
 from callbacks.gradient_norm import SquaredSums, layer_groups, norms64
 from experiments.common import checks
-from experiments.engine.step_measurements import UpdateProbe
+from experiments.engine.schedule import Cadence
 
 
-class WeightDistance(UpdateClock):
+class WeightDistance(LoggedMeasurement):
     """Args:
       log_dir: TensorBoard directory; None keeps values only (``self.history``).
       every_n_updates: also log every that many updates (None: at epoch ends only).
@@ -35,47 +35,34 @@ class WeightDistance(UpdateClock):
     def __init__(self, log_dir=None, every_n_updates=None, per_layer=True):
         super().__init__(log_dir)
         self.every_n_updates = checks.optional_positive_int(every_n_updates, "every_n_updates")
+        self.cadence = Cadence(self.every_n_updates, at_epoch_end=True)
         self.per_layer = bool(per_layer)
         self._initial = None
         self._last_update = None
-        self._probe = None
-        self._probed = False
 
-    def on_train_begin(self, logs=None):
-        variables = self.model.trainable_variables
+    def start(self, model):
+        self.set_model(model)
+        variables = model.trainable_variables
         self._groups = layer_groups(variables)
         self._sums = SquaredSums(self._groups, len(variables))
         self._tags = [f"weights/distance_from_init/layer/{layer}" for layer in self._groups]
-        self._probed = False
-        if self._initial is not None:
-            return
-        self._initial = [tf.Variable(tf.convert_to_tensor(v), trainable=False) for v in variables]
-        initial = self._initial
-        sizes = np.array([np.linalg.norm(np.ravel(w0.numpy()).astype(np.float64))
-                          for w0 in initial])
-        self._initial_norm = float(np.sqrt(np.sum(sizes ** 2)))
+        self.shape = (len(variables),)
+        if self._initial is None:  # w_0: the first fit only, so later fits measure from it
+            self._initial = [tf.Variable(tf.convert_to_tensor(v), trainable=False)
+                             for v in variables]
+            sizes = np.array([np.linalg.norm(np.ravel(w0.numpy()).astype(np.float64))
+                              for w0 in self._initial])
+            self._initial_norm = float(np.sqrt(np.sum(sizes ** 2)))
+        return True
 
-        def distances():
-            return norms64(v - w0 for v, w0 in zip(self.model.trainable_variables, initial))
+    def read(self, update):
+        return norms64(v - w0 for v, w0 in zip(self.model.trainable_variables, self._initial))
 
-        # One graph call per logged value (a concrete function skips the tracing-cache lookup).
-        self._distances = tf.function(distances).get_concrete_function()
-        if self.every_n_updates is not None:
-            # Logged updates and the epoch's last (which ``on_epoch_end`` then finds logged).
-            self._probe = UpdateProbe(self.every_n_updates, lambda update: distances(),
-                                      shape=(len(variables),), receive=self.log)
-
-    def update_probe(self):
-        """The per-update measurement as an ``UpdateProbe`` for batchlab's loop (the batch hook
-        then does nothing in this ``fit``); None without ``every_n_updates``."""
-        if self._probe is not None:
-            self._probed = True
-        return self._probe
-
-    def measure(self, distances=None):
-        """``distances``: the per-variable distances, when read inside the train chunk."""
-        distances = self._distances().numpy() if distances is None else distances
-        totals, layers = self._sums(distances[None])
+    def values(self, update, distances):
+        if update == self._last_update:
+            return None
+        self._last_update = update
+        totals, layers = self._sums(np.asarray(distances)[None])
         total = float(np.sqrt(totals[0]))
         values = {"weights/distance_from_init": total}
         if self._initial_norm > 0:
@@ -83,22 +70,6 @@ class WeightDistance(UpdateClock):
         if self.per_layer:
             values.update(zip(self._tags, np.sqrt(layers[0]).tolist()))
         return values
-
-    def log(self, update, distances=None):
-        if update == self._last_update:
-            return
-        self._last_update = update
-        self.publish(update, self.measure(distances))
-
-    def on_train_batch_end(self, batch, logs=None):
-        if self._probed:
-            return
-        if self.every_n_updates is not None and self.is_logged(batch, self.every_n_updates,
-                                                               at_epoch_end=False):
-            self.log(self.update_after(batch))
-
-    def on_epoch_end(self, epoch, logs=None):
-        self.log(self.current_update())
 
     def result(self):
         return {k: v for k, v in super().result().items() if "/layer/" not in k}

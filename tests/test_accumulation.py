@@ -28,7 +28,7 @@ def _context(model, loss, track_noise=False):
         replica=None, num_replicas=1, distributed=False, loss_dtype=tf.float32,
         has_call_losses=False, track_noise=track_noise,
         sampled=tf.constant(True) if track_noise else None,
-        coming_update=tf.constant(1, tf.int64), measure_every=0)
+        coming_update=tf.constant(1, tf.int64), records_norms=False)
 
 
 def _keras_gradients(model, loss, x, y, w):

@@ -92,6 +92,7 @@ def test_bad_variant_is_caught_before_any_run(tmp_path):
     _assert_no_run(tmp_path)
 
 
+@pytest.mark.slow
 def test_nan_loss_fails_the_run_and_says_where(tmp_path):
     with pytest.raises(FloatingPointError, match=r"became (nan|inf) at update \d+ of epoch 1"):
         _launch(tmp_path, ["keras.optimizers.SGD.learning_rate = 1e12",
@@ -101,6 +102,7 @@ def test_nan_loss_fails_the_run_and_says_where(tmp_path):
     assert not os.path.exists(os.path.join(path, "result.json"))
 
 
+@pytest.mark.slow
 def test_main_exits_nonzero_with_the_message(tmp_path):
     process = subprocess.run(
         [sys.executable, "main.py", f"--gin_file={DIGITS}", "--gin_bindings=mlp.widht = 3",
@@ -119,3 +121,11 @@ def test_existing_run_directory_is_never_overwritten(tmp_path):
         handle.write("{}")
     second = run_dir.create(str(tmp_path), "exp", "same")
     assert second != first and os.path.exists(os.path.join(first, "result.json"))
+
+
+@pytest.mark.parametrize("jobs", [0, -2, 1.5, True])
+def test_jobs_must_be_a_positive_integer(tmp_path, jobs):
+    with pytest.raises(launch.ConfigError, match=f"--jobs must be a positive integer, got {jobs}"):
+        launch.launch([DIGITS], QUIET, output_dir=str(tmp_path / "runs"),
+                      print_fn=lambda *_: None, jobs=jobs)
+    _assert_no_run(tmp_path)

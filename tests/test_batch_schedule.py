@@ -197,6 +197,7 @@ SCHEDULED = ["train.verbose = 0", "train.epochs = 3", "train.batch_size = 32",
              "measurements.gap_subset_size = 64"]
 
 
+@pytest.mark.slow
 def test_a_run_counts_updates_and_logs_b_per_stage(tmp_path):
     launch.launch(["gin/experiments/measure_digits.gin"],
                   SCHEDULED + ["train.micro_batch_size = 16", "measurements.sharpness.max_iterations = 2"],
@@ -226,6 +227,7 @@ GROW = ["train.batch_size_schedule = @batch_size_schedule()",
         "batch_size_schedule.boundaries = [1]", "batch_size_schedule.factor = 2"]
 
 
+@pytest.mark.slow
 def test_under_mirrored_strategy_each_stage_equals_one_device(tmp_path):
     """B = 256 then 512 (b = 32) over two logical CPUs, the last batch of each epoch split
     unevenly over the replicas: the weights and metrics of one device."""
@@ -244,6 +246,7 @@ def test_under_mirrored_strategy_each_stage_equals_one_device(tmp_path):
     assert read_json(os.path.join(single, "result.json"))["final_batch_size"] == 512
 
 
+@pytest.mark.slow
 def test_a_killed_scheduled_run_resumes_with_the_uninterrupted_numbers(tmp_path):
     """SIGKILL mid-epoch in the last stage (the stages change at updates 15 and 25), then
     relaunch: bit-identical metrics, as for a run without a schedule (tests/test_resume.py)."""
@@ -267,6 +270,7 @@ def test_a_killed_scheduled_run_resumes_with_the_uninterrupted_numbers(tmp_path)
     assert result["updates"] == 12 + 8 + 6 + 3
 
 
+@pytest.mark.slow
 def test_a_stream_run_grows_its_windows_per_update(tmp_path):
     launch.launch(["gin/experiments/char_lm.gin"], [
         "train.verbose = 0", "train.epochs = 2", "stream_text.max_characters = 6000",

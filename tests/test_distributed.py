@@ -21,6 +21,9 @@ import pytest
 
 from experiments import launch
 
+# Every case trains through main.py child processes (MirroredStrategy, two-worker jobs): slow.
+pytestmark = pytest.mark.slow
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BINDINGS = ["train.epochs = 2", "train.verbose = 0"]
 TIMEOUT_S = 180

@@ -17,6 +17,9 @@ from experiments import launch
 from experiments.run import config_audit
 from tests.helpers import event_tags, read_json, run_dirs
 
+# Every shipped experiment trains end to end, the quickstart through main.py: slow.
+pytestmark = pytest.mark.slow
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BASE = os.path.join(REPO, "gin", "base.gin")
 EXPERIMENTS = sorted(os.path.relpath(p, REPO) for p in

@@ -119,6 +119,7 @@ def _two_outputs():
     return model
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", ["two_outputs", "add_loss", "batch_scalar_loss",
                                   "batch_scalar_metric", "metric_in_forward_pass",
                                   "large_predictions"])

@@ -10,6 +10,9 @@ from experiments import launch
 from tests.helpers import read_json
 from tests.test_experiments_smoke import REPO, smoke_bindings
 
+# Every literature experiment trains end to end: slow.
+pytestmark = pytest.mark.slow
+
 LITERATURE = sorted(os.path.relpath(p, REPO)
                     for p in glob.glob(os.path.join(REPO, "gin", "literature", "*.gin")))
 JUDGED_ON = {  # the result.json entries each claim's table row is read from

@@ -1,11 +1,17 @@
 """``train.mode = 'lr_range_test'``: a batchlab run that ramps the learning rate to divergence and
-records a suggested learning rate, its rule, the curve and a plot."""
+records a suggested learning rate, its rule, the curve and a plot; and the run modes around it
+(``experiments.run.modes``): chosen once, the runner without mode branches, the plan frozen."""
 
+import ast
+import dataclasses
 import os
+import re
 
 import pytest
 
 from experiments import launch
+from experiments.run import modes, range_test, runner
+from experiments.run import plan as plan_lib
 from tests.helpers import event_tags, read_json, run_dirs
 
 FILES = ["gin/experiments/digits_mlp.gin", "gin/tools/lr_range_test.gin"]
@@ -18,8 +24,15 @@ def _launch(output, bindings=()):
                          print_fn=lambda *_: None)
 
 
-def test_a_range_test_run_suggests_a_learning_rate_inside_the_ramp(tmp_path):
+def test_a_range_test_run_suggests_a_learning_rate_inside_the_ramp(tmp_path, monkeypatch):
+    plans = _record_plans(monkeypatch)
     (result,) = _launch(tmp_path)
+    (plan,) = plans  # built once, with the epochs the ramp needs (digits_mlp.gin binds 10)
+    assert isinstance(plan.mode, modes.RangeTestMode)
+    assert plan.settings.epochs == range_test.epochs_for(
+        plan.mode.test, plan.layout.updates_per_epoch) == result["epochs"] == 2
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        plan.settings = None
     saved = read_json(os.path.join(result["run_dir"], "result.json"))
     test = saved["lr_range_test"]
     assert test["stopped_because"] == "diverged"  # 100 is far beyond what SGD with momentum takes
@@ -47,3 +60,35 @@ def test_bad_range_settings_fail_before_any_run(tmp_path, binding, message):
     with pytest.raises(ValueError, match=message):
         _launch(tmp_path / "runs", [binding])
     assert run_dirs(str(tmp_path / "runs")) == []
+
+
+def _record_plans(monkeypatch):
+    """Every ``Plan`` the runner builds."""
+    plans = []
+    original = plan_lib.build
+
+    def build(settings, run_mode):
+        plans.append(original(settings, run_mode))
+        return plans[-1]
+
+    monkeypatch.setattr(plan_lib, "build", build)
+    return plans
+
+
+def test_the_runner_has_no_mode_branches():
+    """What a mode does differently it does through its ``modes`` class: no condition of
+    ``runner.py`` names a mode, and ``train.mode`` is looked up in one table."""
+    tree = ast.parse(open(runner.__file__, encoding="utf-8").read())
+    conditions = [node.test for node in ast.walk(tree) if isinstance(node, (ast.If, ast.IfExp,
+                                                                           ast.While))]
+    conditions += [node for node in ast.walk(tree) if isinstance(node, ast.Compare)]
+    mode_words = re.compile(r"\bmode\b|\brun_mode\b|Mode\b|range_test|find_micro_batch|"
+                            r"micro_batch_finder")
+    named = [ast.unparse(c) for c in conditions if mode_words.search(ast.unparse(c))]
+    assert not named, named
+    assert mode_words.search("settings.range_test is not None")  # what the check would find
+    assert mode_words.search("mode == 'lr_range_test'") and not mode_words.search("model.built")
+    assert list(modes.RUN_MODES) == ["train", "find_micro_batch", "lr_range_test"]
+    with pytest.raises(ValueError, match=r"train.mode must be one of \('train', "
+                                         r"'find_micro_batch', 'lr_range_test'\), got 'fit'"):
+        modes.chosen("fit")

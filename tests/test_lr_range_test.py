@@ -103,6 +103,25 @@ def test_per_update_loss_is_recovered_from_the_running_mean():
     assert test.stopped_because == "num_updates"
 
 
+def test_a_wrapped_optimizer_is_ramped_through_its_public_learning_rate():
+    """A ``LossScaleOptimizer`` (mixed precision) hands ``learning_rate`` to the optimizer it
+    wraps: the ramp reaches that one, and its rate is restored at the end."""
+    x, y, _ = _least_squares(rows=16)
+    model = _linear_model(4)
+    model.compile(optimizer=keras.optimizers.LossScaleOptimizer(keras.optimizers.SGD(0.5)),
+                  loss="mse")
+    test = LearningRateRangeTest(1e-3, 1e-1, num_updates=3)
+    seen = []
+
+    class Spy(keras.callbacks.Callback):
+        def on_train_batch_begin(self, batch, logs=None):
+            seen.append(float(self.model.optimizer.inner_optimizer.learning_rate))
+
+    model.fit(x, y, batch_size=16, epochs=5, verbose=0, callbacks=[test, Spy()])
+    np.testing.assert_allclose(seen, [1e-3, 1e-2, 1e-1], rtol=1e-6)
+    assert float(model.optimizer.inner_optimizer.learning_rate) == 0.5
+
+
 def test_fit_shorter_than_the_ramp_is_reported():
     x, y, _ = _least_squares(rows=16)
     test = LearningRateRangeTest(1e-4, 1e-3, num_updates=10)

@@ -44,6 +44,7 @@ class _Reference(keras.callbacks.Callback):
         self.values.append((train, val))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("validation_from_logs", [True, False])
 def test_gap_is_validation_minus_inference_train(tmp_path, validation_from_logs):
     x, y, xv, yv = _data()

@@ -9,7 +9,7 @@ import tensorflow as tf
 from callbacks import summary_writer
 from callbacks.gradient_norm import GradientNorm, SquaredSums
 from callbacks.weight_distance import WeightDistance
-from experiments.engine import virtual_batch_model
+from experiments.engine import custom_loop, virtual_batch_model
 from tests.helpers import event_values
 
 LR = 0.1
@@ -115,18 +115,27 @@ def test_plain_keras_model_is_refused():
         model.fit(np.ones((4, 5)), np.ones((4, 3)), verbose=0, callbacks=[GradientNorm()])
 
 
-def test_epoch_end_update_is_measured_off_the_step_interval():
-    """The step fills the norms every 3rd update only; GradientNorm still logs each epoch's last
-    update (10, 20) with that update's own gradient, by asking the step to measure it."""
+@pytest.mark.parametrize("loop", ["keras", "batchlab"])
+def test_each_logged_update_has_its_own_gradient_and_ratio(loop):
+    """The step fills the norms (and keeps the weights before) only on the updates the schedule
+    measures: every 3rd and each epoch's last (10, 20, off the interval); each logged point has
+    that update's own gradient, in Keras' fit and inside batchlab's train calls alike."""
     rng = np.random.default_rng(2)
     x = rng.normal(size=(40, 5)).astype(np.float32)
     y = rng.integers(0, 3, size=40)
-    model = virtual_batch_model.as_virtual_batch_model(_mlp(), measure_every_n_updates=3)
+    model = virtual_batch_model.as_virtual_batch_model(_mlp())
     initial = model.get_weights()
     model.compile(optimizer=keras.optimizers.SGD(LR),
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     norms = GradientNorm(None, every_n_updates=3)
-    model.fit(x, y, batch_size=4, epochs=2, shuffle=False, verbose=0, callbacks=[norms])
+    if loop == "keras":
+        model.fit(x, y, batch_size=4, epochs=2, shuffle=False, verbose=0, callbacks=[norms])
+    else:
+        def train_from(epoch, step, num_epochs):
+            return tf.data.Dataset.from_tensor_slices((x, y)).batch(4).repeat(num_epochs)
+
+        custom_loop.CustomLoop(model, steps_per_execution=32).fit_from(
+            train_from, 10, 2, verbose=0, measurements=[norms])
     assert [u for u, _ in norms.history] == [3, 6, 9, 10, 12, 15, 18, 20]
 
     steps = _reference_steps(initial, np.concatenate([x, x]), np.concatenate([y, y]), 4, 20)

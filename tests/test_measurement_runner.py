@@ -33,6 +33,7 @@ def _run(tmp_path, files, bindings=()):
         os.path.join(path, "result.json"))
 
 
+@pytest.mark.slow
 def test_measure_gin_shows_every_tag(tmp_path):
     path, tags, result = _run(tmp_path, [MEASURE], ["measurements.sharpness.max_iterations = 3"])
     missing = [t for t in PER_UPDATE + PER_EPOCH + NOISE + SHARPNESS if t not in tags]

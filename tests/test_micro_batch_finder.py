@@ -1,9 +1,14 @@
 """The micro-batch finder: it measures each b in a process of its own (the run's configuration
-with ``find_micro_batch.probe = b``) and picks the largest b whose measured peak memory is within
-the budget."""
+with ``find_micro_batch.probe = b``; its ``ProbeResult`` is written to
+``find_micro_batch.result_file``) through the plan, model and loop of a real run, and picks the
+largest b whose measured peak memory is within the budget."""
+
+import os
 
 import pytest
 
+from experiments import launch
+from experiments.engine import custom_loop
 from experiments.run import micro_batch_finder
 
 # An LSTM over long sequences: a micro-batch's activations dominate memory, as in the case the
@@ -19,6 +24,7 @@ find_micro_batch.updates = 1
 """
 
 
+@pytest.mark.slow
 def test_the_finder_picks_the_largest_b_within_a_budget_between_two_probes(tmp_path):
     """Real probes, each in its own process, then the choice for a budget set between two of the
     measured peaks (replayed: a process's peak memory varies by a few tens of MiB from one launch
@@ -79,3 +85,75 @@ def test_bad_settings_name_their_binding():
         micro_batch_finder.settings(smallest=0)
     with pytest.raises(ValueError, match="find_micro_batch.budget_mb"):
         micro_batch_finder.settings(budget_mb=-5)
+
+
+def _spy_on_the_loop(monkeypatch):
+    """Records (model, callbacks) of every ``CustomLoop.fit_from``: the loop every run trains in."""
+    calls = []
+    original = custom_loop.CustomLoop.fit_from
+
+    def fit_from(self, *args, **kwargs):
+        calls.append((self.model, list(kwargs.get("callbacks", ()))))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(custom_loop.CustomLoop, "fit_from", fit_from)
+    return calls
+
+
+DIGITS = ["gin/experiments/digits_mlp.gin", "train.batch_size = 64", "train.verbose = 0"]
+
+
+def _launch(files_and_bindings, output_dir):
+    files = [f for f in files_and_bindings if f.endswith(".gin")]
+    bindings = [b for b in files_and_bindings if not b.endswith(".gin")]
+    return launch.launch(files, bindings, output_dir=str(output_dir), print_fn=lambda *_: None)
+
+
+@pytest.mark.slow
+def test_a_probe_trains_through_the_loop_and_model_of_a_real_run(tmp_path, monkeypatch):
+    """One probe, in this process: the same loop class and model class as a real run of the same
+    configuration, at b = the probe's; its examples/s is the clock's rows over the loop's timed
+    calls; it writes its ``ProbeResult`` to the file it was given and no run directory."""
+    calls = _spy_on_the_loop(monkeypatch)
+    _launch(DIGITS + ["train.epochs = 1"], tmp_path / "run")
+    ((run_model, _),) = calls
+    result_file = tmp_path / "probe.json"
+    (probed,) = _launch(DIGITS + ["gin/tools/find_micro_batch.gin", "find_micro_batch.probe = 16",
+                                  "find_micro_batch.updates = 2",
+                                  f"find_micro_batch.result_file = '{result_file}'"],
+                        tmp_path / "probe_runs")
+    ((probe_model, callbacks),) = calls[1:]
+    assert type(probe_model) is type(run_model)  # pylint: disable=unidiomatic-typecheck
+    assert (run_model.micro_batch_size, probe_model.micro_batch_size) == (None, 16)
+    (clock,) = [c for c in callbacks if isinstance(c, micro_batch_finder.LoopClock)]
+    written = micro_batch_finder.ProbeResult.read(str(result_file))
+    assert (written.micro_batch_size, written.num_micro_batches) == (16, 4)
+    assert written.timed_updates == clock.timed_updates >= 2 and not written.out_of_memory
+    assert written.examples_per_sec == pytest.approx(
+        written.timed_updates * 64 / written.train_seconds)  # no epoch's ragged end was timed
+    assert written.peak_mb > 0 and probed["examples_per_sec"] == written.examples_per_sec
+    assert not os.path.exists(tmp_path / "probe_runs")
+
+
+def test_the_clock_times_calls_after_the_first_and_counts_a_ragged_last_update():
+    """Calls of 2 updates in an epoch of 5 whose last update holds 3 rows of B = 8: the first call
+    is not timed, the epoch's start restarts the clock, and training stops once 4 are timed."""
+
+    class Model:
+        stop_training = False
+
+    clock = micro_batch_finder.LoopClock(4, batch_size=8, last_batch_size=3)
+    clock.set_model(Model())
+    clock.set_params({"steps": 5})
+    clock.on_epoch_begin(0)
+    clock.on_train_batch_end(1)  # updates 1-2: tracing, not timed
+    clock.on_train_batch_end(3)
+    assert (clock.timed_updates, clock.timed_rows) == (2, 16)
+    clock.on_train_batch_end(4)  # the epoch's last update: 3 rows
+    assert (clock.timed_updates, clock.timed_rows) == (3, 19) and not clock.model.stop_training
+    clock.on_epoch_begin(1)
+    clock.on_train_batch_end(1)
+    assert (clock.timed_updates, clock.timed_rows) == (5, 35) and clock.model.stop_training
+    summary = clock.summary()
+    assert summary["examples_per_sec"] == pytest.approx(35 / summary["train_seconds"])
+    assert micro_batch_finder.probe_epochs(4, updates_per_epoch=5) == 3

@@ -43,6 +43,7 @@ def test_stateful_builder_needs_a_fixed_batch_size():
         models.stateful_stacked_lstm(DataSpec((5,), 11, vocabulary_size=11))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("policy, variable_dtype, compute_dtype", [
     ("float32", "float32", "float32"),
     ("mixed_bfloat16", "float32", "bfloat16"),
@@ -85,6 +86,7 @@ def test_a_users_own_model_builder_works_after_import(tmp_path, monkeypatch):
     sys.modules.pop("my_models", None)
 
 
+@pytest.mark.slow
 def test_same_seed_twice_gives_identical_results(tmp_path):
     bindings = QUIET + ["train.epochs = 2", "train.seed = 7", "mlp.dropout = 0.2"]
     runs = [launch.launch([DIGITS], bindings, output_dir=str(tmp_path / name),
@@ -98,6 +100,7 @@ def test_same_seed_twice_gives_identical_results(tmp_path):
     assert other["final_epoch"]["loss"] != saved[0]["final_epoch"]["loss"]
 
 
+@pytest.mark.slow
 def test_deterministic_ops_option_switches_tensorflow_determinism_on():
     import subprocess
     code = ("from tensorflow.python.framework import config; from experiments.run import seeding; "

@@ -84,6 +84,7 @@ def reference(tmp_path_factory):
             "streams": _metrics(_result(output, "streams"))}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind, experiment, at", [("arrays", ARRAYS, 5), ("arrays", ARRAYS, 30),
                                                   ("streams", STREAMS, 20)])
 def test_sigkill_then_relaunch_gives_the_uninterrupted_metrics(tmp_path, reference, kind,
@@ -101,6 +102,7 @@ def test_sigkill_then_relaunch_gives_the_uninterrupted_metrics(tmp_path, referen
     assert len(glob.glob(os.path.join(path, "checkpoints", "state-*.npz"))) <= 2  # keep = 2
 
 
+@pytest.mark.slow
 def test_sigterm_saves_marks_interrupted_and_resumes(tmp_path, reference):
     output = str(tmp_path)
     code, errors = _start_and_stop(output, "run", ARRAYS, 10, signal.SIGTERM)
@@ -115,6 +117,7 @@ def test_sigterm_saves_marks_interrupted_and_resumes(tmp_path, reference):
     assert _metrics(_result(output, "run")) == reference["arrays"]
 
 
+@pytest.mark.slow
 def test_a_damaged_newest_checkpoint_falls_back_to_the_previous(tmp_path, reference):
     output = str(tmp_path)
     _start_and_stop(output, "run", ARRAYS, 15)
@@ -130,6 +133,7 @@ def test_a_damaged_newest_checkpoint_falls_back_to_the_previous(tmp_path, refere
     assert _metrics(_result(output, "run")) == reference["arrays"]
 
 
+@pytest.mark.slow
 def test_finished_runs_are_never_overwritten_and_other_configs_are_refused(tmp_path):
     output = str(tmp_path)
     small = ARRAYS + ["--gin_bindings=train.epochs = 1"]

@@ -18,6 +18,7 @@ def _launch(gin_file, bindings, output_dir):
                          print_fn=lambda *args: None)
 
 
+@pytest.mark.slow
 def test_stateful_beats_stateless_on_the_long_memory_task(tmp_path):
     results = _launch("gin/experiments/long_memory.gin",
                       ["flip_flop.num_steps = 24000", "train.epochs = 5"], tmp_path)
@@ -28,6 +29,7 @@ def test_stateful_beats_stateless_on_the_long_memory_task(tmp_path):
     assert accuracy["stateful"] > accuracy["stateless"] + 0.2
 
 
+@pytest.mark.slow
 def test_char_lm_reports_bits_per_character_on_held_out_text(tmp_path):
     results = _launch("gin/experiments/char_lm.gin", [
         "stream_text.max_characters = 30000", "NUM_STREAMS = 8",

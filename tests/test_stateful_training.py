@@ -149,6 +149,7 @@ def test_evaluation_leaves_the_training_state_untouched():
     assert leaked["loss"] != pytest.approx(fresh["loss"], rel=1e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("num_micro_batches", [1, 3])
 def test_k_num_micro_batches_equal_hand_written_truncated_bptt(num_micro_batches):
     k = num_micro_batches

@@ -15,6 +15,7 @@ import time
 import pytest
 
 from experiments.launch import executor, grid, spares, worker
+from experiments.launch.outcomes import unredirected
 
 FAKE_WORKER = r'''
 import json, os, sys, time
@@ -196,7 +197,7 @@ def test_importing_spares_imports_no_tensorflow():
 
 
 def test_progress_reaches_stdout_while_a_run_here_has_it_redirected(tmp_path, capfd):
-    printed, stream = executor._unredirected(print)
+    printed, stream = unredirected(print)
     with worker.output_to(str(tmp_path / "run.log")):
         printed("[1/2] a run finished")
         os.write(1, b"inside the run\n")  # what TensorFlow's C++ code writes

@@ -51,6 +51,7 @@ def study_output(tmp_path_factory):
     return root, gin_file, outcome
 
 
+@pytest.mark.slow
 def test_a_failing_run_does_not_stop_the_study(study_output):
     _, _, outcome = study_output
     study_dir = outcome["study_dir"]
@@ -65,6 +66,7 @@ def test_a_failing_run_does_not_stop_the_study(study_output):
     assert "2 run(s) failed" in report and "loss became nan" in report
 
 
+@pytest.mark.slow
 def test_runs_record_the_validation_curve_and_hparams(study_output):
     study_dir = study_output[2]["study_dir"]
     run = os.path.join(study_dir, "b64_lr0.1_s0")
@@ -91,6 +93,7 @@ def session_hparams(log_dir):
     raise AssertionError(f"no HParams session in {log_dir}")
 
 
+@pytest.mark.slow
 def test_relaunch_runs_only_unfinished_runs(study_output, tmp_path):
     root, gin_file, outcome = study_output
     output = tmp_path / "runs"
@@ -111,6 +114,7 @@ def test_relaunch_runs_only_unfinished_runs(study_output, tmp_path):
     assert [r["status"] for r in state["runs"]].count("finished") == 2
 
 
+@pytest.mark.slow
 def test_report_is_rebuilt_from_stored_results(study_output, tmp_path):
     root, _, outcome = study_output
     study_dir = str(tmp_path / "copy")
@@ -129,6 +133,7 @@ def test_report_is_rebuilt_from_stored_results(study_output, tmp_path):
     assert not os.path.exists(os.path.join(study_dir, "b64_lr0.1_s0.attempt-1"))
 
 
+@pytest.mark.slow
 def test_jobs_2_runs_children_with_clean_logs(tmp_path):
     gin_file = write_study(str(tmp_path), TINY.replace("[0.1, 1e12]", "[0.1]"))
     process = subprocess.run(
@@ -201,6 +206,7 @@ def test_the_shipped_studies_exist():
     assert {"gin/studies/batch_size.gin", "gin/studies/steps_to_result.gin"} <= set(STUDIES)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", STUDIES)
 def test_shipped_study_smoke(path, tmp_path):
     bindings = ["train.verbose = 0"] + smoke_bindings(path)
@@ -212,6 +218,7 @@ def test_shipped_study_smoke(path, tmp_path):
     assert "## Answers" in report and "| run |" in report
 
 
+@pytest.mark.slow
 def test_a_sweep_runs_through_the_same_executor_with_jobs_2(tmp_path):
     bindings = ["train.verbose = 0", "train.epochs = 1", "measurements.enabled = []",
                 "sweep.variants = {'b64': ['train.batch_size = 64'], "
@@ -227,6 +234,7 @@ def test_a_sweep_runs_through_the_same_executor_with_jobs_2(tmp_path):
     assert "\x1b" not in open(group / "b64" / "log.txt").read()
 
 
+@pytest.mark.slow
 def test_sigterm_stops_the_workers_and_a_relaunch_finishes_the_study(tmp_path):
     """--jobs=2 stopped mid-run: no worker outlives the launcher, the runs in progress say
     'interrupted', and the same command run again trains only what is left."""

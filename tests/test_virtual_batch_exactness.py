@@ -92,6 +92,7 @@ def test_mlp_with_l2_and_sample_weights_float32(optimizer):
     assert _max_relative_error(weights, want) > 1e-3
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("optimizer", sorted(OPTIMIZERS))
 def test_mlp_float64_is_exact_to_round_off(optimizer):
     keras.backend.set_floatx("float64")
@@ -107,6 +108,7 @@ def test_mlp_float64_is_exact_to_round_off(optimizer):
     assert _max_relative_error(model.get_weights(), want) <= 1e-10
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("optimizer", sorted(OPTIMIZERS))
 def test_k1_single_pass_with_l2_and_sample_weights(optimizer):
     """k = 1 (no micro-batches) takes a single-pass path: still plain Keras' update."""
@@ -120,6 +122,7 @@ def test_k1_single_pass_with_l2_and_sample_weights(optimizer):
     assert _max_relative_error(model.get_weights(), want) <= 1e-5
 
 
+@pytest.mark.slow
 def test_ragged_last_virtual_batch_weights_by_real_rows():
     """70 rows at B=24, b=8: batches 24, 24, 22; the last has 3 micro-batches of 8, 8, 6."""
     keras.utils.set_random_seed(3)
@@ -136,6 +139,7 @@ def test_ragged_last_virtual_batch_weights_by_real_rows():
         assert _max_relative_error(model.get_weights(), want) <= 1e-5
 
 
+@pytest.mark.slow
 def test_ragged_last_batch_with_fewer_micro_batches_than_k():
     """52 rows at B=24, b=6: the last batch (4 rows) is a single, short micro-batch."""
     keras.utils.set_random_seed(4)
@@ -172,6 +176,7 @@ def _sequences(n, seed):
     return x, y, sample_weight
 
 
+@pytest.mark.slow
 def test_embedding_mask_zero_per_step_loss_with_sample_weights():
     """Normalised over the valid steps of the whole virtual batch, not per micro-batch.
 
@@ -205,6 +210,7 @@ def test_embedding_mask_zero_per_step_loss_with_sample_weights():
     assert _max_relative_error(naive.get_weights(), want) > 1e-3
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("optimizer", sorted(OPTIMIZERS))
 def test_masking_layer_sequence_loss_with_sample_weights(optimizer):
     """A Masking layer on real-valued inputs propagates its mask to the per-step loss too."""

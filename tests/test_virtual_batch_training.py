@@ -89,6 +89,7 @@ def _relative_error(got, want):
     return np.linalg.norm(diff) / np.linalg.norm(np.concatenate([w.ravel() for w in want]))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("loop", ["keras", "custom"])
 def test_steps_schedule_callbacks_and_tensorboard_count_updates(loop, tmp_path):
     keras.utils.set_random_seed(0)
@@ -117,6 +118,7 @@ def test_steps_schedule_callbacks_and_tensorboard_count_updates(loop, tmp_path):
     assert _relative_error(model.get_weights(), _plain_reference(weights, x, y)) <= 1e-5
 
 
+@pytest.mark.slow
 def test_custom_loop_matches_fit_and_shows_a_progress_bar(capsys):
     keras.utils.set_random_seed(1)
     x, y = _data(1)
@@ -254,12 +256,18 @@ def test_virtual_batch_experiment_trains_and_records_updates(tmp_path):
 
 
 class _NormRecorder(keras.callbacks.Callback):
-    def __init__(self):
+    """Names every ``every``-th update as the measured one before it runs."""
+
+    def __init__(self, every):
         super().__init__()
+        self.every = every
         self.weights_before, self.norms = [], []
 
     def on_train_batch_begin(self, batch, logs=None):
         self.weights_before.append(self.model.get_weights())
+        coming = int(self.model.optimizer.iterations.numpy()) + 1
+        if self.every and coming % self.every == 0:
+            self.model.measurements.measured_update.assign(coming)
 
     def on_train_batch_end(self, batch, logs=None):
         self.norms.append(float(self.model.measurements.gradient_norm.numpy()))
@@ -267,14 +275,16 @@ class _NormRecorder(keras.callbacks.Callback):
 
 @pytest.mark.parametrize("every", [1, 2, 0])
 def test_gradient_norms_are_recorded_on_the_updates_asked_for(every):
+    """The step fills the norms on the update named by ``measured_update`` only (here: every
+    ``every``-th; 0: a model built without the norms)."""
     keras.utils.set_random_seed(4)
     x, y = _data(4)
     model = virtual_batch_model.as_virtual_batch_model(_build(), micro_batch_size=MICRO,
                                               virtual_batch_size=BATCH,
-                                              measure_every_n_updates=every)
+                                              measure_gradient_norms=every > 0)
     model.compile(optimizer=keras.optimizers.SGD(0.1),
                   loss=keras.losses.SparseCategoricalCrossentropy())
-    recorder = _NormRecorder()
+    recorder = _NormRecorder(every)
     model.fit(x, y, batch_size=BATCH, epochs=EPOCHS, shuffle=False, verbose=0,
               callbacks=[recorder])
 

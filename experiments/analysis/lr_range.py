@@ -28,7 +28,7 @@ import numpy as np  # noqa: E402
 
 from experiments.analysis import fits  # noqa: E402
 
-RULES = ("steepest", "min_divided_by_10")
+SUGGESTION_RULES = ("steepest", "min_divided_by_10")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,8 +78,8 @@ def suggest_learning_rate(learning_rates, losses, rule="steepest", smoothing=0.9
     smoothed loss never falls (the "steepest" rule has no descent to read: start the test at a
     smaller rate).
     """
-    if rule not in RULES:
-        raise ValueError(f"rule={rule!r} must be one of {RULES}.")
+    if rule not in SUGGESTION_RULES:
+        raise ValueError(f"rule={rule!r} must be one of {SUGGESTION_RULES}.")
     rates, values = _finite_prefix(learning_rates, losses)
     smoothed = smooth_losses(values, smoothing)
     lowest = int(np.argmin(smoothed))

@@ -7,11 +7,11 @@ updates. Everything here is a pure function of finished-run records (see ``study
 
 import math
 
-MODES = ("max", "min")
+TARGET_DIRECTIONS = ("max", "min")
 
 
 def _check_mode(mode):
-    if mode not in MODES:
+    if mode not in TARGET_DIRECTIONS:
         raise ValueError(f"mode must be 'max' (e.g. accuracy) or 'min' (e.g. loss), got {mode!r}")
 
 

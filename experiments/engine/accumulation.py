@@ -21,7 +21,7 @@ from typing import Any, Optional
 import keras
 import tensorflow as tf
 
-from experiments.engine import noise_scale
+from experiments.engine import keras_internals, noise_scale
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,7 +38,7 @@ class StepContext:
     track_noise: bool
     sampled: Any  # bool tensor: this update feeds the noise scale (None when not tracked)
     coming_update: Any  # int64 tensor: the 1-based count of this update
-    measure_every: int
+    records_norms: bool  # the step fills the gradient norms on the measured update
     global_rows: Optional[Any] = None  # float32 rows over all replicas, with call losses only
 
     @property
@@ -83,9 +83,7 @@ def call_losses(model, declared):
     Raises when there are some but the model was not built with ``has_call_losses``: the step
     would otherwise drop them or weight them wrongly.
     """
-    losses = []
-    for layer in model._flatten_layers(include_self=True):  # pylint: disable=protected-access
-        losses.extend(layer._get_own_losses())  # pylint: disable=protected-access
+    losses = keras_internals.forward_pass_losses(model)
     if losses and not declared:
         raise ValueError(
             "The model adds losses in its forward pass; build the virtual-batch model "
@@ -102,7 +100,7 @@ def update_metrics(model, x, y, y_pred, sample_weight):
     if type(model).compute_metrics is not keras.Model.compute_metrics:
         model.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
         return
-    compiled = getattr(model, "_compile_metrics", None)
+    compiled = keras_internals.compiled_metrics(model)
     if compiled is not None:
         compiled.update_state(y, y_pred, sample_weight)
 

@@ -26,15 +26,16 @@ Fixed costs (small runs are many short epochs; BUILD.md, "Fast small runs" has t
   at every multiple of each callback's ``every_n_updates`` (and at the epoch's end), and the
   update that a callback acting before updates (``on_train_batch_begin``) logs runs alone, after
   its hook. A callback that acts before updates and declares no cadence (the LR range test) gets
-  one update per call; so does ``fit`` (epochs of unknown length). Measurement callbacks that
-  offer an ``UpdateProbe`` (one replica) are read inside the call instead, so their cadence ends
-  no call. The results are those of one update per call (``tests/test_speed_loop.py``,
-  ``tests/test_measurement_probes.py``).
+  one update per call; so does ``fit`` (epochs of unknown length). Measurements
+  (``measurement.Measurement``, passed apart from the callbacks) are read inside the call, so
+  their cadence ends no call. Where calls end and which update each measurement reads is decided
+  in one place, ``schedule.UpdateSchedule``. The results are those of one update per call
+  (``tests/test_speed_loop.py``, ``tests/test_measurement_probes.py``).
 - Validation runs as one graph call over the whole validation set (a small finite one is kept as
   tensors) on one replica without stateful layers; elsewhere batch by batch via ``strategy.run``.
 - Each function is traced once; the train chunk is called as a concrete function. The graph
   functions themselves are built in ``graph_calls``; where the calls end is planned in
-  ``chunks``.
+  ``schedule``.
 """
 
 import keras
@@ -42,7 +43,9 @@ import numpy as np
 import tensorflow as tf
 
 from experiments.common import checks
-from experiments.engine import chunks, graph_calls, states
+from experiments.engine import graph_calls, keras_internals, states
+from experiments.engine.measurement import Measurement
+from experiments.engine.schedule import UpdateSchedule, overrides
 
 
 HELD_BATCHES = 4096  # a finite evaluation set of at most this many batches and ...
@@ -85,7 +88,7 @@ class CustomLoop:
     # ------------------------------------------------------------------------------------------
     def _distribute(self, dataset):
         """Shards by data across workers: every worker runs the pipeline, keeps its rows."""
-        if self.strategy.extended._in_multi_worker_mode():  # pylint: disable=protected-access
+        if keras_internals.in_multi_worker_mode(self.strategy):
             options = tf.data.Options()
             options.experimental_distribute.auto_shard_policy = \
                 tf.data.experimental.AutoShardPolicy.DATA
@@ -107,16 +110,16 @@ class CustomLoop:
             cache[key] = run
         return cache[key]
 
-    def _train_function(self, iterator, probes=()):
+    def _train_function(self, iterator, measurements=()):
         """The graph function running a chunk of updates (``graph_calls``), traced once per
-        iterator spec and set of probes."""
-        key = (repr(iterator.element_spec), tuple(id(p) for p in probes))
+        iterator spec and set of measurements read inside it."""
+        key = (repr(iterator.element_spec), tuple(id(m) for m in measurements))
         if key not in self._train_functions:
             step = self.model.train_step
             if self.jit_compile:
                 step = tf.function(self.model.train_step, jit_compile=True)
             self._train_functions[key] = graph_calls.chunk_function(
-                self.model, self.strategy, step, iterator, probes)
+                self.model, self.strategy, step, iterator, measurements)
         return self._train_functions[key]
 
     def _prepare(self, dataset):
@@ -129,8 +132,8 @@ class CustomLoop:
         if key in self._prepared:
             return
         with self.strategy.scope():
-            # Keras' own builder (private): symbolic tensors shaped like the dataset's elements.
-            self.model._symbolic_build(data_batch=dataset.element_spec)  # pylint: disable=W0212
+            # Keras' own builder: symbolic tensors shaped like the dataset's elements.
+            keras_internals.symbolic_build(self.model, dataset.element_spec)
             if not self.model.optimizer.built:
                 self.model.optimizer.build(self.model.trainable_variables)
         self._prepared.add(key)
@@ -142,7 +145,8 @@ class CustomLoop:
 
         Each element of ``dataset`` is one virtual batch, i.e. one update; every epoch iterates
         ``dataset`` anew, to its end (one update per call: its length may be unknown).
-        ``steps_per_epoch`` is only shown by the progress bar.
+        ``steps_per_epoch`` is only shown by the progress bar. Measurements among the callbacks
+        measure through their Keras hooks here (one update per call).
         """
         distributed = self._start(dataset)
 
@@ -159,7 +163,7 @@ class CustomLoop:
                            steps_per_epoch, until_end=True)
 
     def fit_from(self, train_from, steps_per_epoch, epochs, validation_data=None, callbacks=(),
-                 verbose=1, initial_epoch=0, initial_step=0, resume=None):
+                 verbose=1, initial_epoch=0, initial_step=0, resume=None, measurements=()):
         """Trains from update ``initial_step`` of epoch ``initial_epoch`` to the end of ``epochs``.
 
         ``train_from(epoch, step, num_epochs)`` gives the batches from that position on (an
@@ -170,7 +174,12 @@ class CustomLoop:
         (which reset its metrics and, for stateful models, the states), so its logged means
         cover the whole epoch and the streams continue. ``steps_per_epoch`` is a number, or a
         function of the epoch (a batch-size schedule: epochs differ in their updates).
+        ``measurements`` (``measurement.Measurement``) are read inside the train calls, on the
+        updates ``schedule.UpdateSchedule`` plans for them.
         """
+        # Measurements run inside the train calls, not through their Keras hooks.
+        measurements = list(measurements) + [c for c in callbacks if isinstance(c, Measurement)]
+        callbacks = [c for c in callbacks if not isinstance(c, Measurement)]
         dataset = train_from(initial_epoch, initial_step, epochs - initial_epoch)
         iterator = iter(self._start(dataset))
 
@@ -178,19 +187,19 @@ class CustomLoop:
             return (initial_step if epoch == initial_epoch else 0), iterator
 
         return self._train(epoch_iterator, initial_epoch, epochs, validation_data, callbacks,
-                           verbose, steps_per_epoch, resume, initial_step)
+                           verbose, steps_per_epoch, resume, initial_step, measurements)
 
     def _start(self, dataset):
         self._prepare(dataset)
         return self._distribute(dataset)
 
     def _train(self, epoch_iterator, initial_epoch, epochs, validation_data, callbacks, verbose,
-               steps_per_epoch, resume=None, initial_step=0, until_end=False):
+               steps_per_epoch, resume=None, initial_step=0, measurements=(), until_end=False):
         """The epoch loop shared by ``fit`` and ``fit_from``; returns the History.
 
-        The callbacks' params carry ``initial_epoch`` and ``initial_step`` (where training
-        starts): a callback counting updates from batch indices needs the first index of a
-        resumed epoch, which it may not see when several updates run per call.
+        At every epoch the callbacks' params carry ``epoch_first_update``, the updates done
+        before the epoch's first step: with the Keras batch index of a hook it gives the update
+        (``schedule.epoch_first_update``), also in a resumed epoch whose first index is not 0.
         """
         model = self.model
         steps_in = steps_per_epoch if callable(steps_per_epoch) else lambda _: steps_per_epoch
@@ -200,31 +209,58 @@ class CustomLoop:
             initial_epoch=initial_epoch, initial_step=initial_step)
         history = next(c for c in callback_list.callbacks
                        if isinstance(c, keras.callbacks.History))
-        plan = chunks.ChunkPlan(callback_list.callbacks, self.steps_per_execution)
         model.stop_training = False
         callback_list.on_train_begin()
+        # Before the checkpoint is restored: a measurement keeps what it needs of the fresh
+        # model (the initial weights, the noise scale's reset), and the restore then brings
+        # back the measurement state the checkpoint saved.
+        measured = self._start_measurements(measurements)
         if resume is not None:
             resume.restore_training_state()
+        schedule = UpdateSchedule(
+            [m.cadence for m in measured if m.in_train_call], callback_list.callbacks,
+            self.steps_per_execution, [m.cadence for m in measured if not m.in_train_call])
         logs = {}
         for epoch in range(initial_epoch, epochs):
             self._reset_metrics()
+            first = initial_step if epoch == initial_epoch else 0
+            params = {**callback_list.params, "epoch_first_update":
+                      int(model.optimizer.iterations.numpy()) - first}
             if callable(steps_per_epoch):  # the callbacks' ``steps`` is this epoch's
-                callback_list.set_params({**callback_list.params, "steps": steps_in(epoch)})
+                params["steps"] = steps_in(epoch)
+            callback_list.set_params(params)
             callback_list.on_epoch_begin(epoch)  # may reset stateful layers' states
             if resume is not None and epoch == initial_epoch:
                 resume.restore_epoch_state()
             first, iterator = epoch_iterator(epoch)
             steps = None if until_end else steps_in(epoch)
-            logs = self._run_epoch(iterator, first, steps, plan, callback_list) or logs
+            logs = self._run_epoch(iterator, first, steps, schedule, measured,
+                                   callback_list) or logs
             logs = self._end_epoch(epoch, logs, validation_data, callback_list)
             if model.stop_training:
                 break
+        for measurement in measured:
+            measurement.finish(int(model.optimizer.iterations.numpy()))
         callback_list.on_train_end(logs)
         return history
 
+    def _start_measurements(self, measurements):
+        """Starts each measurement on the model; returns those measured in this run, and tells
+        the step which ``before_update`` hooks to run on measured updates."""
+        measured = [m for m in measurements if m.start(self.model)]
+        for m in measured:
+            if m.uses_step and not m.in_train_call:
+                raise ValueError(f"{type(m).__name__} uses the train step's measurements, so it "
+                                 "must be read inside the train call (in_train_call = True).")
+        step_state = getattr(self.model, "measurements", None)
+        if step_state is not None:
+            step_state.before_update_hooks = [m.before_update for m in measured
+                                              if m.before_update is not None]
+        return measured
+
     def _reset_metrics(self):
         """``model.reset_metrics()``, as one graph call on one replica (eagerly it costs one op
-        call per metric variable, about 1.5 ms per epoch for loss and accuracy)."""
+        call per metric variable, every epoch)."""
         if self.strategy is not tf.distribute.get_strategy():
             self.model.reset_metrics()
             return
@@ -232,26 +268,31 @@ class CustomLoop:
             self._test_functions["reset"] = tf.function(self.model.reset_metrics)
         self._test_functions["reset"]()
 
-    def _run_epoch(self, iterator, first, steps, plan, callback_list):
-        """Runs the epoch's updates from step ``first`` in chunks; returns the last logs.
-
-        Measurement callbacks that offer an ``UpdateProbe`` (one replica only) are measured
-        inside the chunks: ``prepare`` before the call, the rows handed over (``receive``)
-        before the chunk's ``on_train_batch_end``."""
+    def _run_epoch(self, iterator, first, steps, schedule, measured, callback_list):
+        """Runs the epoch's updates from step ``first`` in the calls ``schedule`` plans; returns
+        the last logs. Measurements are read inside the calls (``in_train_call``) or by a call
+        of their own right after the call that ends on their update; their rows are published
+        before the call's ``on_train_batch_end``."""
         if steps is None:
             return self._run_to_end(iterator, callback_list)
-        probes = plan.probes(self.strategy is tf.distribute.get_strategy())
-        train = self._train_function(iterator, probes)
+        inside = [m for m in measured if m.in_train_call]
+        after = [m for m in measured if not m.in_train_call]
+        train = self._train_function(iterator, inside)
         update = int(self.model.optimizer.iterations.numpy())
         epoch_end = update + steps - first
         logs = None
-        for begin, size in plan.chunks(first, steps, update):
+        for begin, size in schedule.chunks(first, steps, update):
             callback_list.on_train_batch_begin(begin)
-            if probes:
-                logs = graph_calls.run_probed(train, iterator, probes, plan.segments(
-                    update + begin - first, size, epoch_end))
+            start = update + begin - first
+            if inside:
+                logs = graph_calls.run_measured(train, iterator, inside, schedule.segments(
+                    start, size, epoch_end))
             else:
                 logs = train(iterator, tf.constant(size, tf.int64))
+            end = start + size
+            for measurement in after:
+                if measurement.cadence.logs(end, epoch_end):
+                    measurement.measure_now(end)
             callback_list.on_train_batch_end(begin + size - 1, logs)
             if self.model.stop_training:
                 break
@@ -313,7 +354,7 @@ class CustomLoop:
         handled between batches), and no callback watching test batches."""
         if self.strategy is not tf.distribute.get_strategy() or states.stateful_layers(self.model):
             return False
-        return not any(chunks.overrides(c, ("on_test_batch_begin", "on_test_batch_end"))
+        return not any(overrides(c, ("on_test_batch_begin", "on_test_batch_end"))
                        for c in callbacks.callbacks
                        if not isinstance(c, _KERAS_TEST_HOOKS_UNUSED))
 
@@ -323,8 +364,8 @@ class CustomLoop:
         hooks for every batch. A small finite set is read once and kept as tensors
         (``_held``), its batches sliced in the graph; any other is read through an iterator made
         eagerly and passed in (a dataset iterated inside the function is re-optimised by tf.data
-        at every call: about 12 ms of CPU, against 2 ms for an eager iterator and none for
-        tensors)."""
+        at every call, which costs several times an eager iterator; BUILD.md, "Fast small
+        runs")."""
         held = self._held(dataset)
         if held is not None:
             run, tensors = held

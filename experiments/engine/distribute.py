@@ -30,7 +30,7 @@ import tensorflow as tf
 from absl import logging
 
 from experiments.common import checks
-from experiments.engine import custom_loop
+from experiments.engine import custom_loop, keras_internals
 
 LOOPS = ("auto", "keras", "custom")
 STEPS_PER_EXECUTION = 32  # measured: BUILD.md, "Fast small runs"
@@ -120,7 +120,7 @@ def resolve(strategy):
 
 
 def is_multi_worker(strategy):
-    return strategy.extended._in_multi_worker_mode()  # pylint: disable=protected-access
+    return keras_internals.in_multi_worker_mode(strategy)
 
 
 def is_chief(strategy):

@@ -1,33 +1,38 @@
 """The graph functions batchlab's loop (``custom_loop.CustomLoop``) calls, built once each:
 
 - ``chunk_function``: several updates in one call, reading the batches from the iterator in the
-  graph (``fit.steps_per_execution``); with measurement probes (``step_measurements.UpdateProbe``)
-  the chunk runs in segments that end on the updates they log, and reads them there
-  (``run_probed`` is the host side).
+  graph (``fit.steps_per_execution``); with measurements (``measurement.Measurement``) the chunk
+  runs in segments that end on the updates they read, and reads them there (``run_measured`` is
+  the host side).
 - ``read_and_keep``: a small finite evaluation set read once and kept as tensors, with a function
-  evaluating all of it in one call (for (x, y) batches: the forward pass per batch, the loss and
-  metrics once over all rows, ``inference.evaluate_rows``; with sample weights ``test_step`` per
+  evaluating all of it in one call (``evaluation.in_graph``: for (x, y) batches the forward pass
+  per batch, the loss and metrics once over all rows; with sample weights ``test_step`` per
   batch).
 
 Each is returned as a concrete function: a ``tf.function`` call first matches its arguments
-against its traces, which for an iterator costs ~0.8 ms per call here (as much as a small update).
+against its traces, which for an iterator costs as much as a small update (BUILD.md, "Fast small
+runs").
 """
 
 import tensorflow as tf
 
-from experiments.engine import inference
+from experiments.engine import evaluation
 
 
-def chunk_function(model, strategy, step, iterator, probes=()):
+def chunk_function(model, strategy, step, iterator, measurements=()):
     """A concrete function running updates of ``step`` on every replica.
 
-    Without probes: ``run(iterator, n)`` runs ``n`` updates (a tensor, so one trace serves every
-    chunk length) and returns the metrics after the last. With probes: ``run(iterator, lengths,
-    masks)`` runs segments of ``lengths[s]`` updates, each ending on a logged update, and there
-    each probe's ``after`` where ``masks[s]`` says so (one ``tf.cond`` per probe and segment, none
-    per update); returns (metrics, one [segments, *shape] tensor of rows per probe).
+    Without measurements: ``run(iterator, n)`` runs ``n`` updates (a tensor, so one trace serves
+    every chunk length) and returns the metrics after the last. With measurements
+    (``measurement.Measurement``, read inside the call): ``run(iterator, lengths, masks)`` runs
+    segments of ``lengths[s]`` updates, each ending on a measured update (``masks[s][m]``: read
+    measurement ``m`` there). Before a segment that ends on a measured update the step is told
+    which update that is (``StepMeasurements.measured_update``: its gradient norms and
+    ``before_update`` hooks run on it); after it, each measurement's ``read`` runs where its mask
+    says so (one ``tf.cond`` per measurement and segment, none per update). Returns (metrics, one
+    [segments, *shape] tensor of rows per measurement).
     """
-    if not probes:
+    if not measurements:
         @tf.function
         def run(iterator, n):
             for _ in tf.range(n):
@@ -36,45 +41,49 @@ def chunk_function(model, strategy, step, iterator, probes=()):
 
         return run.get_concrete_function(iterator, tf.TensorSpec((), tf.int64))
 
+    step_state = getattr(model, "measurements", None)
+
     @tf.function
-    def run_probed(iterator, lengths, masks):
+    def run_measured(iterator, lengths, masks):
         count = tf.shape(lengths)[0]
-        rows = [tf.TensorArray(tf.float64, size=count, element_shape=p.shape) for p in probes]
+        rows = [tf.TensorArray(tf.float64, size=count, element_shape=m.shape)
+                for m in measurements]
 
         def one_update(i):
             strategy.run(step, args=(next(iterator),))
             return (i + 1,)
 
         def segment(s, rows):
+            mask = masks[s]
+            if step_state is not None:
+                end = tf.cast(model.optimizer.iterations, tf.int64) + lengths[s]
+                step_state.measured_update.assign(
+                    tf.where(tf.reduce_any(mask), end, tf.zeros_like(end)))
             tf.while_loop(lambda i: i < lengths[s], one_update, [tf.constant(0, tf.int64)])
             update = tf.cast(model.optimizer.iterations, tf.int64)
-            mask = masks[s]
-            rows = [r.write(s, tf.cond(mask[p], lambda probe=probe: probe.after(update),
-                                       probe.zeros))
-                    for p, (probe, r) in enumerate(zip(probes, rows))]
+            rows = [r.write(s, tf.cond(mask[m], lambda read=read: read.read(update),
+                                       read.zeros))
+                    for m, (read, r) in enumerate(zip(measurements, rows))]
             return s + 1, rows
 
         _, rows = tf.while_loop(lambda s, _: s < count, segment, [tf.constant(0), rows])
         return model.get_metrics_result(), [r.stack() for r in rows]
 
-    return run_probed.get_concrete_function(iterator, tf.TensorSpec([None], tf.int64),
-                                            tf.TensorSpec([None, len(probes)], tf.bool))
+    return run_measured.get_concrete_function(iterator, tf.TensorSpec([None], tf.int64),
+                                              tf.TensorSpec([None, len(measurements)], tf.bool))
 
 
-def run_probed(train, iterator, probes, segments):
-    """Calls a probed chunk function on ``segments`` (``ChunkPlan.segments``: lengths, masks,
-    and (segment, probe, update) of each logged point); each probe's ``prepare`` runs before the
-    call, its ``receive`` gets its rows after it. Returns the metrics."""
+def run_measured(train, iterator, measurements, segments):
+    """Calls a measured chunk function on ``segments`` (``UpdateSchedule.segments``: lengths,
+    masks, and (segment, measurement, update) of each measured point); each measurement's
+    ``publish`` gets its rows after the call, in update order. Returns the metrics."""
     lengths, masks, logged = segments
-    for _, p, update in logged:
-        if probes[p].prepare is not None:
-            probes[p].prepare(update)
     logs, rows = train(iterator, tf.constant(lengths, tf.int64), tf.constant(masks, tf.bool))
     values = {}
-    for s, p, update in logged:
-        if p not in values:
-            values[p] = rows[p].numpy()
-        probes[p].receive(update, values[p][s])
+    for s, m, update in logged:
+        if m not in values:
+            values[m] = rows[m].numpy()
+        measurements[m].publish(update, values[m][s])
     return logs
 
 
@@ -103,9 +112,7 @@ def read_and_keep(model, dataset, max_bytes):
     size = sizes[0]
 
     @tf.function
-    def run(data):
-        if isinstance(data, tuple) and len(data) == 2:  # (x, y): forward per batch, then
-            return inference.evaluate_rows(model, data[0], data[1], size)  # loss and metrics once
-        return inference.by_batch(model, data, size)
+    def run(data):  # (x, y): forward per batch, then loss and metrics once (``evaluation``)
+        return evaluation.in_graph(model, data, size)
 
     return run.get_concrete_function(tensors), tensors

@@ -28,7 +28,8 @@ regularizers). Everything else runs ``test_step`` batch by batch, as ``evaluate`
 import keras
 import numpy as np
 import tensorflow as tf
-from keras.src import backend as keras_backend
+
+from experiments.engine import keras_internals
 
 MEAN_REDUCTIONS = ("sum_over_batch_size", "mean_with_sample_weight")
 MAX_PREDICTION_BYTES = 64 << 20  # predictions kept for the loss and metrics, at most
@@ -36,7 +37,7 @@ MAX_PREDICTION_BYTES = 64 << 20  # predictions kept for the loss and metrics, at
 
 def _keras_own(function_or_object):
     """Whether a loss or metric (or the function a wrapper calls) is defined by Keras itself."""
-    fn = getattr(function_or_object, "_fn", None) or getattr(function_or_object, "fn", None)
+    fn = keras_internals.wrapped_function(function_or_object)
     target = fn if fn is not None else type(function_or_object)
     return (getattr(target, "__module__", "") or "").startswith("keras.")
 
@@ -54,14 +55,12 @@ def lean_evaluation(model):
     if len(getattr(model, "outputs", None) or [None]) != 1:
         return False  # per-output loss trackers average batch means: not a mean over rows
     if any(getattr(layer, "activity_regularizer", None) is not None
-           for layer in model._flatten_layers(include_self=True)):  # pylint: disable=W0212
+           for layer in keras_internals.flatten_layers(model, include_self=True)):
         return False
-    compiled_loss = getattr(model, "_compile_loss", None)
-    for entry in getattr(compiled_loss, "_flat_losses", None) or []:
-        loss = getattr(entry, "loss", entry)
+    for loss in keras_internals.compiled_losses(model):
         if not _keras_own(loss) or getattr(loss, "reduction", None) not in MEAN_REDUCTIONS:
             return False
-    compiled_metrics = getattr(model, "_compile_metrics", None)
+    compiled_metrics = keras_internals.compiled_metrics(model)
     if compiled_metrics is not None:
         if not getattr(compiled_metrics, "built", False):
             return False
@@ -76,8 +75,7 @@ def _rows(tensor, start, size):
 
 def _adds_losses_in_call(model):
     """Whether the last forward pass added losses (``add_loss``, activity regularizers)."""
-    return any(layer._get_own_losses()  # pylint: disable=protected-access
-               for layer in model._flatten_layers(include_self=True))  # pylint: disable=W0212
+    return bool(keras_internals.forward_pass_losses(model))
 
 
 def evaluate_rows(model, x, y, batch_size):
@@ -92,7 +90,7 @@ def evaluate_rows(model, x, y, batch_size):
     size = tf.minimum(tf.constant(batch_size, rows.dtype), tf.maximum(rows, 1))
     first = model(tf.nest.map_structure(lambda t: _rows(t, 0, size), x), training=False)
     leaves = tf.nest.flatten(first)
-    if (len(leaves) != 1 or keras_backend.get_keras_mask(leaves[0]) is not None
+    if (len(leaves) != 1 or keras_internals.keras_mask(leaves[0]) is not None
             or _adds_losses_in_call(model) or not _fits(leaves[0], first_leaf.shape[0])):
         return by_batch(model, (x, y), batch_size)
     (leaf,) = leaves

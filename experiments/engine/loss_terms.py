@@ -10,7 +10,8 @@ returns its weighted sum ``N_j`` and its share ``D_j`` of the denominator; the v
 
 import keras
 import tensorflow as tf
-from keras.src import backend as keras_backend
+
+from experiments.engine import keras_internals
 
 
 class LossTerms:
@@ -53,13 +54,13 @@ class LossTerms:
     def __call__(self, y_true, y_pred, sample_weight=None):
         """Returns (numerator, denominator) of this micro-batch, both scalars of the loss dtype."""
         dtype = self._dtype or keras.backend.floatx()
-        in_mask = keras_backend.get_keras_mask(y_pred)
+        in_mask = keras_internals.keras_mask(y_pred)
         y_pred = tf.cast(y_pred, dtype)
         y_true = tf.convert_to_tensor(y_true)
         if y_true.dtype.is_floating:
             y_true = tf.cast(y_true, dtype)
         values = self._values_fn(y_true, y_pred)
-        out_mask = keras_backend.get_keras_mask(values)
+        out_mask = keras_internals.keras_mask(values)
         mask = _combine_masks(in_mask, out_mask)
         values = tf.cast(values, dtype)
 

@@ -10,10 +10,12 @@ import contextlib
 
 import keras
 
+from experiments.engine import keras_internals
+
 
 def layers(model):
     """Every layer of ``model``, nested ones included (not the model itself)."""
-    return model._flatten_layers(include_self=False)  # pylint: disable=protected-access
+    return keras_internals.flatten_layers(model, include_self=False)
 
 
 def stateful_layers(model):

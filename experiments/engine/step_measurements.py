@@ -1,8 +1,8 @@
 """What the train step measures about each update, kept in variables that callbacks read.
 
 ``StepMeasurements`` holds the gradient norms of the applied update and the gradient noise scale's
-moving averages. The step fills them (``record``) without any Python call per update; callbacks
-read them only on the updates they log. Every value is identical on all replicas (computed after
+moving averages. The step fills them (``record``) without any Python call per update; the
+measurements (``measurement.Measurement``) read them only on the updates they log. Every value is identical on all replicas (computed after
 the all-reduce). The noise-scale arithmetic itself is in ``noise_scale``.
 """
 
@@ -33,9 +33,9 @@ class StepMeasurements:
         self.gradient_norm = scalar("gradient_norm")
         self.variable_gradient_norms = variable(tf.zeros([num_variables], tf.float32),
                                                 "variable_gradient_norms")
-        # Also fill the norms on this update (1-based count), off the step's interval: set through
-        # ``VirtualBatchModel.request_measurement`` (an epoch's last update); 0: none.
-        self.requested_update = variable(0, "requested_update", tf.int64)
+        # The next update (1-based count) the loop measures: the step fills the norms and runs
+        # ``before_update_hooks`` on it (``schedule.UpdateSchedule`` decides which; 0: none).
+        self.measured_update = variable(0, "measured_update", tf.int64)
         # Gradient noise scale ingredients (McCandlish et al. 2018); zero when not tracked.
         self.micro_gradient_sq_norm = scalar("micro_gradient_sq_norm")  # mean_j |G_j|^2
         self.batch_gradient_sq_norm = scalar("batch_gradient_sq_norm")  # |mean_j G_j|^2
@@ -47,24 +47,14 @@ class StepMeasurements:
                                     tf.float64)
         self.noise_decay = variable(0.99, "noise_decay", tf.float64)
         self.noise_sample_every = variable(1, "noise_sample_every", tf.int64)
-        # Copies of the trainable weights the step fills before the updates it measures
-        # (``keep_weights_before``); None: none kept.
-        self.weights_before = None
-        self.weights_before_every = 1
-
-    def keep_weights_before(self, copies, every_n_updates):
-        """Asks the step to copy the trainable weights into ``copies`` (variables shaped like them)
-        right before each update it fills the gradient norms of and that is a multiple of
-        ``every_n_updates`` or requested: the weights before a logged update, for its
-        update-to-weight ratio, without a graph call before it. Changes the step's graph: call it
-        before the train step is traced (on one device; a distributed step keeps none)."""
-        self.weights_before = list(copies)
-        self.weights_before_every = int(every_n_updates)
+        # Graph functions of no arguments the step runs right before a measured update is
+        # applied (``Measurement.before_update``); read when the step is traced.
+        self.before_update_hooks = []
 
     def variables(self):
         """Every variable, in a fixed order (what a checkpoint saves: the noise-scale averages
         must survive a resume)."""
-        return [self.gradient_norm, self.variable_gradient_norms, self.requested_update,
+        return [self.gradient_norm, self.variable_gradient_norms, self.measured_update,
                 self.micro_gradient_sq_norm, self.batch_gradient_sq_norm, self.micro_batch_size,
                 self.batch_size, self.num_micro_batches, self.noise_scale, self.noise_decay,
                 self.noise_sample_every]
@@ -87,7 +77,7 @@ def record_gradient_norms(measurements, grads, replica, distributed):
     full = list(grads)
     if distributed:
         full = replica.all_reduce("sum", full)
-    # sqrt(2 * l2_loss): one fused pass per gradient (tf.norm costs ~13% of a small step); the
+    # sqrt(2 * l2_loss): one fused pass per gradient (tf.norm writes the squares to a temporary); the
     # doubling and the square root once on the stacked sums (the same values: elementwise ops,
     # one op each instead of one per variable).
     norms = tf.sqrt(2.0 * tf.stack([tf.nn.l2_loss(tf.cast(g, tf.float32)) for g in full])) \
@@ -98,7 +88,7 @@ def record_gradient_norms(measurements, grads, replica, distributed):
 
 def record(measurements, step, grads, data_grads, micro_sq, num_micro, num_rows):
     """Fills ``measurements`` for this update: the noise scale on sampled updates, the gradient
-    norms every ``step.measure_every`` updates and on a requested update.
+    norms (and the ``before_update_hooks``) on the update the loop measures.
 
     On one device each part sits in a ``tf.cond``, so an update that records nothing costs two
     scalar comparisons. Under a distribution strategy every update records (the values of the
@@ -116,64 +106,17 @@ def record(measurements, step, grads, data_grads, micro_sq, num_micro, num_rows)
             tf.cond(step.sampled, noise, lambda: tf.constant(False))
         else:
             noise()
-    every = step.measure_every
-    copies = measurements.weights_before if gated else None
+    if not step.records_norms:
+        return
 
-    def due(every):
-        return tf.logical_or(tf.equal(step.coming_update % every, 0),
-                             tf.equal(step.coming_update, measurements.requested_update))
-
-    def keep():
-        for copy, variable in zip(copies, step.variables):
-            copy.assign(variable)
+    def measured():
+        for hook in measurements.before_update_hooks:
+            hook()
+        record_gradient_norms(measurements, grads, step.replica, step.distributed)
         return tf.constant(True)
 
-    if every == 1 or (every > 1 and not gated):
-        if copies and measurements.weights_before_every > 1:
-            tf.cond(due(measurements.weights_before_every), keep, lambda: tf.constant(False))
-        elif copies:
-            keep()
-        record_gradient_norms(measurements, grads, step.replica, step.distributed)
-    elif every > 1:
-        def norms():
-            if copies:
-                keep()
-            record_gradient_norms(measurements, grads, step.replica, step.distributed)
-            return tf.constant(True)
-
-        tf.cond(due(every), norms, lambda: tf.constant(False))
-
-
-class UpdateProbe:
-    """What a measurement callback reads after the updates it logs, run inside the train chunk's
-    graph call by batchlab's loop (``CustomLoop``), so that a logged update costs no graph call of
-    its own and no chunk has to end on it.
-
-    A callback offers one from ``update_probe()`` (called once training has begun, before the
-    chunk's function is traced; it returns None when it cannot be probed). For each logged update
-    ``u`` the loop calls ``prepare(u)`` on the host before the call that runs it (optional: e.g.
-    ``VirtualBatchModel.request_measurement``), runs ``after(u)`` in the graph right after the
-    update (graph code returning a float64 tensor of shape ``shape``; ``u`` an int64 tensor) and
-    hands the row to ``receive(u, row)`` (a NumPy array) once the call has returned, in update
-    order. Logged updates: every multiple of ``every_n_updates`` and, with ``at_epoch_end``, an
-    epoch's last update. What must happen right *before* a logged update happens in the step
-    (``StepMeasurements.keep_weights_before``).
-
-    Under Keras' ``fit`` (or any loop that does not take the probe) the callback's own hooks
-    measure as before; a probe only moves where the same graph code runs.
-    """
-
-    def __init__(self, every_n_updates, after, shape, receive, prepare=None, at_epoch_end=True):
-        self.every_n_updates = every_n_updates
-        self.after = after
-        self.shape = tuple(shape)
-        self.receive = receive
-        self.prepare = prepare
-        self.at_epoch_end = bool(at_epoch_end)
-
-    def logs(self, update, epoch_end):
-        """Whether update ``update`` (1-based) is logged; ``epoch_end``: it ends its epoch."""
-        return update % self.every_n_updates == 0 or (self.at_epoch_end and epoch_end)
-
-    def zeros(self):
-        return tf.zeros(self.shape, tf.float64)
+    if gated:
+        tf.cond(tf.equal(step.coming_update, measurements.measured_update), measured,
+                lambda: tf.constant(False))
+    else:
+        measured()

@@ -11,9 +11,8 @@ BatchNormalization sees one micro-batch at a time: it normalises with per-micro-
 which is Ghost Batch Normalization (Hoffer et al. 2017). Dropout draws a fresh mask per
 micro-batch. User documentation: docs/virtual_batches.md.
 
-What callbacks may use is public: ``measurements``, ``tracks_gradient_noise``,
-``measure_every_n_updates``, ``request_measurement``, ``micro_batch_size``, ``time_window``,
-``evaluation_loop``.
+What measurements and loops may use is public: ``measurements``, ``tracks_gradient_noise``,
+``measures_gradient_norms``, ``micro_batch_size``, ``time_window``, ``evaluation_loop``.
 """
 
 import keras
@@ -21,7 +20,7 @@ import tensorflow as tf
 from absl import logging
 
 from experiments.common import checks
-from experiments.engine import accumulation, loss_terms, states
+from experiments.engine import accumulation, keras_internals, loss_terms, states
 from experiments.engine.step_measurements import StepMeasurements, record
 
 
@@ -33,7 +32,7 @@ class VirtualBatchModel(keras.Model):
     """
 
     def configure_virtual_batches(self, micro_batch_size=None, track_gradient_noise=False,
-                                  has_call_losses=None, measure_every_n_updates=1):
+                                  has_call_losses=None, measure_gradient_norms=True):
         """Sets the micro-batch size ``b`` (None: the whole batch at once, k = 1).
 
         Args:
@@ -43,21 +42,20 @@ class VirtualBatchModel(keras.Model):
             gradient noise scale estimator (one extra sum of squares per micro-batch).
           has_call_losses: whether the model adds losses during its forward pass (activity
             regularizers, ``add_loss``). Detected from activity regularizers when None.
-          measure_every_n_updates: fill the gradient norms of ``measurements`` every n-th update
-            only (and on a ``request_measurement`` update); 0: never. The norms cost a pass over
-            the gradients (and, distributed, one more all-reduce): ~6% of a batch-32 step of a
-            784-512-512-10 MLP (benchmarks/bench_virtual_batch.py). The gradient noise scale's
-            ingredients and averages are updated on every sampled update regardless.
+          measure_gradient_norms: fill the gradient norms of ``measurements`` on the update the
+            loop measures (``StepMeasurements.measured_update``; every update when distributed);
+            False: never (a step without the check; benchmarks/bench_virtual_batch.py). The
+            gradient noise scale's ingredients and averages are updated on every sampled update
+            regardless.
         """
-        self._measure_every = checks.non_negative_int(measure_every_n_updates,
-                                                      "measure_every_n_updates")
+        self._measure_norms = bool(measure_gradient_norms)
         self._micro_batch_size = checks.optional_positive_int(micro_batch_size,
                                                               "micro_batch_size")
         self._track_gradient_noise = bool(track_gradient_noise)
         if has_call_losses is None:
             has_call_losses = any(
                 getattr(layer, "activity_regularizer", None) is not None
-                for layer in self._flatten_layers(include_self=False))
+                for layer in states.layers(self))
         self._has_call_losses = bool(has_call_losses)
         self.measurements = StepMeasurements(len(self.trainable_variables))
         if micro_batch_size is not None and states.has_batch_normalization(self):
@@ -101,14 +99,9 @@ class VirtualBatchModel(keras.Model):
         return getattr(self, "_track_gradient_noise", False)
 
     @property
-    def measure_every_n_updates(self):
-        """How often the gradient norms of ``measurements`` are filled (1: every update)."""
-        return getattr(self, "_measure_every", 1)
-
-    def request_measurement(self, update):
-        """Asks the step to fill the gradient norms on ``update`` (1-based) too, off its interval:
-        callbacks use it for an epoch's last update."""
-        self.measurements.requested_update.assign(int(update))
+    def measures_gradient_norms(self):
+        """Whether the step fills the gradient norms of ``measurements`` on measured updates."""
+        return getattr(self, "_measure_norms", True)
 
     @property
     def evaluation_loop(self):
@@ -132,7 +125,7 @@ class VirtualBatchModel(keras.Model):
                 "(train.micro_batch_size) instead of the optimizer's accumulation.")
         grads, loss, num_rows = self.virtual_batch_gradients(data)
         self.optimizer.apply(grads, self.trainable_variables)
-        self._loss_tracker.update_state(loss, sample_weight=num_rows)
+        keras_internals.loss_tracker(self).update_state(loss, sample_weight=num_rows)
         return self.get_metrics_result()
 
     def evaluate(self, x=None, y=None, batch_size=None, verbose="auto", sample_weight=None,
@@ -203,13 +196,13 @@ class VirtualBatchModel(keras.Model):
             variables=variables, loss_terms=self._loss_terms, replica=replica,
             num_replicas=num_replicas, distributed=distributed, loss_dtype=loss_dtype,
             has_call_losses=self._has_call_losses, track_noise=self._track_gradient_noise,
-            sampled=sampled, coming_update=coming, measure_every=self.measure_every_n_updates,
+            sampled=sampled, coming_update=coming, records_norms=self.measures_gradient_norms,
             global_rows=global_rows)
 
 
 def as_virtual_batch_model(model, micro_batch_size=None, track_gradient_noise=False,
                            has_call_losses=None, virtual_batch_size=None,
-                           measure_every_n_updates=1):
+                           measure_gradient_norms=True):
     """Returns a ``VirtualBatchModel`` sharing ``model``'s layers and weights.
 
     ``model`` must be functional or a built Sequential model (it has ``inputs`` and ``outputs``).
@@ -231,5 +224,5 @@ def as_virtual_batch_model(model, micro_batch_size=None, track_gradient_noise=Fa
                 f"{type(model).__name__} has no defined inputs ({err}).") from err
         vb = VirtualBatchModel(inputs=inputs, outputs=outputs, name=model.name)
     vb.configure_virtual_batches(micro_batch_size, track_gradient_noise, has_call_losses,
-                                 measure_every_n_updates)
+                                 measure_gradient_norms)
     return vb

@@ -6,8 +6,9 @@
 - ``sweep``: several runs that differ by a few bindings (``sweep.variants``).
 - ``study``, ``grid``, ``points``: batch-size studies (``study.*``): axes -> named runs with
   their bindings, each parsed and checked before anything runs; sweeps use the same run list.
-- ``executor``, ``worker``: runs in this process or in ``--jobs`` worker processes; a failing
-  run never stops the others.
+- ``executor``, ``worker``, ``worker_processes``, ``outcomes``: runs in this process or in
+  ``--jobs`` worker processes (the executor's slots; the worker protocol's two sides; how each
+  run ended and the progress lines); a failing run never stops the others.
 - ``study_dir``, ``study_launch``, ``study_reporting``: ``study.json``, relaunch (finished runs
   skipped, interrupted ones resumed, failed ones rerun), ``--shard``, the report and its
   TensorBoard images.

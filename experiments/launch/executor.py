@@ -2,39 +2,31 @@
 
 The one mechanism for sweeps and studies. A ``Job`` is a ``RunSpec`` with its exact run directory.
 A failing run never stops the others: its error is caught (in process) or read back from its
-``status.json`` / log (worker), and it comes back as an ``Outcome`` with status 'failed'.
+``status.json`` / log (worker), and it comes back as an ``outcomes.Outcome`` with status 'failed'.
 
 With ``jobs`` = N > 1 there are N slots: this process trains runs itself (it has imported
-TensorFlow already) and N - 1 workers (``python main.py --worker``, see ``worker``) each train one
-run at a time, fed by one thread here per worker. A slot takes the next run only when it is free
-(a worker once it says it is ready, after its TensorFlow import), longest runs first (``cost``),
-so the slots end together. Runs get ``train.verbose = 2`` (no progress bar, so no terminal
-control codes) and their stdout/stderr in ``DIR/log.txt`` (written next to the run directory
-while running, because the runner creates DIR itself, then moved in). The CPU threads are split
-between the slots (``--intra_op_threads``, ``OMP_NUM_THREADS``; ``main.py`` limits its own): N
-processes that each assume every core would fight over them. ``main.py`` may start the workers
-before it imports TensorFlow (``offer_spares``), so that their import runs beside its own. A
-worker that dies (a crash, not an exception) fails its run and is replaced. The parent prints one
-line per finished run and the progress.
+TensorFlow already) and N - 1 workers (``python main.py --worker``, see ``worker`` and
+``worker_processes``) each train one run at a time, fed by one thread here per worker. A slot
+takes the next run only when it is free (a worker once it says it is ready, after its TensorFlow
+import), longest runs first (``cost``), so the slots end together. Runs get
+``worker_processes.CHILD_BINDINGS`` and their stdout/stderr in ``DIR/log.txt`` (see ``outcomes``).
+The CPU threads are split between the slots (``--intra_op_threads``, ``OMP_NUM_THREADS``;
+``main.py`` limits its own): N processes that each assume every core would fight over them.
+``main.py`` may start the workers before it imports TensorFlow (``spares``), so that their import
+runs beside its own. A worker that dies (a crash, not an exception) fails its run and is replaced.
+The parent prints one line per finished run and the progress.
 """
 
 import dataclasses
-import json
 import os
 import queue
-import shutil
 import signal
-import subprocess
-import sys
 import threading
 import time
-from typing import Optional
 
 from callbacks.checkpointing import TrainingInterrupted
-from experiments.launch import spares, worker
-from experiments.launch.worker import DONE_PREFIX, READY_PREFIX
-
-CHILD_BINDINGS = ("train.verbose = 2",)
+from experiments.launch import outcomes, spares, worker, worker_processes
+from experiments.launch.outcomes import Outcome
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,18 +37,6 @@ class Job:
     run_dir: str
 
 
-@dataclasses.dataclass
-class Outcome:
-    """How one run ended: 'finished' (with its result dict) or 'failed' (with the error)."""
-
-    name: str
-    run_dir: str
-    status: str
-    seconds: float
-    result: Optional[dict] = None
-    error: Optional[str] = None
-
-
 def execute(jobs, run_in_process, gin_files, base_bindings, num_jobs=1, print_fn=print):
     """Runs every job; returns their Outcomes in the jobs' order.
 
@@ -65,12 +45,12 @@ def execute(jobs, run_in_process, gin_files, base_bindings, num_jobs=1, print_fn
     does this process's slot when ``num_jobs`` > 1.
     """
     if num_jobs > 1:
-        return _run_workers(jobs, gin_files, base_bindings, num_jobs, print_fn)
-    progress, outcomes = Progress(len(jobs), 1, print_fn), []
+        return _Pool(jobs, gin_files, base_bindings, num_jobs, print_fn).run() if jobs else []
+    progress, done = outcomes.Progress(len(jobs), 1, print_fn), []
     for job in jobs:
-        outcomes.append(_run_here(job, run_in_process))
-        progress.report(outcomes[-1], 0)
-    return outcomes
+        done.append(_run_here(job, run_in_process))
+        progress.report(done[-1], 0)
+    return done
 
 
 def _run_here(job, run_in_process):
@@ -114,44 +94,6 @@ def wait_for_workers():
         _CLOSING.pop().join()
 
 
-def _pending_log(run_dir):
-    return f"{run_dir}.log.txt"
-
-
-class _Worker:
-    """One worker process, its stdout read line by line, its stderr in a file."""
-
-    def __init__(self, process, errors_path, spare_errors=None):
-        self.process, self.errors_path, self.spare_errors = process, errors_path, spare_errors
-
-    def wait_ready(self):
-        """True once the worker says it is ready (imports done); False when it died first."""
-        for line in self.process.stdout:
-            if line.startswith(READY_PREFIX):
-                return True
-        return False
-
-    def send(self, message):
-        """Sends one job and waits for it: 0 when it reported done, else its exit code."""
-        return _send(self.process, message)
-
-    def close(self):
-        spares.close(self.process)
-        self.keep_errors()
-
-    def keep_errors(self):
-        """A spare's stderr (a temporary file until now) is appended to the study's log."""
-        if self.spare_errors is None:
-            return
-        self.spare_errors.seek(0)
-        text = self.spare_errors.read()
-        self.spare_errors.close()
-        self.spare_errors = None
-        if text:
-            with open(self.errors_path, "ab") as log:
-                log.write(text)
-
-
 class _Pool:
     """This process (one slot) and N - 1 worker processes, each fed by one thread, all taking
     job positions from a shared queue, longest first."""
@@ -164,41 +106,40 @@ class _Pool:
         for position in dispatch_order(jobs):
             self.todo.put(position)
         self.outcomes, self.workers, self.lock = {}, [], threading.Lock()
-        self.print_fn, self.stream = _unredirected(print_fn)
-        self.progress = Progress(len(jobs), num_jobs, self.print_fn)
+        self.print_fn, self.stream = outcomes.unredirected(print_fn)
+        self.progress = outcomes.Progress(len(jobs), num_jobs, self.print_fn)
         self.slots = min(num_jobs, len(jobs))
         self.running, self.all_done = self.slots, threading.Event()
         self.feeders = [threading.Thread(target=self._feed, daemon=True)
                         for _ in range(self.slots - 1)]
 
-    def _errors_path(self):
+    def _start_worker(self):
+        """A ready worker, or None when it died starting (then the other slots go on)."""
         directory = os.path.dirname(self.jobs[0].run_dir)
         os.makedirs(directory, exist_ok=True)
-        return os.path.join(directory, ".workers.log")
-
-    def _start_worker(self):
-        """A worker main.py started early (``spares``), or a new one."""
-        path = self._errors_path()
-        spare = spares.take(self.threads)
-        if spare is not None:
-            child = _Worker(spare[0], path, spare[1])
-        else:
-            with open(path, "a") as errors:
-                child = _Worker(spares.popen(self.command, self.threads, errors), path)
+        child = worker_processes.WorkerProcess.start(
+            self.command, self.threads, os.path.join(directory, ".workers.log"))
         with self.lock:
             self.workers.append(child)
-        return child
+        if child.wait_ready():
+            return child
+        code = child.process.wait()
+        child.close()  # keeps a spare's stderr in the log named below
+        with self.lock:
+            self.print_fn(f"A worker exited with status {code} before it was ready "
+                          f"(see {child.errors_path}); one slot fewer.")
+        return None
 
-    def _message(self, job):
-        return {"gin_files": self.gin_files,
-                "bindings": self.base_bindings + list(job.spec.bindings) + list(CHILD_BINDINGS),
-                "run_dir": job.run_dir, "log": _pending_log(job.run_dir)}
-
-    def _next(self):
+    def _take(self):
+        """(position, job, its message) of the next job, its parent directory made; or None."""
         try:
-            return self.todo.get_nowait()
+            position = self.todo.get_nowait()
         except queue.Empty:
             return None
+        job = self.jobs[position]
+        os.makedirs(os.path.dirname(job.run_dir), exist_ok=True)
+        return position, job, worker_processes.job_message(job, self.gin_files,
+                                                           self.base_bindings)
 
     def _finish(self, position, outcome):
         with self.lock:
@@ -208,28 +149,21 @@ class _Pool:
                 self.all_done.set()
 
     def _feed(self):
+        """One worker's slot: a fresh worker whenever the last one died in a run."""
         child = None
         try:
             while True:
-                if child is None:
-                    child = self._start_worker()
-                    if not child.wait_ready():  # it died starting: the other slots go on
-                        code = child.process.wait()
-                        with self.lock:
-                            self.print_fn(f"A worker exited with status {code} before it was "
-                                          f"ready (see {child.errors_path}); one slot fewer.")
-                        break
-                position = self._next()
-                if position is None:
+                child = child or self._start_worker()
+                taken = child and self._take()
+                if not taken:
                     break
-                job = self.jobs[position]
-                os.makedirs(os.path.dirname(job.run_dir), exist_ok=True)
+                position, job, message = taken
                 started = time.time()
-                returncode = child.send(self._message(job))
+                returncode = child.send(message)
                 if returncode != 0:
                     child.close()
-                    child = None  # it died: the next job gets a fresh one
-                self._finish(position, collect(job, returncode, time.time() - started))
+                    child = None
+                self._finish(position, outcomes.collect(job, returncode, time.time() - started))
         finally:
             with self.lock:
                 self.running -= 1
@@ -238,20 +172,15 @@ class _Pool:
 
     def _serve_here(self):
         """This process's slot: trains jobs in process, like a worker, until none is left."""
-        while True:
-            position = self._next()
-            if position is None:
-                break
-            job = self.jobs[position]
-            os.makedirs(os.path.dirname(job.run_dir), exist_ok=True)
-            message = self._message(job)
+        while taken := self._take():
+            position, job, message = taken
             started = time.time()
             try:
                 worker.run_job(message["gin_files"], message["bindings"], message["run_dir"],
                                message["log"])
             except TrainingInterrupted as stopped:  # stop the workers too (run's finally)
                 raise KeyboardInterrupt(str(stopped)) from stopped
-            self._finish(position, collect(job, 0, time.time() - started))
+            self._finish(position, outcomes.collect(job, 0, time.time() - started))
         with self.lock:
             self.running -= 1
 
@@ -259,7 +188,7 @@ class _Pool:
         """Runs every job; the outcomes in the jobs' order. The workers end when their feeder
         finds no job left (their exit overlaps what the caller does next); a KeyboardInterrupt
         (Ctrl-C, SIGTERM, or a run here stopped by a signal) stops them at once."""
-        previous = _stop_on_sigterm()
+        previous = worker_processes.stop_on_sigterm()
         completed = False
         try:
             for feeder in self.feeders:
@@ -273,7 +202,7 @@ class _Pool:
             if previous is not None:
                 signal.signal(signal.SIGTERM, previous)
             if not completed:
-                _stop([w.process for w in self.workers], self.lock)
+                worker_processes.stop([w.process for w in self.workers], self.lock)
                 for child in self.workers:
                     child.keep_errors()
             if self.stream is not None:
@@ -281,134 +210,3 @@ class _Pool:
         return [self.outcomes.get(position) or Outcome(
             job.spec.name, job.run_dir, "failed", 0.0, error="no worker reported on this run")
             for position, job in enumerate(self.jobs)]
-
-
-def _unredirected(print_fn):
-    """(print_fn, stream to close): when ``print_fn`` is ``print``, lines go to the stdout this
-    process has now, even while a run here has file descriptors 1 and 2 pointed at its log."""
-    if print_fn is not print:
-        return print_fn, None
-    try:
-        sys.stdout.flush()
-        stream = os.fdopen(os.dup(sys.stdout.fileno()), "w")
-    except (AttributeError, OSError, ValueError):  # no real file behind sys.stdout
-        return print_fn, None
-
-    def to_stream(*args, **kwargs):
-        if not stream.closed:
-            print(*args, **kwargs, file=stream, flush=True)
-
-    return to_stream, stream
-
-
-def _stop(processes, lock, grace_seconds=30):
-    """Asks the workers we started that still run to stop (SIGTERM: their run saves a checkpoint
-    and says 'interrupted'), waits for them, kills any that do not end in time."""
-    with lock:
-        alive = [p for p in processes if p.poll() is None]
-    for process in alive:
-        process.terminate()
-    for process in alive:
-        try:
-            process.wait(timeout=grace_seconds)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
-def _stop_on_sigterm():
-    """SIGTERM raises KeyboardInterrupt here (main thread only), so that the workers are stopped
-    with us instead of finishing their run unattended; returns the previous handler or None."""
-    if threading.current_thread() is not threading.main_thread():
-        return None
-
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    return signal.signal(signal.SIGTERM, interrupt)
-
-
-def _send(worker, message):
-    """Sends one job to a worker and waits for it: 0 when it reported done, else its exit code."""
-    try:
-        worker.stdin.write(json.dumps(message) + "\n")
-        worker.stdin.flush()
-    except (BrokenPipeError, OSError):
-        return worker.wait() or -1
-    for line in worker.stdout:
-        if line.startswith(DONE_PREFIX):
-            return 0
-    return worker.wait() or -1
-
-
-def _run_workers(jobs, gin_files, base_bindings, num_jobs, print_fn):
-    if not jobs:
-        return []
-    return _Pool(jobs, gin_files, base_bindings, num_jobs, print_fn).run()
-
-
-def collect(job, returncode, seconds):
-    """The Outcome of a finished child, from its run directory; moves its log in."""
-    log_path = _move_log(job.run_dir)
-    status = _read_json(os.path.join(job.run_dir, "status.json")) or {}
-    if returncode == 0 and status.get("status") == "finished":
-        result = _read_json(os.path.join(job.run_dir, "result.json"))
-        return Outcome(job.spec.name, job.run_dir, "finished", seconds, result=result)
-    error = status.get("error") or _last_lines(log_path) or f"exit status {returncode}"
-    return Outcome(job.spec.name, job.run_dir, "failed", seconds, error=error)
-
-
-def _move_log(run_dir):
-    pending = _pending_log(run_dir)
-    if not os.path.isdir(run_dir):  # the child failed before creating its run directory
-        return pending
-    target = os.path.join(run_dir, "log.txt")
-    shutil.move(pending, target)
-    return target
-
-
-def _last_lines(path, count=5):
-    """The end of a child's log: its error when it failed before writing a status."""
-    try:
-        with open(path, errors="replace") as handle:
-            lines = [line.rstrip() for line in handle if line.strip()]
-    except OSError:
-        return None
-    return "\n".join(lines[-count:]) or None
-
-
-def _read_json(path):
-    try:
-        with open(path) as handle:
-            return json.load(handle)
-    except (OSError, ValueError):
-        return None
-
-
-class Progress:
-    """One line per finished run: its status, then done / running / failed and an ETA."""
-
-    def __init__(self, total, num_jobs, print_fn):
-        self.total, self.num_jobs, self.print_fn = total, num_jobs, print_fn
-        self.started = time.time()
-        self.done = self.failed = 0
-
-    def report(self, outcome, running):
-        self.done += 1
-        self.failed += outcome.status == "failed"
-        elapsed = time.time() - self.started
-        left = self.total - self.done
-        eta = elapsed / self.done * left
-        what = _summary(outcome)
-        self.print_fn(f"[{self.done}/{self.total}] {outcome.name}: {outcome.status} in "
-                      f"{outcome.seconds:.1f}s{what} | done {self.done}, running {running}, "
-                      f"failed {self.failed}, ETA {eta:.0f}s")
-
-
-def _summary(outcome):
-    if outcome.status != "finished":
-        lines = (outcome.error or "").strip().splitlines()
-        return f" ({lines[-1][:160]})" if lines else ""
-    final = (outcome.result or {}).get("final_epoch") or {}
-    shown = [f"{k}={final[k]:.4g}" for k in ("val_loss", "val_accuracy") if k in final]
-    return f" ({', '.join(shown)})" if shown else ""

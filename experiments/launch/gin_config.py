@@ -14,6 +14,7 @@ import re
 import gin
 
 from experiments.common import paths
+from experiments.engine import keras_internals
 from experiments.launch import registry  # noqa: F401  (register before parsing)
 
 REPO_ROOT = paths.REPO_ROOT
@@ -25,7 +26,7 @@ class ConfigError(ValueError):
 
 def _registered_names():
     names = set()
-    for selector, _ in gin.config._REGISTRY.items():
+    for selector in keras_internals.gin_selectors():
         names.add(selector)
         names.add(selector.rsplit(".", 1)[-1])
     return sorted(names)
@@ -48,7 +49,7 @@ def explain(error):
     if parameter:
         name, param = parameter.groups()
         try:
-            target = gin.config._REGISTRY.get_match(name).wrapped
+            target = gin.get_configurable(name)
             target = target.__init__ if inspect.isclass(target) else target
             params = [p for p in inspect.signature(target).parameters if p != "self"]
         except (KeyError, AttributeError, TypeError, ValueError):

@@ -12,6 +12,7 @@ import os
 import gin
 
 from experiments.analysis import lr_range, tables
+from experiments.common import checks
 from experiments.launch import executor, worker
 from experiments.launch import grid as grid_lib
 from experiments.launch import points, spares
@@ -68,9 +69,11 @@ def launch(gin_files=(), gin_bindings=(), output_dir="runs", print_fn=print, job
 
 
 def _check_jobs(jobs):
-    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
-        raise ConfigError(f"--jobs={jobs!r} must be a positive integer.")
-    return jobs
+    """``jobs`` as an int; a ``ConfigError`` (the user's flag, not a run's binding) otherwise."""
+    try:
+        return checks.positive_int(jobs, "--jobs")
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
 
 
 def _launch_sweep(files, gin_bindings, output_dir, experiment, variants, columns, jobs, run_name,

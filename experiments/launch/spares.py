@@ -2,10 +2,10 @@
 
 ``main.py --jobs=N`` calls ``start`` first thing, before it imports TensorFlow: N - 1 workers
 (``python main.py --worker``) then import TensorFlow on the other cores while the launcher imports
-its own and checks the study, instead of after. ``executor`` takes them (``take``) when its
-runs use the same number of threads, or starts its own; ``release`` ends those nobody took
-(a single run launched with ``--jobs``, a configuration error). Importing this module imports
-no TensorFlow, Keras or gin.
+its own and checks the study, instead of after. The executor's pool takes them (``take``, through
+``worker_processes``) when its runs use the same number of threads, or starts its own; ``release``
+ends those nobody took (a single run launched with ``--jobs``, a configuration error). Importing
+this module imports no TensorFlow, Keras or gin.
 """
 
 import os

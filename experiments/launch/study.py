@@ -17,8 +17,11 @@ from typing import Optional
 
 import gin
 
-RULES = ("none", "linear", "sqrt")
-MODES = ("max", "min")
+from experiments.analysis.steps_to_result import TARGET_DIRECTIONS
+from experiments.common import checks
+
+# How ``study.rules`` scale the reference learning rate to each B (``grid.scaled_learning_rate``).
+LR_SCALING_RULES = ("none", "linear", "sqrt")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,16 +82,16 @@ def study(batch_sizes=None, micro_batch_sizes=None, learning_rates=None, rules=N
         micro_batch_sizes=(None,) if micro_batch_sizes is None else _axis(
             micro_batch_sizes, "study.micro_batch_sizes", _optional_positive_int),
         learning_rates=None if learning_rates is None else _axis(
-            learning_rates, "study.learning_rates", _positive_float),
+            learning_rates, "study.learning_rates", _positive_number),
         rules=None if rules is None else _axis(rules, "study.rules", _rule),
         reference_batch_size=_optional_positive_int(reference_batch_size,
                                                     "study.reference_batch_size"),
-        reference_learning_rate=None if reference_learning_rate is None else _positive_float(
+        reference_learning_rate=None if reference_learning_rate is None else _positive_number(
             reference_learning_rate, "study.reference_learning_rate"),
         warmup_updates=_optional_positive_int(warmup_updates, "study.warmup_updates"),
         epochs=None if epochs is None else _axis(epochs, "study.epochs", _positive_int),
         update_budget=_optional_positive_int(update_budget, "study.update_budget"),
-        seeds=None if seeds is None else _axis(seeds, "study.seeds", _int),
+        seeds=None if seeds is None else _axis(seeds, "study.seeds", _non_negative_int),
         target_metric=_metric_name(target_metric),
         target=None if target is None else float(target),
         target_mode=_mode(target_mode),
@@ -125,31 +128,28 @@ def _axis(values, binding, check):
     return checked
 
 
-def _int(value, binding):
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise StudyError(f"{binding} holds {value!r}, which is not an integer.")
-    return value
+def _study_error(check):
+    """``check`` (one of ``common.checks``) raising ``StudyError``: every error of a study
+    declaration has one type, whichever check found it."""
+
+    def checked(value, binding):
+        try:
+            return check(value, binding)
+        except ValueError as error:
+            raise StudyError(str(error)) from None
+
+    return checked
 
 
-def _positive_int(value, binding):
-    if _int(value, binding) < 1:
-        raise StudyError(f"{binding} holds {value!r}; it must be a positive integer.")
-    return value
-
-
-def _optional_positive_int(value, binding):
-    return None if value is None else _positive_int(value, binding)
-
-
-def _positive_float(value, binding):
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise StudyError(f"{binding} holds {value!r}; it must be a positive number.")
-    return float(value)
+_positive_int = _study_error(checks.positive_int)
+_optional_positive_int = _study_error(checks.optional_positive_int)
+_non_negative_int = _study_error(checks.non_negative_int)
+_positive_number = _study_error(checks.positive_number)
 
 
 def _rule(value, binding):
-    if value not in RULES:
-        raise StudyError(f"{binding} holds {value!r}; rules are {', '.join(RULES)}.")
+    if value not in LR_SCALING_RULES:
+        raise StudyError(f"{binding} holds {value!r}; rules are {', '.join(LR_SCALING_RULES)}.")
     return value
 
 
@@ -161,6 +161,6 @@ def _metric_name(value):
 
 
 def _mode(value):
-    if value not in MODES:
+    if value not in TARGET_DIRECTIONS:
         raise StudyError(f"study.target_mode must be 'max' or 'min', got {value!r}.")
     return value

@@ -43,8 +43,3 @@ def catch_stop_signals(enabled=True):
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-
-
-def exit_code(signum):
-    """The shell's convention for a process ended by ``signum``: 128 + signum."""
-    return 128 + int(signum)

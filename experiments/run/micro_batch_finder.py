@@ -1,50 +1,126 @@
 """The micro-batch finder: the largest micro-batch b (a divisor of B) that fits, measured.
 
 A user with a virtual batch B asks "how many rows can go through my model at once?". The finder
-trains a few updates of B rows of the run's model at each candidate b (the divisors of B), from the
-smallest up, each probe in a process of its own (the run's configuration, plus
-``find_micro_batch.probe = b``), and measures:
+(``train.mode = 'find_micro_batch'``, ``modes.MicroBatchFinderMode``) probes each candidate b (the
+divisors of B), from the smallest up. A probe is a short run of the user's own configuration with
+``train.micro_batch_size = b``: the same ``plan.build``, ``plan.build_model`` and training loop
+(``engine.distribute.fit``, batchlab's ``CustomLoop`` unless ``fit.loop`` says otherwise) as a real
+run, on the run's own data, for a few updates and without validation, checkpoints or a run
+directory; so its memory and examples/s are those the user's run will have. It measures:
 
 - on a GPU, TensorFlow's peak allocation on the device, stopping at the first b that runs out of
-  memory (the probe's process reports it and ends; the finder goes on);
+  memory (the probe reports it and ends; the finder goes on);
 - on CPU, the probe process' peak resident memory during training (what a machine's or a
   scheduler's memory limit counts: TensorFlow, the data, the weights, optimizer slots, the
   accumulated gradients, one micro-batch's activations; the peak is reset to the current size
   just before training, so a start-up spike does not count), stopping at the first b above
-  ``budget_mb``. A process of its own per probe: memory freed by one probe stays counted in a
-  process's size.
+  ``budget_mb``;
+- examples/s over the loop's graph calls after the first (which traces the train step), timed by
+  ``LoopClock``.
 
-It prints one row per probe (b, k, peak memory, examples/s) and the bindings to paste
+Each probe runs in a process of its own (memory freed by one probe stays counted in a process's
+size, and an out-of-memory leaves a process unusable). The interface between the finder and a
+probe's process (``ProcessProber``) is ``python main.py`` with the run's configuration and two
+bindings, ``find_micro_batch.probe = b`` and ``find_micro_batch.result_file = '<path>'``; the
+probe writes one ``ProbeResult`` there as JSON (``ProbeResult.write``, read back with
+``ProbeResult.read``). No file means the probe failed; its stderr is shown.
+
+The finder prints one row per probe (b, k, peak memory, examples/s) and the bindings to paste
 (``train.micro_batch_size = b``). Configured in gin (``find_micro_batch.*``); run with
 ``python main.py --gin_file=<experiment> --gin_file=gin/tools/find_micro_batch.gin``.
 """
 
 import dataclasses
 import json
+import math
 import os
 import subprocess
 import sys
 import tempfile
 import time
+from typing import Optional
 
 import gin
-import numpy as np
+import keras
 import tensorflow as tf
 
 from experiments.common import checks, paths
 from experiments.common.memory import peak_memory_mb
-from experiments.engine.virtual_batch_model import as_virtual_batch_model
+from experiments.engine import distribute
 from experiments.run import plan as plan_lib
-from experiments.run import seeding
 
 
 @dataclasses.dataclass(frozen=True)
 class Probe:
+    """One row of the finder's table: what b measured and whether it fits."""
+
     micro_batch_size: int
     num_micro_batches: int
     peak_mb: float
     examples_per_sec: float
     fits: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class FinderSettings:
+    """``find_micro_batch.*``, checked (see ``settings``)."""
+
+    budget_mb: Optional[float]
+    smallest: int
+    updates: int
+    probe: Optional[int]
+    result_file: Optional[str]
+
+
+@gin.configurable("find_micro_batch")
+def settings(budget_mb=None, smallest=1, updates=3, probe=None, result_file=None):
+    """Args:
+      budget_mb: on CPU, the peak resident memory allowed for the training process (MiB);
+        required without a GPU. Ignored on a GPU (the device's memory is the budget).
+      smallest: the smallest b probed.
+      updates: timed updates per probe (at least; the loop's calls hold at most this many).
+      probe: internal: measure this b only, in this process (what each probe process runs).
+      result_file: internal: where that probe writes its ``ProbeResult`` (JSON).
+    """
+    if budget_mb is not None:
+        budget_mb = checks.positive_number(budget_mb, "find_micro_batch.budget_mb")
+    return FinderSettings(
+        budget_mb=budget_mb, smallest=checks.positive_int(smallest, "find_micro_batch.smallest"),
+        updates=checks.positive_int(updates, "find_micro_batch.updates"),
+        probe=checks.optional_positive_int(probe, "find_micro_batch.probe"),
+        result_file=None if result_file is None else str(result_file))
+
+
+@dataclasses.dataclass(frozen=True)
+class ProbeResult:
+    """What one probe measured: the record a probe's process hands to the finder.
+
+    ``out_of_memory``: the probe ran out of device memory (then nothing else was measured).
+    ``peak_mb``: peak memory while training (MiB; see the module docstring for which).
+    ``examples_per_sec``: rows trained per second over ``timed_updates`` updates that took
+    ``train_seconds`` in the loop, after its first call.
+    """
+
+    micro_batch_size: int
+    num_micro_batches: int
+    out_of_memory: bool = False
+    peak_mb: Optional[float] = None
+    examples_per_sec: Optional[float] = None
+    timed_updates: int = 0
+    train_seconds: float = 0.0
+
+    def write(self, path):
+        """Writes the record as one JSON object; complete or absent (written, then renamed)."""
+        partial = path + ".partial"
+        with open(partial, "w", encoding="utf-8") as handle:
+            json.dump(dataclasses.asdict(self), handle)
+        os.replace(partial, path)
+
+    @classmethod
+    def read(cls, path):
+        """The record a probe wrote with ``write``."""
+        with open(path, encoding="utf-8") as handle:
+            return cls(**json.load(handle))
 
 
 def divisors(batch_size):
@@ -57,92 +133,10 @@ def candidates(batch_size, smallest=1):
     return [b for b in divisors(batch_size) if b >= smallest]
 
 
-def _synthetic_batch(spec, rows, seed=0):
-    """B rows shaped like the data (inputs and integer or float targets)."""
-    rng = np.random.default_rng(seed)
-    shape = tuple(d if d is not None else 16 for d in spec.input_shape)
-    if spec.vocabulary_size:
-        x = rng.integers(0, spec.vocabulary_size, size=(rows, *shape)).astype("int32")
-    else:
-        x = rng.normal(size=(rows, *shape)).astype("float32")
-    if spec.task in ("regression",):
-        y = rng.normal(size=(rows, spec.num_outputs)).astype("float32")
-    elif spec.task == "binary":
-        y = rng.integers(0, 2, size=(rows, 1)).astype("float32")
-    elif spec.task == "language_model":
-        y = rng.integers(0, spec.num_outputs, size=(rows, *shape)).astype("int64")
-    else:
-        y = rng.integers(0, spec.num_outputs, size=(rows,)).astype("int64")
-    return x, y
-
-
-class Prober:
-    """Trains a few updates at a given micro-batch and measures memory and speed."""
-
-    def __init__(self, model_fn, spec, optimizer, loss, batch_size, updates=3):
-        self.model_fn, self.spec = model_fn, spec
-        self.optimizer, self.loss = optimizer, loss
-        self.batch_size = batch_size
-        self.updates = updates
-        self.model = None
-        self.gpu = bool(tf.config.list_logical_devices("GPU"))
-        self.x, self.y = _synthetic_batch(spec, batch_size)
-
-    def measure(self, micro):
-        """The peak memory (MiB) and examples/s of ``updates`` updates at b = ``micro``.
-
-        One model serves every probe (re-configured and re-compiled for each b): a new model per
-        probe would add its weights to the process' peak each time.
-        """
-        if self.model is None:
-            self.model = as_virtual_batch_model(self.model_fn(self.spec))
-        self.model.configure_virtual_batches(micro if micro < self.batch_size else None,
-                                             measure_every_n_updates=0)
-        self.model.compile(optimizer=self.optimizer() if callable(self.optimizer)
-                           else self.optimizer, loss=self.loss)
-        if self.gpu:
-            tf.config.experimental.reset_memory_stats("GPU:0")
-        else:
-            _reset_peak_rss()  # what was allocated before training (imports, data) is not counted
-        dataset = tf.data.Dataset.from_tensors((self.x, self.y)).repeat(self.updates + 1)
-        self.model.fit(dataset.take(1), verbose=0, shuffle=False)  # tracing, first allocation
-        started = time.perf_counter()
-        self.model.fit(dataset.take(self.updates), verbose=0, shuffle=False)
-        seconds = time.perf_counter() - started
-        if self.gpu:
-            peak = tf.config.experimental.get_memory_info("GPU:0")["peak"] / 2.0 ** 20
-        else:
-            peak = _peak_rss_mb()
-        return peak, self.updates * self.batch_size / max(seconds, 1e-9)
-
-
-def _reset_peak_rss():
-    """Resets the process' peak resident set size to its current size (Linux:
-    ``/proc/self/clear_refs``), so that the peak measured next is the training's, over the
-    memory the process holds now, and not a spike of its start-up."""
-    try:
-        with open("/proc/self/clear_refs", "w") as handle:
-            handle.write("5")
-    except OSError:
-        pass
-
-
-def _peak_rss_mb():
-    """The peak resident set size since the last reset, in MiB (``VmHWM``); elsewhere the
-    process' peak (``ru_maxrss``)."""
-    try:
-        with open("/proc/self/status") as handle:
-            for line in handle:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024.0
-    except OSError:
-        pass
-    return peak_memory_mb()
-
-
 def find(prober, batch_size, budget_mb=None, smallest=1):
     """Probes b = divisors of B from ``smallest`` up; returns (best Probe or None, all probes).
 
+    ``prober.measure(b)`` gives (peak MiB, examples/s) or raises ``ResourceExhaustedError``.
     Stops at the first b that does not fit: out of memory on a GPU, above ``budget_mb`` on CPU.
     """
     probes, best = [], None
@@ -187,84 +181,212 @@ def format_report(best, probes, batch_size, budget_mb):
     return "\n".join(lines)
 
 
-@gin.configurable("find_micro_batch")
-def settings(budget_mb=None, smallest=1, updates=3, probe=None):
-    """Args:
-      budget_mb: on CPU, the peak resident memory allowed for the training process (MiB);
-        required without a GPU. Ignored on a GPU (the device's memory is the budget).
-      smallest: the smallest b probed.
-      updates: timed updates per probe.
-      probe: internal: measure this b only, in this process (what each probe process runs).
-    """
-    if budget_mb is not None:
-        budget_mb = checks.positive_number(budget_mb, "find_micro_batch.budget_mb")
-    return (budget_mb, checks.positive_int(smallest, "find_micro_batch.smallest"),
-            checks.positive_int(updates, "find_micro_batch.updates"),
-            checks.optional_positive_int(probe, "find_micro_batch.probe"))
-
-
-PROBE_PREFIX = "BATCHLAB-MICRO-BATCH-PROBE "
-
-
-def run(run_settings, config_text):
-    """``train.mode = 'find_micro_batch'``: probes the run's model at its ``train.batch_size``
-    (or, with ``find_micro_batch.probe = b``, measures b in this process); prints the table and
-    the bindings; returns {'micro_batch_size', 'probes', 'report'}."""
-    budget_mb, smallest, updates, probe = settings()
+def run(run_settings, config_text, run_mode):
+    """``train.mode = 'find_micro_batch'``: probes the run's model at its ``train.batch_size``,
+    each b in a process of its own; prints the table and the bindings; returns
+    {'micro_batch_size', 'probes', 'report'}. In a probe's process
+    (``find_micro_batch.probe = b``) it measures that b instead (``probe_here``)."""
+    finder = run_mode.finder
     batch_size = checks.positive_int(run_settings.data.batch_size, "train.batch_size")
-    if probe is not None:
-        return _probe_here(run_settings, batch_size, probe, updates)
-    gpu = bool(tf.config.list_logical_devices("GPU"))
-    if not gpu and budget_mb is None:
+    if finder.probe is not None:
+        return probe_here(run_settings, run_mode)
+    gpu = _has_gpu()
+    if not gpu and finder.budget_mb is None:
         raise ValueError("find_micro_batch.budget_mb is required on CPU (the peak resident memory "
                          "allowed, MiB); on a GPU the device's memory is the budget.")
+    budget_mb = None if gpu else finder.budget_mb
     with tempfile.TemporaryDirectory() as scratch:
         config = os.path.join(scratch, "run.gin")
-        with open(config, "w") as handle:
+        with open(config, "w", encoding="utf-8") as handle:
             handle.write(config_text)
-        best, probes = choose(ProcessProber(config), batch_size,
-                              None if gpu else budget_mb, smallest)
-    report = format_report(best, probes, batch_size, None if gpu else budget_mb)
+        best, probes = choose(ProcessProber(config), batch_size, budget_mb, finder.smallest)
+    report = format_report(best, probes, batch_size, budget_mb)
     print(report)
     return {"micro_batch_size": best.micro_batch_size if best else None,
             "probes": [dataclasses.asdict(p) for p in probes], "report": report}
 
 
+def _has_gpu():
+    """Whether a GPU is present, asked without starting TensorFlow's runtime in the finder's own
+    process (which would take device memory the probes' processes need)."""
+    return bool(tf.config.list_physical_devices("GPU"))
+
+
 class ProcessProber:
-    """Measures each b in a fresh ``python main.py`` with the run's configuration."""
+    """Measures each b in a fresh ``python main.py`` with the run's configuration (the interface
+    is in the module docstring)."""
 
     def __init__(self, config_path):
         self.config_path = config_path
 
     def measure(self, micro):
-        command = [sys.executable, os.path.join(paths.REPO_ROOT, "main.py"),
-                   f"--gin_file={self.config_path}",
-                   f"--gin_bindings=find_micro_batch.probe = {micro}"]
-        process = subprocess.run(command, capture_output=True, text=True, cwd=paths.REPO_ROOT,
-                                 env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
-        lines = [line for line in process.stdout.splitlines() if line.startswith(PROBE_PREFIX)]
-        if not lines:
-            raise RuntimeError(f"The probe at b = {micro} failed:\n{process.stderr[-2000:]}")
-        measured = json.loads(lines[-1][len(PROBE_PREFIX):])
-        if measured.get("out_of_memory"):
-            raise tf.errors.ResourceExhaustedError(None, None, "out of memory")
-        return measured["peak_mb"], measured["examples_per_sec"]
+        """(peak MiB, examples/s) of b = ``micro``; ``ResourceExhaustedError`` when it ran out of
+        memory; ``RuntimeError`` with the probe's stderr when it wrote no result."""
+        with tempfile.TemporaryDirectory() as scratch:
+            result_file = os.path.join(scratch, "probe.json")
+            command = [sys.executable, os.path.join(paths.REPO_ROOT, "main.py"),
+                       f"--gin_file={self.config_path}",
+                       f"--gin_bindings=find_micro_batch.probe = {micro}",
+                       f"--gin_bindings=find_micro_batch.result_file = {result_file!r}"]
+            process = subprocess.run(command, capture_output=True, text=True,
+                                     cwd=paths.REPO_ROOT, check=False,
+                                     env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+            if not os.path.exists(result_file):
+                raise RuntimeError(f"The probe at b = {micro} failed (exit status "
+                                   f"{process.returncode}):\n{process.stderr[-2000:]}")
+            result = ProbeResult.read(result_file)
+        if result.out_of_memory:
+            raise tf.errors.ResourceExhaustedError(None, None, f"b = {micro}: out of memory")
+        return result.peak_mb, result.examples_per_sec
 
 
-def _probe_here(run_settings, batch_size, micro, updates):
-    """One probe in this process; the result goes to stdout for the parent."""
+def probe_here(run_settings, run_mode):
+    """One probe in this process, at b = ``find_micro_batch.probe``; its ``ProbeResult`` goes to
+    ``find_micro_batch.result_file`` when given, and is returned as a dict."""
+    finder = run_mode.finder
+    micro, batch_size = finder.probe, run_settings.data.batch_size
     if batch_size % micro:
         raise ValueError(f"find_micro_batch.probe={micro} does not divide train.batch_size="
                          f"{batch_size}.")
-    seeding.seed_everything(run_settings.seed)
-    plan_lib.set_dtype_policy(run_settings.model.dtype_policy)
-    model = run_settings.model
-    prober = Prober(model.model_fn, run_settings.data.data_fn().spec, model.optimizer,
-                    model.loss, batch_size, updates)
     try:
-        peak, speed = prober.measure(micro)
-        out = {"peak_mb": peak, "examples_per_sec": speed}
+        result = measure(probe_settings(run_settings, micro), run_mode)
     except tf.errors.ResourceExhaustedError:
-        out = {"out_of_memory": True}
-    print(PROBE_PREFIX + json.dumps(out), flush=True)
-    return out
+        result = ProbeResult(micro, batch_size // micro, out_of_memory=True)
+    if finder.result_file is not None:
+        result.write(finder.result_file)
+    return dataclasses.asdict(result)
+
+
+def probe_settings(run_settings, micro):
+    """The run's settings at b = ``micro``: B as bound (a batch-size schedule's first stage),
+    nothing printed, no callbacks of the user's (they may write files)."""
+    data = dataclasses.replace(run_settings.data, micro_batch_size=micro, batch_size_schedule=None)
+    return dataclasses.replace(run_settings, data=data, extra_callbacks=(), verbose=0)
+
+
+def measure(settings, run_mode):
+    """Trains a probe as a run trains: the plan of ``settings`` (adjusted by ``run_mode``), the
+    model ``plan.build_model`` builds, the loop ``distribute.fit`` runs, with ``run_mode``'s
+    callbacks (the ``LoopClock``, which ends it) and a stateful model's; without validation
+    (a probe measures training; ``train.eval_batch_size`` is set apart). Returns the
+    ``ProbeResult``."""
+    plan = plan_lib.build(settings, run_mode)
+    model, state_callbacks = plan_lib.build_model(plan)
+    own = run_mode.callbacks(plan, None)
+    training_only = dataclasses.replace(plan.pipelines, validation=None, validation_steps=None)
+    gpu = bool(tf.config.list_logical_devices("GPU"))
+    _reset_peak(gpu)  # what was allocated before training (imports, data) is not a peak
+    callbacks = own + run_mode.guards() + list(state_callbacks)  # the clock first: it times
+    distribute.fit(model, training_only, plan.settings.epochs, callbacks, plan.strategy,
+                   verbose=0)
+    peak = _peak_mb(gpu)
+    return ProbeResult(plan.layout.micro_batch_size, plan.layout.num_micro_batches,
+                       peak_mb=peak, **run_mode.summarize(own, None))
+
+
+def probe_epochs(updates, updates_per_epoch):
+    """Epochs enough for a probe: its first call (at most ``updates`` updates) and at least
+    ``updates`` timed ones, in calls of at most ``updates``; the clock stops it sooner."""
+    return max(1, math.ceil(3 * updates / updates_per_epoch))
+
+
+def loop_clock(updates, layout):
+    """A ``LoopClock`` counting the rows of ``layout``'s updates (an epoch's last one may hold
+    fewer than B)."""
+    last = layout.batch_size
+    if layout.examples_per_epoch is not None:
+        last = layout.examples_per_epoch - (layout.updates_per_epoch - 1) * layout.batch_size
+    return LoopClock(updates, layout.batch_size, last)
+
+
+class LoopClock(keras.callbacks.Callback):
+    """Times the training loop in a probe: each graph call from the end of the call before it
+    (or from its epoch's start) to its own end, from the second call on (the first traces the
+    train step); stops training once ``updates`` updates are timed.
+
+    Its ``every_n_updates`` is ``updates``: batchlab's loop ends a call on each multiple of a
+    callback's ``every_n_updates``, so a probe trains a few times ``updates`` updates whatever
+    ``fit.steps_per_execution`` is (calls of at most ``updates``: with a smaller ``updates`` than
+    a run's calls hold, the probe pays their fixed cost more often). It acts after calls only (no
+    ``on_train_batch_begin``), so it makes the loop split no update off.
+
+    Args:
+      updates: updates to time.
+      batch_size: rows of an update.
+      last_batch_size: rows of an epoch's last update.
+    """
+
+    def __init__(self, updates, batch_size, last_batch_size):
+        super().__init__()
+        self.updates = self.every_n_updates = updates
+        self.batch_size, self.last_batch_size = batch_size, last_batch_size
+        self.timed_updates, self.timed_rows, self.train_seconds = 0, 0, 0.0
+        self._warm = False
+        self._since, self._previous = None, -1
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._since, self._previous = time.perf_counter(), -1
+
+    def on_train_batch_end(self, batch, logs=None):
+        # Keras' CallbackList turns the call's logs into numbers before any hook runs (this
+        # callback is not async-safe, so hooks run in line): the call has finished by now.
+        now = time.perf_counter()
+        if self._warm:
+            self.train_seconds += now - self._since
+            self.timed_updates += batch - self._previous
+            self.timed_rows += self._rows(self._previous + 1, batch)
+        self._warm = True
+        self._since, self._previous = now, batch
+        if self.timed_updates >= self.updates:
+            self.model.stop_training = True
+
+    def _rows(self, first, last):
+        """Rows of the epoch's updates ``first`` .. ``last``."""
+        rows = (last - first + 1) * self.batch_size
+        if last + 1 == (self.params or {}).get("steps"):
+            rows -= self.batch_size - self.last_batch_size
+        return rows
+
+    def summary(self):
+        """Examples/s over the timed calls, with the updates and seconds it comes from."""
+        return {"examples_per_sec": self.timed_rows / max(self.train_seconds, 1e-9),
+                "timed_updates": self.timed_updates, "train_seconds": self.train_seconds}
+
+
+def _reset_peak(gpu):
+    """Resets the peak measured next to the memory in use now."""
+    if gpu:
+        tf.config.experimental.reset_memory_stats("GPU:0")
+    else:
+        _reset_peak_rss()
+
+
+def _peak_mb(gpu):
+    """The peak since ``_reset_peak``: TensorFlow's on the first GPU, else the process' RSS."""
+    if gpu:
+        return tf.config.experimental.get_memory_info("GPU:0")["peak"] / 2.0 ** 20
+    return _peak_rss_mb()
+
+
+def _reset_peak_rss():
+    """Resets the process' peak resident set size to its current size (Linux:
+    ``/proc/self/clear_refs``), so that the peak measured next is the training's, over the
+    memory the process holds now, and not a spike of its start-up."""
+    try:
+        with open("/proc/self/clear_refs", "w", encoding="ascii") as handle:
+            handle.write("5")
+    except OSError:
+        pass
+
+
+def _peak_rss_mb():
+    """The peak resident set size since the last reset, in MiB (``VmHWM``); elsewhere the
+    process' peak (``ru_maxrss``)."""
+    try:
+        with open("/proc/self/status", encoding="utf-8", errors="replace") as handle:
+            for line in handle:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return peak_memory_mb()

@@ -3,11 +3,13 @@ update, until the loss diverges (Smith 2017, "Cyclical Learning Rates": go from 
 learning rate, record the loss, pick the region where it falls fastest).
 
 The run is an ordinary batchlab run (run directory, TensorBoard, measurements) of
-``lr_range_test.num_updates`` updates at the run's ``train.batch_size``; the callback
-``callbacks.lr_range_test.LearningRateRangeTest`` sets the rates and stops at divergence, and the
-result adds ``lr_range_test`` to ``result.json``: the suggested learning rate, the rule that
-picked it (``experiments.analysis.lr_range``) and the plot ``lr_range_test.png``. Run as a study
-over batch sizes, the suggested rates give the user's own scaling rule.
+``lr_range_test.num_updates`` updates at the run's ``train.batch_size``; ``modes.RangeTestMode``
+sets its epochs (``epochs_for``), adds the callback (``callback``) and its result
+(``summarize``). The callback ``callbacks.lr_range_test.LearningRateRangeTest`` sets the rates
+and stops at divergence, and the result adds ``lr_range_test`` to ``result.json``: the suggested
+learning rate, the rule that picked it (``experiments.analysis.lr_range``) and the plot
+``lr_range_test.png``. Run as a study over batch sizes, the suggested rates give the user's own
+scaling rule.
 """
 
 import dataclasses
@@ -43,7 +45,7 @@ def range_test_settings(min_learning_rate=1e-5, max_learning_rate=10.0, num_upda
     updates = checks.positive_int(num_updates, "lr_range_test.num_updates")
     if updates < 3:
         raise ValueError(f"lr_range_test.num_updates={num_updates!r} must be at least 3.")
-    checks.one_of(rule, lr_range.RULES, "lr_range_test.rule")
+    checks.one_of(rule, lr_range.SUGGESTION_RULES, "lr_range_test.rule")
     factor = checks.positive_number(divergence_factor, "lr_range_test.divergence_factor")
     if factor <= 1:
         raise ValueError(f"lr_range_test.divergence_factor={divergence_factor!r} must be above 1.")
@@ -57,6 +59,7 @@ def epochs_for(settings, updates_per_epoch):
 
 
 def callback(settings, log_dir):
+    """The callback that sets every update's learning rate, records its loss and stops."""
     return LearningRateRangeTest(settings.min_learning_rate, settings.max_learning_rate,
                                  settings.num_updates, log_dir=log_dir,
                                  divergence_factor=settings.divergence_factor,

@@ -1,13 +1,14 @@
 """The runner: one run from its settings, trained, evaluated and written to its run directory.
 
 ``train`` is the gin root of a run (``train.batch_size = 64``...). It groups its bindings into a
-``RunSettings``, resolves them into a ``plan.Plan`` (everything checked before the run directory
-exists), then builds the model and callbacks, trains, evaluates and writes ``result.json``. Once
-training starts, a failure marks the run ``failed`` in ``status.json``; ``result.json`` is written
-only on success.
+``RunSettings`` and looks up the run's mode once (``modes``: train, LR range test, micro-batch
+finder); a run resolves them into a frozen ``plan.Plan`` (everything checked before the run
+directory exists), then builds the model and callbacks, trains, evaluates and writes
+``result.json``. What a mode does differently it does through the plan's ``mode``, at fixed
+points; this module has one path for all of them. Once training starts, a failure marks the run
+``failed`` in ``status.json``; ``result.json`` is written only on success.
 """
 
-import dataclasses
 import importlib.metadata
 import os
 import platform
@@ -23,16 +24,11 @@ from absl import logging
 from callbacks import summary_writer
 from callbacks.batch_size_log import BatchSizeLog
 from callbacks.checkpointing import TrainingInterrupted
-from callbacks.lr_range_test import LearningRateRangeTest
-from callbacks.nan_guard import FailOnNonFiniteLoss
 from callbacks.operative_config import OperativeConfigSaver
-from experiments.common import checks
 from experiments.common.memory import peak_memory_mb
 from experiments.engine import distribute
-from experiments.engine.virtual_batch_model import as_virtual_batch_model
-from experiments.run import config_audit, interrupts
+from experiments.run import config_audit, interrupts, modes
 from experiments.run import measurements as measurements_lib
-from experiments.run import micro_batch_finder, range_test
 from experiments.run import plan as plan_lib
 from experiments.run import run_dir as run_dir_lib
 from experiments.run import stateful
@@ -40,7 +36,6 @@ from experiments.run.settings import (DataSettings, ModelSettings, RunOutput, Ru
                                       check_training, checkpoint_settings)
 from experiments.run.training_state import RunState
 
-MODES = ("train", "find_micro_batch", "lr_range_test")
 PACKAGES = ("tensorflow", "tensorflow-cpu", "keras", "gin-config", "absl-py", "numpy",
             "tensorboard")
 
@@ -69,17 +64,15 @@ def train(model_fn=gin.REQUIRED, data_fn=gin.REQUIRED, optimizer=gin.REQUIRED, l
       strategy: a distribution strategy factory from ``engine.distribute`` or None.
       shuffle: reshuffle the training rows every epoch (seeded).
       extra_callbacks: more Keras callbacks (instances) to add.
-      mode: 'train'; 'find_micro_batch': measure the largest micro-batch that fits for this
-        model and batch size instead of training (``micro_batch_finder``; writes nothing);
-        'lr_range_test': a run whose learning rate grows every update until the loss diverges,
-        with a suggested learning rate in result.json (``range_test``, ``lr_range_test.*``).
+      mode: a key of ``modes.RUN_MODES``: 'train'; 'find_micro_batch': measure the largest
+        micro-batch that fits for this model and batch size instead of training
+        (``micro_batch_finder``, ``find_micro_batch.*``; writes nothing); 'lr_range_test': a run
+        whose learning rate grows every update until the loss diverges, with a suggested
+        learning rate in result.json (``range_test``, ``lr_range_test.*``).
     Measurements are set with ``measurements.*`` and checkpoints with ``checkpoints.*``.
     """
     check_training(epochs, seed, dtype_policy, verbose)
-    checks.one_of(mode, MODES, "train.mode")
-    if batch_size_schedule is not None and mode == "lr_range_test":
-        raise ValueError("train.batch_size_schedule cannot be used with train.mode = "
-                         "'lr_range_test': a range test measures one batch size.")
+    run_mode = modes.chosen(mode)
     settings = RunSettings(
         model=ModelSettings(model_fn, optimizer, loss, tuple(metrics), dtype_policy),
         data=DataSettings(data_fn, batch_size, micro_batch_size, eval_batch_size, bool(shuffle),
@@ -87,24 +80,21 @@ def train(model_fn=gin.REQUIRED, data_fn=gin.REQUIRED, optimizer=gin.REQUIRED, l
         epochs=epochs, seed=seed, deterministic_ops=bool(deterministic_ops), strategy=strategy,
         measurements=measurements_lib.measurement_settings(),
         checkpoints=checkpoint_settings(), extra_callbacks=tuple(extra_callbacks),
-        verbose=verbose,
-        range_test=range_test.range_test_settings() if mode == "lr_range_test" else None)
-    if mode == "find_micro_batch":
-        return micro_batch_finder.run(settings, config_text)
-    return run(settings, RunOutput(output_dir, experiment, run_name, config_text, resumable))
+        verbose=verbose)
+    run_mode.check(settings)
+    return run_mode.start(settings, RunOutput(output_dir, experiment, run_name, config_text,
+                                              resumable), run)
 
 
-def run(settings, output):
-    """Plans, opens the run directory (new, or an unfinished run to resume), trains in it;
-    returns the result dict. A stop signal saves a checkpoint and raises ``TrainingInterrupted``
-    with the run marked 'interrupted'; any other failure marks it 'failed'."""
+def run(settings, output, run_mode):
+    """Plans (the settings as ``run_mode`` adjusts them), opens the run directory (new, or an
+    unfinished run to resume), trains in it; returns the result dict. A stop signal saves a
+    checkpoint and raises ``TrainingInterrupted`` with the run marked 'interrupted'; any other
+    failure marks it 'failed'."""
     started = time.time()
     run_dir_lib.check_output_dir(output.output_dir)  # before the data is loaded
-    plan = plan_lib.build(settings)
-    if settings.range_test is not None:  # as many epochs as the ramp needs
-        settings = dataclasses.replace(settings, epochs=range_test.epochs_for(
-            settings.range_test, plan.layout.updates_per_epoch))
-        plan.settings = settings
+    plan = plan_lib.build(settings, run_mode)
+    settings = plan.settings
     if not distribute.is_chief(plan.strategy):
         return _run_as_worker(plan, output)
     path, resuming = _open_run_dir(output)
@@ -177,29 +167,13 @@ def _signal_name(reason):
         return str(reason)
 
 
-def build_model(plan):
-    """The compiled ``VirtualBatchModel`` of the plan, in the strategy's scope, and the
-    callbacks a stateful model needs."""
-    settings, layout = plan.settings, plan.layout
-    measured = settings.measurements
-    with plan.strategy.scope():
-        model = as_virtual_batch_model(
-            settings.model.model_fn(plan.data.spec),
-            micro_batch_size=None if layout.time_windows else layout.split_size,
-            track_gradient_noise=plan.track_gradient_noise,
-            # Nothing measured: the step skips the gradient norms too.
-            measure_every_n_updates=measured.every_n_updates if measured.enabled else 0)
-        model.compile(optimizer=_make_optimizer(settings.model.optimizer),
-                      loss=settings.model.loss, metrics=list(settings.model.metrics))
-        state_callbacks = stateful.prepare(model, plan.data, layout)
-    return model, state_callbacks
-
-
-def make_callbacks(plan, path, log_dir, state_callbacks, checkpoint_callbacks=()):
-    """(every callback of the run in order, the measurement callbacks among them)."""
+def make_callbacks(plan, path, log_dir, state_callbacks, checkpoint_callbacks=(),
+                   mode_callbacks=()):
+    """(every callback of the run in order, the measurement callbacks among them).
+    ``mode_callbacks``: those of the run's mode (``plan.mode.callbacks``), after the stateful
+    model's."""
     settings = plan.settings
-    # A range test ends in divergence on purpose: its own callback stops it there.
-    callbacks = [] if settings.range_test is not None else [FailOnNonFiniteLoss()]
+    callbacks = plan.mode.guards()  # first: a broken update stops the run before others log it
     callbacks += [
         OperativeConfigSaver(path, gin.operative_config_str, log_dir),
         summary_writer.TensorBoard(log_dir=log_dir, write_graph=False),  # cheap epoch scalars
@@ -214,8 +188,7 @@ def make_callbacks(plan, path, log_dir, state_callbacks, checkpoint_callbacks=()
             os.path.join(path, "checkpoints", "epoch-{epoch:03d}.weights.h5"),
             save_weights_only=True))
     callbacks += state_callbacks  # stateful models: reset per epoch, isolated evaluation
-    if settings.range_test is not None:
-        callbacks.append(range_test.callback(settings.range_test, log_dir))
+    callbacks += list(mode_callbacks)
     callbacks += list(settings.extra_callbacks)
     # Last: a checkpoint holds everything the other callbacks did at this update.
     callbacks += list(checkpoint_callbacks)
@@ -232,9 +205,10 @@ def _train_in(path, plan, config_text, state, stop_requested):
         with summary_writer.writer_for(log_dir).as_default():
             tf.summary.text("config/parsed", "\n".join("    " + line for line in
                                                        config_text.splitlines()), step=0)
-    model, state_callbacks = build_model(plan)
+    model, state_callbacks = plan_lib.build_model(plan)
+    own = plan.mode.callbacks(plan, log_dir)
     callbacks, measured = make_callbacks(plan, path, log_dir, state_callbacks,
-                                         state.callbacks(model, stop_requested))
+                                         state.callbacks(model, stop_requested), own)
     settings, pipelines, start = plan.settings, plan.pipelines, state.position
     state.training_started()
     history = distribute.fit(model, pipelines, settings.epochs, callbacks, plan.strategy,
@@ -251,9 +225,7 @@ def _train_in(path, plan, config_text, state, stop_requested):
     summary_writer.close_all()
     result = _result(plan, model, history, final, state.training_seconds(), measured)
     result.update(state.summary())
-    if settings.range_test is not None:
-        (test,) = [c for c in callbacks if isinstance(c, LearningRateRangeTest)]
-        result["lr_range_test"] = range_test.summarize(settings.range_test, test, path)
+    result.update(plan.mode.summarize(own, path))
     return result
 
 
@@ -281,14 +253,6 @@ def _result(plan, model, history, final, train_time, measured):
         "num_validation_examples": plan.data.num_validation,
         "measurements": measurements_lib.results(measured),
     }
-
-
-def _make_optimizer(optimizer):
-    if isinstance(optimizer, keras.optimizers.Optimizer):
-        return optimizer
-    if callable(optimizer):
-        return optimizer()
-    raise ValueError(f"train.optimizer must be an optimizer or its class, got {optimizer!r}.")
 
 
 def _package_versions():

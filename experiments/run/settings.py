@@ -3,7 +3,8 @@
 ``runner.train`` is the gin root (users keep simple bindings such as ``train.batch_size``); it
 packs its parameters into a ``RunSettings`` so that everything below it passes a few named groups
 instead of two dozen flat values. Measurement settings are ``measurements.*``
-(``measurements.MeasurementSettings``); checkpointing is ``checkpoints.*``.
+(``measurements.MeasurementSettings``); checkpointing is ``checkpoints.*``. What a run mode
+(``train.mode``) needs of its own it holds itself (``modes``).
 """
 
 import dataclasses
@@ -90,7 +91,6 @@ class RunSettings:
     checkpoints: CheckpointSettings
     extra_callbacks: tuple = ()
     verbose: int = 1
-    range_test: Any = None  # range_test.RangeTestSettings in train.mode = 'lr_range_test'
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,0 +1,162 @@
+"""The one module that touches private Keras and TensorFlow API; everything else uses public API.
+
+Each function or class below wraps one private member that batchlab needs and no public API
+provides. When Keras or TensorFlow is upgraded, this file is the list to recheck
+(``tests/test_architecture.py`` keeps every other module of ``experiments/`` and ``callbacks/``
+free of ``keras.src``, ``tensorflow.python`` and private members of objects that are not their
+own). Every touch was checked on Keras 3.15.1 with TensorFlow 2.21. The one private member of
+another library, gin's registry, is here too, so that one file lists every private touch.
+
+Touches, and why no public API does the job:
+
+- ``Layer._flatten_layers`` (``flatten_layers``): every layer of a model, nested ones included.
+  ``model.layers`` lists direct children only, and a layer that holds sublayers as attributes
+  (wrappers, custom blocks) exposes them through no public list; Keras 3 layers are not
+  ``tf.Module``, so ``submodules`` does not exist either.
+- ``Layer._get_own_losses`` (``forward_pass_losses``): the losses the last forward pass added
+  (``add_loss``, activity regularizers). The public ``layer.losses`` also holds the weight
+  regularizers' penalties, which the step adds once per update, not per micro-batch.
+- ``keras.src.backend.get_keras_mask`` (``keras_mask``): the mask Keras attached to an output
+  tensor (the ``_keras_mask`` attribute); ``keras.backend`` does not export it.
+- ``model._compile_loss._flat_losses`` (``compiled_losses``): the resolved loss objects of
+  ``model.compile`` (a name such as ``"mse"`` resolved by Keras' own rules); ``model.loss`` is
+  only what the user passed.
+- ``model._compile_metrics`` (``compiled_metrics``): the container of the compiled metrics, to
+  update them without reading their results (``compute_metrics`` reads every result) and to see
+  which metrics were compiled; ``model.metrics`` mixes it with trackers and layer metrics.
+- ``MeanMetricWrapper._fn`` (``wrapped_function``): the function a metric wrapper calls, to tell
+  Keras' own metric functions from user ones (``LossFunctionWrapper`` has it public as ``fn``).
+- ``Trainer._loss_tracker`` (``loss_tracker``): the mean that ``fit`` reports as ``loss``, which
+  a custom ``train_step`` updates as Keras' own does. Public API reaches it only by its name in
+  ``model.metrics``, which a compiled metric may share.
+- ``Trainer._symbolic_build`` (``symbolic_build``): creates a model's, its compiled loss' and
+  metrics' variables from the dataset's element spec, as ``model.fit`` does before its first
+  call; variables created inside the first ``tf.function`` call on several replicas break the
+  graph, and ``model.build`` builds neither the compiled loss nor the metrics.
+- ``StrategyExtended._in_multi_worker_mode`` (``in_multi_worker_mode``): whether a strategy spans
+  several workers, as each strategy itself decides (what Keras' own ``fit`` asks); the public
+  ``cluster_resolver`` is None on most strategies, and its cluster spec would have to be
+  counted per strategy the way each one counts its workers (a TPU pod is one worker).
+- ``TensorBoard._should_trace`` (``tensorboard_profiles``): whether a Keras ``TensorBoard``
+  profiles some batches; ``profile_batch`` is not stored publicly.
+- ``TensorBoard._should_write_train_graph``, ``_log_epoch_metrics``, ``_collect_learning_rate``,
+  ``_compute_steps_per_second``, ``_pop_writer`` (``EpochScalarsTensorBoard``): Keras'
+  ``TensorBoard`` writes its per-epoch and evaluation scalars through eager ``tf.summary`` calls
+  with no public hook to write them otherwise; the class redirects exactly those scalars and
+  keeps the rest of Keras' callback.
+- ``gin.config._REGISTRY`` (``gin_selectors``, gin-config 0.5.0): every registered configurable's
+  selector, to suggest the nearest name for a misspelt one; gin lists them nowhere publicly.
+"""
+
+import gin
+import keras
+from keras.src import backend as _keras_backend
+
+
+def flatten_layers(model, include_self):
+    """Every layer of ``model``, nested ones included (and ``model`` first if ``include_self``)."""
+    return model._flatten_layers(include_self=include_self)  # pylint: disable=protected-access
+
+
+def forward_pass_losses(model):
+    """The losses that the last forward pass of ``model`` added, in every layer (``add_loss``,
+    activity regularizers), without the weight regularizers' penalties."""
+    losses = []
+    for layer in flatten_layers(model, include_self=True):
+        losses.extend(layer._get_own_losses())  # pylint: disable=protected-access
+    return losses
+
+
+def keras_mask(tensor):
+    """The mask Keras attached to ``tensor`` (None when it has none)."""
+    return _keras_backend.get_keras_mask(tensor)
+
+
+def compiled_losses(model):
+    """The loss objects ``model.compile`` resolved, one per output (empty before they are built
+    or without a compiled loss); an entry is None for an output without a loss."""
+    compiled = getattr(model, "_compile_loss", None)
+    entries = getattr(compiled, "_flat_losses", None) or []
+    return [getattr(entry, "loss", entry) for entry in entries]
+
+
+def compiled_metrics(model):
+    """The container of ``model``'s compiled metrics (a Keras metric with ``update_state``,
+    ``built`` and ``metrics``), or None when none were compiled."""
+    return getattr(model, "_compile_metrics", None)
+
+
+def wrapped_function(loss_or_metric):
+    """The function a Keras loss or metric wrapper calls, or None when it wraps none."""
+    return getattr(loss_or_metric, "_fn", None) or getattr(loss_or_metric, "fn", None)
+
+
+def loss_tracker(model):
+    """The ``keras.metrics.Mean`` named ``loss`` that ``fit`` reports (None before ``compile``)."""
+    return getattr(model, "_loss_tracker", None)
+
+
+def symbolic_build(model, element_spec):
+    """Creates the variables of ``model``, its compiled loss and metrics from ``element_spec``
+    (a dataset's), as ``model.fit`` does before its first call."""
+    model._symbolic_build(data_batch=element_spec)  # pylint: disable=protected-access
+
+
+def in_multi_worker_mode(strategy):
+    """Whether ``strategy`` runs on several workers."""
+    return strategy.extended._in_multi_worker_mode()  # pylint: disable=protected-access
+
+
+def tensorboard_profiles(callback):
+    """Whether a ``keras.callbacks.TensorBoard`` profiles some batches (``profile_batch``); True
+    when the callback does not say, so that callers keep its per-batch hooks."""
+    return bool(getattr(callback, "_should_trace", True))
+
+
+def gin_selectors():
+    """The selector of every configurable registered with gin (``module.name``)."""
+    return [selector for selector, _ in gin.config._REGISTRY.items()]  # pylint: disable=W0212
+
+
+class EpochScalarsTensorBoard(keras.callbacks.TensorBoard):
+    """``keras.callbacks.TensorBoard`` whose per-epoch scalars (``epoch_*``, the learning rate and
+    steps per second included) and evaluation scalars (``evaluation_*_vs_iterations``) go to
+    ``write_scalars`` instead of eager ``tf.summary.scalar`` calls: the same tags, steps and
+    subdirectories (``train``, ``validation``). Histograms, images, graphs, profiling and
+    per-batch scalars are Keras' own. Subclasses define ``write_scalars``."""
+
+    def write_scalars(self, values, step, subdir):
+        """Writes ``{tag: float}`` at ``step`` under ``log_dir/subdir``."""
+        raise NotImplementedError
+
+    def on_train_batch_end(self, batch, logs=None):
+        """Keras writes ``batch_*`` scalars after every call even with ``update_freq='epoch'``,
+        where no writer is set and they are dropped: skipped then, unless the callback profiles
+        or still has to write the train graph."""
+        if (self.update_freq == "epoch" and not self.write_steps_per_second
+                and not tensorboard_profiles(self)
+                and not getattr(self, "_should_write_train_graph", True)):
+            return
+        super().on_train_batch_end(batch, logs)
+
+    def _log_epoch_metrics(self, epoch, logs):
+        """Keras' own, with ``write_scalars`` in place of its writers (called by
+        ``on_epoch_end``, before histograms and embeddings)."""
+        if not logs:
+            return
+        train_logs = {k: v for k, v in logs.items() if not k.startswith("val_")}
+        val_logs = {k[4:]: v for k, v in logs.items() if k.startswith("val_")}
+        train_logs = self._collect_learning_rate(train_logs)
+        if self.write_steps_per_second:
+            train_logs["steps_per_second"] = self._compute_steps_per_second()
+        self.write_scalars({f"epoch_{k}": v for k, v in train_logs.items()}, epoch, "train")
+        self.write_scalars({f"epoch_{k}": v for k, v in val_logs.items()}, epoch, "validation")
+
+    def on_test_end(self, logs=None):
+        """Keras' own, with ``write_scalars`` in place of its validation writer; the step is the
+        optimizer's update count."""
+        optimizer = self.model.optimizer
+        if optimizer is not None and hasattr(optimizer, "iterations") and logs:
+            self.write_scalars({f"evaluation_{k}_vs_iterations": v for k, v in logs.items()},
+                               int(optimizer.iterations.numpy()), "validation")
+        self._pop_writer()

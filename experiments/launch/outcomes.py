@@ -1,0 +1,117 @@
+"""How runs ended, as the executor reports them: an ``Outcome`` per run and one line per run.
+
+A run trained in a worker process is read back from its run directory (``collect``): its
+``status.json`` and ``result.json``, or the end of its log when it failed before writing a status.
+Its log is written next to the run directory while it runs (``pending_log``: the runner creates the
+directory itself) and moved in afterwards.
+"""
+
+import dataclasses
+import json
+import os
+import shutil
+import sys
+import time
+from typing import Optional
+
+
+@dataclasses.dataclass
+class Outcome:
+    """How one run ended: 'finished' (with its result dict) or 'failed' (with the error)."""
+
+    name: str
+    run_dir: str
+    status: str
+    seconds: float
+    result: Optional[dict] = None
+    error: Optional[str] = None
+
+
+def pending_log(run_dir):
+    """Where a run's log is written while it runs (its directory may not exist yet)."""
+    return f"{run_dir}.log.txt"
+
+
+def collect(job, returncode, seconds):
+    """The Outcome of a finished child, from its run directory; moves its log in."""
+    log_path = _move_log(job.run_dir)
+    status = _read_json(os.path.join(job.run_dir, "status.json")) or {}
+    if returncode == 0 and status.get("status") == "finished":
+        result = _read_json(os.path.join(job.run_dir, "result.json"))
+        return Outcome(job.spec.name, job.run_dir, "finished", seconds, result=result)
+    error = status.get("error") or _last_lines(log_path) or f"exit status {returncode}"
+    return Outcome(job.spec.name, job.run_dir, "failed", seconds, error=error)
+
+
+def _move_log(run_dir):
+    pending = pending_log(run_dir)
+    if not os.path.isdir(run_dir):  # the child failed before creating its run directory
+        return pending
+    target = os.path.join(run_dir, "log.txt")
+    shutil.move(pending, target)
+    return target
+
+
+def _last_lines(path, count=5):
+    """The end of a child's log: its error when it failed before writing a status."""
+    try:
+        with open(path, errors="replace") as handle:
+            lines = [line.rstrip() for line in handle if line.strip()]
+    except OSError:
+        return None
+    return "\n".join(lines[-count:]) or None
+
+
+def _read_json(path):
+    try:
+        with open(path) as handle:
+            return json.load(handle)
+    except (OSError, ValueError):
+        return None
+
+
+class Progress:
+    """One line per finished run: its status, then done / running / failed and an ETA."""
+
+    def __init__(self, total, num_jobs, print_fn):
+        self.total, self.num_jobs, self.print_fn = total, num_jobs, print_fn
+        self.started = time.time()
+        self.done = self.failed = 0
+
+    def report(self, outcome, running):
+        self.done += 1
+        self.failed += outcome.status == "failed"
+        elapsed = time.time() - self.started
+        left = self.total - self.done
+        eta = elapsed / self.done * left
+        what = _summary(outcome)
+        self.print_fn(f"[{self.done}/{self.total}] {outcome.name}: {outcome.status} in "
+                      f"{outcome.seconds:.1f}s{what} | done {self.done}, running {running}, "
+                      f"failed {self.failed}, ETA {eta:.0f}s")
+
+
+def _summary(outcome):
+    if outcome.status != "finished":
+        lines = (outcome.error or "").strip().splitlines()
+        return f" ({lines[-1][:160]})" if lines else ""
+    final = (outcome.result or {}).get("final_epoch") or {}
+    shown = [f"{k}={final[k]:.4g}" for k in ("val_loss", "val_accuracy") if k in final]
+    return f" ({', '.join(shown)})" if shown else ""
+
+
+def unredirected(print_fn):
+    """(print_fn, stream to close): when ``print_fn`` is ``print``, lines go to the stdout this
+    process has now, even while a run here has file descriptors 1 and 2 pointed at its log."""
+    if print_fn is not print:
+        return print_fn, None
+    try:
+        sys.stdout.flush()
+        stream = os.fdopen(os.dup(sys.stdout.fileno()), "w")
+    except (AttributeError, OSError, ValueError):  # no real file behind sys.stdout
+        return print_fn, None
+
+    def to_stream(*args, **kwargs):
+        if not stream.closed:
+            print(*args, **kwargs, file=stream, flush=True)
+
+    return to_stream, stream
