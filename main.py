@@ -9,6 +9,7 @@ Files and bindings compose in order; with no flags it runs gin/quickstart.gin. A
 """
 
 import os
+import signal
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -32,6 +33,7 @@ flags.DEFINE_bool("worker", False, "Internal: train the runs sent as JSON lines 
                   "--jobs starts).")
 flags.DEFINE_integer("intra_op_threads", 0, "Internal: TensorFlow CPU threads (0: default).")
 FLAGS = flags.FLAGS
+LAUNCHER_PID = "BATCHLAB_LAUNCHER_PID"  # set by a launcher for the workers it starts
 
 
 def _launches_workers():
@@ -81,13 +83,17 @@ def _dispatch(launch):
 
 def _message(error):
     """The error's own message, without the call chain gin appends to it."""
-    return str(error).split("\n  In call to configurable")[0]
+    from experiments.common.errors import own_message  # noqa: PLC0415
+    return own_message(error)
 
 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     threads = FLAGS.intra_op_threads
+    if (FLAGS.worker or FLAGS.run_dir) and LAUNCHER_PID in os.environ:
+        from experiments.launch import lifeline  # imports no TensorFlow
+        lifeline.die_with_parent(int(os.environ[LAUNCHER_PID]))  # ends with its launcher
     if _launches_workers():
         from experiments.launch import spares  # imports no TensorFlow
         spares.start(FLAGS.jobs, FLAGS.gin_file, FLAGS.gin_bindings)
@@ -107,8 +113,10 @@ def main(argv):
         print(f"batchlab: {_message(stopped)}; relaunch the same command to resume.",
               file=sys.stderr)
         sys.exit(128 + int(stopped.reason))
-    except KeyboardInterrupt:  # --jobs: the workers were stopped with their runs 'interrupted'
-        sys.exit("batchlab: stopped; relaunch with the same --run_name to run what is left.")
+    except KeyboardInterrupt as stopped:  # --jobs: workers stopped, their runs 'interrupted'
+        print("batchlab: stopped; relaunch with the same --run_name to run what is left.",
+              file=sys.stderr)
+        sys.exit(128 + getattr(stopped, "signum", signal.SIGINT))  # 143 for SIGTERM, as a run
     except (ValueError, FileNotFoundError, KeyError) as error:
         sys.exit(f"batchlab: error: {_message(error)}")
     finally:

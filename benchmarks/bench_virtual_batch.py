@@ -68,8 +68,9 @@ def build(model_name):
 
 
 # name -> (batch the pipeline yields, micro-batch or None, Keras accumulation steps or None, kind)
-# 'batchlab' records the gradient norms every update, as the runner's models do; 'batchlab-bare'
-# records none (measure_gradient_norms=False): the cost of the step alone.
+# 'batchlab' records the gradient norms every update (``measure_every_update``: what a run
+# logging them every update computes); 'batchlab-bare' records none
+# (measure_gradient_norms=False): the cost of the step alone.
 CONFIGURATIONS = {
     "batchlab 32x8": (256, 32, None, "batchlab"),
     "plain fit 32": (32, None, None, "plain"),
@@ -92,6 +93,8 @@ def make_model(model_name, configuration):
         model = virtual_batch_model.as_virtual_batch_model(
             model, micro_batch_size=micro, virtual_batch_size=batch,
             measure_gradient_norms=kind != "batchlab-bare")
+        if kind == "batchlab":
+            model.measurements.measure_every_update()
     optimizer = keras.optimizers.SGD(learning_rate=0.01, momentum=0.9,
                                      gradient_accumulation_steps=accumulation)
     model.compile(optimizer=optimizer, loss=keras.losses.SparseCategoricalCrossentropy(),

@@ -1,13 +1,15 @@
 """Checkpoints on their own cadence, and a clean stop at the next update boundary.
 
 ``PeriodicCheckpoint`` calls ``save(epoch, step, update)`` (the position training continues from:
-update ``step`` of ``epoch``, ``update`` updates done) every ``every_n_updates`` updates and/or
+``step`` updates of ``epoch`` done, ``update`` updates done in all; after an epoch's last update,
+``step`` is the epoch's length and the epoch's end is still to run) every ``every_n_updates`` updates and/or
 every ``every_n_minutes`` minutes. When ``stop_requested()`` returns a reason (a signal number,
 say), it saves at the next update boundary and raises ``TrainingInterrupted``, so the run's owner
 can record it as interrupted and exit. What is saved is the owner's business (``save`` is any
 function): in batchlab runs, ``experiments/run/checkpoints.py``. Works in any ``model.fit``.
 """
 
+import signal
 import time
 
 import keras
@@ -20,10 +22,18 @@ class TrainingInterrupted(Exception):
     """Training stopped on request after a checkpoint; ``reason`` says why (e.g. the signal)."""
 
     def __init__(self, reason, update):
-        super().__init__(f"training interrupted ({reason}) after update {update}; a checkpoint "
-                         "was saved there")
+        super().__init__(f"training interrupted ({reason_name(reason)}) after update {update}; "
+                         "a checkpoint was saved there")
         self.reason = reason
         self.update = update
+
+
+def reason_name(reason):
+    """A signal number as its name (SIGTERM), anything else as it is."""
+    try:
+        return signal.Signals(reason).name
+    except (TypeError, ValueError):
+        return str(reason)
 
 
 class PeriodicCheckpoint(keras.callbacks.Callback):
@@ -69,10 +79,9 @@ class PeriodicCheckpoint(keras.callbacks.Callback):
             raise TrainingInterrupted(reason, update)
 
     def _save(self, batch, update):
-        steps = (self.params or {}).get("steps")
-        epoch, step = self._epoch, batch + 1
-        if steps is not None and step >= steps:
-            epoch, step = epoch + 1, 0
-        self.save(epoch, step, update)
+        # After an epoch's last update the position is (epoch, its number of updates), not the
+        # next epoch's start: the epoch's end (its logs, validation, epoch-end measurements)
+        # has not run yet, and a run resumed there runs it from the saved epoch state.
+        self.save(self._epoch, batch + 1, update)
         self.saved_updates.append(update)
         self._last_save = time.monotonic()

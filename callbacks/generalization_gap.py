@@ -90,7 +90,7 @@ class GeneralizationGap(MeasurementCallback):
         if key not in self._functions:
             size = self.batch_size
 
-            @tf.function
+            @tf.function(autograph=False)  # graph code without Python control flow on tensors
             def evaluate_all(x, y):
                 # Resets the metrics in the graph (eagerly: one op call per variable).
                 results = evaluation.in_graph(model, (x, y), size)

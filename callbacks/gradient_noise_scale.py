@@ -17,8 +17,8 @@ updates and at each epoch's last update, keyed by the update count: ``noise_scal
 The estimates and their EMAs are computed inside the train step (``VirtualBatchModel``, in
 ``model.measurements``), so no Python runs per update; this measurement
 (``experiments.engine.measurement``) sets the decay and sampling when training starts and reads
-the averages only when it logs (inside batchlab's train call; in Keras' own ``fit``, through
-``GradientNoiseScale(...).callback()``). Undefined for k = 1
+the averages only when it logs (inside batchlab's train call; in Keras' own ``fit``, as a
+callback like any other). Undefined for k = 1
 (B_big = B_small): the measurement then says so once, in the log and as the TensorBoard text
 ``noise_scale/note``, instead of logging noise. Only the data
 loss enters (no regularizer): the noise scale is about the sampled data. B counts rows, so for
@@ -117,15 +117,12 @@ class GradientNoiseScale(LoggedMeasurement):
         return self._read()[0] if self._measurements is not None else {}
 
     def values(self, update, state):
+        """The averages' values; nothing before the first update with k >= 2 fed them (a
+        batch-size schedule may start at k = 1 and split its later, larger batches)."""
         if not self.defined:
             return None
-        values, sampled = self._read(state)
-        if not sampled:  # no update sampled yet
-            return None
-        if not values:  # updates were sampled, none with k >= 2
-            self._undefined()
-            return None
-        return values
+        values, _ = self._read(state)
+        return values or None
 
     def result(self):
         """The final values, and the logged B_simple curve ``noise_scale/b_simple_curve``

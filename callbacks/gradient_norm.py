@@ -19,7 +19,7 @@ so its cost is one weight copy and one pass over the weights every ``every_n_upd
 
 It is a ``Measurement`` (``experiments.engine.measurement``): the train step fills the norms and
 copies the weights (``before_update``) on the update the loop measures, and ``read`` runs inside
-the loop's train call. In Keras' own ``fit``, use ``GradientNorm(...).callback()``.
+the loop's train call. In Keras' own ``fit`` it is a callback like any other.
 """
 
 import collections

@@ -13,7 +13,7 @@ a point costs one pass over the validation rows and no graph call of its own. Ev
 mid-epoch must not disturb training: the model's metric variables (the running averages the loop
 reports for the epoch) are saved before and restored after each evaluation, in the same graph.
 Elsewhere (a dataset, several replicas, stateful layers) each point is one ``model.evaluate`` on
-the host. In Keras' own ``fit`` use ``PeriodicEvaluation(...).callback()``; there the points use
+the host. In Keras' own ``fit`` it is a callback like any other; there the points use
 ``test_step`` per batch, as Keras' own validation does.
 """
 

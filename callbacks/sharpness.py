@@ -20,7 +20,6 @@ subset; a random subspace also holds the n x p matrix A in memory (4 * n * p byt
 import time
 
 import numpy as np
-import scipy.optimize
 import tensorflow as tf
 from absl import logging
 
@@ -129,6 +128,8 @@ def keskar_sharpness(objective, epsilon=1e-3, projection_dim=None, max_iteration
         still = signs == 0
         signs[still] = np.random.default_rng(seed).choice([-1.0, 1.0], size=int(still.sum()))
         start = signs * radius
+        import scipy.optimize  # noqa: PLC0415  (opt-in, at the end of training)
+
         solution = scipy.optimize.minimize(
             negative, start, jac=True, method="L-BFGS-B",
             bounds=scipy.optimize.Bounds(-radius, radius),

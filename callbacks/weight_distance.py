@@ -13,7 +13,7 @@ the weights in memory) and logs, keyed by the update count:
 
 It logs at each epoch end and, with ``every_n_updates``, also every that many updates: one pass
 over the weights each time, read inside batchlab's train call (a ``Measurement``,
-``experiments.engine.measurement``; in Keras' own ``fit``, use ``WeightDistance(...).callback()``).
+``experiments.engine.measurement``; in Keras' own ``fit`` it is a callback like any other).
 """
 
 import numpy as np

@@ -224,6 +224,20 @@ def test_report_when_every_run_failed(tmp_path):
     assert all(is_png(p) for p in result["figures"].values())
 
 
+def test_user_strings_in_the_report_are_text_not_markup(tmp_path):
+    hostile = "data/<img src=x onerror=alert(1)></td>|x.csv"
+    records = [make_record(b, 1.0, status="failed", error=f"FileNotFoundError: {hostile}")
+               for b in (64, 128)]
+    records[0]["name"] = "<script>alert(1)</script>"
+    result = write_report(str(tmp_path), records, "study <b>bold</b>")
+    with open(result["report"], encoding="utf-8") as f:
+        report = f.read()
+    for markup in ("<img", "</td>", "<script>", "<b>"):
+        assert markup not in report
+    assert "&lt;img src=x onerror=alert(1)&gt;&lt;/td&gt;\\|x.csv" in report
+    assert "# Batch-size study: study &lt;b&gt;bold&lt;/b&gt;" in report
+
+
 def test_plot_functions_return_their_paths(tmp_path):
     fit = fits.fit_power_law([8, 64], [0.01, 0.03])
     path = plots.plot_best_lr([8, 64], [0.01, 0.03], fit, str(tmp_path / "sub" / "lr.png"))

@@ -78,6 +78,8 @@ def test_bad_schedules_name_their_binding(kwargs, message):
 @pytest.mark.parametrize("schedule, message", [
     (dict(boundaries=[1], batch_sizes=[12]), "has B=12, not a multiple of the micro-batch b=8"),
     (dict(boundaries=[1], factor=8), "stage 1 .from epoch 1. has B=64, larger than the 40"),
+    (dict(boundaries=[1, 2], batch_sizes=[16, 8]), "stage 2 .from epoch 2. has B=8, not larger"),
+    (dict(boundaries=[1], batch_sizes=[8]), "has B=8, not larger than the stage before it"),
 ])
 def test_stage_sizes_are_checked_against_b_and_the_data(schedule, message):
     with pytest.raises(ValueError, match=message):
@@ -289,6 +291,11 @@ def test_a_stream_run_grows_its_windows_per_update(tmp_path):
     (["batch_size_schedule.factor = 100"], "has B=3200, larger than the 1438 training"),
     (["batch_size_schedule.factor = 2", "batch_size_schedule.boundaries = [3, 1]"],
      "strictly increasing"),
+    (["batch_size_schedule.factor = 2", "batch_size_schedule.boundaries = [10]",
+      "train.epochs = 10"], "stage 1 .from epoch 10. starts after training ends"),
+    (["batch_size_schedule.factor = 2", "batch_size_schedule.boundaries = [450]",
+      "batch_size_schedule.unit = 'updates'", "train.epochs = 10"],
+     "stage 1 .from update 450. starts after training ends .train.epochs = 10, 450 updates"),
 ])
 def test_bad_schedules_stop_a_launch_before_any_run_directory(tmp_path, bindings, message):
     with pytest.raises(ValueError, match=message):

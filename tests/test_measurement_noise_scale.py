@@ -8,7 +8,7 @@ import pytest
 import tensorflow as tf
 
 from callbacks.gradient_noise_scale import GradientNoiseScale
-from experiments.engine import virtual_batch_model
+from experiments.engine import custom_loop, virtual_batch_model
 from tests.helpers import event_tags, event_values
 
 
@@ -154,3 +154,33 @@ def test_step_keeps_the_moving_averages_of_sampled_updates(tmp_path):
     model.fit(x[:micro * k], y[:micro * k], batch_size=micro * k, epochs=1, verbose=0,
               callbacks=[GradientNoiseScale(sample_every_n_updates=1)])
     assert model.measurements.noise_scale_values()["sampled"] == 1
+
+
+def test_a_schedule_starting_at_k1_logs_once_its_batches_split():
+    """A batch-size schedule from k = 1 (B = b = 8) to k = 4 (B = 32): no point while no update
+    had two micro-batches, then B_simple from the first logged update of the k = 4 stage on (it
+    used to be declared undefined at the first logged point, for the whole run)."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(64, 3)).astype(np.float32)
+    y = (x @ np.array([[1.0], [-2.0], [0.5]]) + 0.3 * rng.normal(size=(64, 1))).astype(
+        np.float32)
+    model = virtual_batch_model.as_virtual_batch_model(_linear_model(3, np.zeros(3)),
+                                                       micro_batch_size=8,
+                                                       track_gradient_noise=True)
+    model.compile(optimizer=keras.optimizers.SGD(0.05), loss="mse")
+    sizes = {0: 8, 1: 32}
+
+    def train_from(epoch, step, num_epochs):
+        parts = [tf.data.Dataset.from_tensor_slices((x, y)).batch(sizes[e])
+                 for e in range(epoch, epoch + num_epochs)]
+        data = parts[0]
+        for part in parts[1:]:
+            data = data.concatenate(part)
+        return data.skip(step)
+
+    noise = GradientNoiseScale(every_n_updates=2, decay=0.9)
+    custom_loop.CustomLoop(model, steps_per_execution=16).fit_from(
+        train_from, lambda epoch: 64 // sizes[epoch], 2, verbose=0, measurements=[noise])
+    assert noise.defined
+    assert [u for u, _ in noise.history] == [10]  # 8 updates at k = 1, then 2 at k = 4
+    assert noise.result()["noise_scale/b_simple"] > 0

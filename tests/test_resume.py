@@ -5,18 +5,22 @@ compares the final ``result.json`` metrics of the interrupted-then-relaunched ru
 uninterrupted run of the same command (``train.deterministic_ops = True``: bit-identical).
 """
 
+import errno
 import glob
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
+import types
 
 import numpy as np
 import pytest
 
-from experiments.run import run_dir
+from experiments import launch
+from experiments.run import checkpoints, run_dir, runner
 from experiments.run.checkpoints import CheckpointStore, Position
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -31,21 +35,21 @@ COMMON = ["--gin_bindings=train.verbose = 0", "--gin_bindings=train.deterministi
           "--gin_bindings=checkpoints.every_n_updates = 5"]
 
 
-def _command(output, name, experiment):
-    return [sys.executable, "main.py", *experiment, *COMMON, f"--output_dir={output}",
+def _command(output, name, experiment, extra=()):
+    return [sys.executable, "main.py", *experiment, *COMMON, *extra, f"--output_dir={output}",
             f"--run_name={name}"]
 
 
-def _run(output, name, experiment):
-    process = subprocess.run(_command(output, name, experiment), cwd=REPO, capture_output=True,
-                             text=True, timeout=300)
+def _run(output, name, experiment, extra=()):
+    process = subprocess.run(_command(output, name, experiment, extra), cwd=REPO,
+                             capture_output=True, text=True, timeout=300)
     assert process.returncode == 0, process.stderr[-3000:]
     return process
 
 
-def _start_and_stop(output, name, experiment, at_checkpoint, sig=signal.SIGKILL):
+def _start_and_stop(output, name, experiment, at_checkpoint, sig=signal.SIGKILL, extra=()):
     """Starts a run and sends ``sig`` once checkpoint ``at_checkpoint`` (an update) is written."""
-    process = subprocess.Popen(_command(output, name, experiment), cwd=REPO,
+    process = subprocess.Popen(_command(output, name, experiment, extra), cwd=REPO,
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     pattern = os.path.join(output, "*", name, "checkpoints", f"state-{at_checkpoint:09d}.npz")
     deadline = time.time() + 240
@@ -100,6 +104,25 @@ def test_sigkill_then_relaunch_gives_the_uninterrupted_metrics(tmp_path, referen
     assert result["resumed_at_updates"] and result["resumed_at_updates"][0] >= at
     assert _metrics(result) == reference[kind]
     assert len(glob.glob(os.path.join(path, "checkpoints", "state-*.npz"))) <= 2  # keep = 2
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind, experiment, epoch", [("arrays", ARRAYS, 2), ("arrays", ARRAYS, 3),
+                                                     ("streams", STREAMS, 1)])
+def test_a_kill_right_after_an_epochs_last_update_resumes_exactly(tmp_path, reference, kind,
+                                                                  experiment, epoch):
+    """A checkpoint at an epoch's last update (every epoch's length), killed there: the epoch's
+    sums and stateful states belong to that epoch, not the next, and its end (logs, validation,
+    epoch-end measurements) still runs; after the last epoch's, the whole result.json."""
+    per_epoch = reference[kind]["updates"] // {"arrays": 3, "streams": 2}[kind]
+    extra = [f"--gin_bindings=checkpoints.every_n_updates = {per_epoch}"]
+    output = str(tmp_path)
+    code, _ = _start_and_stop(output, "run", experiment, per_epoch * epoch, extra=extra)
+    assert code == -signal.SIGKILL
+    _run(output, "run", experiment, extra)
+    result = _result(output, "run")
+    assert result["resumed_at_updates"] == [per_epoch * epoch]
+    assert _metrics(result) == reference[kind]
 
 
 @pytest.mark.slow
@@ -174,3 +197,146 @@ def test_checkpoint_store_is_atomic_keeps_k_and_checks_the_model(tmp_path):
     np.testing.assert_array_equal(store.load(path, names)[0], np.full((2, 2), 9))
     with pytest.raises(ValueError, match="another model"):
         store.load(path, ["model/other"])
+
+
+class _FullDisk:
+    """``json`` for ``run_dir`` and ``np.savez`` for checkpoints that fail with ENOSPC once the
+    disk is full (from the ``full_from``-th checkpoint on), after creating their file."""
+
+    def __init__(self, full_from, status_too):
+        self.saves, self.full_from, self.status_too = 0, full_from, status_too
+        self._savez = np.savez
+
+    @property
+    def full(self):
+        return self.saves >= self.full_from
+
+    def savez(self, handle, **arrays):
+        self.saves += 1
+        if self.full:
+            raise OSError(errno.ENOSPC, "No space left on device (checkpoint)")
+        return self._savez(handle, **arrays)
+
+    def dump(self, payload, handle, **kwargs):
+        if self.full and self.status_too:
+            raise OSError(errno.ENOSPC, "No space left on device (status)")
+        return json.dump(payload, handle, **kwargs)
+
+
+@pytest.mark.parametrize("status_too", [False, True])
+def test_a_full_disk_shows_its_own_error_and_leaves_no_partial_files(tmp_path, monkeypatch,
+                                                                     status_too):
+    disk = _FullDisk(full_from=3, status_too=status_too)
+    monkeypatch.setattr(checkpoints.np, "savez", disk.savez)
+    monkeypatch.setattr(run_dir, "json", types.SimpleNamespace(dump=disk.dump, load=json.load))
+    launch.parse(["gin/experiments/digits_mlp.gin"], [
+        "train.epochs = 1", "train.verbose = 0", "checkpoints.every_n_updates = 10"])
+    with pytest.raises(OSError, match="No space left on device") as raised:
+        runner.train(output_dir=str(tmp_path), experiment="full", run_name="run",
+                     resumable=True)
+    # The checkpoint's error, not the status write's that came after it.
+    assert "(checkpoint)" in str(raised.value) and "(status)" not in str(raised.value)
+    path = os.path.join(str(tmp_path), "full", "run")
+    assert not [f for f in os.listdir(path) if ".tmp" in f]
+    assert not glob.glob(os.path.join(path, "checkpoints", "*.tmp-*"))
+    assert len(glob.glob(os.path.join(path, "checkpoints", "state-*.npz"))) == 2  # kept
+    status = run_dir.read_status(path)
+    if status_too:  # nothing could be written: the last status stands
+        assert status["status"] == "running"
+    else:
+        assert status["status"] == "failed" and "No space left" in status["error"]
+
+
+def _scalar_points(run_path):
+    """Every (split, tag, step) of the run's TensorBoard scalars, with repeats."""
+    from tensorboard.backend.event_processing import event_file_loader  # noqa: PLC0415
+
+    points = []
+    for path in glob.glob(os.path.join(run_path, "tensorboard", "*", "events.out.tfevents.*")):
+        split = os.path.basename(os.path.dirname(path))
+        for event in event_file_loader.EventFileLoader(path).Load():
+            for value in event.summary.value:
+                if value.metadata.plugin_data.plugin_name in ("scalars", ""):
+                    points.append((split, value.tag, event.step))
+    return points
+
+
+@pytest.mark.slow
+def test_a_restart_from_zero_logs_no_point_twice(tmp_path, reference):
+    """Every checkpoint unreadable: the relaunch trains from update 0 in the same directory; each
+    (tag, step) is in the event files once."""
+    output = str(tmp_path)
+    _start_and_stop(output, "run", ARRAYS, 10)
+    (path,) = glob.glob(os.path.join(output, "*", "run"))
+    for checkpoint in glob.glob(os.path.join(path, "checkpoints", "state-*.npz")):
+        with open(checkpoint, "r+b") as handle:
+            handle.truncate(100)
+    _run(output, "run", ARRAYS)
+    points = _scalar_points(path)
+    assert len(points) > 100
+    repeated = sorted({p for p in points if points.count(p) > 1})
+    assert not repeated, repeated[:10]
+    assert _metrics(_result(output, "run")) == reference["arrays"]
+
+
+@pytest.mark.slow
+def test_a_relaunch_on_changed_data_is_refused_with_what_changed(tmp_path):
+    """Killed at update 10, the data file rewritten (3000 rows -> 1499, labels flipped): the
+    relaunch refuses to resume on it, names what changed, and leaves the run resumable."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(3000, 64)).astype(np.float32)
+    y = np.argmax(x[:, :10], axis=1).astype(np.int64)
+    data_file = tmp_path / "rows.npz"
+    np.savez(data_file, x=x, y=y)
+    experiment = ["--gin_file=gin/experiments/digits_mlp.gin",
+                  "--gin_bindings=train.data_fn = @npz_file",
+                  f"--gin_bindings=npz_file.path = '{data_file}'",
+                  "--gin_bindings=train.epochs = 3", "--gin_bindings=train.batch_size = 64",
+                  "--gin_bindings=measurements.enabled = []"]
+    output = str(tmp_path / "o")
+    _start_and_stop(output, "run", experiment, 10)
+    np.savez(data_file, x=x[:1499], y=9 - y[:1499])
+    refused = subprocess.run(_command(output, "run", experiment), cwd=REPO,
+                             capture_output=True, text=True, timeout=300)
+    assert refused.returncode != 0
+    assert "trained on other data" in refused.stderr
+    assert re.search(r"train: 2400 -> 1\d{3} rows", refused.stderr)  # 80% of the rows train
+    (path,) = glob.glob(os.path.join(output, "*", "run"))
+    assert run_dir.effective_status(path) == "interrupted"  # nothing lost: still resumable
+    np.savez(data_file, x=x, y=y)
+    _run(output, "run", experiment)
+    assert _result(output, "run")["resumed_at_updates"][0] >= 10
+
+
+@pytest.mark.slow
+def test_a_sweep_resumes_by_name(tmp_path):
+    """SIGKILL during variant b of a sweep launched with --run_name=s; the same command again
+    finishes it in the same directory: a kept (not retrained), b resumed from its checkpoint."""
+    sweep = ["--gin_file=gin/experiments/digits_mlp.gin", "--gin_bindings=train.epochs = 3",
+             "--gin_bindings=measurements.enabled = []",
+             "--gin_bindings=sweep.variants = {'a': ['train.batch_size = 64'], "
+             "'b': ['train.batch_size = 32']}"]
+    output = str(tmp_path)
+    command = [sys.executable, "main.py", *sweep, *COMMON, f"--output_dir={output}",
+               "--run_name=s"]
+    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, text=True)
+    pattern = os.path.join(output, "digits_mlp", "s", "b", "checkpoints", "state-000000010.npz")
+    deadline = time.time() + 240
+    while not glob.glob(pattern):
+        assert process.poll() is None, process.stderr.read()[-3000:]
+        assert time.time() < deadline, "variant b never wrote its checkpoint"
+        time.sleep(0.02)
+    process.kill()
+    process.communicate(timeout=60)
+    finished_a = os.path.getmtime(os.path.join(output, "digits_mlp", "s", "a", "result.json"))
+    again = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert sorted(os.listdir(os.path.join(output, "digits_mlp"))) == ["s"]  # no s-1
+    group = os.path.join(output, "digits_mlp", "s")
+    assert os.path.getmtime(os.path.join(group, "a", "result.json")) == finished_a
+    with open(os.path.join(group, "b", "result.json")) as handle:
+        assert json.load(handle)["resumed_at_updates"][0] >= 10
+    with open(os.path.join(group, "sweep.json")) as handle:
+        assert json.load(handle)["status"] == {"a": "finished", "b": "finished"}
+    assert "1 variant(s) already finished" in again.stdout

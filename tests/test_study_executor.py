@@ -17,6 +17,8 @@ import pytest
 from experiments.launch import executor, grid, spares, worker
 from experiments.launch.outcomes import unredirected
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
 FAKE_WORKER = r'''
 import json, os, sys, time
 if os.environ.get("FAKE_WORKER_DIE_AT_START"):
@@ -204,3 +206,45 @@ def test_progress_reaches_stdout_while_a_run_here_has_it_redirected(tmp_path, ca
     stream.close()
     assert "[1/2] a run finished" in capfd.readouterr().out
     assert open(tmp_path / "run.log").read() == "inside the run\n"
+
+
+def test_a_worker_dies_with_its_launcher(tmp_path):
+    """``lifeline.die_with_parent``: a 'launcher' process starts a 'worker' tied to it and is
+    SIGKILLed; the worker (which would sleep for a minute) is gone within 5 s."""
+    import signal
+    import textwrap
+
+    pid_file = tmp_path / "worker.pid"
+    worker = textwrap.dedent(f"""
+        import os, sys, time
+        sys.path.insert(0, {REPO!r})
+        from experiments.launch import lifeline
+        assert lifeline.die_with_parent(int(sys.argv[1]))
+        open({str(pid_file)!r}, "w").write(str(os.getpid()))
+        time.sleep(60)
+    """)
+    launcher = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import os, subprocess, sys, time
+        subprocess.Popen([sys.executable, "-c", {worker!r}, str(os.getpid())])
+        time.sleep(60)
+    """)])
+    deadline = time.time() + 30
+    while not pid_file.exists() or not pid_file.read_text():
+        assert time.time() < deadline, "the worker never started"
+        time.sleep(0.05)
+    worker_pid = int(pid_file.read_text())
+    launcher.send_signal(signal.SIGKILL)
+    launcher.wait()
+    deadline = time.time() + 5
+    while _alive(worker_pid):
+        assert time.time() < deadline, "the worker outlived its launcher by 5 s"
+        time.sleep(0.05)
+
+
+def _alive(pid):
+    """Whether ``pid`` runs (a zombie, dead but not yet reaped by init, is not running)."""
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False

@@ -255,7 +255,8 @@ def test_sigterm_stops_the_workers_and_a_relaunch_finishes_the_study(tmp_path):
     time.sleep(2.0)  # inside training, where the runner turns SIGTERM into a checkpoint
     process.send_signal(signal.SIGTERM)
     output = process.communicate(timeout=120)[0]
-    assert process.returncode != 0 and "relaunch with the same --run_name" in output
+    assert process.returncode == 143 and "relaunch with the same --run_name" in output
+    assert "In call to configurable" not in output
     processes = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
     assert not [line for line in processes.splitlines() if "--worker" in line and gin_file in line]
     assert study_dir_lib.run_status(str(study_dir / "b64_lr0.1_s0"))[0] == "interrupted"
@@ -265,3 +266,37 @@ def test_sigterm_stops_the_workers_and_a_relaunch_finishes_the_study(tmp_path):
     resumed = read_json(study_dir / "b64_lr0.1_s0" / "result.json")["resumed_at_updates"]
     assert resumed and resumed[0] > 0  # ...from the checkpoint its SIGTERM saved
     assert {r["status"] for r in read_json(study_dir / "study.json")["runs"]} == {"finished"}
+
+
+@pytest.mark.slow
+def test_a_sigkilled_launcher_leaves_no_worker_training(tmp_path):
+    """--jobs=2 and the launcher SIGKILLed mid-run: its worker stops within 5 s (the kernel's
+    parent-death signal) instead of training its run to the end unattended."""
+    import signal
+    import time
+
+    gin_file = write_study(str(tmp_path), TINY.replace("[0.1, 1e12]", "[0.1]").replace(
+        "study.epochs = [1]", "study.epochs = [30]"))
+    command = [sys.executable, "main.py", f"--gin_file={gin_file}",
+               f"--output_dir={tmp_path / 'o'}", "--jobs=2", "--run_name=k"]
+    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    study_dir = tmp_path / "o" / "tiny" / "k"
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list(study_dir.glob("*/tensorboard/train"))) < 2:
+        time.sleep(0.2)
+    assert len(list(study_dir.glob("*/tensorboard/train"))) == 2, "both runs never started"
+
+    def workers():
+        lines = subprocess.run(["ps", "-eo", "stat=,args="], capture_output=True,
+                               text=True).stdout.splitlines()
+        return [line for line in lines if "--worker" in line and gin_file in line
+                and not line.lstrip().startswith("Z")]
+
+    assert workers()
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    deadline = time.time() + 5
+    while workers() and time.time() < deadline:
+        time.sleep(0.1)
+    assert not workers()

@@ -103,8 +103,9 @@ def test_steps_schedule_callbacks_and_tensorboard_count_updates(loop, tmp_path):
     if loop == "keras":
         history = model.fit(dataset, epochs=EPOCHS, callbacks=callbacks, verbose=0).history
     else:
-        history = custom_loop.CustomLoop(model).fit(
-            dataset, epochs=EPOCHS, callbacks=callbacks, verbose=0).history
+        history = custom_loop.CustomLoop(model).fit_from(
+            lambda epoch, step, num_epochs: dataset.repeat(num_epochs), 3, EPOCHS,
+            callbacks=callbacks, verbose=0).history
 
     updates = EPOCHS * 3
     assert int(model.optimizer.iterations.numpy()) == updates
@@ -126,9 +127,9 @@ def test_custom_loop_matches_fit_and_shows_a_progress_bar(capsys):
     validation = tf.data.Dataset.from_tensor_slices((x[:30], y[:30])).batch(7)
 
     def dataset():
-        """Reshuffled every epoch: both loops must read the same batches in the same order."""
+        """Shuffled once (seeded): both loops must read the same batches in the same order."""
         return tf.data.Dataset.from_tensor_slices((x, y)).shuffle(
-            ROWS, seed=3, reshuffle_each_iteration=True).batch(BATCH)
+            ROWS, seed=3, reshuffle_each_iteration=False).batch(BATCH)
 
     keras.utils.set_random_seed(1)
     by_fit = _virtual_model(weights)
@@ -136,8 +137,9 @@ def test_custom_loop_matches_fit_and_shows_a_progress_bar(capsys):
     capsys.readouterr()
     keras.utils.set_random_seed(1)
     by_loop = _virtual_model(weights)
-    loop_logs = custom_loop.CustomLoop(by_loop).fit(
-        dataset(), epochs=EPOCHS, validation_data=validation, verbose=1, steps_per_epoch=3).history
+    loop_logs = custom_loop.CustomLoop(by_loop).fit_from(
+        lambda epoch, step, num_epochs: dataset().repeat(num_epochs), 3, EPOCHS,
+        validation_data=validation, verbose=1).history
     printed = capsys.readouterr().out
 
     assert "3/3" in printed and "val_loss" in printed  # keras.callbacks.ProgbarLogger
@@ -273,18 +275,21 @@ class _NormRecorder(keras.callbacks.Callback):
         self.norms.append(float(self.model.measurements.gradient_norm.numpy()))
 
 
-@pytest.mark.parametrize("every", [1, 2, 0])
+@pytest.mark.parametrize("every", [1, 2, 0, "all"])
 def test_gradient_norms_are_recorded_on_the_updates_asked_for(every):
     """The step fills the norms on the update named by ``measured_update`` only (here: every
-    ``every``-th; 0: a model built without the norms)."""
+    ``every``-th; 0: a model built without the norms; 'all': ``measure_every_update``)."""
     keras.utils.set_random_seed(4)
     x, y = _data(4)
     model = virtual_batch_model.as_virtual_batch_model(_build(), micro_batch_size=MICRO,
                                               virtual_batch_size=BATCH,
-                                              measure_gradient_norms=every > 0)
+                                              measure_gradient_norms=every != 0)
     model.compile(optimizer=keras.optimizers.SGD(0.1),
                   loss=keras.losses.SparseCategoricalCrossentropy())
-    recorder = _NormRecorder(every)
+    recorder = _NormRecorder(0 if every == "all" else every)  # names each measured update
+    if every == "all":  # the step measures every update by itself
+        model.measurements.measure_every_update()
+        every = 1
     model.fit(x, y, batch_size=BATCH, epochs=EPOCHS, shuffle=False, verbose=0,
               callbacks=[recorder])
 

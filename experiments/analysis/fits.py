@@ -15,7 +15,6 @@ import dataclasses
 import math
 
 import numpy as np
-from scipy import optimize
 
 # log B_noise may leave the measured range by this much (e^15) before the fit stops there: far
 # enough to say "no bend seen", near enough that exp() never overflows.
@@ -110,6 +109,8 @@ def fit_steps_to_result(batch_sizes, steps):
     low = np.array([-np.inf, log_b.min() - _LOG_B_NOISE_MARGIN])
     high = np.array([np.inf, log_b.max() + _LOG_B_NOISE_MARGIN])
     start = np.clip(_initial_guess(batch_sizes, steps), low + 1e-9, high - 1e-9)
+    from scipy import optimize  # noqa: PLC0415  (imported when a report fits, not per run)
+
     result = optimize.least_squares(
         lambda theta: _log_model(theta, batch_sizes) - log_steps, start,
         jac=lambda theta: _log_jacobian(theta, batch_sizes), bounds=(low, high),

@@ -7,6 +7,7 @@ learning rate follow the batch size? what batch size should I pick?), and ``writ
 target still gets a report: each answer then says what could not be determined and why.
 """
 
+import html
 import math
 import os
 import statistics
@@ -202,13 +203,20 @@ def _write_figures(study_dir, records, summary):
     }
 
 
+def _text(value):
+    """User text (run names, errors holding paths, metric names) as markdown that shows it as
+    text: HTML escaped (a name holding ``<img ...>`` or ``</td>`` renders as those characters,
+    never as markup), on one line."""
+    return html.escape(" ".join(str(value).split()), quote=False)
+
+
 def _cell(value):
-    """One markdown table cell: numbers short, text on one line with pipes escaped."""
+    """One markdown table cell: numbers short, text escaped (``_text``) with pipes escaped."""
     if value is None:
         return "-"
     if isinstance(value, float):
         return f"{value:.0f}" if abs(value) >= 1000 else f"{value:.4g}"
-    return " ".join(str(value).split()).replace("|", "\\|")
+    return _text(value).replace("|", "\\|")
 
 
 def _run_order(record):
@@ -256,9 +264,9 @@ def write_report(study_dir, records, study_name, target=None, mode="max", metric
     os.makedirs(study_dir, exist_ok=True)
     summary = summarize(records, target=target, mode=mode, metric=metric)
     figures = _write_figures(study_dir, records, summary)
-    lines = [f"# Batch-size study: {study_name}", "", _overview(records, summary), "",
-             "## Answers", ""]
-    lines += [f"- {sentence}" for sentence in sentences(summary)]
+    lines = [f"# Batch-size study: {_text(study_name)}", "", _text(_overview(records, summary)),
+             "", "## Answers", ""]
+    lines += [f"- {_text(sentence)}" for sentence in sentences(summary)]
     lines += ["", "## Figures", ""]
     for name, path in figures.items():
         lines += [f"### {_FIGURE_TITLES[name]}", "",

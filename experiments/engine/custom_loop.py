@@ -26,11 +26,11 @@ Fixed costs (small runs are many short epochs; BUILD.md, "Fast small runs" has t
   at every multiple of each callback's ``every_n_updates`` (and at the epoch's end), and the
   update that a callback acting before updates (``on_train_batch_begin``) logs runs alone, after
   its hook. A callback that acts before updates and declares no cadence (the LR range test) gets
-  one update per call; so does ``fit`` (epochs of unknown length). Measurements
-  (``measurement.Measurement``, passed apart from the callbacks) are read inside the call, so
-  their cadence ends no call. Where calls end and which update each measurement reads is decided
-  in one place, ``schedule.UpdateSchedule``. The results are those of one update per call
-  (``tests/test_speed_loop.py``, ``tests/test_measurement_probes.py``).
+  one update per call. Measurements (``measurement.Measurement``, among the callbacks or passed
+  apart) are read inside the call, so their cadence ends no call. Where calls end and which
+  update each measurement reads is decided in one place, ``schedule.UpdateSchedule``. The
+  results are those of one update per call (``tests/test_speed_loop.py``,
+  ``tests/test_measurement_shape.py``).
 - Validation runs as one graph call over the whole validation set (a small finite one is kept as
   tensors) on one replica without stateful layers; elsewhere batch by batch via ``strategy.run``.
 - Each function is traced once; the train chunk is called as a concrete function. The graph
@@ -101,7 +101,7 @@ class CustomLoop:
         if key not in cache:
             model, strategy = self.model, self.strategy
 
-            @tf.function(input_signature=[spec])
+            @tf.function(input_signature=[spec], autograph=False)
             def run(data):
                 strategy.run(step, args=(data,))
                 # Cross-replica read of the metrics' sync-on-read sums: exact over all replicas.
@@ -139,29 +139,6 @@ class CustomLoop:
         self._prepared.add(key)
 
     # ------------------------------------------------------------------------------------------
-    def fit(self, dataset, epochs=1, validation_data=None, callbacks=(), verbose=1,
-            steps_per_epoch=None):
-        """Trains like ``model.fit`` on a batched ``tf.data.Dataset``; returns the History.
-
-        Each element of ``dataset`` is one virtual batch, i.e. one update; every epoch iterates
-        ``dataset`` anew, to its end (one update per call: its length may be unknown).
-        ``steps_per_epoch`` is only shown by the progress bar. Measurements among the callbacks
-        measure through their Keras hooks here (one update per call).
-        """
-        distributed = self._start(dataset)
-
-        def epoch_iterator(epoch):
-            if epoch:
-                # Keras' fit opens one more iterator per epoch than it reads (at the end of each
-                # epoch, then again at the start of the next), so with a reshuffling pipeline its
-                # epoch e reads the dataset's (2e-1)-th order. Open and drop one too: for a seed,
-                # both loops then train on the same batches.
-                iter(distributed)
-            return 0, iter(distributed)
-
-        return self._train(epoch_iterator, 0, epochs, validation_data, callbacks, verbose,
-                           steps_per_epoch, until_end=True)
-
     def fit_from(self, train_from, steps_per_epoch, epochs, validation_data=None, callbacks=(),
                  verbose=1, initial_epoch=0, initial_step=0, resume=None, measurements=()):
         """Trains from update ``initial_step`` of epoch ``initial_epoch`` to the end of ``epochs``.
@@ -194,8 +171,8 @@ class CustomLoop:
         return self._distribute(dataset)
 
     def _train(self, epoch_iterator, initial_epoch, epochs, validation_data, callbacks, verbose,
-               steps_per_epoch, resume=None, initial_step=0, measurements=(), until_end=False):
-        """The epoch loop shared by ``fit`` and ``fit_from``; returns the History.
+               steps_per_epoch, resume=None, initial_step=0, measurements=()):
+        """The epoch loop of ``fit_from``; returns the History.
 
         At every epoch the callbacks' params carry ``epoch_first_update``, the updates done
         before the epoch's first step: with the Keras batch index of a hook it gives the update
@@ -230,12 +207,15 @@ class CustomLoop:
                 params["steps"] = steps_in(epoch)
             callback_list.set_params(params)
             callback_list.on_epoch_begin(epoch)  # may reset stateful layers' states
-            if resume is not None and epoch == initial_epoch:
+            if resume is not None and epoch == initial_epoch and initial_step:
+                # (a position at step 0 is an epoch not yet begun: nothing of it to restore)
                 resume.restore_epoch_state()
             first, iterator = epoch_iterator(epoch)
-            steps = None if until_end else steps_in(epoch)
+            steps = steps_in(epoch)
+            # A run resumed after an epoch's last update (first == steps) runs no update of it:
+            # its logs are the restored epoch's metrics, and its end runs as it would have.
             logs = self._run_epoch(iterator, first, steps, schedule, measured,
-                                   callback_list) or logs
+                                   callback_list) or self._metrics_now()
             logs = self._end_epoch(epoch, logs, validation_data, callback_list)
             if model.stop_training:
                 break
@@ -243,6 +223,11 @@ class CustomLoop:
             measurement.finish(int(model.optimizer.iterations.numpy()))
         callback_list.on_train_end(logs)
         return history
+
+    def _metrics_now(self):
+        """The model's metric results as they stand (read in cross-replica context)."""
+        with self.strategy.scope():
+            return self.model.get_metrics_result()
 
     def _start_measurements(self, measurements):
         """Starts each measurement on the model; returns those measured in this run, and tells
@@ -265,7 +250,8 @@ class CustomLoop:
             self.model.reset_metrics()
             return
         if "reset" not in self._test_functions:
-            self._test_functions["reset"] = tf.function(self.model.reset_metrics)
+            self._test_functions["reset"] = tf.function(self.model.reset_metrics,
+                                                        autograph=False)
         self._test_functions["reset"]()
 
     def _run_epoch(self, iterator, first, steps, schedule, measured, callback_list):
@@ -273,8 +259,6 @@ class CustomLoop:
         the last logs. Measurements are read inside the calls (``in_train_call``) or by a call
         of their own right after the call that ends on their update; their rows are published
         before the call's ``on_train_batch_end``."""
-        if steps is None:
-            return self._run_to_end(iterator, callback_list)
         inside = [m for m in measured if m.in_train_call]
         after = [m for m in measured if not m.in_train_call]
         train = self._train_function(iterator, inside)
@@ -294,21 +278,6 @@ class CustomLoop:
                 if measurement.cadence.logs(end, epoch_end):
                     measurement.measure_now(end)
             callback_list.on_train_batch_end(begin + size - 1, logs)
-            if self.model.stop_training:
-                break
-        return logs
-
-    def _run_to_end(self, iterator, callback_list):
-        """An epoch of unknown length (``fit``): one update per call on batches read on the
-        host, until the iterator ends (an exhausted iterator read inside the graph would still
-        run the update's data-independent ops, such as the optimizer's step count)."""
-        train = self._function(self._train_functions, self.model.train_step,
-                               iterator.element_spec)
-        logs = None
-        for step, batch in enumerate(iterator):
-            callback_list.on_train_batch_begin(step)
-            logs = train(batch)
-            callback_list.on_train_batch_end(step, logs)
             if self.model.stop_training:
                 break
         return logs

@@ -79,7 +79,7 @@ class FixedSet:
     def function(self):
         """The traced function returning ``graph()``'s values (traced once)."""
         if self._function is None:
-            self._function = tf.function(self.graph).get_concrete_function()
+            self._function = tf.function(self.graph, autograph=False).get_concrete_function()
         return self._function
 
     def names(self):

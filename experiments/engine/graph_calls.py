@@ -9,7 +9,11 @@
   per batch, the loss and metrics once over all rows; with sample weights ``test_step`` per
   batch).
 
-Each is returned as a concrete function: a ``tf.function`` call first matches its arguments
+Each is traced without AutoGraph (``autograph=False``: the loops are written as
+``tf.while_loop`` and ``tf.cond``), which makes tracing several times faster: AutoGraph converts
+every Python function the train step calls, the first time in each process, and a small run pays
+that on every run of a study (BUILD.md, "Fixed cost per run"). Each is returned as a concrete
+function: a ``tf.function`` call first matches its arguments
 against its traces, which for an iterator costs as much as a small update (BUILD.md, "Fast small
 runs").
 """
@@ -32,26 +36,25 @@ def chunk_function(model, strategy, step, iterator, measurements=()):
     says so (one ``tf.cond`` per measurement and segment, none per update). Returns (metrics, one
     [segments, *shape] tensor of rows per measurement).
     """
+    def one_update(i):
+        strategy.run(step, args=(next(iterator),))
+        return (i + 1,)
+
     if not measurements:
-        @tf.function
+        @tf.function(autograph=False)
         def run(iterator, n):
-            for _ in tf.range(n):
-                strategy.run(step, args=(next(iterator),))
+            tf.while_loop(lambda i: i < n, one_update, [tf.constant(0, tf.int64)])
             return model.get_metrics_result()
 
         return run.get_concrete_function(iterator, tf.TensorSpec((), tf.int64))
 
     step_state = getattr(model, "measurements", None)
 
-    @tf.function
+    @tf.function(autograph=False)
     def run_measured(iterator, lengths, masks):
         count = tf.shape(lengths)[0]
         rows = [tf.TensorArray(tf.float64, size=count, element_shape=m.shape)
                 for m in measurements]
-
-        def one_update(i):
-            strategy.run(step, args=(next(iterator),))
-            return (i + 1,)
 
         def segment(s, rows):
             mask = masks[s]
@@ -111,7 +114,7 @@ def read_and_keep(model, dataset, max_bytes):
     tensors = tf.nest.map_structure(lambda *parts: tf.concat(parts, 0), *batches)
     size = sizes[0]
 
-    @tf.function
+    @tf.function(autograph=False)
     def run(data):  # (x, y): forward per batch, then loss and metrics once (``evaluation``)
         return evaluation.in_graph(model, data, size)
 

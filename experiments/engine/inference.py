@@ -132,6 +132,10 @@ def by_batch(model, data, batch_size):
     metrics first and returns their results."""
     model.reset_metrics()
     rows = tf.shape(tf.nest.flatten(data)[0])[0]
-    for start in tf.range(0, rows, batch_size):
+
+    def one_batch(start):
         model.test_step(tf.nest.map_structure(lambda t: _rows(t, start, batch_size), data))
+        return (start + batch_size,)
+
+    tf.while_loop(lambda start: start < rows, one_batch, [tf.zeros((), rows.dtype)])
     return model.get_metrics_result()

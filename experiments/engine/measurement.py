@@ -69,8 +69,8 @@ class Measurement(keras.callbacks.Callback, abc.ABC):
         """Reads and publishes update ``update`` in a graph call of its own (traced once)."""
         if getattr(self, "_own_call", None) is None:
             self._own_call = tf.function(
-                lambda: self.read(tf.cast(self.model.optimizer.iterations, tf.int64))
-            ).get_concrete_function()
+                lambda: self.read(tf.cast(self.model.optimizer.iterations, tf.int64)),
+                autograph=False).get_concrete_function()
         self.publish(update, self._own_call().numpy())
 
     def zeros(self):
@@ -90,7 +90,8 @@ class Measurement(keras.callbacks.Callback, abc.ABC):
                              "compile with steps_per_execution=1.")
         self._measured = self.start(self.model)
         before = self.before_update if self._measured else None
-        self._before = None if before is None else tf.function(before).get_concrete_function()
+        self._before = None if before is None else tf.function(
+            before, autograph=False).get_concrete_function()
         self._last = None
 
     def _logs(self, update, batch):

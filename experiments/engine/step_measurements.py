@@ -10,6 +10,8 @@ import tensorflow as tf
 
 from experiments.engine import noise_scale
 
+EVERY_UPDATE = -1  # ``StepMeasurements.measured_update`` value: measure every update
+
 
 class StepMeasurements:
     """Variables the train step fills in each update, read by measurement callbacks.
@@ -34,7 +36,8 @@ class StepMeasurements:
         self.variable_gradient_norms = variable(tf.zeros([num_variables], tf.float32),
                                                 "variable_gradient_norms")
         # The next update (1-based count) the loop measures: the step fills the norms and runs
-        # ``before_update_hooks`` on it (``schedule.UpdateSchedule`` decides which; 0: none).
+        # ``before_update_hooks`` on it (``schedule.UpdateSchedule`` decides which; 0: none;
+        # ``EVERY_UPDATE``: every update, ``measure_every_update``).
         self.measured_update = variable(0, "measured_update", tf.int64)
         # Gradient noise scale ingredients (McCandlish et al. 2018); zero when not tracked.
         self.micro_gradient_sq_norm = scalar("micro_gradient_sq_norm")  # mean_j |G_j|^2
@@ -50,6 +53,11 @@ class StepMeasurements:
         # Graph functions of no arguments the step runs right before a measured update is
         # applied (``Measurement.before_update``); read when the step is traced.
         self.before_update_hooks = []
+
+    def measure_every_update(self):
+        """Has the step fill the norms on every update (a loop reading them after each one
+        without a schedule, as a plain ``model.fit`` callback might)."""
+        self.measured_update.assign(EVERY_UPDATE)
 
     def variables(self):
         """Every variable, in a fixed order (what a checkpoint saves: the noise-scale averages
@@ -116,7 +124,9 @@ def record(measurements, step, grads, data_grads, micro_sq, num_micro, num_rows)
         return tf.constant(True)
 
     if gated:
-        tf.cond(tf.equal(step.coming_update, measurements.measured_update), measured,
+        wanted = measurements.measured_update
+        tf.cond(tf.logical_or(tf.equal(step.coming_update, wanted),
+                              tf.equal(wanted, EVERY_UPDATE)), measured,
                 lambda: tf.constant(False))
     else:
         measured()

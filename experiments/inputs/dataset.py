@@ -6,8 +6,10 @@ into a ``BatchLayout`` (``layout.build``) and then into ``tf.data`` pipelines (`
 
 import dataclasses
 import functools
+import hashlib
 from typing import Any, Callable, Optional
 
+import numpy as np
 import tensorflow as tf
 
 
@@ -28,6 +30,45 @@ class DataSpec:
     task: str = "classification"
     batch_size: Optional[int] = None
     vocabulary_size: Optional[int] = None
+
+
+def fingerprint(data):
+    """What identifies the examples a run trains and validates on: the rows of each part and a
+    SHA-256 of its arrays (values, dtypes and shapes). A checkpoint keeps it, so that a run is
+    never resumed on data that changed since it started (a file rewritten, another split)."""
+    stream = data.stream
+    parts = {
+        "train": (stream.train_inputs, stream.train_targets) if stream is not None
+        else (data.x_train, data.y_train, data.sample_weight_train),
+        "validation": (stream.validation_inputs, stream.validation_targets)
+        if stream is not None else (data.x_validation, data.y_validation),
+    }
+    out = {}
+    for part, arrays in parts.items():
+        digest = hashlib.sha256()
+        rows = None
+        for array in arrays:
+            if array is None:
+                digest.update(b"none")
+                continue
+            array = np.ascontiguousarray(array)
+            rows = len(array) if rows is None else rows
+            digest.update(f"{array.dtype.str}{array.shape}".encode())
+            digest.update(array.tobytes())
+        out[f"{part}_rows"] = rows or 0
+        out[f"{part}_sha256"] = digest.hexdigest()
+    return out
+
+
+def fingerprint_changes(saved, now):
+    """The parts of a data fingerprint that differ (``saved`` -> ``now``), as readable lines."""
+    lines = []
+    for part in ("train", "validation"):
+        if saved.get(f"{part}_sha256") != now.get(f"{part}_sha256"):
+            before, after = saved.get(f"{part}_rows"), now.get(f"{part}_rows")
+            rows = f"{before} -> {after} rows" if before != after else f"{after} rows, values differ"
+            lines.append(f"{part}: {rows}")
+    return lines
 
 
 @dataclasses.dataclass

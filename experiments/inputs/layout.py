@@ -187,6 +187,10 @@ def _scheduled_arrays(layout, data, schedule):
     sizes = schedule.stage_sizes(layout.batch_size)
     for stage, size in enumerate(sizes[1:], 1):
         where = f"{schedule.stage_name(stage)} has B={size}"
+        if size <= sizes[stage - 1]:
+            raise ValueError(f"{where}, not larger than the stage before it (B={sizes[stage - 1]})"
+                             ": a batch-size schedule grows the batch (as a learning rate would "
+                             "decay); give increasing batch_size_schedule.batch_sizes.")
         if size % micro:
             raise ValueError(f"{where}, not a multiple of the micro-batch b={micro} "
                              "(train.micro_batch_size, or train.batch_size when unset): a "

@@ -25,6 +25,7 @@ import threading
 import time
 
 from callbacks.checkpointing import TrainingInterrupted
+from experiments.common import errors
 from experiments.launch import outcomes, spares, worker, worker_processes
 from experiments.launch.outcomes import Outcome
 
@@ -61,7 +62,7 @@ def _run_here(job, run_in_process):
         raise
     except Exception as error:  # one failing run must not stop the others
         return Outcome(job.spec.name, job.run_dir, "failed", time.time() - started,
-                       error=f"{type(error).__name__}: {error}")
+                       error=errors.summary(error))
     return Outcome(job.spec.name, result.get("run_dir", job.run_dir), "finished",
                    time.time() - started, result=result)
 

@@ -15,8 +15,10 @@ from experiments.analysis import lr_range, tables
 from experiments.common import checks
 from experiments.launch import executor, worker
 from experiments.launch import grid as grid_lib
+from experiments.launch import outcomes as outcomes_lib
 from experiments.launch import points, spares
 from experiments.launch import study as study_lib
+from experiments.launch import study_dir as study_dir_lib
 from experiments.launch import study_launch
 from experiments.launch import sweep as sweep_lib
 from experiments.launch.gin_config import ConfigError, parse
@@ -43,6 +45,10 @@ def launch(gin_files=(), gin_bindings=(), output_dir="runs", print_fn=print, job
     files = parse(gin_files, gin_bindings)
     experiment = experiment_name(files)
     jobs = _check_jobs(jobs)
+    try:
+        run_dir_lib.check_run_name(run_name)
+    except ValueError as error:
+        raise ConfigError(str(error)) from error
     try:
         spec = study_lib.study()
     except ValueError as error:
@@ -81,26 +87,31 @@ def _launch_sweep(files, gin_bindings, output_dir, experiment, variants, columns
     """Every variant checked, then run through the executor; the table printed and saved."""
     runs = grid_lib.from_variants(variants)
     points.check_all(files, gin_bindings, runs, "sweep variant")
-    group_dir = _new_group_dir(output_dir, experiment, run_name)
+    group_dir = _sweep_dir(output_dir, experiment, run_name, variants)
+    done, todo = _sweep_progress(group_dir, runs)
+    if done:
+        print_fn(f"Sweep {group_dir}: {len(done)} variant(s) already finished, {len(todo)} to "
+                 "run (interrupted ones resume where they stopped).")
 
     def run_in_process(job):
         print_fn(f"\n=== {experiment}: {job.spec.name} ({'; '.join(job.spec.bindings)})")
         return worker.train_here(files, list(gin_bindings) + list(job.spec.bindings),
                                    job.run_dir)
 
-    outcomes = executor.execute([executor.Job(r, os.path.join(group_dir, r.name)) for r in runs],
+    outcomes = executor.execute([executor.Job(r, os.path.join(group_dir, r.name)) for r in todo],
                                 run_in_process, files, gin_bindings, jobs, print_fn)
     executor.wait_for_workers()
-    results = [_row(outcome) for outcome in outcomes]
+    by_name = {o.name: o for o in list(done) + list(outcomes)}
+    results = [_row(by_name[r.name]) for r in runs if r.name in by_name]
     table = tables.format_table(results, _columns(columns))
     scaling = lr_range.scaling_sentence(results)  # range tests at several batch sizes
     if scaling:
         table += "\n\n" + scaling
     with open(os.path.join(group_dir, "table.txt"), "w") as handle:
         handle.write(table + "\n")
-    with open(os.path.join(group_dir, "sweep.json"), "w") as handle:
-        json.dump({"variants": variants, "runs": [r["run_dir"] for r in results],
-                   "status": {r["run"]: r["status"] for r in results}}, handle, indent=2)
+    _write_json(os.path.join(group_dir, "sweep.json"), {
+        "variants": variants, "runs": [r["run_dir"] for r in results],
+        "status": {r["run"]: r["status"] for r in results}})
     print_fn("\n" + table)
     print_fn(f"\nRuns: {group_dir}   (tensorboard --logdir {output_dir})")
     return results
@@ -115,9 +126,59 @@ def _row(outcome):
     return row
 
 
-def _new_group_dir(output_dir, experiment, run_name):
-    """``<output_dir>/<experiment>/<run_name or timestamp>``, created new (never reused)."""
-    return run_dir_lib.new_directory(os.path.join(output_dir, experiment), run_name)
+def _sweep_dir(output_dir, experiment, run_name, variants):
+    """``<output_dir>/<experiment>/<run_name or timestamp>``. Without a name, a new directory;
+    with one, a relaunch reuses it (as a study's): it must hold the same variants (its
+    ``sweep.json``, written first), else the launch is refused."""
+    if not run_name:
+        return run_dir_lib.new_directory(os.path.join(output_dir, experiment))
+    path = os.path.join(output_dir, experiment, run_name)
+    stored = _read_json(os.path.join(path, "sweep.json"))
+    if stored is not None and stored.get("variants") != variants:
+        raise ConfigError(f"{path} holds a sweep of other variants (--run_name={run_name}); "
+                          "relaunch it with the same gin files and bindings, or use another "
+                          "--run_name.")
+    if stored is None and os.path.exists(path) and os.listdir(path):
+        raise ConfigError(f"{path} exists and holds no sweep; use another --run_name.")
+    os.makedirs(path, exist_ok=True)
+    if stored is None:
+        _write_json(os.path.join(path, "sweep.json"), {"variants": variants})
+    return path
+
+
+def _sweep_progress(group_dir, runs):
+    """(outcomes of the variants already finished, the variants to run): a failed variant is set
+    aside (``<run>.attempt-K``) and starts afresh, an interrupted one resumes in place."""
+    done, todo = [], []
+    for run in runs:
+        path = os.path.join(group_dir, run.name)
+        status, _ = study_dir_lib.run_status(path)
+        if status == "running":  # live, in another launch: reported, not trained twice
+            done.append(outcomes_lib.Outcome(run.name, path, "running", 0.0,
+                                             error="running in another launch"))
+            continue
+        if status == "finished":
+            done.append(outcomes_lib.Outcome(run.name, path, "finished", 0.0,
+                                             result=_read_json(os.path.join(path,
+                                                                            "result.json"))))
+            continue
+        if status == "failed":
+            study_dir_lib.set_aside(path)
+        todo.append(run)
+    return done, todo
+
+
+def _read_json(path):
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return json.load(handle)
+    except (OSError, ValueError):
+        return None
+
+
+def _write_json(path, payload):
+    with open(path, "w", encoding="utf-8") as handle:
+        json.dump(payload, handle, indent=2)
 
 
 def _columns(columns):

@@ -39,6 +39,10 @@ def collect(job, returncode, seconds):
     if returncode == 0 and status.get("status") == "finished":
         result = _read_json(os.path.join(job.run_dir, "result.json"))
         return Outcome(job.spec.name, job.run_dir, "finished", seconds, result=result)
+    if status.get("status") == "interrupted":  # stopped by a signal, checkpoint saved
+        return Outcome(job.spec.name, job.run_dir, "interrupted", seconds,
+                       error=f"{status.get('reason', 'stopped')} after update "
+                             f"{status.get('update')}; resumable")
     error = status.get("error") or _last_lines(log_path) or f"exit status {returncode}"
     return Outcome(job.spec.name, job.run_dir, "failed", seconds, error=error)
 

@@ -46,7 +46,7 @@ def thread_env(threads):
 def worker_env(threads):
     """The environment of a worker: its share of the CPU threads, quiet TensorFlow start-up."""
     env = dict(os.environ, **thread_env(threads), TF_CPP_MIN_LOG_LEVEL="2",
-               PYTHONUNBUFFERED="1")
+               PYTHONUNBUFFERED="1", BATCHLAB_LAUNCHER_PID=str(os.getpid()))
     env["PYTHONPATH"] = os.pathsep.join(p for p in (paths.REPO_ROOT, env.get("PYTHONPATH")) if p)
     return env
 

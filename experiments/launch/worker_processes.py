@@ -94,13 +94,22 @@ def stop(processes, lock, grace_seconds=30):
             process.wait()
 
 
+class LaunchStopped(KeyboardInterrupt):
+    """The launch was stopped by signal ``signum``; its workers were stopped with it."""
+
+    def __init__(self, signum):
+        super().__init__(f"signal {signum}")
+        self.signum = int(signum)
+
+
 def stop_on_sigterm():
-    """SIGTERM raises KeyboardInterrupt here (main thread only), so that the workers are stopped
-    with us instead of finishing their run unattended; returns the previous handler or None."""
+    """SIGTERM raises ``LaunchStopped`` (a KeyboardInterrupt) here (main thread only), so that
+    the workers are stopped with us instead of finishing their run unattended; returns the
+    previous handler or None."""
     if threading.current_thread() is not threading.main_thread():
         return None
 
     def interrupt(signum, frame):
-        raise KeyboardInterrupt(f"signal {signum}")
+        raise LaunchStopped(signum)
 
     return signal.signal(signal.SIGTERM, interrupt)

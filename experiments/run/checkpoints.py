@@ -90,11 +90,16 @@ class CheckpointStore:
         arrays["__meta__"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
         path = os.path.join(self.directory, f"state-{position.update:09d}.npz")
         temporary = f"{path}.tmp-{os.getpid()}"
-        with open(temporary, "wb") as handle:
-            np.savez(handle, **arrays)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
+        try:
+            with open(temporary, "wb") as handle:
+                np.savez(handle, **arrays)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(temporary, path)
+        except BaseException:  # a full disk: no partial file left, the older checkpoints kept
+            if os.path.exists(temporary):
+                os.remove(temporary)
+            raise
         for old in self.paths()[self.keep:]:
             os.remove(old)
         return path

@@ -322,10 +322,19 @@ def build(factories, context, log_dir=None, run_dir=None):
     return callbacks
 
 
-def results(callbacks):
-    """The final values of every measurement callback, for the run's result.json."""
+def per_measurement(callbacks):
+    """Each measurement's result (``result()``), in order: what a checkpoint keeps of them."""
+    return [dict(c.result()) if hasattr(c, "result") else {} for c in callbacks]
+
+
+def results(callbacks, restored=None):
+    """The final values of every measurement, for the run's result.json. ``restored``: the
+    per-measurement results saved with the checkpoint a run resumed from; a measurement that has
+    nothing of its own in this process (the run resumed after its last logged point) reports
+    those, as the uninterrupted run would."""
     merged = {}
-    for callback in callbacks:
-        if hasattr(callback, "result"):
-            merged.update(callback.result())
+    for index, values in enumerate(per_measurement(callbacks)):
+        if not values and restored and index < len(restored):
+            values = restored[index]
+        merged.update(values)
     return merged

@@ -44,6 +44,10 @@ class Plan:
 def build(settings, run_mode):
     """Resolves ``settings`` into a ``Plan`` for ``run_mode`` (a ``modes.RunMode``); raises before
     anything is written."""
+    # A fresh Keras session: the layer names a model gets (and so the variable names its
+    # checkpoints hold) do not depend on the runs this process built before. A sweep's variant,
+    # resumed first in a relaunch, then finds its checkpoint's names.
+    keras.backend.clear_session(free_memory=False)
     strategy = distribute.resolve(settings.strategy)
     seeding.seed_everything(settings.seed, settings.deterministic_ops)
     set_dtype_policy(settings.model.dtype_policy)
@@ -52,6 +56,7 @@ def build(settings, run_mode):
     layout = layout_lib.build(data, data_settings.batch_size, data_settings.micro_batch_size,
                               data_settings.eval_batch_size, data_settings.batch_size_schedule)
     settings = run_mode.adjust(settings, layout)  # e.g. a range test's epochs from its ramp
+    _check_stages_reached(layout, settings.epochs)
     pipelines = pipelines_lib.make(data, layout, seed=settings.seed,
                                    shuffle=data_settings.shuffle)
     measured = settings.measurements
@@ -61,6 +66,22 @@ def build(settings, run_mode):
     measurements_lib.check(measured.enabled, context)  # bad settings fail before the run
     return Plan(mode=run_mode, settings=settings, strategy=strategy, data=data, layout=layout,
                 pipelines=pipelines, track_gradient_noise=track, measurement_context=context)
+
+
+def _check_stages_reached(layout, epochs):
+    """Every boundary of a batch-size schedule must fall inside training: a stage that would
+    start after the last update never trains, and the run would silently not be the one asked
+    for."""
+    schedule = layout.batch_size_schedule
+    if schedule is None:
+        return
+    reached = {stage["stage"] for stage in layout.stages(epochs)}
+    for stage in range(1, len(schedule.boundaries) + 1):
+        if stage not in reached:
+            raise ValueError(
+                f"{schedule.stage_name(stage)} starts after training ends (train.epochs = "
+                f"{epochs}, {sum(layout.updates_in(e) for e in range(epochs))} updates): that "
+                "stage would never train. Move the boundary earlier or train longer.")
 
 
 def set_dtype_policy(dtype_policy):

@@ -16,12 +16,19 @@ directory: ``open_named`` resumes an unfinished run of the same configuration, r
 one, one that is still running, and one of another configuration (with the difference).
 """
 
+import contextlib
 import datetime
 import difflib
+import errno
+import fcntl
 import json
 import os
+import shutil
 import socket
+import tempfile
 import time
+
+from experiments.common import errors
 
 # A 'running' status whose heartbeat is older than this is taken as a dead run.
 STALE_AFTER_SECONDS = 120.0
@@ -49,7 +56,8 @@ def new_directory(parent, name=None):
     """Creates and returns ``<parent>/<name or a timestamp>``, or with a ``-N`` suffix when that
     exists: created atomically (``os.makedirs(exist_ok=False)``), so two launches in the same
     second never share a directory. Runs, sweeps and studies all get theirs here."""
-    base = os.path.join(parent, name or datetime.datetime.now().strftime("%Y%m%d-%H%M%S"))
+    base = os.path.join(parent, check_run_name(name)
+                        or datetime.datetime.now().strftime("%Y%m%d-%H%M%S"))
     path, suffix = base, 1
     while True:
         try:
@@ -113,33 +121,105 @@ class RunExistsError(ValueError):
     """A named run directory cannot be used for this launch (finished, live, or different)."""
 
 
+def check_run_name(name):
+    """``name`` if it is one directory name (a run, sweep or study name: no ``/``, not ``.`` or
+    ``..``, not empty); a ValueError naming ``--run_name`` otherwise, so that nothing is written
+    outside ``<output_dir>/<experiment>``."""
+    if name is None:
+        return None
+    bad = (not isinstance(name, str) or not name.strip() or name in (".", "..")
+           or "/" in name or "\\" in name or "\0" in name)
+    if bad:
+        raise ValueError(f"--run_name must be a single directory name (no '/', not '..'), got "
+                         f"{name!r}.")
+    return name
+
+
+def claim(path):
+    """Creates the run directory ``path``, already holding this process's 'running' status, in one
+    atomic step: it is filled under a temporary name beside it and renamed into place, which
+    fails when ``path`` exists. Returns whether this process made it (two launches of one name:
+    exactly one does)."""
+    parent = os.path.dirname(path)
+    os.makedirs(parent, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.claim-", dir=parent)
+    try:
+        write_json(staging, "status.json", running_status())
+        os.rename(staging, path)
+        return True
+    except OSError as error:
+        if error.errno in (errno.EEXIST, errno.ENOTEMPTY):
+            return False
+        raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _locked(path):
+    """An exclusive lock on the run directory ``path`` (``fcntl.flock`` on ``path/.lock``): one
+    process at a time decides whether to resume it and marks it running."""
+    with open(os.path.join(path, ".lock"), "a", encoding="utf-8") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def open_named(output_dir, experiment, name, config_text):
-    """(path, resuming) of the named run ``<output_dir>/<experiment>/<name>``: a new directory, or
-    an unfinished run of the same configuration to resume. Raises ``RunExistsError`` otherwise."""
-    path = os.path.join(output_dir, experiment, name)
-    if not os.path.exists(path):
-        return create(output_dir, experiment, name), False
-    state = effective_status(path)
-    if state == "finished":
-        raise RunExistsError(f"The run {path} is finished; it is never overwritten. Choose "
-                             "another --run_name to train again.")
-    if state == "running":
-        status = read_status(path)
-        raise RunExistsError(f"The run {path} is running (pid {status.get('pid')} on "
-                             f"{status.get('host')}); wait for it or stop it first.")
-    check_same_config(path, config_text)
-    write_json(path, "status.json", running_status())
+    """(path, resuming) of the named run ``<output_dir>/<experiment>/<name>``: a new directory
+    (claimed atomically), or an unfinished run of the same configuration to resume. Raises
+    ``RunExistsError`` otherwise, saying who holds a running one."""
+    path = os.path.join(output_dir, experiment, check_run_name(name))
+    if claim(path):
+        return path, False
+    with _locked(path):
+        state = effective_status(path)
+        if state == "finished":
+            raise RunExistsError(f"The run {path} is finished; it is never overwritten. Choose "
+                                 "another --run_name to train again.")
+        if state == "running":
+            status = read_status(path)
+            raise RunExistsError(f"The run {path} is running (pid {status.get('pid')} on "
+                                 f"{status.get('host')}); wait for it or stop it first.")
+        if state == "missing":
+            raise RunExistsError(f"The run directory {path} exists but holds no run status; it "
+                                 "was not made by batchlab. Choose another --run_name.")
+        check_same_config(path, config_text)
+        write_json(path, "status.json", running_status())
     return path, True
 
 
+# Bindings that change how a run is watched or saved, not what it computes: a relaunch may change
+# them (a resumed run with other checkpoint cadences or verbosity ends with the same results).
+RESULT_NEUTRAL = ("checkpoints.", "train.verbose")
+
+
+def result_bindings(config_text):
+    """The bindings of a ``gin.config_str()`` text that decide a run's results, one string each
+    (a multi-line value with its continuation lines), comments and ``RESULT_NEUTRAL`` ones left
+    out."""
+    blocks = []
+    for line in config_text.splitlines():
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        if line[0].isspace() and blocks:
+            blocks[-1] += "\n" + line
+        else:
+            blocks.append(line)
+    return [b for b in blocks if not b.split("=")[0].strip().startswith(RESULT_NEUTRAL)]
+
+
 def check_same_config(run_dir, config_text):
-    """Raises ``RunExistsError`` with the difference when ``run_dir`` was configured otherwise."""
+    """Raises ``RunExistsError`` with the difference when ``run_dir`` was configured otherwise
+    (bindings that do not change results, ``RESULT_NEUTRAL``, may differ)."""
     try:
         with open(os.path.join(run_dir, "config.gin")) as handle:
             saved = handle.read()
     except OSError:
         saved = ""
-    if saved == config_text:
+    if result_bindings(saved) == result_bindings(config_text):
         return
     diff = "\n".join(difflib.unified_diff(saved.splitlines(), config_text.splitlines(),
                                           "in the run directory", "now", lineterm="", n=0))
@@ -154,16 +234,28 @@ def write_text(run_dir, name, text):
 
 
 def write_json(run_dir, name, payload):
+    """Writes ``name`` atomically (a temporary file renamed into place); a failed write (a full
+    disk) leaves the previous file as it was and no temporary file behind."""
     tmp = os.path.join(run_dir, name + ".tmp")
-    with open(tmp, "w") as handle:
-        json.dump(payload, handle, indent=2, sort_keys=True, default=_jsonable)
-        handle.write("\n")
-    os.replace(tmp, os.path.join(run_dir, name))
+    try:
+        with open(tmp, "w") as handle:
+            json.dump(payload, handle, indent=2, sort_keys=True, default=_jsonable)
+            handle.write("\n")
+        os.replace(tmp, os.path.join(run_dir, name))
+    except BaseException:
+        _remove_quietly(tmp)
+        raise
+
+
+def _remove_quietly(path):
+    try:
+        os.remove(path)
+    except OSError:
+        pass
 
 
 def mark_failed(run_dir, error):
-    write_json(run_dir, "status.json",
-               {"status": "failed", "error": f"{type(error).__name__}: {error}"})
+    write_json(run_dir, "status.json", {"status": "failed", "error": errors.summary(error)})
 
 
 def mark_interrupted(run_dir, reason, update):

@@ -13,7 +13,6 @@ import importlib.metadata
 import os
 import platform
 import shutil
-import signal
 import time
 
 import gin
@@ -23,10 +22,11 @@ from absl import logging
 
 from callbacks import summary_writer
 from callbacks.batch_size_log import BatchSizeLog
-from callbacks.checkpointing import TrainingInterrupted
+from callbacks.checkpointing import TrainingInterrupted, reason_name
 from callbacks.operative_config import OperativeConfigSaver
 from experiments.common.memory import peak_memory_mb
 from experiments.engine import distribute
+from experiments.inputs import dataset as dataset_lib
 from experiments.run import config_audit, interrupts, modes
 from experiments.run import measurements as measurements_lib
 from experiments.run import plan as plan_lib
@@ -100,16 +100,16 @@ def run(settings, output, run_mode):
     path, resuming = _open_run_dir(output)
     multi_worker = distribute.is_multi_worker(plan.strategy)
     state = RunState(path, settings.checkpoints, resuming, synchronized=multi_worker)
+    state.use_data(dataset_lib.fingerprint(plan.data))  # refuses changed data on a resume
     try:
         with interrupts.catch_stop_signals(enabled=not multi_worker) as stop_requested:
             result = _train_in(path, plan, output.config_text, state, stop_requested)
     except TrainingInterrupted as stopped:
-        run_dir_lib.mark_interrupted(path, _signal_name(stopped.reason), stopped.update)
-        summary_writer.close_all()
+        _record_end(path, run_dir_lib.mark_interrupted, reason_name(stopped.reason),
+                    stopped.update)
         raise
     except BaseException as error:
-        run_dir_lib.mark_failed(path, error)
-        summary_writer.close_all()
+        _record_end(path, run_dir_lib.mark_failed, error)
         raise
     unused = config_audit.unused_bindings(gin.config_str(), gin.operative_config_str())
     if unused:
@@ -122,6 +122,18 @@ def run(settings, output, run_mode):
     run_dir_lib.write_json(path, "result.json", result)
     run_dir_lib.write_json(path, "status.json", {"status": "finished"})
     return result
+
+
+def _record_end(path, mark, *details):
+    """Marks how the run ended (``mark``: failed or interrupted) and closes its writers, as far
+    as the disk allows: when that fails too (a full disk), the run's own error is what the user
+    sees, with a warning that the status could not be written."""
+    for step in (lambda: mark(path, *details), summary_writer.close_all):
+        try:
+            step()
+        except Exception as error:  # pylint: disable=broad-except
+            logging.warning("Could not record the end of the run in %s (%s: %s).", path,
+                            type(error).__name__, error)
 
 
 def _open_run_dir(output):
@@ -160,13 +172,6 @@ def _run_as_worker(plan, output):
         shutil.rmtree(scratch, ignore_errors=True)
 
 
-def _signal_name(reason):
-    try:
-        return signal.Signals(reason).name
-    except (TypeError, ValueError):
-        return str(reason)
-
-
 def make_callbacks(plan, path, log_dir, state_callbacks, checkpoint_callbacks=(),
                    mode_callbacks=()):
     """(every callback of the run in order, the measurement callbacks among them).
@@ -199,7 +204,7 @@ def _train_in(path, plan, config_text, state, stop_requested):
     """Builds the model and callbacks inside the run directory ``path``, trains (from the
     checkpoint of a resumed run), evaluates."""
     log_dir = os.path.join(path, "tensorboard")
-    if state.resumed:
+    if state.reused:  # (also a restart from update 0 when no checkpoint could be read)
         summary_writer.continue_from(log_dir)  # the replayed updates are not logged twice
     else:
         with summary_writer.writer_for(log_dir).as_default():
@@ -209,6 +214,7 @@ def _train_in(path, plan, config_text, state, stop_requested):
     own = plan.mode.callbacks(plan, log_dir)
     callbacks, measured = make_callbacks(plan, path, log_dir, state_callbacks,
                                          state.callbacks(model, stop_requested), own)
+    state.measurement_results = lambda: measurements_lib.per_measurement(measured)
     settings, pipelines, start = plan.settings, plan.pipelines, state.position
     state.training_started()
     history = distribute.fit(model, pipelines, settings.epochs, callbacks, plan.strategy,
@@ -223,13 +229,14 @@ def _train_in(path, plan, config_text, state, stop_requested):
         with stateful.isolated_state(model):  # no-op without stateful layers
             final = distribute.evaluate(model, pipelines, plan.strategy)
     summary_writer.close_all()
-    result = _result(plan, model, history, final, state.training_seconds(), measured)
+    result = _result(plan, model, history, final, state.training_seconds(), measured,
+                     state.restored_measurement_results())
     result.update(state.summary())
     result.update(plan.mode.summarize(own, path))
     return result
 
 
-def _result(plan, model, history, final, train_time, measured):
+def _result(plan, model, history, final, train_time, measured, restored=None):
     """The result dict of a trained run (before run-level fields are added)."""
     layout, epochs = plan.layout, plan.settings.epochs
     updates = int(model.optimizer.iterations.numpy())
@@ -251,7 +258,7 @@ def _result(plan, model, history, final, train_time, measured):
         "final_validation": {k: float(v) for k, v in final.items()},
         "num_train_examples": num_train,
         "num_validation_examples": plan.data.num_validation,
-        "measurements": measurements_lib.results(measured),
+        "measurements": measurements_lib.results(measured, restored),
     }
 
 

@@ -16,6 +16,7 @@ from callbacks import summary_writer
 from callbacks.checkpointing import PeriodicCheckpoint
 from callbacks.heartbeat import Heartbeat
 from experiments.run import run_dir as run_dir_lib
+from experiments.inputs.dataset import fingerprint_changes
 from experiments.run.checkpoints import CheckpointStore, Position, Resume, training_variables
 
 
@@ -38,11 +39,18 @@ class RunState:
                  synchronized=False):
         self.run_dir = run_dir
         self.settings = settings
+        # The run directory was used before (a relaunch): what it logged stays, and is not
+        # logged twice, whether or not a readable checkpoint is found.
+        self.reused = bool(resuming)
         self.writes = writes
         self.synchronized = synchronized
         self.store = CheckpointStore(checkpoint_dir or os.path.join(run_dir, "checkpoints"),
                                      keep=settings.keep)
         self.model = None
+        # The run's measurements' results at a save (``measurements.results``): a run resumed
+        # after the last update that logs nothing more still reports them.
+        self.measurement_results = list
+        self.data_fingerprint = None  # ``inputs.dataset.fingerprint``, saved with each checkpoint
         self._fit_started = self._fit_ended = None
         self._status = run_dir_lib.running_status()
         self.position, self.bookkeeping, self._checkpoint = Position(0, 0, 0), {}, None
@@ -95,7 +103,9 @@ class RunState:
         # replayed ones twice).
         summary_writer.flush()
         bookkeeping = {"train_time_s": self.training_seconds(),
-                       "resumed_at": self.bookkeeping.get("resumed_at", [])}
+                       "resumed_at": self._resumed_at(),
+                       "measurement_results": self.measurement_results(),
+                       "data": self.data_fingerprint}
         self.store.save(names, values, Position(epoch, step, update), bookkeeping)
         self.beat()
 
@@ -113,9 +123,33 @@ class RunState:
         return [PeriodicCheckpoint(self.save, self.settings.every_n_updates, minutes, stop),
                 Heartbeat(self.beat, self.settings.heartbeat_seconds)]
 
+    def use_data(self, fingerprint):
+        """Records the fingerprint of the run's data (``inputs.dataset.fingerprint``); a resumed
+        run whose checkpoint was saved on other data is refused, saying what changed (before
+        anything is trained or written: the run stays resumable on its own data)."""
+        saved = self.bookkeeping.get("data") if self.resumed else None
+        if saved and saved != fingerprint:
+            changes = "; ".join(fingerprint_changes(saved, fingerprint))
+            raise ValueError(
+                f"The run {self.run_dir} was trained on other data than it would resume on "
+                f"({changes}). Restore the data it started with, or train a new run (another "
+                "--run_name).")
+        self.data_fingerprint = fingerprint
+
+    def restored_measurement_results(self):
+        """The measurements' results saved with the checkpoint this run resumed from (per
+        measurement, in order), or None."""
+        return self.bookkeeping.get("measurement_results") if self.resumed else None
+
     def summary(self):
         """What ``result.json`` records about checkpoints and resumes."""
+        return {"resumed_at_updates": self._resumed_at(),
+                "train_time_s": self.training_seconds()}
+
+    def _resumed_at(self):
+        """Every update this run resumed at, the resume of this process included (a checkpoint
+        saved after a second resume keeps the first)."""
         resumed_at = list(self.bookkeeping.get("resumed_at", []))
         if self.resumed:
             resumed_at.append(self.position.update)
-        return {"resumed_at_updates": resumed_at, "train_time_s": self.training_seconds()}
+        return resumed_at
