@@ -87,6 +87,18 @@ def _message(error):
     return own_message(error)
 
 
+class _Stopped(KeyboardInterrupt):
+    """A stop signal reached the launch outside a run (which saves and stops by itself)."""
+
+    def __init__(self, signum):
+        super().__init__(f"signal {signum}")
+        self.signum = int(signum)
+
+
+def _stop(signum, frame):
+    raise _Stopped(signum)
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
@@ -94,6 +106,8 @@ def main(argv):
     if (FLAGS.worker or FLAGS.run_dir) and LAUNCHER_PID in os.environ:
         from experiments.launch import lifeline  # imports no TensorFlow
         lifeline.die_with_parent(int(os.environ[LAUNCHER_PID]))  # ends with its launcher
+    elif not FLAGS.worker:  # a launch: SIGTERM ends it as Ctrl-C does (exit 143, runs saved)
+        signal.signal(signal.SIGTERM, _stop)
     if _launches_workers():
         from experiments.launch import spares  # imports no TensorFlow
         spares.start(FLAGS.jobs, FLAGS.gin_file, FLAGS.gin_bindings)

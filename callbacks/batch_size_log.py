@@ -9,6 +9,7 @@ import bisect
 import keras
 
 from callbacks import summary_writer
+from experiments.engine.schedule import epoch_first_update
 
 
 class BatchSizeLog(keras.callbacks.Callback):
@@ -35,7 +36,9 @@ class BatchSizeLog(keras.callbacks.Callback):
         return self.stages[max(bisect.bisect_right(self._starts, update) - 1, 0)]
 
     def on_epoch_begin(self, epoch, logs=None):
-        first = int(self.model.optimizer.iterations.numpy())
+        # The epoch's first update (from the loop, also in an epoch resumed mid-way): a resumed
+        # run logs the same points as an uninterrupted one.
+        first = epoch_first_update(self.params, self.model)
         steps = (self.params or {}).get("steps") or 1
         points = [first] + [start for start in self._starts if first < start < first + steps]
         for update in points:

@@ -35,14 +35,7 @@ import keras
 import tensorflow as tf
 
 from callbacks import summary_writer
-
-
-def _positive_finite(name, value):
-    if (isinstance(value, bool) or not isinstance(value, numbers.Real)
-            or not math.isfinite(value) or value <= 0):
-        raise ValueError(f"LearningRateRangeTest: {name}={value!r} must be a positive finite "
-                         "number.")
-    return float(value)
+from experiments.common import checks
 
 
 class LearningRateRangeTest(keras.callbacks.Callback):
@@ -57,21 +50,21 @@ class LearningRateRangeTest(keras.callbacks.Callback):
     def __init__(self, min_learning_rate, max_learning_rate, num_updates, log_dir=None,
                  divergence_factor=4.0, smoothing=0.98):
         super().__init__()
-        self.min_learning_rate = _positive_finite("min_learning_rate", min_learning_rate)
-        self.max_learning_rate = _positive_finite("max_learning_rate", max_learning_rate)
+        self.min_learning_rate = checks.positive_number(
+            min_learning_rate, "LearningRateRangeTest min_learning_rate")
+        self.max_learning_rate = checks.positive_number(
+            max_learning_rate, "LearningRateRangeTest max_learning_rate")
         if self.min_learning_rate >= self.max_learning_rate:
             raise ValueError(f"LearningRateRangeTest: min_learning_rate={min_learning_rate!r} "
                              f"must be below max_learning_rate={max_learning_rate!r}.")
-        if (isinstance(num_updates, bool) or not isinstance(num_updates, numbers.Integral)
-                or num_updates < 3):
-            raise ValueError(f"LearningRateRangeTest: num_updates={num_updates!r} must be an "
-                             "integer >= 3.")
+        if checks.positive_int(num_updates, "LearningRateRangeTest num_updates") < 3:
+            raise ValueError(f"LearningRateRangeTest num_updates must be at least 3 (a ramp), "
+                             f"got {num_updates!r}.")
         factor_ok = isinstance(divergence_factor, numbers.Real) and divergence_factor > 1
         if not factor_ok or not math.isfinite(divergence_factor):
             raise ValueError(f"LearningRateRangeTest: divergence_factor={divergence_factor!r} "
                              "must be a finite number above 1.")
-        if not isinstance(smoothing, numbers.Real) or not 0 <= smoothing < 1:
-            raise ValueError(f"LearningRateRangeTest: smoothing={smoothing!r} must be in [0, 1).")
+        checks.fraction(smoothing, "LearningRateRangeTest smoothing")
         self.num_updates = int(num_updates)
         self.log_dir = log_dir
         self.divergence_factor = float(divergence_factor)

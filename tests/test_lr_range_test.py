@@ -133,12 +133,12 @@ def test_fit_shorter_than_the_ramp_is_reported():
 @pytest.mark.parametrize("args, message", [
     ((1e-1, 1e-3, 10), "min_learning_rate=0.1 must be below max_learning_rate=0.001"),
     ((1e-2, 1e-2, 10), "must be below max_learning_rate"),
-    ((0.0, 1.0, 10), "min_learning_rate=0.0 must be a positive finite number"),
-    ((-1e-3, 1.0, 10), "min_learning_rate=-0.001 must be a positive"),
-    ((1e-3, float("inf"), 10), "max_learning_rate=inf must be a positive finite"),
-    ((1e-3, float("nan"), 10), "max_learning_rate=nan"),
-    ((1e-3, 1.0, 2), "num_updates=2 must be an integer >= 3"),
-    ((1e-3, 1.0, 10.5), "num_updates=10.5 must be an integer"),
+    ((0.0, 1.0, 10), "min_learning_rate must be a positive number, got 0.0"),
+    ((-1e-3, 1.0, 10), "min_learning_rate must be a positive number, got -0.001"),
+    ((1e-3, float("inf"), 10), "max_learning_rate must be a positive number, got inf"),
+    ((1e-3, float("nan"), 10), "max_learning_rate must be a positive number, got nan"),
+    ((1e-3, 1.0, 2), "num_updates must be at least 3 .a ramp., got 2"),
+    ((1e-3, 1.0, 10.5), "num_updates must be a positive integer, got 10.5"),
 ])
 def test_bad_arguments_are_refused(args, message):
     with pytest.raises(ValueError, match=message.replace("+", r"\+")):

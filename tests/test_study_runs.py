@@ -242,7 +242,7 @@ def test_sigterm_stops_the_workers_and_a_relaunch_finishes_the_study(tmp_path):
     import time
 
     gin_file = write_study(str(tmp_path), TINY.replace("[0.1, 1e12]", "[0.1]").replace(
-        "study.epochs = [1]", "study.epochs = [30]"))
+        "study.epochs = [1]", "study.epochs = [400]"))
     command = [sys.executable, "main.py", f"--gin_file={gin_file}",
                f"--output_dir={tmp_path / 'o'}", "--jobs=2", "--run_name=k"]
     study_dir = tmp_path / "o" / "tiny" / "k"
@@ -257,7 +257,7 @@ def test_sigterm_stops_the_workers_and_a_relaunch_finishes_the_study(tmp_path):
     output = process.communicate(timeout=120)[0]
     assert process.returncode == 143 and "relaunch with the same --run_name" in output
     assert "In call to configurable" not in output
-    processes = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    processes = subprocess.run(["ps", "-ww", "-eo", "args"], capture_output=True, text=True).stdout
     assert not [line for line in processes.splitlines() if "--worker" in line and gin_file in line]
     assert study_dir_lib.run_status(str(study_dir / "b64_lr0.1_s0"))[0] == "interrupted"
     again = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
@@ -276,7 +276,7 @@ def test_a_sigkilled_launcher_leaves_no_worker_training(tmp_path):
     import time
 
     gin_file = write_study(str(tmp_path), TINY.replace("[0.1, 1e12]", "[0.1]").replace(
-        "study.epochs = [1]", "study.epochs = [30]"))
+        "study.epochs = [1]", "study.epochs = [5000]"))
     command = [sys.executable, "main.py", f"--gin_file={gin_file}",
                f"--output_dir={tmp_path / 'o'}", "--jobs=2", "--run_name=k"]
     process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL,
@@ -288,7 +288,7 @@ def test_a_sigkilled_launcher_leaves_no_worker_training(tmp_path):
     assert len(list(study_dir.glob("*/tensorboard/train"))) == 2, "both runs never started"
 
     def workers():
-        lines = subprocess.run(["ps", "-eo", "stat=,args="], capture_output=True,
+        lines = subprocess.run(["ps", "-ww", "-eo", "stat=,args="], capture_output=True,
                                text=True).stdout.splitlines()
         return [line for line in lines if "--worker" in line and gin_file in line
                 and not line.lstrip().startswith("Z")]

@@ -20,17 +20,14 @@ values are exact over the whole (global) virtual batch, also when replicas hold 
 Fixed costs (small runs are many short epochs; BUILD.md, "Fast small runs" has the breakdown):
 
 - ``steps_per_execution`` updates run in one ``tf.function`` call that reads its batches from the
-  iterator in the graph (no host copy of a batch, one call instead of n). Callbacks then see one
-  ``on_train_batch_begin(first step)`` / ``on_train_batch_end(last step)`` per call, as under
-  Keras' fit. So that every measurement and checkpoint still sees the update it logs, a call ends
-  at every multiple of each callback's ``every_n_updates`` (and at the epoch's end), and the
-  update that a callback acting before updates (``on_train_batch_begin``) logs runs alone, after
-  its hook. A callback that acts before updates and declares no cadence (the LR range test) gets
-  one update per call. Measurements (``measurement.Measurement``, among the callbacks or passed
-  apart) are read inside the call, so their cadence ends no call. Where calls end and which
-  update each measurement reads is decided in one place, ``schedule.UpdateSchedule``. The
-  results are those of one update per call (``tests/test_speed_loop.py``,
-  ``tests/test_measurement_shape.py``).
+  iterator in the graph; callbacks see one ``on_train_batch_begin(first step)`` /
+  ``on_train_batch_end(last step)`` per call, as under Keras' fit. A call ends on each multiple of
+  a callback's ``every_n_updates`` and at the epoch's end; an update that a callback acting in
+  ``on_train_batch_begin`` logs runs alone, after its hook (one update per call for such a
+  callback without a cadence, the LR range test). Measurements (``measurement.Measurement``, among
+  the callbacks or passed apart) are read inside the call and end none. Where calls end and which
+  update each measurement reads is decided in ``schedule.UpdateSchedule``; the results are those
+  of one update per call (``tests/test_speed_loop.py``, ``tests/test_measurement_shape.py``).
 - Validation runs as one graph call over the whole validation set (a small finite one is kept as
   tensors) on one replica without stateful layers; elsewhere batch by batch via ``strategy.run``.
 - Each function is traced once; the train chunk is called as a concrete function. The graph

@@ -10,12 +10,11 @@
   batch).
 
 Each is traced without AutoGraph (``autograph=False``: the loops are written as
-``tf.while_loop`` and ``tf.cond``), which makes tracing several times faster: AutoGraph converts
-every Python function the train step calls, the first time in each process, and a small run pays
-that on every run of a study (BUILD.md, "Fixed cost per run"). Each is returned as a concrete
-function: a ``tf.function`` call first matches its arguments
-against its traces, which for an iterator costs as much as a small update (BUILD.md, "Fast small
-runs").
+``tf.while_loop`` and ``tf.cond``): AutoGraph converts every Python function a traced function
+calls (the train step's Keras and batchlab code), which was most of a small run's fixed cost
+(BUILD.md, "The measurement architecture, before and after"). Each is returned as a concrete
+function: a ``tf.function`` call first matches its arguments against its traces, which for an
+iterator costs as much as a small update (BUILD.md, "Fast small runs").
 """
 
 import tensorflow as tf

@@ -180,7 +180,8 @@ class _Pool:
                 worker.run_job(message["gin_files"], message["bindings"], message["run_dir"],
                                message["log"])
             except TrainingInterrupted as stopped:  # stop the workers too (run's finally)
-                raise KeyboardInterrupt(str(stopped)) from stopped
+                signum = stopped.reason if isinstance(stopped.reason, int) else signal.SIGTERM
+                raise worker_processes.LaunchStopped(signum) from stopped
             self._finish(position, outcomes.collect(job, 0, time.time() - started))
         with self.lock:
             self.running -= 1

@@ -1,0 +1,137 @@
+"""Exact resume at every boundary: each kind of run killed right after a checkpoint at every
+epoch boundary, every stage boundary of a batch-size schedule, the first update and the first
+update of an epoch; relaunched; every final metric, every measurement and every TensorBoard point
+(tag, step, value) equal to the uninterrupted run's, bit for bit.
+
+The kill is simulated in the process (the training state's ``save`` raises an exception no code
+catches once it has written the checkpoint of the chosen update): what survives it is only what
+a real kill leaves on disk, the relaunch re-parses the gin files and builds a fresh model in a
+fresh Keras session. ``tests/test_resume.py`` kills real ``main.py`` processes with SIGKILL.
+"""
+
+import glob
+import os
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from experiments import launch
+from experiments.run import runner, training_state
+
+pytestmark = pytest.mark.slow
+
+COMMON = ["train.verbose = 0", "train.deterministic_ops = True",
+          "checkpoints.every_n_updates = 1", "checkpoints.every_n_minutes = None"]
+KINDS = {
+    # digits MLP, B = 256: 6 updates per epoch, 3 epochs.
+    "digits_mlp": (["gin/experiments/digits_mlp.gin"],
+                   ["train.batch_size = 256", "train.epochs = 3"]),
+    # every measurement on (k = 4, noise scale, gap, distance, sharpness at the end).
+    "measure_digits": (["gin/experiments/measure_digits.gin"],
+                       ["train.batch_size = 256", "train.micro_batch_size = 64",
+                        "train.epochs = 3", "measurements.every_n_updates = 2",
+                        "measurements.sharpness.max_iterations = 2"]),
+    # B = 256, then 512 from epoch 1, then 768 from update 12 (mid-epoch 2): k = 1, 2, 3.
+    "batch_size_schedule": (["gin/experiments/digits_mlp.gin"],
+                            ["train.batch_size = 256", "train.micro_batch_size = 256",
+                             "train.epochs = 4",
+                             "train.batch_size_schedule = @batch_size_schedule()",
+                             "batch_size_schedule.boundaries = [6, 12]",
+                             "batch_size_schedule.unit = 'updates'",
+                             "batch_size_schedule.batch_sizes = [512, 768]"]),
+    # stateful character LM over 8 streams, 2 windows per update.
+    "char_lm": (["gin/experiments/char_lm.gin"],
+                ["train.epochs = 2", "stream_text.max_characters = 6000", "NUM_STREAMS = 8",
+                 "stream_layout.window_length = 25", "stream_layout.num_micro_batches = 2",
+                 "stateful_stacked_lstm.units = (16,)"]),
+}
+
+
+class _Killed(BaseException):
+    """A process death, as far as the run can tell: nothing catches it."""
+
+
+class _EpochEnds(keras.callbacks.Callback):
+    """The update count at each epoch's end."""
+
+    def __init__(self):
+        super().__init__()
+        self.updates = []
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.updates.append(int(self.model.optimizer.iterations.numpy()))
+
+
+def _train(output, name, kind, kill_at=None, monkeypatch=None, extra_callbacks=()):
+    files, bindings = KINDS[kind]
+    launch.parse(files, bindings + COMMON)
+    if kill_at is not None:
+        save = training_state.RunState.save
+
+        def save_then_die(self, epoch, step, update):
+            save(self, epoch, step, update)
+            if update == kill_at:
+                raise _Killed(update)
+
+        monkeypatch.setattr(training_state.RunState, "save", save_then_die)
+    try:
+        return runner.train(output_dir=output, experiment=kind, run_name=name, resumable=True,
+                            extra_callbacks=extra_callbacks)
+    finally:
+        monkeypatch.undo() if monkeypatch is not None else None
+
+
+def _logged(result):
+    """Every final metric and measurement of result.json (not times, rates or memory), and
+    every TensorBoard scalar point (split, tag, step, value)."""
+    values = {"updates": result["updates"]}
+    for section in ("final_epoch", "final_validation", "measurements"):
+        for key, value in result[section].items():
+            if not any(word in key for word in ("time", "seconds", "per_sec", "memory",
+                                                 "throughput")):
+                values[f"{section}.{key}"] = value
+    points = []
+    for path in glob.glob(os.path.join(result["run_dir"], "tensorboard", "*",
+                                       "events.out.tfevents.*")):
+        split = os.path.basename(os.path.dirname(path))
+        for event in tf.compat.v1.train.summary_iterator(path):
+            for value in event.summary.value:
+                if value.HasField("tensor") and not any(
+                        word in value.tag for word in ("throughput", "seconds", "per_second")):
+                    array = tf.make_ndarray(value.tensor)
+                    if array.dtype.kind == "f" and array.size == 1:
+                        points.append((split, value.tag, event.step, float(np.ravel(array)[0])))
+    return values, sorted(points)
+
+
+def _boundaries(result, epoch_ends):
+    """The kill points: the first update, each epoch's last update and the next one, each
+    stage's first update and the one before it."""
+    updates = result["updates"]
+    points = {1, updates}
+    for end in epoch_ends:
+        points.update({end, min(end + 1, updates)})
+    for stage in result.get("batch_size_stages", [])[1:]:
+        points.update({stage["update"], stage["update"] + 1})
+    return sorted(p for p in points if 1 <= p <= updates)
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_a_kill_at_every_boundary_resumes_bit_for_bit(tmp_path, monkeypatch, kind):
+    output = str(tmp_path)
+    epochs = _EpochEnds()
+    reference = _train(output, "reference", kind, extra_callbacks=[epochs])
+    expected = _logged(reference)
+    kills = _boundaries(reference, epochs.updates)
+    assert len(kills) >= 4
+    for kill_at in kills:
+        name = f"killed-at-{kill_at}"
+        with pytest.raises(_Killed):
+            _train(output, name, kind, kill_at, monkeypatch)
+        resumed = _train(output, name, kind)
+        assert resumed["resumed_at_updates"] == [kill_at], kill_at
+        values, points = _logged(resumed)
+        assert values == expected[0], f"{kind}, killed at update {kill_at}"
+        assert points == expected[1], f"{kind}, killed at update {kill_at}: TensorBoard points"
