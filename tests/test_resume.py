@@ -22,6 +22,7 @@ import pytest
 from experiments import launch
 from experiments.run import checkpoints, run_dir, runner
 from experiments.run.checkpoints import CheckpointStore, Position
+from tests.helpers import saved_at_least
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ARRAYS = ["--gin_file=gin/experiments/measure_digits.gin", "--gin_bindings=train.epochs = 3",
@@ -48,15 +49,16 @@ def _run(output, name, experiment, extra=()):
 
 
 def _start_and_stop(output, name, experiment, at_checkpoint, sig=signal.SIGKILL, extra=()):
-    """Starts a run and sends ``sig`` once checkpoint ``at_checkpoint`` (an update) is written."""
+    """Starts a run and sends ``sig`` once a checkpoint of update ``at_checkpoint`` or later is
+    written (the run resumes from there or, killed during a later write, a later one)."""
     process = subprocess.Popen(_command(output, name, experiment, extra), cwd=REPO,
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    pattern = os.path.join(output, "*", name, "checkpoints", f"state-{at_checkpoint:09d}.npz")
+    checkpoints = os.path.join(output, "*", name, "checkpoints")
     deadline = time.time() + 240
-    while not glob.glob(pattern):
+    while not any(saved_at_least(c, at_checkpoint) for c in glob.glob(checkpoints)):
         assert process.poll() is None, process.stderr.read()[-3000:]
         assert time.time() < deadline, "the run never wrote the checkpoint"
-        time.sleep(0.02)
+        time.sleep(0.01)
     process.send_signal(sig)
     _, errors = process.communicate(timeout=120)
     return process.returncode, errors
@@ -121,7 +123,8 @@ def test_a_kill_right_after_an_epochs_last_update_resumes_exactly(tmp_path, refe
     assert code == -signal.SIGKILL
     _run(output, "run", experiment, extra)
     result = _result(output, "run")
-    assert result["resumed_at_updates"] == [per_epoch * epoch]
+    (resumed,) = result["resumed_at_updates"]  # checkpoints only at epoch ends
+    assert resumed >= per_epoch * epoch and resumed % per_epoch == 0
     assert _metrics(result) == reference[kind]
 
 
@@ -321,9 +324,9 @@ def test_a_sweep_resumes_by_name(tmp_path):
                "--run_name=s"]
     process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL,
                                stderr=subprocess.PIPE, text=True)
-    pattern = os.path.join(output, "digits_mlp", "s", "b", "checkpoints", "state-000000010.npz")
+    checkpoints = os.path.join(output, "digits_mlp", "s", "b", "checkpoints")
     deadline = time.time() + 240
-    while not glob.glob(pattern):
+    while not saved_at_least(checkpoints, 10):
         assert process.poll() is None, process.stderr.read()[-3000:]
         assert time.time() < deadline, "variant b never wrote its checkpoint"
         time.sleep(0.02)

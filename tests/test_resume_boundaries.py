@@ -5,8 +5,8 @@ update of an epoch; relaunched; every final metric, every measurement and every 
 
 The kill is simulated in the process (the training state's ``save`` raises an exception no code
 catches once it has written the checkpoint of the chosen update): what survives it is only what
-a real kill leaves on disk, the relaunch re-parses the gin files and builds a fresh model in a
-fresh Keras session. ``tests/test_resume.py`` kills real ``main.py`` processes with SIGKILL.
+a real kill leaves on disk, the relaunch re-parses the gin files and builds a fresh model (layer
+names reset). ``tests/test_resume.py`` kills real ``main.py`` processes with SIGKILL.
 """
 
 import glob

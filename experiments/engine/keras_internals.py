@@ -44,6 +44,10 @@ Touches, and why no public API does the job:
   ``TensorBoard`` writes its per-epoch and evaluation scalars through eager ``tf.summary`` calls
   with no public hook to write them otherwise; the class redirects exactly those scalars and
   keeps the rest of Keras' callback.
+- ``keras.src.utils.naming.reset_uids`` (``reset_layer_names``): starts automatic layer names
+  afresh for each run, so a checkpoint's variable names do not depend on the runs built before it
+  in the process; the public ``keras.backend.clear_session`` also clears TensorFlow's kernel
+  cache, which makes earlier runs' data iterators wait minutes when they are destroyed.
 - ``gin.config._REGISTRY`` (``gin_selectors``, gin-config 0.5.0): every registered configurable's
   selector, to suggest the nearest name for a misspelt one; gin lists them nowhere publicly.
 """
@@ -111,6 +115,15 @@ def tensorboard_profiles(callback):
     """Whether a ``keras.callbacks.TensorBoard`` profiles some batches (``profile_batch``); True
     when the callback does not say, so that callers keep its per-batch hooks."""
     return bool(getattr(callback, "_should_trace", True))
+
+
+def reset_layer_names():
+    """Starts Keras' automatic layer names afresh (``dense``, not ``dense_3`` for the second
+    model a process builds): ``keras.src.utils.naming.reset_uids``, the counter reset that
+    ``keras.backend.clear_session`` does besides clearing TensorFlow's caches."""
+    from keras.src.utils import naming  # noqa: PLC0415
+
+    naming.reset_uids()
 
 
 def gin_selectors():

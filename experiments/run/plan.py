@@ -16,7 +16,7 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-from experiments.engine import distribute
+from experiments.engine import distribute, keras_internals
 from experiments.engine.virtual_batch_model import as_virtual_batch_model
 from experiments.inputs import layout as layout_lib
 from experiments.inputs import pipelines as pipelines_lib
@@ -44,10 +44,12 @@ class Plan:
 def build(settings, run_mode):
     """Resolves ``settings`` into a ``Plan`` for ``run_mode`` (a ``modes.RunMode``); raises before
     anything is written."""
-    # A fresh Keras session: the layer names a model gets (and so the variable names its
-    # checkpoints hold) do not depend on the runs this process built before. A sweep's variant,
-    # resumed first in a relaunch, then finds its checkpoint's names.
-    keras.backend.clear_session(free_memory=False)
+    # Keras' automatic layer names start afresh: the names a model gets (and so the variable
+    # names its checkpoints hold) do not depend on the runs this process built before. A sweep's
+    # variant, resumed first in a relaunch, then finds its checkpoint's names. (Not
+    # ``keras.backend.clear_session``: clearing TensorFlow's kernel cache while an earlier run's
+    # data iterators still exist makes destroying them wait, for minutes at the process's exit.)
+    keras_internals.reset_layer_names()
     strategy = distribute.resolve(settings.strategy)
     seeding.seed_everything(settings.seed, settings.deterministic_ops)
     set_dtype_policy(settings.model.dtype_policy)
