@@ -1,10 +1,11 @@
-"""batchlab entry point.
+"""batchlab: train a Keras model, a sweep or a batch-size study from gin files.
 
-    python main.py [--gin_file=F]... [--gin_bindings=B]... [--output_dir=D]
-                   [--jobs=N] [--shard=i/n] [--run_name=NAME]
-    python main.py --report=STUDY_DIR
+    batchlab [--gin_file=F]... [--gin_bindings=B]... [--output_dir=D]
+             [--jobs=N] [--shard=i/n] [--run_name=NAME]
+    batchlab --resume=RUN_DIR | --report=STUDY_DIR | --list=DIR
 
-Files and bindings compose in order; with no flags it runs gin/quickstart.gin. A gin file with
+(``python main.py`` in the repository takes the same flags.) Files and bindings compose in
+order, command-line bindings last; with no flags it runs gin/quickstart.gin. A gin file with
 ``sweep.variants`` runs a sweep, one with ``study.*`` a batch-size study (docs/studies.md).
 """
 
@@ -14,7 +15,7 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from absl import app, flags  # noqa: E402
+from absl import app, flags, logging  # noqa: E402
 
 flags.DEFINE_multi_string("gin_file", [], "Gin files, parsed in order.")
 flags.DEFINE_multi_string("gin_bindings", [], "Gin bindings, parsed after the files.")
@@ -27,21 +28,37 @@ flags.DEFINE_string("run_name", None, "Name of the sweep or study directory (def
 flags.DEFINE_string("resume", None, "Resume this run directory from its own config.gin and "
                     "newest checkpoint (no gin file or binding needed).")
 flags.DEFINE_string("report", None, "Rebuild the report of this study directory (no training).")
+flags.DEFINE_string("list", None, "List the runs, sweeps and studies under this directory: "
+                    "status, key metrics and where they are (no training).")
+# What --jobs starts its processes with, not for users: declared under their own module name, so
+# that --help lists the user flags only (--helpfull lists these too).
+INTERNAL = "batchlab.internal"
 flags.DEFINE_string("run_dir", None, "Internal: train exactly one run into this new directory "
-                    "(what --jobs child processes run).")
+                    "(what --jobs child processes run).", module_name=INTERNAL)
 flags.DEFINE_bool("worker", False, "Internal: train the runs sent as JSON lines on stdin (what "
-                  "--jobs starts).")
-flags.DEFINE_integer("intra_op_threads", 0, "Internal: TensorFlow CPU threads (0: default).")
+                  "--jobs starts).", module_name=INTERNAL)
+flags.DEFINE_integer("intra_op_threads", 0, "Internal: TensorFlow CPU threads (0: default).",
+                     module_name=INTERNAL)
 FLAGS = flags.FLAGS
 LAUNCHER_PID = "BATCHLAB_LAUNCHER_PID"  # set by a launcher for the workers it starts
 
 
 def _launches_workers():
-    """True when this process launches a sweep or study with --jobs=N > 1: it then starts its
-    N - 1 workers before importing TensorFlow and trains runs itself on the N-th slot, with its
-    share of the CPU threads."""
-    internal = FLAGS.worker or FLAGS.run_dir or FLAGS.report or FLAGS.resume
+    """True when this process launches a sweep or study with --jobs=N > 1: once the
+    configuration parsed it starts its N - 1 workers (a bad flag or binding starts none) and
+    trains runs itself on the N-th slot, with its share of the CPU threads."""
+    internal = FLAGS.worker or FLAGS.run_dir or FLAGS.report or FLAGS.resume or FLAGS.list
     return FLAGS.jobs > 1 and not internal
+
+
+def _announce():
+    """The launch's first line, printed before TensorFlow loads (which takes seconds)."""
+    internal = FLAGS.worker or FLAGS.run_dir or FLAGS.report or FLAGS.list
+    if internal:
+        return
+    what = f"--resume={FLAGS.resume}" if FLAGS.resume else \
+        " ".join(FLAGS.gin_file) or "gin/quickstart.gin"
+    print(f"batchlab: {what}: loading TensorFlow, then checking the configuration.", flush=True)
 
 
 def _limit_threads(threads):
@@ -108,9 +125,19 @@ def main(argv):
         lifeline.die_with_parent(int(os.environ[LAUNCHER_PID]))  # ends with its launcher
     elif not FLAGS.worker:  # a launch: SIGTERM ends it as Ctrl-C does (exit 143, runs saved)
         signal.signal(signal.SIGTERM, _stop)
+    if FLAGS.list:
+        from experiments.launch import listing  # imports no TensorFlow
+        try:
+            print(listing.format_listing(FLAGS.list))
+        except (FileNotFoundError, NotADirectoryError) as error:
+            sys.exit(f"batchlab: error: {error}")
+        return
+    if FLAGS.jobs < 1:
+        sys.exit(f"batchlab: configuration error: --jobs must be a positive integer, got "
+                 f"{FLAGS.jobs}.")
+    _announce()
     if _launches_workers():
         from experiments.launch import spares  # imports no TensorFlow
-        spares.start(FLAGS.jobs, FLAGS.gin_file, FLAGS.gin_bindings)
         threads = threads or spares.threads_per_job(FLAGS.jobs)
         for name, value in spares.thread_env(threads).items():  # as the workers have it
             os.environ[name] = value
@@ -131,12 +158,36 @@ def main(argv):
         print("batchlab: stopped; relaunch with the same --run_name to run what is left.",
               file=sys.stderr)
         sys.exit(128 + getattr(stopped, "signum", signal.SIGINT))  # 143 for SIGTERM, as a run
-    except (ValueError, FileNotFoundError, KeyError) as error:
-        sys.exit(f"batchlab: error: {_message(error)}")
+    except Exception as error:  # noqa: BLE001  (a user's error as a message; a bug as it is)
+        from experiments.common.errors import user_message  # noqa: PLC0415
+        message = user_message(error)
+        if message is None or os.environ.get("BATCHLAB_TRACEBACK"):
+            raise
+        sys.exit(f"batchlab: error: {message}")
     finally:
         spares.release()  # workers started for --jobs that no sweep or study took
         executor.wait_for_workers()  # the workers' exit, overlapped with the report
 
 
+def _main_then_leave(argv):
+    """``main``, then the process ends at once with its status. Once a launch is done everything
+    it wrote is flushed and closed, but the interpreter's clean-up destroys the data iterators of
+    its runs, and TensorFlow's tf.data thread pools can wait minutes there (seen after a study's
+    report was written): skipping that clean-up changes nothing a user keeps."""
+    try:
+        main(argv)
+        status = 0
+    except SystemExit as done:
+        status = done.code
+    if isinstance(status, str):  # sys.exit("message"): printed, status 1, as Python does
+        print(status, file=sys.stderr)
+        status = 1
+    status = 0 if status is None else int(status)
+    logging.flush()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
+
+
 if __name__ == "__main__":
-    app.run(main)
+    app.run(_main_then_leave)

@@ -144,7 +144,7 @@ def record_plain_fit(output_dir):
     measurements = [
         GradientNorm(log_dir, every_n_updates=3),
         WeightDistance(log_dir, every_n_updates=4),
-        GradientNoiseScale(log_dir, every_n_updates=5, decay=0.9),
+        GradientNoiseScale(log_dir, every_n_updates=5, horizon_examples=256),
         GeneralizationGap(fixed_subset(x, y, 64), (x_val, y_val), log_dir=log_dir,
                           batch_size=32),
         PeriodicEvaluation((x_val, y_val), every_n_updates=7, log_dir=log_dir, batch_size=64),

@@ -6,7 +6,8 @@ This callback evaluates a fixed training subset in inference mode, the same way 
 is evaluated, and logs for the loss and each metric, keyed by the epoch (0-based):
 
 - ``train_inference/<name>``: the fixed training subset, inference mode;
-- ``generalization_gap/<name>``: validation minus that.
+- ``generalization_gap/<name>``: validation minus that;
+- ``by_update/...``: both again, keyed by the update count at the epoch's end (per-update axis).
 
 The validation side is read from the epoch's ``val_*`` logs when ``fit`` has validation data
 (same weights, no second pass over the validation set), else evaluated from ``validation_data``.
@@ -14,6 +15,12 @@ The training subset may also be a finite, batched ``tf.data.Dataset`` (e.g. the 
 stream pipeline): it is cached on first use, so every epoch sees the same batches. Evaluations run
 on their own zero state for stateful RNNs and leave the training state untouched
 (``experiments.engine.states.isolated_state``).
+Each value is logged once. With a ``log_dir`` the callback writes the tags above itself; it also
+puts them in the epoch's logs (``generalization_gap_loss``, ... : for ``EarlyStopping``,
+``CSVLogger``, the progress line) only on a batchlab model (whose TensorBoard leaves these keys to
+it) or when ``add_to_logs=True``: with Keras' own ``TensorBoard`` in the same fit that would log them
+a second time as ``epoch_generalization_gap_*``. Without a ``log_dir`` they go to the logs only, and
+Keras' ``TensorBoard`` (if any) writes them as ``epoch_generalization_gap_*``.
 At ``on_train_end`` the final values are kept in ``self.final`` (and re-measured, and logged at
 the next epoch index, only if the weights changed since the last epoch end, e.g. an optimizer
 with ``use_ema=True`` swapping its averaged weights in). Works in any ``model.fit``.
@@ -22,6 +29,7 @@ with ``use_ema=True`` swapping its averaged weights in). Works in any ``model.fi
 import numpy as np
 import tensorflow as tf
 
+from callbacks import summary_writer
 from callbacks.base import MeasurementCallback
 from experiments.engine import evaluation
 from experiments.engine.states import isolated_state
@@ -34,10 +42,18 @@ class GeneralizationGap(MeasurementCallback):
       validation_data: (x, y) arrays, or None to rely on ``val_*`` from the epoch logs.
       log_dir: TensorBoard directory (scalars go to ``log_dir/train``); None for logs only.
       batch_size: evaluation batch size.
+      add_to_logs: put the values in the epoch's logs too (default: without a ``log_dir``, or
+        on a batchlab model; see the module docstring).
     """
 
-    def __init__(self, train_subset, validation_data=None, log_dir=None, batch_size=256):
+    # The keys this callback adds to the logs, which batchlab's TensorBoard does not write as
+    # ``epoch_*`` (they are logged here under their own tags).
+    LOG_PREFIXES = ("generalization_gap_", "train_inference_")
+
+    def __init__(self, train_subset, validation_data=None, log_dir=None, batch_size=256,
+                 add_to_logs=None):
         super().__init__(log_dir)
+        self.add_to_logs = add_to_logs
         if train_subset is None or (not isinstance(train_subset, tf.data.Dataset)
                                     and len(train_subset) < 2):
             raise ValueError("GeneralizationGap needs train_subset=(x, y) or a dataset.")
@@ -130,13 +146,22 @@ class GeneralizationGap(MeasurementCallback):
         logs = logs if logs is not None else {}
         values = self.measure(logs)
         self._record(epoch, values)
-        for name, value in values.items():
-            logs[name.replace("/", "_")] = value
+        if self._adds_to_logs():
+            for name, value in values.items():
+                logs[name.replace("/", "_")] = value
+
+    def _adds_to_logs(self):
+        if self.add_to_logs is not None:
+            return bool(self.add_to_logs)
+        return self.log_dir is None or getattr(self.model, "measurements", None) is not None
 
     def _record(self, epoch, values):
         self._last_epoch = epoch
         self.final = dict(values)
         self.publish(epoch, values)
+        updates = summary_writer.by_update(self.model, values)  # the same, on the update axis
+        if updates:
+            summary_writer.scalars(self.log_dir, updates[1], updates[0])
 
     def on_train_end(self, logs=None):
         if self._measured_at is None or not np.array_equal(self._measured_at,

@@ -19,18 +19,76 @@ so its cost is one weight copy and one pass over the weights every ``every_n_upd
 
 It is a ``Measurement`` (``experiments.engine.measurement``): the train step fills the norms and
 copies the weights (``before_update``) on the update the loop measures, and ``read`` runs inside
-the loop's train call. In Keras' own ``fit`` it is a callback like any other.
+the loop's train call. In Keras' own ``fit`` it is a callback like any other, on a batchlab model
+or on any other Keras model:
+
+- a batchlab model (``as_virtual_batch_model``): the norms of the gradient its step applied;
+- any other model, in a plain ``model.fit`` (single device, ``steps_per_execution=1``): for the
+  logged updates only, the callback's train step computes the gradient of the loss (data loss +
+  regularizers) on the batch just trained, at the weights that update starts from, before
+  Keras' own step applies its update: one extra forward and backward pass per logged update,
+  none on the others. With dropout or other random layers the extra pass draws its own noise,
+  so its norm is that of a gradient the update could have applied, not bit for bit the one it
+  did. The update ratio is measured as for a batchlab model.
 """
 
 import collections
 import re
 
+import keras
 import numpy as np
 import tensorflow as tf
 
 from callbacks.base import LoggedMeasurement
 from experiments.common import checks
 from experiments.engine.schedule import Cadence
+
+
+class PlainFitStep:
+    """Gradient norms of a plain Keras model in its own ``fit``: what a batchlab model's
+    ``StepMeasurements`` holds (``measured_update``, ``variable_gradient_norms``), filled by a
+    train step that wraps the model's own (``install``) on the update ``measured_update``."""
+
+    def __init__(self, model):
+        self.model = model
+        self.measured_update = tf.Variable(-1, dtype=tf.int64, trainable=False)
+        self.variable_gradient_norms = tf.Variable(
+            tf.zeros([len(model.trainable_variables)], tf.float64), trainable=False)
+        self._own_step = None
+
+    def _measure(self, data):
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        variables = self.model.trainable_variables
+        with tf.GradientTape() as tape:
+            y_pred = self.model(x, training=True)
+            loss = self.model.compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight,
+                                           training=True)
+        grads = tape.gradient(loss, variables)
+        norms = norms64(tf.zeros_like(v) if g is None else tf.convert_to_tensor(g)
+                        for g, v in zip(grads, variables))
+        self.variable_gradient_norms.assign(norms)
+        return tf.constant(True)
+
+    def install(self):
+        """Wraps ``model.train_step`` for this fit (and rebuilds Keras' train function)."""
+        model, own = self.model, self.model.train_step
+        self._own_step = own
+
+        def train_step(data):
+            update = tf.cast(model.optimizer.iterations, tf.int64) + 1
+            measured = tf.cond(tf.equal(update, self.measured_update),
+                               lambda: self._measure(data), lambda: tf.constant(False))
+            with tf.control_dependencies([measured]):
+                return own(data)
+
+        model.train_step = train_step
+        model.make_train_function(force=True)
+
+    def remove(self):
+        if self._own_step is not None:
+            del self.model.train_step  # the class's own again
+            self.model.train_function = None  # rebuilt by the next fit
+            self._own_step = None
 
 
 def step_measurements(model):
@@ -129,10 +187,17 @@ class GradientNorm(LoggedMeasurement):
         self.update_ratio = bool(update_ratio)
         self._built_for = None
         self._snapshot = None
+        self._plain = None  # PlainFitStep of a model that is not batchlab's
 
     def start(self, model):
-        measurements = step_measurements(model)
-        if not model.measures_gradient_norms:
+        if getattr(model, "measurements", None) is None:  # any Keras model, in its own fit
+            if self._plain is None or self._plain.model is not model:
+                self._plain = PlainFitStep(model)
+            measurements = self._plain
+        else:
+            self._plain = None
+            measurements = step_measurements(model)
+        if self._plain is None and not model.measures_gradient_norms:
             raise ValueError("GradientNorm reads the gradient norms the train step fills: build "
                              "the model with measure_gradient_norms=True.")
         self.set_model(model)
@@ -155,6 +220,28 @@ class GradientNorm(LoggedMeasurement):
         self.shape = (1 if self._snapshot is None else 3, len(variables))
         self.before_update = None if self._snapshot is None else self._keep_weights
         return True
+
+    # -- Keras' own fit: a plain model gets the train step of ``PlainFitStep`` for the fit ------
+
+    def on_train_begin(self, logs=None):
+        super().on_train_begin(logs)
+        if self._measured and self._plain is not None:
+            self._plain.install()
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if not self._measured or self._plain is None:
+            super().on_train_batch_begin(batch, logs)
+            return
+        update = int(self.model.optimizer.iterations.numpy()) + 1
+        if self._logs(update, batch):
+            self._plain.measured_update.assign(update)
+            if self._before is not None:
+                self._before()
+
+    def on_train_end(self, logs=None):
+        if self._plain is not None:
+            self._plain.remove()
+        super().on_train_end(logs)
 
     def _keep_weights(self):
         for copy, variable in zip(self._snapshot, self.model.trainable_variables):

@@ -8,6 +8,7 @@ config naming the columns. This module writes all three with the plugin's own su
 
 - ``HParamsLogger`` (a callback of a plain ``model.fit``): (1) at train begin, (2) at train end;
 - ``write_final_metrics``: (2) after training, e.g. from a result file;
+- ``write_session``: (1), (2) and the session's end status after training (a plain sweep);
 - ``write_experiment_config``: (3), once per study.
 
 Metric scalars are tagged ``hparams/<name>`` (``hparams/val_loss``, ``hparams/gap_loss``, ...),
@@ -17,6 +18,7 @@ they never mix with the per-epoch curves of ``keras.callbacks.TensorBoard``.
 
 import math
 import numbers
+import os
 import warnings
 
 import keras
@@ -95,6 +97,50 @@ def write_final_metrics(log_dir, metrics, step):
         writer.close()
 
 
+def run_name(log_dir):
+    """The run's name for a TensorBoard directory: ``<run>/tensorboard`` -> ``<run>``."""
+    path = os.path.normpath(str(log_dir))
+    base = os.path.basename(path)
+    return os.path.basename(os.path.dirname(path)) if base == "tensorboard" else base
+
+
+_STATUS = {"success": "STATUS_SUCCESS", "failure": "STATUS_FAILURE", "running": "STATUS_RUNNING",
+           "unknown": "STATUS_UNKNOWN"}
+
+
+def write_session_end(log_dir, status):
+    """Writes the session-end summary (``status``: success, failure, running, unknown) so the
+    dashboard's Status column says how the run ended instead of "unknown"."""
+    from tensorboard.plugins.hparams import api_pb2  # noqa: PLC0415
+    from tensorboard.plugins.hparams import summary as hp_summary  # noqa: PLC0415
+
+    pb = hp_summary.session_end_pb(getattr(api_pb2, _STATUS[status]))
+    writer = tf.summary.create_file_writer(log_dir)
+    try:
+        with writer.as_default():
+            tf.summary.experimental.write_raw_pb(pb.SerializeToString(), step=0)
+    finally:
+        writer.close()
+
+
+def write_session(log_dir, hparams, trial_id, metrics=None, step=0, status="success"):
+    """One finished (or failed) run's whole HParams session after the fact, into ``log_dir``:
+    the session start (``hparams``, ``trial_id``), its final ``metrics`` as ``hparams/<name>``
+    scalars at ``step``, and the session end ``status``. For runs that trained without
+    ``HParamsLogger`` (a plain sweep's variants, written from their result.json). Returns
+    ``{tag: value}`` written."""
+    values = _hparam_values(hparams)
+    writer = tf.summary.create_file_writer(log_dir)
+    try:
+        with writer.as_default():
+            hp.hparams(values, trial_id=str(trial_id))
+        written = _write_scalars(writer, metrics or {}, step)
+    finally:
+        writer.close()
+    write_session_end(log_dir, status)
+    return written
+
+
 def _domain(name, values):
     """A ``hp.Discrete`` of the distinct values, or None (no domain: the dashboard reads the
     values from the runs) when they mix strings, bools and numbers, e.g. ``[None, 0.1]``."""
@@ -155,8 +201,8 @@ class HParamsLogger(keras.callbacks.Callback):
       hparams: ``{name: value}`` (int, float, str, bool; None is written as "none").
       metric_tags: names or ``hparams/`` tags to write at train end; None writes every numeric
         value of the last epoch's logs plus the ``gap_*`` values (see ``final_metrics``).
-      trial_id: the session group; None lets TensorBoard hash the hyperparameters, so runs that
-        differ only in what is not an hparam (e.g. a seed left out) form one group.
+      trial_id: the session group shown in the dashboard; None: the run's name (the directory
+        above ``log_dir`` when that is a run's ``tensorboard`` folder, else ``log_dir``'s own).
     """
 
     def __init__(self, log_dir, hparams, metric_tags=None, trial_id=None):
@@ -166,7 +212,7 @@ class HParamsLogger(keras.callbacks.Callback):
         if isinstance(metric_tags, str):
             metric_tags = [metric_tags]
         self.metric_tags = None if metric_tags is None else [metric_tag(t) for t in metric_tags]
-        self.trial_id = trial_id
+        self.trial_id = trial_id if trial_id is not None else run_name(log_dir)
         self.written = {}  # {tag: value} written at train end
         self._overrides = {}
         self._last_logs = {}
@@ -186,10 +232,12 @@ class HParamsLogger(keras.callbacks.Callback):
         self._writer.flush()
 
     def on_epoch_end(self, epoch, logs=None):
-        self._last_logs = dict(logs or {})
+        # The dict itself, not a copy: callbacks after this one (the generalization gap) add
+        # their values to it, and Keras' train-end logs are a copy without them.
+        self._last_logs = logs if logs is not None else {}
 
     def on_train_end(self, logs=None):
-        values = final_metrics(logs or self._last_logs)
+        values = final_metrics({**(logs or {}), **(self._last_logs or {})})
         values.update(self._overrides)
         if self.metric_tags is not None:
             wanted = [tag[len(TAG_PREFIX):] for tag in self.metric_tags]
@@ -205,6 +253,7 @@ class HParamsLogger(keras.callbacks.Callback):
         finally:
             writer.close()
             self._writer = None
+        write_session_end(self.log_dir, "success")
         bad = [tag for tag, value in self.written.items() if not math.isfinite(value)]
         if bad:
             warnings.warn(f"HParamsLogger: non-finite final metrics {bad} written as they are.")

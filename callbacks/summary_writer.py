@@ -184,7 +184,36 @@ class TensorBoard(keras_internals.EpochScalarsTensorBoard):
     """``keras.callbacks.TensorBoard`` whose epoch and evaluation scalars go through ``scalars``:
     the same tags, steps and directories (``train``, ``validation``), written without TensorFlow
     ops, and not written twice in a resumed run. Histograms, images, graphs, profiling and
-    per-batch scalars are Keras' own."""
+    per-batch scalars are Keras' own. Log keys that a measurement logs under its own tags
+    (``generalization_gap_*`` -> ``generalization_gap/*``) are not written again as
+    ``epoch_*``.
+
+    Per-epoch scalars are keyed by the epoch (0-based), as Keras writes them; each is also
+    written under ``by_update/<tag>`` keyed by the update count at the epoch's end, beside the
+    per-update measurements (``gradients/*``, ``evaluation_*_vs_iterations``, ...) on one axis
+    (docs/measurement.md, "Which axis")."""
+
+    OWN_TAG_KEYS = ("epoch_generalization_gap_", "epoch_train_inference_")
+
+    def __init__(self, log_dir="logs", write_graph=False, **kwargs):
+        """Keras' arguments; ``write_graph`` defaults to False (the graph costs a trace and is
+        rarely read): ``batchlab.TensorBoard.write_graph = True`` writes it."""
+        super().__init__(log_dir=log_dir, write_graph=write_graph, **kwargs)
 
     def write_scalars(self, values, step, subdir):
+        values = {tag: v for tag, v in values.items() if not tag.startswith(self.OWN_TAG_KEYS)}
         scalars(self.log_dir, values, step, subdir)
+        updates = by_update(self.model, values, prefix="epoch_")
+        if updates:
+            scalars(self.log_dir, updates[1], updates[0], subdir)
+
+
+def by_update(model, values, prefix=""):
+    """(update count, ``{by_update/<tag>: value}``) of per-epoch ``values`` whose tag starts with
+    ``prefix``: the same values keyed by the model's optimizer updates; None without any."""
+    optimizer = getattr(model, "optimizer", None)
+    iterations = getattr(optimizer, "iterations", None)
+    chosen = {f"by_update/{tag}": v for tag, v in values.items() if tag.startswith(prefix)}
+    if iterations is None or not chosen:
+        return None
+    return int(iterations.numpy()), chosen

@@ -27,7 +27,7 @@ def _context(model, loss, track_noise=False):
         variables=model.trainable_variables, loss_terms=loss_terms.LossTerms(loss),
         replica=None, num_replicas=1, distributed=False, loss_dtype=tf.float32,
         has_call_losses=False, track_noise=track_noise,
-        sampled=tf.constant(True) if track_noise else None,
+        sampled=tf.constant(True) if track_noise else None, preconditioner=None,
         coming_update=tf.constant(1, tf.int64), records_norms=False)
 
 
@@ -65,8 +65,10 @@ def test_single_pass_equals_keras_and_measures_the_squared_norm():
     for got, want in zip(grads, reference):
         np.testing.assert_allclose(got.numpy(), want, rtol=1e-6, atol=1e-8)
     assert float(value) == pytest.approx(reference_loss, rel=1e-6)
-    assert float(squared) == pytest.approx(sum(float(np.sum(g ** 2)) for g in reference),
-                                           rel=1e-5)
+    # The replica's one piece, weighted by its rows: [B_j |G_j|^2, B_j |P G_j|^2 (no P: 0)].
+    assert float(squared[0]) == pytest.approx(
+        22 * sum(float(np.sum(g ** 2)) for g in reference), rel=1e-5)
+    assert float(squared[1]) == 0.0
 
 
 def test_regularizers_are_added_once_per_update():
@@ -99,28 +101,43 @@ def test_dense_fills_missing_gradients_with_zeros():
 
 
 def test_noise_scale_estimates_recover_the_closed_form():
-    """E|G_B|^2 = |G|^2 + tr(Sigma)/B at two batch sizes gives |G|^2 and tr(Sigma) back."""
-    g2, trace, small, big = 0.3, 12.0, 8.0, 64.0
-    est_g2, est_trace, defined = noise_scale.estimates(g2 + trace / small, g2 + trace / big,
-                                                       small, big)
+    """E sum_j B_j |G_j|^2 = B |G|^2 + n tr(Sigma) and E|G_B|^2 = |G|^2 + tr(Sigma)/B give
+    |G|^2 and tr(Sigma) back, for even and ragged pieces alike (only B and n enter)."""
+    g2, trace, rows, pieces = 0.3, 12.0, 64.0, 8.0
+    big = g2 + trace / rows
+    est_trace, est_g2, est_data, defined = noise_scale.estimates(
+        rows * g2 + pieces * trace, big, big + 1.0, rows, pieces)
     assert bool(defined)
-    assert float(est_g2) == pytest.approx(g2, rel=1e-6)  # inputs pass through float32
     assert float(est_trace) == pytest.approx(trace, rel=1e-6)
-    _, _, one = noise_scale.estimates(1.0, 1.0, 8.0, 8.0)
-    assert not bool(one)  # a single micro-batch cannot separate the two
+    assert float(est_data) == pytest.approx(g2, rel=1e-6)
+    assert float(est_g2) == pytest.approx(g2 + 1.0, rel=1e-6)  # the followed gradient's
+    _, _, _, one = noise_scale.estimates(1.0, 1.0, 1.0, 8.0, 1.0)
+    assert not bool(one)  # a single piece cannot separate the two
 
 
-def test_noise_state_is_fed_only_on_sampled_updates_with_two_sizes():
-    state = tf.zeros([noise_scale.STATE_SIZE], tf.float64)
-    fed = noise_scale.ema_update(state, tf.constant(0.5, tf.float64), tf.constant(2.0, tf.float64),
-                                 tf.constant(4.0, tf.float64), tf.constant(True),
-                                 tf.constant(True))
-    values = noise_scale.read_state(fed.numpy())
-    assert values["gradient_sq_norm"] == pytest.approx(2.0)  # bias-corrected
-    assert values["trace_sigma"] == pytest.approx(4.0)
-    assert values["count"] == 1 and values["sampled"] == 1
-    kept = noise_scale.ema_update(fed, tf.constant(0.5, tf.float64), tf.constant(9.0, tf.float64),
-                                  tf.constant(9.0, tf.float64), tf.constant(False),
-                                  tf.constant(True))
-    assert noise_scale.read_state(kept.numpy())["gradient_sq_norm"] == pytest.approx(2.0)
-    assert noise_scale.read_state(kept.numpy())["sampled"] == 2
+def test_noise_state_is_fed_only_on_sampled_updates_with_two_pieces():
+    """A sampled update with two or more pieces feeds the averages (decay exp(-examples since the
+    last sample / horizon)) and becomes the last raw sample; one that is not sampled changes
+    nothing; a sampled update with one piece is counted and kept as raw, but feeds nothing."""
+    def step(state, update, value, defined=True, sampled=True, rows=8.0):
+        return noise_scale.next_state(
+            state, tf.constant(16.0, tf.float64), tf.constant(update, tf.int64),
+            [tf.constant(value, tf.float64)] * 5, tf.constant(rows), tf.constant(2.0),
+            tf.constant(defined), tf.constant(sampled))
+
+    state = step(tf.zeros([noise_scale.STATE_SIZE], tf.float64), 2, 2.0)
+    values = noise_scale.read_state(state.numpy(), preconditioned=True)
+    assert values["averages"]["gradient_sq_norm"] == pytest.approx(2.0)  # bias-corrected
+    assert values["count"] == 1 and values["sampled"] == 1 and values["raw_update"] == 2
+    state = step(state, 4, 6.0)  # 16 examples later: the past weighs exp(-1)
+    weight_old, weight_new = np.exp(-1.0) * (1 - np.exp(-1.0)), 1 - np.exp(-1.0)
+    expected = (weight_old * 2.0 + weight_new * 6.0) / (weight_old + weight_new)
+    values = noise_scale.read_state(state.numpy())
+    assert values["averages"]["trace_sigma"] == pytest.approx(expected)
+    assert values["raw"]["trace_sigma"] == 6.0 and "preconditioned_trace_sigma" not in \
+        values["raw"]
+    kept = step(state, 5, 9.0, sampled=False)
+    assert np.array_equal(kept.numpy(), state.numpy())
+    single = noise_scale.read_state(step(state, 6, 9.0, defined=False).numpy())
+    assert single["averages"]["trace_sigma"] == pytest.approx(expected)
+    assert single["sampled"] == 3 and single["count"] == 2 and single["raw_update"] == 6

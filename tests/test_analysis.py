@@ -1,7 +1,7 @@
 """The analysis layer: steps to result, the S(B) and power-law fits, figures and report.md.
 
 Pure functions over run records, so the tests build records from known curves (S(B) with
-S_min = 1000, B_noise = 200; best learning rate proportional to sqrt(B)) and check that the
+S_min = 1000, B_crit = 200; best learning rate proportional to sqrt(B)) and check that the
 analysis gives those numbers back. No TensorFlow is needed.
 """
 
@@ -13,10 +13,11 @@ import pytest
 from scipy import optimize
 
 from experiments.analysis import fits, plots
-from experiments.analysis.steps_to_result import best_per_batch_size, steps_to_target
+from experiments.analysis.steps_to_result import steps_to_target
+from experiments.analysis.study_statistics import best_per_batch_size
 from experiments.analysis.study_report import sentences, summarize, write_report
 
-S_MIN, B_NOISE = 1000.0, 200.0
+S_MIN, B_CRIT = 1000.0, 200.0
 BATCH_SIZES = [8, 16, 32, 64, 128, 256, 512, 1024]
 TARGET = 0.8
 LR_FACTORS = (0.5, 1.0, 2.0)
@@ -24,7 +25,7 @@ ERROR = "NaN loss at update 37: the run diverged"
 
 
 def true_steps(batch_size):
-    return S_MIN * (1.0 + B_NOISE / batch_size)
+    return S_MIN * (1.0 + B_CRIT / batch_size)
 
 
 def best_lr(batch_size):
@@ -92,9 +93,11 @@ def test_best_per_batch_size_fewest_steps_ties_to_lower_lr_and_ignores_failed():
                {"name": "never", "status": "finished", "batch_size": 128, "learning_rate": 0.1,
                 "curve": {"val_accuracy": [[100, 0.2]]}}]
     best = best_per_batch_size(records, 0.9, "max")
-    assert best[32] == {"steps": 300, "learning_rate": 0.2, "run": "fast"}
+    assert best[32]["steps"] == 300 and best[32]["learning_rate"] == 0.2
+    assert [r["name"] for r in best[32]["runs"]] == ["fast"] and best[32]["at_edge"] is None
+    assert best[32]["num_runs"] == 3  # the failed run is not counted
     assert best[64]["steps"] == 200
-    assert best[128] == {"steps": None, "learning_rate": None, "run": None}
+    assert best[128]["steps"] is None and best[128]["censored"] and best[128]["budget"] == 100
 
 
 # ---- fits -----------------------------------------------------------------------------------
@@ -104,8 +107,8 @@ def test_steps_fit_recovers_known_noiseless_values():
     steps = [true_steps(b) for b in BATCH_SIZES]
     fit = fits.fit_steps_to_result(BATCH_SIZES, steps)
     assert fit.s_min == pytest.approx(S_MIN, rel=0.01)
-    assert fit.b_noise == pytest.approx(B_NOISE, rel=0.01)
-    assert math.isfinite(fit.s_min_stderr) and math.isfinite(fit.b_noise_stderr)
+    assert fit.b_crit == pytest.approx(B_CRIT, rel=0.01)
+    assert math.isfinite(fit.s_min_stderr) and math.isfinite(fit.b_crit_stderr)
     assert fit.num_points == len(BATCH_SIZES) and fit.residual_rms < 1e-6
 
 
@@ -116,14 +119,14 @@ def test_steps_fit_with_five_percent_noise():
         rng.normal(0.0, 0.05, batch_sizes.size))
     fit = fits.fit_steps_to_result(batch_sizes, steps)
     assert fit.s_min == pytest.approx(S_MIN, rel=0.15)
-    assert fit.b_noise == pytest.approx(B_NOISE, rel=0.15)
-    assert abs(fit.b_noise - B_NOISE) < 4 * fit.b_noise_stderr
+    assert fit.b_crit == pytest.approx(B_CRIT, rel=0.15)
+    assert abs(fit.b_crit - B_CRIT) < 4 * fit.b_crit_stderr
     assert 0.02 < fit.residual_rms < 0.1
 
 
 def test_steps_fit_needs_three_points():
     fit = fits.fit_steps_to_result([16, 128, 1024], [true_steps(b) for b in (16, 128, 1024)])
-    assert fit.b_noise == pytest.approx(B_NOISE, rel=0.01)
+    assert fit.b_crit == pytest.approx(B_CRIT, rel=0.01)
     with pytest.raises(ValueError, match="at least 3"):
         fits.fit_steps_to_result([16, 128], [true_steps(16), true_steps(128)])
     with pytest.raises(ValueError, match="positive"):
@@ -158,8 +161,8 @@ def test_doubling_saves_closed_form_matches_numeric_root(fraction):
 
 
 def test_scaling_efficiency_limits_and_bad_fractions():
-    fit = fits.StepsFit(S_MIN, B_NOISE, 0.0, 0.0, 0.0, 3)
-    assert fits.scaling_efficiency(fit, B_NOISE) == pytest.approx(0.25)
+    fit = fits.StepsFit(S_MIN, B_CRIT, 0.0, 0.0, 0.0, 3)
+    assert fits.scaling_efficiency(fit, B_CRIT) == pytest.approx(0.25)
     assert fits.scaling_efficiency(fit, 1e-3) == pytest.approx(0.5, abs=1e-5)
     assert fits.batch_size_where_doubling_saves(fit, 0.5) == 0.0
     for bad in (0.0, 1.0, -0.1):
@@ -180,13 +183,13 @@ def test_write_report_on_synthetic_study(tmp_path):
         assert os.path.dirname(path) == str(tmp_path) and is_png(path)
         assert f"]({os.path.basename(path)})" in report
     summary = result["summary"]
-    assert summary["steps_fit"].b_noise == pytest.approx(B_NOISE, rel=0.01)
+    assert summary["steps_fit"].b_crit == pytest.approx(B_CRIT, rel=0.01)
     assert summary["steps_fit"].s_min == pytest.approx(S_MIN, rel=0.01)
     assert summary["lr_fit"].exponent == pytest.approx(0.5, abs=1e-6)
     assert summary["b_simple"] == 150.0
     text = sentences(summary)
     assert any("B^0.50" in s and "square-root" in s for s in text)
-    assert any("B_noise ≈ 200" in s and "B_simple ≈ 150" in s for s in text)
+    assert any("B_crit ≈ 200" in s and "B_simple ≈ 150" in s for s in text)
     assert any(s.startswith("Yes") for s in text)
     assert all(s.endswith(".png)") for s in text[:-1]) and "1 run(s) failed" in text[-1]
     assert ERROR in report and "| failed |" in report and text[0] in report
@@ -256,13 +259,13 @@ def test_lr_sentence_flags_grid_edges_and_unsearched_rules():
 
 
 def test_b_simple_is_read_where_each_best_run_reached_the_target():
-    """B_simple grows during training: the report compares B_noise with its value at the update
-    each batch size's best run reached the target, not with its final value."""
+    """B_simple grows during training: without noise_at_target the report's fallback compares
+    B_crit with its value at the update each batch size's best runs reached the target."""
     from experiments.analysis.steps_to_result import value_at
 
     def run(name, batch, reach, b_simple_curve):
         return {"name": name, "status": "finished", "batch_size": batch, "learning_rate": 0.1,
-                "curve": {"val_accuracy": [[reach - 1, 0.5], [reach, 0.96]]},
+                "curve": {"val_accuracy": [[reach - 1, 0.5], [reach, 0.95]]},
                 "final": {"val_accuracy": 0.97}, "b_simple": b_simple_curve[-1][1],
                 "b_simple_curve": b_simple_curve}
 
@@ -271,7 +274,7 @@ def test_b_simple_is_read_where_each_best_run_reached_the_target():
                run("b256", 256, 10, [[5, 70.0], [10, 70.0], [200, 600.0]])]
     summary = summarize(records, target=0.95, mode="max", metric="val_accuracy")
     assert summary["b_simple"] == 60.0  # median of 50, 60, 70 (at updates 40, 20, 10)
-    assert summary["b_simple_when"].startswith("where each batch size's best run")
+    assert "reached the target" in summary["b_simple_info"]["note"]
     assert value_at([[5, 1.0], [10, 2.0]], 7) == 1.0 and value_at([[5, 1.0]], 2) == 1.0
     assert value_at([], 3) is None
     without = [dict(r, b_simple_curve=None) for r in records]

@@ -88,7 +88,9 @@ def test_the_runner_has_no_mode_branches():
     assert not named, named
     assert mode_words.search("settings.range_test is not None")  # what the check would find
     assert mode_words.search("mode == 'lr_range_test'") and not mode_words.search("model.built")
-    assert list(modes.RUN_MODES) == ["train", "find_micro_batch", "lr_range_test"]
+    assert list(modes.RUN_MODES) == ["train", "find_micro_batch", "lr_range_test",
+                                     "probe_noise_scale"]
     with pytest.raises(ValueError, match=r"train.mode must be one of \('train', "
-                                         r"'find_micro_batch', 'lr_range_test'\), got 'fit'"):
+                                         r"'find_micro_batch', 'lr_range_test', "
+                                         r"'probe_noise_scale'\), got 'fit'"):
         modes.chosen("fit")

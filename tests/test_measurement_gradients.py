@@ -108,11 +108,14 @@ def test_logging_frequency_and_epoch_ends(tmp_path):
                for _, v in norms.history)
 
 
-def test_plain_keras_model_is_refused():
+def test_plain_keras_model_is_measured_in_its_own_fit():
+    # Was refused ("wrap the model ... first"); now measured on the batch just trained (issue
+    # #22; the values against a replay: tests/test_callbacks_anywhere.py).
     model = _mlp()
     model.compile(optimizer="sgd", loss="mse")
-    with pytest.raises(ValueError, match="as_virtual_batch_model"):
-        model.fit(np.ones((4, 5)), np.ones((4, 3)), verbose=0, callbacks=[GradientNorm()])
+    norms = GradientNorm()
+    model.fit(np.ones((4, 5)), np.ones((4, 3)), verbose=0, callbacks=[norms])
+    assert [u for u, _ in norms.history] == [1]
 
 
 @pytest.mark.parametrize("loop", ["keras", "batchlab"])

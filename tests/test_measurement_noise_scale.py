@@ -28,7 +28,8 @@ def _mean_grad(model, loss_fn, x, y):
 
 @pytest.mark.parametrize("reduction", ["sum_over_batch_size", "sum"])
 def test_step_records_micro_and_batch_squared_norms(reduction):
-    """mean_j |G_j|^2 and |mean_j G_j|^2 of per-example-mean gradients, data loss only."""
+    """sum_j B_j |G_j|^2 / B (equal micro-batches: the mean of |G_j|^2) and |mean_j G_j|^2 of
+    per-example-mean gradients, data loss only."""
     rng = np.random.default_rng(0)
     x = rng.normal(size=(12, 3)).astype(np.float32)
     y = rng.normal(size=(12, 1)).astype(np.float32)
@@ -38,6 +39,7 @@ def test_step_records_micro_and_batch_squared_norms(reduction):
         _linear_model(3, kernel, keras.regularizers.L2(0.1)), micro_batch_size=4,
         track_gradient_noise=True)
     model.compile(optimizer=keras.optimizers.SGD(0.0), loss=loss)
+    model.measurements.reset_noise_scale(4096, sample_every=1)  # no callback: sample each update
     model.fit(x, y, batch_size=12, epochs=1, shuffle=False, verbose=0)
 
     reference = _linear_model(3, kernel)  # no regularizer: the noise scale is about the data
@@ -68,7 +70,8 @@ def test_b_simple_converges_to_linear_regression_closed_form(tmp_path):
     model = virtual_batch_model.as_virtual_batch_model(_linear_model(d, w_star + delta),
                                               micro_batch_size=micro, track_gradient_noise=True)
     model.compile(optimizer=keras.optimizers.SGD(0.0), loss="mse")
-    noise = GradientNoiseScale(str(tmp_path), every_n_updates=50, decay=0.998)
+    noise = GradientNoiseScale(str(tmp_path), every_n_updates=50, horizon_examples=20000,
+                               sample_every_n_updates=1)
     model.fit(x, y, batch_size=micro * k, epochs=1, shuffle=False, verbose=0, callbacks=[noise])
 
     final = noise.history[-1][1]
@@ -116,41 +119,56 @@ class _Ingredients(keras.callbacks.Callback):
 
 
 def test_step_keeps_the_moving_averages_of_sampled_updates(tmp_path):
-    """The train step itself feeds the bias-corrected EMAs (no callback call per update), every
-    ``sample_every_n_updates`` updates; they equal a NumPy EMA of the sampled ingredients."""
+    """The train step itself feeds the bias-corrected EMAs (no callback call per update) on the
+    updates ``sample_every_n_updates`` and the logging cadence pick, decaying them by
+    exp(-examples since the last sample / horizon); they equal a NumPy EMA of the sampled
+    ingredients (rows-weighted estimates, module doc of ``engine.noise_scale``)."""
     rng = np.random.default_rng(3)
-    d, micro, k, updates, decay, every = 3, 4, 3, 12, 0.8, 2
+    d, micro, k, updates, horizon, every, log_every = 3, 4, 3, 12, 40.0, 3, 4
     x = rng.normal(size=(updates * micro * k, d)).astype(np.float32)
     y = (x @ np.ones(d) + rng.normal(size=len(x))).astype(np.float32)[:, None]
     model = virtual_batch_model.as_virtual_batch_model(_linear_model(d, np.zeros(d)),
                                               micro_batch_size=micro, track_gradient_noise=True)
     model.compile(optimizer=keras.optimizers.SGD(0.05), loss="mse")
-    noise = GradientNoiseScale(str(tmp_path), every_n_updates=4, decay=decay,
-                               sample_every_n_updates=every)
+    noise = GradientNoiseScale(str(tmp_path), every_n_updates=log_every,
+                               horizon_examples=horizon, sample_every_n_updates=every)
     ingredients = _Ingredients()
     model.fit(x, y, batch_size=micro * k, epochs=1, shuffle=False, verbose=0,
               callbacks=[noise, ingredients])
 
+    sampled = [u for u in range(1, updates + 1) if u % every == 0 or u % log_every == 0]
     gradient_sq = trace = weight = 0.0
-    for update, (small_sq, big_sq, b_small, b_big) in enumerate(ingredients.rows, start=1):
-        if update % every:
-            continue
-        gradient_sq = decay * gradient_sq + (1 - decay) * (
-            (b_big * big_sq - b_small * small_sq) / (b_big - b_small))
-        trace = decay * trace + (1 - decay) * (small_sq - big_sq) / (1 / b_small - 1 / b_big)
+    last = 0
+    for update in sampled:
+        small_sq, big_sq, _, rows = ingredients.rows[update - 1]
+        pieces = rows / micro
+        tr = rows * (small_sq - big_sq) / (pieces - 1)  # small_sq: sum_j B_j |G_j|^2 / B
+        g2 = big_sq - tr / rows  # no regularizer: followed = data gradient
+        decay = np.exp(-(update - last) * rows / horizon)
+        gradient_sq = decay * gradient_sq + (1 - decay) * g2
+        trace = decay * trace + (1 - decay) * tr
         weight = decay * weight + (1 - decay)
+        last = update
     state = model.measurements.noise_scale_values()
-    assert state["sampled"] == state["count"] == updates // every
+    assert state["sampled"] == state["count"] == len(sampled)
     final = noise.history[-1][1]
     assert noise.history[-1][0] == updates
     np.testing.assert_allclose(final["noise_scale/gradient_sq_norm"], gradient_sq / weight,
                                rtol=1e-5)
     np.testing.assert_allclose(final["noise_scale/trace_sigma"], trace / weight, rtol=1e-5)
     np.testing.assert_allclose(final["noise_scale/b_simple"], trace / gradient_sq, rtol=1e-5)
+    # Each logged point carries its own update's raw estimates.
+    np.testing.assert_allclose(final["noise_scale/raw/trace_sigma"], tr, rtol=1e-5)
+    np.testing.assert_allclose(final["noise_scale/raw/gradient_sq_norm"], g2, rtol=1e-4,
+                               atol=1e-6)
+    assert final["noise_scale/raw/batch_size"] == micro * k
+    assert final["noise_scale/raw/num_pieces"] == k
+    raw = noise.result()["noise_scale/raw"]
+    assert [row[0] for row in raw] == [u for u in range(1, updates + 1) if u % log_every == 0]
 
     # A second fit with the same callback carries on; a new callback starts afresh.
     model.fit(x, y, batch_size=micro * k, epochs=1, shuffle=False, verbose=0, callbacks=[noise])
-    assert model.measurements.noise_scale_values()["sampled"] == 2 * updates // every
+    assert model.measurements.noise_scale_values()["sampled"] == 2 * len(sampled)
     model.fit(x[:micro * k], y[:micro * k], batch_size=micro * k, epochs=1, verbose=0,
               callbacks=[GradientNoiseScale(sample_every_n_updates=1)])
     assert model.measurements.noise_scale_values()["sampled"] == 1
@@ -178,7 +196,7 @@ def test_a_schedule_starting_at_k1_logs_once_its_batches_split():
             data = data.concatenate(part)
         return data.skip(step)
 
-    noise = GradientNoiseScale(every_n_updates=2, decay=0.9)
+    noise = GradientNoiseScale(every_n_updates=2, horizon_examples=256)
     custom_loop.CustomLoop(model, steps_per_execution=16).fit_from(
         train_from, lambda epoch: 64 // sizes[epoch], 2, verbose=0, measurements=[noise])
     assert noise.defined

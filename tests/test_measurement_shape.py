@@ -51,7 +51,7 @@ def _train_from(steps):
 
 def _measurements():
     return [GradientNorm(every_n_updates=3), WeightDistance(every_n_updates=3),
-            GradientNoiseScale(every_n_updates=3, decay=0.9)]
+            GradientNoiseScale(every_n_updates=3, horizon_examples=256)]
 
 
 def _train(steps_per_execution, initial_step=0, measured=True):

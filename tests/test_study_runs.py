@@ -300,3 +300,55 @@ def test_a_sigkilled_launcher_leaves_no_worker_training(tmp_path):
     while workers() and time.time() < deadline:
         time.sleep(0.1)
     assert not workers()
+
+
+def _session_info(log_dir):
+    """(session start group name, session end status) written under ``log_dir``."""
+    group, status = None, None
+    for path in tf.io.gfile.glob(os.path.join(log_dir, "events.out.tfevents.*")):
+        for event in tf.compat.v1.train.summary_iterator(path):
+            for value in event.summary.value:
+                if value.metadata.plugin_data.plugin_name != "hparams":
+                    continue
+                data = plugin_data_pb2.HParamsPluginData.FromString(
+                    value.metadata.plugin_data.content)
+                if data.HasField("session_start_info"):
+                    group = data.session_start_info.group_name
+                if data.HasField("session_end_info"):
+                    status = data.session_end_info.status
+    return group, status
+
+
+@pytest.mark.slow
+def test_hparams_read_back_equal_result_json(study_output):
+    """Every hparams/<metric> scalar of a finished run equals result.json's value (the gap is
+    the gap callback's own, not fit's running average); trial ids are run names; the status
+    is success; the study's own columns (steps to target, examples/s) are there."""
+    from tensorboard.plugins.hparams import api_pb2
+
+    from callbacks.hparams import final_metrics
+
+    study_dir = study_output[2]["study_dir"]
+    run = os.path.join(study_dir, "b64_lr0.1_s0")
+    log_dir = os.path.join(run, "tensorboard")
+    result = read_json(os.path.join(run, "result.json"))
+    expected = final_metrics(result["final_epoch"])
+    written = {}
+    for path in tf.io.gfile.glob(os.path.join(log_dir, "events.out.tfevents.*")):
+        for event in tf.compat.v1.train.summary_iterator(path):
+            for value in event.summary.value:
+                if value.tag.startswith("hparams/"):
+                    written[value.tag[len("hparams/"):]] = float(tf.make_ndarray(value.tensor))
+    for name, value in expected.items():
+        assert written[name] == pytest.approx(value, rel=1e-6), name
+    assert written["examples_per_sec"] == pytest.approx(result["examples_per_sec"], rel=1e-6)
+    from experiments.analysis.study_statistics import crossing
+    steps, _ = crossing(result["measurements"]["curve"]["val_accuracy"], 0.5)
+    if steps is None:  # never reached: the column stays empty, never a made-up number
+        assert "steps_to_target" not in written
+    else:
+        assert written["steps_to_target"] == pytest.approx(steps, rel=1e-6)
+    group, status = _session_info(log_dir)
+    assert group == "b64_lr0.1_s0" and status == api_pb2.STATUS_SUCCESS
+    with open(os.path.join(study_dir, "report.json")) as handle:
+        assert "b_crit_interval" in json.load(handle)

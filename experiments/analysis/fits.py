@@ -1,7 +1,7 @@
 """Fits that turn measured batch-size sweeps into numbers a reader can act on.
 
-* ``fit_steps_to_result``: S(B) = S_min * (1 + B_noise / B) (McCandlish et al. 2018), the updates
-  needed at batch size B. S_min is the floor no batch size beats; B_noise is where the curve bends
+* ``fit_steps_to_result``: S(B) = S_min * (1 + B_crit / B) (McCandlish et al. 2018), the updates
+  needed at batch size B. S_min is the floor no batch size beats; B_crit is where the curve bends
   from perfect scaling (S proportional to 1/B) to no scaling (S = S_min).
 * ``fit_power_law``: y = prefactor * x^exponent, for "how does the best learning rate follow B".
 * ``scaling_efficiency`` / ``batch_size_where_doubling_saves``: what doubling B still buys.
@@ -16,25 +16,26 @@ import math
 
 import numpy as np
 
-# log B_noise may leave the measured range by this much (e^15) before the fit stops there: far
+# log B_crit may leave the measured range by this much (e^15) before the fit stops there: far
 # enough to say "no bend seen", near enough that exp() never overflows.
-_LOG_B_NOISE_MARGIN = 15.0
+_LOG_B_CRIT_MARGIN = 15.0
 
 
 @dataclasses.dataclass(frozen=True)
 class StepsFit:
-    """S(B) = s_min * (1 + b_noise / B); stderrs by the delta method, residual_rms in log units."""
+    """S(B) = s_min * (1 + b_crit / B); stderrs by the delta method, residual_rms in log units."""
 
     s_min: float
-    b_noise: float
+    b_crit: float
     s_min_stderr: float
-    b_noise_stderr: float
+    b_crit_stderr: float
     residual_rms: float
     num_points: int
+    num_censored: int = 0
 
     def steps(self, batch_size):
         """Predicted updates to reach the target at ``batch_size`` (scalar or array)."""
-        return self.s_min * (1.0 + self.b_noise / np.asarray(batch_size, dtype=float))
+        return self.s_min * (1.0 + self.b_crit / np.asarray(batch_size, dtype=float))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,18 +62,18 @@ def _positive_arrays(x, y, names):
 
 
 def _log_model(theta, batch_sizes):
-    log_s_min, log_b_noise = theta
-    return log_s_min + np.log1p(np.exp(log_b_noise) / batch_sizes)
+    log_s_min, log_b_crit = theta
+    return log_s_min + np.log1p(np.exp(log_b_crit) / batch_sizes)
 
 
 def _log_jacobian(theta, batch_sizes):
-    """d(log model)/d(log S_min, log B_noise); the residual's Jacobian is its negative."""
-    b_noise = np.exp(theta[1])
-    return np.column_stack([np.ones_like(batch_sizes), b_noise / (batch_sizes + b_noise)])
+    """d(log model)/d(log S_min, log B_crit); the residual's Jacobian is its negative."""
+    b_crit = np.exp(theta[1])
+    return np.column_stack([np.ones_like(batch_sizes), b_crit / (batch_sizes + b_crit)])
 
 
 def _initial_guess(batch_sizes, steps):
-    """Start from the linear fit S = a + c / B (a = S_min, c = S_min * B_noise) when it is sane."""
+    """Start from the linear fit S = a + c / B (a = S_min, c = S_min * B_crit) when it is sane."""
     c, a = np.polyfit(1.0 / batch_sizes, steps, 1)
     if a > 0 and c > 0:
         return np.log([a, c / a])
@@ -91,36 +92,125 @@ def _stderr(jacobian, residuals, num_params):
     return np.sqrt(np.clip(np.diag(covariance), 0.0, None))
 
 
-def fit_steps_to_result(batch_sizes, steps):
-    """Fit S(B) = S_min * (1 + B_noise / B) to measured steps to result; returns a ``StepsFit``.
+def _check_censored(censored):
+    """``censored`` as (batch sizes, log budgets): B whose runs never reached the target within
+    ``budget`` updates, so their steps are "more than the budget"."""
+    if not censored:
+        return np.zeros(0), np.zeros(0)
+    sizes, budgets = _positive_arrays(*zip(*censored), ("censored batch sizes", "budgets"))
+    return sizes, np.log(budgets)
 
-    Fits log S_min and log B_noise (so both stay positive) by least squares on log steps. Needs
+
+def _fit_log_params(batch_sizes, log_steps, censored_sizes, censored_log_budgets, start=None):
+    """Least squares on log steps; a censored B adds a one-sided residual min(0, model - budget):
+    zero while the curve predicts at least the budget, the shortfall otherwise (a Tobit-like hinge,
+    so a censored B pulls the curve up to "more than the budget" and never down)."""
+    from scipy import optimize  # noqa: PLC0415  (imported when a report fits, not per run)
+
+    every = np.concatenate([batch_sizes, censored_sizes])
+    log_b = np.log(every)
+    low = np.array([-np.inf, log_b.min() - _LOG_B_CRIT_MARGIN])
+    high = np.array([np.inf, log_b.max() + _LOG_B_CRIT_MARGIN])
+    if start is None:
+        start = _initial_guess(batch_sizes, np.exp(log_steps))
+    start = np.clip(start, low + 1e-9, high - 1e-9)
+    n = batch_sizes.size
+
+    def residuals(theta):
+        model = _log_model(theta, every)
+        measured = model[:n] - log_steps
+        short = np.minimum(0.0, model[n:] - censored_log_budgets)
+        return np.concatenate([measured, short])
+
+    def jacobian(theta):
+        jac = _log_jacobian(theta, every)
+        short = (_log_model(theta, censored_sizes) - censored_log_budgets) < 0.0
+        jac[n:][~short] = 0.0
+        return jac
+
+    return optimize.least_squares(residuals, start, jac=jacobian, bounds=(low, high),
+                                  x_scale="jac", xtol=1e-12, ftol=1e-12, gtol=1e-12)
+
+
+def fit_steps_to_result(batch_sizes, steps, censored=None):
+    """Fit S(B) = S_min * (1 + B_crit / B) to measured steps to result; returns a ``StepsFit``.
+
+    Fits log S_min and log B_crit (so both stay positive) by least squares on log steps. Needs
     at least 3 points on at least 2 batch sizes: 2 parameters from 2 points leave nothing to
-    check the curve against.
+    check the curve against. ``censored``: [(batch size, budget)] for batch sizes whose runs never
+    reached the target within ``budget`` updates: kept in the fit as "more than the budget".
     """
     batch_sizes, steps = _positive_arrays(batch_sizes, steps, ("batch_sizes", "steps"))
     if batch_sizes.size < 3 or np.unique(batch_sizes).size < 2:
         raise ValueError(
-            f"fitting S(B) = S_min (1 + B_noise / B) needs at least 3 (batch size, steps) points "
+            f"fitting S(B) = S_min (1 + B_crit / B) needs at least 3 (batch size, steps) points "
             f"on at least 2 batch sizes, got {batch_sizes.size} point(s) on "
             f"{np.unique(batch_sizes).size} batch size(s)")
-    log_steps = np.log(steps)
-    log_b = np.log(batch_sizes)
-    low = np.array([-np.inf, log_b.min() - _LOG_B_NOISE_MARGIN])
-    high = np.array([np.inf, log_b.max() + _LOG_B_NOISE_MARGIN])
-    start = np.clip(_initial_guess(batch_sizes, steps), low + 1e-9, high - 1e-9)
-    from scipy import optimize  # noqa: PLC0415  (imported when a report fits, not per run)
-
-    result = optimize.least_squares(
-        lambda theta: _log_model(theta, batch_sizes) - log_steps, start,
-        jac=lambda theta: _log_jacobian(theta, batch_sizes), bounds=(low, high),
-        x_scale="jac", xtol=1e-12, ftol=1e-12, gtol=1e-12)
-    log_stderr = _stderr(_log_jacobian(result.x, batch_sizes), result.fun, 2)
-    s_min, b_noise = np.exp(result.x)
+    censored_sizes, censored_log = _check_censored(censored)
+    result = _fit_log_params(batch_sizes, np.log(steps), censored_sizes, censored_log)
+    measured = result.fun[:batch_sizes.size]
+    log_stderr = _stderr(_log_jacobian(result.x, batch_sizes), measured, 2)
+    s_min, b_crit = np.exp(result.x)
     return StepsFit(
-        s_min=float(s_min), b_noise=float(b_noise),
-        s_min_stderr=float(s_min * log_stderr[0]), b_noise_stderr=float(b_noise * log_stderr[1]),
-        residual_rms=float(np.sqrt(np.mean(result.fun ** 2))), num_points=int(batch_sizes.size))
+        s_min=float(s_min), b_crit=float(b_crit),
+        s_min_stderr=float(s_min * log_stderr[0]), b_crit_stderr=float(b_crit * log_stderr[1]),
+        residual_rms=float(np.sqrt(np.mean(measured ** 2))), num_points=int(batch_sizes.size),
+        num_censored=int(censored_sizes.size))
+
+
+@dataclasses.dataclass(frozen=True)
+class StepsFitIntervals:
+    """Bootstrap intervals (``level``, e.g. 0.9) of S_min and B_crit, and the samples behind
+    them (for ratios with other measured quantities)."""
+
+    s_min: tuple
+    b_crit: tuple
+    level: float
+    num_resamples: int
+    b_crit_samples: tuple = dataclasses.field(repr=False, default=())
+
+
+def bootstrap_steps_fit(batch_sizes, steps, censored=None, level=0.9, num_resamples=1000,
+                        seed=0):
+    """Residual bootstrap of the S(B) fit: percentile intervals of S_min and B_crit.
+
+    The log residuals of the fit, inflated by sqrt(n / (n - 2)) (least squares leaves them
+    smaller than the noise) and centred, are resampled with replacement and added to the fitted
+    curve; each resample is refitted (censored batch sizes stay the same one-sided constraints).
+    Seeded, so a report rebuilt from the same runs states the same intervals. The spread of the
+    steps over seeds enters through the residuals of the per-B medians.
+    """
+    batch_sizes, steps = _positive_arrays(batch_sizes, steps, ("batch_sizes", "steps"))
+    fit = fit_steps_to_result(batch_sizes, steps, censored)
+    censored_sizes, censored_log = _check_censored(censored)
+    theta = np.log([fit.s_min, fit.b_crit])
+    fitted = _log_model(theta, batch_sizes)
+    residuals = np.log(steps) - fitted
+    n = residuals.size
+    residuals = (residuals - residuals.mean()) * math.sqrt(n / max(n - 2, 1))
+    rng = np.random.default_rng(seed)
+    samples = np.empty((num_resamples, 2))
+    for index in range(num_resamples):
+        log_steps = fitted + rng.choice(residuals, size=n, replace=True)
+        samples[index] = _fit_log_params(batch_sizes, log_steps, censored_sizes, censored_log,
+                                         start=theta).x
+    tail = 100.0 * (1.0 - level) / 2.0
+    lo, hi = np.percentile(samples, [tail, 100.0 - tail], axis=0)
+    return StepsFitIntervals(
+        s_min=(float(np.exp(lo[0])), float(np.exp(hi[0]))),
+        b_crit=(float(np.exp(lo[1])), float(np.exp(hi[1]))), level=level,
+        num_resamples=num_resamples, b_crit_samples=tuple(np.exp(samples[:, 1]).tolist()))
+
+
+def power_law_interval(fit, level=0.9):
+    """The ``level`` interval of a power-law exponent: exponent ± t(n - 2) stderr, or None when
+    two points fix the line (no residual left to judge it by)."""
+    if fit.num_points < 3 or not math.isfinite(fit.exponent_stderr):
+        return None
+    from scipy import stats  # noqa: PLC0415
+
+    half = stats.t.ppf(0.5 + level / 2.0, fit.num_points - 2) * fit.exponent_stderr
+    return (fit.exponent - half, fit.exponent + half)
 
 
 def fit_power_law(x, y):
@@ -143,7 +233,7 @@ def fit_power_law(x, y):
 def scaling_efficiency(fit, batch_size):
     """The fraction of updates saved by doubling B at ``batch_size``: 1 - S(2B) / S(B).
 
-    For S(B) = S_min (1 + N / B) this is N / (2 (B + N)): one half for B much below B_noise
+    For S(B) = S_min (1 + N / B) this is N / (2 (B + N)): one half for B much below B_crit
     (perfect scaling), falling to zero for B much above it.
     """
     return 1.0 - fit.steps(2.0 * np.asarray(batch_size, dtype=float)) / fit.steps(batch_size)
@@ -159,4 +249,4 @@ def batch_size_where_doubling_saves(fit, fraction):
         raise ValueError(f"fraction must be between 0 and 1 (exclusive), got {fraction}")
     if fraction >= 0.5:
         return 0.0
-    return fit.b_noise * (1.0 - 2.0 * fraction) / (2.0 * fraction)
+    return fit.b_crit * (1.0 - 2.0 * fraction) / (2.0 * fraction)

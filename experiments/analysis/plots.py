@@ -19,10 +19,19 @@ _DPI = 110
 
 
 def _save(fig, path):
+    """Writes the PNG atomically (a temporary file renamed into place): shards of one study
+    rebuild the report in the same directory, and one may read a figure while another writes
+    it."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fig.tight_layout()
-    fig.savefig(path, dpi=_DPI)
-    plt.close(fig)
+    temporary = f"{path}.tmp-{os.getpid()}.png"
+    try:
+        fig.savefig(temporary, dpi=_DPI)
+        os.replace(temporary, path)
+    finally:
+        plt.close(fig)
+        if os.path.exists(temporary):
+            os.remove(temporary)
     return path
 
 
@@ -54,35 +63,77 @@ def _by_batch(points, reduce=statistics.fmean):
     return sizes, [reduce(by_batch[b]) for b in sizes]
 
 
-def plot_steps_to_result(best, fit, path, b_simple=None):
-    """Log-log updates-to-target vs B: measured best runs, the S(B) fit, perfect scaling, B_noise.
+def _batch_axis(ax, sizes):
+    """B on a log axis in base 2 with plain tick labels (8, 16, ... not 2^3 or 1e1)."""
+    from matplotlib import ticker  # noqa: PLC0415
+
+    ax.set_xscale("log", base=2)
+    sizes = sorted({int(b) for b in sizes if b})
+    if sizes:
+        step = max(1, len(sizes) // 8)  # at most about 8 labels: none overlap
+        ax.set_xticks(sizes[::step])
+        ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda x, _: f"{x:g}"))
+        ax.xaxis.set_minor_locator(ticker.NullLocator())
+
+
+def _plain_log_y(ax):
+    from matplotlib import ticker  # noqa: PLC0415
+
+    ax.yaxis.set_major_formatter(ticker.FuncFormatter(lambda y, _: f"{y:g}"))
+    ax.yaxis.set_minor_formatter(ticker.NullFormatter())
+
+
+def plot_steps_to_result(best, fit, path, b_simple=None, target=None, intervals=None):
+    """Log-log updates-to-target vs B: per-B median over seeds (bars: the 90% interval over
+    seeds), censored batch sizes (triangles at their budget: "more than"), the S(B) fit, perfect
+    scaling, B_crit with its interval.
 
     The perfect-scaling line (S proportional to 1/B through the smallest batch) shows how much of
-    the ideal speed-up each larger batch still gets; B_noise marks where the fit bends away.
+    the ideal speed-up each larger batch still gets; B_crit marks where the fit bends away.
     """
-    fig, ax = plt.subplots(figsize=(6.4, 4.6))
-    ax.set(xlabel="batch size B", ylabel="updates to reach the target",
-           title="Steps to result vs batch size")
-    points = sorted((b, v["steps"]) for b, v in best.items() if v.get("steps") is not None)
+    fig, ax = plt.subplots(figsize=(6.8, 4.8))
+    title = "Steps to result vs batch size"
+    if target:
+        title += f"\n(updates until {target})"
+    ax.set(xlabel="batch size B", ylabel="updates to reach the target", title=title)
+    points = sorted((b, v["steps"], v.get("steps_interval")) for b, v in best.items()
+                    if v.get("steps") is not None)
+    censored = sorted((b, v["budget"]) for b, v in best.items()
+                      if v.get("censored") and v.get("budget"))
     if not points:
         _note(ax, "no run reached the target:\nno steps to result to show")
         return _save(fig, path)
-    sizes, steps = zip(*points)
-    ax.loglog(sizes, steps, "o", color="C0", label="measured (best run per batch size)", zorder=3)
-    grid = _span(sizes)
-    ax.loglog(grid, steps[0] * sizes[0] / grid, "--", color="0.5",
-              label="perfect scaling (S ∝ 1/B)")
+    sizes, steps, spreads = zip(*points)
+    low = [s - (iv[0] if iv else s) for s, iv in zip(steps, spreads)]
+    high = [((iv[1] if np.isfinite(iv[1]) else s) if iv else s) - s
+            for s, iv in zip(steps, spreads)]
+    ax.errorbar(sizes, steps, yerr=[low, high], fmt="o", color="C0", capsize=3, zorder=3,
+                label="median over seeds, best lr per B (bars: 90% over seeds)")
+    if censored:
+        ax.plot(*zip(*censored), "^", color="C3", zorder=3,
+                label="never reached: more than this budget")
+    every = list(sizes) + [b for b, _ in censored]
+    grid = _span(every)
+    ax.plot(grid, steps[0] * sizes[0] / grid, "--", color="0.5", label="perfect scaling (S ∝ 1/B)")
     if fit is not None:
-        ax.loglog(grid, fit.steps(grid), "-", color="C1",
-                  label=f"fit: S_min={fit.s_min:.4g}, B_noise={fit.b_noise:.4g}")
+        ax.plot(grid, fit.steps(grid), "-", color="C1",
+                label=f"fit: S_min = {fit.s_min:.3g}, B_crit = {fit.b_crit:.3g}")
         ax.axhline(fit.s_min, color="C1", linestyle=":", linewidth=1)
-        ax.axvline(fit.b_noise, color="C1", linestyle="-.", linewidth=1, label="B_noise (fit)")
+        ax.axvline(fit.b_crit, color="C1", linestyle="-.", linewidth=1, label="B_crit (fit)")
+        if intervals is not None:
+            lo, hi = intervals.b_crit
+            ax.axvspan(max(lo, grid[0]), min(hi, grid[-1]), color="C1", alpha=0.12,
+                       label=f"B_crit 90% interval {lo:.3g} to {hi:.3g}")
     if b_simple is not None:
         ax.axvline(b_simple, color="C2", linestyle="-.", linewidth=1,
-                   label=f"B_simple (measured) = {b_simple:.3g}")
-    ax.set_ylim(min(steps) / 3, max(steps) * 3)
+                   label=f"B_simple near the target = {b_simple:.3g}")
+    ax.set_yscale("log")
+    every_steps = list(steps) + [c for _, c in censored]
+    ax.set_ylim(min(every_steps) / 3, max(every_steps) * 3)
+    _batch_axis(ax, every)
+    _plain_log_y(ax)
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7)
     return _save(fig, path)
 
 
@@ -100,9 +151,10 @@ def plot_metric_vs_batch(records, metric_key, path, group_key="learning_rate", y
                          mode=None):
     """Final ``metric_key`` (from each record's "final") vs B, one line per ``group_key`` value.
 
-    Seeds of the same group and batch size are drawn as points and joined at their mean, so the
+    Seeds of the same group and batch size are drawn as points and joined at their median, so the
     seed-to-seed spread is visible next to the batch-size effect. With ``mode`` ("max" or "min",
-    which way is better) a black line joins the best run at each B: the tuned comparison.
+    which way is better) a black line joins the best setting's median at each B: the tuned
+    comparison the report states.
     """
     fig, ax = plt.subplots(figsize=(6.4, 4.6))
     groups = {}
@@ -116,14 +168,15 @@ def plot_metric_vs_batch(records, metric_key, path, group_key="learning_rate", y
         color = f"C{index % 10}"
         sizes, values = zip(*groups[group])
         ax.plot(sizes, values, "o", color=color, alpha=0.5)
-        ax.plot(*_by_batch(groups[group]), "-", color=color, alpha=0.7,
+        ax.plot(*_by_batch(groups[group], statistics.median), "-", color=color, alpha=0.7,
                 label=_group_label(group_key, group))
-    if groups and mode is not None:
-        every = [point for points in groups.values() for point in points]
-        ax.plot(*_by_batch(every, max if mode == "max" else min), "-", color="black", linewidth=2.5,
-                label="best run per batch size")
+    if groups and mode is not None:  # the best setting's median over seeds, as the report says
+        medians = [point for points in groups.values()
+                   for point in zip(*_by_batch(points, statistics.median))]
+        ax.plot(*_by_batch(medians, max if mode == "max" else min), "-", color="black",
+                linewidth=2.5, label="best setting per B (median over seeds)")
     if groups:
-        ax.set_xscale("log", base=2)
+        _batch_axis(ax, [b for points in groups.values() for b, _ in points])
         ax.legend(fontsize=7, ncol=2 if len(groups) > 8 else 1)
     ax.set(xlabel="batch size B", ylabel=ylabel or metric_key,
            title=f"Final {ylabel or metric_key} vs batch size")
@@ -146,6 +199,8 @@ def plot_best_lr(batch_sizes, lrs, fit, path):
         return _save(fig, path)
     sizes, best = zip(*points)
     ax.loglog(sizes, best, "o", color="C0", label="best learning rate", zorder=3)
+    _batch_axis(ax, sizes)
+    _plain_log_y(ax)
     if fit is not None:
         grid = _span(sizes)
         stderr = "" if np.isnan(fit.exponent_stderr) else f" ± {fit.exponent_stderr:.2f}"
@@ -162,15 +217,23 @@ def plot_best_lr(batch_sizes, lrs, fit, path):
 
 
 def plot_throughput(records, path):
-    """Two panels vs B: examples per second (does the hardware get busier?) and wall time."""
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4.2))
-    panels = (("examples_per_sec", "examples / s", "Throughput"),
-              ("wall_time_s", "wall time (s)", "Wall time per run"))
-    for ax, (key, ylabel, title) in zip(axes, panels):
+    """Two panels vs B (base 2, plain labels): examples per second (does the hardware get busier?)
+    on a log axis, and wall time per run on a linear axis (read as seconds at a glance)."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.4))
+    panels = (("examples_per_sec", "examples / s", "Throughput", "log"),
+              ("wall_time_s", "wall time per run (s)", "Wall time per run", "linear"))
+    for ax, (key, ylabel, title, yscale) in zip(axes, panels):
         points = _finished_with(records, key)
         if points:
-            ax.loglog(*zip(*points), "o", color="C0", alpha=0.5)
-            ax.loglog(*_by_batch(points), "-", color="C0", label="mean over runs")
+            ax.plot(*zip(*points), "o", color="C0", alpha=0.5)
+            ax.plot(*_by_batch(points, statistics.median), "-", color="C0",
+                    label="median over runs")
+            ax.set_yscale(yscale)
+            if yscale == "log":
+                _plain_log_y(ax)
+            else:
+                ax.set_ylim(bottom=0)
+            _batch_axis(ax, [b for b, _ in points])
             ax.legend(fontsize=8)
         else:
             _note(ax, f"no finished run reports {key}")

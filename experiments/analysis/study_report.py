@@ -8,51 +8,73 @@ target still gets a report: each answer then says what could not be determined a
 """
 
 import html
+import json
 import math
 import os
 import statistics
 
+import numpy as np
+
 from experiments.analysis import plots
-from experiments.analysis.fits import fit_power_law, fit_steps_to_result
-from experiments.analysis.steps_to_result import (best_per_batch_size, finished, run_steps,
-                                                  value_at)
+from experiments.analysis import study_statistics as stats
+from experiments.analysis.fits import (bootstrap_steps_fit, fit_power_law, fit_steps_to_result,
+                                       power_law_interval)
+from experiments.analysis.steps_to_result import finished, value_at
 
 from experiments.analysis.answers import FIGURES, better, gap_key, metric_name, sentences
+
+try:  # the trustworthy B_simple near the target (issue #19); until it lands, the fallback below
+    from experiments.analysis import noise_at_target
+except ImportError:  # pragma: no cover  (depends on which modules are present)
+    noise_at_target = None
+
+LEVEL = stats.LEVEL
 
 
 def _default_target(done, mode, metric):
     """The best value that every batch size reached, so that every batch size gets a step count.
 
-    Each batch size's best run defines what that batch size can reach; the hardest common target
-    is the worst of these.
+    Each (batch size, setting)'s reach is the median over its seeds of each seed's best value (one
+    lucky seed does not set it); a batch size's reach is its best setting's; the target is the
+    worst batch size's reach. It is still chosen from the runs it is then measured on, so the
+    report says so; set ``study.target`` for an unbiased one.
     """
     reach = {}
     for record in done:
         values = [v for _, v in (record.get("curve") or {}).get(metric) or ()
                   if v is not None and not math.isnan(v)]
         if values:
-            best = max(values) if mode == "max" else min(values)
-            previous = reach.get(record["batch_size"])
-            if previous is None or better(best, previous, mode):
-                reach[record["batch_size"]] = best
-    if not reach:
+            key = (record["batch_size"], record.get("learning_rate"), record.get("rule"))
+            reach.setdefault(key, []).append(max(values) if mode == "max" else min(values))
+    per_batch = {}
+    for (batch_size, _, _), values in reach.items():
+        value = statistics.median(values)
+        previous = per_batch.get(batch_size)
+        if previous is None or better(value, previous, mode):
+            per_batch[batch_size] = value
+    if not per_batch:
         return None
-    return min(reach.values()) if mode == "max" else max(reach.values())
+    return min(per_batch.values()) if mode == "max" else max(per_batch.values())
 
 
 def _fit_steps(best, target, metric, mode):
-    """The S(B) fit over batch sizes that reached the target, or (None, why not)."""
+    """(S(B) fit, its bootstrap intervals, why not): the fit over the per-B medians, censored
+    batch sizes kept as "more than the budget"."""
     if target is None:
-        return None, f"no finished run has a {metric} curve, so there is no target to reach"
+        return None, None, f"no finished run has a {metric} curve, so there is no target to reach"
     relation = ">=" if mode == "max" else "<="
     points = [(b, v["steps"]) for b, v in best.items() if v["steps"] is not None]
+    censored = [(b, v["budget"]) for b, v in best.items()
+                if v["censored"] and v["budget"] is not None and v["budget"] > 0]
     if not points:
-        return None, f"no run reached the target {metric} {relation} {metric_name(target)}"
+        return None, None, f"no run reached the target {metric} {relation} {metric_name(target)}"
     if len(points) < 3:
-        return None, (f"only {len(points)} batch size(s) reached the target {metric} {relation} "
-                      f"{metric_name(target)}; fitting S(B) needs at least 3")
+        return None, None, (f"only {len(points)} batch size(s) reached the target {metric} "
+                            f"{relation} {metric_name(target)}; fitting S(B) needs at least 3")
     sizes, steps = zip(*points)
-    return fit_steps_to_result(sizes, steps), None
+    fit = fit_steps_to_result(sizes, steps, censored)
+    intervals = bootstrap_steps_fit(sizes, steps, censored, level=LEVEL, num_resamples=500)
+    return fit, intervals, None
 
 
 def _lr_or_inf(record):
@@ -61,24 +83,42 @@ def _lr_or_inf(record):
     return math.inf if lr is None else lr
 
 
-def _best_final_per_batch(done, metric, mode):
-    """Per batch size, the finished run with the best final ``metric`` (ties: lower lr).
+def _spread(values):
+    return [min(values), max(values)] if len(values) >= 2 else None
 
-    This is the tuned comparison: each batch size judged by its best learning rate or rule.
+
+def _best_final_per_batch(done, metric, mode):
+    """Per batch size, the setting (learning rate, rule) with the best median final ``metric``
+    over its seeds (ties: lower lr): {B: {"final" (median), "final_range" [min, max over seeds],
+    "gap", "gap_range", "num_seeds", "learning_rate", "rule", "runs"}}.
+
+    This is the tuned comparison: each batch size judged by its best learning rate or rule, and
+    by the median seed of it, not by its luckiest run.
     """
-    candidates = {}
+    groups = {}
     for record in done:
         value = (record.get("final") or {}).get(metric)
         if value is not None and not math.isnan(value):
-            candidates.setdefault(record["batch_size"], []).append((value, record))
+            key = (record.get("learning_rate"), record.get("rule"))
+            groups.setdefault(record["batch_size"], {}).setdefault(key, []).append(record)
     sign = -1.0 if mode == "max" else 1.0
+    gap = gap_key(metric)
     per_batch = {}
-    for batch_size in sorted(candidates):
-        value, record = min(candidates[batch_size], key=lambda c: (sign * c[0], _lr_or_inf(c[1])))
+    for batch_size in sorted(groups):
+        scored = []
+        for (lr, rule), runs in groups[batch_size].items():
+            median = statistics.median(r["final"][metric] for r in runs)
+            scored.append((sign * median, math.inf if lr is None else lr, str(rule), runs))
+        _, _, _, runs = min(scored, key=lambda c: c[:3])
+        finals = [r["final"][metric] for r in runs]
+        gaps = [(r.get("final") or {}).get(gap) for r in runs]
+        gaps = [g for g in gaps if g is not None and not math.isnan(g)]
         per_batch[batch_size] = {
-            "final": value, "gap": (record.get("final") or {}).get(gap_key(metric)),
-            "learning_rate": record.get("learning_rate"), "rule": record.get("rule"),
-            "run": record.get("name")}
+            "final": statistics.median(finals), "final_range": _spread(finals),
+            "gap": statistics.median(gaps) if gaps else None, "gap_range": _spread(gaps),
+            "num_seeds": len(runs), "learning_rate": runs[0].get("learning_rate"),
+            "rule": runs[0].get("rule"), "run": runs[0].get("name"),
+            "runs": [r.get("name") for r in runs]}
     return per_batch
 
 
@@ -94,77 +134,206 @@ def _learning_rates_tried(done):
     return {b: sorted(lrs) for b, lrs in tried.items()}, searched
 
 
-def _fit_best_lr(per_batch):
-    """Power law of the best learning rate over B, or (None, why not)."""
-    points = [(b, v["learning_rate"]) for b, v in per_batch.items()
-              if v["learning_rate"] is not None and v["learning_rate"] > 0]
-    if len(points) < 2:
-        return None, (f"only {len(points)} batch size(s) have a finished run with a learning "
-                      "rate and a final metric; the fit needs 2")
-    return fit_power_law(*zip(*points)), None
+def _fit_best_lr(best, per_batch):
+    """Power law of the best learning rate over B: the learning rate that sets each S(B) point
+    when steps to result exist for 2+ batch sizes, else the one with the best final metric.
+    Returns (fit, interval, source, why not)."""
+    for source, table in (("steps to target", best), ("final metric", per_batch)):
+        points = [(b, v["learning_rate"]) for b, v in table.items()
+                  if v.get("learning_rate") is not None and v["learning_rate"] > 0]
+        if len(points) >= 2:
+            fit = fit_power_law(*zip(*points))
+            return fit, power_law_interval(fit, LEVEL), source, None
+    return None, None, None, ("fewer than 2 batch sizes have a finished run with a learning "
+                              "rate that reached the target or has a final metric; the fit "
+                              "needs 2")
+
+
+def _edge_warnings(best, per_batch, lrs_tried):
+    """Batch sizes whose deciding learning rate is the smallest or largest tried there:
+    [{"batch_size", "learning_rate", "edge" ("low"/"high"), "decides"}]. The learning rate
+    that sets S(B) is checked when there is one, else the one with the best final metric."""
+    warnings = []
+    for b in sorted(set(best) | set(per_batch)):
+        entry, decides = best.get(b), "steps to target"
+        if entry is None or entry.get("learning_rate") is None:
+            entry, decides = per_batch.get(b), "final metric"
+        if not entry or entry.get("learning_rate") is None:
+            continue
+        tried = lrs_tried.get(b, [])
+        if len(tried) < 2 or entry["learning_rate"] not in (tried[0], tried[-1]):
+            continue
+        warnings.append({"batch_size": b, "learning_rate": entry["learning_rate"],
+                         "edge": "low" if entry["learning_rate"] == tried[0] else "high",
+                         "decides": decides})
+    return warnings
 
 
 def _throughput_per_batch(done):
-    """{batch size: mean examples per second} over finished runs that report it."""
+    """{batch size: {"median", "range", "num_runs"}} of examples per second."""
     rates = {}
     for record in done:
         if record.get("examples_per_sec") is not None:
             rates.setdefault(record["batch_size"], []).append(record["examples_per_sec"])
-    return {b: statistics.fmean(rates[b]) for b in sorted(rates)}
+    return {b: {"median": statistics.median(rates[b]), "range": _spread(rates[b]),
+                "num_runs": len(rates[b])} for b in sorted(rates)}
 
 
-def _b_simples(done, best):
-    """(B_simple values, when they were taken). B_simple grows as the loss falls, so the critical
-    batch for reaching a target is predicted by its value where the runs reach that target
-    (McCandlish et al. 2018, section 3): the value on each batch size's best run's logged curve
-    at the update it reached the target. Without curves: each run's final value."""
+def _fallback_b_simple(done, best):
+    """The B_simple reading used until ``noise_at_target`` exists: each run of each batch
+    size's best setting read on its logged B_simple curve at its (interpolated) crossing; the
+    median, with a bootstrap interval over those runs. Without curves: final values."""
     by_name = {r.get("name"): r for r in done}
     at_target = []
     for entry in best.values():
-        run = by_name.get(entry.get("run"))
-        if run and entry.get("steps") is not None and run.get("b_simple_curve"):
-            value = value_at(run["b_simple_curve"], entry["steps"])
-            if value is not None:
-                at_target.append(value)
-    if at_target:
-        return at_target, "where each batch size's best run reached the target"
-    final = [r["b_simple"] for r in done if r.get("b_simple") is not None]
-    return final, "at the end of training"
+        for run_entry in entry.get("runs") or ():
+            run = by_name.get(run_entry["name"])
+            if run and run_entry["steps"] is not None and run.get("b_simple_curve"):
+                value = value_at(run["b_simple_curve"], run_entry["steps"])
+                if value is not None:
+                    at_target.append(value)
+    when = "on each best setting's runs' B_simple curve at the update they reached the target"
+    if not at_target:
+        at_target = [r["b_simple"] for r in done if r.get("b_simple") is not None]
+        when = "at the end of training (no B_simple curve logged)"
+    if not at_target:
+        return {"b_simple": None, "interval": None, "num_runs": 0, "num_estimates": 0,
+                "note": "no finished run measured B_simple", "source": "fallback"}
+    return {"b_simple": statistics.median(at_target),
+            "interval": stats.bootstrap_median_interval(at_target),
+            "num_runs": len(at_target), "num_estimates": len(at_target),
+            "note": f"fallback reading: median of {len(at_target)} values read {when}",
+            "source": "fallback (median of curve readings)"}
 
 
-def summarize(records, target=None, mode="max", metric="val_accuracy"):
+def _b_simple(done, best, target, metric, mode="max"):
+    """B_simple near the target: ``noise_at_target.pooled_b_simple`` when that module exists
+    (the lead's pooled estimate over every run's logged noise-scale estimates near the target),
+    else ``_fallback_b_simple``. Returns {"b_simple", "interval", "num_runs", "num_estimates",
+    "note", "source"}."""
+    if noise_at_target is not None and target is not None:
+        out = dict(noise_at_target.pooled_b_simple(done, target, metric, mode=mode, level=LEVEL))
+        out.setdefault("source", "noise_at_target.pooled_b_simple")
+        if out.get("b_simple") is not None:
+            return out
+        fallback = _fallback_b_simple(done, best)
+        fallback["note"] = f"{fallback['note']} (pooled estimate unavailable: {out.get('note')})"
+        return fallback
+    return _fallback_b_simple(done, best)
+
+
+def _ratio(fit, intervals, b_simple):
+    """B_crit / B_simple with a conservative interval (lowest B_crit over highest B_simple, and
+    the other way round); None where either is missing."""
+    if fit is None or not b_simple.get("b_simple"):
+        return None, None
+    ratio = fit.b_crit / b_simple["b_simple"]
+    if intervals is None or not b_simple.get("interval"):
+        return ratio, None
+    lo, hi = b_simple["interval"]
+    if not lo or lo <= 0:
+        return ratio, None
+    return ratio, [intervals.b_crit[0] / hi, intervals.b_crit[1] / lo]
+
+
+def summarize(records, target=None, mode="max", metric="val_accuracy", extensions=None):
     """Everything the report states about a study, as a dict (see the keys below).
 
     ``target`` is the value of ``metric`` that defines steps to result; None picks the best value
-    that every batch size reached. ``mode`` says whether higher ("max") or lower ("min") values
-    of ``metric`` are better, for the target and for choosing the best run.
+    that every batch size reached (median over seeds). ``mode`` says whether higher ("max") or
+    lower ("min") values of ``metric`` are better, for the target and for choosing the best run.
+    ``extensions``: what ``study.extend_learning_rates`` added (``study_extension.report_info``),
+    stated by the report; None when it was off.
     """
     done = finished(records)
     target_source = "given"
     if target is None:
         target = _default_target(done, mode, metric)
-        target_source = "the best value that every batch size reached"
-    best = best_per_batch_size(records, target, mode, metric) if target is not None else {}
-    steps_fit, steps_fit_reason = _fit_steps(best, target, metric, mode)
-    b_simples, b_simple_when = _b_simples(done, best)
-    b_simple = statistics.median(b_simples) if b_simples else None
+        target_source = ("the best value every batch size reached, chosen from these same runs, "
+                         "so optimistic: set study.target for an unbiased one")
+    best = stats.best_per_batch_size(records, target, mode, metric) if target is not None else {}
+    steps_fit, steps_intervals, steps_fit_reason = _fit_steps(best, target, metric, mode)
+    b_simple = _b_simple(done, best, target, metric, mode)
+    ratio, ratio_interval = _ratio(steps_fit, steps_intervals, b_simple)
     per_batch = _best_final_per_batch(done, metric, mode)
-    lr_fit, lr_fit_reason = _fit_best_lr(per_batch)
+    lr_fit, lr_interval, lr_source, lr_fit_reason = _fit_best_lr(best, per_batch)
     lrs_tried, lr_searched = _learning_rates_tried(done)
     return {
-        "metric": metric, "mode": mode, "gap_key": gap_key(metric),
+        "metric": metric, "mode": mode, "gap_key": gap_key(metric), "level": LEVEL,
         "target": target, "target_source": target_source,
         "batch_sizes": sorted({r["batch_size"] for r in records if r.get("batch_size")}),
         "num_runs": len(records), "num_finished": len(done),
-        "best": best, "steps_fit": steps_fit, "steps_fit_reason": steps_fit_reason,
-        "b_simple": b_simple, "num_b_simple": len(b_simples), "b_simple_when": b_simple_when,
-        "b_noise_over_b_simple": (steps_fit.b_noise / b_simple
-                                  if steps_fit is not None and b_simple else None),
-        "per_batch": per_batch, "lr_fit": lr_fit, "lr_fit_reason": lr_fit_reason,
+        "best": best, "steps_fit": steps_fit, "steps_intervals": steps_intervals,
+        "steps_fit_reason": steps_fit_reason,
+        "num_steps_runs": sum(v["num_runs"] for v in best.values()),
+        "b_simple": b_simple["b_simple"], "b_simple_interval": b_simple.get("interval"),
+        "b_simple_info": b_simple, "num_b_simple": b_simple.get("num_runs", 0),
+        "b_crit_over_b_simple": ratio, "b_crit_over_b_simple_interval": ratio_interval,
+        "per_batch": per_batch, "lr_fit": lr_fit, "lr_fit_interval": lr_interval,
+        "lr_fit_source": lr_source, "lr_fit_reason": lr_fit_reason,
         "lrs_tried": lrs_tried, "lr_searched": lr_searched,
+        "edge_warnings": _edge_warnings(best, per_batch, lrs_tried),
+        "extensions": extensions,
         "throughput": _throughput_per_batch(done),
         "failed": [{"name": r.get("name"), "batch_size": r.get("batch_size"),
                     "error": r.get("error")} for r in records if r.get("status") == "failed"],
+    }
+
+
+def _interval(pair):
+    return None if pair is None else [float(pair[0]), float(pair[1])]
+
+
+def report_json(summary):
+    """The machine-readable report (report.json): every number the sentences state, under keys
+    documented in docs/studies.md. Intervals are [lo, hi] at ``level`` (0.9) or null."""
+    fit, intervals = summary["steps_fit"], summary["steps_intervals"]
+    per_batch = {}
+    for b, v in summary["best"].items():
+        final = summary["per_batch"].get(b, {})
+        per_batch[str(b)] = {
+            "steps": v["steps"], "steps_interval": _interval(v["steps_interval"]),
+            "learning_rate": v["learning_rate"], "rule": v["rule"], "censored": v["censored"],
+            "budget": v["budget"], "num_runs": v["num_runs"], "num_seeds": v["num_seeds"],
+            "at_edge": v["at_edge"], "learning_rates_tried": v["learning_rates_tried"],
+            "final": final.get("final"), "final_range": final.get("final_range"),
+            "gap": final.get("gap")}
+    for b, final in summary["per_batch"].items():
+        per_batch.setdefault(str(b), {"steps": None, "steps_interval": None,
+                                      "learning_rate": final["learning_rate"],
+                                      "rule": final["rule"], "censored": None,
+                                      "final": final["final"],
+                                      "final_range": final["final_range"], "gap": final["gap"]})
+    lr_fit = summary["lr_fit"]
+    throughput = summary["throughput"]
+    return {
+        "schema": 1, "level": summary["level"],
+        "metric": summary["metric"], "mode": summary["mode"], "target": summary["target"],
+        "target_source": summary["target_source"],
+        "num_runs": summary["num_runs"], "num_finished": summary["num_finished"],
+        "per_batch_size": per_batch,
+        "s_min": fit.s_min if fit else None,
+        "s_min_interval": _interval(intervals.s_min) if intervals else None,
+        "b_crit": fit.b_crit if fit else None,
+        "b_crit_interval": _interval(intervals.b_crit) if intervals else None,
+        "fit_residual_rms": fit.residual_rms if fit else None,
+        "fit_num_points": fit.num_points if fit else None,
+        "fit_num_censored": fit.num_censored if fit else None,
+        "fit_reason": summary["steps_fit_reason"],
+        "b_simple_at_target": summary["b_simple"],
+        "b_simple_interval": _interval(summary["b_simple_interval"]),
+        "b_simple_num_runs": summary["num_b_simple"],
+        "b_simple_source": summary["b_simple_info"].get("source"),
+        "b_simple_note": summary["b_simple_info"].get("note"),
+        "b_crit_over_b_simple": summary["b_crit_over_b_simple"],
+        "b_crit_over_b_simple_interval": _interval(summary["b_crit_over_b_simple_interval"]),
+        "lr_exponent": lr_fit.exponent if lr_fit else None,
+        "lr_exponent_interval": _interval(summary["lr_fit_interval"]),
+        "lr_exponent_source": summary["lr_fit_source"],
+        "edge_warnings": summary["edge_warnings"],
+        "extensions": summary.get("extensions"),
+        "throughput": {str(b): v for b, v in throughput.items()},
+        "failed": summary["failed"],
     }
 
 
@@ -189,10 +358,16 @@ def _write_figures(study_dir, records, summary):
     """Every figure the sentences cite, written into ``study_dir``: {name: path}."""
     metric, gap, group = summary["metric"], summary["gap_key"], _group_key(records)
     path = lambda name: os.path.join(study_dir, FIGURES[name])  # noqa: E731
-    best_lr = {b: v["learning_rate"] for b, v in summary["per_batch"].items()}
+    deciding = summary["best"] if summary["lr_fit_source"] == "steps to target" else \
+        summary["per_batch"]
+    best_lr = {b: v["learning_rate"] for b, v in deciding.items()}
+    relation = ">=" if summary["mode"] == "max" else "<="
+    target = (None if summary["target"] is None
+              else f"{metric} {relation} {metric_name(summary['target'])}")
     return {
         "steps_to_result": plots.plot_steps_to_result(
-            summary["best"], summary["steps_fit"], path("steps_to_result"), summary["b_simple"]),
+            summary["best"], summary["steps_fit"], path("steps_to_result"), summary["b_simple"],
+            target=target, intervals=summary["steps_intervals"]),
         "final_metric": plots.plot_metric_vs_batch(
             records, metric, path("final_metric"), group, ylabel=metric, mode=summary["mode"]),
         "generalization_gap": plots.plot_metric_vs_batch(
@@ -229,10 +404,16 @@ def _runs_table(records, summary):
     metric, target, mode = summary["metric"], summary["target"], summary["mode"]
     header = ["run", "B", "b", "lr", "rule", "seed", "status", "steps to target",
               f"final {metric}", summary["gap_key"], "examples/s", "wall time (s)", "error"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines = ["Steps to target: the interpolated crossing between evaluations; \"> N\": not "
+             "reached within the N updates evaluated (censored).", "",
+             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in sorted(records, key=_run_order):
         final = r.get("final") or {}
-        steps = run_steps(r, target, mode, metric) if target is not None else None
+        steps = None
+        if target is not None and r.get("status") == "finished":
+            reached, censored_at = stats.run_crossing(r, target, mode, metric)
+            steps = reached if reached is not None else (
+                f"> {censored_at:.0f}" if censored_at is not None else None)
         row = [r.get("name"), r.get("batch_size"), r.get("micro_batch_size"),
                r.get("learning_rate"), r.get("rule"), r.get("seed"), r.get("status"), steps,
                final.get(metric), final.get(summary["gap_key"]), r.get("examples_per_sec"),
@@ -255,14 +436,15 @@ def _overview(records, summary):
     return text
 
 
-def write_report(study_dir, records, study_name, target=None, mode="max", metric="val_accuracy"):
+def write_report(study_dir, records, study_name, target=None, mode="max", metric="val_accuracy",
+                 extensions=None):
     """Write ``report.md`` and its figures into ``study_dir``.
 
     Returns {"report": path, "figures": {name: path}, "summary": summary}. The answers come
     first because they are what a reader came for; figures and the full run table back them up.
     """
     os.makedirs(study_dir, exist_ok=True)
-    summary = summarize(records, target=target, mode=mode, metric=metric)
+    summary = summarize(records, target=target, mode=mode, metric=metric, extensions=extensions)
     figures = _write_figures(study_dir, records, summary)
     lines = [f"# Batch-size study: {_text(study_name)}", "", _text(_overview(records, summary)),
              "", "## Answers", ""]
@@ -275,4 +457,24 @@ def write_report(study_dir, records, study_name, target=None, mode="max", metric
     report = os.path.join(study_dir, "report.md")
     with open(report, "w", encoding="utf-8") as f:
         f.write("\n".join(lines))
-    return {"report": report, "figures": figures, "summary": summary}
+    machine = os.path.join(study_dir, "report.json")
+    tmp = machine + f".{os.getpid()}.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(_jsonable(report_json(summary)), f, indent=2, sort_keys=True)
+        f.write("\n")
+    os.replace(tmp, machine)
+    return {"report": report, "report_json": machine, "figures": figures, "summary": summary,
+            "markdown": "\n".join(lines)}
+
+
+def _jsonable(value):
+    """Plain JSON values: numpy scalars as numbers, inf and nan as null (JSON has neither)."""
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value

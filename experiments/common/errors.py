@@ -16,3 +16,35 @@ def own_message(error):
 def summary(error):
     """``Type: message`` of an exception, the message its own (``own_message``)."""
     return f"{type(error).__name__}: {own_message(error)}"
+
+
+# Errors that are the user's input or the run's numbers, not a bug: shown as one message.
+_USER_ERRORS = (ValueError, LookupError, OSError, FloatingPointError, RecursionError)
+REQUIRED = "Required bindings for `"
+
+
+def user_message(error):
+    """The one or two lines ``main.py`` prints for ``error``, or None for an error that is a bug
+    (its traceback is then kept). The run directory a failed run was marked in
+    (``error.batchlab_run_dir``) is named."""
+    text = own_message(error)
+    if isinstance(error, RuntimeError) and REQUIRED in text:  # gin.REQUIRED left unbound
+        configurable = text.split(REQUIRED, 1)[1].split("`", 1)[0]
+        names = text.rsplit("[", 1)[-1].rstrip("]").replace("'", "").split(", ")
+        shown = ", ".join(f"{configurable}.{n}" for n in names)
+        return (f"{shown} must be set: bind it in a gin file or with "
+                f"--gin_bindings='{configurable}.{names[0]} = ...'.")
+    if isinstance(error, RecursionError):
+        text = ("a binding refers to itself (e.g. X.param = @X()), so building it never ends; "
+                "check the references (@...) in the bindings.")
+    elif not isinstance(error, _USER_ERRORS):
+        return None
+    elif isinstance(error, KeyError) and text.startswith(("'", '"')):
+        text = text[1:-1]
+    if isinstance(error, OSError) and not isinstance(error, FileNotFoundError) \
+            and getattr(error, "filename", None):
+        text = f"{error.filename}: {error.strerror or text}"
+    run_dir = getattr(error, "batchlab_run_dir", None)
+    if run_dir:
+        text += f"\n(run {run_dir} is marked failed; its log and status.json say more)"
+    return text

@@ -9,7 +9,11 @@ beside it); relative to the repository root (so shipped experiments run from any
 import glob
 import os
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+_EXPERIMENTS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The root holding main.py, gin/ and data/: the checkout (also under ``pip install -e .``), or,
+# in an installed package, their copies in experiments/_shipped (pyproject.toml).
+SHIPPED_ROOT = os.path.join(_EXPERIMENTS, "_shipped")
+REPO_ROOT = SHIPPED_ROOT if os.path.isdir(SHIPPED_ROOT) else os.path.dirname(_EXPERIMENTS)
 
 _gin_dirs = []
 

@@ -37,6 +37,7 @@ class StepContext:
     has_call_losses: bool
     track_noise: bool
     sampled: Any  # bool tensor: this update feeds the noise scale (None when not tracked)
+    preconditioner: Any  # a function giving the optimizer's diagonal preconditioner, or None
     coming_update: Any  # int64 tensor: the 1-based count of this update
     records_norms: bool  # the step fills the gradient norms on the measured update
     global_rows: Optional[Any] = None  # float32 rows over all replicas, with call losses only
@@ -62,7 +63,7 @@ class Accumulated:
     numerator: Any
     denominator: Any
     call_total: Any
-    micro_sq: Any  # sum of squared micro-batch gradient norms (noise scale), 0 if not tracked
+    micro_sq: Any  # [sum_j B_j |G_j|^2, sum_j B_j |P G_j|^2] (noise scale), zeros if not tracked
     grads: list  # data-loss gradients, unnormalised
     call_grads: list  # gradients of the call-time losses, already weighted (empty if none)
     num_micro: Any
@@ -105,6 +106,19 @@ def update_metrics(model, x, y, y_pred, sample_weight):
         compiled.update_state(y, y_pred, sample_weight)
 
 
+def piece_squared_norms(ctx, grads, denominator, rows):
+    """[B_j |G_j|^2, B_j |P G_j|^2] of one piece (a micro-batch, or a replica's batch) from the
+    gradients of its unnormalised loss: ``G_j`` is that gradient over ``denominator``, ``B_j`` its
+    ``rows`` (the preconditioned term is 0 without a preconditioner)."""
+    rows = tf.cast(rows, tf.float32)
+    weight = rows / tf.square(tf.maximum(tf.cast(denominator, tf.float32), 1e-12))
+    plain = noise_scale.squared_norm(grads) * weight
+    if ctx.preconditioner is None:
+        return tf.stack([plain, tf.zeros((), tf.float32)])
+    return tf.stack([plain, noise_scale.preconditioned_squared_norm(grads, ctx.preconditioner())
+                     * weight])
+
+
 def micro_batch_terms(model, ctx, x, y, sample_weight, size):
     """(numerator, denominator, call term, squared gradient norm, gradients) of one micro-batch.
 
@@ -124,15 +138,15 @@ def micro_batch_terms(model, ctx, x, y, sample_weight, size):
     if ctx.has_call_losses:
         grads += dense(tape.gradient(call_term, variables), variables)
         del tape
-    sq = tf.zeros((), tf.float32)
+    sq = tf.zeros([2], tf.float32)
     if ctx.track_noise:
-        def squared_norm():
-            # |G_j|^2 of this micro-batch's mean gradient ('sum' losses: mean over rows).
+        def squared_norms():
+            # B_j |G_j|^2 of this micro-batch's mean gradient ('sum' losses: mean over rows),
+            # weighted by its rows so that ragged micro-batches give an exact expectation.
             per = size if ctx.sums_only else denominator
-            return noise_scale.squared_norm(grads[:len(variables)]) \
-                / tf.square(tf.maximum(tf.cast(per, tf.float32), 1e-12))
+            return piece_squared_norms(ctx, grads[:len(variables)], per, size)
 
-        sq = tf.cond(ctx.sampled, squared_norm, lambda: tf.zeros((), tf.float32))
+        sq = tf.cond(ctx.sampled, squared_norms, lambda: tf.zeros([2], tf.float32))
     update_metrics(model, x, y, y_pred, sample_weight)
     return (tf.cast(numerator, ctx.loss_dtype), tf.cast(denominator, ctx.loss_dtype),
             tf.cast(call_term, ctx.loss_dtype), sq, grads)
@@ -186,7 +200,7 @@ def accumulate_micro_batches(model, ctx, x, y, sample_weight, split_size, axis, 
     copies = 2 if ctx.has_call_losses else 1
     zeros = [tf.zeros_like(v) for v in ctx.variables] * copies
     loop_vars = (tf.constant(0), tf.zeros((), ctx.loss_dtype), tf.zeros((), ctx.loss_dtype),
-                 tf.zeros((), ctx.loss_dtype), tf.zeros((), tf.float32), *zeros)
+                 tf.zeros((), ctx.loss_dtype), tf.zeros([2], tf.float32), *zeros)
     # parallel_iterations=1: one micro-batch's activations alive at a time.
     result = tf.while_loop(lambda j, *_: j < num_micro, body, loop_vars, parallel_iterations=1)
     n_vars = len(ctx.variables)
@@ -209,7 +223,8 @@ def normalise(ctx, acc):
 
 
 def single_pass(model, ctx, x, y, sample_weight, num_rows):
-    """k = 1 without call-time losses: (gradients, loss, squared norm for the noise scale).
+    """k = 1 without call-time losses: (gradients, loss, the piece's squared norms for the noise
+    scale).
 
     One pass, and the loss is divided by its (global) denominator before the backward pass, as
     Keras does: the denominator depends on the data only, and the gradients need no second pass.
@@ -224,13 +239,14 @@ def single_pass(model, ctx, x, y, sample_weight, num_rows):
         scaled = numerator / tf.cast(safe_denominator, numerator.dtype)
     grads = dense(tape.gradient(scaled, ctx.variables), ctx.variables)
     update_metrics(model, x, y, y_pred, sample_weight)
-    micro_sq = tf.zeros((), tf.float32)
+    micro_sq = tf.zeros([2], tf.float32)
     if ctx.track_noise:
-        # |G|^2 of this replica's own mean gradient.
+        # This replica's own mean gradient is one piece (the noise scale at k = 1 under a
+        # strategy with several replicas): the gradients here are over the global denominator.
         per = num_rows if ctx.sums_only else denominator
-        ratio = tf.cast(safe_denominator, tf.float32) / tf.maximum(tf.cast(per, tf.float32),
-                                                                   1e-12)
-        micro_sq = noise_scale.squared_norm(grads) * tf.square(ratio)
+        per = tf.cast(per, tf.float32) / tf.cast(safe_denominator, tf.float32)
+        micro_sq = tf.cond(ctx.sampled, lambda: piece_squared_norms(ctx, grads, per, num_rows),
+                           lambda: tf.zeros([2], tf.float32))
     loss = tf.stop_gradient(totals[0]) / safe_denominator + 0.0
     return grads, loss, micro_sq
 

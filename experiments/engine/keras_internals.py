@@ -48,6 +48,10 @@ Touches, and why no public API does the job:
   afresh for each run, so a checkpoint's variable names do not depend on the runs built before it
   in the process; the public ``keras.backend.clear_session`` also clears TensorFlow's kernel
   cache, which makes earlier runs' data iterators wait minutes when they are destroyed.
+- ``Optimizer._velocities``, ``_average_gradients``, ``_get_variable_index``
+  (``second_moments``): the running second moments of Adam, AdamW, Nadam and RMSprop, for the
+  preconditioned gradient noise scale (the optimizer's diagonal preconditioner); Keras keeps
+  them under no public name.
 - ``gin.config._REGISTRY`` (``gin_selectors``, gin-config 0.5.0): every registered configurable's
   selector, to suggest the nearest name for a misspelt one; gin lists them nowhere publicly.
 """
@@ -173,3 +177,32 @@ class EpochScalarsTensorBoard(keras.callbacks.TensorBoard):
             self.write_scalars({f"evaluation_{k}_vs_iterations": v for k, v in logs.items()},
                                int(optimizer.iterations.numpy()), "validation")
         self._pop_writer()
+
+
+# Optimizers whose update divides by sqrt(second moment) + epsilon, and whether the moment is
+# bias-corrected by 1 - beta_2^t (Adam's family) or not (RMSprop).
+_SECOND_MOMENT_OPTIMIZERS = {"Adam": True, "AdamW": True, "Nadam": True, "RMSprop": False}
+
+
+def has_second_moments(optimizer):
+    """Whether ``second_moments`` knows this optimizer's second moments."""
+    return type(optimizer).__name__ in _SECOND_MOMENT_OPTIMIZERS
+
+
+def second_moments(optimizer, variables):
+    """(per-variable second moments, their bias correction, epsilon, centred averages or None),
+    or None for an optimizer without them (SGD). Builds the optimizer if it is not yet built."""
+    bias_corrected = _SECOND_MOMENT_OPTIMIZERS.get(type(optimizer).__name__)
+    if bias_corrected is None:
+        return None
+    if not optimizer.built:
+        optimizer.build(variables)
+    velocities = [optimizer._velocities[optimizer._get_variable_index(v)] for v in variables]
+    averages = None
+    if getattr(optimizer, "centered", False):
+        averages = [optimizer._average_gradients[optimizer._get_variable_index(v)]
+                    for v in variables]
+    correction = None
+    if bias_corrected:
+        correction = ("beta_2", float(optimizer.beta_2))
+    return velocities, correction, float(optimizer.epsilon), averages

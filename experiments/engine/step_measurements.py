@@ -45,11 +45,13 @@ class StepMeasurements:
         self.micro_batch_size = scalar("micro_batch_size")  # mean rows per micro-batch
         self.batch_size = scalar("batch_size")  # rows in the whole (global) virtual batch
         self.num_micro_batches = scalar("num_micro_batches")  # over all replicas
-        # ... and their moving averages (layout: ``noise_scale.STATE_FIELDS``).
+        # ... the last raw estimates and their moving averages (layout: ``noise_scale``); the
+        # averages' horizon in examples; sampled: every ``noise_sample_every`` updates (0: none
+        # besides) and every update the loop measures (``measured_update``).
         self.noise_scale = variable(tf.zeros([noise_scale.STATE_SIZE], tf.float64), "noise_scale",
                                     tf.float64)
-        self.noise_decay = variable(0.99, "noise_decay", tf.float64)
-        self.noise_sample_every = variable(1, "noise_sample_every", tf.int64)
+        self.noise_horizon = variable(4096.0, "noise_horizon", tf.float64)
+        self.noise_sample_every = variable(0, "noise_sample_every", tf.int64)
         # Graph functions of no arguments the step runs right before a measured update is
         # applied (``Measurement.before_update``); read when the step is traced.
         self.before_update_hooks = []
@@ -64,20 +66,22 @@ class StepMeasurements:
         must survive a resume)."""
         return [self.gradient_norm, self.variable_gradient_norms, self.measured_update,
                 self.micro_gradient_sq_norm, self.batch_gradient_sq_norm, self.micro_batch_size,
-                self.batch_size, self.num_micro_batches, self.noise_scale, self.noise_decay,
+                self.batch_size, self.num_micro_batches, self.noise_scale, self.noise_horizon,
                 self.noise_sample_every]
 
-    def reset_noise_scale(self, decay, sample_every=1):
-        """Starts the noise-scale averages afresh with this decay (per sample) and sampling."""
+    def reset_noise_scale(self, horizon_examples, sample_every=0):
+        """Starts the noise-scale averages afresh with this horizon (in examples) and sampling
+        (every ``sample_every`` updates besides the measured ones; 0: the measured ones only)."""
         self.noise_scale.assign(tf.zeros([noise_scale.STATE_SIZE], tf.float64))
-        self.noise_decay.assign(float(decay))
+        self.noise_horizon.assign(float(horizon_examples))
         self.noise_sample_every.assign(int(sample_every))
 
-    def noise_scale_values(self, state=None):
-        """The bias-corrected averages as {'gradient_sq_norm', 'trace_sigma', 'count',
-        'sampled'}; the first two are None until an update with k >= 2 has fed them. ``state``:
-        the value of ``noise_scale`` read earlier (inside a train chunk), else read now."""
-        return noise_scale.read_state(self.noise_scale.numpy() if state is None else state)
+    def noise_scale_values(self, state=None, preconditioned=False):
+        """``noise_scale.read_state`` of the state: the bias-corrected averages and the last raw
+        sample (None until a sample with two or more pieces). ``state``: the value of
+        ``noise_scale`` read earlier (inside a train chunk), else read now."""
+        return noise_scale.read_state(self.noise_scale.numpy() if state is None else state,
+                                      preconditioned)
 
 
 def record_gradient_norms(measurements, grads, replica, distributed):
@@ -94,7 +98,19 @@ def record_gradient_norms(measurements, grads, replica, distributed):
     measurements.gradient_norm.assign(tf.norm(norms))
 
 
-def record(measurements, step, grads, data_grads, micro_sq, num_micro, num_rows):
+def is_sampled(measurements, coming_update):
+    """Whether update ``coming_update`` feeds the noise scale: every ``noise_sample_every``
+    updates, and every update the loop measures (so that each logged noise-scale point has the
+    raw estimates of its own update)."""
+    m = measurements
+    every = m.noise_sample_every
+    wanted = m.measured_update
+    periodic = tf.logical_and(every > 0, tf.equal(coming_update % tf.maximum(every, 1), 0))
+    measured = tf.logical_or(tf.equal(coming_update, wanted), tf.equal(wanted, EVERY_UPDATE))
+    return tf.logical_or(periodic, measured)
+
+
+def record(measurements, step, grads, data_grads, pieces_sq, num_pieces, num_rows):
     """Fills ``measurements`` for this update: the noise scale on sampled updates, the gradient
     norms (and the ``before_update_hooks``) on the update the loop measures.
 
@@ -106,8 +122,8 @@ def record(measurements, step, grads, data_grads, micro_sq, num_micro, num_rows)
     gated = not tf.distribute.has_strategy()
     if step.track_noise:
         def noise():
-            noise_scale.record(measurements, data_grads, micro_sq, num_micro, num_rows,
-                               step.replica, step.distributed, step.sampled, step.sums_only)
+            noise_scale.record(measurements, step, pieces_sq, grads, data_grads, num_pieces,
+                               num_rows)
             return tf.constant(True)
 
         if gated:

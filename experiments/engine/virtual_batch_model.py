@@ -20,8 +20,8 @@ import tensorflow as tf
 from absl import logging
 
 from experiments.common import checks
-from experiments.engine import accumulation, keras_internals, loss_terms, states
-from experiments.engine.step_measurements import StepMeasurements, record
+from experiments.engine import accumulation, keras_internals, loss_terms, noise_scale, states
+from experiments.engine.step_measurements import StepMeasurements, is_sampled, record
 
 
 class VirtualBatchModel(keras.Model):
@@ -182,10 +182,10 @@ class VirtualBatchModel(keras.Model):
         num_replicas = replica.num_replicas_in_sync if replica is not None else 1
         distributed = replica is not None and num_replicas > 1
         coming = tf.cast(self.optimizer.iterations, tf.int64) + 1
-        sampled = None
+        sampled = preconditioner = None
         if self._track_gradient_noise:
-            every = tf.maximum(self.measurements.noise_sample_every, 1)
-            sampled = tf.equal(coming % every, 0)
+            sampled = is_sampled(self.measurements, coming)
+            preconditioner = noise_scale.diagonal_preconditioner(self.optimizer, variables)
         global_rows = None
         if self._has_call_losses:  # call-time losses are weighted by rows / global rows
             global_rows = tf.cast(num_rows, tf.float32)
@@ -196,7 +196,8 @@ class VirtualBatchModel(keras.Model):
             variables=variables, loss_terms=self._loss_terms, replica=replica,
             num_replicas=num_replicas, distributed=distributed, loss_dtype=loss_dtype,
             has_call_losses=self._has_call_losses, track_noise=self._track_gradient_noise,
-            sampled=sampled, coming_update=coming, records_norms=self.measures_gradient_norms,
+            sampled=sampled, preconditioner=preconditioner, coming_update=coming,
+            records_norms=self.measures_gradient_norms,
             global_rows=global_rows)
 
 

@@ -14,7 +14,7 @@ import keras
 import numpy as np
 
 from experiments.common import checks
-from experiments.inputs import files
+from experiments.inputs import files, labels
 from experiments.inputs.dataset import Data, DataSpec
 
 
@@ -38,43 +38,111 @@ def _spec_for(x, y, task, num_outputs=None):
     return DataSpec(input_shape=tuple(x.shape[1:]), num_outputs=num_outputs, task=task)
 
 
-@gin.configurable
-def arrays(x=gin.REQUIRED, y=gin.REQUIRED, validation_split=0.2, task="classification",
-           scale=1.0, flatten=False, split_seed=0, name="arrays", dtype="float32"):
-    """In-memory arrays; ``scale`` divides the inputs, ``flatten`` makes one vector per example."""
+def _validation_split(validation_split, has_validation_set, name):
+    """The fraction of the examples held out: 0.2 by default, 0 beside a validation set (a fixed
+    validation file or arrays); a fraction as well as a validation set is refused."""
+    if validation_split is None:
+        return 0.0 if has_validation_set else 0.2
+    if has_validation_set and validation_split:
+        raise ValueError(f"'{name}': a validation set is given (validation_path or x_validation), "
+                         f"so validation_split={validation_split} would hold out a second one; "
+                         "leave validation_split unset.")
+    return validation_split
+
+
+def _prepare(x, y, task, scale, flatten, dtype, where, num_classes, row_name=None):
     x = np.asarray(x)
     y = np.asarray(y)
     if len(x) != len(y):
-        raise ValueError(f"'{name}': x has {len(x)} rows but y has {len(y)}.")
+        raise ValueError(f"{where}: x has {len(x)} rows but y has {len(y)}.")
     if np.issubdtype(x.dtype, np.number) and scale != 1.0:
         x = x.astype(dtype) / scale
     elif np.issubdtype(x.dtype, np.floating) or scale != 1.0:
         x = x.astype(dtype)
     if flatten:
         x = x.reshape(len(x), -1)
-    if task == "regression":
+    if task == "classification":
+        y = labels.check_classes(y, where, num_classes, row_name)
+    elif task == "regression":
         y = y.astype(dtype)
     elif task == "binary":
         y = y.astype(dtype).reshape(len(y), -1)
-    x_tr, y_tr, x_va, y_va = _split(x, y, validation_split, split_seed)
-    spec = _spec_for(x, y, task)
+    return x, y
+
+
+@gin.configurable
+def arrays(x=gin.REQUIRED, y=gin.REQUIRED, validation_split=None, task="classification",
+           scale=1.0, flatten=False, split_seed=0, name="arrays", dtype="float32",
+           x_validation=None, y_validation=None, num_classes=None):
+    """In-memory arrays; ``scale`` divides the inputs, ``flatten`` makes one vector per example.
+
+    Validation: ``x_validation``/``y_validation`` when given (a fixed set), else a seeded
+    ``validation_split`` of the examples (default 0.2). Classification labels must be class ids
+    in [0, ``num_classes``) (default: up to the largest label); each bad one is named by row.
+    """
+    has_validation = x_validation is not None or y_validation is not None
+    if has_validation and (x_validation is None or y_validation is None):
+        raise ValueError(f"'{name}': give both x_validation and y_validation, or neither.")
+    split = _validation_split(validation_split, has_validation, name)
+    x, y = _prepare(x, y, task, scale, flatten, dtype, f"'{name}'", num_classes)
+    if has_validation:
+        x_va, y_va = _prepare(x_validation, y_validation, task, scale, flatten, dtype,
+                              f"'{name}' validation", num_classes)
+        if x_va.shape[1:] != x.shape[1:]:
+            raise ValueError(f"'{name}': validation examples have shape {x_va.shape[1:]}, "
+                             f"training examples {x.shape[1:]}.")
+        x_tr, y_tr, _, _ = _split(x, y, split, split_seed)
+    else:
+        x_tr, y_tr, x_va, y_va = _split(x, y, split, split_seed)
+    num_outputs = num_classes
+    if task == "classification" and num_outputs is None and y.ndim == 1:
+        num_outputs = int(max(np.max(y), np.max(y_va) if len(y_va) else 0)) + 1
+    spec = _spec_for(x, y, task, num_outputs)
     return Data(spec, x_tr, y_tr, x_va, y_va, name=name)
 
 
-@gin.configurable
-def npz_file(path=gin.REQUIRED, x_key="x", y_key="y", **kwargs):
-    """A ``.npz`` file holding inputs under ``x_key`` and targets under ``y_key``."""
+def _npz_part(path, x_key, y_key, task, num_classes):
     loaded = files.read_npz_arrays(path, (x_key, y_key))
-    kwargs.setdefault("name", os.path.splitext(os.path.basename(path))[0])
-    return arrays(x=loaded[x_key], y=loaded[y_key], **kwargs)
+    x, y = loaded[x_key], loaded[y_key]
+    if task == "classification":
+        y = labels.check_classes(y, f"{path}, array {y_key!r}", num_classes)
+    return x, y
 
 
 @gin.configurable
-def csv_file(path=gin.REQUIRED, label_column=gin.REQUIRED, feature_columns=None, **kwargs):
-    """A ``.csv`` file with a header row; numeric feature columns and one label column."""
-    x, y = files.read_csv_columns(path, label_column, feature_columns)
-    if kwargs.get("task", "classification") == "classification":
-        y = y.astype(np.int64)
+def npz_file(path=gin.REQUIRED, x_key="x", y_key="y", validation_path=None, **kwargs):
+    """A ``.npz`` file holding inputs under ``x_key`` and targets under ``y_key``; with
+    ``validation_path``, a second such file is the validation set (no split)."""
+    task, num_classes = kwargs.get("task", "classification"), kwargs.get("num_classes")
+    x, y = _npz_part(path, x_key, y_key, task, num_classes)
+    if validation_path is not None:
+        kwargs["x_validation"], kwargs["y_validation"] = _npz_part(
+            validation_path, x_key, y_key, task, num_classes)
+    kwargs.setdefault("name", os.path.splitext(os.path.basename(path))[0])
+    return arrays(x=x, y=y, **kwargs)
+
+
+def _csv_part(path, label_column, feature_columns, task, num_classes):
+    x, y, lines, resolved = files.read_csv_columns(path, label_column, feature_columns,
+                                                   with_lines=True)
+    if task == "classification":
+        y = labels.check_classes(y, f"{resolved}", num_classes,
+                                 lambda row: f"line {lines[row]}, column {label_column!r}")
+    return x, y
+
+
+@gin.configurable
+def csv_file(path=gin.REQUIRED, label_column=gin.REQUIRED, feature_columns=None,
+             validation_path=None, **kwargs):
+    """A ``.csv`` file with a header row; numeric feature columns and one label column. With
+    ``validation_path``, a second such file (same columns) is the validation set (no split).
+    Classification labels must be whole numbers 0 .. num_classes - 1; the first that is not is
+    named by file, line and column."""
+    task, num_classes = kwargs.get("task", "classification"), kwargs.get("num_classes")
+    x, y = _csv_part(path, label_column, feature_columns, task, num_classes)
+    if validation_path is not None:
+        kwargs["x_validation"], kwargs["y_validation"] = _csv_part(
+            validation_path, label_column, feature_columns, task, num_classes)
     kwargs.setdefault("name", os.path.splitext(os.path.basename(path))[0])
     return arrays(x=x, y=y, **kwargs)
 

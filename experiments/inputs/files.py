@@ -186,8 +186,9 @@ def _values(path, header, rows, columns):
     return values
 
 
-def read_csv_columns(path, label_column, feature_columns=None):
-    """(x float32 [n, f], y float64 [n]): features and label of a CSV table.
+def read_csv_columns(path, label_column, feature_columns=None, with_lines=False):
+    """(x float32 [n, f], y float64 [n]): features and label of a CSV table (with ``with_lines``
+    also the line each row starts on, for errors about a row's label).
 
     Features default to every column but the label, in file order. Naming the label among the
     features is refused: the model would simply copy its target.
@@ -205,7 +206,10 @@ def read_csv_columns(path, label_column, feature_columns=None):
     if not feature_columns:
         raise InputFileError(f"{path}: no feature columns besides the label {label_column!r}.")
     values = _values(path, header, rows, [*feature_columns, label_column])
-    return values[:, :-1].astype(np.float32), values[:, -1].copy()
+    x, y = values[:, :-1].astype(np.float32), values[:, -1].copy()
+    if with_lines:
+        return x, y, [line for line, _ in rows[1:]], path
+    return x, y
 
 
 def read_csv_column(path, column):
@@ -226,6 +230,10 @@ def _load(path):
         # allow_pickle=False: a data file must not be able to run code when it is loaded.
         return np.load(path, allow_pickle=False)
     except (ValueError, EOFError, zipfile.BadZipFile) as error:
+        if "pickle" in str(error):  # no NumPy header: NumPy suggests loading it unsafely
+            raise InputFileError(
+                f"{path}: not a readable NumPy file: it has no NumPy header (for a CSV file, "
+                "use csv_file).") from None
         raise InputFileError(f"{path}: not a readable NumPy file ({error}).") from None
 
 

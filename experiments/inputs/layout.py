@@ -126,11 +126,29 @@ def _check_data_size(batch_size, num_examples):
 def build(data, batch_size, micro_batch_size=None, eval_batch_size=None, schedule=None):
     """The ``BatchLayout`` of ``data`` (a ``dataset.Data``) for these bindings, fully checked;
     ``schedule``: a ``batch_schedule.BatchSizeSchedule`` (``train.batch_size_schedule``)."""
+    check_data(data)
     if data.stream is not None:
         layout = _stream_layout(data, batch_size, micro_batch_size, eval_batch_size)
         return layout if schedule is None else _scheduled_streams(layout, data, schedule)
     layout = _array_layout(data, batch_size, micro_batch_size, eval_batch_size)
     return layout if schedule is None else _scheduled_arrays(layout, data, schedule)
+
+
+def check_data(data):
+    """A clear error when ``train.data_fn`` returned something other than a ``dataset.Data``
+    (a ``tf.data.Dataset`` most often: it goes through the ``tf_data`` source)."""
+    if hasattr(data, "stream") and hasattr(data, "spec"):
+        return
+    kind = type(data).__name__
+    if "Dataset" in kind or (isinstance(data, (tuple, list)) and data
+                             and all("Dataset" in type(d).__name__ for d in data)):
+        raise ValueError(
+            f"train.data_fn returned a tf.data dataset ({kind}), not batchlab's Data: hand the "
+            "function to the tf_data source instead, `train.data_fn = @tf_data` and "
+            "`tf_data.dataset_fn = @<your function>` (it returns (train, validation) datasets "
+            "of examples; docs/data.md).")
+    raise ValueError(f"train.data_fn returned a {kind}, not batchlab's Data "
+                     "(experiments.inputs.dataset.Data; sources and the contract: docs/data.md).")
 
 
 def _array_layout(data, batch_size, micro_batch_size, eval_batch_size):

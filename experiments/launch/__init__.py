@@ -13,6 +13,9 @@
   skipped, interrupted ones resumed, failed ones rerun), ``--shard``, the report and its
   TensorBoard images.
 - ``resume``: ``--resume=RUN_DIR``.
+- ``precedence``: command-line bindings applied after a variant's or study run's own, each
+  override announced (a study axis erased is refused).
+- ``listing``: ``--list=DIR`` (imports no TensorFlow).
 - ``launcher``: ``launch(gin_files, gin_bindings, output_dir)``: one run, a sweep or a study.
 - ``spares``: the worker command and its environment, and workers ``main.py`` starts before it
   imports TensorFlow (importing it imports no TensorFlow, so this package's own names below are

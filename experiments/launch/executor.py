@@ -48,9 +48,12 @@ def execute(jobs, run_in_process, gin_files, base_bindings, num_jobs=1, print_fn
     if num_jobs > 1:
         return _Pool(jobs, gin_files, base_bindings, num_jobs, print_fn).run() if jobs else []
     progress, done = outcomes.Progress(len(jobs), 1, print_fn), []
-    for job in jobs:
-        done.append(_run_here(job, run_in_process))
-        progress.report(done[-1], 0)
+    with outcomes.Ticker(len(jobs), print_fn) as ticker:
+        for job in jobs:
+            ticker.started(job)
+            done.append(_run_here(job, run_in_process))
+            ticker.finished(job)
+            progress.report(done[-1], 0)
     return done
 
 
@@ -109,6 +112,7 @@ class _Pool:
         self.outcomes, self.workers, self.lock = {}, [], threading.Lock()
         self.print_fn, self.stream = outcomes.unredirected(print_fn)
         self.progress = outcomes.Progress(len(jobs), num_jobs, self.print_fn)
+        self.ticker = outcomes.Ticker(len(jobs), self.print_fn)
         self.slots = min(num_jobs, len(jobs))
         self.running, self.all_done = self.slots, threading.Event()
         self.feeders = [threading.Thread(target=self._feed, daemon=True)
@@ -139,10 +143,12 @@ class _Pool:
             return None
         job = self.jobs[position]
         os.makedirs(os.path.dirname(job.run_dir), exist_ok=True)
+        self.ticker.started(job)
         return position, job, worker_processes.job_message(job, self.gin_files,
                                                            self.base_bindings)
 
     def _finish(self, position, outcome):
+        self.ticker.finished(self.jobs[position])
         with self.lock:
             self.outcomes[position] = outcome
             self.progress.report(outcome, min(self.running, len(self.jobs) - len(self.outcomes)))
@@ -192,6 +198,7 @@ class _Pool:
         (Ctrl-C, SIGTERM, or a run here stopped by a signal) stops them at once."""
         previous = worker_processes.stop_on_sigterm()
         completed = False
+        self.ticker.__enter__()
         try:
             for feeder in self.feeders:
                 feeder.start()
@@ -201,6 +208,7 @@ class _Pool:
             completed = True
             _CLOSING.extend(self.feeders)
         finally:
+            self.ticker.__exit__()
             if previous is not None:
                 signal.signal(signal.SIGTERM, previous)
             if not completed:

@@ -66,8 +66,8 @@ def epochs_for_budget(update_budget, batch_size, num_train_examples):
 
 def _lr_points(spec, batch_size):
     """[(learning rate, rule)] at this batch size: the LR axis, the rules, or the base's."""
-    if spec.learning_rates is not None:
-        return [(lr, None) for lr in spec.learning_rates]
+    if spec.learning_rates_by_batch_size is not None or spec.learning_rates is not None:
+        return [(lr, None) for lr in spec.learning_rates_at(batch_size)]
     if spec.rules is not None:
         return [(scaled_learning_rate(rule, spec.reference_learning_rate,
                                       spec.reference_batch_size, batch_size), rule)
@@ -115,6 +115,8 @@ def point_bindings(spec, context, hparams):
     if spec.micro_batch_sizes != (None,):  # else the base's micro-batch size stays
         bindings.append(f"train.micro_batch_size = {hparams['micro_batch_size']!r}")
     bindings += _lr_bindings(spec, hparams["learning_rate"], context.lr_selector)
+    if getattr(spec, "batch_size_macro", None):
+        bindings.append(f"{spec.batch_size_macro} = {hparams['batch_size']}")
     bindings += ["measurements.also = [@measurements.validation_curve, @measurements.hparams]",
                  f"measurements.hparams.values = {hparams!r}"]
     if spec.eval_every_n_updates is not None:
@@ -127,12 +129,28 @@ def expand(spec, context):
     """Every grid point of ``spec`` (product of the axes, batch size outermost) as a RunSpec;
     micro-batch sizes larger than the batch size are skipped."""
     runs, names = [], set()
+    for batch_size in spec.batch_sizes:
+        runs += _points_at(spec, context, batch_size, _lr_points(spec, batch_size), len(runs),
+                           names)
+    return runs
+
+
+def extension_runs(spec, context, batch_size, learning_rate, start_index, names):
+    """The runs of one learning rate added beyond the grid's edge at ``batch_size``
+    (``study_extension``): every micro-batch size, epoch count and seed of the grid, indices
+    from ``start_index``; ``names`` (the names taken so far) gets theirs."""
+    return _points_at(spec, context, batch_size, [(learning_rate, None)], start_index, names)
+
+
+def _points_at(spec, context, batch_size, lr_points, start_index, names):
+    """The RunSpecs of one batch size over ``lr_points`` x micro-batch sizes x epochs x seeds."""
+    runs = []
     seeds = spec.seeds or (context.base_seed,)
-    for batch_size, micro in itertools.product(spec.batch_sizes, spec.micro_batch_sizes):
+    for micro in spec.micro_batch_sizes:
         if micro is not None and micro > batch_size:
             continue  # b > B is no split: the product of the two axes skips it
         for (lr, rule), epochs, seed in itertools.product(
-                _lr_points(spec, batch_size), _epoch_points(spec, batch_size, context), seeds):
+                lr_points, _epoch_points(spec, batch_size, context), seeds):
             recorded_lr = context.base_learning_rate if lr is None else lr
             hparams = {"batch_size": batch_size,
                        "micro_batch_size": context.base_micro_batch_size
@@ -144,8 +162,8 @@ def expand(spec, context):
                 raise ValueError(f"Two grid points are both named {name!r}: make the axes "
                                  "values distinct.")
             names.add(name)
-            runs.append(RunSpec(len(runs), name, point_bindings(spec, context, hparams),
-                                hparams))
+            runs.append(RunSpec(start_index + len(runs), name,
+                                point_bindings(spec, context, hparams), hparams))
     return runs
 
 

@@ -6,6 +6,7 @@ parsed and its batch layout checked before the first one starts; a failing run n
 others.
 """
 
+import inspect
 import json
 import os
 
@@ -16,12 +17,12 @@ from experiments.common import checks
 from experiments.launch import executor, worker
 from experiments.launch import grid as grid_lib
 from experiments.launch import outcomes as outcomes_lib
-from experiments.launch import points, spares
+from experiments.launch import points, precedence, spares
 from experiments.launch import study as study_lib
 from experiments.launch import study_dir as study_dir_lib
 from experiments.launch import study_launch
 from experiments.launch import sweep as sweep_lib
-from experiments.launch.gin_config import ConfigError, parse
+from experiments.launch.gin_config import ConfigError, check_required, parse, query
 from experiments.run import run_dir as run_dir_lib
 from experiments.run import runner
 
@@ -42,13 +43,9 @@ def launch(gin_files=(), gin_bindings=(), output_dir="runs", print_fn=print, job
     studies (``shard`` to studies only).
     """
     gin_files = list(gin_files) or [QUICKSTART]
+    jobs = _check_flags(jobs, output_dir, run_name)  # before gin: a bad flag costs no parse
     files = parse(gin_files, gin_bindings)
     experiment = experiment_name(files)
-    jobs = _check_jobs(jobs)
-    try:
-        run_dir_lib.check_run_name(run_name)
-    except ValueError as error:
-        raise ConfigError(str(error)) from error
     try:
         spec = study_lib.study()
     except ValueError as error:
@@ -57,36 +54,67 @@ def launch(gin_files=(), gin_bindings=(), output_dir="runs", print_fn=print, job
     if spec is not None:
         if variants:
             raise ConfigError("These gin files declare both sweep.variants and a study; keep one.")
-        return study_launch.launch_study(spec, experiment, files, gin_bindings, output_dir,
-                                         jobs=jobs, shard=shard, run_name=run_name,
-                                         print_fn=print_fn)
+        try:
+            grid_lib.parse_shard(shard)
+        except ValueError as error:
+            raise ConfigError(str(error)) from error
+        print_fn(f"Study {experiment}: configuration parsed; checking every run of its grid "
+                 f"({', '.join(files)}).")
+        _start_workers(jobs, files, gin_bindings)
+        try:
+            return study_launch.launch_study(spec, experiment, files, gin_bindings, output_dir,
+                                             jobs=jobs, shard=shard, run_name=run_name,
+                                             print_fn=print_fn)
+        except precedence.OverrideRefused as error:
+            raise ConfigError(str(error)) from None
+        finally:
+            spares.release()  # workers no slot took (a refused grid, fewer runs than jobs)
     if shard not in (None, "", "0/1"):
         raise ConfigError(f"--shard={shard} applies to studies; these gin files declare none.")
     if not variants:
-        spares.release()  # workers main.py started for --jobs: a single run needs none
+        check_required(runner.train, "train")
         # A named single run is resumable: relaunching the same command continues it.
         result = runner.train(output_dir=output_dir, experiment=experiment, run_name=run_name,
                               config_text=gin.config_str(), resumable=bool(run_name))
         result["run"] = experiment
         print_fn(tables.format_table([result]))
         return [result]
-    return _launch_sweep(files, gin_bindings, output_dir, experiment, variants, columns, jobs,
-                         run_name, print_fn)
-
-
-def _check_jobs(jobs):
-    """``jobs`` as an int; a ``ConfigError`` (the user's flag, not a run's binding) otherwise."""
     try:
-        return checks.positive_int(jobs, "--jobs")
+        return _launch_sweep(files, gin_bindings, output_dir, experiment, variants, columns,
+                             jobs, run_name, print_fn)
+    finally:
+        spares.release()  # workers no slot took
+
+
+def _check_flags(jobs, output_dir, run_name):
+    """``jobs`` as an int once the flags are checked; a ``ConfigError`` naming the flag (the
+    user's, not a run's binding) otherwise."""
+    try:
+        jobs = checks.positive_int(jobs, "--jobs")
+        run_dir_lib.check_run_name(run_name)
+        run_dir_lib.check_output_dir(output_dir)
     except ValueError as error:
         raise ConfigError(str(error)) from None
+    return jobs
+
+
+def _start_workers(jobs, files, gin_bindings):
+    """The ``--jobs`` workers, started once the configuration parsed (a bad flag or binding
+    starts none): their TensorFlow import overlaps the check of every run here."""
+    if jobs > 1:
+        spares.start(jobs, files, gin_bindings)
 
 
 def _launch_sweep(files, gin_bindings, output_dir, experiment, variants, columns, jobs, run_name,
                   print_fn):
     """Every variant checked, then run through the executor; the table printed and saved."""
-    runs = grid_lib.from_variants(variants)
+    runs = precedence.with_command_line_last(grid_lib.from_variants(variants), gin_bindings,
+                                             "sweep variant", print_fn=print_fn)
+    _check_required_in_variants(runs)
+    print_fn(f"Sweep {experiment}: {len(runs)} variant(s); checking each.")
+    _start_workers(jobs, files, gin_bindings)
     points.check_all(files, gin_bindings, runs, "sweep variant")
+    base_hparams = sweep_lib.base_hparams(query)  # gin holds the base configuration here
     group_dir = _sweep_dir(output_dir, experiment, run_name, variants)
     done, todo = _sweep_progress(group_dir, runs)
     if done:
@@ -103,6 +131,7 @@ def _launch_sweep(files, gin_bindings, output_dir, experiment, variants, columns
     executor.wait_for_workers()
     by_name = {o.name: o for o in list(done) + list(outcomes)}
     results = [_row(by_name[r.name]) for r in runs if r.name in by_name]
+    _write_sweep_hparams(group_dir, runs, by_name, base_hparams, print_fn)
     table = tables.format_table(results, _columns(columns))
     scaling = lr_range.scaling_sentence(results)  # range tests at several batch sizes
     if scaling:
@@ -115,6 +144,33 @@ def _launch_sweep(files, gin_bindings, output_dir, experiment, variants, columns
     print_fn("\n" + table)
     print_fn(f"\nRuns: {group_dir}   (tensorboard --logdir {output_dir})")
     return results
+
+
+def _write_sweep_hparams(group_dir, runs, by_name, base_hparams, print_fn):
+    """The sweep's HParams dashboard (``sweep.write_hparams``); a failure to write it is
+    printed and does not lose the sweep's table."""
+    try:
+        sweep_lib.write_hparams(group_dir, runs, by_name, *base_hparams)
+    except (OSError, ValueError) as error:
+        print_fn(f"HParams for {group_dir} not written: {error}")
+
+
+def _check_required_in_variants(runs):
+    """Each ``gin.REQUIRED`` parameter of ``train`` must be bound by the base or by the
+    variant; a ConfigError naming the first variant without it."""
+    required = [name for name, param in inspect.signature(runner.train).parameters.items()
+                if param.default is gin.REQUIRED]
+    for run in runs:
+        keys = {precedence.binding_key(b) for b in run.bindings}
+        missing = [n for n in required
+                   if ("", "train", n) not in keys and query(f"train.{n}", _UNSET) is _UNSET]
+        if missing:
+            raise ConfigError(f"In sweep variant {run.name!r}: train.{missing[0]} is not set: "
+                              "bind it in a gin file, in the variant or with "
+                              f"--gin_bindings='train.{missing[0]} = ...'.")
+
+
+_UNSET = object()
 
 
 def _row(outcome):

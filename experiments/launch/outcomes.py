@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import sys
+import threading
 import time
 from typing import Optional
 
@@ -119,3 +120,63 @@ def unredirected(print_fn):
             print(*args, **kwargs, file=stream, flush=True)
 
     return to_stream, stream
+
+
+# Seconds between two progress lines while runs train (``BATCHLAB_PROGRESS_SECONDS``).
+PROGRESS_SECONDS = 30.0
+
+
+def progress_seconds():
+    try:
+        return max(0.1, float(os.environ.get("BATCHLAB_PROGRESS_SECONDS", PROGRESS_SECONDS)))
+    except ValueError:
+        return PROGRESS_SECONDS
+
+
+class Ticker:
+    """A line every ``progress_seconds()`` while runs train: each running run with its update
+    (from its ``status.json`` heartbeat) and time so far, and how many are done. A study's
+    runs print nothing of their own (their output goes to their logs), and a run can take an
+    hour: this says that the launch is alive and where it is."""
+
+    def __init__(self, total, print_fn, seconds=None):
+        self.total, self.print_fn = total, print_fn
+        self.seconds = seconds or progress_seconds()
+        self.running, self.done = {}, 0
+        self.lock, self.stopped = threading.Lock(), threading.Event()
+        self.thread = threading.Thread(target=self._loop, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stopped.set()
+        self.thread.join(timeout=5)
+
+    def started(self, job):
+        with self.lock:
+            self.running[job.run_dir] = (job.spec.name, time.time())
+
+    def finished(self, job):
+        with self.lock:
+            self.running.pop(job.run_dir, None)
+            self.done += 1
+
+    def line(self):
+        with self.lock:
+            running, done = dict(self.running), self.done
+        now, parts = time.time(), []
+        for run_dir, (name, since) in running.items():
+            update = _read_json(os.path.join(run_dir, "status.json")) or {}
+            where = f"update {update['update']}, " if "update" in update else ""
+            parts.append(f"{name} ({where}{now - since:.0f}s)")
+        return (f"[progress] done {done}/{self.total}; running {len(parts)}: "
+                + (", ".join(parts) or "none"))
+
+    def _loop(self):
+        while not self.stopped.wait(self.seconds):
+            try:
+                self.print_fn(self.line())
+            except Exception:  # noqa: BLE001  (a progress line must never stop a launch)
+                pass

@@ -9,8 +9,10 @@ Keras built-ins a user may name, under stable module names (``keras.optimizers.A
 import gin
 import keras
 
+from callbacks import summary_writer
 from experiments.engine import distribute  # noqa: F401  (strategies, fit.loop)
-from experiments.inputs import arrays, stream_sources, streams, synthetic  # noqa: F401
+from experiments.inputs import arrays, nqm, stream_sources, streams, synthetic  # noqa: F401
+from experiments.inputs import tf_sources  # noqa: F401  (tf_data, tfrecord_files)
 from experiments.launch import study, sweep  # noqa: F401
 from experiments.models import builders, metrics, schedules  # noqa: F401
 from experiments.run import measurements, runner, settings  # noqa: F401
@@ -32,6 +34,12 @@ _KERAS_BUILTINS = {
                       keras.metrics.MeanAbsoluteError, keras.metrics.MeanSquaredError),
     "keras.regularizers": (keras.regularizers.L2, keras.regularizers.L1,
                            keras.regularizers.L1L2),
+    # Added to a run with `train.extra_callbacks = [@keras.callbacks.EarlyStopping()]`.
+    "keras.callbacks": (keras.callbacks.EarlyStopping, keras.callbacks.ReduceLROnPlateau,
+                        keras.callbacks.CSVLogger, keras.callbacks.TerminateOnNaN,
+                        keras.callbacks.LearningRateScheduler, keras.callbacks.ModelCheckpoint,
+                        keras.callbacks.TensorBoard, keras.callbacks.RemoteMonitor,
+                        keras.callbacks.LambdaCallback),
 }
 
 
@@ -44,4 +52,17 @@ def _register_keras_builtins():
                 pass
 
 
+def _register_run_tensorboard():
+    """The TensorBoard callback every run has (``callbacks.summary_writer.TensorBoard``), as
+    ``batchlab.TensorBoard``: Keras' options that the run does not set itself reach it from gin
+    (``batchlab.TensorBoard.histogram_freq = 1``, ``update_freq``, ``embeddings_freq``, ...).
+    Registered in place (``gin.configurable`` on the class), so the run's own call picks the
+    bindings up."""
+    try:
+        gin.configurable("TensorBoard", module="batchlab")(summary_writer.TensorBoard)
+    except ValueError:  # already registered (module imported twice)
+        pass
+
+
 _register_keras_builtins()
+_register_run_tensorboard()

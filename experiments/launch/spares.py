@@ -51,10 +51,22 @@ def worker_env(threads):
     return env
 
 
+def worker_cwd():
+    """A worker's working directory: the launcher's own, so that every relative path a user gave
+    (a gin file, an ``include``, a data file, ``--output_dir``) names there what it names here;
+    the shipped gin files are found through gin's search path (``gin_config.parse``). The
+    repository root only when the launcher's directory is gone."""
+    try:
+        return os.getcwd()
+    except FileNotFoundError:
+        return paths.REPO_ROOT
+
+
 def popen(command, threads, stderr):
-    """Starts one worker (stdin and stdout pipes, text) with ``stderr`` as its stderr."""
+    """Starts one worker (stdin and stdout pipes, text) with ``stderr`` as its stderr, in the
+    launcher's working directory (``worker_cwd``)."""
     return subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=stderr, text=True, cwd=paths.REPO_ROOT,
+                            stderr=stderr, text=True, cwd=worker_cwd(),
                             env=worker_env(threads))
 
 

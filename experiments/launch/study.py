@@ -8,8 +8,9 @@
     study.target = 0.95
 
 ``study()`` returns the checked ``StudySpec`` (None when the gin files declare no study); the grid
-(``grid.expand``) is the product of its axes. The checks here need no data and no model: each
-names the binding that is wrong, before anything runs.
+(``grid.expand``) is the product of its axes, and ``study.extend_learning_rates = True`` adds
+rates beyond its edge where the best one sits there (``study_extension``). The checks here need
+no data and no model: each names the binding that is wrong, before anything runs.
 """
 
 import dataclasses
@@ -42,11 +43,32 @@ class StudySpec:
     target: Optional[float] = None
     target_mode: str = "max"
     eval_every_n_updates: Optional[int] = None
+    learning_rates_by_batch_size: Optional[tuple] = None
+    batch_size_macro: Optional[str] = None
+    extend_learning_rates: bool = False
+    max_extensions: int = 2
+
+    def learning_rates_at(self, batch_size):
+        """The learning rates tried at ``batch_size``: its own list, or the shared axis."""
+        if self.learning_rates_by_batch_size is not None:
+            return dict(self.learning_rates_by_batch_size)[batch_size]
+        return self.learning_rates
 
     def axes(self):
         """The study's identity as plain JSON values: a relaunch must declare the same."""
-        return {k: list(v) if isinstance(v, tuple) else v
-                for k, v in dataclasses.asdict(self).items()}
+        out = {k: list(v) if isinstance(v, tuple) else v
+               for k, v in dataclasses.asdict(self).items()}
+        if self.learning_rates_by_batch_size is not None:
+            out["learning_rates_by_batch_size"] = {
+                str(b): list(lrs) for b, lrs in self.learning_rates_by_batch_size}
+        else:
+            del out["learning_rates_by_batch_size"]
+        if self.batch_size_macro is None:
+            del out["batch_size_macro"]
+        # Not the study's identity: turning the extension on, or raising its limit, on a
+        # relaunch only adds runs (``study_extension``); the grid stays the same.
+        del out["extend_learning_rates"], out["max_extensions"]
+        return out
 
 
 class StudyError(ValueError):
@@ -57,7 +79,9 @@ class StudyError(ValueError):
 def study(batch_sizes=None, micro_batch_sizes=None, learning_rates=None, rules=None,
           reference_batch_size=None, reference_learning_rate=None, warmup_updates=None,
           epochs=None, update_budget=None, seeds=None, target_metric="val_accuracy",
-          target=None, target_mode="max", eval_every_n_updates=None):
+          target=None, target_mode="max", eval_every_n_updates=None,
+          learning_rates_by_batch_size=None, batch_size_macro=None,
+          extend_learning_rates=False, max_extensions=2):
     """The checked ``StudySpec``, or None when ``study.batch_sizes`` is not bound.
 
     Args:
@@ -74,6 +98,16 @@ def study(batch_sizes=None, micro_batch_sizes=None, learning_rates=None, rules=N
         ``target_metric`` reaches ``target`` ('max': at least, 'min': at most); ``target`` None
         picks the best value every batch size reached.
       eval_every_n_updates: validation-curve cadence (None: ``measurements.every_n_updates``).
+      learning_rates_by_batch_size: {B: [learning rates]}: each batch size its own list (a
+        window where a coarse search put the optimum); exclusive with the other two.
+      batch_size_macro: a gin macro name bound to each run's B (``NAME = 32``), for data
+        sources whose size follows B (``gin/studies/nqm_known_answer.gin``).
+      extend_learning_rates: when the learning rate that sets a batch size's S(B) point (or,
+        where no run reached the target, its best final metric) is the smallest or largest
+        tried at that B, run the next rate beyond that edge (same ratio as the two rates at
+        the edge) at that B, and repeat until the best is inside or ``max_extensions`` rates
+        were added at that B (``study_extension``). Needs learning rates (not rules).
+      max_extensions: the most rates added beyond the grid at one batch size.
     """
     if batch_sizes is None:
         return None
@@ -96,7 +130,11 @@ def study(batch_sizes=None, micro_batch_sizes=None, learning_rates=None, rules=N
         target=None if target is None else float(target),
         target_mode=_mode(target_mode),
         eval_every_n_updates=_optional_positive_int(eval_every_n_updates,
-                                                    "study.eval_every_n_updates"))
+                                                    "study.eval_every_n_updates"),
+        learning_rates_by_batch_size=_by_batch_size(learning_rates_by_batch_size, batch_sizes),
+        batch_size_macro=_macro(batch_size_macro),
+        extend_learning_rates=_flag(extend_learning_rates, "study.extend_learning_rates"),
+        max_extensions=_positive_int(max_extensions, "study.max_extensions"))
     _check_combinations(spec)
     return spec
 
@@ -105,15 +143,25 @@ def _check_combinations(spec):
     """Axes that exclude or need each other."""
     if spec.learning_rates is not None and spec.rules is not None:
         raise StudyError("Set study.learning_rates or study.rules, not both.")
+    if spec.learning_rates_by_batch_size is not None and (
+            spec.learning_rates is not None or spec.rules is not None):
+        raise StudyError("Set study.learning_rates_by_batch_size alone, without "
+                         "study.learning_rates or study.rules.")
     if spec.rules is not None and (spec.reference_batch_size is None
                                    or spec.reference_learning_rate is None):
         raise StudyError("study.rules needs study.reference_batch_size and "
                          "study.reference_learning_rate (the batch size the learning rate was "
                          "tuned at, and that learning rate).")
-    if spec.warmup_updates is not None and spec.rules is None and spec.learning_rates is None:
+    if spec.warmup_updates is not None and spec.rules is None and spec.learning_rates is None \
+            and spec.learning_rates_by_batch_size is None:
         raise StudyError("study.warmup_updates needs study.rules or study.learning_rates.")
     if spec.epochs is not None and spec.update_budget is not None:
         raise StudyError("Set study.epochs or study.update_budget, not both.")
+    if spec.extend_learning_rates and spec.learning_rates is None and \
+            spec.learning_rates_by_batch_size is None:
+        raise StudyError("study.extend_learning_rates adds learning rates beyond the grid's "
+                         "edge: it needs study.learning_rates or "
+                         "study.learning_rates_by_batch_size (not study.rules).")
 
 
 def _axis(values, binding, check):
@@ -164,3 +212,33 @@ def _mode(value):
     if value not in TARGET_DIRECTIONS:
         raise StudyError(f"study.target_mode must be 'max' or 'min', got {value!r}.")
     return value
+
+
+def _by_batch_size(values, batch_sizes):
+    """{B: [lrs]} as ((B, (lrs...)), ...) in batch-size order; every B of the study needs one."""
+    if values is None:
+        return None
+    if not isinstance(values, dict) or not values:
+        raise StudyError(f"study.learning_rates_by_batch_size must be a dict {{B: [learning "
+                         f"rates]}}, got {values!r}.")
+    missing = [b for b in batch_sizes or () if b not in values]
+    if missing:
+        raise StudyError(f"study.learning_rates_by_batch_size has no learning rates for "
+                         f"B = {missing}.")
+    return tuple((b, _axis(values[b], f"study.learning_rates_by_batch_size[{b}]",
+                           _positive_number)) for b in sorted(values) if b in batch_sizes)
+
+
+def _flag(value, binding):
+    if not isinstance(value, bool):
+        raise StudyError(f"{binding} must be True or False, got {value!r}.")
+    return value
+
+
+def _macro(name):
+    if name is None:
+        return None
+    if not isinstance(name, str) or not name.isidentifier():
+        raise StudyError(f"study.batch_size_macro must be a gin macro name such as "
+                         f"'BATCH_SIZE', got {name!r}.")
+    return name

@@ -3,7 +3,9 @@
 Order matters: the grid is expanded, every point parsed and checked, the target metric, the shard
 and an existing study directory are checked, all before anything is written; only then is
 study.json written and do runs start. A relaunch with the same ``--run_name`` skips finished runs
-and moves unfinished ones aside (``<run>.attempt-K``) before running them again.
+and moves unfinished ones aside (``<run>.attempt-K``) before running them again. With
+``study.extend_learning_rates`` the launch then adds learning rates beyond the grid's edge where
+the best one sits there (``study_extension``), recorded in study.json so a relaunch rebuilds them.
 """
 
 import difflib
@@ -13,9 +15,9 @@ import gin
 
 from experiments.launch import executor, worker
 from experiments.launch import grid as grid_lib
-from experiments.launch import points
+from experiments.launch import points, precedence
 from experiments.launch import study_dir as study_dir_lib
-from experiments.launch import study_reporting
+from experiments.launch import study_extension, study_reporting
 from experiments.launch.gin_config import ConfigError, query
 from experiments.run import run_dir as run_dir_lib
 
@@ -88,7 +90,22 @@ def study_directory(output_dir, study_name, run_name):
 
 def prepare(spec, study_name, gin_files, gin_bindings, output_dir, shard, run_name):
     """Everything checked, nothing written: (study dir, state, all runs, this shard's runs)."""
-    runs = grid_lib.expand(spec, grid_context(spec))
+    return _prepare(spec, study_name, gin_files, gin_bindings, output_dir, shard, run_name)[:4]
+
+
+def _prepare(spec, study_name, gin_files, gin_bindings, output_dir, shard, run_name):
+    """``prepare``, plus the grid context and the shard count (the extension needs both). The
+    runs are the grid's, then those of the learning rates an earlier launch added beyond its
+    edge (study.json's ``extensions``, ``study_extension``), so a relaunch rebuilds them."""
+    context = grid_context(spec)
+    runs = grid_lib.expand(spec, context)
+    # a named study may hold rates an earlier launch added (a new directory holds none)
+    stored = study_dir_lib.load(study_directory(output_dir, study_name, run_name)) \
+        if run_name else None
+    extensions = [dict(e) for e in (stored or {}).get("extensions") or ()]
+    runs += study_extension.runs_of(spec, context, extensions, len(runs),
+                                    {r.name for r in runs})
+    runs = precedence.with_command_line_last(runs, gin_bindings, "study run", study=True)
     check_target_metric(spec)
     try:
         index, count = grid_lib.parse_shard(shard)
@@ -96,32 +113,44 @@ def prepare(spec, study_name, gin_files, gin_bindings, output_dir, shard, run_na
         raise ConfigError(str(error)) from error
     points.check_all(gin_files, gin_bindings, runs, "study run")
     path = study_directory(output_dir, study_name, run_name)
-    stored = study_dir_lib.load(path)
     fresh = study_dir_lib.new_state(study_name, gin_files, gin_bindings, spec, runs)
+    if extensions:
+        fresh["extensions"] = extensions
     if stored is not None:
         changed = study_dir_lib.differences(stored, fresh["axes"])
         if changed:
             raise ConfigError(f"{path} holds a different study (--run_name={run_name}); "
                               "use another --run_name. Differences (stored -> now): "
                               + "; ".join(changed))
-        for old, new in zip(stored["runs"], fresh["runs"]):  # keep errors of earlier attempts
-            new.update(status=old.get("status"), error=old.get("error"))
-    return path, fresh, runs, grid_lib.shard(runs, index, count)
+        old = {run["name"]: run for run in stored["runs"]}
+        for new in fresh["runs"]:  # keep errors of earlier attempts
+            if new["name"] in old:
+                new.update(status=old[new["name"]].get("status"),
+                           error=old[new["name"]].get("error"))
+    return path, fresh, runs, grid_lib.shard(runs, index, count), context, count
+
+
+def _todo(path, mine):
+    """(runs to train, how many run elsewhere) of ``mine``: failed ones are set aside to start
+    afresh, interrupted ones resume where they stopped, finished and live ones are left alone."""
+    statuses = {r.name: study_dir_lib.run_status(os.path.join(path, r.name))[0] for r in mine}
+    todo = [r for r in mine if statuses[r.name] not in ("finished", "running")]
+    for run in todo:
+        if statuses[run.name] == "failed":
+            study_dir_lib.set_aside(os.path.join(path, run.name))
+    return todo, sum(status == "running" for status in statuses.values())
 
 
 def launch_study(spec, study_name, gin_files, gin_bindings, output_dir, jobs=1, shard=None,
                  run_name=None, print_fn=print):
-    """Runs the study's unfinished runs of this shard, then writes study.json and the report.
-    Returns {"study_dir", "outcomes", "report"}."""
-    path, state, runs, mine = prepare(spec, study_name, gin_files, gin_bindings, output_dir,
-                                      shard, run_name)
-    statuses = {r.name: study_dir_lib.run_status(os.path.join(path, r.name))[0] for r in mine}
-    todo = [r for r in mine if statuses[r.name] not in ("finished", "running")]
-    for run in todo:  # a failed run starts afresh; an interrupted one resumes where it stopped
-        if statuses[run.name] == "failed":
-            study_dir_lib.set_aside(os.path.join(path, run.name))
+    """Runs the study's unfinished runs of this shard, then (``study.extend_learning_rates``)
+    the learning rates beyond the grid's edge where the best one sits there, round after round;
+    then writes study.json and the report. Returns {"study_dir", "outcomes", "report"}."""
+    path, state, runs, mine, context, count = _prepare(
+        spec, study_name, gin_files, gin_bindings, output_dir, shard, run_name)
+    todo, live = _todo(path, mine)
+    state["extension_settings"] = study_extension.settings(spec)
     study_dir_lib.write(path, study_dir_lib.refresh(path, state))
-    live = sum(status == "running" for status in statuses.values())
     print_fn(f"Study {study_name}: {len(runs)} runs, this shard {len(mine)}, "
              f"{len(mine) - len(todo) - live} already finished, {live} running elsewhere, "
              f"{len(todo)} to run ({jobs} at once) in {path}")
@@ -130,15 +159,55 @@ def launch_study(spec, study_name, gin_files, gin_bindings, output_dir, jobs=1, 
         return worker.train_here(gin_files, list(gin_bindings) + list(job.spec.bindings),
                                    job.run_dir)
 
-    jobs_list = [executor.Job(run, os.path.join(path, run.name)) for run in todo]
-    outcomes = executor.execute(jobs_list, run_in_process, gin_files, gin_bindings, jobs,
-                                print_fn)
-    errors = {o.name: o.error for o in outcomes if o.status == "failed"}
-    study_dir_lib.write(path, study_dir_lib.refresh(path, state, errors))
+    all_outcomes, errors = [], {}
+    while True:
+        jobs_list = [executor.Job(run, os.path.join(path, run.name)) for run in todo]
+        outcomes = executor.execute(jobs_list, run_in_process, gin_files, gin_bindings, jobs,
+                                    print_fn)
+        all_outcomes += outcomes
+        errors.update({o.name: o.error for o in outcomes if o.status == "failed"})
+        study_dir_lib.write(path, study_dir_lib.refresh(path, state, errors))
+        if not spec.extend_learning_rates:
+            break
+        if count > 1:
+            print_fn("study.extend_learning_rates: not with --shard (each shard would extend on "
+                     "its own); once every shard is done, relaunch without --shard to extend.")
+            break
+        if any(run["status"] == "running" for run in state["runs"]):
+            print_fn("study.extend_learning_rates: runs of this study are still running in "
+                     "another launch; relaunch once they are done to extend.")
+            break
+        todo = _extend(spec, context, state, path, gin_files, gin_bindings, print_fn)
+        if not todo:
+            break
     report = study_reporting.write(path, state)
     executor.wait_for_workers()
     _print_report(report, path, print_fn)
-    return {"study_dir": path, "outcomes": outcomes, "report": report}
+    return {"study_dir": path, "outcomes": all_outcomes, "report": report}
+
+
+def _extend(spec, context, state, path, gin_files, gin_bindings, print_fn):
+    """One extension round: the runs of the rates ``study_extension.plan`` adds beyond the
+    grid's edge, recorded in study.json before they start (a relaunch rebuilds them); [] when
+    none is added (the stops recorded for the report)."""
+    summary = study_reporting.summary(path, state)
+    new, stops = study_extension.plan(summary, state, spec.max_extensions)
+    state["extension_settings"] = study_extension.settings(spec, stops)
+    if not new:
+        study_dir_lib.write(path, state)
+        return []
+    runs = study_extension.runs_of(spec, context, new, len(state["runs"]),
+                                   {r["name"] for r in state["runs"]})
+    runs = precedence.with_command_line_last(runs, gin_bindings, "study run",
+                                             print_fn=lambda *_: None)
+    points.check_all(gin_files, gin_bindings, runs, "study run")
+    study_extension.record(state, new, runs)
+    study_dir_lib.write(path, state)
+    print_fn("Learning rates beyond the grid's edge (study.extend_learning_rates): " + "; ".join(
+        f"B = {e['batch_size']}: {e['learning_rate']:g} ({e['edge']} edge, best was "
+        f"{e['from']:g}, extension {e['round']} of {spec.max_extensions})" for e in new)
+        + f"; {len(runs)} run(s).")
+    return runs
 
 
 def _print_report(report, path, print_fn):

@@ -12,9 +12,12 @@ import os
 
 import tensorflow as tf
 
-from callbacks.hparams import final_metrics, write_experiment_config
+from callbacks.hparams import (final_metrics, write_experiment_config, write_final_metrics,
+                              write_session_end)
 from experiments.analysis import study_report
+from experiments.analysis import study_statistics
 from experiments.launch import study_dir as study_dir_lib
+from experiments.launch import study_extension
 
 HPARAMS = ("batch_size", "micro_batch_size", "learning_rate", "rule", "seed", "epochs")
 
@@ -43,7 +46,8 @@ def record(run, run_dir):
                b_simple_curve=measured.get("noise_scale/b_simple_curve"),
                examples_per_sec=result.get("examples_per_sec"),
                wall_time_s=result.get("wall_time_s"), updates=result.get("updates"),
-               batch_size=result.get("batch_size", out["batch_size"]))
+               batch_size=result.get("batch_size", out["batch_size"]), result=result,
+               noise_raw=measured.get("noise_scale/raw"))
     return out
 
 
@@ -51,6 +55,15 @@ def records(study_dir, state=None):
     """Every run's record, statuses refreshed from the run directories."""
     state = study_dir_lib.refresh(study_dir, state or study_dir_lib.load(study_dir))
     return [record(run, os.path.join(study_dir, run["path"])) for run in state["runs"]]
+
+
+def summary(study_dir, state):
+    """``study_report.summarize`` of the study as it stands (no file written): what the
+    extension of the learning rates plans from."""
+    target = state.get("target") or {}
+    return study_report.summarize(records(study_dir, state), target=target.get("value"),
+                                  mode=target.get("mode", "max"),
+                                  metric=target.get("metric", "val_accuracy"))
 
 
 def write(study_dir, state=None):
@@ -65,21 +78,55 @@ def write(study_dir, state=None):
     report = study_report.write_report(
         study_dir, runs, state.get("study", os.path.basename(study_dir)),
         target=target.get("value"), mode=target.get("mode", "max"),
-        metric=target.get("metric", "val_accuracy"))
+        metric=target.get("metric", "val_accuracy"),
+        extensions=study_extension.report_info(state))
     log_dir = os.path.join(study_dir, "tensorboard")
-    log_figures(log_dir, report["figures"])
+    log_figures(log_dir, report["figures"], report.get("markdown"))
     write_hparams_config(log_dir, state, target.get("metric", "val_accuracy"))
+    write_run_metrics(study_dir, state, runs, report["summary"])
     return report
 
 
-def log_figures(log_dir, figures):
-    """Each PNG as an image summary ``report/<name>`` (TensorBoard's Images tab)."""
+# Per-run HParams columns the study adds after training (the run cannot know them itself).
+STUDY_METRICS = ("steps_to_target", "b_simple", "examples_per_sec")
+
+
+def write_run_metrics(study_dir, state, runs, summary):
+    """Each finished run's steps to target (interpolated crossing), final B_simple and
+    examples/s as ``hparams/<name>`` scalars in its own TensorBoard directory, and a failed
+    run's session status; rewriting a report writes them again (the dashboard reads the last)."""
+    target, metric, mode = summary["target"], summary["metric"], summary["mode"]
+    for run, record_ in zip(state["runs"], runs):
+        log_dir = os.path.join(study_dir, run["path"], "tensorboard")
+        if record_.get("status") == "failed" and os.path.isdir(os.path.dirname(log_dir)):
+            write_session_end(log_dir, "failure")
+            continue
+        if record_.get("status") != "finished":
+            continue
+        values = {"examples_per_sec": record_.get("examples_per_sec"),
+                  "b_simple": record_.get("b_simple")}
+        if target is not None:
+            values["steps_to_target"] = study_statistics.run_crossing(
+                record_, target, mode, metric)[0]
+        values = {k: v for k, v in values.items() if v is not None}
+        if values:
+            write_final_metrics(log_dir, values, record_.get("updates") or 0)
+
+
+def log_figures(log_dir, figures, markdown=None):
+    """Each PNG as an image summary ``report/<name>`` (TensorBoard's Images tab), and the
+    report's markdown as the text summary ``report/text`` (the Text tab)."""
     writer = tf.summary.create_file_writer(log_dir)
     try:
         with writer.as_default():
+            if markdown:
+                tf.summary.text("report/text", markdown, step=0)
             for name, path in figures.items():
                 if path and os.path.exists(path):
-                    image = tf.io.decode_png(tf.io.read_file(path), channels=4)
+                    try:
+                        image = tf.io.decode_png(tf.io.read_file(path), channels=4)
+                    except tf.errors.InvalidArgumentError:
+                        continue  # replaced meanwhile by another shard's report: it logs it
                     tf.summary.image(f"report/{name}", image[tf.newaxis], step=0)
     finally:
         writer.close()
@@ -90,5 +137,5 @@ def write_hparams_config(log_dir, state, metric):
     domains = {name: sorted({(run.get("hparams") or {}).get(name) for run in state["runs"]},
                             key=repr) for name in HPARAMS}
     base = metric[len("val_"):] if metric.startswith("val_") else metric
-    tags = [metric, "val_loss", "loss", base, f"gap_{base}", "gap_loss"]
+    tags = [metric, "val_loss", "loss", base, f"gap_{base}", "gap_loss", *STUDY_METRICS]
     write_experiment_config(log_dir, domains, list(dict.fromkeys(tags)))

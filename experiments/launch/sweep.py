@@ -8,10 +8,19 @@ A sweep is declared in gin, e.g. the quickstart::
     }
 
 Each variant is the base config (files and bindings) with the variant's bindings parsed last, and
-gets its own run directory. An empty ``variants`` means a single run.
+gets its own run directory. An empty ``variants`` means a single run. ``write_hparams`` gives a
+sweep the TensorBoard HParams dashboard a study has: one session per variant, written from its
+result.json after the sweep (``<run>/tensorboard/hparams``), and the columns in
+``<group>/tensorboard``.
 """
 
+import ast
+import os
+import shutil
+
 import gin
+
+from callbacks import hparams as hparams_lib
 
 
 @gin.configurable
@@ -27,3 +36,103 @@ def sweep(variants=None, report_columns=None):
                 f"sweep.variants[{name!r}] must be a list of gin binding strings, got "
                 f"{bindings!r}.")
     return dict(variants), report_columns
+
+
+# ---- HParams --------------------------------------------------------------------------------
+
+# The base experiment's values every variant is shown with (a variant's own binding replaces it).
+BASE_HPARAMS = {"batch_size": "train.batch_size", "micro_batch_size": "train.micro_batch_size",
+                "epochs": "train.epochs", "seed": "train.seed"}
+# What a finished run's result.json knows for certain (it replaces the bindings' values).
+RESULT_HPARAMS = ("batch_size", "micro_batch_size", "epochs", "seed")
+# Per-run HParams columns besides the final epoch's metrics.
+SWEEP_METRICS = ("examples_per_sec",)
+HPARAMS_DIR = "hparams"  # <run>/tensorboard/hparams: the session the sweep writes
+
+
+def base_hparams(query):
+    """(values, optimizer name): the base experiment's hyperparameters every variant starts
+    from, read with ``query`` (``gin_config.query``, gin holding the base configuration): B, b,
+    epochs, seed, and the learning rate of the optimizer ``train.optimizer`` refers to (when it
+    is one; its last name, e.g. ``SGD``, is returned for ``variant_hparams``)."""
+    values = {name: query(binding) for name, binding in BASE_HPARAMS.items()}
+    optimizer, name = query("train.optimizer"), None
+    if isinstance(optimizer, gin.config.ConfigurableReference):
+        selector = optimizer.configurable.selector
+        values["learning_rate"] = query(f"{selector}.learning_rate")
+        name = selector.rsplit(".", 1)[-1]
+    return {k: _plain(v) for k, v in values.items()}, name
+
+
+def _plain(value):
+    """A value the HParams dashboard takes: numbers, str, bool and None as they are, else text."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return str(value)
+
+
+def variant_hparams(bindings, base, lr_configurable=None):
+    """{column: value} of one variant: ``base`` with the variant's bindings (parsed last, so the
+    last one of a parameter wins) on top. ``train.<p>`` becomes ``p``, the optimizer's learning
+    rate ``learning_rate``, anything else ``<configurable>.<p>`` (``scope/`` kept); macros and
+    imports are left out."""
+    from experiments.launch import precedence  # noqa: PLC0415  (launch imports this module)
+
+    values = dict(base)
+    for binding in bindings:
+        key = precedence.binding_key(binding)
+        if key is None:
+            continue
+        scope, configurable, parameter = key
+        if not scope and configurable == "train":
+            name = parameter
+        elif not scope and parameter == "learning_rate" and configurable == lr_configurable:
+            name = "learning_rate"
+        else:
+            name = f"{scope + '/' if scope else ''}{configurable}.{parameter}"
+        text = binding.split("=", 1)[1].strip()
+        try:
+            values[name] = _plain(ast.literal_eval(text))
+        except (ValueError, SyntaxError):
+            values[name] = text
+    return values
+
+
+def write_hparams(group_dir, runs, outcomes_by_name, base, lr_configurable=None):
+    """The sweep's HParams: each run's session (its variant's hyperparameters, the final epoch's
+    metrics and examples/s from its result.json, its status) in ``<run>/tensorboard/hparams``,
+    and the experiment config (one column per hyperparameter and metric) in
+    ``<group>/tensorboard``. Both are rewritten whole at every launch of the sweep (a relaunch
+    leaves one session per run). Returns {run name: {tag: value}} written."""
+    sessions, written = {}, {}
+    for run in runs:
+        outcome = outcomes_by_name.get(run.name)
+        if outcome is None or outcome.status not in ("finished", "failed"):
+            continue  # running in another launch: its session is written when it is done
+        run_dir = outcome.run_dir or os.path.join(group_dir, run.name)
+        if not os.path.isdir(run_dir):
+            continue  # failed before it had a directory
+        values = variant_hparams(run.bindings, base, lr_configurable)
+        result = outcome.result if outcome.status == "finished" else None
+        metrics, step = {}, 0
+        if result:
+            values.update({k: _plain(result[k]) for k in RESULT_HPARAMS if k in result})
+            metrics = hparams_lib.final_metrics(result.get("final_epoch") or {})
+            metrics.update({k: float(result[k]) for k in SWEEP_METRICS
+                            if isinstance(result.get(k), (int, float))})
+            step = int(result.get("updates") or 0)
+        log_dir = os.path.join(run_dir, "tensorboard", HPARAMS_DIR)
+        shutil.rmtree(log_dir, ignore_errors=True)
+        written[run.name] = hparams_lib.write_session(
+            log_dir, values, run.name, metrics, step,
+            "success" if outcome.status == "finished" else "failure")
+        sessions[run.name] = (values, metrics)
+    if not sessions:
+        return written
+    names = list(dict.fromkeys(k for values, _ in sessions.values() for k in values))
+    domains = {name: [values.get(name) for values, _ in sessions.values()] for name in names}
+    tags = list(dict.fromkeys(m for _, metrics in sessions.values() for m in metrics))
+    config_dir = os.path.join(group_dir, "tensorboard")
+    shutil.rmtree(config_dir, ignore_errors=True)
+    hparams_lib.write_experiment_config(config_dir, domains, tags or list(SWEEP_METRICS))
+    return written

@@ -21,7 +21,9 @@ CHILD_BINDINGS = ("train.verbose = 2",)
 
 
 def job_message(job, gin_files, base_bindings):
-    """The JSON object a worker (or this process's slot) trains ``job`` from."""
+    """The JSON object a worker (or this process's slot) trains ``job`` from. Its relative paths
+    name the same files in a worker as here: workers run in the launcher's working directory
+    (``spares.worker_cwd``)."""
     return {"gin_files": list(gin_files),
             "bindings": list(base_bindings) + list(job.spec.bindings) + list(CHILD_BINDINGS),
             "run_dir": job.run_dir, "log": outcomes.pending_log(job.run_dir)}

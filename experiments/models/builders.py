@@ -44,6 +44,21 @@ def mlp(spec, hidden_units=(64,), activation="relu", dropout=0.0, l2=0.0,
 
 
 @gin.configurable
+def linear(spec, use_bias=False, kernel_initializer="zeros"):
+    """A linear model y = x W (+ b) for regression: with Gaussian inputs, the squared error's
+    gradient statistics have closed forms (the noise scale's known-answer study); zero weights
+    start it at |delta|^2 = |W*|^2."""
+    if spec.task != "regression":
+        raise ValueError(f"linear is a regression model; this data's task is {spec.task!r}.")
+    layers = [keras.Input(spec.input_shape)]
+    if len(spec.input_shape) > 1:
+        layers.append(keras.layers.Flatten())
+    layers.append(keras.layers.Dense(spec.num_outputs, use_bias=use_bias, dtype="float32",
+                                     kernel_initializer=kernel_initializer, name="output"))
+    return keras.Sequential(layers, name="linear")
+
+
+@gin.configurable
 def vgg_convnet(spec, filters=(32, 64), dense_units=256, dropout=0.25):
     """VGG-like convnet: per block two 3×3 convolutions and a 2×2 max-pool, then a dense head."""
     layers = [keras.Input(spec.input_shape)]

@@ -30,6 +30,7 @@ from absl import logging
 from callbacks import summary_writer
 from callbacks.generalization_gap import GeneralizationGap, fixed_subset
 from callbacks.gradient_noise_scale import UNDEFINED_NOTE, GradientNoiseScale
+from callbacks.noise_scale_probe import NoiseScaleProbe
 from callbacks.gradient_norm import GradientNorm
 from callbacks.hparams import HParamsLogger
 from callbacks.periodic_evaluation import PeriodicEvaluation
@@ -107,6 +108,9 @@ class MeasurementContext:
       run_dir: the run directory.
       dry_run: the factories are only called to check their settings (``check``): build, but log
         and write nothing.
+      num_replicas: replicas the strategy trains on (each one's share of a batch is a piece
+        of the gradient noise scale).
+      train_arrays: (x, y) of the whole training set when it comes as arrays, else None.
     """
 
     layout: BatchLayout
@@ -118,9 +122,11 @@ class MeasurementContext:
     log_dir: Optional[str] = None
     run_dir: Optional[str] = None
     dry_run: bool = False
+    num_replicas: int = 1
+    train_arrays: Any = None
 
 
-def make_context(data, pipelines, layout, settings, track_gradient_noise, seed):
+def make_context(data, pipelines, layout, settings, track_gradient_noise, seed, num_replicas=1):
     """The context of a run from its ``Data``, ``Pipelines``, layout and settings."""
     subset_size = settings.gap_subset_size
     subset = None
@@ -135,7 +141,8 @@ def make_context(data, pipelines, layout, settings, track_gradient_noise, seed):
     return MeasurementContext(
         layout=layout, every_n_updates=settings.every_n_updates,
         track_gradient_noise=bool(track_gradient_noise), train_subset=subset,
-        validation_data=validation, seed=seed)
+        validation_data=validation, seed=seed, num_replicas=num_replicas,
+        train_arrays=None if data.x_train is None else (data.x_train, data.y_train))
 
 
 def _every(value, binding, context):
@@ -167,15 +174,18 @@ def generalization_gap(context):
 
 
 @gin.configurable(module="measurements")
-def gradient_noise_scale(context, every_n_updates=None, decay=0.99, sample_every_n_updates=1):
-    """B_simple (McCandlish et al. 2018) from the k micro-batches of each update; None for k = 1.
-    ``every_n_updates`` None: ``measurements.every_n_updates``. The train step keeps the moving
-    averages (decay per sample); a sampled update costs k + 1 passes over the gradients there,
-    so ``sample_every_n_updates`` > 1 makes the measurement cheaper on small micro-batches."""
+def gradient_noise_scale(context, every_n_updates=None, horizon_examples=4096,
+                         sample_every_n_updates=None):
+    """B_simple (McCandlish et al. 2018) from the pieces of each update (k micro-batches, or
+    each replica's share); None with a single piece. ``every_n_updates`` None:
+    ``measurements.every_n_updates``; each logged update is sampled (raw estimates logged). The
+    train step keeps moving averages over ``horizon_examples`` examples; a sample costs k + 1
+    passes over the gradients there, so ``sample_every_n_updates`` (extra samples between the
+    logged updates; None: none) trades time for the averages' variance."""
     every = _every(every_n_updates, "measurements.gradient_noise_scale.every_n_updates", context)
-    checks.fraction(decay, "measurements.gradient_noise_scale.decay")
+    checks.positive_number(horizon_examples, "measurements.gradient_noise_scale.horizon_examples")
     note = None
-    if context.layout.largest_num_micro_batches <= 1:
+    if context.layout.largest_num_micro_batches <= 1 and context.num_replicas < 2:
         note = UNDEFINED_NOTE
     elif context.layout.time_windows:
         note = STREAM_NOTE
@@ -189,13 +199,36 @@ def gradient_noise_scale(context, every_n_updates=None, decay=0.99, sample_every
             "measurements.gradient_noise_scale needs the micro-batch gradient norms: set "
             "measurements.track_gradient_noise = True (or leave it None, which turns it on when "
             "k > 1).")
-    checks.positive_int(sample_every_n_updates,
-                        "measurements.gradient_noise_scale.sample_every_n_updates")
-    return GradientNoiseScale(context.log_dir, every_n_updates=every, decay=decay,
+    checks.optional_positive_int(sample_every_n_updates,
+                                 "measurements.gradient_noise_scale.sample_every_n_updates")
+    return GradientNoiseScale(context.log_dir, every_n_updates=every,
+                              horizon_examples=horizon_examples,
                               sample_every_n_updates=sample_every_n_updates)
 
 
 gradient_noise_scale.needs_gradient_noise = True
+
+
+@gin.configurable(module="measurements")
+def noise_scale_probe(context, sizes=None, num_draws=100, every_n_updates=None, at_end=True,
+                      level=0.95):
+    """B_simple at fixed weights with its interval (``callbacks.noise_scale_probe``; opt-in:
+    each probe costs ``num_draws x sum(sizes)`` rows forward and backward). ``sizes`` None:
+    b, 4b, 16b with b the micro-batch (B/4 when the batch is not split)."""
+    if context.train_arrays is None:
+        raise ValueError("measurements.noise_scale_probe draws rows from the training arrays; "
+                         "this data source has none (stream data).")
+    if sizes is None:
+        layout = context.layout
+        base = layout.micro_batch_size if layout.num_micro_batches > 1 \
+            else max(1, layout.batch_size // 4)
+        sizes = (base, 4 * base, 16 * base)
+    if not isinstance(sizes, (list, tuple)):
+        raise ValueError(f"measurements.noise_scale_probe.sizes must be a list of batch sizes, "
+                         f"got {sizes!r}.")
+    return NoiseScaleProbe(context.train_arrays, sizes=tuple(sizes), num_draws=num_draws,
+                           every_n_updates=every_n_updates, at_end=at_end, level=level,
+                           seed=context.seed, log_dir=context.log_dir)
 STREAM_NOTE = (
     "The gradient noise scale is not measured on stream data: the micro-batches of an update are "
     "consecutive time windows of the same streams, not independent samples.")
@@ -293,11 +326,13 @@ def needs_gradient_noise(factories):
     return any(getattr(f, "needs_gradient_noise", False) for f in factories)
 
 
-def track_gradient_noise(settings, layout):
-    """``measurements.track_gradient_noise``: None means on when k > 1 (independent micro-batches,
-    not stream windows) and an enabled factory needs it."""
+def track_gradient_noise(settings, layout, num_replicas=1):
+    """``measurements.track_gradient_noise``: None means on when an update has two or more
+    independent pieces (k > 1 micro-batches, not stream windows, or several replicas) and an
+    enabled factory needs it."""
     if settings.track_gradient_noise is None:
-        return layout.largest_num_micro_batches > 1 and not layout.time_windows \
+        return (layout.largest_num_micro_batches > 1 or num_replicas > 1) \
+            and not layout.time_windows \
             and needs_gradient_noise(settings.enabled)
     return settings.track_gradient_noise
 

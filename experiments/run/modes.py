@@ -21,7 +21,7 @@ import dataclasses
 
 from callbacks.nan_guard import FailOnNonFiniteLoss
 from experiments.common import checks
-from experiments.run import micro_batch_finder, range_test
+from experiments.run import micro_batch_finder, noise_probe_run, range_test
 
 
 class RunMode:
@@ -133,8 +133,19 @@ class MicroBatchFinderMode(RunMode):
         return micro_batch_finder.run(settings, output.config_text, self)
 
 
+class NoiseProbeMode(RunMode):
+    """``train.mode = 'probe_noise_scale'``: B_simple with its interval at a finished run's
+    weights (``noise_probe_run``); trains nothing and writes one new file into that run."""
+
+    def check(self, settings):
+        noise_probe_run.settings()  # its bindings fail before any data is loaded
+
+    def start(self, settings, output, run):
+        return noise_probe_run.run(settings, self)
+
+
 RUN_MODES = {"train": TrainMode, "find_micro_batch": MicroBatchFinderMode,
-             "lr_range_test": RangeTestMode}
+             "lr_range_test": RangeTestMode, "probe_noise_scale": NoiseProbeMode}
 
 
 def chosen(name):

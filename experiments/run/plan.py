@@ -62,9 +62,10 @@ def build(settings, run_mode):
     pipelines = pipelines_lib.make(data, layout, seed=settings.seed,
                                    shuffle=data_settings.shuffle)
     measured = settings.measurements
-    track = measurements_lib.track_gradient_noise(measured, layout)
+    replicas = strategy.num_replicas_in_sync
+    track = measurements_lib.track_gradient_noise(measured, layout, replicas)
     context = measurements_lib.make_context(data, pipelines, layout, measured, track,
-                                            settings.seed)
+                                            settings.seed, replicas)
     measurements_lib.check(measured.enabled, context)  # bad settings fail before the run
     return Plan(mode=run_mode, settings=settings, strategy=strategy, data=data, layout=layout,
                 pipelines=pipelines, track_gradient_noise=track, measurement_context=context)

@@ -49,6 +49,11 @@ def check_output_dir(output_dir):
         raise ValueError(f"--output_dir={output_dir!r} {where}; give a directory.")
     if not os.access(probe, os.W_OK | os.X_OK):
         raise ValueError(f"--output_dir={output_dir!r}: {probe} is not writable.")
+    try:  # what access() cannot tell (root on sysfs, procfs, a read-only mount): try it,
+        os.rmdir(tempfile.mkdtemp(prefix=".batchlab-probe-", dir=probe))  # leaving nothing
+    except OSError as error:
+        raise ValueError(f"--output_dir={output_dir!r}: cannot write there "
+                         f"({error.strerror or error}); give a writable directory.") from None
     return path
 
 

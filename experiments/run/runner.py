@@ -33,7 +33,8 @@ from experiments.run import plan as plan_lib
 from experiments.run import run_dir as run_dir_lib
 from experiments.run import stateful
 from experiments.run.settings import (DataSettings, ModelSettings, RunOutput, RunSettings,
-                                      check_training, checkpoint_settings)
+                                      check_eval_batch_size, check_training,
+                                      checkpoint_settings, progress_verbosity)
 from experiments.run.training_state import RunState
 
 PACKAGES = ("tensorflow", "tensorflow-cpu", "keras", "gin-config", "absl-py", "numpy",
@@ -44,7 +45,7 @@ PACKAGES = ("tensorflow", "tensorflow-cpu", "keras", "gin-config", "absl-py", "n
 def train(model_fn=gin.REQUIRED, data_fn=gin.REQUIRED, optimizer=gin.REQUIRED, loss=gin.REQUIRED,
           batch_size=gin.REQUIRED, epochs=1, micro_batch_size=None, eval_batch_size=None,
           metrics=("accuracy",), seed=0, deterministic_ops=False, dtype_policy="float32",
-          strategy=None, shuffle=True, extra_callbacks=(), verbose=1, output_dir="runs",
+          strategy=None, shuffle=True, extra_callbacks=(), verbose=None, output_dir="runs",
           experiment="experiment", run_name=None, config_text="", resumable=False,
           mode="train", batch_size_schedule=None):
     """Runs one experiment and returns its result dict (also written to ``result.json``).
@@ -64,6 +65,9 @@ def train(model_fn=gin.REQUIRED, data_fn=gin.REQUIRED, optimizer=gin.REQUIRED, l
       strategy: a distribution strategy factory from ``engine.distribute`` or None.
       shuffle: reshuffle the training rows every epoch (seeded).
       extra_callbacks: more Keras callbacks (instances) to add.
+      verbose: Keras' progress output: 1 (a progress bar), 2 (one line per epoch), 0 (none);
+        None picks 1 when stdout is a terminal and 2 otherwise (a file or a pipe gets no
+        terminal control codes).
       mode: a key of ``modes.RUN_MODES``: 'train'; 'find_micro_batch': measure the largest
         micro-batch that fits for this model and batch size instead of training
         (``micro_batch_finder``, ``find_micro_batch.*``; writes nothing); 'lr_range_test': a run
@@ -72,6 +76,8 @@ def train(model_fn=gin.REQUIRED, data_fn=gin.REQUIRED, optimizer=gin.REQUIRED, l
     Measurements are set with ``measurements.*`` and checkpoints with ``checkpoints.*``.
     """
     check_training(epochs, seed, dtype_policy, verbose)
+    check_eval_batch_size(eval_batch_size)
+    verbose = progress_verbosity(verbose)
     run_mode = modes.chosen(mode)
     settings = RunSettings(
         model=ModelSettings(model_fn, optimizer, loss, tuple(metrics), dtype_policy),
@@ -110,6 +116,10 @@ def run(settings, output, run_mode):
         raise
     except BaseException as error:
         _record_end(path, run_dir_lib.mark_failed, error)
+        try:
+            error.batchlab_run_dir = path  # main.py names it in its one-line message
+        except AttributeError:
+            pass
         raise
     unused = config_audit.unused_bindings(gin.config_str(), gin.operative_config_str())
     if unused:
@@ -181,7 +191,7 @@ def make_callbacks(plan, path, log_dir, state_callbacks, checkpoint_callbacks=()
     callbacks = plan.mode.guards()  # first: a broken update stops the run before others log it
     callbacks += [
         OperativeConfigSaver(path, gin.operative_config_str, log_dir),
-        summary_writer.TensorBoard(log_dir=log_dir, write_graph=False),  # cheap epoch scalars
+        summary_writer.TensorBoard(log_dir=log_dir),  # cheap epoch scalars (no graph unless asked)
     ]
     measured = measurements_lib.build(settings.measurements.enabled, plan.measurement_context,
                                       log_dir=log_dir, run_dir=path)

@@ -8,6 +8,7 @@ instead of two dozen flat values. Measurement settings are ``measurements.*``
 """
 
 import dataclasses
+import sys
 from typing import Any, Callable, Optional
 
 import gin
@@ -90,7 +91,7 @@ class RunSettings:
     measurements: Any  # measurements.MeasurementSettings
     checkpoints: CheckpointSettings
     extra_callbacks: tuple = ()
-    verbose: int = 1
+    verbose: int = 2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,9 +109,35 @@ class RunOutput:
     resumable: bool = False
 
 
+# NumPy, TensorFlow and Python's random all take a seed below 2**32.
+MAX_SEED = 2 ** 32 - 1
+
+
 def check_training(epochs, seed, dtype_policy, verbose):
     """The integer and choice bindings of ``train``, each error naming its binding."""
     checks.positive_int(epochs, "train.epochs")
     checks.non_negative_int(seed, "train.seed")
+    if seed > MAX_SEED:
+        raise ValueError(f"train.seed must be at most 2**32 - 1 = {MAX_SEED}, got {seed}.")
     checks.one_of(dtype_policy, DTYPE_POLICIES, "train.dtype_policy")
-    checks.one_of(verbose, (0, 1, 2, "auto"), "train.verbose")
+    checks.one_of(verbose, (None, 0, 1, 2, "auto"), "train.verbose")
+
+
+def check_eval_batch_size(eval_batch_size):
+    """``train.eval_batch_size``: None (the batch size) or a positive integer; 0 is refused as
+    -5 is, not taken as unset."""
+    checks.optional_positive_int(eval_batch_size, "train.eval_batch_size")
+
+
+def progress_verbosity(verbose, stream=None):
+    """Keras' ``verbose`` for a run: the user's choice, else (None, 'auto') a progress bar on a
+    terminal and one line per epoch elsewhere: Keras 3 takes any POSIX process as interactive
+    and would write ``ESC[``, ``\r`` and ``\b`` runs into a log file."""
+    if verbose not in (None, "auto"):
+        return verbose
+    stream = stream or sys.stdout
+    try:
+        interactive = stream.isatty()
+    except (AttributeError, ValueError):
+        interactive = False
+    return 1 if interactive else 2

@@ -113,6 +113,12 @@ class RunState:
         """Rewrites the 'running' status with a fresh heartbeat."""
         if self.writes:
             self._status["heartbeat"] = time.time()
+            model = getattr(self, "model", None)
+            if model is not None and getattr(model, "optimizer", None) is not None:
+                try:  # progress, for the launcher's progress lines and --list
+                    self._status["update"] = int(model.optimizer.iterations.numpy())
+                except (AttributeError, TypeError, ValueError):
+                    pass
             run_dir_lib.write_json(self.run_dir, "status.json", self._status)
 
     def callbacks(self, model, stop_requested):

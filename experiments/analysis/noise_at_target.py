@@ -1,0 +1,106 @@
+"""B_simple where a study's runs reach their target, pooled over runs, with an interval.
+
+B_simple = tr(Sigma)/|G|^2 grows as the loss falls (linear regression: (d + 1) + s^2 d/|delta|^2),
+so the critical batch for reaching a target is predicted by its value where runs reach that
+target (McCandlish et al. 2018, section 3), not by an average over training. Each run logs the
+train step's raw per-update estimates (``noise_scale/raw``: [update, |G|^2, tr(Sigma), B,
+pieces]), each unbiased for its update but very noisy. Here every finished run whose metric
+crosses the target contributes the raw estimates logged within ``window`` (a fraction) of its
+crossing update, on either side; the pooled value is the ratio of the mean tr(Sigma) to the mean
+|G|^2 over all of them, and its interval a bootstrap over runs (a run's estimates share its
+trajectory, so runs are the independent units).
+
+Every run at a batch size, learning rate or seed that crosses the target measures the same thing,
+the noise scale at that loss level, so all of them pool, not only the fastest. The window trades
+bias (B_simple moves within it: for an exponentially falling |delta|^2 that drops 100x by the
+crossing, a +-10% window biases the pooled ratio by about -4%) for variance (more estimates).
+Pure functions of the study's run records (``experiments.launch.study_reporting.record``).
+"""
+
+import math
+
+import numpy as np
+
+from experiments.common import noise_statistics
+
+RAW_KEY = "noise_raw"  # the record's copy of result.json's noise_scale/raw
+
+
+def crossing_update(curve, target, mode="max"):
+    """The update at which ``curve`` ([update, value] pairs) first reaches ``target``, linearly
+    interpolated between the evaluations around it; None if it never does."""
+    points = sorted((int(u), float(v)) for u, v in curve or ()
+                    if v is not None and not math.isnan(float(v)))
+    reached = (lambda v: v >= target) if mode == "max" else (lambda v: v <= target)
+    previous = None
+    for update, value in points:
+        if reached(value):
+            if previous is None or previous[1] == value:
+                return float(update)
+            u0, v0 = previous
+            return u0 + (target - v0) / (value - v0) * (update - u0)
+        previous = (update, value)
+    return None
+
+
+def pooled_b_simple(runs, target, metric="val_accuracy", mode="max", window=0.1, level=0.95,
+                    num_bootstrap=2000, seed=0):
+    """B_simple at the target from every run's raw estimates near its crossing (module doc).
+
+    ``runs``: study run records, each with ``curve`` ({metric: [[update, value], ...]}) and
+    ``noise_raw`` (result.json's ``noise_scale/raw`` rows). Returns {"b_simple", "interval",
+    "num_runs", "num_estimates", "window", "level", "note"}; ``b_simple`` None when no run
+    crossing the target logged raw estimates near it (or their mean |G|^2 is <= 0).
+    """
+    if target is None:
+        return _empty(window, level, "no target")
+    g2, trace, groups = [], [], []
+    used = 0
+    for index, run in enumerate(runs):
+        if run.get("status") not in (None, "finished"):
+            continue
+        raw = run.get(RAW_KEY) or []
+        crossing = crossing_update((run.get("curve") or {}).get(metric), target, mode)
+        if crossing is None or not raw:
+            continue
+        # A raw estimate logged at update u is the gradient at the weights after u - 1 updates
+        # (the ones update u was computed at); the metric at u is that of the weights after u.
+        raw = [[row[0] - 1, *row[1:]] for row in raw]
+        half = max(window * crossing, 0.5)
+        near = [row for row in raw if abs(row[0] - crossing) <= half]
+        if not near:  # the logged points nearest the crossing, one on each side at most
+            before = [row for row in raw if row[0] <= crossing]
+            after = [row for row in raw if row[0] > crossing]
+            near = before[-1:] + after[:1]
+        if not near:
+            continue
+        used += 1
+        for row in near:
+            g2.append(row[1])
+            trace.append(row[2])
+            groups.append(index)
+    if not g2:
+        return _empty(window, level, "no run that reached the target logged raw noise-scale "
+                                     "estimates (k = 1 on one replica, or noise scale off)")
+    value, interval = noise_statistics.pooled_ratio(g2, trace, level=level,
+                                                  num_bootstrap=num_bootstrap, seed=seed,
+                                                  groups=groups)
+    note = (f"pooled over {len(g2)} raw estimates of {used} run(s) within {window:.0%} of the "
+            "update where each reached the target")
+    if value is None:
+        note += "; their mean |G|^2 is <= 0 (the gradient is buried in noise there)"
+    if used < 2:
+        note += "; one run: no interval"
+    return {"b_simple": value, "interval": interval, "num_runs": used,
+            "num_estimates": len(g2), "window": window, "level": level, "note": note}
+
+
+def _empty(window, level, note):
+    return {"b_simple": None, "interval": None, "num_runs": 0, "num_estimates": 0,
+            "window": window, "level": level, "note": note}
+
+
+def mean_raw(raw):
+    """(mean |G|^2, mean tr(Sigma)) of raw rows (for tables)."""
+    rows = np.asarray(raw, float)
+    return float(rows[:, 1].mean()), float(rows[:, 2].mean())

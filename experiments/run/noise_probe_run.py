@@ -1,0 +1,134 @@
+"""The noise-scale probe on a finished run's weights, from the command line.
+
+``train.mode = 'probe_noise_scale'`` (``gin/tools/probe_noise_scale.gin``) rebuilds a run's model
+and data from its own saved configuration, loads its weights, and probes B_simple at those fixed
+weights (``callbacks.noise_scale_probe``: draws at two or three batch sizes, a line in 1/B, a
+bootstrap interval, the linearity check):
+
+    python main.py --gin_file=RUN/config.gin --gin_file=gin/tools/probe_noise_scale.gin \\
+        --gin_bindings="probe_noise_scale.run_dir = 'RUN'"
+
+It trains nothing and changes nothing in RUN except one new file, ``RUN/noise_probes/<name>.json``
+(never an existing one). The final weights file holds no optimizer state, so the preconditioned
+value is probed only from a training checkpoint (``probe_noise_scale.checkpoint = 'latest'``
+with ``checkpoints/state-*.npz`` present); with the final weights it is left out.
+"""
+
+import dataclasses
+import glob
+import json
+import os
+from typing import Optional
+
+import gin
+from absl import logging
+
+from callbacks.noise_scale_probe import probe
+from experiments.common import checks
+from experiments.engine import keras_internals
+from experiments.run import checkpoints as checkpoints_lib
+from experiments.run import plan as plan_lib
+
+
+@dataclasses.dataclass(frozen=True)
+class ProbeSettings:
+    """``probe_noise_scale.*``, checked."""
+
+    run_dir: str
+    checkpoint: str
+    sizes: Optional[tuple]
+    num_draws: int
+    level: float
+    seed: int
+
+
+@gin.configurable("probe_noise_scale")
+def settings(run_dir=gin.REQUIRED, checkpoint="final", sizes=None, num_draws=100, level=0.95,
+             seed=0):
+    """Args:
+      run_dir: the finished (or interrupted) run to probe.
+      checkpoint: 'final' (``checkpoints/final.weights.h5``) or 'latest' (the newest training
+        checkpoint ``checkpoints/state-*.npz``, optimizer state included).
+      sizes: batch sizes to draw at (None: b, 4b, 16b with b the run's micro-batch, or B/4).
+      num_draws: batches per size. level: the interval's level. seed: the draws' seed.
+    """
+    if not isinstance(run_dir, str) or not os.path.isdir(run_dir):
+        raise ValueError(f"probe_noise_scale.run_dir = {run_dir!r} is not a run directory.")
+    checks.one_of(checkpoint, ("final", "latest"), "probe_noise_scale.checkpoint")
+    if sizes is not None:
+        sizes = tuple(checks.positive_int(b, "probe_noise_scale.sizes") for b in sizes)
+    return ProbeSettings(run_dir, checkpoint, sizes,
+                         checks.positive_int(num_draws, "probe_noise_scale.num_draws"),
+                         checks.fraction(level, "probe_noise_scale.level"), int(seed))
+
+
+def default_sizes(layout):
+    base = layout.micro_batch_size if layout.num_micro_batches > 1 \
+        else max(1, layout.batch_size // 4)
+    return (base, 4 * base, 16 * base)
+
+
+def _load(model, plan, probe_settings):
+    """Loads the chosen weights (and, from a training checkpoint, the optimizer's state);
+    returns a description of what was loaded."""
+    directory = os.path.join(probe_settings.run_dir, "checkpoints")
+    if probe_settings.checkpoint == "final":
+        path = os.path.join(directory, "final.weights.h5")
+        if not os.path.exists(path):
+            raise FileNotFoundError(
+                f"{path} does not exist (the run has not finished); use "
+                "probe_noise_scale.checkpoint = 'latest' for its newest training checkpoint.")
+        model.load_weights(path)
+        return path, None
+    store = checkpoints_lib.CheckpointStore(directory)
+    latest = store.latest_meta()
+    if latest is None:
+        raise FileNotFoundError(f"No training checkpoint (state-*.npz) in {directory}.")
+    path, position, _ = latest
+    keras_internals.symbolic_build(model, plan.pipelines.train.element_spec)
+    checkpoints_lib.Resume(store, path, model).restore_training_state()
+    return path, position.update
+
+
+def _output_path(run_dir, name):
+    directory = os.path.join(run_dir, "noise_probes")
+    os.makedirs(directory, exist_ok=True)
+    index = len(glob.glob(os.path.join(directory, f"{name}*.json")))
+    while True:
+        path = os.path.join(directory, f"{name}{'' if index == 0 else f'-{index}'}.json")
+        try:
+            with open(path, "x"):
+                return path
+        except FileExistsError:
+            index += 1
+
+
+def run(settings_, run_mode):
+    """Probes the run's weights; returns the result dict (also written, and printed)."""
+    probe_settings = settings()
+    plan = plan_lib.build(settings_, run_mode)
+    model, _ = plan_lib.build_model(plan)
+    loaded, update = _load(model, plan, probe_settings)
+    data = plan.measurement_context.train_arrays
+    if data is None:
+        raise ValueError("The noise-scale probe draws rows from training arrays; this run's data "
+                         "source has none (stream data).")
+    sizes = probe_settings.sizes or default_sizes(plan.layout)
+    values = probe(model, data, sizes, probe_settings.num_draws, seed=probe_settings.seed,
+                   level=probe_settings.level,
+                   preconditioner="optimizer" if update is not None else None)
+    result = {"run_dir": probe_settings.run_dir, "weights": loaded, "update": update,
+              "sizes": list(sizes), "num_draws": probe_settings.num_draws,
+              "level": probe_settings.level, **values}
+    path = _output_path(probe_settings.run_dir,
+                        "final" if update is None else f"update-{update}")
+    with open(path, "w") as handle:
+        json.dump(result, handle, indent=2)
+    low, high = values["noise_probe/b_simple_low"], values["noise_probe/b_simple_high"]
+    logging.info("Noise-scale probe of %s: B_simple = %s, %d%% interval [%.4g, %.4g] (%d draws at "
+                 "B = %s); written to %s", loaded, values.get("noise_probe/b_simple"),
+                 round(100 * probe_settings.level), low, high, probe_settings.num_draws,
+                 list(sizes), path)
+    print(f"B_simple = {values.get('noise_probe/b_simple')}  "
+          f"{round(100 * probe_settings.level)}% interval [{low:.4g}, {high:.4g}]  -> {path}")
+    return result

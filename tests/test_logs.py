@@ -1,0 +1,88 @@
+"""Logs a file can hold: no terminal control codes when stdout is not a terminal, a first line
+before TensorFlow loads, progress lines while runs train, and ``--list``."""
+
+import io
+import json
+import os
+import subprocess
+import sys
+import types
+
+from experiments.launch import listing, outcomes
+from experiments.run.settings import progress_verbosity
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+class _Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_keras_verbosity_follows_the_terminal_unless_the_user_set_it():
+    assert progress_verbosity(None, io.StringIO()) == 2  # a file or pipe: a line per epoch
+    assert progress_verbosity(None, _Terminal()) == 1    # a terminal: the progress bar
+    assert progress_verbosity("auto", io.StringIO()) == 2
+    assert progress_verbosity(1, io.StringIO()) == 1     # train.verbose = 1 is kept
+    assert progress_verbosity(0, _Terminal()) == 0
+
+
+def test_redirected_output_has_no_control_codes_and_list_shows_the_run(tmp_path):
+    output = tmp_path / "out.txt"
+    runs = tmp_path / "runs"
+    with open(output, "w") as handle:
+        done = subprocess.run(
+            [sys.executable, "main.py", "--gin_file=gin/experiments/digits_mlp.gin",
+             f"--output_dir={runs}", "--gin_bindings=train.epochs = 2",
+             "--gin_bindings=train.batch_size = 128", "--gin_bindings=measurements.enabled = []"],
+            cwd=REPO, stdout=handle, stderr=subprocess.STDOUT, timeout=600)
+    text = output.read_text()
+    assert done.returncode == 0, text[-2000:]
+    assert text.startswith("batchlab: gin/experiments/digits_mlp.gin: loading TensorFlow")
+    assert "Epoch 2/2" in text  # Keras' epoch lines are there, as plain lines
+    for code in ("\x1b[", "\r", "\b"):
+        assert code not in text, repr(code)
+    listed = subprocess.run([sys.executable, "main.py", f"--list={runs}"], cwd=REPO,
+                            capture_output=True, text=True, timeout=120)
+    assert listed.returncode == 0, listed.stderr
+    line = [l for l in listed.stdout.splitlines() if l.startswith("finished")]
+    assert len(line) == 1 and "val_accuracy=" in line[0] and "B=128" in line[0]
+    assert str(runs / "digits_mlp") in line[0]
+
+
+def _run(directory, status, result=None):
+    os.makedirs(directory)
+    with open(os.path.join(directory, "status.json"), "w") as handle:
+        json.dump(status, handle)
+    if result is not None:
+        with open(os.path.join(directory, "result.json"), "w") as handle:
+            json.dump(result, handle)
+
+
+def test_list_shows_status_metrics_errors_and_groups(tmp_path):
+    study = tmp_path / "tiny" / "r"
+    _run(str(study / "b64_s0"), {"status": "finished"},
+         {"final_validation": {"accuracy": 0.9, "loss": 0.3}, "batch_size": 64, "updates": 12})
+    _run(str(study / "b128_s0"), {"status": "failed", "error": "Traceback\nNonFiniteLossError: "
+                                                                 "loss became nan"})
+    _run(str(tmp_path / "x" / "killed"), {"status": "running", "pid": 2 ** 22 + 7,
+                                          "host": os.uname().nodename, "heartbeat": 0})
+    with open(study / "study.json", "w") as handle:
+        json.dump({"runs": [{"name": "b64_s0"}, {"name": "b128_s0"}]}, handle)
+    text = listing.format_listing(str(tmp_path))
+    assert f"study  2 runs: 1 failed, 1 finished  {study}" in text
+    assert "val_accuracy=0.9 val_loss=0.3 B=64 updates=12" in text
+    assert "NonFiniteLossError: loss became nan" in text
+    assert "interrupted" in text and "killed" in text
+
+
+def test_a_progress_line_names_each_running_run_and_its_update(tmp_path):
+    _run(str(tmp_path / "b32_s0"), {"status": "running", "update": 140, "heartbeat": 1.0})
+    ticker = outcomes.Ticker(3, print, seconds=3600)
+    job = types.SimpleNamespace(spec=types.SimpleNamespace(name="b32_s0"),
+                                run_dir=str(tmp_path / "b32_s0"))
+    ticker.started(job)
+    line = ticker.line()
+    assert line.startswith("[progress] done 0/3; running 1: b32_s0 (update 140, ")
+    ticker.finished(job)
+    assert ticker.line() == "[progress] done 1/3; running 0: none"

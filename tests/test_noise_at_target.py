@@ -1,0 +1,71 @@
+"""B_simple at a study's target: the pooling against hand-built runs, and the shipped
+known-answer study (isotropic linear regression) against its closed form."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from experiments import launch
+from experiments.analysis import noise_at_target
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _run(name, curve, raw, status="finished"):
+    return {"name": name, "status": status, "curve": {"val_loss": curve}, "noise_raw": raw}
+
+
+def test_crossing_is_interpolated_between_evaluations():
+    curve = [[0, 1.0], [10, 0.6], [20, 0.2]]
+    assert noise_at_target.crossing_update(curve, 0.4, "min") == pytest.approx(15.0)
+    assert noise_at_target.crossing_update(curve, 0.1, "min") is None
+    assert noise_at_target.crossing_update([[0, 0.1], [5, 0.5]], 0.3, "max") == \
+        pytest.approx(2.5)
+
+
+def test_pools_only_estimates_near_each_runs_crossing():
+    """Two runs cross the target at updates 100 and 200; only raw estimates within 10% of the
+    crossing (one update earlier: a row logged at u is the gradient at the weights of u - 1)
+    count; a run that never reaches the target and a failed run are left out."""
+    def raw(around, g2_near, tr_near):
+        rows = []
+        for u in range(2, 400, 2):
+            near = abs((u - 1) - around) <= 0.1 * around
+            rows.append([u, g2_near if near else 100.0, tr_near if near else 1.0, 16, 2])
+        return rows
+
+    runs = [
+        _run("a", [[0, 2.0], [100, 0.4], [200, 0.1]], raw(100, 1.0, 30.0)),
+        _run("b", [[0, 2.0], [200, 0.4], [400, 0.1]], raw(200, 2.0, 60.0)),
+        _run("never", [[0, 2.0], [400, 1.0]], raw(100, 50.0, 1.0)),
+        _run("failed", [[0, 2.0], [100, 0.4]], raw(100, 50.0, 1.0), status="failed"),
+    ]
+    out = noise_at_target.pooled_b_simple(runs, 0.4, "val_loss", "min", num_bootstrap=200)
+    assert out["num_runs"] == 2
+    assert out["b_simple"] == pytest.approx(30.0)  # (30 n_a + 60 n_b) / (1 n_a + 2 n_b)
+    low, high = out["interval"]
+    assert low <= 30.0 <= high
+    none = noise_at_target.pooled_b_simple(runs[2:3], 0.4, "val_loss", "min")
+    assert none["b_simple"] is None and "raw" in none["note"]
+
+
+@pytest.mark.slow
+def test_study_report_b_simple_at_target_matches_closed_form(tmp_path):
+    """The shipped known-answer study, trimmed to 8 runs: isotropic regression (d = 10, s = 0.5)
+    trained by SGD from w = 0 (|delta|^2 = |w*|^2, about 10) to a validation loss of 0.35, i.e.
+    |delta|^2 = 0.1; there B_simple = (d + 1) + s^2 d / |delta|^2 = 36. The report's pooled
+    value is within 25% of it."""
+    outcome = launch.launch(
+        [os.path.join(REPO, "gin/studies/noise_at_target.gin")],
+        ["study.batch_sizes = [16, 64]", "study.seeds = [0, 1]", "train.verbose = 0"],
+        output_dir=str(tmp_path), print_fn=lambda *_: None, run_name="t")
+    with open(os.path.join(outcome["study_dir"], "report.json")) as handle:
+        report = json.load(handle)
+    d, s, delta_sq = 10, 0.5, 0.35 - 0.5 ** 2
+    expected = (d + 1) + s * s * d / delta_sq
+    assert report["b_simple_num_runs"] == 8
+    np.testing.assert_allclose(report["b_simple_at_target"], expected, rtol=0.25)
+    low, high = report["b_simple_interval"]
+    assert low < report["b_simple_at_target"] < high

@@ -1,0 +1,72 @@
+"""The noise-scale probe in a run (``measurements.noise_scale_probe``) and on a finished run's
+weights from the command line (``gin/tools/probe_noise_scale.gin``)."""
+
+import glob
+import json
+import os
+
+import pytest
+
+from experiments import launch
+from tests.helpers import event_values, read_json
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DIGITS = os.path.join(REPO, "gin/experiments/digits_mlp.gin")
+PROBE = os.path.join(REPO, "gin/tools/probe_noise_scale.gin")
+
+
+def _only_run(output):
+    (run,) = glob.glob(os.path.join(str(output), "digits_mlp", "*"))
+    return run
+
+
+@pytest.fixture(scope="module")
+def probed_run(tmp_path_factory):
+    """Digits MLP, 1 epoch, b = 8 (k = 4), with the probe every 20 updates and at the end."""
+    output = tmp_path_factory.mktemp("probe") / "runs"
+    launch.launch([DIGITS], [
+        "train.epochs = 1", "train.verbose = 0", "train.batch_size = 32",
+        "train.micro_batch_size = 8",
+        "measurements.enabled = [@measurements.noise_scale_probe]",
+        "measurements.noise_scale_probe.num_draws = 12",
+        "measurements.noise_scale_probe.every_n_updates = 20"],
+        output_dir=str(output), print_fn=lambda *_: None)
+    return _only_run(output)
+
+
+def test_a_run_probes_at_its_updates_and_at_the_end(probed_run):
+    result = read_json(os.path.join(probed_run, "result.json"))
+    measured = result["measurements"]
+    probes = measured["noise_probe/probes"]
+    updates = result["updates"]
+    assert [p["update"] for p in probes] == [20, 40, updates]
+    for probe in probes:
+        low, high = probe["noise_probe/b_simple_low"], probe["noise_probe/b_simple_high"]
+        assert 0 < low <= high
+        assert probe["noise_probe/trace_sigma_low"] <= probe["noise_probe/trace_sigma"] \
+            <= probe["noise_probe/trace_sigma_high"]
+        assert 0 <= probe["noise_probe/linearity_p"] <= 1  # three sizes: 8, 32, 128
+    logged = event_values(os.path.join(probed_run, "tensorboard"), "noise_probe/b_simple_low")
+    assert [step for step, _ in logged] == [20, 40, updates]
+
+
+def test_the_command_line_probe_writes_a_new_file_each_time(probed_run, tmp_path):
+    config = os.path.join(probed_run, "config.gin")
+    bindings = [f"probe_noise_scale.run_dir = '{probed_run}'", "probe_noise_scale.num_draws = 12",
+                "probe_noise_scale.sizes = [8, 64]"]
+    for _ in range(2):
+        launch.launch([config, PROBE], bindings, output_dir=str(tmp_path),
+                      print_fn=lambda *_: None)
+    written = sorted(os.listdir(os.path.join(probed_run, "noise_probes")))
+    assert written == ["final-1.json", "final.json"]
+    with open(os.path.join(probed_run, "noise_probes", "final.json")) as handle:
+        first = json.load(handle)
+    assert first["sizes"] == [8, 64] and first["num_draws"] == 12
+    assert first["noise_probe/b_simple_low"] <= first["noise_probe/b_simple_high"]
+    assert "noise_probe/linearity_p" not in first  # two sizes: nothing to test linearity on
+
+
+def test_the_command_line_probe_needs_a_run_directory(tmp_path):
+    with pytest.raises(ValueError, match="probe_noise_scale.run_dir"):
+        launch.launch([DIGITS, PROBE], ["probe_noise_scale.run_dir = '/nonexistent/run'"],
+                      output_dir=str(tmp_path), print_fn=lambda *_: None)

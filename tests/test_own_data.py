@@ -1,0 +1,188 @@
+"""Your own data, the usual ways (docs/data.md): a function returning tf.data datasets, TFRecord
+files with a feature spec, npz/csv with a fixed validation file; labels checked up front. Each
+source trains end to end through the launch main.py calls (gin file -> run directory)."""
+
+import glob
+import json
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from experiments import launch
+from experiments.inputs import arrays, tf_sources
+from tests.helpers import run_dirs
+
+QUIET = ["train.verbose = 0", "train.epochs = 1", "measurements.enabled = []",
+         "train.model_fn = @mlp", "mlp.hidden_units = (8,)"]
+
+
+def _gin(tmp_path, text, name="mine.gin"):
+    path = tmp_path / name
+    path.write_text("include 'gin/base.gin'\ninclude 'gin/models/mlp.gin'\n" + text)
+    return str(path)
+
+
+def _launch(tmp_path, gin_file, bindings=()):
+    return launch.launch([gin_file], QUIET + list(bindings), output_dir=str(tmp_path / "runs"),
+                         print_fn=lambda *_: None)
+
+
+def _result(tmp_path):
+    (path,) = glob.glob(str(tmp_path / "runs" / "**" / "result.json"), recursive=True)
+    with open(path) as handle:
+        return json.load(handle)
+
+
+def _examples(n, seed=0, classes=3):
+    rng = np.random.default_rng(seed)
+    return rng.normal(size=(n, 4)).astype("float32"), rng.integers(0, classes, n)
+
+
+def _user_module(tmp_path, monkeypatch, name, source):
+    (tmp_path / f"{name}.py").write_text(source)
+    monkeypatch.syspath_prepend(str(tmp_path))
+
+
+def test_tf_data_function_batched_into_b_and_micro_batches(tmp_path, monkeypatch):
+    _user_module(tmp_path, monkeypatch, "own_data_tf_fns", (
+        "import gin, numpy as np, tensorflow as tf\n"
+        "@gin.configurable\n"
+        "def my_datasets():\n"
+        "    rng = np.random.default_rng(0)\n"
+        "    x = rng.normal(size=(100, 4)).astype('float32'); y = rng.integers(0, 3, 100)\n"
+        "    train = tf.data.Dataset.from_tensor_slices((x[:80], y[:80])).batch(7)  # batched\n"
+        "    return train, tf.data.Dataset.from_tensor_slices((x[80:], y[80:]))\n"))
+    gin_file = _gin(tmp_path, "import own_data_tf_fns\ntrain.data_fn = @tf_data\n"
+                              "tf_data.dataset_fn = @my_datasets\n"
+                              "train.batch_size = 20\ntrain.micro_batch_size = 10\n")
+    _launch(tmp_path, gin_file)
+    result = _result(tmp_path)
+    assert result["batch_size"] == 20 and result["num_micro_batches"] == 2
+    assert result["updates"] == 4  # 80 training examples (unbatched), B = 20
+    assert result["num_train_examples"] == 80 and result["num_validation_examples"] == 20
+
+
+def test_a_data_fn_returning_a_dataset_is_pointed_at_tf_data(tmp_path, monkeypatch):
+    _user_module(tmp_path, monkeypatch, "own_data_raw_fns", (
+        "import gin, numpy as np, tensorflow as tf\n"
+        "@gin.configurable\n"
+        "def raw():\n"
+        "    return tf.data.Dataset.from_tensor_slices((np.zeros((8, 2)), np.zeros(8))).batch(4)\n"))
+    gin_file = _gin(tmp_path, "import own_data_raw_fns\ntrain.data_fn = @raw\n"
+                              "train.batch_size = 4\n")
+    with pytest.raises(ValueError, match=r"train.data_fn = @tf_data.*tf_data.dataset_fn"):
+        _launch(tmp_path, gin_file)
+    assert run_dirs(str(tmp_path / "runs")) == []
+
+
+def test_infinite_or_empty_dataset_is_refused():
+    x, y = _examples(10)
+    repeated = tf.data.Dataset.from_tensor_slices((x, y)).repeat()
+    with pytest.raises(ValueError, match="infinite"):
+        tf_sources.to_arrays(repeated, "mine")
+    with pytest.raises(ValueError, match="no examples"):
+        tf_sources.to_arrays(tf.data.Dataset.from_tensor_slices((x, y)).take(0), "mine")
+
+
+def _write_tfrecords(path, x, y):
+    with tf.io.TFRecordWriter(str(path)) as writer:
+        for features, label in zip(x, y):
+            example = tf.train.Example(features=tf.train.Features(feature={
+                "pixels": tf.train.Feature(float_list=tf.train.FloatList(value=features)),
+                "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[int(label)])),
+            }))
+            writer.write(example.SerializeToString())
+
+
+def test_tfrecord_files_with_a_feature_spec_and_validation_files(tmp_path):
+    x, y = _examples(90)
+    for part, rows in (("a", slice(0, 40)), ("b", slice(40, 60)), ("val", slice(60, 90))):
+        _write_tfrecords(tmp_path / f"{part}.tfrecord", x[rows], y[rows])
+    gin_file = _gin(tmp_path, (
+        "train.data_fn = @tfrecord_files\n"
+        "tfrecord_files.pattern = 'train-*.tfrecord'\n"
+        "tfrecord_files.validation_pattern = 'val.tfrecord'\n"
+        "tfrecord_files.features = {'pixels': ([4], 'float32'), 'label': ([], 'int64')}\n"
+        "tfrecord_files.input_key = 'pixels'\ntfrecord_files.label_key = 'label'\n"
+        "tfrecord_files.num_classes = 3\ntrain.batch_size = 15\n"))
+    os.rename(tmp_path / "a.tfrecord", tmp_path / "train-a.tfrecord")
+    os.rename(tmp_path / "b.tfrecord", tmp_path / "train-b.tfrecord")
+    _launch(tmp_path, gin_file)  # the pattern is found next to the gin file
+    result = _result(tmp_path)
+    assert result["num_train_examples"] == 60 and result["num_validation_examples"] == 30
+    assert result["updates"] == 4
+    bad = tf_sources._feature_spec
+    with pytest.raises(ValueError, match="feature 'x' must be"):
+        bad({"x": ([4], "float16")}, "tfrecord_files")
+
+
+def test_tfrecord_label_out_of_range_names_file_and_record(tmp_path):
+    x, y = _examples(10)
+    y[6] = 5
+    _write_tfrecords(tmp_path / "d.tfrecord", x, y)
+    with pytest.raises(ValueError, match=r"d.tfrecord, feature 'label', record 7: label 5 is "
+                                         r"not below the number of classes \(3\)"):
+        tf_sources.tfrecord_files(
+            pattern=str(tmp_path / "d.tfrecord"), input_key="pixels", label_key="label",
+            features={"pixels": ([4], "float32"), "label": ([], "int64")}, num_classes=3)
+
+
+def _write_csv(path, x, y):
+    rows = ["a,b,c,d,label"] + [",".join(map(str, [*r, l])) for r, l in zip(x.tolist(), y)]
+    path.write_text("\n".join(rows) + "\n")
+
+
+def test_csv_with_a_fixed_validation_file(tmp_path):
+    x, y = _examples(50)
+    _write_csv(tmp_path / "train.csv", x[:40], y[:40])
+    _write_csv(tmp_path / "val.csv", x[40:], y[40:])
+    gin_file = _gin(tmp_path, (
+        "train.data_fn = @csv_file\ncsv_file.path = 'train.csv'\n"
+        "csv_file.validation_path = 'val.csv'\ncsv_file.label_column = 'label'\n"
+        "train.batch_size = 8\n"))
+    _launch(tmp_path, gin_file)
+    result = _result(tmp_path)
+    assert result["num_train_examples"] == 40 and result["num_validation_examples"] == 10
+    with pytest.raises(ValueError, match="leave validation_split unset"):
+        arrays.csv_file(path=str(tmp_path / "train.csv"), label_column="label",
+                        validation_path=str(tmp_path / "val.csv"), validation_split=0.2)
+
+
+def test_npz_with_a_fixed_validation_file(tmp_path):
+    x, y = _examples(30)
+    np.savez(tmp_path / "train.npz", x=x[:20], y=y[:20])
+    np.savez(tmp_path / "val.npz", x=x[20:], y=y[20:])
+    data = arrays.npz_file(path=str(tmp_path / "train.npz"),
+                           validation_path=str(tmp_path / "val.npz"))
+    np.testing.assert_array_equal(data.y_validation, y[20:])
+    assert data.num_train == 20 and sorted(data.y_train.tolist()) == sorted(y[:20].tolist())
+
+
+def test_csv_fractional_and_negative_labels_name_file_line_and_column(tmp_path):
+    x, y = _examples(6)
+    lines = ["a,b,c,d,label"] + [",".join(map(str, [*r, l])) for r, l in zip(x.tolist(), y)]
+    lines[4] = lines[4].rsplit(",", 1)[0] + ",1.7"
+    (tmp_path / "frac.csv").write_text("\n".join(lines) + "\n")
+    with pytest.raises(ValueError, match=r"frac.csv, line 5, column 'label': label 1.7 is not "
+                                         r"a whole number"):
+        arrays.csv_file(path=str(tmp_path / "frac.csv"), label_column="label")
+    lines[4] = lines[4].rsplit(",", 1)[0] + ",-1"
+    (tmp_path / "neg.csv").write_text("\n".join(lines) + "\n")
+    gin_file = _gin(tmp_path, "train.data_fn = @csv_file\ncsv_file.path = 'neg.csv'\n"
+                              "csv_file.label_column = 'label'\ntrain.batch_size = 2\n")
+    with pytest.raises(ValueError, match=r"neg.csv, line 5, column 'label': label -1.0 is "
+                                         r"negative"):
+        _launch(tmp_path, gin_file)
+    assert run_dirs(str(tmp_path / "runs")) == []  # refused before the run directory
+
+
+def test_npz_labels_checked_against_num_classes(tmp_path):
+    x, y = _examples(10)
+    np.savez(tmp_path / "d.npz", x=x, y=y.astype("float32") + 0.5)
+    with pytest.raises(ValueError, match=r"d.npz, array 'y', row 0: label \d.5 is not a whole"):
+        arrays.npz_file(path=str(tmp_path / "d.npz"))
+    np.savez(tmp_path / "e.npz", x=x, y=y)
+    with pytest.raises(ValueError, match=r"e.npz, array 'y', row \d: label 2 is not below"):
+        arrays.npz_file(path=str(tmp_path / "e.npz"), num_classes=2)

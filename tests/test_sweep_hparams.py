@@ -1,0 +1,122 @@
+"""A plain sweep writes the HParams dashboard a study has: the experiment config in the sweep's
+directory, one session per variant (named after it, with its status), and final metrics that read
+back equal to the run's result.json."""
+
+import glob
+import os
+
+import pytest
+import tensorflow as tf
+from tensorboard.plugins.hparams import api_pb2, plugin_data_pb2
+
+from callbacks.hparams import final_metrics
+from experiments import launch
+from experiments.launch import sweep as sweep_lib
+from tests.helpers import read_json
+
+
+def _hparams_events(log_dir):
+    """([plugin data of the hparams summaries], {tag: value} of the hparams/ scalars) directly in
+    ``log_dir``."""
+    data, scalars = [], {}
+    for path in sorted(glob.glob(os.path.join(log_dir, "events.out.tfevents.*"))):
+        for event in tf.compat.v1.train.summary_iterator(path):
+            for value in event.summary.value:
+                if value.metadata.plugin_data.plugin_name == "hparams":
+                    data.append(plugin_data_pb2.HParamsPluginData.FromString(
+                        value.metadata.plugin_data.content))
+                elif value.tag.startswith("hparams/"):
+                    scalars[value.tag[len("hparams/"):]] = float(tf.make_ndarray(value.tensor))
+    return data, scalars
+
+
+def test_variant_hparams_read_the_bindings_over_the_base():
+    base = {"batch_size": 32, "epochs": 1, "seed": 0, "micro_batch_size": None,
+            "learning_rate": 0.1}
+    values = sweep_lib.variant_hparams(
+        ["train.batch_size = 64", "keras.optimizers.SGD.learning_rate = 0.05",
+         "SGD.momentum = 0.0", "my_scope/dense.units = [64, 32]", "BATCH = 3",
+         "train.batch_size = 128"], base, "SGD")
+    assert values == {"batch_size": 128, "epochs": 1, "seed": 0, "micro_batch_size": None,
+                      "learning_rate": 0.05, "SGD.momentum": 0.0,
+                      "my_scope/dense.units": "[64, 32]"}
+
+
+SWEEP = ["train.verbose = 0", "train.epochs = 1", "measurements.enabled = []",
+         "keras.optimizers.SGD.momentum = 0.0",
+         "sweep.variants = {'b64': ['train.batch_size = 64'], "
+         "'b128_lr0.1': ['train.batch_size = 128', 'keras.optimizers.SGD.learning_rate = 0.1'],"
+         " 'bad': ['keras.optimizers.SGD.learning_rate = 1e12']}"]
+
+
+@pytest.mark.slow
+def test_a_sweep_writes_hparams_that_read_back_equal_result_json(tmp_path):
+    from tensorboard import context
+    from tensorboard.backend.event_processing import data_provider, plugin_event_multiplexer
+    from tensorboard.plugins import base_plugin
+    from tensorboard.plugins.hparams import backend_context, list_session_groups
+
+    def run_sweep():
+        return launch.launch(["gin/experiments/digits_mlp.gin"], SWEEP,
+                             output_dir=str(tmp_path), print_fn=lambda *_: None, run_name="s")
+
+    results = run_sweep()
+    assert [(r["run"], r["status"]) for r in results] == [
+        ("b64", "finished"), ("b128_lr0.1", "finished"), ("bad", "failed")]
+    group = str(tmp_path / "digits_mlp" / "s")
+
+    config, _ = _hparams_events(os.path.join(group, "tensorboard"))
+    experiment = [d.experiment for d in config if d.HasField("experiment")]
+    assert len(experiment) == 1
+    columns = {info.name for info in experiment[0].hparam_infos}
+    assert {"batch_size", "learning_rate", "epochs", "seed"} <= columns
+    metric_tags = {info.name.tag for info in experiment[0].metric_infos}
+    assert {"hparams/val_accuracy", "hparams/val_loss", "hparams/examples_per_sec"} <= metric_tags
+
+    def check_sessions():
+        for name, lr, status in (("b64", 0.05, api_pb2.STATUS_SUCCESS),
+                                 ("b128_lr0.1", 0.1, api_pb2.STATUS_SUCCESS),
+                                 ("bad", 1e12, api_pb2.STATUS_FAILURE)):
+            data, scalars = _hparams_events(os.path.join(group, name, "tensorboard", "hparams"))
+            starts = [d.session_start_info for d in data if d.HasField("session_start_info")]
+            ends = [d.session_end_info for d in data if d.HasField("session_end_info")]
+            assert len(starts) == 1 and len(ends) == 1, name  # a relaunch leaves one session
+            assert starts[0].group_name == name and ends[0].status == status
+            hparams = {k: getattr(v, v.WhichOneof("kind"))
+                       for k, v in starts[0].hparams.items()}
+            assert hparams["learning_rate"] == pytest.approx(lr)
+            if status != api_pb2.STATUS_SUCCESS:
+                assert scalars == {}
+                continue
+            result = read_json(os.path.join(group, name, "result.json"))
+            assert hparams["batch_size"] == result["batch_size"]
+            assert hparams["epochs"] == result["epochs"] == 1
+            expected = final_metrics(result["final_epoch"])
+            assert {"val_accuracy", "val_loss", "loss"} <= set(expected)
+            assert set(scalars) == set(expected) | {"examples_per_sec"}
+            for metric, value in expected.items():
+                assert scalars[metric] == pytest.approx(value, rel=1e-6), (name, metric)
+            assert scalars["examples_per_sec"] == pytest.approx(result["examples_per_sec"],
+                                                                rel=1e-6)
+
+    check_sessions()
+    run_sweep()  # a relaunch trains nothing and rewrites the sessions, not adds to them
+    check_sessions()
+
+    # the dashboard's own backend lists one session group per variant
+    multiplexer = plugin_event_multiplexer.EventMultiplexer()
+    multiplexer.AddRunsFromDirectory(group)
+    multiplexer.Reload()
+    provider = data_provider.MultiplexerDataProvider(multiplexer, group)
+    backend = backend_context.Context(base_plugin.TBContext(
+        logdir=group, data_provider=provider, multiplexer=multiplexer))
+    request = api_pb2.ListSessionGroupsRequest(
+        start_index=0, slice_size=10, include_metrics=True,
+        allowed_statuses=[api_pb2.STATUS_UNKNOWN, api_pb2.STATUS_SUCCESS,
+                          api_pb2.STATUS_FAILURE, api_pb2.STATUS_RUNNING])
+    response = list_session_groups.Handler(context.RequestContext(), backend, "", request).run()
+    assert sorted(g.name for g in response.session_groups) == ["b128_lr0.1", "b64", "bad"]
+    b64 = next(g for g in response.session_groups if g.name == "b64")
+    accuracy = {m.name.tag: m.value for m in b64.metric_values}["hparams/val_accuracy"]
+    result = read_json(os.path.join(group, "b64", "result.json"))
+    assert accuracy == pytest.approx(result["final_epoch"]["val_accuracy"], rel=1e-6)
