@@ -47,3 +47,36 @@ def saved_at_least(checkpoints, update):
         if int(os.path.basename(path)[len("state-"):-len(".npz")]) >= update:
             return True
     return False
+
+
+def session_groups(logdir, statuses):
+    """The session groups TensorBoard's own HParams backend lists for ``logdir`` (what the
+    dashboard shows), with their metrics; ``statuses``: the ``api_pb2`` statuses to include."""
+    from tensorboard import context
+    from tensorboard.backend.event_processing import data_provider, plugin_event_multiplexer
+    from tensorboard.plugins import base_plugin
+    from tensorboard.plugins.hparams import api_pb2, backend_context, list_session_groups
+
+    multiplexer = plugin_event_multiplexer.EventMultiplexer()
+    multiplexer.AddRunsFromDirectory(logdir)
+    multiplexer.Reload()
+    provider = data_provider.MultiplexerDataProvider(multiplexer, logdir)
+    backend = backend_context.Context(base_plugin.TBContext(
+        logdir=logdir, data_provider=provider, multiplexer=multiplexer))
+    request = api_pb2.ListSessionGroupsRequest(start_index=0, slice_size=10, include_metrics=True,
+                                               allowed_statuses=list(statuses))
+    return list_session_groups.Handler(context.RequestContext(), backend, "",
+                                       request).run().session_groups
+
+
+def linear_model(dim, kernel, regularizer=None):
+    """y = x.w with no bias, its kernel set to ``kernel``: the model whose gradient statistics
+    the noise-scale tests know in closed form."""
+    import keras
+    import numpy as np
+
+    model = keras.Sequential([keras.Input((dim,)),
+                              keras.layers.Dense(1, use_bias=False,
+                                                 kernel_regularizer=regularizer)])
+    model.layers[-1].kernel.assign(np.reshape(kernel, (dim, 1)).astype(np.float32))
+    return model

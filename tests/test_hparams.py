@@ -11,6 +11,7 @@ import tensorflow as tf
 from tensorboard.plugins.hparams import api_pb2, plugin_data_pb2
 
 from callbacks.hparams import HParamsLogger, write_experiment_config, write_final_metrics
+from tests.helpers import session_groups
 
 HPARAMS = {"batch_size": 16, "learning_rate": 0.05, "optimizer": "sgd", "nesterov": False,
            "weight_decay": None, "dropout": np.float32(0.25)}
@@ -141,29 +142,15 @@ def test_bad_hparams_are_refused():
 def test_dashboard_backend_lists_one_row_per_run(tmp_path):
     """The HParams plugin's own backend (what the dashboard queries) reads the study back: one
     session group per run, with its hyperparameters and final metrics at the final update."""
-    from tensorboard import context
-    from tensorboard.backend.event_processing import data_provider, plugin_event_multiplexer
-    from tensorboard.plugins import base_plugin
-    from tensorboard.plugins.hparams import backend_context, list_session_groups
-
     study = str(tmp_path)
     write_experiment_config(study, {"batch_size": [8, 16]}, ["loss", "val_loss", "gap_loss"])
     for batch_size in (8, 16):
         _fit(HParamsLogger(os.path.join(study, f"bs{batch_size}"), {"batch_size": batch_size}),
              epochs=1, batch_size=batch_size)
-    multiplexer = plugin_event_multiplexer.EventMultiplexer()
-    multiplexer.AddRunsFromDirectory(study)
-    multiplexer.Reload()
-    provider = data_provider.MultiplexerDataProvider(multiplexer, study)
-    backend = backend_context.Context(base_plugin.TBContext(
-        logdir=study, data_provider=provider, multiplexer=multiplexer))
-    request = api_pb2.ListSessionGroupsRequest(
-        start_index=0, slice_size=10, include_metrics=True,
-        allowed_statuses=[api_pb2.STATUS_UNKNOWN, api_pb2.STATUS_SUCCESS])
-    response = list_session_groups.Handler(context.RequestContext(), backend, "", request).run()
+    groups = session_groups(study, [api_pb2.STATUS_UNKNOWN, api_pb2.STATUS_SUCCESS])
 
     rows = {group.hparams["batch_size"].number_value:
             {m.name.tag: m.training_step for m in group.metric_values}
-            for group in response.session_groups}
+            for group in groups}
     tags = ["hparams/loss", "hparams/val_loss", "hparams/gap_loss"]
     assert rows == {8.0: dict.fromkeys(tags, 48 // 8), 16.0: dict.fromkeys(tags, 48 // 16)}

@@ -9,15 +9,7 @@ import tensorflow as tf
 
 from callbacks.gradient_noise_scale import GradientNoiseScale
 from experiments.engine import custom_loop, virtual_batch_model
-from tests.helpers import event_tags, event_values
-
-
-def _linear_model(dim, kernel, regularizer=None):
-    model = keras.Sequential([keras.Input((dim,)),
-                              keras.layers.Dense(1, use_bias=False,
-                                                 kernel_regularizer=regularizer)])
-    model.layers[-1].kernel.assign(np.reshape(kernel, (dim, 1)).astype(np.float32))
-    return model
+from tests.helpers import event_tags, event_values, linear_model
 
 
 def _mean_grad(model, loss_fn, x, y):
@@ -36,13 +28,13 @@ def test_step_records_micro_and_batch_squared_norms(reduction):
     kernel = rng.normal(size=3)
     loss = keras.losses.MeanSquaredError(reduction=reduction)
     model = virtual_batch_model.as_virtual_batch_model(
-        _linear_model(3, kernel, keras.regularizers.L2(0.1)), micro_batch_size=4,
+        linear_model(3, kernel, keras.regularizers.L2(0.1)), micro_batch_size=4,
         track_gradient_noise=True)
     model.compile(optimizer=keras.optimizers.SGD(0.0), loss=loss)
     model.measurements.reset_noise_scale(4096, sample_every=1)  # no callback: sample each update
     model.fit(x, y, batch_size=12, epochs=1, shuffle=False, verbose=0)
 
-    reference = _linear_model(3, kernel)  # no regularizer: the noise scale is about the data
+    reference = linear_model(3, kernel)  # no regularizer: the noise scale is about the data
     mean_loss = keras.losses.MeanSquaredError()
     micro = [_mean_grad(reference, mean_loss, x[i:i + 4], y[i:i + 4]) for i in range(0, 12, 4)]
     expected_micro = np.mean([np.sum(g ** 2) for g in micro])
@@ -67,7 +59,7 @@ def test_b_simple_converges_to_linear_regression_closed_form(tmp_path):
     delta = np.full(d, 0.5)  # |delta|^2 = 1
     x = rng.normal(size=(updates * micro * k, d)).astype(np.float32)
     y = (x @ w_star + sigma * rng.normal(size=len(x))).astype(np.float32)[:, None]
-    model = virtual_batch_model.as_virtual_batch_model(_linear_model(d, w_star + delta),
+    model = virtual_batch_model.as_virtual_batch_model(linear_model(d, w_star + delta),
                                               micro_batch_size=micro, track_gradient_noise=True)
     model.compile(optimizer=keras.optimizers.SGD(0.0), loss="mse")
     noise = GradientNoiseScale(str(tmp_path), every_n_updates=50, horizon_examples=20000,
@@ -85,7 +77,7 @@ def test_b_simple_converges_to_linear_regression_closed_form(tmp_path):
 
 def test_k1_says_undefined_instead_of_logging(tmp_path):
     x = np.random.default_rng(0).normal(size=(32, 3)).astype(np.float32)
-    model = virtual_batch_model.as_virtual_batch_model(_linear_model(3, np.ones(3)),
+    model = virtual_batch_model.as_virtual_batch_model(linear_model(3, np.ones(3)),
                                               track_gradient_noise=True)
     model.compile(optimizer=keras.optimizers.SGD(0.01), loss="mse")
     noise = GradientNoiseScale(str(tmp_path), every_n_updates=1)
@@ -97,7 +89,7 @@ def test_k1_says_undefined_instead_of_logging(tmp_path):
 
 
 def test_needs_tracking_on_the_model():
-    model = virtual_batch_model.as_virtual_batch_model(_linear_model(3, np.ones(3)), micro_batch_size=2)
+    model = virtual_batch_model.as_virtual_batch_model(linear_model(3, np.ones(3)), micro_batch_size=2)
     model.compile(optimizer=keras.optimizers.SGD(0.01), loss="mse")
     x = np.ones((8, 3), np.float32)
     with pytest.raises(ValueError, match="track_gradient_noise"):
@@ -127,7 +119,7 @@ def test_step_keeps_the_moving_averages_of_sampled_updates(tmp_path):
     d, micro, k, updates, horizon, every, log_every = 3, 4, 3, 12, 40.0, 3, 4
     x = rng.normal(size=(updates * micro * k, d)).astype(np.float32)
     y = (x @ np.ones(d) + rng.normal(size=len(x))).astype(np.float32)[:, None]
-    model = virtual_batch_model.as_virtual_batch_model(_linear_model(d, np.zeros(d)),
+    model = virtual_batch_model.as_virtual_batch_model(linear_model(d, np.zeros(d)),
                                               micro_batch_size=micro, track_gradient_noise=True)
     model.compile(optimizer=keras.optimizers.SGD(0.05), loss="mse")
     noise = GradientNoiseScale(str(tmp_path), every_n_updates=log_every,
@@ -182,7 +174,7 @@ def test_a_schedule_starting_at_k1_logs_once_its_batches_split():
     x = rng.normal(size=(64, 3)).astype(np.float32)
     y = (x @ np.array([[1.0], [-2.0], [0.5]]) + 0.3 * rng.normal(size=(64, 1))).astype(
         np.float32)
-    model = virtual_batch_model.as_virtual_batch_model(_linear_model(3, np.zeros(3)),
+    model = virtual_batch_model.as_virtual_batch_model(linear_model(3, np.zeros(3)),
                                                        micro_batch_size=8,
                                                        track_gradient_noise=True)
     model.compile(optimizer=keras.optimizers.SGD(0.05), loss="mse")

@@ -21,6 +21,7 @@ import tensorflow as tf
 from callbacks.noise_scale_probe import probe
 from experiments.common import noise_statistics
 from experiments.engine import noise_probe, virtual_batch_model
+from tests.helpers import linear_model
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -36,14 +37,6 @@ def truth(lam, delta, s, precondition=None):
         gradient, sigma = p * gradient, np.diag(p) @ sigma @ np.diag(p)
     g2, trace = float(gradient @ gradient), float(np.trace(sigma))
     return g2, trace, trace / g2
-
-
-def linear_model(dim, kernel, regularizer=None):
-    model = keras.Sequential([keras.Input((dim,)),
-                              keras.layers.Dense(1, use_bias=False,
-                                                 kernel_regularizer=regularizer)])
-    model.layers[-1].kernel.assign(np.reshape(kernel, (dim, 1)).astype(np.float32))
-    return model
 
 
 def regression_rows(rng, n, lam, w_star, s):

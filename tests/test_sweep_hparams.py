@@ -12,7 +12,7 @@ from tensorboard.plugins.hparams import api_pb2, plugin_data_pb2
 from callbacks.hparams import final_metrics
 from experiments import launch
 from experiments.launch import sweep as sweep_lib
-from tests.helpers import read_json
+from tests.helpers import read_json, session_groups
 
 
 def _hparams_events(log_dir):
@@ -51,10 +51,6 @@ SWEEP = ["train.verbose = 0", "train.epochs = 1", "measurements.enabled = []",
 
 @pytest.mark.slow
 def test_a_sweep_writes_hparams_that_read_back_equal_result_json(tmp_path):
-    from tensorboard import context
-    from tensorboard.backend.event_processing import data_provider, plugin_event_multiplexer
-    from tensorboard.plugins import base_plugin
-    from tensorboard.plugins.hparams import backend_context, list_session_groups
 
     def run_sweep():
         return launch.launch(["gin/experiments/digits_mlp.gin"], SWEEP,
@@ -104,19 +100,10 @@ def test_a_sweep_writes_hparams_that_read_back_equal_result_json(tmp_path):
     check_sessions()
 
     # the dashboard's own backend lists one session group per variant
-    multiplexer = plugin_event_multiplexer.EventMultiplexer()
-    multiplexer.AddRunsFromDirectory(group)
-    multiplexer.Reload()
-    provider = data_provider.MultiplexerDataProvider(multiplexer, group)
-    backend = backend_context.Context(base_plugin.TBContext(
-        logdir=group, data_provider=provider, multiplexer=multiplexer))
-    request = api_pb2.ListSessionGroupsRequest(
-        start_index=0, slice_size=10, include_metrics=True,
-        allowed_statuses=[api_pb2.STATUS_UNKNOWN, api_pb2.STATUS_SUCCESS,
-                          api_pb2.STATUS_FAILURE, api_pb2.STATUS_RUNNING])
-    response = list_session_groups.Handler(context.RequestContext(), backend, "", request).run()
-    assert sorted(g.name for g in response.session_groups) == ["b128_lr0.1", "b64", "bad"]
-    b64 = next(g for g in response.session_groups if g.name == "b64")
+    groups = session_groups(group, [api_pb2.STATUS_UNKNOWN, api_pb2.STATUS_SUCCESS,
+                                    api_pb2.STATUS_FAILURE, api_pb2.STATUS_RUNNING])
+    assert sorted(g.name for g in groups) == ["b128_lr0.1", "b64", "bad"]
+    b64 = next(g for g in groups if g.name == "b64")
     accuracy = {m.name.tag: m.value for m in b64.metric_values}["hparams/val_accuracy"]
     result = read_json(os.path.join(group, "b64", "result.json"))
     assert accuracy == pytest.approx(result["final_epoch"]["val_accuracy"], rel=1e-6)

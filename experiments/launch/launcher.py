@@ -14,6 +14,7 @@ import gin
 
 from experiments.analysis import lr_range, tables
 from experiments.common import checks
+from experiments.common.json_files import read_json
 from experiments.launch import executor, worker
 from experiments.launch import grid as grid_lib
 from experiments.launch import outcomes as outcomes_lib
@@ -189,7 +190,7 @@ def _sweep_dir(output_dir, experiment, run_name, variants):
     if not run_name:
         return run_dir_lib.new_directory(os.path.join(output_dir, experiment))
     path = os.path.join(output_dir, experiment, run_name)
-    stored = _read_json(os.path.join(path, "sweep.json"))
+    stored = read_json(os.path.join(path, "sweep.json"))
     if stored is not None and stored.get("variants") != variants:
         raise ConfigError(f"{path} holds a sweep of other variants (--run_name={run_name}); "
                           "relaunch it with the same gin files and bindings, or use another "
@@ -215,21 +216,13 @@ def _sweep_progress(group_dir, runs):
             continue
         if status == "finished":
             done.append(outcomes_lib.Outcome(run.name, path, "finished", 0.0,
-                                             result=_read_json(os.path.join(path,
+                                             result=read_json(os.path.join(path,
                                                                             "result.json"))))
             continue
         if status == "failed":
             study_dir_lib.set_aside(path)
         todo.append(run)
     return done, todo
-
-
-def _read_json(path):
-    try:
-        with open(path, encoding="utf-8") as handle:
-            return json.load(handle)
-    except (OSError, ValueError):
-        return None
 
 
 def _write_json(path, payload):

@@ -7,22 +7,14 @@ Reads ``status.json``, ``result.json``, ``study.json`` and ``sweep.json`` only: 
 module imports no TensorFlow, so the listing takes a fraction of a second.
 """
 
-import json
 import os
 import time
 
+from experiments.common.json_files import read_json
 from experiments.run import run_dir as run_dir_lib
 
 _METRICS = ("val_accuracy", "val_loss", "accuracy", "loss")
 _SKIPPED = {"tensorboard", "checkpoints", "figures", "__pycache__"}
-
-
-def _read_json(path):
-    try:
-        with open(path, encoding="utf-8") as handle:
-            return json.load(handle)
-    except (OSError, ValueError):
-        return None
 
 
 def find(directory):
@@ -49,7 +41,7 @@ def run_line(path, now=None):
         state = "interrupted"
     now = time.time() if now is None else now
     if state == "finished":
-        result = _read_json(os.path.join(path, "result.json")) or {}
+        result = read_json(os.path.join(path, "result.json")) or {}
         final = dict(result.get("final_epoch") or {})
         final.update({f"val_{k}": v for k, v in (result.get("final_validation") or {}).items()})
         shown = [f"{k}={final[k]:.4g}" for k in _METRICS if isinstance(final.get(k), float)][:2]
@@ -74,7 +66,7 @@ def run_line(path, now=None):
 
 def group_line(path):
     """(kind, summary, path) of a study or sweep directory."""
-    study = _read_json(os.path.join(path, "study.json"))
+    study = read_json(os.path.join(path, "study.json"))
     if study is not None:
         runs = study.get("runs") or []
         counts = {}
@@ -86,7 +78,7 @@ def group_line(path):
         if os.path.isfile(report):
             summary += f"; report {report}"
         return "study", summary, path
-    sweep = _read_json(os.path.join(path, "sweep.json")) or {}
+    sweep = read_json(os.path.join(path, "sweep.json")) or {}
     variants = sweep.get("variants") or {}
     counts = {}
     for name in variants:

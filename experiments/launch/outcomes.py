@@ -7,13 +7,14 @@ directory itself) and moved in afterwards.
 """
 
 import dataclasses
-import json
 import os
 import shutil
 import sys
 import threading
 import time
 from typing import Optional
+
+from experiments.common.json_files import read_json
 
 
 @dataclasses.dataclass
@@ -36,9 +37,9 @@ def pending_log(run_dir):
 def collect(job, returncode, seconds):
     """The Outcome of a finished child, from its run directory; moves its log in."""
     log_path = _move_log(job.run_dir)
-    status = _read_json(os.path.join(job.run_dir, "status.json")) or {}
+    status = read_json(os.path.join(job.run_dir, "status.json")) or {}
     if returncode == 0 and status.get("status") == "finished":
-        result = _read_json(os.path.join(job.run_dir, "result.json"))
+        result = read_json(os.path.join(job.run_dir, "result.json"))
         return Outcome(job.spec.name, job.run_dir, "finished", seconds, result=result)
     if status.get("status") == "interrupted":  # stopped by a signal, checkpoint saved
         return Outcome(job.spec.name, job.run_dir, "interrupted", seconds,
@@ -65,14 +66,6 @@ def _last_lines(path, count=5):
     except OSError:
         return None
     return "\n".join(lines[-count:]) or None
-
-
-def _read_json(path):
-    try:
-        with open(path) as handle:
-            return json.load(handle)
-    except (OSError, ValueError):
-        return None
 
 
 class Progress:
@@ -168,7 +161,7 @@ class Ticker:
             running, done = dict(self.running), self.done
         now, parts = time.time(), []
         for run_dir, (name, since) in running.items():
-            update = _read_json(os.path.join(run_dir, "status.json")) or {}
+            update = read_json(os.path.join(run_dir, "status.json")) or {}
             where = f"update {update['update']}, " if "update" in update else ""
             parts.append(f"{name} ({where}{now - since:.0f}s)")
         return (f"[progress] done {done}/{self.total}; running {len(parts)}: "
