@@ -42,7 +42,7 @@ import tensorflow as tf
 from experiments.common import checks
 from experiments.engine import graph_calls, keras_internals, states
 from experiments.engine.measurement import Measurement
-from experiments.engine.schedule import UpdateSchedule, overrides
+from experiments.engine.schedule import Cadence, UpdateSchedule, overrides
 
 
 HELD_BATCHES = 4096  # a finite evaluation set of at most this many batches and ...
@@ -137,7 +137,8 @@ class CustomLoop:
 
     # ------------------------------------------------------------------------------------------
     def fit_from(self, train_from, steps_per_epoch, epochs, validation_data=None, callbacks=(),
-                 verbose=1, initial_epoch=0, initial_step=0, resume=None, measurements=()):
+                 verbose=1, initial_epoch=0, initial_step=0, resume=None, measurements=(),
+                 controller=None):
         """Trains from update ``initial_step`` of epoch ``initial_epoch`` to the end of ``epochs``.
 
         ``train_from(epoch, step, num_epochs)`` gives the batches from that position on (an
@@ -150,25 +151,32 @@ class CustomLoop:
         function of the epoch (a batch-size schedule: epochs differ in their updates).
         ``measurements`` (``measurement.Measurement``) are read inside the train calls, on the
         updates ``schedule.UpdateSchedule`` plans for them.
+
+        ``controller`` (optional) decides the batch while training (an adaptive batch,
+        ``run.adaptive_batch``): a call ends on every multiple of its ``every_n_updates``, where
+        ``controller.decide(update)`` runs before the callbacks' hooks; when it returns True the
+        sizes of the updates from there on changed (``train_from`` and ``steps_per_epoch`` now
+        give the new ones), and the loop reads on from a new iterator at that position.
         """
         # Measurements run inside the train calls, not through their Keras hooks.
         measurements = list(measurements) + [c for c in callbacks if isinstance(c, Measurement)]
         callbacks = [c for c in callbacks if not isinstance(c, Measurement)]
-        dataset = train_from(initial_epoch, initial_step, epochs - initial_epoch)
-        iterator = iter(self._start(dataset))
+        source = _BatchSource(self, train_from, epochs)
+        source.restart(initial_epoch, initial_step)
 
         def epoch_iterator(epoch):
-            return (initial_step if epoch == initial_epoch else 0), iterator
+            return (initial_step if epoch == initial_epoch else 0), source
 
         return self._train(epoch_iterator, initial_epoch, epochs, validation_data, callbacks,
-                           verbose, steps_per_epoch, resume, initial_step, measurements)
+                           verbose, steps_per_epoch, resume, initial_step, measurements,
+                           controller)
 
     def _start(self, dataset):
         self._prepare(dataset)
         return self._distribute(dataset)
 
     def _train(self, epoch_iterator, initial_epoch, epochs, validation_data, callbacks, verbose,
-               steps_per_epoch, resume=None, initial_step=0, measurements=()):
+               steps_per_epoch, resume=None, initial_step=0, measurements=(), controller=None):
         """The epoch loop of ``fit_from``; returns the History.
 
         At every epoch the callbacks' params carry ``epoch_first_update``, the updates done
@@ -191,9 +199,11 @@ class CustomLoop:
         measured = self._start_measurements(measurements)
         if resume is not None:
             resume.restore_training_state()
+        decisions = [] if controller is None else [Cadence(controller.every_n_updates)]
         schedule = UpdateSchedule(
             [m.cadence for m in measured if m.in_train_call], callback_list.callbacks,
-            self.steps_per_execution, [m.cadence for m in measured if not m.in_train_call])
+            self.steps_per_execution,
+            [m.cadence for m in measured if not m.in_train_call] + decisions)
         logs = {}
         for epoch in range(initial_epoch, epochs):
             self._reset_metrics()
@@ -207,12 +217,11 @@ class CustomLoop:
             if resume is not None and epoch == initial_epoch and initial_step:
                 # (a position at step 0 is an epoch not yet begun: nothing of it to restore)
                 resume.restore_epoch_state()
-            first, iterator = epoch_iterator(epoch)
-            steps = steps_in(epoch)
+            first, source = epoch_iterator(epoch)
             # A run resumed after an epoch's last update (first == steps) runs no update of it:
             # its logs are the restored epoch's metrics, and its end runs as it would have.
-            logs = self._run_epoch(iterator, first, steps, schedule, measured,
-                                   callback_list) or self._metrics_now()
+            logs = self._run_epoch(source, epoch, first, steps_in, schedule, measured,
+                                   callback_list, controller) or self._metrics_now()
             logs = self._end_epoch(epoch, logs, validation_data, callback_list)
             if model.stop_training:
                 break
@@ -251,29 +260,43 @@ class CustomLoop:
                                                         autograph=False)
         self._test_functions["reset"]()
 
-    def _run_epoch(self, iterator, first, steps, schedule, measured, callback_list):
+    def _run_epoch(self, source, epoch, first, steps_in, schedule, measured, callback_list,
+                   controller=None):
         """Runs the epoch's updates from step ``first`` in the calls ``schedule`` plans; returns
         the last logs. Measurements are read inside the calls (``in_train_call``) or by a call
         of their own right after the call that ends on their update; their rows are published
-        before the call's ``on_train_batch_end``."""
+        before the call's ``on_train_batch_end``. A ``controller`` that changes the batch at the
+        end of a call makes the rest of the epoch run on the new sizes (``fit_from``)."""
         inside = [m for m in measured if m.in_train_call]
         after = [m for m in measured if not m.in_train_call]
-        train = self._train_function(iterator, inside)
+        train = self._train_function(source.iterator, inside)
         update = int(self.model.optimizer.iterations.numpy())
+        steps = steps_in(epoch)
         epoch_end = update + steps - first
         logs = None
-        for begin, size in schedule.chunks(first, steps, update):
+        chunks = schedule.chunks(first, steps, update)
+        for begin, size in _replaceable(lambda: chunks):
             callback_list.on_train_batch_begin(begin)
             start = update + begin - first
             if inside:
-                logs = graph_calls.run_measured(train, iterator, inside, schedule.segments(
+                logs = graph_calls.run_measured(train, source.iterator, inside, schedule.segments(
                     start, size, epoch_end))
             else:
-                logs = train(iterator, tf.constant(size, tf.int64))
+                logs = train(source.iterator, tf.constant(size, tf.int64))
             end = start + size
             for measurement in after:
                 if measurement.cadence.logs(end, epoch_end):
                     measurement.measure_now(end)
+            if controller is not None and end % controller.every_n_updates == 0 \
+                    and controller.decide(end):
+                # The updates from ``end`` on have new sizes: read on from there.
+                done = begin + size
+                steps = steps_in(epoch)
+                source.restart(epoch, done)
+                epoch_end = end + steps - done
+                chunks = schedule.chunks(done, steps, end)
+                update, first = end, done
+                callback_list.set_params({**callback_list.params, "steps": steps})
             callback_list.on_train_batch_end(begin + size - 1, logs)
             if self.model.stop_training:
                 break
@@ -377,6 +400,31 @@ class CustomLoop:
             logs = test(batch)
             callbacks.on_test_batch_end(step, logs)
         return logs
+
+
+def _replaceable(current):
+    """Yields from the generator ``current()`` gives, read anew after every item: the loop
+    over an epoch's calls switches to new ones when the batch changes."""
+    while True:
+        try:
+            yield next(current())
+        except StopIteration:
+            return
+
+
+class _BatchSource:
+    """The training iterator of a run, started afresh at a position when the batch sizes
+    from there on change (an adaptive batch)."""
+
+    def __init__(self, loop, train_from, epochs):
+        self._loop, self._train_from, self._epochs = loop, train_from, epochs
+        self.iterator = None
+
+    def restart(self, epoch, step):
+        """Reads from update ``step`` of ``epoch`` on, to the end of training."""
+        self.iterator = None  # the old iterator is released before the new one starts
+        self.iterator = iter(self._loop._start(
+            self._train_from(epoch, step, self._epochs - epoch)))
 
 
 # Callbacks whose test-batch hooks do nothing that a one-call evaluation would skip.

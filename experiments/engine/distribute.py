@@ -149,6 +149,14 @@ def scratch_dir(strategy, name=None):
     return path
 
 
+def check_keras_loop(adaptive):
+    """``fit.loop = 'keras'`` cannot change the batch while training."""
+    if adaptive:
+        raise ValueError("fit.loop = 'keras' cannot train with train.batch_size_schedule = "
+                         "@adaptive_batch_size() (Keras' fit cannot change the batch while "
+                         "training); use fit.loop = 'auto'.")
+
+
 def _use_custom_loop(strategy, loop):
     checks.one_of(loop, LOOPS, "fit.loop")
     if loop == "keras" and (is_multi_worker(strategy) or strategy.num_replicas_in_sync > 1):
@@ -158,9 +166,11 @@ def _use_custom_loop(strategy, loop):
 
 
 @gin.configurable(denylist=["model", "pipelines", "epochs", "callbacks", "strategy", "verbose",
-                            "initial_epoch", "initial_step", "resume"])
+                            "initial_epoch", "initial_step", "resume", "controller",
+                            "check_only"])
 def fit(model, pipelines, epochs, callbacks, strategy, verbose=1, loop="auto", initial_epoch=0,
-        initial_step=0, resume=None, steps_per_execution=STEPS_PER_EXECUTION, jit_compile=False):
+        initial_step=0, resume=None, steps_per_execution=STEPS_PER_EXECUTION, jit_compile=False,
+        controller=None, check_only=False):
     """Trains from update ``initial_step`` of epoch ``initial_epoch``; returns the history dict
     (metric -> per-epoch values).
 
@@ -174,7 +184,16 @@ def fit(model, pipelines, epochs, callbacks, strategy, verbose=1, loop="auto", i
         the same for any value; what changes is the fixed cost per update (a call and a host
         copy of the metrics; see BUILD.md, "Fast small runs" for the default).
       jit_compile: compile the train step with XLA (BUILD.md, "Fast small runs": when it pays).
+      controller: decides the batch while training (``run.adaptive_batch``; batchlab's loop
+        only).
+      check_only: only check the loop's settings against the strategy and ``controller``
+        (truthy: the batch is adaptive), before a run directory exists; trains nothing.
     """
+    if check_only:
+        if not _use_custom_loop(strategy, loop):
+            check_keras_loop(bool(controller))
+        checks.positive_int(steps_per_execution, "fit.steps_per_execution")
+        return None
     if not is_chief(strategy):
         verbose = 0
     if _use_custom_loop(strategy, loop):
@@ -184,8 +203,10 @@ def fit(model, pipelines, epochs, callbacks, strategy, verbose=1, loop="auto", i
         history = runner.fit_from(
             pipelines.train_from, steps, epochs,
             validation_data=pipelines.validation, callbacks=callbacks, verbose=verbose,
-            initial_epoch=initial_epoch, initial_step=initial_step, resume=resume)
+            initial_epoch=initial_epoch, initial_step=initial_step, resume=resume,
+            controller=controller)
         return history.history
+    check_keras_loop(controller is not None)
     if initial_step or resume is not None:
         raise ValueError("fit.loop = 'keras' cannot resume a run; use fit.loop = 'auto'.")
     if pipelines.updates_in is not None:

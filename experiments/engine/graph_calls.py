@@ -35,14 +35,20 @@ def chunk_function(model, strategy, step, iterator, measurements=()):
     says so (one ``tf.cond`` per measurement and segment, none per update). Returns (metrics, one
     [segments, *shape] tensor of rows per measurement).
     """
-    def one_update(i):
-        strategy.run(step, args=(next(iterator),))
-        return (i + 1,)
+    def update_from(iterator):
+        """One update on the next batch of ``iterator``: the function's own argument, so that
+        a call with another iterator (an adaptive batch starts one where its sizes change)
+        reads that one, not the iterator it was traced with."""
+        def one_update(i):
+            strategy.run(step, args=(next(iterator),))
+            return (i + 1,)
+
+        return one_update
 
     if not measurements:
         @tf.function(autograph=False)
         def run(iterator, n):
-            tf.while_loop(lambda i: i < n, one_update, [tf.constant(0, tf.int64)])
+            tf.while_loop(lambda i: i < n, update_from(iterator), [tf.constant(0, tf.int64)])
             return model.get_metrics_result()
 
         return run.get_concrete_function(iterator, tf.TensorSpec((), tf.int64))
@@ -51,6 +57,7 @@ def chunk_function(model, strategy, step, iterator, measurements=()):
 
     @tf.function(autograph=False)
     def run_measured(iterator, lengths, masks):
+        one_update = update_from(iterator)
         count = tf.shape(lengths)[0]
         rows = [tf.TensorArray(tf.float64, size=count, element_shape=m.shape)
                 for m in measurements]

@@ -52,6 +52,9 @@ Touches, and why no public API does the job:
   (``second_moments``): the running second moments of Adam, AdamW, Nadam and RMSprop, for the
   preconditioned gradient noise scale (the optimizer's diagonal preconditioner); Keras keeps
   them under no public name.
+- ``Optimizer._learning_rate`` (``learning_rate_object``): what the optimizer was given as its
+  learning rate (a variable, a ``LearningRateSchedule`` or a callable), for AdaScale to wrap it
+  (``engine.adascale``); the public ``learning_rate`` property gives only its current value.
 - ``gin.config._REGISTRY`` (``gin_selectors``, gin-config 0.5.0): every registered configurable's
   selector, to suggest the nearest name for a misspelt one; gin lists them nowhere publicly.
 """
@@ -206,3 +209,8 @@ def second_moments(optimizer, variables):
     if bias_corrected:
         correction = ("beta_2", float(optimizer.beta_2))
     return velocities, correction, float(optimizer.epsilon), averages
+
+
+def learning_rate_object(optimizer):
+    """The optimizer's learning rate as given: its variable, schedule or callable."""
+    return optimizer._learning_rate

@@ -55,6 +55,9 @@ class StepMeasurements:
         # Graph functions of no arguments the step runs right before a measured update is
         # applied (``Measurement.before_update``); read when the step is traced.
         self.before_update_hooks = []
+        # Sample the noise scale on every update (set before the step is traced): what acts on
+        # it while training (AdaScale's gain, the adaptive batch) reads fresh averages.
+        self.sample_every_update = False
 
     def measure_every_update(self):
         """Has the step fill the norms on every update (a loop reading them after each one
@@ -103,6 +106,8 @@ def is_sampled(measurements, coming_update):
     updates, and every update the loop measures (so that each logged noise-scale point has the
     raw estimates of its own update)."""
     m = measurements
+    if m.sample_every_update:
+        return tf.constant(True)
     every = m.noise_sample_every
     wanted = m.measured_update
     periodic = tf.logical_and(every > 0, tf.equal(coming_update % tf.maximum(every, 1), 0))

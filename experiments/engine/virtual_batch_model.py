@@ -12,7 +12,7 @@ which is Ghost Batch Normalization (Hoffer et al. 2017). Dropout draws a fresh m
 micro-batch. User documentation: docs/virtual_batches.md.
 
 What measurements and loops may use is public: ``measurements``, ``tracks_gradient_noise``,
-``measures_gradient_norms``, ``micro_batch_size``, ``time_window``, ``evaluation_loop``.
+``measures_gradient_norms``, ``learning_rate_scaling`` (AdaScale, ``adascale``), ``micro_batch_size``, ``time_window``, ``evaluation_loop``.
 """
 
 import keras
@@ -104,6 +104,15 @@ class VirtualBatchModel(keras.Model):
         return getattr(self, "_measure_norms", True)
 
     @property
+    def learning_rate_scaling(self):
+        """``engine.adascale.AdaScale`` when the learning rate follows the batch, else None."""
+        return self.__dict__.get("_learning_rate_scaling")
+
+    @learning_rate_scaling.setter
+    def learning_rate_scaling(self, scaling):
+        self.__dict__["_learning_rate_scaling"] = scaling
+
+    @property
     def evaluation_loop(self):
         """The loop that evaluates this model when Keras' cannot (``custom_loop.CustomLoop``
         under several replicas), or None."""
@@ -124,7 +133,12 @@ class VirtualBatchModel(keras.Model):
                 "accumulates micro-batches into one update; use micro_batch_size "
                 "(train.micro_batch_size) instead of the optimizer's accumulation.")
         grads, loss, num_rows = self.virtual_batch_gradients(data)
+        scaling = self.learning_rate_scaling
+        if scaling is not None:  # AdaScale: this update's gain, from its own noise sample
+            scaling.before_update(self.measurements)
         self.optimizer.apply(grads, self.trainable_variables)
+        if scaling is not None:
+            scaling.after_update()
         keras_internals.loss_tracker(self).update_state(loss, sample_weight=num_rows)
         return self.get_metrics_result()
 

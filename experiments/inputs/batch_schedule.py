@@ -151,10 +151,20 @@ class UpdateSizes:
             self._epochs.append((before, self._sizes(len(self._epochs), before)))
         return self._epochs[epoch]
 
+    @property
+    def largest_size(self):
+        """The largest size any update can have."""
+        return max(self.size_of_stage)
+
+    def size_at(self, epoch, update):
+        """The size of update ``update`` (0-based, over the run) in ``epoch`` before the epoch's
+        remainder cuts it."""
+        return self.size_of_stage[self.schedule.stage_at(epoch, update)]
+
     def _sizes(self, epoch, update):
         sizes, left = [], self.capacity
         while left > 0:
-            size = self.size_of_stage[self.schedule.stage_at(epoch, update)]
+            size = self.size_at(epoch, update)
             if size > left:
                 if not self.ragged:
                     break
@@ -179,15 +189,20 @@ class UpdateSizes:
     def updates_in(self, epoch):
         return len(self.epoch(epoch)[1])
 
+    def stage_of(self, epoch, update):
+        """The stage of update ``update`` (0-based) in ``epoch``."""
+        return self.schedule.stage_at(epoch, update)
+
     def stages(self, epochs):
-        """Where each stage starts within ``epochs`` epochs: a list of dicts (epoch, update,
-        size), for logs and ``result.json``."""
+        """Where each stage starts within ``epochs`` epochs: a list of dicts (stage, epoch,
+        update, size), for logs and ``result.json``."""
         starts, last = [], None
         for epoch in range(epochs):
             before, sizes = self.epoch(epoch)
             for index, _ in enumerate(sizes):
-                stage = self.schedule.stage_at(epoch, before + index)
+                stage = self.stage_of(epoch, before + index)
                 if stage != last:
-                    starts.append({"stage": stage, "epoch": epoch, "update": before + index})
+                    starts.append({"stage": stage, "epoch": epoch, "update": before + index,
+                                   "size": self.size_at(epoch, before + index)})
                     last = stage
         return starts

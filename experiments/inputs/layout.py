@@ -23,6 +23,7 @@ import dataclasses
 from typing import Optional
 
 from experiments.common import checks
+from experiments.inputs.adaptive_batch import AdaptiveBatchSize, AdaptiveUpdateSizes
 from experiments.inputs.batch_schedule import BatchSizeSchedule, UpdateSizes
 
 
@@ -38,7 +39,7 @@ class BatchLayout:
     examples_per_epoch: Optional[int] = None
     window_length: Optional[int] = None
     num_streams: Optional[int] = None
-    batch_size_schedule: Optional[BatchSizeSchedule] = None
+    batch_size_schedule: Optional[BatchSizeSchedule] = None  # or an AdaptiveBatchSize
     update_sizes: Optional[UpdateSizes] = dataclasses.field(default=None, compare=False,
                                                             repr=False)
 
@@ -58,12 +59,17 @@ class BatchLayout:
         return self.micro_batch_size if self.num_micro_batches > 1 else None
 
     @property
+    def adaptive(self):
+        """True when B is decided during training (``adaptive_batch.AdaptiveBatchSize``)."""
+        return isinstance(self.batch_size_schedule, AdaptiveBatchSize)
+
+    @property
     def largest_num_micro_batches(self):
         """The largest k of any update (that of the last stage when a schedule grows B)."""
         if self.update_sizes is None:
             return self.num_micro_batches
         unit = 1 if self.time_windows else self.micro_batch_size
-        return max(size // unit for size in self.update_sizes.size_of_stage)
+        return self.update_sizes.largest_size // unit
 
     def updates_in(self, epoch):
         """Updates (training batches) in ``epoch``: the same every epoch unless scheduled."""
@@ -77,10 +83,9 @@ class BatchLayout:
         if self.update_sizes is None:
             return [{"stage": 0, "epoch": 0, "update": 0, "batch_size": self.batch_size,
                      "num_micro_batches": self.num_micro_batches}]
-        sizes = self.update_sizes.size_of_stage
         stages = []
         for start in self.update_sizes.stages(epochs):
-            size = sizes[start["stage"]]
+            size = start.pop("size")
             if self.time_windows:  # a stage's size is its windows per update
                 start.update(batch_size=self.batch_size, num_micro_batches=size)
             else:
@@ -128,9 +133,17 @@ def build(data, batch_size, micro_batch_size=None, eval_batch_size=None, schedul
     ``schedule``: a ``batch_schedule.BatchSizeSchedule`` (``train.batch_size_schedule``)."""
     check_data(data)
     if data.stream is not None:
+        if isinstance(schedule, AdaptiveBatchSize):
+            raise ValueError(
+                "train.batch_size_schedule = @adaptive_batch_size() cannot train on stream data: "
+                "it follows the gradient noise scale, which is not measured there (the windows "
+                "of an update are consecutive steps of the same streams, not independent "
+                "samples). Use @batch_size_schedule() to grow k at chosen epochs.")
         layout = _stream_layout(data, batch_size, micro_batch_size, eval_batch_size)
         return layout if schedule is None else _scheduled_streams(layout, data, schedule)
     layout = _array_layout(data, batch_size, micro_batch_size, eval_batch_size)
+    if isinstance(schedule, AdaptiveBatchSize):
+        return _adaptive_arrays(layout, data, schedule)
     return layout if schedule is None else _scheduled_arrays(layout, data, schedule)
 
 
@@ -194,7 +207,8 @@ def _stream_layout(data, batch_size, micro_batch_size, eval_batch_size):
 
 def _check_schedule(schedule):
     if not isinstance(schedule, BatchSizeSchedule):
-        raise ValueError(f"train.batch_size_schedule must be @batch_size_schedule(), got "
+        raise ValueError(f"train.batch_size_schedule must be @batch_size_schedule() or "
+                         f"@adaptive_batch_size(), got "
                          f"{schedule!r}.")
 
 
@@ -219,6 +233,28 @@ def _scheduled_arrays(layout, data, schedule):
     return dataclasses.replace(
         layout, micro_batch_size=micro, batch_size_schedule=schedule,
         update_sizes=UpdateSizes(schedule, sizes, data.num_train, ragged=True))
+
+
+def _adaptive_arrays(layout, data, settings):
+    """Array data with an adaptive B: B_max whole micro-batches that fit in the data, and B
+    starting at or below it."""
+    micro = layout.micro_batch_size or layout.batch_size
+    largest = settings.max_batch_size
+    if largest % micro:
+        raise ValueError(
+            f"adaptive_batch_size.max_batch_size={largest} is not a multiple of the micro-batch "
+            f"b={micro} (train.micro_batch_size, or train.batch_size when unset): the batch "
+            f"changes k, the micro-batches of an update, not b (e.g. {micro * max(largest // micro, 1)}"
+            f" or {micro * (largest // micro + 1)}).")
+    if largest < layout.batch_size:
+        raise ValueError(f"adaptive_batch_size.max_batch_size={largest} is smaller than the "
+                         f"starting batch train.batch_size={layout.batch_size}.")
+    if largest > data.num_train:
+        raise ValueError(f"adaptive_batch_size.max_batch_size={largest} is larger than the "
+                         f"{data.num_train} training examples of '{data.name}'.")
+    return dataclasses.replace(
+        layout, micro_batch_size=micro, batch_size_schedule=settings,
+        update_sizes=AdaptiveUpdateSizes(settings, layout.batch_size, micro, data.num_train))
 
 
 def _scheduled_streams(layout, data, schedule):

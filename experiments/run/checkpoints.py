@@ -5,7 +5,7 @@ A checkpoint is one ``.npz`` file, ``checkpoints/state-<update>.npz``, holding e
 continuation needs, in a fixed order: the model's variables (weights, BatchNormalization
 statistics, dropout seed states, stateful layers' states), the optimizer's (slots, iteration
 count, learning rate), the compiled metrics' sums (so the interrupted epoch's logged means cover
-the whole epoch) and the train step's measurement variables (the noise-scale averages). Beside
+the whole epoch) and the train step's measurement variables (the noise-scale averages) and AdaScale's progress. Beside
 them, ``__meta__`` records the position (epoch, step within the epoch, update), the variables'
 names and shapes (a checkpoint of another model is refused), and the run's bookkeeping (training
 time so far). Everything else is a function of the seed: the data order of every epoch, the
@@ -64,6 +64,9 @@ def training_variables(model):
         add("metric", metric.variables, epoch=True)
     if hasattr(model, "measurements"):
         add("measurement", model.measurements.variables())
+    scaling = getattr(model, "learning_rate_scaling", None)
+    if scaling is not None:  # AdaScale's gain and progress (tau), its base learning rate
+        add("adascale", scaling.variables())
     return names, variables, of_epoch
 
 

@@ -261,7 +261,9 @@ def probe_settings(run_settings, micro):
     """The run's settings at b = ``micro``: B as bound (a batch-size schedule's first stage),
     nothing printed, no callbacks of the user's (they may write files)."""
     data = dataclasses.replace(run_settings.data, micro_batch_size=micro, batch_size_schedule=None)
-    return dataclasses.replace(run_settings, data=data, extra_callbacks=(), verbose=0)
+    model = dataclasses.replace(run_settings.model, learning_rate_scaling=None)
+    return dataclasses.replace(run_settings, data=data, model=model, extra_callbacks=(),
+                               verbose=0)
 
 
 def measure(settings, run_mode):

@@ -77,6 +77,9 @@ class RangeTestMode(RunMode):
         if settings.data.batch_size_schedule is not None:
             raise ValueError("train.batch_size_schedule cannot be used with train.mode = "
                              "'lr_range_test': a range test measures one batch size.")
+        if settings.model.learning_rate_scaling is not None:
+            raise ValueError("train.learning_rate_scaling cannot be used with train.mode = "
+                             "'lr_range_test': the range test sets the learning rate itself.")
 
     def adjust(self, settings, layout):
         """As many epochs as the ramp needs (its callback stops training after the ramp)."""

@@ -23,7 +23,7 @@ from experiments.inputs import pipelines as pipelines_lib
 from experiments.inputs.dataset import Data, Pipelines
 from experiments.inputs.layout import BatchLayout
 from experiments.run import measurements as measurements_lib
-from experiments.run import seeding, stateful
+from experiments.run import seeding, stateful, steering
 from experiments.run.settings import RunSettings
 
 
@@ -64,6 +64,11 @@ def build(settings, run_mode):
     measured = settings.measurements
     replicas = strategy.num_replicas_in_sync
     track = measurements_lib.track_gradient_noise(measured, layout, replicas)
+    if steering.needs_noise(settings, layout):  # AdaScale's gain or the adaptive batch
+        steering.check_noise_available(settings, layout, replicas)
+        track = True
+    # fit.loop = 'keras' cannot change the batch while training: refused here, not mid-run
+    distribute.fit(None, None, 0, (), strategy, check_only=True, controller=layout.adaptive)
     context = measurements_lib.make_context(data, pipelines, layout, measured, track,
                                             settings.seed, replicas)
     measurements_lib.check(measured.enabled, context)  # bad settings fail before the run
@@ -76,7 +81,7 @@ def _check_stages_reached(layout, epochs):
     start after the last update never trains, and the run would silently not be the one asked
     for."""
     schedule = layout.batch_size_schedule
-    if schedule is None:
+    if schedule is None or layout.adaptive:  # an adaptive batch decides its stages later
         return
     reached = {stage["stage"] for stage in layout.stages(epochs)}
     for stage in range(1, len(schedule.boundaries) + 1):
@@ -106,6 +111,7 @@ def build_model(plan):
             measure_gradient_norms=bool(measured.enabled))
         model.compile(optimizer=_make_optimizer(settings.model.optimizer),
                       loss=settings.model.loss, metrics=list(settings.model.metrics))
+        steering.attach(model, settings, layout, plan.track_gradient_noise)
         state_callbacks = stateful.prepare(model, plan.data, layout)
     return model, state_callbacks
 

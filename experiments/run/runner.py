@@ -21,6 +21,7 @@ import tensorflow as tf
 from absl import logging
 
 from callbacks import summary_writer
+from callbacks.adascale_log import AdaScaleLog
 from callbacks.batch_size_log import BatchSizeLog
 from callbacks.checkpointing import TrainingInterrupted, reason_name
 from callbacks.operative_config import OperativeConfigSaver
@@ -28,12 +29,14 @@ from experiments.common.memory import peak_memory_mb
 from experiments.engine import distribute
 from experiments.inputs import dataset as dataset_lib
 from experiments.run import config_audit, interrupts, modes
+from experiments.run.adaptive_batch import AdaptiveBatchController
 from experiments.run import measurements as measurements_lib
 from experiments.run import plan as plan_lib
 from experiments.run import run_dir as run_dir_lib
 from experiments.run import stateful
 from experiments.run.settings import (DataSettings, ModelSettings, RunOutput, RunSettings,
-                                      check_eval_batch_size, check_training,
+                                      check_eval_batch_size, check_learning_rate_scaling,
+                                      check_training,
                                       checkpoint_settings, progress_verbosity)
 from experiments.run.training_state import RunState
 
@@ -47,7 +50,7 @@ def train(model_fn=gin.REQUIRED, data_fn=gin.REQUIRED, optimizer=gin.REQUIRED, l
           metrics=("accuracy",), seed=0, deterministic_ops=False, dtype_policy="float32",
           strategy=None, shuffle=True, extra_callbacks=(), verbose=None, output_dir="runs",
           experiment="experiment", run_name=None, config_text="", resumable=False,
-          mode="train", batch_size_schedule=None):
+          mode="train", batch_size_schedule=None, learning_rate_scaling=None):
     """Runs one experiment and returns its result dict (also written to ``result.json``).
 
     Args:
@@ -59,7 +62,11 @@ def train(model_fn=gin.REQUIRED, data_fn=gin.REQUIRED, optimizer=gin.REQUIRED, l
       batch_size: the batch of one update (the virtual batch B when micro-batching).
       micro_batch_size: rows per micro-batch b (B must be a multiple); None trains on B at once.
       batch_size_schedule: ``@batch_size_schedule()``: the virtual batch grows during training
-        (k multiplied at given epochs or updates, b unchanged; ``inputs.batch_schedule``).
+        (k multiplied at given epochs or updates, b unchanged; ``inputs.batch_schedule``); or
+        ``@adaptive_batch_size()``: B follows the measured noise scale (``inputs.adaptive_batch``,
+        ``run.adaptive_batch``).
+      learning_rate_scaling: ``@adascale()``: the learning rate times AdaScale's gain, its
+        schedule read at the progress tau (``models.learning_rate_scaling``).
       eval_batch_size: batch size for validation and evaluation (defaults to ``batch_size``).
       dtype_policy: 'float32', 'mixed_bfloat16' or 'float64'.
       strategy: a distribution strategy factory from ``engine.distribute`` or None.
@@ -80,7 +87,8 @@ def train(model_fn=gin.REQUIRED, data_fn=gin.REQUIRED, optimizer=gin.REQUIRED, l
     verbose = progress_verbosity(verbose)
     run_mode = modes.chosen(mode)
     settings = RunSettings(
-        model=ModelSettings(model_fn, optimizer, loss, tuple(metrics), dtype_policy),
+        model=ModelSettings(model_fn, optimizer, loss, tuple(metrics), dtype_policy,
+                            check_learning_rate_scaling(learning_rate_scaling)),
         data=DataSettings(data_fn, batch_size, micro_batch_size, eval_batch_size, bool(shuffle),
                           batch_size_schedule),
         epochs=epochs, seed=seed, deterministic_ops=bool(deterministic_ops), strategy=strategy,
@@ -196,8 +204,11 @@ def make_callbacks(plan, path, log_dir, state_callbacks, checkpoint_callbacks=()
     measured = measurements_lib.build(settings.measurements.enabled, plan.measurement_context,
                                       log_dir=log_dir, run_dir=path)
     callbacks += measured
-    if plan.layout.batch_size_schedule is not None:  # B in TensorBoard, stage by stage
+    if plan.layout.batch_size_schedule is not None and not plan.layout.adaptive:
+        # B in TensorBoard, stage by stage (an adaptive batch logs its own decisions)
         callbacks.append(BatchSizeLog(plan.layout.stages(settings.epochs), log_dir))
+    if settings.model.learning_rate_scaling is not None:
+        callbacks.append(AdaScaleLog(log_dir, settings.measurements.every_n_updates))
     if settings.checkpoints.every_epoch:
         callbacks.append(keras.callbacks.ModelCheckpoint(
             os.path.join(path, "checkpoints", "epoch-{epoch:03d}.weights.h5"),
@@ -225,11 +236,20 @@ def _train_in(path, plan, config_text, state, stop_requested):
     callbacks, measured = make_callbacks(plan, path, log_dir, state_callbacks,
                                          state.callbacks(model, stop_requested), own)
     state.measurement_results = lambda: measurements_lib.per_measurement(measured)
+    controller = None
+    if plan.layout.adaptive:  # its decisions travel with the checkpoints
+        controller = AdaptiveBatchController(model, plan.layout.update_sizes,
+                                             plan.strategy.num_replicas_in_sync, log_dir)
+        if state.resumed:  # before the pipeline reads a batch: the sizes of the first run
+            controller.restore(state.bookkeeping.get("adaptive_batch_size"))
+        state.more_bookkeeping = lambda: {"adaptive_batch_size": controller.state()}
+        controller.log_start()
     settings, pipelines, start = plan.settings, plan.pipelines, state.position
     state.training_started()
     history = distribute.fit(model, pipelines, settings.epochs, callbacks, plan.strategy,
                              settings.verbose, initial_epoch=start.epoch,
-                             initial_step=start.step, resume=state.resume(model))
+                             initial_step=start.step, resume=state.resume(model),
+                             controller=controller)
     state.training_ended()
     os.makedirs(os.path.join(path, "checkpoints"), exist_ok=True)
     if state.writes:
@@ -241,6 +261,9 @@ def _train_in(path, plan, config_text, state, stop_requested):
     summary_writer.close_all()
     result = _result(plan, model, history, final, state.training_seconds(), measured,
                      state.restored_measurement_results())
+    if controller is not None:
+        result.update(controller.result(settings.epochs))
+    result.update(_adascale_result(callbacks))
     result.update(state.summary())
     result.update(plan.mode.summarize(own, path))
     return result
@@ -252,7 +275,8 @@ def _result(plan, model, history, final, train_time, measured, restored=None):
     updates = int(model.optimizer.iterations.numpy())
     num_train = layout.examples_per_epoch or layout.updates_per_epoch * layout.batch_size
     scheduled = {}
-    if layout.batch_size_schedule is not None:  # where B grew, and the B it ended with
+    if layout.batch_size_schedule is not None and not layout.adaptive:
+        # where B grew, and the B it ended with
         stages = layout.stages(epochs)
         scheduled = {"batch_size_stages": stages, "final_batch_size": stages[-1]["batch_size"],
                      "final_num_micro_batches": stages[-1]["num_micro_batches"]}
@@ -270,6 +294,14 @@ def _result(plan, model, history, final, train_time, measured, restored=None):
         "num_validation_examples": plan.data.num_validation,
         "measurements": measurements_lib.results(measured, restored),
     }
+
+
+def _adascale_result(callbacks):
+    """AdaScale's progress and gains for ``result.json`` (nothing without AdaScale)."""
+    for callback in callbacks:
+        if isinstance(callback, AdaScaleLog):
+            return callback.result()
+    return {}
 
 
 def _package_versions():

@@ -14,6 +14,7 @@ from typing import Any, Callable, Optional
 import gin
 
 from experiments.common import checks
+from experiments.models.learning_rate_scaling import AdaScaleRule
 
 DTYPE_POLICIES = ("float32", "mixed_bfloat16", "float64")
 
@@ -27,6 +28,7 @@ class ModelSettings:
     loss: Any
     metrics: tuple
     dtype_policy: str
+    learning_rate_scaling: Any = None  # models.learning_rate_scaling.AdaScaleRule
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,6 +123,14 @@ def check_training(epochs, seed, dtype_policy, verbose):
         raise ValueError(f"train.seed must be at most 2**32 - 1 = {MAX_SEED}, got {seed}.")
     checks.one_of(dtype_policy, DTYPE_POLICIES, "train.dtype_policy")
     checks.one_of(verbose, (None, 0, 1, 2, "auto"), "train.verbose")
+
+
+def check_learning_rate_scaling(scaling):
+    """``train.learning_rate_scaling``: None or ``@adascale()``."""
+    if scaling is not None and not isinstance(scaling, AdaScaleRule):
+        raise ValueError(f"train.learning_rate_scaling must be @adascale() (with parentheses) "
+                         f"or None, got {scaling!r}.")
+    return scaling
 
 
 def check_eval_batch_size(eval_batch_size):

@@ -51,6 +51,8 @@ class RunState:
         # after the last update that logs nothing more still reports them.
         self.measurement_results = list
         self.data_fingerprint = None  # ``inputs.dataset.fingerprint``, saved with each checkpoint
+        # More host-side state a checkpoint keeps (an adaptive batch's decisions), as a dict.
+        self.more_bookkeeping = dict
         self._fit_started = self._fit_ended = None
         self._status = run_dir_lib.running_status()
         self.position, self.bookkeeping, self._checkpoint = Position(0, 0, 0), {}, None
@@ -105,7 +107,7 @@ class RunState:
         bookkeeping = {"train_time_s": self.training_seconds(),
                        "resumed_at": self._resumed_at(),
                        "measurement_results": self.measurement_results(),
-                       "data": self.data_fingerprint}
+                       "data": self.data_fingerprint, **self.more_bookkeeping()}
         self.store.save(names, values, Position(epoch, step, update), bookkeeping)
         self.beat()
 

@@ -1,0 +1,61 @@
+"""Logs AdaScale's gain r and progress tau (``adascale/gain``, ``adascale/progress``) and the
+learning rate the optimizer applied (``adascale/learning_rate``) every ``every_n_updates`` updates
+and at each epoch's end, keyed by the update count.
+
+The values are those of the update just applied (the train step sets the gain before it applies
+an update, then adds it to tau). Usable in a plain ``model.fit`` of a model whose learning rate
+AdaScale scales (``experiments.engine.adascale.AdaScale.attach``).
+"""
+
+import keras
+
+from callbacks import summary_writer
+from experiments.common import checks
+
+
+class AdaScaleLog(keras.callbacks.Callback):
+    """Args:
+      log_dir: TensorBoard directory (scalars go to ``log_dir/train``); None: keep in memory.
+      every_n_updates: logging cadence (the loop ends its calls there, so each point is the
+        value of that very update).
+    """
+
+    def __init__(self, log_dir=None, every_n_updates=10):
+        super().__init__()
+        self.log_dir = log_dir
+        self.every_n_updates = checks.positive_int(every_n_updates, "every_n_updates")
+        self.history = []  # (update, gain, progress)
+
+    def _scaling(self):
+        scaling = getattr(self.model, "learning_rate_scaling", None)
+        if scaling is None:
+            raise ValueError("AdaScaleLog needs a model whose learning rate AdaScale scales "
+                             "(train.learning_rate_scaling = @adascale()).")
+        return scaling
+
+    def _log(self):
+        scaling = self._scaling()
+        update = int(self.model.optimizer.iterations.numpy())
+        if self.history and self.history[-1][0] == update:
+            return
+        gain, progress = float(scaling.gain.numpy()), float(scaling.progress.numpy())
+        self.history.append((update, gain, progress))
+        learning_rate = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+        summary_writer.scalars(self.log_dir, {"adascale/gain": gain,
+                                              "adascale/progress": progress,
+                                              "adascale/learning_rate": learning_rate}, update)
+
+    def on_train_batch_end(self, batch, logs=None):
+        if int(self.model.optimizer.iterations.numpy()) % self.every_n_updates == 0:
+            self._log()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._log()
+
+    def result(self):
+        """``result.json``: the progress tau and the gain at the end, the mean gain."""
+        scaling = self._scaling()
+        updates = int(self.model.optimizer.iterations.numpy())
+        progress = float(scaling.progress.numpy())
+        return {"adascale/progress": progress, "adascale/gain": float(scaling.gain.numpy()),
+                "adascale/mean_gain": progress / updates if updates else 1.0}
