@@ -27,7 +27,8 @@ flags.DEFINE_string("run_name", None, "Name of the sweep or study directory (def
                     "timestamp); relaunching a study with the same name skips its finished runs.")
 flags.DEFINE_string("resume", None, "Resume this run directory from its own config.gin and "
                     "newest checkpoint (no gin file or binding needed).")
-flags.DEFINE_string("report", None, "Rebuild the report of this study directory (no training).")
+flags.DEFINE_string("report", None, "Rebuild the report of this study directory, or the "
+                    "comparison of this comparison sweep's directory (no training).")
 flags.DEFINE_string("list", None, "List the runs, sweeps and studies under this directory: "
                     "status, key metrics and where they are (no training).")
 # What --jobs starts its processes with, not for users: declared under their own module name, so
@@ -77,8 +78,12 @@ def _dispatch(launch):
         resume.resume(FLAGS.resume)
         return
     if FLAGS.report:
-        from experiments.launch import study_reporting
-        report = study_reporting.write(FLAGS.report)
+        from experiments.launch import comparison, study_reporting
+        if not os.path.exists(os.path.join(FLAGS.report, "study.json")) and \
+                os.path.exists(os.path.join(FLAGS.report, "sweep.json")):
+            report = comparison.write_from_dir(FLAGS.report)  # a comparison sweep's
+        else:
+            report = study_reporting.write(FLAGS.report)
         print(open(report["report"], encoding="utf-8").read())
         return
     if FLAGS.run_dir or FLAGS.worker:

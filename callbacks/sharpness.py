@@ -11,10 +11,21 @@ is a few L-BFGS-B iterations (``scipy.optimize.minimize`` on -f with box bounds)
 ``tf.GradientTape``, started at the box corner along the gradient (the first-order maximiser).
 Large-batch minima come out sharper: a larger phi.
 
+Beside phi, the first-order term: the same maximisation with f replaced by its linear model at x,
+
+    phi_1(eps, A) = 100 * (max_{y in C_eps} g^T A y) / (1 + f(x))
+                  = 100 * sum_i |(A^T g)_i| r_i / (1 + f(x)),
+
+g = grad f(x), r_i = eps * (|(A^+ x)_i| + 1) the box's half-widths (the maximiser is the box corner
+along the gradient's signs). It is what phi would be if the loss had no curvature at all: phi
+much larger than phi_1 means the box reaches curvature (a sharp minimum); phi close to phi_1 means
+phi mostly measures the slope of a point that is not a minimum (an under-trained run).
+
 It runs once, at ``on_train_end``, and puts the weights back exactly as they were. Logged (keyed
 by the update count): ``<tag>/phi``, ``<tag>/loss`` (f(x)) and ``<tag>/max_loss``; ``tag`` is
-``sharpness`` unless set. Costs about ``2 * max_iterations`` forward+backward passes over the
-subset; a random subspace also holds the n x p matrix A in memory (4 * n * p bytes in float32).
+``sharpness`` unless set; ``<tag>/phi_first_order`` (phi_1 above) beside them. Costs about
+``2 * max_iterations`` forward+backward passes over the subset; a random subspace also holds the
+n x p matrix A in memory (4 * n * p bytes in float32).
 """
 
 import time
@@ -124,7 +135,9 @@ def keskar_sharpness(objective, epsilon=1e-3, projection_dim=None, max_iteration
         # Start at the corner of the box that maximises the first-order change (random signs
         # where the gradient is exactly zero): near a minimum the gradient is tiny and L-BFGS-B,
         # starting from 0 with unit curvature, would need many iterations to reach the boundary.
-        signs = np.sign(g0 if A is None else A.T @ g0)
+        slope = g0 if A is None else A.T @ g0
+        first_order = float(np.sum(np.abs(slope) * radius))  # the linear model's box maximum
+        signs = np.sign(slope)
         still = signs == 0
         signs[still] = np.random.default_rng(seed).choice([-1.0, 1.0], size=int(still.sum()))
         start = signs * radius
@@ -137,7 +150,8 @@ def keskar_sharpness(objective, epsilon=1e-3, projection_dim=None, max_iteration
         max_loss = max(-float(solution.fun), f0)
     finally:
         objective.set(x0)
-    return {"phi": 100.0 * (max_loss - f0) / (1.0 + f0), "loss": f0, "max_loss": max_loss,
+    return {"phi": 100.0 * (max_loss - f0) / (1.0 + f0),
+            "phi_first_order": 100.0 * first_order / (1.0 + f0), "loss": f0, "max_loss": max_loss,
             "iterations": int(solution.nit), "evaluations": int(solution.nfev) + 1,
             "solution": solution.x, "radius": radius}
 
@@ -179,13 +193,16 @@ class Sharpness(MeasurementCallback):
         result = self.measure()
         result["seconds"] = time.perf_counter() - started
         self.value = result
-        logging.info("Sharpness (epsilon=%g, %s): phi = %.4g (loss %.4g -> %.4g, %d iterations, "
+        logging.info("Sharpness (epsilon=%g, %s): phi = %.4g, first-order term %.4g (loss %.4g -> "
+                     "%.4g, %d iterations, "
                      "%d loss evaluations, %.2f s)",
                      self.epsilon, "full space" if self.projection_dim is None else
-                     f"random {self.projection_dim}-dim subspace", result["phi"], result["loss"],
+                     f"random {self.projection_dim}-dim subspace", result["phi"],
+                     result["phi_first_order"], result["loss"],
                      result["max_loss"], result["iterations"], result["evaluations"],
                      result["seconds"])
-        values = {f"{self.tag}/{k}": result[k] for k in ("phi", "loss", "max_loss")}
+        values = {f"{self.tag}/{k}": result[k]
+                  for k in ("phi", "phi_first_order", "loss", "max_loss")}
         self.publish(int(self.model.optimizer.iterations.numpy()), values)
         super().on_train_end(logs)
 
@@ -193,4 +210,5 @@ class Sharpness(MeasurementCallback):
         if self.value is None:
             return {}
         return {f"{self.tag}/{k}": float(self.value[k])
-                for k in ("phi", "loss", "max_loss", "seconds") if k in self.value}
+                for k in ("phi", "phi_first_order", "loss", "max_loss", "seconds")
+                if k in self.value}

@@ -55,6 +55,37 @@ def test_decisions_recut_the_epoch_they_fall_in_and_later_ones():
         sizes.decide(2, 8)
 
 
+class _Averages:
+    """A model whose step measured these noise-scale averages (what the controller reads)."""
+
+    def __init__(self):
+        self.b_simple = None
+        self.measurements = self
+
+    def noise_scale_values(self):
+        if self.b_simple is None:
+            return {"averages": None}
+        return {"averages": {"gradient_sq_norm": 1.0, "trace_sigma": self.b_simple}}
+
+
+def test_the_controller_follows_b_simple_and_holds_b_within_its_tolerance():
+    settings = adaptive_batch_size(scale=1.0, max_batch_size=256, every_n_updates=5,
+                                   min_relative_change=0.25)
+    sizes = AdaptiveUpdateSizes(settings, 32, 8, capacity=10_000)
+    model = _Averages()
+    controller = AdaptiveBatchController(model, sizes)
+    assert not controller.decide(5)  # no estimate yet: B stays
+    for update, b_simple, want in [(10, 37.0, 32), (15, 47.0, 48), (20, 41.0, 48),
+                                   (25, 33.0, 32), (30, 1e9, 256), (35, 3.0, 16)]:
+        model.b_simple = b_simple
+        controller.decide(update)
+        assert sizes.current_size == want, (update, b_simple)
+    # the one-device floor is 2b (a single micro-batch would measure nothing)
+    assert "raised to 2b = 16" in controller.reasons[35]
+    assert [row[0] for row in controller.history] == [5, 10, 15, 20, 25, 30, 35]
+    assert controller.history[0][1:] == [None, None, 32]
+
+
 # --- against the exact recursion -------------------------------------------------------------
 def adaptive_linear_run(data, w_star, seed, learning_rate, scale, micro, every, horizon,
                         initial=None):
@@ -188,8 +219,10 @@ ADAPTIVE = ["train.verbose = 0", "train.epochs = 2", "train.batch_size = 32",
 
 
 def test_a_run_records_its_decisions_with_reasons_and_logs_b(tmp_path):
-    launch.launch(["gin/experiments/digits_mlp.gin"], ADAPTIVE, output_dir=str(tmp_path),
-                  print_fn=lambda *_: None)
+    """Also: the adaptive batch's horizon holds without the noise-scale measurement."""
+    launch.launch(["gin/experiments/digits_mlp.gin"], ADAPTIVE + [
+        "measurements.enabled = []", "adaptive_batch_size.horizon_examples = 256"],
+        output_dir=str(tmp_path), print_fn=lambda *_: None)
     (path,) = run_dirs(str(tmp_path))
     result = read_json(os.path.join(path, "result.json"))
     stages = result["batch_size_stages"]
@@ -200,6 +233,7 @@ def test_a_run_records_its_decisions_with_reasons_and_logs_b(tmp_path):
     decisions = result["adaptive_batch_size/decisions"]
     assert [d[0] for d in decisions] == list(range(5, 5 * len(decisions) + 1, 5))
     assert result["final_batch_size"] == stages[-1]["batch_size"]
+    assert "adaptive_batch_size.horizon_examples" not in " ".join(result["unused_bindings"])
     train_dir = os.path.join(path, "tensorboard", "train")
     logged = dict(event_values(train_dir, "batch_size"))
     assert logged[0] == 32 and all(logged[s["update"]] == s["batch_size"] for s in stages)
@@ -207,6 +241,28 @@ def test_a_run_records_its_decisions_with_reasons_and_logs_b(tmp_path):
     assert sorted(b_simple) == [d[0] for d in decisions if d[1] is not None and d[1] > 0]
     rows = result["num_train_examples"]
     assert result["updates"] == sum(len(s) for s in _epochs_of(stages, rows, 2))
+
+
+def test_adaptive_batch_and_adascale_run_together(tmp_path):
+    """B follows the noise scale and the learning rate follows B: S = B / b grows with B, so
+    the gain can exceed what the first batch allows."""
+    launch.launch(["gin/experiments/digits_mlp.gin"], ADAPTIVE + [
+        "train.learning_rate_scaling = @adascale()"], output_dir=str(tmp_path),
+        print_fn=lambda *_: None)
+    (path,) = run_dirs(str(tmp_path))
+    result = read_json(os.path.join(path, "result.json"))
+    train_dir = os.path.join(path, "tensorboard", "train")
+    gains = dict(event_values(train_dir, "adascale/gain"))
+    sizes = dict(event_values(train_dir, "batch_size"))
+    assert len(result["batch_size_stages"]) >= 2
+    assert max(gains.values()) > 2.0  # beyond S = 2 of the first batch (B = 32, b = 16)
+    each = [size for epoch in _epochs_of(result["batch_size_stages"],
+                                          result["num_train_examples"], 2) for size in epoch]
+    for update, gain in gains.items():  # r between 1 and S = rows / b of that very update
+        scale = each[update - 1] / 16  # (a ragged last batch below b: S < 1, r < 1)
+        assert min(1.0, scale) - 1e-6 <= gain <= max(1.0, scale) + 1e-6, (update, gain)
+    assert sorted(sizes)[0] == 0
+    assert result["updates"] < result["adascale/progress"]
 
 
 def _epochs_of(stages, rows, epochs):
@@ -227,9 +283,10 @@ def _epochs_of(stages, rows, epochs):
 @pytest.mark.slow
 def test_a_killed_adaptive_run_resumes_with_the_uninterrupted_numbers(tmp_path):
     """SIGKILL after the checkpoint of update 20 (decisions every 5 updates before and after
-    it), then relaunch: the same decisions and bit-identical metrics."""
+    it), then relaunch: the same decisions, AdaScale's progress and bit-identical metrics."""
     experiment = resume.ARRAYS + [f"--gin_bindings={b}" for b in ADAPTIVE[2:]] + [
-        "--gin_bindings=train.epochs = 3"]
+        "--gin_bindings=train.epochs = 3",
+        "--gin_bindings=train.learning_rate_scaling = @adascale()"]
     output = str(tmp_path)
     resume._run(output, "reference", experiment)
     code, _ = resume._start_and_stop(output, "run", experiment, 20)
@@ -240,6 +297,7 @@ def test_a_killed_adaptive_run_resumes_with_the_uninterrupted_numbers(tmp_path):
     assert result["batch_size_stages"] == reference["batch_size_stages"]
     assert len(reference["batch_size_stages"]) >= 2
     assert result["adaptive_batch_size/decisions"] == reference["adaptive_batch_size/decisions"]
+    assert result["adascale/progress"] == reference["adascale/progress"] > result["updates"]
     assert resume._metrics(result) == resume._metrics(reference)
 
 
@@ -285,6 +343,10 @@ def test_under_mirrored_strategy_the_decided_stages_train_as_on_one_device(tmp_p
                                 "replica: nothing measures the noise"),
     (["measurements.track_gradient_noise = False"], "measurements.track_gradient_noise = False"),
     (["adaptive_batch_size.every_n_updates = 0"], "adaptive_batch_size.every_n_updates"),
+    (["adaptive_batch_size.min_relative_change = -0.1"], "min_relative_change=-0.1"),
+    (["adaptive_batch_size.horizon_examples = 0"], "adaptive_batch_size.horizon_examples"),
+    (["adaptive_batch_size.horizon_examples = 512", "adascale.horizon_examples = 256",
+      "train.learning_rate_scaling = @adascale()"], "differ: both read the same averages"),
 ])
 def test_bad_adaptive_bindings_stop_a_launch_before_any_run_directory(tmp_path, bindings,
                                                                      message):

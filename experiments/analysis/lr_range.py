@@ -144,22 +144,77 @@ def plot_range_test(learning_rates, losses, suggestion, path, smoothing=0.98):
     return path
 
 
+@dataclasses.dataclass(frozen=True)
+class ScalingFit:
+    """log(rate) = a + p log(B) fitted over range tests at several B (every seed a point).
+
+    ``interval``: the ``level`` interval of p (t over n - 2 degrees of freedom; None with two
+    points). ``ramp_step``: the largest factor between consecutive rates of the ramps (a
+    suggestion can only be one of the ramp's rates). ``resolution``: the exponent one ramp step
+    is worth across the batch sizes, log(ramp_step) / log(B_max / B_min): an exponent or an
+    interval narrower than that is below what the ramp can tell apart.
+    """
+    exponent: float
+    stderr: float
+    interval: tuple
+    num_points: int
+    batch_sizes: tuple
+    ramp_step: float
+    resolution: float
+
+
+def _ramp_step(results):
+    steps = []
+    for r in results:
+        rates = np.asarray((r.get("lr_range_test") or {}).get("learning_rates") or [], float)
+        if rates.size >= 2 and np.all(rates > 0):
+            steps.append(float(np.max(rates[1:] / rates[:-1])))
+    return max(steps) if steps else math.nan
+
+
+def scaling_fit(results, key="suggested_learning_rate", level=0.9):
+    """``ScalingFit`` of ``lr_range_test.<key>`` (``suggested_learning_rate`` or
+    ``min_loss_learning_rate``) against B over range-test results (result.json dicts), or None
+    when fewer than two batch sizes have one. Every run is a point (seeds are not merged)."""
+    points = [(r["batch_size"], r["lr_range_test"][key]) for r in results
+              if (r.get("lr_range_test") or {}).get(key) and r.get("batch_size")]
+    sizes = sorted({b for b, _ in points})
+    if len(sizes) < 2:
+        return None
+    fit = fits.fit_power_law([b for b, _ in points], [lr for _, lr in points])
+    step = _ramp_step(results)
+    return ScalingFit(exponent=fit.exponent, stderr=fit.exponent_stderr,
+                      interval=fits.power_law_interval(fit, level), num_points=len(points),
+                      batch_sizes=tuple(sizes), ramp_step=step,
+                      resolution=math.log(step) / math.log(sizes[-1] / sizes[0]))
+
+
 def scaling_sentence(results):
     """For range tests run at several batch sizes (a sweep or study of ``train.mode =
     'lr_range_test'`` runs): the fitted exponent p of suggested LR ∝ B^p, as a sentence, or None
     when fewer than two batch sizes have a suggestion. p = 1 is the linear rule, 0.5 the
-    square-root rule: the user's own scaling rule, measured."""
-    points = sorted({(r["batch_size"], r["lr_range_test"]["suggested_learning_rate"])
-                     for r in results
-                     if (r.get("lr_range_test") or {}).get("suggested_learning_rate")
-                     and r.get("batch_size")})
-    if len({b for b, _ in points}) < 2:
+    square-root rule. Every run is a point (several seeds per B give the fit its spread); the
+    sentence gives the 90% interval and the exponent one ramp step is worth, and says so when the
+    interval is narrower than that step (the ramp cannot resolve it)."""
+    fit = scaling_fit(results)
+    if fit is None:
         return None
-    fit = fits.fit_power_law([b for b, _ in points], [lr for _, lr in points])
     nearest = min((("no scaling", 0.0), ("square-root scaling", 0.5), ("linear scaling", 1.0)),
                   key=lambda rule: abs(rule[1] - fit.exponent))[0]
+    points = sorted((r["batch_size"], r["lr_range_test"]["suggested_learning_rate"])
+                    for r in results
+                    if (r.get("lr_range_test") or {}).get("suggested_learning_rate")
+                    and r.get("batch_size"))
     pairs = ", ".join(f"B = {b}: {lr:.3g}" for b, lr in points)
-    spread = "" if fit.exponent_stderr != fit.exponent_stderr else \
-        f" ± {fit.exponent_stderr:.2f}"
-    return (f"The suggested learning rate grows as B^{fit.exponent:.2f}{spread} over "
-            f"{len(points)} range tests ({pairs}): closest to {nearest}.")
+    spread = "" if fit.interval is None else \
+        f" [90% interval {fit.interval[0]:.2f} to {fit.interval[1]:.2f}]"
+    sentence = (f"The suggested learning rate grows as B^{fit.exponent:.2f}{spread} over "
+                f"{fit.num_points} range tests at {len(fit.batch_sizes)} batch sizes ({pairs}): "
+                f"closest to {nearest}.")
+    if math.isfinite(fit.resolution):
+        sentence += (f" One ramp step (x{fit.ramp_step:.3g} per update) is worth "
+                     f"{fit.resolution:.3f} in the exponent")
+        if fit.interval is not None and fit.interval[1] - fit.interval[0] < fit.resolution:
+            sentence += ", wider than the interval: the ramp cannot resolve it"
+        sentence += "."
+    return sentence

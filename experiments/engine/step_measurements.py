@@ -58,6 +58,9 @@ class StepMeasurements:
         # Sample the noise scale on every update (set before the step is traced): what acts on
         # it while training (AdaScale's gain, the adaptive batch) reads fresh averages.
         self.sample_every_update = False
+        # The averages' horizon (examples) set by what acts on them while training (the adaptive
+        # batch, AdaScale): it then holds whatever horizon a measurement asks for.
+        self.horizon_override = None
 
     def measure_every_update(self):
         """Has the step fill the norms on every update (a loop reading them after each one
@@ -73,9 +76,12 @@ class StepMeasurements:
                 self.noise_sample_every]
 
     def reset_noise_scale(self, horizon_examples, sample_every=0):
-        """Starts the noise-scale averages afresh with this horizon (in examples) and sampling
-        (every ``sample_every`` updates besides the measured ones; 0: the measured ones only)."""
+        """Starts the noise-scale averages afresh with this horizon (in examples; the
+        ``horizon_override`` instead when one is set) and sampling (every ``sample_every``
+        updates besides the measured ones; 0: the measured ones only)."""
         self.noise_scale.assign(tf.zeros([noise_scale.STATE_SIZE], tf.float64))
+        if self.horizon_override is not None:
+            horizon_examples = self.horizon_override
         self.noise_horizon.assign(float(horizon_examples))
         self.noise_sample_every.assign(int(sample_every))
 

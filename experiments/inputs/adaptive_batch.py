@@ -23,6 +23,7 @@ uninterrupted run.
 import bisect
 import dataclasses
 import math
+from typing import Optional
 
 import gin
 
@@ -38,18 +39,25 @@ class AdaptiveBatchSize:
       scale: c, B follows c * B_simple (> 0).
       max_batch_size: B_max, a multiple of b (checked against the data by the layout).
       every_n_updates: n, updates between decisions.
+      min_relative_change: B changes only when the new value differs from the current one by
+        more than this fraction of it (0: on every difference, the rule as stated).
+      horizon_examples: the noise-scale averages' horizon the decisions read (None: the run's,
+        ``measurements.gradient_noise_scale.horizon_examples``, 4096 by default).
     """
 
     scale: float
     max_batch_size: int
     every_n_updates: int
+    min_relative_change: float = 0.0
+    horizon_examples: Optional[float] = None
 
     def stage_name(self, stage):
         return f"adaptive_batch_size: decision {stage}"
 
 
 @gin.configurable
-def adaptive_batch_size(scale=1.0, max_batch_size=gin.REQUIRED, every_n_updates=10):
+def adaptive_batch_size(scale=1.0, max_batch_size=gin.REQUIRED, every_n_updates=10,
+                        min_relative_change=0.0, horizon_examples=None):
     """An ``AdaptiveBatchSize`` for ``train.batch_size_schedule``.
 
     Args:
@@ -57,13 +65,27 @@ def adaptive_batch_size(scale=1.0, max_batch_size=gin.REQUIRED, every_n_updates=
         steps-to-result trade-off bends; McCandlish et al. 2018).
       max_batch_size: B_max, the largest virtual batch (a multiple of the micro-batch b).
       every_n_updates: how often (in updates) the batch is decided again.
+      min_relative_change: change B only when the rule's B differs from the current one by more
+        than this fraction (e.g. 0.25): fewer changes, each of which starts a new input pipeline
+        (about 0.1 to 0.4 s on a CPU machine; docs/adaptive.md), for a coarser tracking.
+      horizon_examples: the horizon (examples) of the noise-scale averages the decisions read;
+        None: the run's (``measurements.gradient_noise_scale.horizon_examples``, 4096). Shorter
+        follows a fast-changing B_simple with less lag and more noise (docs/adaptive.md).
     """
     if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not scale > 0 \
             or not math.isfinite(scale):
         raise ValueError(f"adaptive_batch_size.scale={scale!r} must be a number > 0 (c: the "
                          "batch follows c * B_simple).")
+    if isinstance(min_relative_change, bool) or not isinstance(min_relative_change, (int, float)) \
+            or not 0 <= min_relative_change < 1e6:
+        raise ValueError(f"adaptive_batch_size.min_relative_change={min_relative_change!r} must "
+                         "be a number >= 0 (a fraction of the current batch).")
+    if horizon_examples is not None:
+        checks.positive_number(horizon_examples, "adaptive_batch_size.horizon_examples")
+        horizon_examples = float(horizon_examples)
     return AdaptiveBatchSize(
-        scale=float(scale),
+        scale=float(scale), min_relative_change=float(min_relative_change),
+        horizon_examples=horizon_examples,
         max_batch_size=checks.positive_int(max_batch_size, "adaptive_batch_size.max_batch_size"),
         every_n_updates=checks.positive_int(every_n_updates,
                                             "adaptive_batch_size.every_n_updates"))

@@ -3,7 +3,10 @@
 - ``registry``: imports every module that defines configurables, registers Keras built-ins.
 - ``gin_config``: parsing files and bindings, with errors that name the file, line and the nearest
   valid names (``ConfigError``).
-- ``sweep``: several runs that differ by a few bindings (``sweep.variants``).
+- ``sweep``: several runs that differ by a few bindings (``sweep.variants``), optionally each
+  with several seeds (``sweep.seeds``).
+- ``comparison``: a sweep's variants (arms) compared over their seeds once it is done
+  (``sweep.comparison = @comparison()``: an adaptive batch against fixed ones).
 - ``study``, ``grid``, ``points``: batch-size studies (``study.*``): axes -> named runs with
   their bindings, each parsed and checked before anything runs; sweeps use the same run list.
 - ``executor``, ``worker``, ``worker_processes``, ``outcomes``: runs in this process or in

@@ -15,6 +15,7 @@ import gin
 from experiments.analysis import lr_range, tables
 from experiments.common import checks
 from experiments.common.json_files import read_json
+from experiments.launch import comparison as comparison_lib
 from experiments.launch import executor, worker
 from experiments.launch import grid as grid_lib
 from experiments.launch import outcomes as outcomes_lib
@@ -51,7 +52,10 @@ def launch(gin_files=(), gin_bindings=(), output_dir="runs", print_fn=print, job
         spec = study_lib.study()
     except ValueError as error:
         raise ConfigError(str(error)) from error
-    variants, columns = sweep_lib.sweep()
+    try:
+        variants, columns, comparison = sweep_lib.sweep()
+    except ValueError as error:
+        raise ConfigError(str(error)) from error
     if spec is not None:
         if variants:
             raise ConfigError("These gin files declare both sweep.variants and a study; keep one.")
@@ -82,7 +86,7 @@ def launch(gin_files=(), gin_bindings=(), output_dir="runs", print_fn=print, job
         return [result]
     try:
         return _launch_sweep(files, gin_bindings, output_dir, experiment, variants, columns,
-                             jobs, run_name, print_fn)
+                             jobs, run_name, print_fn, comparison)
     finally:
         spares.release()  # workers no slot took
 
@@ -107,11 +111,14 @@ def _start_workers(jobs, files, gin_bindings):
 
 
 def _launch_sweep(files, gin_bindings, output_dir, experiment, variants, columns, jobs, run_name,
-                  print_fn):
-    """Every variant checked, then run through the executor; the table printed and saved."""
+                  print_fn, comparison=None):
+    """Every variant checked, then run through the executor; the table printed and saved (and,
+    with ``sweep.comparison``, the comparison of its arms written)."""
     runs = precedence.with_command_line_last(grid_lib.from_variants(variants), gin_bindings,
                                              "sweep variant", print_fn=print_fn)
     _check_required_in_variants(runs)
+    if comparison is not None:
+        _check_comparison_metric(comparison)
     print_fn(f"Sweep {experiment}: {len(runs)} variant(s); checking each.")
     _start_workers(jobs, files, gin_bindings)
     points.check_all(files, gin_bindings, runs, "sweep variant")
@@ -139,12 +146,43 @@ def _launch_sweep(files, gin_bindings, output_dir, experiment, variants, columns
         table += "\n\n" + scaling
     with open(os.path.join(group_dir, "table.txt"), "w") as handle:
         handle.write(table + "\n")
-    _write_json(os.path.join(group_dir, "sweep.json"), {
-        "variants": variants, "runs": [r["run_dir"] for r in results],
-        "status": {r["run"]: r["status"] for r in results}})
+    stored = {"variants": variants, "runs": [r["run_dir"] for r in results],
+              "status": {r["run"]: r["status"] for r in results}}
+    if comparison is not None:
+        stored["comparison"] = comparison.as_json()
+    _write_json(os.path.join(group_dir, "sweep.json"), stored)
     print_fn("\n" + table)
+    if comparison is not None:
+        _write_comparison(group_dir, comparison, print_fn)
     print_fn(f"\nRuns: {group_dir}   (tensorboard --logdir {output_dir})")
     return results
+
+
+def _check_comparison_metric(comparison):
+    """The comparison's target metric must be on the runs' validation curves (as a study's)."""
+    import difflib  # noqa: PLC0415
+
+    from experiments.launch.study_launch import logged_metrics  # noqa: PLC0415
+
+    logged = logged_metrics()
+    if logged is None or comparison.target_metric in logged:
+        return
+    close = difflib.get_close_matches(comparison.target_metric, logged, n=1, cutoff=0.5)
+    hint = f" Did you mean: {close[0]}?" if close else ""
+    raise ConfigError(f"comparison.target_metric = {comparison.target_metric!r} is not logged "
+                      f"by the runs (their validation curves hold {', '.join(logged)}).{hint}")
+
+
+def _write_comparison(group_dir, comparison, print_fn):
+    """The comparison of the sweep's arms (``comparison.write``), its verdicts printed; a failure
+    to write it is printed and does not lose the sweep."""
+    try:
+        written = comparison_lib.write(group_dir, comparison)
+    except (OSError, ValueError) as error:
+        print_fn(f"Comparison for {group_dir} not written: {error}")
+        return
+    print_fn("\n" + "\n".join(f"- {sentence}" for sentence in written["sentences"]))
+    print_fn(f"\nComparison: {written['report']}")
 
 
 def _write_sweep_hparams(group_dir, runs, by_name, base_hparams, print_fn):

@@ -14,7 +14,7 @@ from experiments.engine import distribute  # noqa: F401  (strategies, fit.loop)
 from experiments.inputs import arrays, nqm, stream_sources, streams, synthetic  # noqa: F401
 from experiments.inputs import tf_sources  # noqa: F401  (tf_data, tfrecord_files)
 from experiments.inputs import adaptive_batch  # noqa: F401  (adaptive_batch_size)
-from experiments.launch import study, sweep  # noqa: F401
+from experiments.launch import comparison, study, sweep  # noqa: F401
 from experiments.models import builders, learning_rate_scaling, metrics, schedules  # noqa: F401
 from experiments.run import measurements, runner, settings  # noqa: F401
 

@@ -8,26 +8,47 @@ A sweep is declared in gin, e.g. the quickstart::
     }
 
 Each variant is the base config (files and bindings) with the variant's bindings parsed last, and
-gets its own run directory. An empty ``variants`` means a single run. ``write_hparams`` gives a
+gets its own run directory. An empty ``variants`` means a single run. ``sweep.seeds = [0, 1, 2]``
+runs every variant with each seed (``<variant>_s<seed>``, ``train.seed`` bound last), and
+``sweep.comparison = @comparison()`` compares the variants (its arms) over those seeds once the
+sweep is done (``comparison``: e.g. adaptive batches against fixed ones). ``write_hparams`` gives a
 sweep the TensorBoard HParams dashboard a study has: one session per variant, written from its
 result.json after the sweep (``<run>/tensorboard/hparams``), and the columns in
 ``<group>/tensorboard``.
 """
 
 import ast
+import dataclasses
 import os
 import shutil
 
 import gin
 
 from callbacks import hparams as hparams_lib
+from experiments.common import checks
 
 
 @gin.configurable
-def sweep(variants=None, report_columns=None):
-    """Returns (ordered variant dict or None, columns of the printed table or None)."""
+def sweep(variants=None, report_columns=None, seeds=None, seed_parameters=(), comparison=None):
+    """Returns (ordered variant dict or None, columns of the printed table or None, the
+    comparison or None).
+
+    Args:
+      variants: {name: [gin bindings]} (or a list: named ``variant0``, ...).
+      report_columns: the printed table's columns ((title, dotted result key), ...).
+      seeds: each variant is run once per seed, named ``<name>_s<seed>`` with
+        ``train.seed = <seed>`` after its own bindings.
+      seed_parameters: more parameters bound to each run's seed, e.g. ``['nqm.seed']`` (a data
+        source that draws its rows from a seed of its own).
+      comparison: ``@comparison()`` (``launch.comparison``): after the sweep, its variants
+        (arms) are compared over the seeds and the verdicts written beside ``table.txt``; the
+        returned one knows its arms' run names.
+    """
     if variants is None:
-        return None, report_columns
+        if seeds is not None or comparison is not None:
+            raise ValueError("sweep.seeds and sweep.comparison apply to the runs of "
+                             "sweep.variants; bind sweep.variants too.")
+        return None, report_columns, None
     if isinstance(variants, (list, tuple)):
         variants = {f"variant{i}": v for i, v in enumerate(variants)}
     for name, bindings in variants.items():
@@ -35,7 +56,38 @@ def sweep(variants=None, report_columns=None):
             raise ValueError(
                 f"sweep.variants[{name!r}] must be a list of gin binding strings, got "
                 f"{bindings!r}.")
-    return dict(variants), report_columns
+    runs, arms = dict(variants), {name: [name] for name in variants}
+    if seed_parameters and seeds is None:
+        raise ValueError("sweep.seed_parameters are bound to each seed of sweep.seeds; bind "
+                         "sweep.seeds too.")
+    if seeds is not None:
+        seeds = _seeds(seeds)
+        parameters = ["train.seed"] + _parameters(seed_parameters)
+        runs = {f"{name}_s{seed}": list(bindings) + [f"{p} = {seed}" for p in parameters]
+                for name, bindings in variants.items() for seed in seeds}
+        arms = {name: [f"{name}_s{seed}" for seed in seeds] for name in variants}
+    if comparison is not None:
+        if comparison.reference not in arms:
+            raise ValueError(f"comparison.reference = {comparison.reference!r} is not a "
+                             f"variant of sweep.variants ({', '.join(arms)}).")
+        comparison = dataclasses.replace(comparison, arms=arms)
+    return runs, report_columns, comparison
+
+
+def _parameters(names):
+    if isinstance(names, str) or not all(isinstance(n, str) and "." in n for n in names):
+        raise ValueError(f"sweep.seed_parameters must be a list of parameters such as "
+                         f"['nqm.seed'], got {names!r}.")
+    return [n for n in names if n != "train.seed"]
+
+
+def _seeds(seeds):
+    if isinstance(seeds, (str, bytes)) or not isinstance(seeds, (list, tuple)) or not seeds:
+        raise ValueError(f"sweep.seeds must be a non-empty list of seeds, got {seeds!r}.")
+    checked = [checks.non_negative_int(seed, "sweep.seeds") for seed in seeds]
+    if len(set(checked)) != len(checked):
+        raise ValueError(f"sweep.seeds repeats a seed: {list(seeds)!r}.")
+    return checked
 
 
 # ---- HParams --------------------------------------------------------------------------------

@@ -65,6 +65,9 @@ class AdaptiveBatchController:
             size, reason = self.min_batch_size, (
                 f"{reason}; raised to 2b = {self.min_batch_size} (one device: an update needs "
                 "two micro-batches to measure the noise)")
+        tolerance = self.settings.min_relative_change
+        if size != current and abs(size - current) <= tolerance * current:
+            size = current  # within adaptive_batch_size.min_relative_change: B stays
         changed = self.sizes.decide(update, size)
         self.history.append([update, g2, trace, size])
         if changed:

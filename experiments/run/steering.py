@@ -48,7 +48,9 @@ def needs_noise(settings, layout):
 
 
 def check_noise_available(settings, layout, num_replicas):
-    """Refuses a run that acts on the noise where nothing can measure it."""
+    """Refuses a run that acts on the noise where nothing can measure it (or with two horizons
+    for the same averages)."""
+    _horizon(settings, layout)
     if settings.measurements.track_gradient_noise is False:
         raise ValueError(
             "measurements.track_gradient_noise = False, but "
@@ -68,8 +70,8 @@ def check_noise_available(settings, layout, num_replicas):
             "train.batch_size_schedule = @adaptive_batch_size() needs the gradient noise scale "
             f"from the first update, but train.batch_size = {layout.batch_size} is one "
             f"micro-batch (k = 1) on one replica: nothing measures the noise, and the batch "
-            f"would never change. Start at train.batch_size = {2 * micro} or more (k >= 2), or "
-            "train on two or more replicas.")
+            f"would never change. Start at k >= 2 (train.batch_size = {2 * micro} or more with "
+            f"train.micro_batch_size = {micro}), or train on two or more replicas.")
     if settings.model.learning_rate_scaling is not None and not layout.adaptive:
         base = reference_batch_size(settings, layout)
         for size in _batch_sizes(layout):
@@ -82,11 +84,30 @@ def check_noise_available(settings, layout, num_replicas):
                     f"more replicas, or bind adascale.reference_batch_size = {size} (S = 1).")
 
 
+def _horizon(settings, layout):
+    """The horizon the adaptive batch or AdaScale asks for (the adaptive batch's first), else
+    None (the run's)."""
+    rule = settings.model.learning_rate_scaling
+    if layout.adaptive and layout.batch_size_schedule.horizon_examples is not None:
+        if rule is not None and rule.horizon_examples is not None and \
+                rule.horizon_examples != layout.batch_size_schedule.horizon_examples:
+            raise ValueError(
+                f"adaptive_batch_size.horizon_examples = "
+                f"{layout.batch_size_schedule.horizon_examples:g} and adascale.horizon_examples "
+                f"= {rule.horizon_examples:g} differ: both read the same averages; bind one.")
+        return layout.batch_size_schedule.horizon_examples
+    return None if rule is None else rule.horizon_examples
+
+
 def attach(model, settings, layout, tracks_noise):
     """Makes the model's step sample the noise on every update where something acts on it,
     and AdaScale scale its optimizer's learning rate."""
     if needs_noise(settings, layout):
         model.measurements.sample_every_update = True
+        horizon = _horizon(settings, layout)
+        if horizon is not None:  # held whatever a measurement asks for
+            model.measurements.horizon_override = horizon
+            model.measurements.noise_horizon.assign(horizon)
     rule = settings.model.learning_rate_scaling
     if rule is None:
         return None
