@@ -24,6 +24,8 @@ less the time this curve's own earlier evaluations took. The clock is read in th
 (``tf.timestamp``) right before and after each evaluation inside the train call, on the host
 around ``model.evaluate`` elsewhere. A resumed run continues from its last point logged before
 the kill (the updates between that point and the checkpoint it resumed from are not counted).
+With op determinism on (``train.deterministic_ops``, or any earlier ``enable_op_determinism`` in
+the process) TensorFlow allows no clock in the graph: the in-call points then have no seconds.
 """
 
 import time
@@ -34,7 +36,7 @@ import tensorflow as tf
 from callbacks import summary_writer
 from callbacks.base import LoggedMeasurement
 from experiments.common import checks
-from experiments.engine import evaluation
+from experiments.engine import evaluation, keras_internals
 from experiments.engine.schedule import Cadence
 from experiments.engine.states import isolated_state
 
@@ -84,6 +86,13 @@ class PeriodicEvaluation(LoggedMeasurement):
         return True
 
     def read(self, update):
+        if keras_internals.op_determinism_enabled():
+            # TensorFlow refuses a clock in a deterministic graph ("Timestamp cannot be called
+            # when determinism is enabled"): the curve then has no seconds.
+            values = self._set.graph()
+            row = [tf.cast(values[name], tf.float64) for name in self._names]
+            unknown = tf.constant(float("nan"), tf.float64)
+            return tf.stack(row + [unknown, unknown])
         begin = tf.timestamp()
         with tf.control_dependencies([begin]):
             values = self._set.graph()
@@ -99,7 +108,7 @@ class PeriodicEvaluation(LoggedMeasurement):
         for name, value in values.items():
             self.curve.setdefault(name, []).append([int(update), value])
         logged = {f"validation_curve/{name}": v for name, v in values.items()}
-        if len(row) >= count + 2:
+        if len(row) >= count + 2 and not np.isnan(row[count]):
             seconds = self._training_seconds(int(update), float(row[count]),
                                              float(row[count + 1]))
             self.seconds.append([int(update), seconds])

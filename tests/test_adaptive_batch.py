@@ -19,12 +19,12 @@ from experiments.inputs import layout as layout_lib
 from experiments.inputs import pipelines as pipelines_lib
 from experiments.inputs.adaptive_batch import (AdaptiveUpdateSizes, adaptive_batch_size,
                                                target_batch_size)
-from experiments.inputs.arrays import arrays
 from experiments.run.adaptive_batch import AdaptiveBatchController
 from tests import test_distributed as distributed
 from tests import test_resume as resume
 from tests.helpers import event_values, linear_model, read_json, run_dirs
 from tests.test_adascale import D, Trajectory, regression_data
+from tests.test_batch_schedule import _mlp, _relative_error, _rows
 
 
 # --- the rule and the sizes of every update --------------------------------------------------
@@ -134,20 +134,6 @@ def test_the_batch_tracks_c_times_the_true_b_simple_after_burn_in():
 
 
 # --- exactness: every update is plain Keras on its whole batch -------------------------------
-def _rows(n=96, seed=0):
-    rng = np.random.default_rng(seed)
-    x = rng.normal(size=(n, 6)).astype("float32")
-    y = rng.integers(0, 3, size=n)
-    data = arrays(x=x, y=y, validation_split=0.0)
-    data.sample_weight_train = rng.uniform(0.2, 2.0, size=n).astype("float32")
-    return data
-
-
-def _mlp():
-    return keras.Sequential([keras.Input((6,)), keras.layers.Dense(8, activation="tanh"),
-                             keras.layers.Dense(3, activation="softmax")])
-
-
 class _WeightsPerUpdate(keras.callbacks.Callback):
     every_n_updates = 1  # one update per call: the weights of every update
 
@@ -159,12 +145,6 @@ class _WeightsPerUpdate(keras.callbacks.Callback):
         self.weights.append([w.copy() for w in self.model.get_weights()])
 
 
-def _relative_error(got, want):
-    diff = np.concatenate([(np.asarray(g, np.float64) - w).ravel() for g, w in zip(got, want)])
-    return float(np.linalg.norm(diff) / np.linalg.norm(
-        np.concatenate([np.asarray(w, np.float64).ravel() for w in want])))
-
-
 @pytest.mark.parametrize("optimizer", [lambda: keras.optimizers.SGD(0.1, momentum=0.9),
                                        lambda: keras.optimizers.Adam(0.01)])
 def test_every_update_of_an_adaptive_run_equals_plain_keras_on_its_whole_batch(optimizer):
@@ -172,7 +152,7 @@ def test_every_update_of_an_adaptive_run_equals_plain_keras_on_its_whole_batch(o
     mid-epoch and at epoch ends; each update against ``train_on_batch`` on the rows
     of its own B, with sample weights: <= 1e-5 relative."""
     keras.utils.set_random_seed(0)
-    data, epochs, seed = _rows(), 3, 7
+    data, epochs, seed = _rows(96), 3, 7
     layout = layout_lib.build(data, 8, 4, schedule=adaptive_batch_size(
         scale=0.1, max_batch_size=32, every_n_updates=3))
     pipelines = pipelines_lib.make(data, layout, seed=seed)

@@ -208,6 +208,37 @@ def test_the_validation_curve_records_training_seconds_in_a_plain_fit():
     assert values[0] > 0 and all(b > a for a, b in zip(values, values[1:]))
 
 
+DETERMINISTIC_CURVE = """
+import json, sys
+import keras, numpy as np, tensorflow as tf
+sys.path.insert(0, {repo!r})
+from callbacks.periodic_evaluation import PeriodicEvaluation
+tf.config.experimental.enable_op_determinism()
+rng = np.random.default_rng(0)
+x, y = rng.normal(size=(60, 4)).astype("float32"), rng.integers(0, 3, 60)
+keras.utils.set_random_seed(0)
+model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, activation="softmax")])
+model.compile(optimizer=keras.optimizers.SGD(0.1), loss="sparse_categorical_crossentropy")
+curve = PeriodicEvaluation((x[:20], y[:20]), every_n_updates=3, batch_size=7)
+model.fit(x, y, batch_size=10, epochs=1, shuffle=False, verbose=0, callbacks=[curve])
+print(json.dumps(curve.result()))
+"""
+
+
+def test_with_op_determinism_the_curve_has_no_seconds_and_trains():
+    """TensorFlow refuses a clock in a deterministic graph: the points keep their values and
+    the curve records no seconds (a fresh process: op determinism cannot be turned off)."""
+    import subprocess
+    import sys
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    process = subprocess.run([sys.executable, "-c", DETERMINISTIC_CURVE.format(repo=repo)],
+                             capture_output=True, text=True, timeout=120)
+    assert process.returncode == 0, process.stderr[-2000:]
+    result = json.loads(process.stdout.strip().splitlines()[-1])
+    assert [u for u, _ in result["curve"]["val_loss"]] == [3, 6]
+    assert "curve_seconds" not in result
+
+
 def test_a_resumed_curve_continues_the_seconds_of_the_points_before(tmp_path):
     """A second fit of the same model after ``continue_from`` (what a resumed run does): the
     new points continue from the seconds of the last point logged before, and the result holds

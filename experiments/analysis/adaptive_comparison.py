@@ -41,6 +41,7 @@ import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first
 import matplotlib.ticker  # noqa: E402
 import numpy as np  # noqa: E402
 
+from experiments.analysis import plots  # noqa: E402
 from experiments.analysis.steps_to_result import _check_mode  # noqa: E402
 from experiments.analysis.study_statistics import crossing  # noqa: E402
 
@@ -401,7 +402,7 @@ def plot_batch_vs_b_simple(adaptive_runs, path, fixed_sizes=None, crossings=None
     if not names:
         axes[0][0].text(0.5, 0.5, "no adaptive run to show", ha="center", va="center",
                         transform=axes[0][0].transAxes, color="0.35")
-        return _save(fig, path)
+        return plots.save_figure(fig, path)
     for ax, name in zip(axes[0], names):
         schedule = {}
         for index, result in enumerate(adaptive_runs[name]):
@@ -444,23 +445,7 @@ def plot_batch_vs_b_simple(adaptive_runs, path, fixed_sizes=None, crossings=None
         ax.set(xlabel="update", ylabel="batch size", title=title)
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=6, ncol=2)
-    return _save(fig, path)
-
-
-def _save(fig, path):
-    """Writes the PNG atomically (a temporary file renamed into place), as ``plots`` does: a
-    report rebuilt while another process reads the figure never shows half of it."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.tight_layout()
-    temporary = f"{path}.tmp-{os.getpid()}.png"
-    try:
-        fig.savefig(temporary, dpi=110)
-        os.replace(temporary, path)
-    finally:
-        plt.close(fig)
-        if os.path.exists(temporary):
-            os.remove(temporary)
-    return path
+    return plots.save_figure(fig, path)
 
 
 def markdown(summary, name, figure=None):

@@ -18,7 +18,7 @@ import numpy as np  # noqa: E402
 _DPI = 110
 
 
-def _save(fig, path):
+def save_figure(fig, path):
     """Writes the PNG atomically (a temporary file renamed into place): shards of one study
     rebuild the report in the same directory, and one may read a figure while another writes
     it."""
@@ -102,7 +102,7 @@ def plot_steps_to_result(best, fit, path, b_simple=None, target=None, intervals=
                       if v.get("censored") and v.get("budget"))
     if not points:
         _note(ax, "no run reached the target:\nno steps to result to show")
-        return _save(fig, path)
+        return save_figure(fig, path)
     sizes, steps, spreads = zip(*points)
     low = [s - (iv[0] if iv else s) for s, iv in zip(steps, spreads)]
     high = [((iv[1] if np.isfinite(iv[1]) else s) if iv else s) - s
@@ -134,7 +134,7 @@ def plot_steps_to_result(best, fit, path, b_simple=None, target=None, intervals=
     _plain_log_y(ax)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _group_label(group_key, value):
@@ -181,7 +181,7 @@ def plot_metric_vs_batch(records, metric_key, path, group_key="learning_rate", y
     ax.set(xlabel="batch size B", ylabel=ylabel or metric_key,
            title=f"Final {ylabel or metric_key} vs batch size")
     ax.grid(True, which="both", alpha=0.3)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_best_lr(batch_sizes, lrs, fit, path):
@@ -196,7 +196,7 @@ def plot_best_lr(batch_sizes, lrs, fit, path):
     points = sorted((b, lr) for b, lr in zip(batch_sizes, lrs) if lr is not None and lr > 0)
     if not points:
         _note(ax, "no finished run with a learning rate:\nno best learning rate to show")
-        return _save(fig, path)
+        return save_figure(fig, path)
     sizes, best = zip(*points)
     ax.loglog(sizes, best, "o", color="C0", label="best learning rate", zorder=3)
     _batch_axis(ax, sizes)
@@ -213,7 +213,7 @@ def plot_best_lr(batch_sizes, lrs, fit, path):
         ax.set_ylim(min(best) / 4, max(best) * 4)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_throughput(records, path):
@@ -239,4 +239,4 @@ def plot_throughput(records, path):
             _note(ax, f"no finished run reports {key}")
         ax.set(xlabel="batch size B", ylabel=ylabel, title=title)
         ax.grid(True, which="both", alpha=0.3)
-    return _save(fig, path)
+    return save_figure(fig, path)

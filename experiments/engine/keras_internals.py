@@ -55,6 +55,10 @@ Touches, and why no public API does the job:
 - ``Optimizer._learning_rate`` (``learning_rate_object``): what the optimizer was given as its
   learning rate (a variable, a ``LearningRateSchedule`` or a callable), for AdaScale to wrap it
   (``engine.adascale``); the public ``learning_rate`` property gives only its current value.
+- ``tensorflow.python.framework.config.is_op_determinism_enabled``
+  (``op_determinism_enabled``): whether ``tf.config.experimental.enable_op_determinism`` was
+  called in this process, where a graph may not read the clock (``tf.timestamp`` fails);
+  TensorFlow exports the setter but not the getter.
 - ``gin.config._REGISTRY`` (``gin_selectors``, gin-config 0.5.0): every registered configurable's
   selector, to suggest the nearest name for a misspelt one; gin lists them nowhere publicly.
 """
@@ -62,6 +66,7 @@ Touches, and why no public API does the job:
 import gin
 import keras
 from keras.src import backend as _keras_backend
+from tensorflow.python.framework import config as _tf_config
 
 
 def flatten_layers(model, include_self):
@@ -214,3 +219,8 @@ def second_moments(optimizer, variables):
 def learning_rate_object(optimizer):
     """The optimizer's learning rate as given: its variable, schedule or callable."""
     return optimizer._learning_rate
+
+
+def op_determinism_enabled():
+    """Whether op determinism is on in this process (no clock inside a graph then)."""
+    return bool(_tf_config.is_op_determinism_enabled())

@@ -118,7 +118,7 @@ def _launch_sweep(files, gin_bindings, output_dir, experiment, variants, columns
                                              "sweep variant", print_fn=print_fn)
     _check_required_in_variants(runs)
     if comparison is not None:
-        _check_comparison_metric(comparison)
+        study_launch.check_target_metric(comparison, "comparison.target_metric")
     print_fn(f"Sweep {experiment}: {len(runs)} variant(s); checking each.")
     _start_workers(jobs, files, gin_bindings)
     points.check_all(files, gin_bindings, runs, "sweep variant")
@@ -156,21 +156,6 @@ def _launch_sweep(files, gin_bindings, output_dir, experiment, variants, columns
         _write_comparison(group_dir, comparison, print_fn)
     print_fn(f"\nRuns: {group_dir}   (tensorboard --logdir {output_dir})")
     return results
-
-
-def _check_comparison_metric(comparison):
-    """The comparison's target metric must be on the runs' validation curves (as a study's)."""
-    import difflib  # noqa: PLC0415
-
-    from experiments.launch.study_launch import logged_metrics  # noqa: PLC0415
-
-    logged = logged_metrics()
-    if logged is None or comparison.target_metric in logged:
-        return
-    close = difflib.get_close_matches(comparison.target_metric, logged, n=1, cutoff=0.5)
-    hint = f" Did you mean: {close[0]}?" if close else ""
-    raise ConfigError(f"comparison.target_metric = {comparison.target_metric!r} is not logged "
-                      f"by the runs (their validation curves hold {', '.join(logged)}).{hint}")
 
 
 def _write_comparison(group_dir, comparison, print_fn):

@@ -69,14 +69,15 @@ def logged_metrics():
     return ["val_" + name for name in names]
 
 
-def check_target_metric(spec):
-    """The target metric must be on every run's validation curve."""
+def check_target_metric(spec, binding="study.target_metric"):
+    """The target metric (``spec.target_metric``, bound as ``binding``) must be on every run's
+    validation curve."""
     logged = logged_metrics()
     if logged is None or spec.target_metric in logged:
         return
     close = difflib.get_close_matches(spec.target_metric, logged, n=1, cutoff=0.5)
     hint = f" Did you mean: {close[0]}?" if close else ""
-    raise ConfigError(f"study.target_metric = {spec.target_metric!r} is not logged by the runs "
+    raise ConfigError(f"{binding} = {spec.target_metric!r} is not logged by the runs "
                       f"(their validation curves hold {', '.join(logged)}).{hint}")
 
 
