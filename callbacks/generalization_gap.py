@@ -114,7 +114,9 @@ class GeneralizationGap(MeasurementCallback):
                 return results, weights_fingerprint(model)
 
             tensors = tf.nest.map_structure(tf.convert_to_tensor, (data[0], data[1]))
-            self._functions[key] = (evaluate_all, tensors)
+            # Called as a concrete function: a ``tf.function`` call first matches its arguments
+            # against its traces, which costs about as much as a small model's evaluation.
+            self._functions[key] = (evaluate_all.get_concrete_function(*tensors), tensors)
         evaluate_all, (x, y) = self._functions[key]
         results, self._fingerprint_now = evaluate_all(x, y)
         return {name: float(value) for name, value in results.items()}

@@ -2,11 +2,11 @@
 
 Measurement callbacks log several scalars per logging step. An eager ``tf.summary.scalar`` pays
 Python and op dispatch for every value, a visible share of a small model's update. ``scalars``
-therefore skips TensorFlow: it builds the same protocol buffer that ``tf.summary.scalar`` writes (a
-float tensor with the ``scalars`` plugin's metadata), one event per logging step, and hands it to
-TensorBoard's own event-file writer, which writes on a background thread (at most
-``FLUSH_SECONDS`` late; ``flush``/``close_all`` write at once). TensorBoard reads every event file
-of a directory, so these files sit beside the ones ``tf.summary`` writes.
+therefore skips TensorFlow's ops: it builds the same protocol buffer that ``tf.summary.scalar``
+writes (a float tensor with the ``scalars`` plugin's metadata), one event per logging step, and
+appends it to an event file (``EventFile``) through TensorFlow's record writer, in the calling
+thread (at most ``FLUSH_SECONDS`` late on disk; ``flush``/``close_all`` write at once). TensorBoard
+reads every event file of a directory, so these files sit beside the ones ``tf.summary`` writes.
 
 The writers and what a resumed run found in its files belong to a ``SummaryWriters`` object;
 the module-level functions (``writer_for``, ``scalars``, ``continue_from``, ``logged_before``,
@@ -19,14 +19,17 @@ takes are in ``experiments.engine.keras_internals.EpochScalarsTensorBoard``.
 """
 
 import glob
+import itertools
 import os
+import socket
+import threading
 import time
+import weakref
 
 import tensorflow as tf
 from tensorboard.compat.proto import event_pb2, summary_pb2, tensor_pb2, tensor_shape_pb2
 from tensorboard.compat.proto import types_pb2
 from tensorboard.plugins.scalar import metadata as scalar_metadata
-from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
 from experiments.engine import keras_internals
 
@@ -63,6 +66,77 @@ class ScalarEncoder:
         return template
 
 
+class EventFile:
+    """One event file (TFRecord framing, as TensorBoard reads it), written in the calling thread
+    by ``tf.io.TFRecordWriter`` (framing and checksums in C++: about a microsecond per event) and
+    flushed by a daemon thread at most ``FLUSH_SECONDS`` after a write (``flush``/``close`` at
+    once).
+
+    TensorBoard's own ``EventFileWriter`` hands each event to a writer thread through a queue:
+    about 150 microseconds per event here (the thread hand-off and the GIL), more than building
+    the event, on every logged point of every measurement (BUILD.md, issue 19). Its file name
+    and first event are the same as here."""
+
+    _numbers = itertools.count()
+    _open = weakref.WeakSet()
+    _flusher = None
+    _flusher_lock = threading.Lock()
+
+    def __init__(self, directory, suffix=""):
+        tf.io.gfile.makedirs(directory)
+        self.path = os.path.join(directory, "events.out.tfevents.%010d.%s.%s.%s%s" % (
+            time.time(), socket.gethostname(), os.getpid(), next(self._numbers), suffix))
+        self._writer = tf.io.TFRecordWriter(self.path)
+        self._lock = threading.Lock()
+        self._dirty = False
+        self.add_event(event_pb2.Event(
+            wall_time=time.time(), file_version="brain.Event:2",
+            source_metadata=event_pb2.SourceMetadata(writer="batchlab.summary_writer")))
+        self.flush()
+        EventFile._open.add(self)
+        EventFile._start_flusher()
+
+    def add_event(self, event):
+        with self._lock:
+            if self._writer is None:
+                raise ValueError(f"The event file {self.path} is closed.")
+            self._writer.write(event.SerializeToString())
+            self._dirty = True
+
+    def flush(self):
+        with self._lock:
+            if self._writer is not None and self._dirty:
+                self._writer.flush()
+                self._dirty = False
+
+    def close(self):
+        with self._lock:
+            if self._writer is not None:
+                self._writer.close()
+                self._writer = None
+        EventFile._open.discard(self)
+
+    @classmethod
+    def _start_flusher(cls):
+        with cls._flusher_lock:
+            if cls._flusher is None or not cls._flusher.is_alive():
+                cls._flusher = threading.Thread(target=cls._flush_every, daemon=True,
+                                                name="batchlab-event-files")
+                cls._flusher.start()
+
+    @classmethod
+    def flush_open(cls):
+        """Flushes every open event file that has unflushed events (the daemon thread's job)."""
+        for event_file in list(cls._open):
+            event_file.flush()
+
+    @classmethod
+    def _flush_every(cls):
+        while True:
+            time.sleep(FLUSH_SECONDS)
+            cls.flush_open()
+
+
 class SummaryWriters:
     """The writers of a process, one per ``log_dir/subdir``, and what resumed runs found there.
 
@@ -74,7 +148,7 @@ class SummaryWriters:
     def __init__(self, encoder):
         self._encoder = encoder
         self._writers = {}  # subdir path -> tf.summary writer
-        self._event_writers = {}  # subdir path -> EventFileWriter
+        self._event_writers = {}  # subdir path -> EventFile
         self._logged = {}  # subdir path -> {tag: last step already in its event files}
         self._before = {}  # subdir path -> {tag: [(step, value)] in its files at the resume}
 
@@ -92,9 +166,7 @@ class SummaryWriters:
     def _event_writer(self, log_dir, subdir):
         path = os.path.join(log_dir, subdir)
         if path not in self._event_writers:
-            os.makedirs(path, exist_ok=True)
-            self._event_writers[path] = EventFileWriter(path, flush_secs=FLUSH_SECONDS,
-                                                        filename_suffix=".measurements")
+            self._event_writers[path] = EventFile(path, suffix=".measurements")
         return self._event_writers[path]
 
     def scalars(self, log_dir, values, step, subdir="train"):

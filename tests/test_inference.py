@@ -32,9 +32,12 @@ def _in_graph(model, x, y, batch_size):
     return {name: float(value) for name, value in run(tf.constant(x), tf.constant(y)).items()}
 
 
+@pytest.mark.parametrize("forward_bytes", [0, inference.FORWARD_BYTES])
 @pytest.mark.parametrize("batch_size", [1, 16, 32, 70, 100])
-def test_equals_keras_evaluate(batch_size):
-    """70 rows: ragged last batches, one batch, a batch larger than the set."""
+def test_equals_keras_evaluate(batch_size, forward_bytes, monkeypatch):
+    """70 rows: ragged last batches, one batch, a batch larger than the set; forward passes of
+    the evaluation batch (a budget of 0 bytes) and of every row at once (the default budget)."""
+    monkeypatch.setattr(inference, "FORWARD_BYTES", forward_bytes)
     x, y = _data()
     model = _model()
     expected = model.evaluate(x, y, batch_size=batch_size, verbose=0, return_dict=True)
@@ -44,6 +47,44 @@ def test_equals_keras_evaluate(batch_size):
     assert got["loss"] == pytest.approx(expected["loss"], rel=1e-6)
     assert got["accuracy"] == expected["accuracy"]  # a count: exact
     assert got["xent"] == pytest.approx(expected["xent"], rel=1e-6)
+
+
+def _forward_rows(model, rows, batch_size):
+    return inference.forward_rows(model, tf.zeros([rows, 6]), batch_size)
+
+
+def test_forward_rows_take_what_fits_the_budget(monkeypatch):
+    """A forward pass takes more rows than the evaluation batch only while their inputs and layer
+    outputs fit ``FORWARD_BYTES``: here 6 + 8 + 8 + 2 floats, 96 bytes per row."""
+    model = _model()
+    assert inference.activation_bytes_per_row(model) == (8 + 8 + 2) * 4
+    monkeypatch.setattr(inference, "FORWARD_BYTES", 96 * 50)
+    assert _forward_rows(model, 70, 16) == 50
+    assert _forward_rows(model, 40, 16) == 40  # every row fits
+    assert _forward_rows(model, 70, 64) == 64  # never fewer than the evaluation batch
+    monkeypatch.setattr(inference, "FORWARD_BYTES", 96 * 50 - 1)
+    assert _forward_rows(model, 70, 16) == 49
+
+
+def test_forward_rows_keep_the_batch_where_batching_shows(monkeypatch):
+    """Unknown activations (a subclassed model) and a layer's own metric in the forward pass
+    (its value depends on the batches) keep the evaluation batch."""
+
+    class Subclassed(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.dense = keras.layers.Dense(2)
+
+        def call(self, inputs):
+            return self.dense(inputs)
+
+    subclassed = Subclassed()
+    subclassed(tf.zeros([1, 6]))
+    assert inference.activation_bytes_per_row(subclassed) is None
+    assert _forward_rows(subclassed, 70, 16) == 16
+    tracking = keras.Sequential([keras.Input((6,)), _TracksActivation(), keras.layers.Dense(2)])
+    assert _forward_rows(tracking, 70, 16) == 16
+    assert _forward_rows(_model(), 70, 16) == 70
 
 
 def test_inference_mode_and_no_weight_change():

@@ -166,3 +166,27 @@ def test_scalar_events_encode_like_tf_summary(tmp_path):
         assert mine.tensor.dtype == theirs.tensor.dtype
         assert mine.tensor.tensor_shape == theirs.tensor.tensor_shape
         assert tf.make_ndarray(mine.tensor) == tf.make_ndarray(theirs.tensor)
+
+
+def test_event_file_is_what_tensorboard_reads_and_flushes_while_open(tmp_path):
+    """``summary_writer.EventFile``: TensorBoard's first event (the file version), then each event
+    as written; readable once flushed (by ``flush`` or the flushing thread's ``flush_open``) while
+    the file stays open; a closed file refuses more events."""
+    from tensorboard.backend.event_processing import event_file_loader  # noqa: PLC0415
+
+    def events(path):
+        return list(event_file_loader.EventFileLoader(path).Load())
+
+    event_file = summary_writer.EventFile(str(tmp_path / "train"), suffix=".measurements")
+    assert os.path.basename(event_file.path).startswith("events.out.tfevents.")
+    assert event_file.path.endswith(".measurements")
+    first = events(event_file.path)
+    assert [e.file_version for e in first] == ["brain.Event:2"]
+    event_file.add_event(summary_writer.scalar_event({"a": 1.5}, 7))
+    summary_writer.EventFile.flush_open()
+    got = events(event_file.path)[1:]
+    assert [(e.step, e.summary.value[0].tag, e.summary.value[0].tensor.float_val[0])
+            for e in got] == [(7, "a", 1.5)]
+    event_file.close()
+    with pytest.raises(ValueError, match="closed"):
+        event_file.add_event(summary_writer.scalar_event({"a": 2.0}, 8))

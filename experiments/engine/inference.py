@@ -9,7 +9,11 @@ a measurement that evaluates the same training subset every epoch
 
 ``evaluate_rows`` keeps the memory of batched evaluation for the activations (one batch alive at
 a time: the batches run in a ``tf.while_loop`` with ``parallel_iterations=1``) and keeps the
-predictions of every row (at most ``MAX_PREDICTION_BYTES``). Then it computes the loss and the
+predictions of every row (at most ``MAX_PREDICTION_BYTES``). Since its values do not depend on
+the batching, a forward pass takes more rows than the evaluation batch where their inputs and
+layer outputs fit ``FORWARD_BYTES`` (``forward_rows``): each pass of the loop costs about 0.2 ms
+of dispatch on a small model, which was most of a small run's validation (digits MLP at B = 32:
+12 passes over 360 rows; BUILD.md, issue 19). Then it computes the loss and the
 compiled metrics once over all rows, as ``test_step`` does on one batch. The values equal
 ``model.evaluate``'s up to float rounding of the sums: the loss is the mean over rows either way,
 and counts such as accuracy are exact.
@@ -33,6 +37,9 @@ from experiments.engine import keras_internals
 
 MEAN_REDUCTIONS = ("sum_over_batch_size", "mean_with_sample_weight")
 MAX_PREDICTION_BYTES = 64 << 20  # predictions kept for the loss and metrics, at most
+# Rows of a forward pass beyond the evaluation batch, while their inputs and layer outputs take at
+# most this much (``forward_rows``).
+FORWARD_BYTES = 16 << 20
 
 
 def _keras_own(function_or_object):
@@ -87,7 +94,8 @@ def evaluate_rows(model, x, y, batch_size):
     if not lean_evaluation(model) or first_leaf.shape[0] == 0:
         return by_batch(model, (x, y), batch_size)
     model.reset_metrics()  # before the forward passes: layers may update metrics in them
-    size = tf.minimum(tf.constant(batch_size, rows.dtype), tf.maximum(rows, 1))
+    forward = forward_rows(model, x, batch_size)  # ``by_batch`` below keeps ``batch_size``
+    size = tf.minimum(tf.constant(forward, rows.dtype), tf.maximum(rows, 1))
     first = model(tf.nest.map_structure(lambda t: _rows(t, 0, size), x), training=False)
     leaves = tf.nest.flatten(first)
     if (len(leaves) != 1 or keras_internals.keras_mask(leaves[0]) is not None
@@ -114,6 +122,57 @@ def evaluate_rows(model, x, y, batch_size):
     if loss is not None and "loss" in results:  # the loss tracker saw no batch: set its value
         results["loss"] = tf.cast(loss, results["loss"].dtype)
     return results
+
+
+def forward_rows(model, x, batch_size):
+    """Rows per forward pass over ``x`` (tensors with a static row count): ``batch_size``, or
+    more, up to every row, while those rows' inputs and layer outputs take at most
+    ``FORWARD_BYTES`` (``activation_bytes_per_row``). Memory inside a layer that its output does
+    not show (a recurrent layer's steps, attention scores) is not counted; a model whose
+    activations are unknown, or with a layer that updates a metric of its own in the forward
+    pass (whose value depends on the batches), keeps ``batch_size``."""
+    leaves = tf.nest.flatten(x)
+    num_rows = leaves[0].shape[0]
+    if any(keras_internals.own_metrics(layer)
+           for layer in keras_internals.flatten_layers(model, include_self=False)):
+        return batch_size  # a layer's own metric averages what each forward pass gives it
+    per_row = activation_bytes_per_row(model)
+    if num_rows is None or per_row is None or num_rows <= batch_size:
+        return batch_size
+    for leaf in leaves:
+        if not leaf.shape[1:].is_fully_defined():
+            return batch_size
+        per_row += int(np.prod(leaf.shape[1:], dtype=np.int64)) * leaf.dtype.size
+    return int(max(batch_size, min(num_rows, FORWARD_BYTES // max(per_row, 1))))
+
+
+def activation_bytes_per_row(model):
+    """Bytes per row of every layer's output (nested layers included), or None when a layer's
+    output or its shape is unknown (a subclassed model, a layer called on several inputs)."""
+    total = 0
+    for layer in _graph_layers(model):
+        if keras_internals.graph_nodes(layer) != 1:
+            return None  # never called symbolically, or shared: its outputs are not one tensor
+        try:
+            outputs = tf.nest.flatten(layer.output)
+        except (AttributeError, ValueError):
+            return None
+        for output in outputs:
+            shape = tuple(output.shape)[1:]
+            if any(d is None for d in shape):
+                return None
+            total += int(np.prod(shape, dtype=np.int64)) * tf.as_dtype(output.dtype).size
+    return total or None
+
+
+def _graph_layers(model):
+    """The layers of ``model``, those of nested models in their place (not the layers inside a
+    layer, such as a recurrent layer's cell, which are never called on a graph)."""
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            yield from _graph_layers(layer)
+        else:
+            yield layer
 
 
 def _fits(leaf, num_rows):

@@ -74,6 +74,16 @@ def flatten_layers(model, include_self):
     return model._flatten_layers(include_self=include_self)  # pylint: disable=protected-access
 
 
+def own_metrics(layer):
+    """The metrics a layer tracks itself (updated in its forward pass), not the compiled ones."""
+    return list(getattr(layer, "_metrics", None) or ())  # pylint: disable=protected-access
+
+
+def graph_nodes(layer):
+    """How many times ``layer`` was called on a functional graph (its inbound nodes)."""
+    return len(getattr(layer, "_inbound_nodes", None) or ())  # pylint: disable=protected-access
+
+
 def forward_pass_losses(model):
     """The losses that the last forward pass of ``model`` added, in every layer (``add_loss``,
     activity regularizers), without the weight regularizers' penalties."""
