@@ -133,17 +133,15 @@ def forward_rows(model, x, batch_size):
     pass (whose value depends on the batches), keeps ``batch_size``."""
     leaves = tf.nest.flatten(x)
     num_rows = leaves[0].shape[0]
+    if num_rows is None or num_rows <= batch_size:
+        return batch_size
     if any(keras_internals.own_metrics(layer)
            for layer in keras_internals.flatten_layers(model, include_self=False)):
         return batch_size  # a layer's own metric averages what each forward pass gives it
-    per_row = activation_bytes_per_row(model)
-    if num_rows is None or per_row is None or num_rows <= batch_size:
+    sizes = [activation_bytes_per_row(model)] + [_row_bytes(leaf) for leaf in leaves]
+    if None in sizes:
         return batch_size
-    for leaf in leaves:
-        if not leaf.shape[1:].is_fully_defined():
-            return batch_size
-        per_row += int(np.prod(leaf.shape[1:], dtype=np.int64)) * leaf.dtype.size
-    return int(max(batch_size, min(num_rows, FORWARD_BYTES // max(per_row, 1))))
+    return int(max(batch_size, min(num_rows, FORWARD_BYTES // max(sum(sizes), 1))))
 
 
 def activation_bytes_per_row(model):
@@ -158,11 +156,20 @@ def activation_bytes_per_row(model):
         except (AttributeError, ValueError):
             return None
         for output in outputs:
-            shape = tuple(output.shape)[1:]
-            if any(d is None for d in shape):
+            size = _row_bytes(output)
+            if size is None:
                 return None
-            total += int(np.prod(shape, dtype=np.int64)) * tf.as_dtype(output.dtype).size
+            total += size
     return total or None
+
+
+def _row_bytes(tensor):
+    """Bytes of one row (axis 0) of a tensor or symbolic tensor; None when its shape beyond the
+    rows is not static."""
+    shape = tf.TensorShape(tensor.shape)[1:]
+    if not shape.is_fully_defined():
+        return None
+    return int(np.prod(shape, dtype=np.int64)) * tf.as_dtype(tensor.dtype).size
 
 
 def _graph_layers(model):
@@ -178,11 +185,10 @@ def _graph_layers(model):
 def _fits(leaf, num_rows):
     """Whether the predictions of ``num_rows`` rows (static; None: unknown) fit
     ``MAX_PREDICTION_BYTES``."""
-    per_row = leaf.shape[1:]
-    if num_rows is None or not per_row.is_fully_defined():
+    per_row = _row_bytes(leaf)
+    if num_rows is None or per_row is None:
         return False
-    return num_rows * int(np.prod(per_row, dtype=np.int64)) * leaf.dtype.size \
-        <= MAX_PREDICTION_BYTES
+    return num_rows * per_row <= MAX_PREDICTION_BYTES
 
 
 def by_batch(model, data, batch_size):
