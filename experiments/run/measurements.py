@@ -198,7 +198,7 @@ def gradient_noise_scale(context, every_n_updates=None, horizon_examples=4096,
         raise ValueError(
             "measurements.gradient_noise_scale needs the micro-batch gradient norms: set "
             "measurements.track_gradient_noise = True (or leave it None, which turns it on when "
-            "k > 1).")
+            "an update has two or more pieces: k > 1, or several replicas).")
     checks.optional_positive_int(sample_every_n_updates,
                                  "measurements.gradient_noise_scale.sample_every_n_updates")
     return GradientNoiseScale(context.log_dir, every_n_updates=every,
