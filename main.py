@@ -154,6 +154,8 @@ def main(argv):
     try:
         _dispatch(launch)
     except launch.ConfigError as error:
+        if os.environ.get("BATCHLAB_TRACEBACK"):
+            raise
         sys.exit(f"batchlab: configuration error: {_message(error)}")
     except TrainingInterrupted as stopped:  # SIGTERM / SIGINT: checkpoint saved, resumable
         print(f"batchlab: {_message(stopped)}; relaunch the same command to resume.",

@@ -103,14 +103,20 @@ def test_nan_loss_fails_the_run_and_says_where(tmp_path):
 
 
 @pytest.mark.slow
-def test_main_exits_nonzero_with_the_message(tmp_path):
+@pytest.mark.parametrize("traceback", [False, True])
+def test_main_exits_nonzero_with_the_message(tmp_path, traceback):
+    """A configuration error is one message; with BATCHLAB_TRACEBACK=1 (README) its traceback too."""
+    env = {k: v for k, v in os.environ.items() if k != "BATCHLAB_TRACEBACK"}
+    if traceback:
+        env["BATCHLAB_TRACEBACK"] = "1"
     process = subprocess.run(
         [sys.executable, "main.py", f"--gin_file={DIGITS}", "--gin_bindings=mlp.widht = 3",
          f"--output_dir={tmp_path / 'runs'}"],
-        cwd=REPO, capture_output=True, text=True, timeout=120)
+        cwd=REPO, capture_output=True, text=True, timeout=120, env=env)
     assert process.returncode != 0
     assert "'mlp' has no parameter 'widht'" in process.stderr
     assert "Did you mean: width" not in process.stderr  # no such parameter to suggest
+    assert ("Traceback (most recent call last)" in process.stderr) == traceback
     _assert_no_run(tmp_path)
 
 

@@ -19,7 +19,8 @@ AdaScale), each trained with several seeds. Per run (``run_measures``):
 - **final metric**: the metric at the end of the run's budget.
 
 Per arm, each quantity over its seeds: mean, sample standard deviation, min, max and n
-(``spread``), counting only the seeds that reached the target (how many did is stated). The
+(``spread``); the quantities to the target count only the seeds that reached it (how many did
+is stated), the final metric every finished seed. The
 verdict (``verdict``) compares an arm with the reference arm on each quantity: *matched* when
 the seeds cannot tell them apart (their min-max ranges overlap) or the means differ by at most
 ``tolerance`` of the reference's mean; otherwise *beat* or *lost* by which mean is better. An
@@ -336,8 +337,9 @@ def _arm_label(name, summary):
 
 
 def table(summary):
-    """Markdown lines: one row per arm with each quantity's mean ± sd [min–max] over the seeds
-    that reached the target, how many did, the B range, and the final metric."""
+    """Markdown lines: one row per arm with each quantity to the target as mean ± sd [min–max]
+    over the seeds that reached it, how many did, the B range, and the final metric (over every
+    finished seed)."""
     metric = summary["metric"]
     lines = [f"| arm | B | seeds reached | updates to target | examples to target | "
              f"seconds to target | final {metric} | budget (examples) | run seconds |",
