@@ -105,16 +105,16 @@ def _read_tfrecords(pattern, spec, input_key, label_key, what):
                                 f"{looked}).")
     xs, ys = [], []
     for path in files:
-        count = 0
+        done = 0  # records of this file read and parsed: the failing one is the next
         try:
-            for count, record in enumerate(tf.data.TFRecordDataset(path).as_numpy_iterator(),
-                                           start=1):
+            for record in tf.data.TFRecordDataset(path).as_numpy_iterator():
                 example = tf.io.parse_single_example(record, spec)
                 xs.append(example[input_key].numpy())
                 ys.append(example[label_key].numpy())
+                done += 1
         except (tf.errors.InvalidArgumentError, tf.errors.DataLossError) as error:
             message = getattr(error, "message", str(error)).splitlines()[0]
-            raise ValueError(f"{path}, record {count + 1}: does not match the feature spec "
+            raise ValueError(f"{path}, record {done + 1}: does not match the feature spec "
                              f"({message}).") from None
     if not xs:
         raise ValueError(f"{what}: the files matching {pattern!r} hold no records.")
