@@ -117,6 +117,15 @@ class _Stopped(KeyboardInterrupt):
         self.signum = int(signum)
 
 
+def _resume_hint(run_name, resume, run_dir):
+    """How to continue an interrupted run: the same command finds a named run (or the directory
+    it was given) again; an unnamed one would start afresh in a new timestamped directory."""
+    if run_name or resume or run_dir:
+        return "relaunch the same command to resume"
+    return ("resume it with --resume=RUN_DIR (its run directory, logged at its start and listed "
+            "by --list; relaunching the same command would start a new run)")
+
+
 def _stop(signum, frame):
     raise _Stopped(signum)
 
@@ -158,8 +167,8 @@ def main(argv):
             raise
         sys.exit(f"batchlab: configuration error: {_message(error)}")
     except TrainingInterrupted as stopped:  # SIGTERM / SIGINT: checkpoint saved, resumable
-        print(f"batchlab: {_message(stopped)}; relaunch the same command to resume.",
-              file=sys.stderr)
+        print(f"batchlab: {_message(stopped)}; "
+              f"{_resume_hint(FLAGS.run_name, FLAGS.resume, FLAGS.run_dir)}.", file=sys.stderr)
         sys.exit(128 + int(stopped.reason))
     except KeyboardInterrupt as stopped:  # --jobs: workers stopped, their runs 'interrupted'
         print("batchlab: stopped; relaunch with the same --run_name to run what is left.",

@@ -343,3 +343,14 @@ def test_a_sweep_resumes_by_name(tmp_path):
     with open(os.path.join(group, "sweep.json")) as handle:
         assert json.load(handle)["status"] == {"a": "finished", "b": "finished"}
     assert "1 variant(s) already finished" in again.stdout
+
+
+def test_the_stop_message_says_how_to_resume_named_and_unnamed_runs():
+    """A named run (or one given its directory) resumes by relaunching the same command; an
+    unnamed one would start afresh there, so the message points at --resume instead."""
+    import main  # noqa: PLC0415  (the entry point's flags are defined on import)
+
+    for given in (("mine", None, None), (None, "runs/x/y", None), (None, None, "runs/x/y")):
+        assert main._resume_hint(*given) == "relaunch the same command to resume"
+    unnamed = main._resume_hint(None, None, None)
+    assert "--resume=RUN_DIR" in unnamed and "relaunch the same command to resume" not in unnamed

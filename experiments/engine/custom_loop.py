@@ -32,7 +32,7 @@ Fixed costs (small runs are many short epochs; BUILD.md, "Fast small runs" has t
   tensors) on one replica without stateful layers; elsewhere batch by batch via ``strategy.run``.
 - A batch decided while training (an adaptive batch, ``fit_from``'s ``controller``) ends a call
   on every multiple of its cadence; when B changes there, the rest of the epoch is cut anew and
-  read from a new iterator at that position (about 0.12 to 0.16 s per change on this machine's
+  read from a new iterator at that position (about 0.09 to 0.16 s per change on this machine's
   CPU, the old iterator destroyed on a thread of its own: BUILD.md, issue 21), the same concrete
   function reading it.
 - Each function is traced once; the train chunk is called as a concrete function. The graph
@@ -431,7 +431,7 @@ class _BatchSource:
     def restart(self, epoch, step):
         """Reads from update ``step`` of ``epoch`` on, to the end of training. The old iterator
         is destroyed on a thread of its own: destroying one waits for its prefetching to stop
-        (0.05 to 0.5 s here), which would otherwise stall training at every change of B."""
+        (0.05 to 0.7 s here), which would otherwise stall training at every change of B."""
         old, self.iterator = self.iterator, None
         if old is not None:
             _retire(old)
