@@ -86,3 +86,17 @@ def test_a_relaunch_may_change_only_what_does_not_change_results(tmp_path):
     run_dir.mark_interrupted(path, "SIGTERM", 5)
     with pytest.raises(run_dir.RunExistsError, match=r"\+train.batch_size = 64"):
         run_dir.open_named(str(tmp_path), "exp", "run", config.replace("32", "64"))
+
+
+@pytest.mark.parametrize("every_n_updates, synchronized, warned", [
+    (None, True, True), (5, True, False), (None, False, False)])
+def test_a_multi_worker_run_without_an_update_cadence_is_warned(tmp_path, caplog, every_n_updates,
+                                                                 synchronized, warned):
+    """Under MultiWorkerMirroredStrategy saves follow the update count only: without
+    checkpoints.every_n_updates nothing is saved before the end, and the chief says so."""
+    state = RunState(str(tmp_path), checkpoint_settings(every_n_updates=every_n_updates),
+                     synchronized=synchronized)
+    with caplog.at_level("WARNING"):
+        state.callbacks(model=None, stop_requested=lambda: None)
+    said = any("checkpoints.every_n_updates" in r.getMessage() for r in caplog.records)
+    assert said == warned

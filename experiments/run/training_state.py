@@ -126,6 +126,12 @@ class RunState:
     def callbacks(self, model, stop_requested):
         """The checkpoint and heartbeat callbacks of this run."""
         self.model = model
+        if self.synchronized and self.writes and self.settings.every_n_updates is None:
+            logging.warning(
+                "No checkpoint will be saved before this multi-worker run ends: its saves are "
+                "decided by the update count alone (checkpoints.every_n_minutes is ignored here), "
+                "and checkpoints.every_n_updates is not set; a killed job would restart from "
+                "update 0. Set checkpoints.every_n_updates = N to make it resumable.")
         minutes = None if self.synchronized else self.settings.every_n_minutes
         stop = None if self.synchronized else stop_requested
         return [PeriodicCheckpoint(self.save, self.settings.every_n_updates, minutes, stop),
