@@ -26,8 +26,10 @@ def _open(args):
 
 
 def test_two_launches_of_one_new_name_exactly_one_wins(tmp_path):
-    """2 processes x 100 trials, released together on a fresh name each time."""
-    context = multiprocessing.get_context("fork")
+    """2 processes x 100 trials, released together on a fresh name each time. (Fresh
+    interpreters: a child forked from this process, whose TensorFlow and pytest-xdist threads
+    may hold a lock at the fork, can wait on it for ever.)"""
+    context = multiprocessing.get_context("spawn")
     manager = context.Manager()
     with context.Pool(2) as pool:
         for trial in range(100):

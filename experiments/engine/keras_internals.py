@@ -58,7 +58,10 @@ Touches, and why no public API does the job:
 - ``tensorflow.python.framework.config.is_op_determinism_enabled``
   (``op_determinism_enabled``): whether ``tf.config.experimental.enable_op_determinism`` was
   called in this process, where a graph may not read the clock (``tf.timestamp`` fails);
-  TensorFlow exports the setter but not the getter.
+  TensorFlow exports the setter but not the getter. ``disable_op_determinism``
+  (``set_op_determinism``): the switch back, unexported too, so that a run without
+  ``deterministic_ops`` after one with it (a sweep, a study, a test session in one process)
+  runs as it would in a fresh process.
 - ``gin.config._REGISTRY`` (``gin_selectors``, gin-config 0.5.0): every registered configurable's
   selector, to suggest the nearest name for a misspelt one; gin lists them nowhere publicly.
 """
@@ -234,3 +237,12 @@ def learning_rate_object(optimizer):
 def op_determinism_enabled():
     """Whether op determinism is on in this process (no clock inside a graph then)."""
     return bool(_tf_config.is_op_determinism_enabled())
+
+
+def set_op_determinism(enabled):
+    """Turns op determinism on or off in this process, so that a run's ``deterministic_ops``
+    holds for that run and not for the runs this process trains after it."""
+    if enabled:
+        _tf_config.enable_op_determinism()
+    else:
+        _tf_config.disable_op_determinism()

@@ -1,14 +1,16 @@
-"""One seed for Python, NumPy, TensorFlow and Keras, and optional op determinism."""
+"""One seed for Python, NumPy, TensorFlow and Keras, and the run's op determinism."""
 
 import keras
-import tensorflow as tf
+
+from experiments.engine import keras_internals
 
 
 def seed_everything(seed, deterministic_ops=False):
     """Seeds every generator the run uses; with ``deterministic_ops`` TF picks deterministic kernels.
 
-    Op determinism can only be switched on (TensorFlow offers no way back within a process).
+    Op determinism is set both ways: a run without it that follows one with it in the same process
+    (a sweep's variants, a study's runs) computes as it would in a fresh process, with the
+    validation curve's seconds, which a deterministic graph may not read.
     """
     keras.utils.set_random_seed(int(seed))
-    if deterministic_ops:
-        tf.config.experimental.enable_op_determinism()
+    keras_internals.set_op_determinism(bool(deterministic_ops))
