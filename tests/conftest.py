@@ -1,7 +1,6 @@
 """Shared test set-up: quiet TensorFlow, a clean gin config, float32 policy and op determinism off
-around each test; under pytest-xdist, the long modules first."""
+around each test."""
 
-import collections
 import os
 import sys
 
@@ -26,22 +25,6 @@ def clean_state():
     from experiments.engine import keras_internals
     if keras_internals.op_determinism_enabled():
         keras_internals.set_op_determinism(False)
-
-
-def pytest_collection_modifyitems(config, items):
-    """Under pytest-xdist (the README's ``-n auto``), modules with the most tests marked slow come
-    first, each kept whole and in its own order. Workers take whole modules (``--dist loadscope``)
-    in this order, so the long ones (fault injection, whole runs) start early and the last modules
-    handed out are quick ones: both workers finish close together. xdist's own order, by number of
-    tests, put the modules of few long tests (every boundary's kill, the closed forms) last."""
-    if not os.environ.get("PYTEST_XDIST_WORKER"):
-        return  # one process: the files' order
-    module = lambda item: item.nodeid.split("::")[0]
-    slow = collections.Counter(module(item) for item in items if item.get_closest_marker("slow"))
-    first = {}
-    for index, item in enumerate(items):
-        first.setdefault(module(item), index)
-    items.sort(key=lambda item: (-slow[module(item)], first[module(item)]))
 
 
 # TensorFlow can make the interpreter's final clean-up wait for minutes after a session that
