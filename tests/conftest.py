@@ -10,6 +10,8 @@ import gin  # noqa: E402
 import keras  # noqa: E402
 import pytest  # noqa: E402
 
+from experiments.engine import keras_internals  # noqa: E402
+
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -22,9 +24,7 @@ def clean_state():
     keras.config.set_dtype_policy("float32")
     # A test that turned op determinism on (a run with train.deterministic_ops, a direct call)
     # leaves the next test in this process as it would find a fresh one.
-    from experiments.engine import keras_internals
-    if keras_internals.op_determinism_enabled():
-        keras_internals.set_op_determinism(False)
+    keras_internals.set_op_determinism(False)
 
 
 # TensorFlow can make the interpreter's final clean-up wait for minutes after a session that
