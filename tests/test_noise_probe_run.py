@@ -8,6 +8,7 @@ import os
 import pytest
 
 from experiments import launch
+from experiments.run import noise_probe_run
 from tests.helpers import event_values, read_json
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -22,9 +23,11 @@ def _only_run(output):
 
 @pytest.fixture(scope="module")
 def probed_run(tmp_path_factory):
-    """Digits MLP, 1 epoch, b = 8 (k = 4), with the probe every 20 updates and at the end."""
+    """Digits MLP trained by Adam, 1 epoch, b = 8 (k = 4), with the probe every 20 updates and
+    at the end."""
     output = tmp_path_factory.mktemp("probe") / "runs"
     launch.launch([DIGITS], [
+        "train.optimizer = @keras.optimizers.Adam", "keras.optimizers.Adam.learning_rate = 1e-3",
         "train.epochs = 1", "train.verbose = 0", "train.batch_size = 32",
         "train.micro_batch_size = 8",
         "measurements.enabled = [@measurements.noise_scale_probe]",
@@ -50,13 +53,14 @@ def test_a_run_probes_at_its_updates_and_at_the_end(probed_run):
     assert [step for step, _ in logged] == [20, 40, updates]
 
 
-def test_the_command_line_probe_writes_a_new_file_each_time(probed_run, tmp_path):
+def test_the_command_line_probe_writes_a_new_file_each_time(probed_run, tmp_path, recwarn):
     config = os.path.join(probed_run, "config.gin")
     bindings = [f"probe_noise_scale.run_dir = '{probed_run}'", "probe_noise_scale.num_draws = 12",
                 "probe_noise_scale.sizes = [8, 64]"]
+    printed = []
     for _ in range(2):
         launch.launch([config, PROBE], bindings, output_dir=str(tmp_path),
-                      print_fn=lambda *_: None)
+                      print_fn=lambda *args: printed.append(" ".join(map(str, args))))
     written = sorted(os.listdir(os.path.join(probed_run, "noise_probes")))
     assert written == ["final-1.json", "final.json"]
     with open(os.path.join(probed_run, "noise_probes", "final.json")) as handle:
@@ -64,6 +68,27 @@ def test_the_command_line_probe_writes_a_new_file_each_time(probed_run, tmp_path
     assert first["sizes"] == [8, 64] and first["num_draws"] == 12
     assert first["noise_probe/b_simple_low"] <= first["noise_probe/b_simple_high"]
     assert "noise_probe/linearity_p" not in first  # two sizes: nothing to test linearity on
+    # The final weights file brings the optimizer's state: no Keras warning about skipped
+    # optimizer variables, the update it was saved at, and (Adam) the preconditioned value.
+    assert first["update"] == read_json(os.path.join(probed_run, "result.json"))["updates"]
+    assert first["noise_probe/b_preconditioned_low"] <= first["noise_probe/b_preconditioned"] \
+        <= first["noise_probe/b_preconditioned_high"]
+    assert not [w for w in recwarn if "Skipping variable loading" in str(w.message)]
+    # What is printed is the value and its interval, not an empty table of runs.
+    assert not any(line.lstrip().startswith("run") for line in printed), printed
+
+
+def test_the_probe_line_gives_four_figures_and_says_when_b_simple_is_undefined():
+    values = {"noise_probe/b_simple": 42.247833211810665, "noise_probe/b_simple_low": 28.2512,
+              "noise_probe/b_simple_high": 63.2631}
+    assert noise_probe_run.describe(values, 0.95) == \
+        "B_simple = 42.25  95% interval [28.25, 63.26]"
+    values.update({"noise_probe/b_preconditioned": 7.5, "noise_probe/b_preconditioned_low": 5.0,
+                   "noise_probe/b_preconditioned_high": 11.25})
+    assert noise_probe_run.describe(values, 0.9).endswith(
+        "90% interval [28.25, 63.26]; preconditioned 7.5 [5, 11.25]")
+    undefined = {"noise_probe/b_simple_low": 3.0, "noise_probe/b_simple_high": float("inf")}
+    assert noise_probe_run.describe(undefined, 0.95).startswith("B_simple undefined")
 
 
 def test_the_command_line_probe_needs_a_run_directory(tmp_path):

@@ -31,6 +31,13 @@ def _format(value):
     return str(value)
 
 
+def has_metrics(results, columns=DEFAULT_COLUMNS):
+    """Whether any result has a value for a column besides its name: a probe or a finder
+    reports in its own words and has no row worth a table."""
+    return any(_lookup(r, key) is not None for r in results for _, key in columns
+               if key != "run")
+
+
 def format_table(results, columns=DEFAULT_COLUMNS):
     """A fixed-width text table, one row per result dict (``run`` is the variant name).
 

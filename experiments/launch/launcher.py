@@ -82,7 +82,8 @@ def launch(gin_files=(), gin_bindings=(), output_dir="runs", print_fn=print, job
         result = runner.train(output_dir=output_dir, experiment=experiment, run_name=run_name,
                               config_text=gin.config_str(), resumable=bool(run_name))
         result["run"] = experiment
-        print_fn(tables.format_table([result]))
+        if tables.has_metrics([result]):
+            print_fn(tables.format_table([result]))
         return [result]
     try:
         return _launch_sweep(files, gin_bindings, output_dir, experiment, variants, columns,

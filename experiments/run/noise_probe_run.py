@@ -9,9 +9,10 @@ bootstrap interval, the linearity check):
         --gin_bindings="probe_noise_scale.run_dir = 'RUN'"
 
 It trains nothing and changes nothing in RUN except one new file, ``RUN/noise_probes/<name>.json``
-(never an existing one). The final weights file holds no optimizer state, so the preconditioned
-value is probed only from a training checkpoint (``probe_noise_scale.checkpoint = 'latest'``
-with ``checkpoints/state-*.npz`` present); with the final weights it is left out.
+(never an existing one). Both the final weights file (Keras' ``save_weights`` keeps the
+optimizer's variables) and a training checkpoint (``probe_noise_scale.checkpoint = 'latest'``)
+restore the optimizer's state with the weights, so an Adam or RMSprop run's preconditioned value
+is probed from either.
 """
 
 import dataclasses
@@ -69,8 +70,8 @@ def default_sizes(layout):
 
 
 def _load(model, plan, probe_settings):
-    """Loads the chosen weights (and, from a training checkpoint, the optimizer's state);
-    returns a description of what was loaded."""
+    """Loads the chosen weights and the optimizer's state with them; returns (the file loaded,
+    the update it was saved at)."""
     directory = os.path.join(probe_settings.run_dir, "checkpoints")
     if probe_settings.checkpoint == "final":
         path = os.path.join(directory, "final.weights.h5")
@@ -78,8 +79,10 @@ def _load(model, plan, probe_settings):
             raise FileNotFoundError(
                 f"{path} does not exist (the run has not finished); use "
                 "probe_noise_scale.checkpoint = 'latest' for its newest training checkpoint.")
+        # Built first, the optimizer's variables (momenta, Adam's moments) are restored too.
+        keras_internals.symbolic_build(model, plan.pipelines.train.element_spec)
         model.load_weights(path)
-        return path, None
+        return path, int(model.optimizer.iterations.numpy())
     store = checkpoints_lib.CheckpointStore(directory)
     latest = store.latest_meta()
     if latest is None:
@@ -88,6 +91,22 @@ def _load(model, plan, probe_settings):
     keras_internals.symbolic_build(model, plan.pipelines.train.element_spec)
     checkpoints_lib.Resume(store, path, model).restore_training_state()
     return path, position.update
+
+
+def describe(values, level):
+    """One line: B_simple to four significant figures with its interval, or why it is
+    undefined (the |G|^2 estimate at or below zero: the noise swamps the mean gradient)."""
+    low, high = values["noise_probe/b_simple_low"], values["noise_probe/b_simple_high"]
+    interval = f"{round(100 * level)}% interval [{low:.4g}, {high:.4g}]"
+    b_simple = values.get("noise_probe/b_simple")
+    if b_simple is None:
+        return f"B_simple undefined (|G|^2 estimated <= 0)  {interval}"
+    line = f"B_simple = {b_simple:.4g}  {interval}"
+    if "noise_probe/b_preconditioned" in values:
+        line += (f"; preconditioned {values['noise_probe/b_preconditioned']:.4g} "
+                 f"[{values['noise_probe/b_preconditioned_low']:.4g}, "
+                 f"{values['noise_probe/b_preconditioned_high']:.4g}]")
+    return line
 
 
 def _output_path(run_dir, name):
@@ -115,20 +134,16 @@ def run(settings_, run_mode):
                          "source has none (stream data).")
     sizes = probe_settings.sizes or default_sizes(plan.layout)
     values = probe(model, data, sizes, probe_settings.num_draws, seed=probe_settings.seed,
-                   level=probe_settings.level,
-                   preconditioner="optimizer" if update is not None else None)
+                   level=probe_settings.level)
     result = {"run_dir": probe_settings.run_dir, "weights": loaded, "update": update,
               "sizes": list(sizes), "num_draws": probe_settings.num_draws,
               "level": probe_settings.level, **values}
-    path = _output_path(probe_settings.run_dir,
-                        "final" if update is None else f"update-{update}")
+    path = _output_path(probe_settings.run_dir, "final" if probe_settings.checkpoint == "final"
+                        else f"update-{update}")
     with open(path, "w") as handle:
         json.dump(result, handle, indent=2)
-    low, high = values["noise_probe/b_simple_low"], values["noise_probe/b_simple_high"]
-    logging.info("Noise-scale probe of %s: B_simple = %s, %d%% interval [%.4g, %.4g] (%d draws at "
-                 "B = %s); written to %s", loaded, values.get("noise_probe/b_simple"),
-                 round(100 * probe_settings.level), low, high, probe_settings.num_draws,
-                 list(sizes), path)
-    print(f"B_simple = {values.get('noise_probe/b_simple')}  "
-          f"{round(100 * probe_settings.level)}% interval [{low:.4g}, {high:.4g}]  -> {path}")
+    line = describe(values, probe_settings.level)
+    logging.info("Noise-scale probe of %s (update %d): %s (%d draws at B = %s); written to %s",
+                 loaded, update, line, probe_settings.num_draws, list(sizes), path)
+    print(f"{line}  -> {path}")
     return result
