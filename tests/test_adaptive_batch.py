@@ -5,6 +5,7 @@ bindings refused before a run directory exists.
 """
 
 import os
+import re
 import signal
 
 import keras
@@ -198,11 +199,13 @@ ADAPTIVE = ["train.verbose = 0", "train.epochs = 2", "train.batch_size = 32",
             "measurements.gradient_noise_scale.horizon_examples = 512"]
 
 
-def test_a_run_records_its_decisions_with_reasons_and_logs_b(tmp_path):
-    """Also: the adaptive batch's horizon holds without the noise-scale measurement."""
+def test_a_run_records_its_decisions_with_reasons_and_logs_b(tmp_path, capsys):
+    """Also: the adaptive batch's horizon holds without the noise-scale measurement, and each
+    epoch's progress line counts to the updates the epoch ran (its batch changed within it)."""
     launch.launch(["gin/experiments/digits_mlp.gin"], ADAPTIVE + [
-        "measurements.enabled = []", "adaptive_batch_size.horizon_examples = 256"],
-        output_dir=str(tmp_path), print_fn=lambda *_: None)
+        "measurements.enabled = []", "adaptive_batch_size.horizon_examples = 256",
+        "train.verbose = 2"], output_dir=str(tmp_path), print_fn=lambda *_: None)
+    counts = re.findall(r"^(\d+)/(\d+) - ", capsys.readouterr().out, flags=re.MULTILINE)
     (path,) = run_dirs(str(tmp_path))
     result = read_json(os.path.join(path, "result.json"))
     stages = result["batch_size_stages"]
@@ -221,6 +224,8 @@ def test_a_run_records_its_decisions_with_reasons_and_logs_b(tmp_path):
     assert sorted(b_simple) == [d[0] for d in decisions if d[1] is not None and d[1] > 0]
     rows = result["num_train_examples"]
     assert result["updates"] == sum(len(s) for s in _epochs_of(stages, rows, 2))
+    assert len(counts) == 2 and all(done == total for done, total in counts), counts
+    assert sum(int(done) for done, _ in counts) == result["updates"]
 
 
 def test_adaptive_batch_and_adascale_run_together(tmp_path):
