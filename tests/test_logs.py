@@ -8,6 +8,7 @@ import subprocess
 import sys
 import types
 
+from experiments.analysis import tables
 from experiments.launch import listing, outcomes
 from experiments.run.settings import progress_verbosity
 
@@ -65,6 +66,9 @@ def test_list_shows_status_metrics_errors_and_groups(tmp_path):
          {"final_validation": {"accuracy": 0.9, "loss": 0.3}, "batch_size": 64, "updates": 12})
     _run(str(study / "b128_s0"), {"status": "failed", "error": "Traceback\nNonFiniteLossError: "
                                                                  "loss became nan"})
+    _run(str(tmp_path / "x" / "adaptive"), {"status": "finished"},
+         {"final_validation": {"loss": 0.25}, "batch_size": 16, "final_batch_size": 48,
+          "updates": 99})
     _run(str(tmp_path / "x" / "killed"), {"status": "running", "pid": 2 ** 22 + 7,
                                           "host": os.uname().nodename, "heartbeat": 0})
     with open(study / "study.json", "w") as handle:
@@ -72,6 +76,7 @@ def test_list_shows_status_metrics_errors_and_groups(tmp_path):
     text = listing.format_listing(str(tmp_path))
     assert f"study  2 runs: 1 failed, 1 finished  {study}" in text
     assert "val_accuracy=0.9 val_loss=0.3 B=64 updates=12" in text
+    assert "val_loss=0.25 B=16->48 updates=99" in text  # a batch that grew says so
     assert "NonFiniteLossError: loss became nan" in text
     assert "interrupted" in text and "killed" in text
 
@@ -86,3 +91,15 @@ def test_a_progress_line_names_each_running_run_and_its_update(tmp_path):
     assert line.startswith("[progress] done 0/3; running 1: b32_s0 (update 140, ")
     ticker.finished(job)
     assert ticker.line() == "[progress] done 1/3; running 0: none"
+
+
+def test_the_run_table_shows_a_changed_batch_and_leaves_out_empty_columns():
+    rows = [{"run": "fixed", "batch_size": 64, "final_batch_size": 64,
+             "final_validation": {"loss": 0.5}},
+            {"run": "grown", "batch_size": 16, "final_batch_size": 48,
+             "final_validation": {"loss": 0.25}}]
+    lines = tables.format_table(rows).splitlines()
+    assert lines[0].split() == ["run", "batch", "val", "loss"]
+    assert lines[2].split() == ["fixed", "64", "0.5000"]
+    assert lines[3].split() == ["grown", "16->48", "0.2500"]
+    assert tables.has_metrics(rows) and not tables.has_metrics([{"run": "probe"}])

@@ -1,9 +1,18 @@
 """Tables of finished runs: what batch size did to loss, accuracy, the gap, time and updates."""
 
+
+def batch_label(result):
+    """The run's batch size; ``16->48`` when a schedule or the adaptive batch changed it."""
+    first, final = result.get("batch_size"), result.get("final_batch_size")
+    if first is None or final is None or final == first:
+        return first
+    return f"{first}->{final}"
+
+
 DEFAULT_COLUMNS = (
     ("run", "run"),
     ("epochs", "epochs"),
-    ("batch", "batch_size"),
+    ("batch", batch_label),
     ("train loss", "final_epoch.loss"),
     ("val loss", "final_validation.loss"),
     ("val acc", "final_validation.accuracy"),
@@ -15,6 +24,8 @@ DEFAULT_COLUMNS = (
 
 
 def _lookup(result, dotted):
+    if callable(dotted):
+        return dotted(result)
     value = result
     for part in dotted.split("."):
         if not isinstance(value, dict) or part not in value:

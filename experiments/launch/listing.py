@@ -10,6 +10,7 @@ module imports no TensorFlow, so the listing takes a fraction of a second.
 import os
 import time
 
+from experiments.analysis import tables
 from experiments.common.json_files import read_json
 from experiments.run import run_dir as run_dir_lib
 
@@ -45,7 +46,7 @@ def run_line(path, now=None):
         final = dict(result.get("final_epoch") or {})
         final.update({f"val_{k}": v for k, v in (result.get("final_validation") or {}).items()})
         shown = [f"{k}={final[k]:.4g}" for k in _METRICS if isinstance(final.get(k), float)][:2]
-        shown += [f"B={result['batch_size']}" for _ in [0] if "batch_size" in result]
+        shown += [f"B={tables.batch_label(result)}" for _ in [0] if "batch_size" in result]
         shown += [f"updates={result['updates']}" for _ in [0] if "updates" in result]
         if isinstance(result.get("wall_time_s"), (int, float)):
             shown.append(f"{result['wall_time_s']:.0f}s")
