@@ -19,14 +19,15 @@ QUIET = ["train.verbose = 0", "lr_range_test.num_updates = 60",
          "lr_range_test.max_learning_rate = 100.0"]
 
 
-def _launch(output, bindings=()):
+def _launch(output, bindings=(), print_fn=lambda *_: None):
     return launch.launch(FILES, QUIET + list(bindings), output_dir=str(output),
-                         print_fn=lambda *_: None)
+                         print_fn=print_fn)
 
 
 def test_a_range_test_run_suggests_a_learning_rate_inside_the_ramp(tmp_path, monkeypatch):
     plans = _record_plans(monkeypatch)
-    (result,) = _launch(tmp_path)
+    printed = []
+    (result,) = _launch(tmp_path, print_fn=printed.append)
     (plan,) = plans  # built once, with the epochs the ramp needs (digits_mlp.gin binds 10)
     assert isinstance(plan.mode, modes.RangeTestMode)
     assert plan.settings.epochs == range_test.epochs_for(
@@ -44,6 +45,11 @@ def test_a_range_test_run_suggests_a_learning_rate_inside_the_ramp(tmp_path, mon
     assert {"lr_range/loss", "lr_range/learning_rate"} <= event_tags(
         os.path.join(result["run_dir"], "tensorboard"))
     assert read_json(os.path.join(result["run_dir"], "status.json"))["status"] == "finished"
+    # The console gives the answer, not only result.json.
+    (said,) = [line for line in printed if "Suggested learning rate" in line]
+    assert f"Suggested learning rate at B = 32: {test['suggested_learning_rate']:.3g}." in said
+    assert test["explanation"] in said and "stopped: the loss diverged" in said
+    assert test["plot"] in said
 
 
 @pytest.mark.parametrize("binding, message", [

@@ -189,6 +189,26 @@ def scaling_fit(results, key="suggested_learning_rate", level=0.9):
                       resolution=math.log(step) / math.log(sizes[-1] / sizes[0]))
 
 
+def suggestion_sentence(result):
+    """One range test's answer for the console (``result.json``'s ``lr_range_test``): the
+    suggested rate at its batch size and why, or why there is none; None for any other run."""
+    test = result.get("lr_range_test")
+    if not test:
+        return None
+    rate = test.get("suggested_learning_rate")
+    head = (f"Suggested learning rate at B = {result.get('batch_size')}: {rate:.3g}." if rate
+            else "No learning rate suggested.")
+    stop = _STOP_REASONS.get(test.get("stopped_because"), test.get("stopped_because"))
+    where = f"; plot: {test['plot']}" if test.get("plot") else ""
+    return (f"{head} {test.get('explanation', '')} (The ramp ran {test.get('updates')} updates "
+            f"and stopped: {stop}{where}.)")
+
+
+_STOP_REASONS = {"diverged": "the loss diverged", "non_finite_loss": "the loss became non-finite",
+                 "num_updates": "it reached its largest learning rate",
+                 "data_exhausted": "the epochs ran out before the ramp's end"}
+
+
 def scaling_sentence(results):
     """For range tests run at several batch sizes (a sweep or study of ``train.mode =
     'lr_range_test'`` runs): the fitted exponent p of suggested LR ∝ B^p, as a sentence, or None

@@ -84,6 +84,9 @@ def launch(gin_files=(), gin_bindings=(), output_dir="runs", print_fn=print, job
         result["run"] = experiment
         if tables.has_metrics([result]):
             print_fn(tables.format_table([result]))
+        suggestion = lr_range.suggestion_sentence(result)
+        if suggestion:
+            print_fn("\n" + suggestion)
         return [result]
     try:
         return _launch_sweep(files, gin_bindings, output_dir, experiment, variants, columns,
