@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from experiments.engine import accumulation, loss_terms, noise_scale
+from experiments.engine import accumulation, keras_internals, loss_terms, noise_scale
 
 
 def _model(l2=0.0):
@@ -141,3 +141,31 @@ def test_noise_state_is_fed_only_on_sampled_updates_with_two_pieces():
     single = noise_scale.read_state(step(state, 6, 9.0, defined=False).numpy())
     assert single["averages"]["trace_sigma"] == pytest.approx(expected)
     assert single["sampled"] == 3 and single["count"] == 2 and single["raw_update"] == 6
+
+
+@pytest.mark.parametrize("make", [
+    lambda: keras.optimizers.Adam(0.1, beta_1=0.0),
+    lambda: keras.optimizers.Adam(0.1, beta_1=0.0, amsgrad=True),
+    lambda: keras.optimizers.AdamW(0.1, beta_1=0.0, weight_decay=0.0),
+    lambda: keras.optimizers.Nadam(0.1, beta_1=0.0),
+    lambda: keras.optimizers.RMSprop(0.1),
+    lambda: keras.optimizers.RMSprop(0.1, centered=True),
+], ids=["adam", "amsgrad", "adamw", "nadam", "rmsprop", "centred_rmsprop"])
+def test_the_preconditioner_is_what_keras_divides_the_step_by(make):
+    """Without momentum each optimizer's step is -lr P g, with P from its moments after the step:
+    P is compared with Keras' own update, epsilon where Keras puts it (inside the root for
+    RMSprop, outside the uncorrected root for Adam), on moments from 1e-2 down to 1e-12, where
+    the placement decides P (RMSprop's P was 287 times Keras' at v = 1e-12)."""
+    optimizer = make()
+    weights = keras.Variable(np.zeros(4, np.float32))
+    optimizer.build([weights])
+    moments = keras_internals.second_moments(optimizer, [weights])
+    for v in moments.velocities:
+        v.assign(np.array([1e-2, 1e-4, 1e-9, 1e-12], np.float32))
+    if moments.averages is not None:
+        moments.averages[0].assign(np.array([1e-2, 1e-3, 1e-6, 1e-7], np.float32) * 0.5)
+    optimizer.iterations.assign(3)
+    gradient = np.array([1e-3, 1e-4, 1e-6, 1e-7], np.float32)
+    optimizer.apply([tf.constant(gradient)], [weights])
+    (p,) = noise_scale.diagonal_preconditioner(optimizer, [weights])()
+    np.testing.assert_allclose(weights.numpy(), -0.1 * p.numpy() * gradient, rtol=1e-4)

@@ -215,29 +215,37 @@ MIRRORED_SCRIPT = textwrap.dedent("""
     import json, sys
     import numpy as np
     import tensorflow as tf
+    num_replicas, cases = json.loads(sys.argv[1])  # [replicas, [[batch, micro or None], ...]]
     cpu = tf.config.list_physical_devices("CPU")[0]
-    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+    tf.config.set_logical_device_configuration(
+        cpu, [tf.config.LogicalDeviceConfiguration()] * num_replicas)
     import keras
     sys.path.insert(0, {repo!r})
     from callbacks.gradient_noise_scale import GradientNoiseScale
     from experiments.engine import custom_loop, virtual_batch_model
-    d, s, updates, batch = 4, 1.0, 1500, 16
-    rng = np.random.default_rng(0)
+    d, s, updates = 4, 1.0, 1500
     w_star = np.array([1.0, -1.0, 0.5, 2.0]); delta = np.full(d, 0.5)
-    x = rng.normal(size=(updates * batch, d)).astype(np.float32)
-    y = (x @ w_star + s * rng.normal(size=len(x))).astype(np.float32)[:, None]
-    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
-    with strategy.scope():
-        inner = keras.Sequential([keras.Input((d,)), keras.layers.Dense(1, use_bias=False)])
-        inner.layers[-1].kernel.assign((w_star + delta)[:, None].astype(np.float32))
-        model = virtual_batch_model.as_virtual_batch_model(inner, track_gradient_noise=True)
-        model.compile(optimizer=keras.optimizers.SGD(0.0), loss="mse")
-    noise = GradientNoiseScale(every_n_updates=updates, horizon_examples=1e15,
-                               sample_every_n_updates=1)
-    data = lambda epoch, step, epochs: tf.data.Dataset.from_tensor_slices((x, y)).batch(batch)
-    custom_loop.CustomLoop(model, steps_per_execution=100).fit_from(
-        data, lambda epoch: updates, 1, verbose=0, measurements=[noise])
-    print(json.dumps(noise.result()))
+
+    strategy = tf.distribute.MirroredStrategy([f"/cpu:{{i}}" for i in range(num_replicas)])
+
+    def measure(batch, micro):
+        rng = np.random.default_rng(0)
+        x = rng.normal(size=(updates * batch, d)).astype(np.float32)
+        y = (x @ w_star + s * rng.normal(size=len(x))).astype(np.float32)[:, None]
+        with strategy.scope():
+            inner = keras.Sequential([keras.Input((d,)), keras.layers.Dense(1, use_bias=False)])
+            inner.layers[-1].kernel.assign((w_star + delta)[:, None].astype(np.float32))
+            model = virtual_batch_model.as_virtual_batch_model(
+                inner, micro_batch_size=micro, track_gradient_noise=True)
+            model.compile(optimizer=keras.optimizers.SGD(0.0), loss="mse")
+        noise = GradientNoiseScale(every_n_updates=updates, horizon_examples=1e15,
+                                   sample_every_n_updates=1)
+        data = lambda epoch, step, epochs: tf.data.Dataset.from_tensor_slices((x, y)).batch(batch)
+        custom_loop.CustomLoop(model, steps_per_execution=100).fit_from(
+            data, lambda epoch: updates, 1, verbose=0, measurements=[noise])
+        return noise.result()
+
+    print(json.dumps([measure(batch, micro) for batch, micro in cases]))
 """)
 
 
@@ -245,13 +253,26 @@ MIRRORED_SCRIPT = textwrap.dedent("""
 def test_mirrored_strategy_replicas_are_pieces_at_k1(tmp_path):
     """MirroredStrategy over two logical CPUs, k = 1 (B = 16, 8 rows per replica): each replica's
     gradient is a piece, so B_simple exists and is within 10% of the closed form (it used to be
-    declared undefined)."""
+    declared undefined). A replica handed no rows is no piece: a batch of 9 over four replicas
+    (3, 3, 3, 0 rows) has 3 pieces at k = 1 (B_simple was 4.5 for the truth 9, counting 4) and
+    6 with micro-batches of 2 (it was 14.6, counting 5)."""
     script = tmp_path / "mirrored.py"
     script.write_text(MIRRORED_SCRIPT.format(repo=REPO))
-    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
-                          timeout=300, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
-    assert done.returncode == 0, done.stderr[-3000:]
-    result = json.loads(done.stdout.strip().splitlines()[-1])
+
+    def measured(num_replicas, cases):  # one process per strategy (collectives' groups)
+        done = subprocess.run([sys.executable, str(script), json.dumps([num_replicas, cases])],
+                              capture_output=True, text=True, timeout=300,
+                              env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+        assert done.returncode == 0, done.stderr[-3000:]
+        return json.loads(done.stdout.strip().splitlines()[-1])
+
+    (two,) = measured(2, [[16, None]])  # 8 rows per replica
+    # A batch of 9 over four replicas: 3, 3, 3 and 0 rows; k = 1, and micro-batches of 2.
+    empty_replica, empty_replica_micro = measured(4, [[9, None], [9, 2]])
     _, _, expected = truth(np.ones(4), np.full(4, 0.5), 1.0)
-    assert result["noise_scale/raw"][0][4] == 2  # two pieces: the replicas
-    np.testing.assert_allclose(result["noise_scale/b_simple"], expected, rtol=0.10)
+    assert two["noise_scale/raw"][0][4] == 2  # two pieces: the replicas
+    np.testing.assert_allclose(two["noise_scale/b_simple"], expected, rtol=0.10)
+    assert empty_replica["noise_scale/raw"][0][4] == 3
+    np.testing.assert_allclose(empty_replica["noise_scale/b_simple"], expected, rtol=0.10)
+    assert empty_replica_micro["noise_scale/raw"][0][4] == 6
+    np.testing.assert_allclose(empty_replica_micro["noise_scale/b_simple"], expected, rtol=0.10)

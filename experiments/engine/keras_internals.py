@@ -48,8 +48,9 @@ Touches, and why no public API does the job:
   afresh for each run, so a checkpoint's variable names do not depend on the runs built before it
   in the process; the public ``keras.backend.clear_session`` also clears TensorFlow's kernel
   cache, which makes earlier runs' data iterators wait minutes when they are destroyed.
-- ``Optimizer._velocities``, ``_average_gradients``, ``_get_variable_index``
-  (``second_moments``): the running second moments of Adam, AdamW, Nadam and RMSprop, for the
+- ``Optimizer._velocities``, ``_velocity_hats``, ``_average_gradients``, ``_get_variable_index``
+  (``second_moments``): the running second moments of Adam, AdamW, Nadam and RMSprop (AMSGrad's
+  running maxima, centred RMSprop's mean gradients), for the
   preconditioned gradient noise scale (the optimizer's diagonal preconditioner); Keras keeps
   them under no public name.
 - ``Optimizer._learning_rate`` (``learning_rate_object``): what the optimizer was given as its
@@ -65,6 +66,9 @@ Touches, and why no public API does the job:
 - ``gin.config._REGISTRY`` (``gin_selectors``, gin-config 0.5.0): every registered configurable's
   selector, to suggest the nearest name for a misspelt one; gin lists them nowhere publicly.
 """
+
+import dataclasses
+from typing import Optional
 
 import gin
 import keras
@@ -200,9 +204,12 @@ class EpochScalarsTensorBoard(keras.callbacks.TensorBoard):
         self._pop_writer()
 
 
-# Optimizers whose update divides by sqrt(second moment) + epsilon, and whether the moment is
-# bias-corrected by 1 - beta_2^t (Adam's family) or not (RMSprop).
-_SECOND_MOMENT_OPTIMIZERS = {"Adam": True, "AdamW": True, "Nadam": True, "RMSprop": False}
+# Optimizers whose update divides by a function of the second moment, and which one (Keras 3):
+# Adam, AdamW: alpha_t m / (sqrt(v) + eps) with alpha_t = lr sqrt(1 - beta_2^t) / (1 - beta_1^t)
+# (v the running maximum with amsgrad); Nadam: m_hat / (sqrt(v / (1 - beta_2^t)) + eps);
+# RMSprop: g / sqrt(v + eps), centred g / sqrt(v - mean(g)^2 + eps).
+_SECOND_MOMENT_OPTIMIZERS = {"Adam": "adam", "AdamW": "adam", "Nadam": "nadam",
+                             "RMSprop": "rmsprop"}
 
 
 def has_second_moments(optimizer):
@@ -210,23 +217,37 @@ def has_second_moments(optimizer):
     return type(optimizer).__name__ in _SECOND_MOMENT_OPTIMIZERS
 
 
+@dataclasses.dataclass(frozen=True)
+class SecondMoments:
+    """What an adaptive optimizer divides its step by: ``form`` ('adam', 'nadam' or 'rmsprop',
+    see ``_SECOND_MOMENT_OPTIMIZERS``), the per-variable second moments (AMSGrad's running
+    maxima when it is on), ``beta_2`` (None for RMSprop), ``epsilon``, and the centred
+    RMSprop's mean gradients (else None)."""
+
+    form: str
+    velocities: list
+    beta_2: Optional[float]
+    epsilon: float
+    averages: Optional[list]
+
+
 def second_moments(optimizer, variables):
-    """(per-variable second moments, their bias correction, epsilon, centred averages or None),
-    or None for an optimizer without them (SGD). Builds the optimizer if it is not yet built."""
-    bias_corrected = _SECOND_MOMENT_OPTIMIZERS.get(type(optimizer).__name__)
-    if bias_corrected is None:
+    """``SecondMoments`` of ``optimizer`` for ``variables``, or None for an optimizer without
+    them (SGD). Builds the optimizer if it is not yet built."""
+    form = _SECOND_MOMENT_OPTIMIZERS.get(type(optimizer).__name__)
+    if form is None:
         return None
     if not optimizer.built:
         optimizer.build(variables)
-    velocities = [optimizer._velocities[optimizer._get_variable_index(v)] for v in variables]
+    index = [optimizer._get_variable_index(v) for v in variables]
+    moments = optimizer._velocity_hats if getattr(optimizer, "amsgrad", False) \
+        else optimizer._velocities
     averages = None
     if getattr(optimizer, "centered", False):
-        averages = [optimizer._average_gradients[optimizer._get_variable_index(v)]
-                    for v in variables]
-    correction = None
-    if bias_corrected:
-        correction = ("beta_2", float(optimizer.beta_2))
-    return velocities, correction, float(optimizer.epsilon), averages
+        averages = [optimizer._average_gradients[i] for i in index]
+    beta_2 = None if form == "rmsprop" else float(optimizer.beta_2)
+    return SecondMoments(form, [moments[i] for i in index], beta_2, float(optimizer.epsilon),
+                         averages)
 
 
 def learning_rate_object(optimizer):

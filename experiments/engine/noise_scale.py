@@ -82,27 +82,35 @@ def has_preconditioner(optimizer):
 
 
 def diagonal_preconditioner(optimizer, variables):
-    """A function of no arguments giving P = 1 / (sqrt(v_hat) + epsilon) per variable (graph
-    code: call it where it is needed, so that updates that are not sampled skip it), or None for
-    an optimizer without second moments. v_hat is Adam's bias-corrected second moment (RMSprop's
-    moment as is, less the squared mean gradient when centred) as it stands before this update;
-    the identity before the first update."""
+    """A function of no arguments giving the diagonal P the optimizer divides its step by, per
+    variable (graph code: call it where it is needed, so that updates that are not sampled skip
+    it), or None for an optimizer without second moments. P is Keras' own, epsilon where Keras
+    puts it, from the moments as they stand before this update (t updates done):
+    Adam, AdamW: sqrt(1 - beta_2^t) / (sqrt(v) + eps) (AMSGrad: v its running maximum);
+    Nadam: 1 / (sqrt(v / (1 - beta_2^t)) + eps); RMSprop: 1 / sqrt(v + eps), centred
+    1 / sqrt(v - mean(g)^2 + eps). The identity before the first update."""
     moments = keras_internals.second_moments(optimizer, variables)
     if moments is None:
         return None
-    velocities, correction, epsilon, averages = moments
 
     def preconditioner():
-        scale = 1.0
-        if correction is not None:
+        correction = 1.0
+        if moments.beta_2 is not None:
             done = tf.maximum(tf.cast(optimizer.iterations, tf.float32), 1.0)
-            scale = 1.0 / (1.0 - tf.pow(tf.constant(correction[1], tf.float32), done))
+            correction = 1.0 - tf.pow(tf.constant(moments.beta_2, tf.float32), done)
         out = []
-        for i, v in enumerate(velocities):
-            moment = tf.cast(v, tf.float32) * scale
-            if averages is not None:
-                moment = moment - tf.square(tf.cast(averages[i], tf.float32))
-            out.append(1.0 / (tf.sqrt(tf.maximum(moment, 0.0)) + epsilon))
+        for i, v in enumerate(moments.velocities):
+            v = tf.cast(v, tf.float32)
+            if moments.averages is not None:
+                v = v - tf.square(tf.cast(moments.averages[i], tf.float32))
+            v = tf.maximum(v, 0.0)
+            if moments.form == "adam":
+                p = tf.sqrt(correction) / (tf.sqrt(v) + moments.epsilon)
+            elif moments.form == "nadam":
+                p = 1.0 / (tf.sqrt(v / correction) + moments.epsilon)
+            else:  # rmsprop
+                p = 1.0 / tf.sqrt(v + moments.epsilon)
+            out.append(p)
         # Before the first update there is no second moment yet (P would be 1/epsilon):
         # identity, so the averages do not start on a scale 1e14 away from the rest.
         first = tf.equal(optimizer.iterations, 0)
