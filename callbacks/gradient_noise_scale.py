@@ -19,7 +19,8 @@ Logged every ``every_n_updates`` updates and at each epoch's last update, keyed 
   ``noise_scale/raw`` rows ``[update, |G|^2, tr(Sigma), B, pieces]`` for the analyses, which
   pool them: ``experiments.analysis.noise_at_target``);
 - with Adam, AdamW, Nadam or RMSprop, the preconditioned noise scale ``tr(P Sigma P) / |P G|^2``
-  (P = diag(1 / (sqrt(v_hat) + eps)), the optimizer's own preconditioner):
+  (P the diagonal the optimizer divides its step by, epsilon where Keras puts it:
+  ``engine.noise_scale.diagonal_preconditioner``):
   ``noise_scale/b_preconditioned`` and its parts.
 
 A moving average lags a quantity that moves: B_simple grows as the loss falls. Its horizon is in

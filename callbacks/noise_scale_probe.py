@@ -8,7 +8,8 @@ the means against 1/B (``E|G_B|^2 = |G|^2 + tr(Sigma)/B``) and a bias-corrected 
 draws for the interval (``experiments.engine.noise_probe``, ``experiments.common
 .noise_statistics``). With three sizes it also checks that the means lie on that line
 (``noise_probe/linearity_p``). With Adam, AdamW, Nadam or RMSprop the preconditioned noise scale
-(P = the optimizer's 1/(sqrt(v_hat) + eps)) is probed from the same draws.
+(P the diagonal the optimizer divides its step by, ``engine.noise_scale.diagonal_preconditioner``)
+is probed from the same draws.
 
 Logged (TensorBoard ``train``, keyed by the update): ``noise_probe/b_simple`` with
 ``noise_probe/b_simple_low`` and ``_high``, ``noise_probe/gradient_sq_norm`` and
