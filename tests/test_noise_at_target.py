@@ -42,13 +42,30 @@ def test_pools_only_estimates_near_each_runs_crossing():
         _run("never", [[0, 2.0], [400, 1.0]], raw(100, 50.0, 1.0)),
         _run("failed", [[0, 2.0], [100, 0.4]], raw(100, 50.0, 1.0), status="failed"),
     ]
-    out = noise_at_target.pooled_b_simple(runs, 0.4, "val_loss", "min", num_bootstrap=200)
-    assert out["num_runs"] == 2
+    out = noise_at_target.pooled_b_simple(runs, 0.4, "val_loss", "min")
+    assert out["num_runs"] == 2 and out["num_runs_outside_window"] == 0
+    assert "within 10% of the update where each reached the target" in out["note"]
     assert out["b_simple"] == pytest.approx(30.0)  # (30 n_a + 60 n_b) / (1 n_a + 2 n_b)
     low, high = out["interval"]
     assert low <= 30.0 <= high
     none = noise_at_target.pooled_b_simple(runs[2:3], 0.4, "val_loss", "min")
     assert none["b_simple"] is None and "raw" in none["note"]
+
+
+def test_note_counts_runs_read_outside_the_window():
+    """Three runs cross at update 100 (window +-10); two logged rows only at updates 1 and 2000
+    (gradients at 0 and 1999), one also at 101 (gradient at 100). The two far runs' nearest rows
+    are used, and the note must say so, with how far they lie, not "within 10%" of all."""
+    curve = [[50, 0.5], [150, 1.0]]
+    far = [[1, 1.0, 10.0, 32, 2], [2000, 0.01, 10.0, 32, 2]]
+    runs = [{"status": "finished", "curve": {"val_accuracy": curve}, "noise_raw": raw}
+            for raw in (far, far, far + [[101, 0.5, 10.0, 32, 2]])]
+    out = noise_at_target.pooled_b_simple(runs, target=0.75)
+    assert out["num_runs"] == 3 and out["num_runs_outside_window"] == 2
+    assert out["num_estimates"] == 5
+    assert "2 of 3 run(s) had no logged estimate within 10% of their crossing" in out["note"]
+    assert "up to 1899 updates away" in out["note"]
+    assert "where each reached" not in out["note"]
 
 
 @pytest.mark.slow

@@ -150,26 +150,79 @@ def estimate(sizes, draws, level=0.95, num_bootstrap=2000, seed=0):
     }
 
 
-def pooled_ratio(gradient_sq, trace, level=0.95, num_bootstrap=2000, seed=0, groups=None):
+def pooled_ratio(gradient_sq, trace, level=0.95, groups=None):
     """B_simple from many raw per-update estimates (|G|^2_i, tr(Sigma)_i): the ratio of their
-    means (each estimate is unbiased, their ratio is not), with a bootstrap interval that
-    resamples the estimates, or whole ``groups`` (e.g. runs: estimates of one run are not
-    independent of each other) when given. Returns (value or None, [low, high] or None)."""
+    means (each estimate is unbiased, their ratio is not), with a Fieller interval over
+    independent units: whole ``groups`` (e.g. runs: estimates of one run share its trajectory,
+    so they are not independent of each other) when given, else single estimates.
+
+    Why Fieller and not a bootstrap over runs: with few runs the run bootstrap's "90%" interval
+    covered the truth 50% of the time with 2 runs, 65% with 3 and 86% with 20 (it ignores the
+    t-spread of a mean of few units and the ratio's skew); Fieller's covered 89-96% for 2 to 20
+    in the same simulations (docs/measurement.md, "B_simple at a study's target").
+    Returns (value or None, [low, high] or None): value None when the mean |G|^2 is <= 0, the
+    interval None with fewer than two units or when no B_simple >= 0 is consistent with the
+    data, and its upper end +inf when |G|^2 cannot be told from 0 (B_simple is "at least low")."""
     gradient_sq = np.asarray(gradient_sq, float)
     trace = np.asarray(trace, float)
     if len(gradient_sq) == 0:
         return None, None
     value = _ratio(trace.mean(), gradient_sq.mean())
-    rng = np.random.default_rng(seed)
+    value = value if np.isfinite(value) else None
+    g_units, t_units = _unit_sums(gradient_sq, trace, groups)
+    if len(g_units) < 2:
+        return value, None
+    return value, fieller_interval(g_units, t_units, level)
+
+
+def _unit_sums(gradient_sq, trace, groups):
+    """Per-unit sums of |G|^2 and tr(Sigma). Sums, not means: their ratio of means is the
+    pooled ratio of all estimates however many each unit holds, so the interval is centred
+    on the reported value."""
     if groups is None:
-        units = [np.array([i]) for i in range(len(gradient_sq))]
-    else:
-        groups = np.asarray(groups)
-        units = [np.flatnonzero(groups == g) for g in np.unique(groups)]
-    if len(units) < 2:
-        return (value if np.isfinite(value) else None), None
-    ratios = []
-    for _ in range(num_bootstrap):
-        chosen = np.concatenate([units[i] for i in rng.integers(0, len(units), len(units))])
-        ratios.append(_ratio(trace[chosen].mean(), gradient_sq[chosen].mean()))
-    return (value if np.isfinite(value) else None), _percentiles(ratios, level)
+        return gradient_sq, trace
+    _, index = np.unique(np.asarray(groups), return_inverse=True)
+    return np.bincount(index, gradient_sq), np.bincount(index, trace)
+
+
+def fieller_interval(denominators, numerators, level=0.95):
+    """Fieller's ``level`` confidence set for theta = E[numerator] / E[denominator] from R >= 2
+    independent (numerator, denominator) units, intersected with theta >= 0 (B_simple is).
+
+    It inverts the t-test (R - 1 degrees of freedom) of "the residuals n_r - theta d_r have
+    mean 0": theta is in the set where mean(residual)^2 <= t^2 var(residual) / R. Written about
+    the point estimate theta_hat = mean(n) / mean(d) (theta = theta_hat + delta), the condition
+    is the quadratic a delta^2 + 2 t^2 C delta - t^2 V <= 0, with a = mean(d)^2 - t^2 var(mean d),
+    V the variance of the mean residual at theta_hat and C its covariance with mean(d). a <= 0
+    means mean(d) cannot be told from 0: the set is then unbounded (returned as [low, inf]).
+    Returns [low, high], or None where the set holds no theta >= 0."""
+    d = np.asarray(denominators, float)
+    n = np.asarray(numerators, float)
+    units = len(d)
+    q = stats.t.ppf(0.5 + level / 2.0, units - 1) ** 2
+    d_mean = d.mean()
+    if d_mean == 0:  # no theta_hat to centre on; the set is unbounded, its hull every theta
+        return [0.0, math.inf]
+    centre = n.mean() / d_mean
+    residual = n - centre * d
+    v = residual.var(ddof=1) / units
+    c = np.cov(residual, d, ddof=1)[0, 1] / units
+    a = d_mean ** 2 - q * d.var(ddof=1) / units
+    disc = (q * c) ** 2 + a * q * v
+    if a > 0:  # bounded: between the roots
+        root = math.sqrt(disc)
+        return _clip_nonnegative([centre + (-q * c - root) / a, centre + (-q * c + root) / a])
+    if disc <= 0:  # every theta
+        return [0.0, math.inf]
+    root = math.sqrt(disc)  # outside the roots: (-inf, low] and [high, inf)
+    low, high = sorted([centre + (-q * c - root) / a, centre + (-q * c + root) / a])
+    return [0.0, math.inf] if low >= 0 else [max(float(high), 0.0), math.inf]
+
+
+def _clip_nonnegative(interval):
+    """[low, high] cut to theta >= 0 (a confidence set cut to the values the parameter can
+    take keeps its level); None if nothing is left."""
+    low, high = interval
+    if high < 0:
+        return None
+    return [max(float(low), 0.0), float(high)]
