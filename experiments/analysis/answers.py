@@ -4,7 +4,9 @@
 model? how should the learning rate follow the batch size? what batch size should I pick? does
 the measured noise scale predict where larger batches stop paying?) from a
 ``study_report.summarize`` dict. Each answer that cannot be given says why. Every number a
-sentence states comes with its 90% interval (or its seeds' range) and the number of runs behind it.
+sentence states comes with its interval, at the level it really has (90% where the data allow
+it), or its seeds' range, and the number of runs behind it. A verdict inside seed noise, or
+resting on single seeds, is "Cannot tell"; a B_crit the data do not pin down is a bound.
 """
 
 import math
@@ -22,6 +24,18 @@ FIGURES = {
 DOUBLING_FRACTION = 0.3
 # A relative change in the final metric below this is reported as "about the same".
 NEGLIGIBLE_CHANGE = 0.005
+# The S(B) fit is not an answer when it misses its points by more than this RMS in log steps
+# (0.2: 22%, twice the 10% run-to-run noise of steps the coverage checks assume), ...
+MISFIT_LIMIT = 0.2
+# ... or when a curve that may rise with B fits better at this p-value (fits.rise_p_value):
+# measured false alarms at p < 0.05 on synthetic falling curves with 10-15% noise: 2.7-3.7% of
+# 300 (7 sizes), 1.5% of 200 (4 sizes), 2% of 200 (8 sizes); the U-shaped [2000 ... 260 ...
+# 1200] over B = 8 ... 512 gives p = 0.0025.
+RISE_P = 0.05
+# What an unbounded upper end of an interval means, per quantity.
+OPEN_END = {"steps": "more than the budget",
+            "b_simple": "unbounded (|G|² not distinguishable from 0)",
+            "b_crit": "unbounded"}
 
 
 def gap_key(metric):
@@ -47,16 +61,23 @@ def _cite(text, figure):
     return f"{text} (figure: {FIGURES[figure]})"
 
 
-def _interval_text(pair, fmt=None):
-    """" [lo, hi]" for a 90% interval, "" when there is none; an unbounded upper end reads
-    "more than the budget"."""
+def _level_text(level):
+    """0.9 -> "90%", 0.875 -> "87.5%"."""
+    return f"{100.0 * level:.1f}".rstrip("0").rstrip(".") + "%"
+
+
+def _interval_text(pair, fmt=None, open_end="more than the budget", level=0.9):
+    """" [90% interval lo to hi]" ("" when there is none). An infinite upper end reads
+    ``open_end``, which depends on the quantity (``OPEN_END``: for steps "more than the budget",
+    for B_simple "|G|² not distinguishable from 0"); an infinite lower end "unbounded"."""
     fmt = fmt or _num
     if pair is None:
         return ""
     lo, hi = pair
+    low = fmt(lo) if lo is not None and math.isfinite(lo) else "unbounded"
     if hi is None or not math.isfinite(hi):
-        return f" [90% interval: {fmt(lo)} to more than the budget]"
-    return f" [90% interval {fmt(lo)} to {fmt(hi)}]"
+        return f" [{_level_text(level)} interval: {low} to {open_end}]"
+    return f" [{_level_text(level)} interval {low} to {fmt(hi)}]"
 
 
 def _range_text(pair, n):
@@ -66,9 +87,23 @@ def _range_text(pair, n):
     return f"(median of {n} seeds, range {metric_name(pair[0])} to {metric_name(pair[1])})"
 
 
+def _seed_doubt(entries, range_key):
+    """Why two batch sizes' medians cannot be told apart, or None: a single seed at either (no
+    spread measured), or seeds' ranges that overlap (the difference is within seed noise)."""
+    single = [b for b, v in entries.items() if v["num_seeds"] <= 1 or v[range_key] is None]
+    if single:
+        return (f"not measured with several seeds (1 seed at B = "
+                f"{', '.join(_num(b) for b in single)}; set study.seeds)")
+    (lo_a, hi_a), (lo_b, hi_b) = (v[range_key] for v in entries.values())
+    if hi_a < lo_b or hi_b < lo_a:
+        return None
+    return "within seed noise (the seeds' ranges overlap)"
+
+
 def _hurt_sentence(s):
     """Does my batch size hurt my model? Best setting's median final metric, smallest vs largest
-    B, with the seeds' range."""
+    B, with the seeds' range; "Cannot tell" unless both have several seeds whose ranges do not
+    overlap (a verdict inside seed noise would be a coin flip stated as a finding)."""
     per_batch, metric = s["per_batch"], s["metric"]
     if not per_batch:
         return _cite(f"Whether batch size hurts the model cannot be determined: no finished run "
@@ -86,19 +121,18 @@ def _hurt_sentence(s):
                f"{_range_text(per_batch[large]['final_range'], per_batch[large]['num_seeds'])} "
                f"against {metric_name(a)} at B = {_num(small)} "
                f"{_range_text(per_batch[small]['final_range'], per_batch[small]['num_seeds'])}")
-    ranges = [per_batch[b]["final_range"] for b in (small, large)]
-    overlap = all(r is not None for r in ranges) and not (
-        ranges[0][1] < ranges[1][0] or ranges[1][1] < ranges[0][0])
-    if change < NEGLIGIBLE_CHANGE:
+    direction = "worse" if better(a, z, s["mode"]) else "better"
+    difference = f"{metric_name(abs(z - a))} {direction} ({change:.1%})"
+    doubt = _seed_doubt({b: per_batch[b] for b in (small, large)}, "final_range")
+    if doubt:
+        verdict = (f"Cannot tell whether the largest batch size hurts the model: {numbers}, "
+                   f"{difference}, {doubt}")
+    elif change < NEGLIGIBLE_CHANGE:
         verdict = f"No, batch size does not hurt the model here: {numbers}, about the same"
-    elif better(a, z, s["mode"]):
-        verdict = (f"Yes, the largest batch size hurts the model: {numbers}, "
-                   f"{metric_name(abs(z - a))} worse ({change:.1%})")
+    elif direction == "worse":
+        verdict = f"Yes, the largest batch size hurts the model: {numbers}, {difference}"
     else:
-        verdict = (f"No, the largest batch size does not hurt the model: {numbers}, "
-                   f"{metric_name(abs(z - a))} better ({change:.1%})")
-    if overlap:
-        verdict += "; but the seeds' ranges overlap, so the difference is within seed noise"
+        verdict = f"No, the largest batch size does not hurt the model: {numbers}, {difference}"
     return _cite(verdict, "final_metric")
 
 
@@ -107,7 +141,8 @@ def _gap_sentence(s):
 
     The gap is validation minus training (``gap_<m>`` = val_<m> - <m>, measured by the gap
     callback in inference mode when it ran). For a metric where higher is better (accuracy) a
-    more negative gap is a larger one; for a loss a more positive one."""
+    more negative gap is a larger one; for a loss a more positive one. A trend is only stated
+    when both batch sizes have several seeds whose ranges do not overlap (``_seed_doubt``)."""
     points = {b: v for b, v in s["per_batch"].items() if v["gap"] is not None}
     key = s["gap_key"]
     worse = "below" if s["mode"] == "max" else "above"
@@ -126,6 +161,11 @@ def _gap_sentence(s):
         return (f"{metric_name(v['gap'])} at B = {_num(b)} "
                 f"{_range_text(v['gap_range'], v['num_seeds'])}")
 
+    doubt = _seed_doubt({b: points[b] for b in (small, large)}, "gap_range")
+    if doubt:
+        return _cite(f"Whether the generalization gap ({convention}) of the best setting grows "
+                     f"with batch size cannot be told: {one(small)}, {one(large)}, {doubt}",
+                     "generalization_gap")
     return _cite(f"The generalization gap ({convention}) of the best setting {trend} with batch "
                  f"size: {one(small)}, {one(large)}", "generalization_gap")
 
@@ -230,34 +270,132 @@ def _steps_runs(s):
     return f"{s['num_steps_runs']} runs on {len(s['best'])} batch sizes"
 
 
-def _pick_sentence(s):
-    """What batch size should I pick? Where doubling B stops paying, from the S(B) fit."""
+def _fit_basis(s):
+    """What the S(B) fit rests on, and how far it misses its points."""
+    relation = ">=" if s["mode"] == "max" else "<="
+    rms = s["steps_fit"].residual_rms
+    return (f"fit S(B) = S_min (1 + B_crit / B) to the median over seeds of the best learning "
+            f"rate's updates to reach {s['metric']} {relation} {metric_name(s['target'])}, "
+            f"{_steps_runs(s)}; RMS misfit {rms:.3f} in log steps, about {math.expm1(rms):.0%}")
+
+
+def _doubling_scale(fit):
+    """The batch size where doubling stops paying, per unit of B_crit (a constant: 2/3 at 30%)."""
+    return batch_size_where_doubling_saves(fit, DOUBLING_FRACTION) / fit.b_crit if fit.b_crit \
+        else 0.0
+
+
+def _measured_span(s):
+    measured = [b for b, v in s["best"].items() if v["steps"] is not None]
+    return min(measured), max(measured)
+
+
+def _fit_not_an_answer(s):
+    """Why the fitted B_crit is no answer at all, or None: S rises with B (the model only
+    falls) or the fit misses its points by more than ``MISFIT_LIMIT``."""
+    checks, fit = s.get("steps_fit_checks"), s["steps_fit"]
+    if fit is None or checks is None:
+        return None
+    rise_p, lowest = checks["rise_p"], checks["lowest_at"]
+    if rise_p is not None and rise_p < RISE_P and lowest < _measured_span(s)[1]:
+        return (f"S(B) rises above B = {_num(lowest)} (the fewest updates, "
+                f"{_num(s['best'][lowest]['steps'])}, were measured there; p = {rise_p:.2g} "
+                "against a curve that only falls): the model S_min (1 + B_crit / B) does not "
+                "hold here; B_crit is not reported as an answer")
+    if fit.residual_rms > MISFIT_LIMIT:
+        return (f"the fit misses the measured points by {fit.residual_rms:.3f} RMS in log steps "
+                f"(more than {MISFIT_LIMIT}): the model S_min (1 + B_crit / B) does not describe "
+                "these S(B); B_crit is not reported as an answer")
+    return None
+
+
+def _beyond_text(s):
+    """The answer when the data do not rule out a B_crit beyond the measured range (profile test,
+    ``fits.b_crit_limits``): a bound instead of a number; None when they do."""
+    checks = s.get("steps_fit_checks")
+    if checks is None:
+        return None
+    limits = checks["limits"]
+    low, high = _measured_span(s)
+    span, level = f"B = {_num(low)}–{_num(high)}", _level_text(limits.level)
+    scale = _doubling_scale(s["steps_fit"])
+    if limits.above and limits.below:
+        return (f"S(B) does not determine B_crit within {span}: both no bend (S ∝ 1/B) and no "
+                f"scaling (S flat) fit as well as the best fit at {level}; B_crit is not reported")
+    if limits.above:
+        return (f"No bend within {span}: B_crit above ~{_num(limits.low)} (every larger B_crit, "
+                f"and S ∝ 1/B with none, fits at {level}), so doubling the batch still saves at "
+                f"least {DOUBLING_FRACTION:.0%} of the updates up to B ≈ "
+                f"{_num(scale * limits.low)} or beyond; S_min is not determined (only "
+                "S_min · B_crit is)")
+    if limits.below:
+        intervals = s["steps_intervals"]
+        where = (f"everywhere in {span}" if scale * limits.high <= low
+                 else f"above B ≈ {_num(scale * limits.high)} at most")
+        return (f"S(B) flat within {span}: B_crit below ~{_num(limits.high)} (every smaller "
+                f"B_crit, and none, fits at {level}), so doubling the batch saves less than "
+                f"{DOUBLING_FRACTION:.0%} of the updates {where}; S_min ≈ "
+                f"{_num(s['steps_fit'].s_min)}"
+                f"{_interval_text(intervals and intervals.s_min, level=intervals.level)}")
+    return None
+
+
+def _seed_interval_text(s):
+    """What the per-B points' intervals are: the seeds' order statistics, at the level that
+    their number of seeds gives (``study_statistics.median_interval``)."""
+    levels = sorted({(v["num_seeds"], v.get("steps_interval_level")) for v in s["best"].values()
+                     if v.get("steps_interval") is not None and v.get("steps_interval_level")})
+    if not levels:
+        return ""
+    parts = ", ".join(f"{_level_text(level)} with {n} seeds" for n, level in levels)
+    return (f"; each batch size's interval over its seeds (figure bars) is an order-statistic "
+            f"interval of the median that holds it with probability {parts}")
+
+
+def _b_crit_numbers(s):
+    """The fitted S_min, B_crit and the doubling threshold with their intervals."""
     fit, intervals = s["steps_fit"], s["steps_intervals"]
-    if fit is None:
+    level = intervals.level if intervals else 0.9
+
+    def interval(pair):
+        return _interval_text(pair, open_end=OPEN_END["b_crit"], level=level)
+
+    threshold, scale = batch_size_where_doubling_saves(fit, DOUBLING_FRACTION), _doubling_scale(fit)
+    text = (f"Above B ≈ {_num(threshold)}"
+            f"{interval(intervals and tuple(scale * x for x in intervals.b_crit))} doubling the "
+            f"batch saves less than {DOUBLING_FRACTION:.0%} of the updates: S_min ≈ "
+            f"{_num(fit.s_min)}{interval(intervals and intervals.s_min)}, B_crit ≈ "
+            f"{_num(fit.b_crit)}{interval(intervals and intervals.b_crit)} (t intervals in log "
+            "space); at B ≈ B_crit a run needs twice the minimum updates and twice the minimum "
+            "examples, the usual compromise")
+    low, high = _measured_span(s)
+    if not low <= threshold <= high:
+        text += (f" (B ≈ {_num(threshold)} is an extrapolation: the measured batch sizes span "
+                 f"{_num(low)} to {_num(high)})")
+    return text
+
+
+def _pick_sentence(s):
+    """What batch size should I pick? Where doubling B stops paying, from the S(B) fit; a bound
+    instead of a number when B_crit lies beyond the sizes tried, and no B_crit at all when the
+    model does not hold (S rises with B, or the fit misses its points)."""
+    if s["steps_fit"] is None:
         return _cite("What batch size to pick cannot be read from steps to result: "
                      + s["steps_fit_reason"], "steps_to_result")
-    relation = ">=" if s["mode"] == "max" else "<="
-    threshold = batch_size_where_doubling_saves(fit, DOUBLING_FRACTION)
-    scale = threshold / fit.b_crit if fit.b_crit else 0.0
-    threshold_interval = (None if intervals is None
-                          else (intervals.b_crit[0] * scale, intervals.b_crit[1] * scale))
+    problem = _fit_not_an_answer(s)
+    answer = (f"What batch size to pick cannot be read from the S(B) fit: {problem}" if problem
+              else _beyond_text(s) or _b_crit_numbers(s))
+    text = f"{answer} ({_fit_basis(s)}){_seed_interval_text(s)}"
     censored = [b for b, v in s["best"].items() if v["censored"]]
-    text = (f"Above B ≈ {_num(threshold)}{_interval_text(threshold_interval)} doubling the batch "
-            f"saves less than {DOUBLING_FRACTION:.0%} of the updates (fit S(B) = S_min (1 + "
-            f"B_crit / B) to the median over seeds of the best learning rate's updates to reach "
-            f"{s['metric']} {relation} {metric_name(s['target'])}, {_steps_runs(s)}: "
-            f"S_min ≈ {_num(fit.s_min)}{_interval_text(intervals and intervals.s_min)}, "
-            f"B_crit ≈ {_num(fit.b_crit)}{_interval_text(intervals and intervals.b_crit)}, "
-            "bootstrap over the fit's residuals); at B ≈ B_crit a run needs twice the minimum "
-            "updates and twice the minimum examples, the usual compromise")
     if censored:
         text += (f"; B = {', '.join(_num(b) for b in censored)} never reached the target within "
                  "the budget and enter the fit as \"more than the budget\"")
-    measured = [b for b, v in s["best"].items() if v["steps"] is not None]
-    if not min(measured) <= threshold <= max(measured):
-        text += (f" (B ≈ {_num(threshold)} is an extrapolation: the measured batch sizes span "
-                 f"{_num(min(measured))} to {_num(max(measured))})")
     return _cite(text, "steps_to_result")
+
+
+def b_crit_withheld(s):
+    """True when the report states no number for B_crit (a bound or nothing instead)."""
+    return s["steps_fit"] is not None and bool(_fit_not_an_answer(s) or _beyond_text(s))
 
 
 def _noise_sentence(s):
@@ -271,12 +409,17 @@ def _noise_sentence(s):
         have = f"the fitted B_crit ≈ {_num(fit.b_crit)}" if fit else "B_crit"
         return _cite(f"{have[0].upper()}{have[1:]} cannot be compared with the measured gradient "
                      f"noise scale: {missing}", "steps_to_result")
-    measured = (f"B_simple ≈ {_num(b_simple)}{_interval_text(s.get('b_simple_interval'))} near "
+    interval = _interval_text(s.get("b_simple_interval"), open_end=OPEN_END["b_simple"],
+                              level=info.get("interval_level") or s.get("level", 0.9))
+    measured = (f"B_simple ≈ {_num(b_simple)}{interval} near "
                 f"the target ({info.get('num_runs', s.get('num_b_simple'))} runs; "
                 f"{info.get('note') or info.get('source', '')})")
     if fit is None:
         return _cite(f"The fitted B_crit is not available to compare with {measured}: "
                      + s["steps_fit_reason"], "steps_to_result")
+    if b_crit_withheld(s):
+        return _cite(f"The fitted B_crit is not an answer here (see what batch size to pick), so "
+                     f"it is not compared with {measured}", "steps_to_result")
     ratio, interval = s["b_crit_over_b_simple"], s.get("b_crit_over_b_simple_interval")
     ratio_text = f"{ratio:.2g}"
     if interval:

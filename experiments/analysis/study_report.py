@@ -17,11 +17,12 @@ import numpy as np
 
 from experiments.analysis import plots
 from experiments.analysis import study_statistics as stats
-from experiments.analysis.fits import (bootstrap_steps_fit, fit_power_law, fit_steps_to_result,
-                                       power_law_interval)
+from experiments.analysis.fits import (b_crit_limits, fit_power_law, fit_steps_to_result,
+                                       power_law_interval, rise_p_value, steps_fit_intervals)
 from experiments.analysis.steps_to_result import finished, value_at
 
-from experiments.analysis.answers import FIGURES, better, gap_key, metric_name, sentences
+from experiments.analysis.answers import (FIGURES, b_crit_withheld, better, gap_key, metric_name,
+                                          sentences)
 
 try:  # the trustworthy B_simple near the target (issue #19); until it lands, the fallback below
     from experiments.analysis import noise_at_target
@@ -57,15 +58,21 @@ def _default_target(done, mode, metric):
     return min(per_batch.values()) if mode == "max" else max(per_batch.values())
 
 
-def _fit_steps(best, target, metric, mode):
-    """(S(B) fit, its bootstrap intervals, why not): the fit over the per-B medians, censored
-    batch sizes kept as "more than the budget"."""
-    if target is None:
-        return None, None, f"no finished run has a {metric} curve, so there is no target to reach"
-    relation = ">=" if mode == "max" else "<="
+def _steps_points(best):
+    """(measured [(B, steps)], censored [(B, budget)]) of the per-B medians."""
     points = [(b, v["steps"]) for b, v in best.items() if v["steps"] is not None]
     censored = [(b, v["budget"]) for b, v in best.items()
                 if v["censored"] and v["budget"] is not None and v["budget"] > 0]
+    return points, censored
+
+
+def _fit_steps(best, target, metric, mode):
+    """(S(B) fit, its t intervals, why not): the fit over the per-B medians, censored batch
+    sizes kept as "more than the budget"."""
+    if target is None:
+        return None, None, f"no finished run has a {metric} curve, so there is no target to reach"
+    relation = ">=" if mode == "max" else "<="
+    points, censored = _steps_points(best)
     if not points:
         return None, None, f"no run reached the target {metric} {relation} {metric_name(target)}"
     if len(points) < 3:
@@ -73,8 +80,22 @@ def _fit_steps(best, target, metric, mode):
                             f"{relation} {metric_name(target)}; fitting S(B) needs at least 3")
     sizes, steps = zip(*points)
     fit = fit_steps_to_result(sizes, steps, censored)
-    intervals = bootstrap_steps_fit(sizes, steps, censored, level=LEVEL, num_resamples=500)
-    return fit, intervals, None
+    return fit, steps_fit_intervals(fit, LEVEL), None
+
+
+def _fit_checks(best, fit):
+    """Whether the fitted B_crit is an answer: {"limits": ``fits.BCritLimits`` (is a B_crit
+    beyond the measured range, either way, as good a fit?), "rise_p" (p-value of S rising with
+    B, None under 4 points), "lowest_at" (the B with the fewest measured updates),
+    "residual_rms"}; None without a fit."""
+    if fit is None:
+        return None
+    points, censored = _steps_points(best)
+    sizes, steps = zip(*points)
+    return {"limits": b_crit_limits(sizes, steps, censored, level=LEVEL),
+            "rise_p": rise_p_value(sizes, steps),
+            "lowest_at": min(points, key=lambda p: (p[1], p[0]))[0],
+            "residual_rms": fit.residual_rms}
 
 
 def _lr_or_inf(record):
@@ -182,7 +203,8 @@ def _throughput_per_batch(done):
 def _fallback_b_simple(done, best):
     """The B_simple reading used until ``noise_at_target`` exists: each run of each batch
     size's best setting read on its logged B_simple curve at its (interpolated) crossing; the
-    median, with a bootstrap interval over those runs. Without curves: final values."""
+    median, with its order-statistic interval over those runs (``stats.median_interval``, at
+    the level it really has: "interval_level"). Without curves: final values."""
     by_name = {r.get("name"): r for r in done}
     at_target = []
     for entry in best.values():
@@ -199,8 +221,9 @@ def _fallback_b_simple(done, best):
     if not at_target:
         return {"b_simple": None, "interval": None, "num_runs": 0, "num_estimates": 0,
                 "note": "no finished run measured B_simple", "source": "fallback"}
-    return {"b_simple": statistics.median(at_target),
-            "interval": stats.bootstrap_median_interval(at_target),
+    interval, coverage = stats.median_interval(at_target)
+    return {"b_simple": statistics.median(at_target), "interval": interval,
+            "interval_level": coverage,
             "num_runs": len(at_target), "num_estimates": len(at_target),
             "note": f"fallback reading: median of {len(at_target)} values read {when}",
             "source": "fallback (median of curve readings)"}
@@ -253,6 +276,7 @@ def summarize(records, target=None, mode="max", metric="val_accuracy", extension
                          "so optimistic: set study.target for an unbiased one")
     best = stats.best_per_batch_size(records, target, mode, metric) if target is not None else {}
     steps_fit, steps_intervals, steps_fit_reason = _fit_steps(best, target, metric, mode)
+    steps_fit_checks = _fit_checks(best, steps_fit)
     b_simple = _b_simple(done, best, target, metric, mode)
     ratio, ratio_interval = _ratio(steps_fit, steps_intervals, b_simple)
     per_batch = _best_final_per_batch(done, metric, mode)
@@ -264,7 +288,7 @@ def summarize(records, target=None, mode="max", metric="val_accuracy", extension
         "batch_sizes": sorted({r["batch_size"] for r in records if r.get("batch_size")}),
         "num_runs": len(records), "num_finished": len(done),
         "best": best, "steps_fit": steps_fit, "steps_intervals": steps_intervals,
-        "steps_fit_reason": steps_fit_reason,
+        "steps_fit_reason": steps_fit_reason, "steps_fit_checks": steps_fit_checks,
         "num_steps_runs": sum(v["num_runs"] for v in best.values()),
         "b_simple": b_simple["b_simple"], "b_simple_interval": b_simple.get("interval"),
         "b_simple_info": b_simple, "num_b_simple": b_simple.get("num_runs", 0),
@@ -284,15 +308,29 @@ def _interval(pair):
     return None if pair is None else [float(pair[0]), float(pair[1])]
 
 
+def _checks_json(checks):
+    """report.json's keys for whether the fitted B_crit is an answer (``_fit_checks``)."""
+    if checks is None:
+        return {"b_crit_beyond": None, "b_crit_not_ruled_out": None, "fit_rise_p": None,
+                "fit_lowest_at": None}
+    limits = checks["limits"]
+    beyond = ("both" if limits.above and limits.below else "above" if limits.above
+              else "below" if limits.below else None)
+    return {"b_crit_beyond": beyond, "b_crit_not_ruled_out": [limits.low, limits.high],
+            "fit_rise_p": checks["rise_p"], "fit_lowest_at": checks["lowest_at"]}
+
+
 def report_json(summary):
     """The machine-readable report (report.json): every number the sentences state, under keys
-    documented in docs/studies.md. Intervals are [lo, hi] at ``level`` (0.9) or null."""
+    documented in docs/studies.md. Intervals are [lo, hi] at ``level`` (0.9), unless a
+    ``..._level`` key beside them states the level they really have, or null."""
     fit, intervals = summary["steps_fit"], summary["steps_intervals"]
     per_batch = {}
     for b, v in summary["best"].items():
         final = summary["per_batch"].get(b, {})
         per_batch[str(b)] = {
             "steps": v["steps"], "steps_interval": _interval(v["steps_interval"]),
+            "steps_interval_level": v.get("steps_interval_level"),
             "learning_rate": v["learning_rate"], "rule": v["rule"], "censored": v["censored"],
             "budget": v["budget"], "num_runs": v["num_runs"], "num_seeds": v["num_seeds"],
             "at_edge": v["at_edge"], "learning_rates_tried": v["learning_rates_tried"],
@@ -320,8 +358,11 @@ def report_json(summary):
         "fit_num_points": fit.num_points if fit else None,
         "fit_num_censored": fit.num_censored if fit else None,
         "fit_reason": summary["steps_fit_reason"],
+        **_checks_json(summary.get("steps_fit_checks")),
+        "b_crit_reported": bool(fit) and not b_crit_withheld(summary),
         "b_simple_at_target": summary["b_simple"],
         "b_simple_interval": _interval(summary["b_simple_interval"]),
+        "b_simple_interval_level": summary["b_simple_info"].get("interval_level", LEVEL),
         "b_simple_num_runs": summary["num_b_simple"],
         "b_simple_source": summary["b_simple_info"].get("source"),
         "b_simple_note": summary["b_simple_info"].get("note"),

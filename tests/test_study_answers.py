@@ -1,0 +1,171 @@
+"""The report's answers claim no more than their numbers: a B_crit outside the sizes tried is a
+bound, a U-shaped S(B) gets no B_crit, the fit's misfit is stated, per-B intervals over seeds say
+their real level, and verdicts inside seed noise (or from single seeds) read "Cannot tell".
+
+Synthetic run records with known curves (one lr per B); no TensorFlow.
+"""
+
+import json
+
+import numpy as np
+import pytest
+
+from experiments.analysis import answers, fits
+from experiments.analysis.study_report import report_json, summarize
+
+SIZES = [8, 16, 32, 64, 128, 256, 512]
+
+
+def run(b, cross, seed=0, acc=None, gap=None):
+    """A finished run whose val_accuracy meets 0.75 at update ``cross`` (evaluated every 10)."""
+    curve = [[u, 0.5 if u <= cross - 10 else min(1.0, 0.5 + 0.5 * (u - cross + 10) / 20)]
+             for u in np.arange(10, cross + 60, 10.0)]
+    final = {"val_accuracy": curve[-1][1] if acc is None else acc}
+    if gap is not None:
+        final["gap_accuracy"] = gap
+    return {"name": f"b{b}_s{seed}", "status": "finished", "batch_size": b, "learning_rate": 0.1,
+            "seed": seed, "curve": {"val_accuracy": curve}, "final": final,
+            "updates": curve[-1][0]}
+
+
+def curve_summary(steps, sizes=SIZES):
+    return summarize([run(b, float(s)) for b, s in zip(sizes, steps)], target=0.75)
+
+
+def noisy(s_min, b_crit, seed=1, noise=0.05):
+    rng = np.random.default_rng(seed)
+    return [s_min * (1 + b_crit / b) * np.exp(noise * rng.standard_normal()) for b in SIZES]
+
+
+# ---- S(B) fit: bounds, misfit, rise -------------------------------------------------------
+
+
+def test_b_crit_far_above_the_sizes_tried_is_a_bound_not_a_number():
+    """True B_crit 20000 with B = 8 ... 512: the fit runs to its bound (B_crit ~1.7e9, S_min
+    0.0005). The answer must say "no bend" with a lower bound, and state neither number."""
+    s = curve_summary(noisy(40, 20000))
+    pick = answers._pick_sentence(s)
+    assert pick.startswith("No bend within B = 8–512: B_crit above ~")
+    bound = s["steps_fit_checks"]["limits"].low
+    assert 1000 < bound < 20000  # a bend below ~1000 would show; the truth is not excluded
+    assert "B_crit ≈" not in pick and "S_min ≈" not in pick and "RMS misfit" in pick
+    assert "not compared" in answers._noise_sentence(dict(s, b_simple=100.0))
+    assert report_json(s)["b_crit_beyond"] == "above" and not report_json(s)["b_crit_reported"]
+
+
+def test_b_crit_far_below_the_sizes_tried_is_a_bound_and_s_min_stays():
+    s = curve_summary(noisy(400, 0.5))
+    pick = answers._pick_sentence(s)
+    assert pick.startswith("S(B) flat within B = 8–512: B_crit below ~")
+    assert s["steps_fit_checks"]["limits"].high < 8 and "B_crit ≈" not in pick
+    assert "S_min ≈ 399 [90% interval" in pick  # the floor itself is measured
+    assert report_json(s)["b_crit_beyond"] == "below"
+
+
+def test_b_crit_inside_the_range_keeps_its_number_interval_and_misfit():
+    s = curve_summary(noisy(40, 64))
+    pick = answers._pick_sentence(s)
+    assert "B_crit ≈" in pick and "[90% interval" in pick and "(t intervals in log space)" in pick
+    assert f"RMS misfit {s['steps_fit'].residual_rms:.3f} in log steps" in pick
+    assert report_json(s)["b_crit_beyond"] is None and report_json(s)["b_crit_reported"]
+
+
+def test_u_shaped_steps_get_no_b_crit():
+    """S falls to B = 64 and rises again (residual RMS 0.545 in log units): the model only
+    falls, so the answer flags the rise instead of stating B_crit."""
+    s = curve_summary([2000, 1000, 500, 260, 300, 600, 1200])
+    pick = answers._pick_sentence(s)
+    assert "S(B) rises above B = 64" in pick and "B_crit is not reported as an answer" in pick
+    assert "RMS misfit 0.545" in pick and "B_crit ≈" not in pick
+    assert s["steps_fit_checks"]["rise_p"] < 0.01
+    assert "not compared" in answers._noise_sentence(dict(s, b_simple=100.0))
+
+
+def test_rise_test_rarely_fires_on_falling_curves():
+    """100 falling curves (B_crit 50, 15% noise, 7 sizes): the rise flag (p < 0.05) fires on at
+    most 8 (3.7% of 300 such curves measured; 8 is 2.5 binomial sd above that)."""
+    rng = np.random.default_rng(4)
+    sizes = np.array(SIZES, dtype=float)
+    fired = sum(fits.rise_p_value(sizes, 40 * (1 + 50 / sizes) * np.exp(
+        0.15 * rng.standard_normal(sizes.size))) < answers.RISE_P for _ in range(100))
+    assert fired <= 8, fired
+
+
+def test_large_misfit_without_a_rise_is_flagged():
+    zigzag = np.array(noisy(40, 64, noise=0.0)) * np.exp(0.35 * np.array([1, -1, 1, -1, 1, -1, 1]))
+    s = curve_summary(zigzag)
+    assert s["steps_fit"].residual_rms > answers.MISFIT_LIMIT
+    assert "does not describe these S(B)" in answers._pick_sentence(s)
+
+
+# ---- per-B intervals over seeds -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("num_seeds, level", [(2, 0.5), (3, 0.75), (4, 0.875), (5, 0.9375)])
+def test_per_batch_size_interval_states_its_real_level(num_seeds, level):
+    """The order-statistic interval holds the true median of 2000 seeded lognormal draws at the
+    level it states (the old bootstrap said "90%" and held 51% / 75% / 85.5%)."""
+    from experiments.analysis.study_statistics import median_interval
+
+    rng = np.random.default_rng(num_seeds)
+    hits = 0
+    for _ in range(2000):
+        (lo, hi), stated = median_interval(list(np.exp(0.15 * rng.standard_normal(num_seeds))))
+        hits += lo <= 1.0 <= hi
+    assert stated == pytest.approx(level) and abs(hits / 2000 - level) < 0.03
+
+
+def test_report_json_and_text_say_the_per_batch_size_level():
+    records = [run(b, 100 * (1 + 64 / b) * f, seed) for b in (8, 32, 128)
+               for seed, f in enumerate((0.9, 1.0, 1.1))]
+    s = summarize(records, target=0.75)
+    entry = json.loads(json.dumps(report_json(s)))["per_batch_size"]["32"]
+    assert entry["steps_interval_level"] == 0.75
+    assert "holds it with probability 75% with 3 seeds" in answers._pick_sentence(s)
+
+
+# ---- verdicts and seed noise --------------------------------------------------------------
+
+
+def seeds(b, pairs):
+    return [run(b, 50, s, acc, gap) for s, (acc, gap) in enumerate(pairs)]
+
+
+def test_overlapping_seed_ranges_cannot_tell():
+    records = (seeds(16, [(0.90, -0.02), (0.95, -0.05), (0.97, -0.08)])
+               + seeds(512, [(0.89, -0.03), (0.92, -0.06), (0.96, -0.07)]))
+    s = summarize(records, target=0.75)
+    hurt, gap = answers._hurt_sentence(s), answers._gap_sentence(s)
+    assert hurt.startswith("Cannot tell whether the largest batch size hurts") and "Yes" not in hurt
+    assert "within seed noise" in hurt and "within seed noise" in gap
+    assert "cannot be told" in gap and " grows with batch size:" not in gap
+
+
+def test_single_seeds_cannot_tell():
+    s = summarize([run(16, 50, 0, 0.950, -0.05), run(512, 50, 0, 0.945, -0.051)], target=0.75)
+    hurt, gap = answers._hurt_sentence(s), answers._gap_sentence(s)
+    assert hurt.startswith("Cannot tell") and "not measured with several seeds" in hurt
+    assert "cannot be told" in gap and "not measured with several seeds" in gap
+
+
+def test_separated_seed_ranges_give_a_verdict():
+    records = (seeds(16, [(0.95, -0.01), (0.96, -0.02), (0.97, -0.015)])
+               + seeds(512, [(0.85, -0.10), (0.88, -0.12), (0.90, -0.11)]))
+    s = summarize(records, target=0.75)
+    assert answers._hurt_sentence(s).startswith("Yes, the largest batch size hurts the model")
+    assert " grows with batch size: " in answers._gap_sentence(s)
+
+
+# ---- open interval ends -------------------------------------------------------------------
+
+
+def test_open_upper_end_is_worded_per_quantity():
+    s = curve_summary(noisy(40, 64))
+    s.update(b_simple=120.0, b_simple_interval=[80.0, float("inf")],
+             b_simple_info={"num_runs": 3, "note": "test"}, b_crit_over_b_simple=0.5,
+             b_crit_over_b_simple_interval=None)
+    text = answers._noise_sentence(s)
+    assert ("B_simple ≈ 120 [90% interval: 80 to unbounded (|G|² not distinguishable from 0)]"
+            in text)
+    assert "more than the budget" not in text
+    assert answers._interval_text([80.0, float("inf")]).endswith("more than the budget]")
