@@ -81,6 +81,23 @@ def test_u_shaped_steps_get_no_b_crit():
     assert "not compared" in answers._noise_sentence(dict(s, b_simple=100.0))
 
 
+def test_the_known_answer_nqm_keeps_its_b_crit_and_a_narrow_profile_set():
+    """The shipped NQM study's measured S(B) (docs/studies.md: 13 sizes, B = 1 ... 4096, the
+    floor at 10.1 where the fit says 9.4): its F-test against a rising curve reads p = 0.03, but
+    S never climbs above its floor, so B_crit (93.0 [88.2, 98.1]; the exact steps give 94.2)
+    stays the answer, and the profile set is that narrow too (it read [0, inf] when the set
+    fell between two grid points)."""
+    sizes = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096]
+    steps = [910.8, 463.6, 232.2, 116.6, 65.7, 34.3, 21.6, 16.2, 12.4, 10.8, 10.3, 10.1, 10.1]
+    s = curve_summary(steps, sizes)
+    assert s["steps_fit_checks"]["rise_p"] < answers.RISE_P  # the misfit the test alone sees
+    pick = answers._pick_sentence(s)
+    assert "rises" not in pick and "B_crit ≈ 93" in pick, pick
+    limits = s["steps_fit_checks"]["limits"]
+    assert 85 < limits.low < 93 < limits.high < 100, limits
+    assert not limits.above and not limits.below
+
+
 def test_rise_test_rarely_fires_on_falling_curves():
     """100 falling curves (B_crit 50, 15% noise, 7 sizes): the rise flag (p < 0.05) fires on at
     most 8 (3.7% of 300 such curves measured; 8 is 2.5 binomial sd above that)."""
@@ -169,3 +186,53 @@ def test_open_upper_end_is_worded_per_quantity():
             in text)
     assert "more than the budget" not in text
     assert answers._interval_text([80.0, float("inf")]).endswith("more than the budget]")
+
+
+@pytest.mark.parametrize("is_answer", [True, False])
+def test_the_figure_draws_b_crit_only_when_the_report_states_it(tmp_path, monkeypatch, is_answer):
+    """A withheld B_crit (a rise, a bound, a poor fit) gets no B_crit line or band in the figure;
+    the bars name no fixed level (it depends on the seeds)."""
+    from experiments.analysis import plots  # noqa: PLC0415
+
+    drawn = []
+    monkeypatch.setattr(plots, "save_figure", lambda fig, path: drawn.append(fig) or path)
+    s = curve_summary([2000, 1000, 500, 260, 300, 600, 1200])
+    assert answers.b_crit_withheld(s)
+    plots.plot_steps_to_result(s["best"], s["steps_fit"], str(tmp_path / "s.png"),
+                               intervals=s["steps_intervals"], b_crit_is_answer=is_answer)
+    _, labels = drawn[0].axes[0].get_legend_handles_labels()
+    assert any(label.startswith("B_crit") for label in labels) == is_answer, labels
+    assert not any("90% over seeds" in label for label in labels)
+
+
+def test_an_open_b_simple_interval_still_bounds_the_ratio_and_a_negative_g2_is_a_lower_bound():
+    """B_simple's interval open above (|G|^2 not told from 0) gives B_crit / B_simple an interval
+    from 0 (it had none); a pooled |G|^2 at or below 0 is reported as "at least" the pooled lower
+    end, never replaced by the lagging curve reading."""
+    from experiments.analysis import study_report  # noqa: PLC0415
+
+    fit = fits.fit_steps_to_result(SIZES, noisy(40, 64, noise=0.0))
+    intervals = fits.steps_fit_intervals(fit)
+    ratio, interval = study_report._ratio(fit, intervals, {"b_simple": 200.0,
+                                                           "interval": [120.0, float("inf")]})
+    assert interval == [0.0, pytest.approx(intervals.b_crit[1] / 120.0)]
+    s = dict(curve_summary(noisy(40, 64, noise=0.0)), b_simple=200.0,
+             b_crit_over_b_simple=ratio, b_crit_over_b_simple_interval=interval)
+    assert f"[90% interval 0 to {interval[1]:.2g}, conservative]" in answers._noise_sentence(s)
+    _, open_both = study_report._ratio(fit, intervals, {"b_simple": 200.0,
+                                                        "interval": [0.0, float("inf")]})
+    s.update(b_crit_over_b_simple_interval=open_both)
+    said = answers._noise_sentence(s)
+    assert open_both == [0.0, float("inf")] and "[90% interval 0 to unbounded" in said
+    assert "the interval holds 1" in said
+
+    def rows(g2):  # every logged update's raw estimate near a crossing at update 100
+        return [[u, g2, 30.0, 16, 2] for u in range(90, 112, 2)]
+
+    runs = [{"name": f"r{i}", "status": "finished", "batch_size": 16, "learning_rate": 0.1,
+             "seed": i, "curve": {"val_accuracy": [[0, 0.5], [100, 0.75], [200, 0.9]]},
+             "final": {"val_accuracy": 0.9}, "updates": 200, "noise_raw": rows(g2)}
+            for i, g2 in enumerate([-1.0, 0.4, -0.2])]
+    out = study_report._b_simple(runs, None, 0.75, "val_accuracy")
+    assert out["b_simple"] is None and out["interval"][1] == float("inf")
+    assert out["note"].startswith("the pooled |G|^2 is at or below 0: B_simple is at least")

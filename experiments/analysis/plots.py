@@ -83,10 +83,14 @@ def _plain_log_y(ax):
     ax.yaxis.set_minor_formatter(ticker.NullFormatter())
 
 
-def plot_steps_to_result(best, fit, path, b_simple=None, target=None, intervals=None):
-    """Log-log updates-to-target vs B: per-B median over seeds (bars: the 90% interval over
-    seeds), censored batch sizes (triangles at their budget: "more than"), the S(B) fit, perfect
-    scaling, B_crit with its interval.
+def plot_steps_to_result(best, fit, path, b_simple=None, target=None, intervals=None,
+                         b_crit_is_answer=True):
+    """Log-log updates-to-target vs B: per-B median over seeds (bars: an order-statistic
+    interval of that median, whose level depends on the number of seeds: report.json's
+    ``steps_interval_level``), censored batch sizes (triangles at their budget: "more than"), the
+    S(B) fit, perfect scaling, B_crit with its interval. When the report withholds B_crit
+    (``b_crit_is_answer`` False: a bound, a rise or a poor fit) the fit's curve is drawn as what
+    was fitted, and no B_crit line or band claims a number the text does not.
 
     The perfect-scaling line (S proportional to 1/B through the smallest batch) shows how much of
     the ideal speed-up each larger batch still gets; B_crit marks where the fit bends away.
@@ -108,14 +112,18 @@ def plot_steps_to_result(best, fit, path, b_simple=None, target=None, intervals=
     high = [((iv[1] if np.isfinite(iv[1]) else s) if iv else s) - s
             for s, iv in zip(steps, spreads)]
     ax.errorbar(sizes, steps, yerr=[low, high], fmt="o", color="C0", capsize=3, zorder=3,
-                label="median over seeds, best lr per B (bars: 90% over seeds)")
+                label="median over seeds, best lr per B (bars: interval of the median, "
+                      "its level per B in the report)")
     if censored:
         ax.plot(*zip(*censored), "^", color="C3", zorder=3,
                 label="never reached: more than this budget")
     every = list(sizes) + [b for b, _ in censored]
     grid = _span(every)
     ax.plot(grid, steps[0] * sizes[0] / grid, "--", color="0.5", label="perfect scaling (S ∝ 1/B)")
-    if fit is not None:
+    if fit is not None and not b_crit_is_answer:
+        ax.plot(grid, fit.steps(grid), "-", color="C1", alpha=0.5,
+                label="fit S_min (1 + B_crit / B): no B_crit answer (see the report)")
+    elif fit is not None:
         ax.plot(grid, fit.steps(grid), "-", color="C1",
                 label=f"fit: S_min = {fit.s_min:.3g}, B_crit = {fit.b_crit:.3g}")
         ax.axhline(fit.s_min, color="C1", linestyle=":", linewidth=1)

@@ -239,6 +239,10 @@ def _b_simple(done, best, target, metric, mode="max"):
         out.setdefault("source", "noise_at_target.pooled_b_simple")
         if out.get("b_simple") is not None:
             return out
+        if out.get("interval"):  # pooled |G|^2 <= 0: a lower bound, not the lagging reading
+            out["note"] = (f"the pooled |G|^2 is at or below 0: B_simple is at least "
+                           f"{out['interval'][0]:.3g}, with no value ({out.get('note')})")
+            return out
         fallback = _fallback_b_simple(done, best)
         fallback["note"] = f"{fallback['note']} (pooled estimate unavailable: {out.get('note')})"
         return fallback
@@ -254,9 +258,10 @@ def _ratio(fit, intervals, b_simple):
     if intervals is None or not b_simple.get("interval"):
         return ratio, None
     lo, hi = b_simple["interval"]
-    if not lo or lo <= 0:
-        return ratio, None
-    return ratio, [intervals.b_crit[0] / hi, intervals.b_crit[1] / lo]
+    # B_simple's open upper end (|G|^2 not told from 0) makes the ratio's lower end 0, and a
+    # lower end of 0 its upper end unbounded: still an interval, which may well hold 1.
+    return ratio, [intervals.b_crit[0] / hi if math.isfinite(hi) else 0.0,
+                   intervals.b_crit[1] / lo if lo > 0 else math.inf]
 
 
 def summarize(records, target=None, mode="max", metric="val_accuracy", extensions=None):
@@ -408,7 +413,8 @@ def _write_figures(study_dir, records, summary):
     return {
         "steps_to_result": plots.plot_steps_to_result(
             summary["best"], summary["steps_fit"], path("steps_to_result"), summary["b_simple"],
-            target=target, intervals=summary["steps_intervals"]),
+            target=target, intervals=summary["steps_intervals"],
+            b_crit_is_answer=not b_crit_withheld(summary)),
         "final_metric": plots.plot_metric_vs_batch(
             records, metric, path("final_metric"), group, ylabel=metric, mode=summary["mode"]),
         "generalization_gap": plots.plot_metric_vs_batch(
