@@ -32,6 +32,7 @@ from tests.test_batch_schedule import _mlp, _relative_error, _rows
 def test_the_target_is_c_b_simple_clipped_and_rounded_to_a_multiple_of_b():
     assert target_batch_size(45.2, 1.0, 8, 256)[0] == 48
     assert target_batch_size(43.9, 1.0, 8, 256)[0] == 40
+    assert [target_batch_size(w, 1.0, 8, 256)[0] for w in (20.0, 28.0)] == [24, 32]  # halves up
     assert target_batch_size(45.2, 2.0, 8, 256)[0] == 88
     assert target_batch_size(3.0, 1.0, 8, 256)[0] == 8  # below b: b
     assert target_batch_size(900.0, 1.0, 8, 256)[0] == 256  # above B_max: B_max

@@ -103,7 +103,8 @@ def target_batch_size(b_simple, scale, micro_batch_size, max_batch_size):
                                 f"{max_batch_size}")
     if wanted <= b:
         return b, f"c * B_simple = {wanted:.4g} <= b: B = micro_batch_size {b}"
-    size = min(max(int(round(wanted / b)), 1) * b, max_batch_size)
+    # Halves go up (20 -> 24 at b = 8, as 28 -> 32): Python's round() takes them to even.
+    size = min(max(math.floor(wanted / b + 0.5), 1) * b, max_batch_size)
     return size, f"c * B_simple = {wanted:.4g}: B = {size} (the nearest multiple of b = {b})"
 
 
