@@ -218,12 +218,12 @@ def test_an_open_b_simple_interval_still_bounds_the_ratio_and_a_negative_g2_is_a
     assert interval == [0.0, pytest.approx(intervals.b_crit[1] / 120.0)]
     s = dict(curve_summary(noisy(40, 64, noise=0.0)), b_simple=200.0,
              b_crit_over_b_simple=ratio, b_crit_over_b_simple_interval=interval)
-    assert f"[90% interval 0 to {interval[1]:.2g}, conservative]" in answers._noise_sentence(s)
+    assert f"[interval 0 to {interval[1]:.2g}, covering at least 80%" in answers._noise_sentence(s)
     _, open_both = study_report._ratio(fit, intervals, {"b_simple": 200.0,
                                                         "interval": [0.0, float("inf")]})
     s.update(b_crit_over_b_simple_interval=open_both)
     said = answers._noise_sentence(s)
-    assert open_both == [0.0, float("inf")] and "[90% interval 0 to unbounded" in said
+    assert open_both == [0.0, float("inf")] and "[interval 0 to unbounded" in said
     assert "the interval holds 1" in said
 
     def rows(g2):  # every logged update's raw estimate near a crossing at update 100
@@ -236,3 +236,26 @@ def test_an_open_b_simple_interval_still_bounds_the_ratio_and_a_negative_g2_is_a
     out = study_report._b_simple(runs, None, 0.75, "val_accuracy")
     assert out["b_simple"] is None and out["interval"][1] == float("inf")
     assert out["note"].startswith("the pooled |G|^2 is at or below 0: B_simple is at least")
+
+
+def test_a_larger_batch_that_never_reached_the_target_is_a_rise():
+    """S = 40 (1 + 64 / B) on B = 8 ... 256, and B = 512 never reached the target in 80 updates
+    (S(256) is 50): S rises, though the fit and the rise test see only the sizes that reached it
+    (they read p = 1 and stated B_crit ≈ 43 for the truth 64)."""
+    sizes = SIZES[:-1]
+    runs = [run(b, 40 * (1 + 64 / b)) for b in sizes]
+    runs.append({**run(512, 200.0), "curve": {"val_accuracy": [[u, 0.5] for u in range(10, 90, 10)]},
+                 "updates": 80, "final": {"val_accuracy": 0.5}})
+    s = summarize(runs, target=0.75)
+    assert s["best"][512]["censored"] and s["best"][512]["budget"] == 80
+    pick = answers._pick_sentence(s)
+    assert "S(B) rises above B = 256" in pick and "B = 512 did not reach the target in 80" in pick
+    assert answers.b_crit_withheld(s) and "B_crit ≈" not in pick
+
+
+def test_the_ratio_interval_states_the_level_it_holds():
+    """Two 90% intervals combined hold at least 80% (and 40% with a 50% fallback B_simple)."""
+    s = curve_summary(noisy(40, 64, noise=0.0))
+    assert answers.ratio_level(dict(s, b_simple_info={"level": 0.9})) == pytest.approx(0.8)
+    assert answers.ratio_level(dict(s, b_simple_info={"interval_level": 0.5})) == \
+        pytest.approx(0.4)

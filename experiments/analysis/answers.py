@@ -303,6 +303,17 @@ def _measured_rise(s, lowest):
     return max((math.log(v / floor) for v in above), default=0.0)
 
 
+def _never_reached_above(s, lowest, beyond):
+    """(B, budget) of a batch size larger than ``lowest`` that never reached the target within a
+    budget above ``beyond`` updates, or None: its S is more than that budget, so S rises
+    (the fit and the rise test see only the batch sizes that reached the target)."""
+    for b, v in sorted(s["best"].items()):
+        if b > lowest and v.get("steps") is None and v.get("censored") \
+                and (v.get("budget") or 0) > beyond:
+            return b, v["budget"]
+    return None
+
+
 def _fit_not_an_answer(s):
     """Why the fitted B_crit is no answer at all, or None: S rises with B (the model only
     falls) or the fit misses its points by more than ``MISFIT_LIMIT``."""
@@ -310,10 +321,19 @@ def _fit_not_an_answer(s):
     if fit is None or checks is None:
         return None
     rise_p, lowest = checks["rise_p"], checks["lowest_at"]
+    floor = s["best"][lowest]["steps"]
+    never = _never_reached_above(s, lowest, floor * math.exp(max(2 * fit.residual_rms,
+                                                                   MIN_RISE)))
+    if never:
+        b, budget = never
+        return (f"S(B) rises above B = {_num(lowest)} (the fewest updates, {_num(floor)}, were "
+                f"measured there; B = {_num(b)} did not reach the target in {_num(budget)} "
+                "updates): the model S_min (1 + B_crit / B) does not hold here; B_crit is not "
+                "reported as an answer")
     if rise_p is not None and rise_p < RISE_P and _measured_rise(s, lowest) > max(
             2 * fit.residual_rms, MIN_RISE):
         return (f"S(B) rises above B = {_num(lowest)} (the fewest updates, "
-                f"{_num(s['best'][lowest]['steps'])}, were measured there; p = {rise_p:.2g} "
+                f"{_num(floor)}, were measured there; p = {rise_p:.2g} "
                 "against a curve that only falls): the model S_min (1 + B_crit / B) does not "
                 "hold here; B_crit is not reported as an answer")
     if fit.residual_rms > MISFIT_LIMIT:
@@ -438,7 +458,9 @@ def _noise_sentence(s):
     ratio_text = f"{ratio:.2g}"
     if interval:
         upper = f"{interval[1]:.2g}" if math.isfinite(interval[1]) else "unbounded"
-        ratio_text += f" [90% interval {interval[0]:.2g} to {upper}, conservative]"
+        level = ratio_level(s)
+        ratio_text += (f" [interval {interval[0]:.2g} to {upper}, covering at least "
+                       f"{_level_text(level)}: its ends combine the two intervals]")
         if interval[0] <= 1.0 <= interval[1]:
             verdict = "the interval holds 1, so the data do not tell them apart"
         elif interval[1] <= 2.0 and interval[0] >= 0.5:
@@ -451,6 +473,17 @@ def _noise_sentence(s):
     return _cite(f"B_crit / B_simple = {ratio_text} (fitted B_crit ≈ {_num(fit.b_crit)}, "
                  f"{measured}): {verdict}. B_crit ≈ B_simple only when the Hessian is well "
                  "conditioned (McCandlish et al. 2018)", "steps_to_result")
+
+
+def ratio_level(s):
+    """The level B_crit / B_simple's interval holds at least: it divides the ends of B_crit's
+    and B_simple's intervals, so it holds whenever both do, with probability at least
+    1 - (1 - l_crit) - (1 - l_simple) (Bonferroni): 80% from two 90% intervals."""
+    info = s.get("b_simple_info") or {}
+    simple = info.get("interval_level") or info.get("level") or s.get("level", 0.9)
+    crit = (s.get("steps_intervals").level if s.get("steps_intervals") is not None
+            else s.get("level", 0.9))
+    return max(0.0, 1.0 - (1.0 - crit) - (1.0 - simple))
 
 
 def _throughput_sentence(s):

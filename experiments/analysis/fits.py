@@ -178,7 +178,8 @@ def _log_t_interval(value, stderr, quantile):
 def steps_fit_intervals(fit, level=0.9):
     """The ``level`` intervals of S_min and B_crit: log theta ± t(n - 2) · stderr(log theta).
 
-    The delta-method stderrs of ``fit_steps_to_result`` are in log space already, and the
+    ``fit_steps_to_result`` stores each stderr as value × stderr(log value) (the delta method),
+    so dividing by the value gives the log-space stderr; and the
     residuals leave n - 2 degrees of freedom, so the t(n - 2) quantile (not the normal one) is
     what makes a 90% interval cover 89-93% with 3 to 8 batch sizes (docs/studies.md). The
     residual bootstrap used before covered about 70% (3 sizes) to 82-85% (8 sizes): percentiles

@@ -22,7 +22,7 @@ from experiments.analysis.fits import (b_crit_limits, fit_power_law, fit_steps_t
 from experiments.analysis.steps_to_result import finished, value_at
 
 from experiments.analysis.answers import (FIGURES, b_crit_withheld, better, gap_key, metric_name,
-                                          sentences)
+                                          ratio_level, sentences)
 
 try:  # the trustworthy B_simple near the target (issue #19); until it lands, the fallback below
     from experiments.analysis import noise_at_target
@@ -239,9 +239,12 @@ def _b_simple(done, best, target, metric, mode="max"):
         out.setdefault("source", "noise_at_target.pooled_b_simple")
         if out.get("b_simple") is not None:
             return out
-        if out.get("interval"):  # pooled |G|^2 <= 0: a lower bound, not the lagging reading
-            out["note"] = (f"the pooled |G|^2 is at or below 0: B_simple is at least "
-                           f"{out['interval'][0]:.3g}, with no value ({out.get('note')})")
+        if out.get("interval"):  # pooled |G|^2 <= 0: an interval, not the lagging reading
+            low, high = out["interval"]
+            bound = (f"B_simple is at least {low:.3g}" if not math.isfinite(high)
+                     else f"B_simple lies in [{low:.3g}, {high:.3g}]")
+            out["note"] = (f"the pooled |G|^2 is at or below 0: {bound}, with no value "
+                           f"({out.get('note')})")
             return out
         fallback = _fallback_b_simple(done, best)
         fallback["note"] = f"{fallback['note']} (pooled estimate unavailable: {out.get('note')})"
@@ -373,6 +376,7 @@ def report_json(summary):
         "b_simple_note": summary["b_simple_info"].get("note"),
         "b_crit_over_b_simple": summary["b_crit_over_b_simple"],
         "b_crit_over_b_simple_interval": _interval(summary["b_crit_over_b_simple_interval"]),
+        "b_crit_over_b_simple_interval_level": ratio_level(summary),
         "lr_exponent": lr_fit.exponent if lr_fit else None,
         "lr_exponent_interval": _interval(summary["lr_fit_interval"]),
         "lr_exponent_source": summary["lr_fit_source"],

@@ -165,6 +165,10 @@ def pooled_ratio(gradient_sq, trace, level=0.95, groups=None):
     data, and its upper end +inf when |G|^2 cannot be told from 0 (B_simple is "at least low")."""
     gradient_sq = np.asarray(gradient_sq, float)
     trace = np.asarray(trace, float)
+    finite = np.isfinite(gradient_sq) & np.isfinite(trace)  # a NaN row would poison every sum
+    gradient_sq, trace = gradient_sq[finite], trace[finite]
+    if groups is not None:
+        groups = np.asarray(groups)[finite]
     if len(gradient_sq) == 0:
         return None, None
     value = _ratio(trace.mean(), gradient_sq.mean())

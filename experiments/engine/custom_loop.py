@@ -305,7 +305,9 @@ class CustomLoop:
                 chunks = schedule.chunks(done, steps, end)
                 update, first = end, done
                 callback_list.set_params({**callback_list.params, "steps": steps})
-                _retarget_progress_bars(callback_list, steps)
+                # Keras' bar, made with the epoch's first count of updates, counts to the new
+                # one (else an epoch of 65 updates ends on "65/90").
+                keras_internals.retarget_progress_bars(callback_list, steps)
             callback_list.on_train_batch_end(begin + size - 1, logs)
             if self.model.stop_training:
                 break
@@ -460,14 +462,6 @@ def _retire(iterator):
 
 
 # Callbacks whose test-batch hooks do nothing that a one-call evaluation would skip.
-def _retarget_progress_bars(callback_list, steps):
-    """A batch changed mid-epoch: Keras' progress bar, made with the epoch's first count of
-    updates, counts to the new one (else an epoch of 65 updates ends on "65/90")."""
-    for callback in callback_list.callbacks:
-        if isinstance(callback, keras.callbacks.ProgbarLogger) and callback.progbar is not None:
-            callback.progbar.target = steps
-
-
 _KERAS_TEST_HOOKS_UNUSED = (keras.callbacks.ProgbarLogger, keras.callbacks.TensorBoard,
                             keras.callbacks.History)
 

@@ -63,6 +63,9 @@ Touches, and why no public API does the job:
   (``set_op_determinism``): the switch back, unexported too, so that a run without
   ``deterministic_ops`` after one with it (a sweep, a study, a test session in one process)
   runs as it would in a fresh process.
+- ``ProgbarLogger.progbar.target`` (``retarget_progress_bars``, Keras 3.15): the running
+  progress bar and its total, undocumented attributes; a batch changed mid-epoch changes the
+  epoch's count of updates, and the logger reads ``params['steps']`` only when an epoch begins.
 - ``gin.config._REGISTRY`` (``gin_selectors``, gin-config 0.5.0): every registered configurable's
   selector, to suggest the nearest name for a misspelt one; gin lists them nowhere publicly.
 """
@@ -144,6 +147,15 @@ def tensorboard_profiles(callback):
     """Whether a ``keras.callbacks.TensorBoard`` profiles some batches (``profile_batch``); True
     when the callback does not say, so that callers keep its per-batch hooks."""
     return bool(getattr(callback, "_should_trace", True))
+
+
+def retarget_progress_bars(callback_list, steps):
+    """Sets the total of the running Keras progress bar (``ProgbarLogger.progbar.target``) of
+    ``callback_list`` to ``steps``: the logger builds its bar once per epoch from the epoch's
+    first count of updates, and a batch changed mid-epoch changes that count."""
+    for callback in callback_list.callbacks:
+        if isinstance(callback, keras.callbacks.ProgbarLogger) and callback.progbar is not None:
+            callback.progbar.target = steps
 
 
 def reset_layer_names():

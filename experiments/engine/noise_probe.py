@@ -91,7 +91,8 @@ def draw_squared_norms(model, data, sizes, num_draws, seed=0, preconditioner=Non
       num_draws: batches per size.
       seed: the draws' seed.
       preconditioner: None, ``'optimizer'`` (the diagonal the model's optimizer divides its step
-        by, ``noise_scale.diagonal_preconditioner``, when it has second moments) or a list of arrays (a fixed diagonal P per trainable variable).
+        by, ``noise_scale.diagonal_preconditioner``, when it has second moments) or a list of
+        arrays (a fixed diagonal P per trainable variable).
     """
     sizes = tuple(int(b) for b in sizes)
     if len(sizes) < 2 or len(set(sizes)) < 2 or min(sizes) < 1:

@@ -11,8 +11,8 @@ piece j (``B = sum_j B_j``, n pieces), ``G_j`` its mean gradient and ``G_B`` the
 
 where ``F_B`` is the gradient the optimizer follows (the data gradient plus the regularizers'
 gradient, which is not sampled: tr(Sigma) is unchanged by it). The data-only ``|G_B|^2 - tr/B``
-is kept beside it. With a diagonal preconditioner P (Adam's and RMSProp's 1/(sqrt(v_hat) + eps)) the
-same estimates of ``tr(P Sigma P)`` and ``|P G|^2`` give the preconditioned noise scale.
+is kept beside it. With a diagonal preconditioner P (what the optimizer divides its step by,
+``diagonal_preconditioner``) the same estimates of ``tr(P Sigma P)`` and ``|P G|^2`` give the preconditioned noise scale.
 
 Each sampled update's raw estimates are kept (logged by the callback, pooled by the analysis), and
 averaged with an exponential moving average whose horizon is counted in examples: a sample
