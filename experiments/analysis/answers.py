@@ -322,20 +322,18 @@ def _fit_not_an_answer(s):
         return None
     rise_p, lowest = checks["rise_p"], checks["lowest_at"]
     floor = s["best"][lowest]["steps"]
-    never = _never_reached_above(s, lowest, floor * math.exp(max(2 * fit.residual_rms,
-                                                                   MIN_RISE)))
+    least_rise = max(2 * fit.residual_rms, MIN_RISE)
+    never = _never_reached_above(s, lowest, floor * math.exp(least_rise))
     if never:
-        b, budget = never
+        evidence = f"B = {_num(never[0])} did not reach the target in {_num(never[1])} updates"
+    elif rise_p is not None and rise_p < RISE_P and _measured_rise(s, lowest) > least_rise:
+        evidence = f"p = {rise_p:.2g} against a curve that only falls"
+    else:
+        evidence = None
+    if evidence:
         return (f"S(B) rises above B = {_num(lowest)} (the fewest updates, {_num(floor)}, were "
-                f"measured there; B = {_num(b)} did not reach the target in {_num(budget)} "
-                "updates): the model S_min (1 + B_crit / B) does not hold here; B_crit is not "
-                "reported as an answer")
-    if rise_p is not None and rise_p < RISE_P and _measured_rise(s, lowest) > max(
-            2 * fit.residual_rms, MIN_RISE):
-        return (f"S(B) rises above B = {_num(lowest)} (the fewest updates, "
-                f"{_num(floor)}, were measured there; p = {rise_p:.2g} "
-                "against a curve that only falls): the model S_min (1 + B_crit / B) does not "
-                "hold here; B_crit is not reported as an answer")
+                f"measured there; {evidence}): the model S_min (1 + B_crit / B) does not hold "
+                "here; B_crit is not reported as an answer")
     if fit.residual_rms > MISFIT_LIMIT:
         return (f"the fit misses the measured points by {fit.residual_rms:.3f} RMS in log steps "
                 f"(more than {MISFIT_LIMIT}): the model S_min (1 + B_crit / B) does not describe "

@@ -171,9 +171,11 @@ def record(measurements, step, pieces_sq, followed_grads, data_grads, num_pieces
     """
     m = measurements
     followed, data = list(followed_grads), list(data_grads)
-    counts = tf.concat([tf.cast(pieces_sq, tf.float32),
-                        tf.stack([tf.cast(num_pieces, tf.float32),
-                                  tf.cast(num_rows, tf.float32)])], axis=0)
+    # A replica handed no rows (a ragged last batch: 9 rows over 4 replicas are 3, 3, 3, 0)
+    # holds no piece of the batch: counted, it would bias tr(Sigma) by n / (n - 1).
+    num_rows = tf.cast(num_rows, tf.float32)
+    num_pieces = tf.where(num_rows > 0, tf.cast(num_pieces, tf.float32), 0.0)
+    counts = tf.concat([tf.cast(pieces_sq, tf.float32), tf.stack([num_pieces, num_rows])], axis=0)
     if step.distributed:
         followed = step.replica.all_reduce("sum", followed)
         data = step.replica.all_reduce("sum", data)

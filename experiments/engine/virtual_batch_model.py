@@ -184,10 +184,7 @@ class VirtualBatchModel(keras.Model):
             grads, data_grads, loss = accumulation.normalise(ctx, acc)
             micro_sq, num_micro = acc.micro_sq, acc.num_micro
         grads, loss = accumulation.add_regularizers(ctx.variables, grads, loss, ctx.num_replicas)
-        # A replica handed no rows (a ragged last batch: 9 rows over 4 replicas are 3, 3, 3, 0)
-        # holds no piece of the batch: counted, it would bias tr(Sigma) by n / (n - 1).
-        num_pieces = tf.where(num_rows > 0, tf.cast(num_micro, tf.int32), 0)
-        record(self.measurements, ctx, grads, data_grads, micro_sq, num_pieces, num_rows)
+        record(self.measurements, ctx, grads, data_grads, micro_sq, num_micro, num_rows)
         return grads, loss, num_rows
 
     def _step_context(self, num_rows):
