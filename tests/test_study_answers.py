@@ -166,11 +166,89 @@ def test_single_seeds_cannot_tell():
 
 
 def test_separated_seed_ranges_give_a_verdict():
-    records = (seeds(16, [(0.95, -0.01), (0.96, -0.02), (0.97, -0.015)])
-               + seeds(512, [(0.85, -0.10), (0.88, -0.12), (0.90, -0.11)]))
+    records = (seeds(16, [(0.95, -0.01), (0.96, -0.02), (0.97, -0.015), (0.955, -0.012)])
+               + seeds(512, [(0.85, -0.10), (0.88, -0.12), (0.90, -0.11), (0.86, -0.13)]))
     s = summarize(records, target=0.75)
     assert answers._hurt_sentence(s).startswith("Yes, the largest batch size hurts the model")
     assert " grows with batch size: " in answers._gap_sentence(s)
+
+
+def test_separated_ranges_of_three_seeds_are_not_yet_a_verdict():
+    """Ranges of 3 seeds each miss each other in 1 of 10 comparisons without any difference:
+    too often for a Yes / No (with 2 seeds, 1 in 3)."""
+    records = (seeds(16, [(0.95, -0.01), (0.96, -0.02), (0.97, -0.015)])
+               + seeds(512, [(0.85, -0.10), (0.88, -0.12), (0.90, -0.11)]))
+    s = summarize(records, target=0.75)
+    hurt, gap = answers._hurt_sentence(s), answers._gap_sentence(s)
+    assert hurt.startswith("Cannot tell whether the largest batch size hurts")
+    assert "with probability 0.1 " in hurt and "cannot be told" in gap
+
+
+def test_the_separation_p_value_is_the_rate_of_non_overlapping_ranges_without_a_difference():
+    """2 n! m! / (n + m)! against draws from one distribution (seeded, 20000 per case)."""
+    rng = np.random.default_rng(0)
+    for n, m in [(2, 2), (3, 3), (3, 4), (4, 4), (2, 5)]:
+        a, b = rng.normal(size=(20000, n)), rng.normal(size=(20000, m))
+        apart = np.mean((a.max(1) < b.min(1)) | (b.max(1) < a.min(1)))
+        assert abs(apart - answers.separation_p_value(n, m)) < 0.01, (n, m, apart)
+    assert answers.separation_p_value(4, 4) <= answers.SEPARATION_P < \
+        answers.separation_p_value(3, 4)
+
+
+def test_a_largest_batch_size_that_diverged_is_named_not_dropped():
+    """Every run at B = 512 ends with a NaN or infinite final metric: "does it hurt?" answers
+    Yes about B = 512 (it was the comparison the medians left out), and report.json counts
+    them; a diverged run beside finite ones is named as left out."""
+    records = (seeds(8, [(0.95, -0.01), (0.96, -0.02), (0.97, -0.015)])
+               + seeds(128, [(0.96, -0.01), (0.97, -0.02), (0.975, -0.015)])
+               + seeds(512, [(float("nan"), None), (float("inf"), None), (float("nan"), None)]))
+    records[3]["final"]["val_accuracy"] = float("nan")  # one of B = 128's seeds too
+    s = summarize(records, target=0.75)
+    hurt = answers._hurt_sentence(s)
+    assert hurt.startswith("Yes, the largest batch size hurts the model: every finished run at "
+                           "B = 512 diverged (3 run(s)"), hurt
+    assert "1 run(s) at B = 128, 3 run(s) at B = 512" in hurt and "inf" not in hurt
+    assert report_json(s)["diverged"] == {"128": 1, "512": 3}
+    assert 512 not in s["per_batch"] and s["per_batch"][128]["num_seeds"] == 2
+
+
+def test_the_default_target_is_reached_by_the_median_seed_with_two_seeds():
+    """Two seeds per B, no study.target: the target is a value both of the worst B's seeds
+    reached (the mean of the two was above one of them, and that B came out "never
+    reached")."""
+    def capped(b, seed, top):
+        record = run(b, 40, seed)
+        record["curve"]["val_accuracy"] = [[u, min(v, top)]
+                                           for u, v in record["curve"]["val_accuracy"]]
+        return record
+
+    records = [capped(16, 0, 0.80), capped(16, 1, 0.90), capped(64, 0, 0.95), capped(64, 1, 0.97)]
+    s = summarize(records)
+    assert s["target"] == 0.80
+    assert not any(v["censored"] for v in s["best"].values())
+
+
+def test_batch_sizes_that_did_not_reach_the_target_are_named_without_a_fit():
+    records = [run(16, 40), run(64, 60)] + [dict(run(256, 40), curve={"val_accuracy": [
+        [10.0, 0.5], [20.0, 0.6]]}, updates=20.0)]
+    s = summarize(records, target=0.75)
+    pick = answers._pick_sentence(s)
+    assert "fitting S(B) needs at least 3" in pick
+    assert "at B = 256 the median seed did not reach the target within the budget (20 updates)" \
+        in pick
+
+
+def test_a_withheld_b_crit_is_not_stated_by_the_noise_sentence():
+    s = curve_summary([2000, 1000, 500, 260, 300, 600, 1200])  # a rise: B_crit withheld
+    assert answers.b_crit_withheld(s)
+    text = answers._noise_sentence(s)
+    assert text.startswith("B_crit cannot be compared") and "≈" not in text
+
+
+def test_one_seed_per_point_says_it_has_no_interval():
+    s = curve_summary(noisy(40, 64))
+    assert "is one seed of its best setting, with no interval" in answers._pick_sentence(s)
+    assert list(report_json(s)["per_batch_size"]) == [str(b) for b in SIZES]
 
 
 # ---- open interval ends -------------------------------------------------------------------
@@ -259,3 +337,27 @@ def test_the_ratio_interval_states_the_level_it_holds():
     assert answers.ratio_level(dict(s, b_simple_info={"level": 0.9})) == pytest.approx(0.8)
     assert answers.ratio_level(dict(s, b_simple_info={"interval_level": 0.5})) == \
         pytest.approx(0.4)
+
+
+def lr_summary(rates):
+    sizes = [2 ** i for i in range(len(rates))]
+    return summarize([dict(run(b, 40 * (1 + 64 / b)), learning_rate=lr)
+                      for b, lr in zip(sizes, rates)], target=0.75)
+
+
+def test_a_best_learning_rate_that_bends_names_no_scaling_rule():
+    """Linear up to B = 32, then flat (the noisy quadratic model's shape): the fitted average
+    exponent (about 0.5) is not "square-root scaling"."""
+    s = lr_summary([min(0.03 * 2 ** i, 1.0) for i in range(13)])
+    text = answers._lr_sentence(s)
+    assert "does not follow one power law over B = 1–4096" in text
+    assert "closest to" not in text and "RMS misfit" in text
+    assert report_json(s)["lr_fit_bend_p"] < answers.BEND_P
+
+
+def test_a_power_law_with_grid_scatter_keeps_its_rule():
+    rng = np.random.default_rng(3)
+    s = lr_summary([0.01 * 2 ** (0.5 * i) * 2 ** (rng.integers(-1, 2) / 3) for i in range(10)])
+    text = answers._lr_sentence(s)
+    assert "closest to square-root scaling (0.5)" in text and "RMS misfit" in text
+    assert report_json(s)["lr_fit_bend_p"] >= answers.BEND_P

@@ -168,7 +168,7 @@ def test_report_json_has_the_documented_keys_and_sentences_carry_intervals(tmp_p
     with open(result["report"], encoding="utf-8") as handle:
         report = handle.read()
     assert "B_crit ≈" in report and "90% interval" in report and "B_noise" not in report
-    assert "B = 1024 never reached the target" in report
+    assert "at B = 1024 the median seed did not reach the target within the budget" in report
     assert "median of 3 seeds" in report and "21 runs" not in report
     assert "&gt; 80" in report  # the censored runs' table cell
 

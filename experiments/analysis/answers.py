@@ -24,6 +24,7 @@ FIGURES = {
 DOUBLING_FRACTION = 0.3
 # A relative change in the final metric below this is reported as "about the same".
 NEGLIGIBLE_CHANGE = 0.005
+BEND_P = 0.05  # a best learning rate whose log-log points bend more surely than this: no one law
 # The S(B) fit is not an answer when it misses its points by more than this RMS in log steps
 # (0.2: 22%, twice the 10% run-to-run noise of steps the coverage checks assume), ...
 MISFIT_LIMIT = 0.2
@@ -90,32 +91,63 @@ def _range_text(pair, n):
     return f"(median of {n} seeds, range {metric_name(pair[0])} to {metric_name(pair[1])})"
 
 
+SEPARATION_P = 0.05  # the chance, with no real difference, of a verdict on seeds' ranges
+
+
+def separation_p_value(n, m):
+    """Probability that the ranges of n and m seeds do not overlap, either way round, when both
+    come from one distribution: 2 n! m! / (n + m)! (every order of the n + m values is equally
+    likely, and 2 of the C(n + m, n) ways to split the ranks keep the groups apart). 1/3 with 2
+    seeds each, 1/10 with 3, 1/35 with 4."""
+    return min(1.0, 2.0 / math.comb(n + m, n))
+
+
 def _seed_doubt(entries, range_key):
     """Why two batch sizes' medians cannot be told apart, or None: a single seed at either (no
-    spread measured), or seeds' ranges that overlap (the difference is within seed noise)."""
+    spread measured), seeds' ranges that overlap (the difference is within seed noise), or
+    ranges apart but with too few seeds for that to mean much (``separation_p_value`` above
+    ``SEPARATION_P``: with 2 seeds each a third of all comparisons without any real difference
+    would give a verdict)."""
     single = [b for b, v in entries.items() if v["num_seeds"] <= 1 or v[range_key] is None]
     if single:
         return (f"not measured with several seeds (1 seed at B = "
                 f"{', '.join(_num(b) for b in single)}; set study.seeds)")
     (lo_a, hi_a), (lo_b, hi_b) = (v[range_key] for v in entries.values())
-    if hi_a < lo_b or hi_b < lo_a:
-        return None
-    return "within seed noise (the seeds' ranges overlap)"
+    if not (hi_a < lo_b or hi_b < lo_a):
+        return "within seed noise (the seeds' ranges overlap)"
+    n, m = (v["num_seeds"] for v in entries.values())
+    p = separation_p_value(n, m)
+    if p > SEPARATION_P:
+        return (f"the seeds' ranges do not overlap, but with {n} and {m} seeds that happens "
+                f"without any real difference with probability {p:.2g} (4 seeds at each make it "
+                f"{separation_p_value(4, 4):.2g}; set study.seeds)")
+    return None
 
 
 def _hurt_sentence(s):
     """Does my batch size hurt my model? Best setting's median final metric, smallest vs largest
-    B, with the seeds' range; "Cannot tell" unless both have several seeds whose ranges do not
-    overlap (a verdict inside seed noise would be a coin flip stated as a finding)."""
+    B, with the seeds' range; "Cannot tell" unless both have enough seeds whose ranges do not
+    overlap (``_seed_doubt``: a verdict inside seed noise would be a coin flip stated as a
+    finding)."""
     per_batch, metric = s["per_batch"], s["metric"]
+    diverged = s.get("diverged") or {}
+    left_out = _diverged_text(diverged, metric)
     if not per_batch:
         return _cite(f"Whether batch size hurts the model cannot be determined: no finished run "
-                     f"has a final {metric}", "final_metric")
+                     f"has a finite final {metric}{left_out}", "final_metric")
+    if diverged and max(diverged) > max(per_batch):
+        large, small = max(diverged), min(per_batch)
+        v = per_batch[small]
+        return _cite(f"Yes, the largest batch size hurts the model: every finished run at "
+                     f"B = {_num(large)} diverged ({diverged[large]} run(s), final {metric} not "
+                     f"finite), against final {metric} {metric_name(v['final'])} at "
+                     f"B = {_num(small)} {_range_text(v['final_range'], v['num_seeds'])}"
+                     f"{left_out}", "final_metric")
     if len(per_batch) == 1:
         (b, v), = per_batch.items()
         return _cite(f"Whether batch size hurts the model cannot be determined: only one batch "
                      f"size (B = {_num(b)}) finished, with final {metric} {metric_name(v['final'])} "
-                     f"{_range_text(v['final_range'], v['num_seeds'])}", "final_metric")
+                     f"{_range_text(v['final_range'], v['num_seeds'])}{left_out}", "final_metric")
     small, large = min(per_batch), max(per_batch)
     a, z = per_batch[small]["final"], per_batch[large]["final"]
     change = abs(z - a) / abs(a) if a else (0.0 if z == a else math.inf)
@@ -125,7 +157,8 @@ def _hurt_sentence(s):
                f"against {metric_name(a)} at B = {_num(small)} "
                f"{_range_text(per_batch[small]['final_range'], per_batch[small]['num_seeds'])}")
     direction = "worse" if better(a, z, s["mode"]) else "better"
-    difference = f"{metric_name(abs(z - a))} {direction} ({change:.1%})"
+    difference = (f"{metric_name(abs(z - a))} {direction} ({change:.1%})" if z != a
+                  else "the same")
     doubt = _seed_doubt({b: per_batch[b] for b in (small, large)}, "final_range")
     if doubt:
         verdict = (f"Cannot tell whether the largest batch size hurts the model: {numbers}, "
@@ -136,7 +169,16 @@ def _hurt_sentence(s):
         verdict = f"Yes, the largest batch size hurts the model: {numbers}, {difference}"
     else:
         verdict = f"No, the largest batch size does not hurt the model: {numbers}, {difference}"
-    return _cite(verdict, "final_metric")
+    return _cite(verdict + left_out, "final_metric")
+
+
+def _diverged_text(diverged, metric):
+    """"; left out ...: k run(s) at B = x" for the runs whose final metric is not finite ("" when
+    none): they are in no median, and a reader must not take the medians for every run."""
+    if not diverged:
+        return ""
+    parts = ", ".join(f"{n} run(s) at B = {_num(b)}" for b, n in sorted(diverged.items()))
+    return f"; left out because they diverged (final {metric} not finite): {parts}"
 
 
 def _gap_sentence(s):
@@ -145,7 +187,7 @@ def _gap_sentence(s):
     The gap is validation minus training (``gap_<m>`` = val_<m> - <m>, measured by the gap
     callback in inference mode when it ran). For a metric where higher is better (accuracy) a
     more negative gap is a larger one; for a loss a more positive one. A trend is only stated
-    when both batch sizes have several seeds whose ranges do not overlap (``_seed_doubt``)."""
+    when both batch sizes have enough seeds whose ranges do not overlap (``_seed_doubt``)."""
     points = {b: v for b, v in s["per_batch"].items() if v["gap"] is not None}
     key = s["gap_key"]
     worse = "below" if s["mode"] == "max" else "above"
@@ -253,13 +295,28 @@ def _lr_sentence(s):
     nearest = min(names, key=lambda p: abs(fit.exponent - p))
     others = " or ".join(n for p, n in names.items() if p != nearest)
     interval = s.get("lr_fit_interval")
-    spread = (f" [90% interval {interval[0]:.2f} to {interval[1]:.2f}]" if interval
+    spread = (f" [90% interval {_exponent_text(interval[0])} to "
+              f"{_exponent_text(interval[1])}]" if interval
               else " (no interval: two points fix the line)")
     inside = [n for p, n in names.items() if interval and interval[0] <= p <= interval[1]]
-    text = (f"The best learning rate (the one that "
-            f"{'reaches the target in the fewest updates' if s['lr_fit_source'] == 'steps to target' else 'gives the best final metric'}"
-            f") follows B^{fit.exponent:.2f}{spread} (power law over {fit.num_points} batch "
-            f"sizes): closest to {names[nearest]}, over {others}")
+    chosen = ('reaches the target in the fewest updates' if s['lr_fit_source'] == 'steps to target'
+              else 'gives the best final metric')
+    exponent = f"B^{_exponent_text(fit.exponent)}"
+    misfit = (f"; RMS misfit {fit.residual_rms:.2f} in log learning rate"
+              if fit.num_points > 2 else "")
+    if fit.curvature_p is not None and fit.curvature_p < BEND_P:
+        sizes = sorted(s["best"] if s["lr_fit_source"] == "steps to target" else s["per_batch"])
+        text = (f"The best learning rate (the one that {chosen}) does not follow one power law "
+                f"over B = {_num(sizes[0])}–{_num(sizes[-1])}: its exponent changes along the "
+                f"range (p = {fit.curvature_p:.2g} for a bend in log-log{misfit}), so the "
+                f"one exponent fitted over it ({_exponent_text(fit.exponent)}) names no rule; "
+                "read the figure for where it changes")
+        if not s["lr_searched"]:
+            text += "; each batch size tried only one learning rate and rule"
+        return _cite(text + _edge_text(s), "best_lr")
+    text = (f"The best learning rate (the one that {chosen}) follows {exponent}{spread} (power "
+            f"law over {fit.num_points} batch sizes{misfit}): closest to {names[nearest]}, over "
+            f"{others}")
     if interval:
         text += (f"; the interval holds {' and '.join(inside)}" if inside
                  else "; the interval holds none of the three rules")
@@ -267,6 +324,12 @@ def _lr_sentence(s):
         text += ("; but each batch size tried only one learning rate and rule, so this exponent "
                  "is the configured rule, not a measured optimum")
     return _cite(text + _edge_text(s), "best_lr")
+
+
+def _exponent_text(value):
+    """Two decimals, without a sign on a zero ("0.00", never "-0.00")."""
+    text = f"{value:.2f}"
+    return text[1:] if text == "-0.00" else text
 
 
 def _steps_runs(s):
@@ -378,10 +441,16 @@ def _seed_interval_text(s):
     levels = sorted({(v["num_seeds"], v.get("steps_interval_level")) for v in s["best"].values()
                      if v.get("steps_interval") is not None and v.get("steps_interval_level")})
     if not levels:
+        seeds = [v.get("num_seeds") or 1 for v in s["best"].values()]
+        if seeds and max(seeds) <= 1:
+            return ("; each batch size's point is one seed of its best setting, with no "
+                    "interval (set study.seeds for one)")
         return ""
     parts = ", ".join(f"{_level_text(level)} with {n} seeds" for n, level in levels)
+    chosen = (" (of the chosen setting's seeds: picking the best of several settings on the "
+              "same seeds is not accounted for)") if s.get("lr_searched") else ""
     return (f"; each batch size's interval over its seeds (figure bars) is an order-statistic "
-            f"interval of the median that holds it with probability {parts}")
+            f"interval of the median that holds it with probability {parts}{chosen}")
 
 
 def _b_crit_numbers(s):
@@ -411,17 +480,24 @@ def _pick_sentence(s):
     """What batch size should I pick? Where doubling B stops paying, from the S(B) fit; a bound
     instead of a number when B_crit lies beyond the sizes tried, and no B_crit at all when the
     model does not hold (S rises with B, or the fit misses its points)."""
+    censored = sorted(b for b, v in s["best"].items() if v["censored"])
+    not_reached = ""
+    if censored:
+        budgets = [s["best"][b].get("budget") for b in censored]
+        budget_text = (f" ({', '.join('?' if u is None else _num(u) for u in budgets)} "
+                       "updates)") if any(u is not None for u in budgets) else ""
+        not_reached = (f"; at B = {', '.join(_num(b) for b in censored)} the median seed did not "
+                       f"reach the target within the budget{budget_text}")
     if s["steps_fit"] is None:
         return _cite("What batch size to pick cannot be read from steps to result: "
-                     + s["steps_fit_reason"], "steps_to_result")
+                     + s["steps_fit_reason"] + not_reached, "steps_to_result")
     problem = _fit_not_an_answer(s)
     answer = (f"What batch size to pick cannot be read from the S(B) fit: {problem}" if problem
               else _beyond_text(s) or _b_crit_numbers(s))
     text = f"{answer} ({_fit_basis(s)}){_seed_interval_text(s)}"
-    censored = [b for b, v in s["best"].items() if v["censored"]]
     if censored:
-        text += (f"; B = {', '.join(_num(b) for b in censored)} never reached the target within "
-                 "the budget and enter the fit as \"more than the budget\"")
+        text += (f"{not_reached}, so {'it enters' if len(censored) == 1 else 'they enter'} the "
+                 "fit as \"more than the budget\"")
     return _cite(text, "steps_to_result")
 
 
@@ -438,7 +514,8 @@ def _noise_sentence(s):
     if b_simple is None:
         missing = info.get("note") or ("no finished run measured B_simple (turn on the gradient "
                                        "noise scale measurement)")
-        have = f"the fitted B_crit ≈ {_num(fit.b_crit)}" if fit else "B_crit"
+        have = f"the fitted B_crit ≈ {_num(fit.b_crit)}" if fit and not b_crit_withheld(s) \
+            else "B_crit"
         return _cite(f"{have[0].upper()}{have[1:]} cannot be compared with the measured gradient "
                      f"noise scale: {missing}", "steps_to_result")
     interval = _interval_text(s.get("b_simple_interval"), open_end=OPEN_END["b_simple"],
@@ -502,8 +579,10 @@ def _throughput_sentence(s):
                      "throughput")
     first, last = s["throughput"][sizes[0]]["median"], s["throughput"][sizes[-1]]["median"]
     return _cite(f"Throughput goes from {one(sizes[0])} to {one(sizes[-1])} "
-                 f"({last / first:.2g}×; wall-clock numbers depend on what else ran on the "
-                 "machine)", "throughput")
+                 f"({last / first:.2g}×; examples over each run's whole training time, its "
+                 "first epoch's tracing and every evaluation included, so short runs read low "
+                 "(the throughput measurement's own examples/s, per epoch, reads higher); "
+                 "wall-clock numbers depend on what else ran on the machine)", "throughput")
 
 
 def _first_line(error, limit=120):

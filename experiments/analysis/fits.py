@@ -40,12 +40,16 @@ class StepsFit:
 
 @dataclasses.dataclass(frozen=True)
 class PowerLawFit:
-    """y = prefactor * x^exponent; exponent_stderr is nan when two points fix the line exactly."""
+    """y = prefactor * x^exponent; exponent_stderr is nan when two points fix the line exactly.
+    ``residual_rms``: the misfit in log y; ``curvature_p``: the p-value of a bend (``fit_power_law``),
+    None with fewer than 4 points."""
 
     exponent: float
     exponent_stderr: float
     prefactor: float
     num_points: int
+    residual_rms: float = 0.0
+    curvature_p: float | None = None
 
     def predict(self, x):
         return self.prefactor * np.asarray(x, dtype=float) ** self.exponent
@@ -340,7 +344,30 @@ def fit_power_law(x, y):
     residuals = np.log(y) - design @ coeffs
     stderr = _stderr(design, residuals, 2)
     return PowerLawFit(exponent=float(coeffs[1]), exponent_stderr=float(stderr[1]),
-                       prefactor=float(np.exp(coeffs[0])), num_points=int(x.size))
+                       prefactor=float(np.exp(coeffs[0])), num_points=int(x.size),
+                       residual_rms=float(np.sqrt(np.mean(residuals ** 2))),
+                       curvature_p=_curvature_p(np.log(x), np.log(y), residuals))
+
+
+def _curvature_p(log_x, log_y, line_residuals):
+    """p-value of a bend in log y over log x: the F test (1 and n - 3 degrees of freedom) of
+    adding (log x)^2 to the line. A power law holds one exponent over the whole range; a small
+    p says the points follow different exponents in different parts of it (a best learning
+    rate that grows with B and then levels off). None with fewer than 4 points or 3 distinct x."""
+    from scipy import stats  # noqa: PLC0415
+
+    n = log_x.size
+    if n < 4 or np.unique(log_x).size < 3:
+        return None
+    centred = log_x - log_x.mean()
+    design = np.column_stack([np.ones_like(log_x), centred, centred ** 2])
+    coeffs, *_ = np.linalg.lstsq(design, log_y, rcond=None)
+    rss_bent = float(np.sum((log_y - design @ coeffs) ** 2))
+    rss_line = float(line_residuals @ line_residuals)
+    if rss_line - rss_bent <= 1e-12 * (1.0 + rss_line):
+        return 1.0
+    statistic = (rss_line - rss_bent) / max(rss_bent / (n - 3), 1e-300)
+    return float(stats.f.sf(statistic, 1, n - 3))
 
 
 def scaling_efficiency(fit, batch_size):

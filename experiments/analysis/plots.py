@@ -111,12 +111,14 @@ def plot_steps_to_result(best, fit, path, b_simple=None, target=None, intervals=
     low = [s - (iv[0] if iv else s) for s, iv in zip(steps, spreads)]
     high = [((iv[1] if np.isfinite(iv[1]) else s) if iv else s) - s
             for s, iv in zip(steps, spreads)]
+    bars = any(spreads)
     ax.errorbar(sizes, steps, yerr=[low, high], fmt="o", color="C0", capsize=3, zorder=3,
-                label="median over seeds, best lr per B (bars: interval of the median, "
-                      "its level per B in the report)")
+                label=("median over seeds, best lr per B (bars: interval of the median, "
+                       "its level per B in the report)") if bars
+                else "one seed per setting, best lr per B (no interval)")
     if censored:
         ax.plot(*zip(*censored), "^", color="C3", zorder=3,
-                label="never reached: more than this budget")
+                label="median seed not there: more than this budget")
     every = list(sizes) + [b for b, _ in censored]
     grid = _span(every)
     ax.plot(grid, steps[0] * sizes[0] / grid, "--", color="0.5", label="perfect scaling (S ∝ 1/B)")

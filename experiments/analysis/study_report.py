@@ -37,19 +37,23 @@ def _default_target(done, mode, metric):
 
     Each (batch size, setting)'s reach is the median over its seeds of each seed's best value (one
     lucky seed does not set it); a batch size's reach is its best setting's; the target is the
-    worst batch size's reach. It is still chosen from the runs it is then measured on, so the
-    report says so; set ``study.target`` for an unbiased one.
+    worst batch size's reach. With an even number of seeds the median is the lower middle value
+    (for "min" metrics the higher): the value more than half of the seeds reached, which is
+    what makes the median step count defined (``study_statistics.median_censored``; the mean of
+    the two middle values was beyond one of them, so that batch size came out "never reached").
+    It is still chosen from the runs it is then measured on, so the report says so; set
+    ``study.target`` for an unbiased one.
     """
     reach = {}
     for record in done:
         values = [v for _, v in (record.get("curve") or {}).get(metric) or ()
-                  if v is not None and not math.isnan(v)]
+                  if v is not None and math.isfinite(v)]
         if values:
             key = (record["batch_size"], record.get("learning_rate"), record.get("rule"))
             reach.setdefault(key, []).append(max(values) if mode == "max" else min(values))
     per_batch = {}
     for (batch_size, _, _), values in reach.items():
-        value = statistics.median(values)
+        value = statistics.median_low(values) if mode == "max" else statistics.median_high(values)
         previous = per_batch.get(batch_size)
         if previous is None or better(value, previous, mode):
             per_batch[batch_size] = value
@@ -119,7 +123,7 @@ def _best_final_per_batch(done, metric, mode):
     groups = {}
     for record in done:
         value = (record.get("final") or {}).get(metric)
-        if value is not None and not math.isnan(value):
+        if value is not None and math.isfinite(value):
             key = (record.get("learning_rate"), record.get("rule"))
             groups.setdefault(record["batch_size"], {}).setdefault(key, []).append(record)
     sign = -1.0 if mode == "max" else 1.0
@@ -133,7 +137,7 @@ def _best_final_per_batch(done, metric, mode):
         _, _, _, runs = min(scored, key=lambda c: c[:3])
         finals = [r["final"][metric] for r in runs]
         gaps = [(r.get("final") or {}).get(gap) for r in runs]
-        gaps = [g for g in gaps if g is not None and not math.isnan(g)]
+        gaps = [g for g in gaps if g is not None and math.isfinite(g)]
         per_batch[batch_size] = {
             "final": statistics.median(finals), "final_range": _spread(finals),
             "gap": statistics.median(gaps) if gaps else None, "gap_range": _spread(gaps),
@@ -141,6 +145,17 @@ def _best_final_per_batch(done, metric, mode):
             "rule": runs[0].get("rule"), "run": runs[0].get("name"),
             "runs": [r.get("name") for r in runs]}
     return per_batch
+
+
+def _diverged_per_batch(done, metric):
+    """{B: finished runs whose final ``metric`` is NaN or infinite}: left out of every median
+    (``_best_final_per_batch``), so the report names them instead."""
+    diverged = {}
+    for record in done:
+        value = (record.get("final") or {}).get(metric)
+        if value is not None and not math.isfinite(value):
+            diverged[record["batch_size"]] = diverged.get(record["batch_size"], 0) + 1
+    return diverged
 
 
 def _learning_rates_tried(done):
@@ -301,7 +316,8 @@ def summarize(records, target=None, mode="max", metric="val_accuracy", extension
         "b_simple": b_simple["b_simple"], "b_simple_interval": b_simple.get("interval"),
         "b_simple_info": b_simple, "num_b_simple": b_simple.get("num_runs", 0),
         "b_crit_over_b_simple": ratio, "b_crit_over_b_simple_interval": ratio_interval,
-        "per_batch": per_batch, "lr_fit": lr_fit, "lr_fit_interval": lr_interval,
+        "per_batch": per_batch, "diverged": _diverged_per_batch(done, metric),
+        "lr_fit": lr_fit, "lr_fit_interval": lr_interval,
         "lr_fit_source": lr_source, "lr_fit_reason": lr_fit_reason,
         "lrs_tried": lrs_tried, "lr_searched": lr_searched,
         "edge_warnings": _edge_warnings(best, per_batch, lrs_tried),
@@ -350,6 +366,7 @@ def report_json(summary):
                                       "rule": final["rule"], "censored": None,
                                       "final": final["final"],
                                       "final_range": final["final_range"], "gap": final["gap"]})
+    per_batch = {key: per_batch[key] for key in sorted(per_batch, key=float)}  # 4, 16, 256
     lr_fit = summary["lr_fit"]
     throughput = summary["throughput"]
     return {
@@ -380,10 +397,13 @@ def report_json(summary):
         "lr_exponent": lr_fit.exponent if lr_fit else None,
         "lr_exponent_interval": _interval(summary["lr_fit_interval"]),
         "lr_exponent_source": summary["lr_fit_source"],
+        "lr_fit_residual_rms": lr_fit.residual_rms if lr_fit else None,
+        "lr_fit_bend_p": lr_fit.curvature_p if lr_fit else None,
         "edge_warnings": summary["edge_warnings"],
         "extensions": summary.get("extensions"),
         "throughput": {str(b): v for b, v in throughput.items()},
         "failed": summary["failed"],
+        "diverged": {str(b): n for b, n in sorted((summary.get("diverged") or {}).items())},
     }
 
 
