@@ -1,11 +1,13 @@
 """Cost of the TensorBoard measurements: time per epoch with all of them on vs all off.
 
-    python benchmarks/bench_measurement.py [--epochs 5] [--repeats 3] [--setups NAME ...]
+    python benchmarks/bench_measurement.py [--epochs 5] [--repeats 6] [--setups NAME ...]
 
 Each setup is trained through the real runner (``experiments.run.runner.train``), as a user runs it,
-in this process: "off" (``measurements.enabled = []``) and "on" runs alternate, ``--repeats`` times
-each (the order flips every round), so that both arms see the same machine load. "On" is the
-default set (``measurements.DEFAULT``: gradient norms and update ratios, generalization gap,
+in this process: an "off" run (``measurements.enabled = []``) and an "on" run form a pair, trained
+side by side in two threads that take turns epoch by epoch (``Alternation``: only one computes at
+a time; which arm goes first alternates from pair to pair), so that the two epochs compared are
+some tens of milliseconds apart and a slower stretch of this shared machine slows both. "On" is
+the default set (``measurements.DEFAULT``: gradient norms and update ratios, generalization gap,
 distance from init, throughput, and the gradient noise scale when k > 1), logged every
 ``measurements.every_n_updates`` = ``--every`` updates. Keskar sharpness (opt-in, once at the end of
 training) runs after the last epoch of the first "on" run and is reported in its own column: it is
@@ -13,12 +15,18 @@ not part of any epoch.
 
 The time of an epoch is taken by a callback placed after every measurement, from its start to the
 end of the last measurement's epoch-end work (validation included, as in every epoch a user
-waits for); the first epoch of each run (tracing) is dropped. Reported: the medians, the ratio of
-the fastest epochs (a shared machine only ever slows an epoch down), the ratio of the median
-process CPU time (all threads; less sensitive to other processes, but it also counts TensorFlow's
-worker threads spinning while they wait), and the extra milliseconds per epoch (difference of
-the medians), which shows the fixed part of the cost. Targets (printed with met / not met): at
-most 5% overhead per epoch on the reference setups, at most 25% on the digits MLP.
+waits for); the first epoch of each run (tracing) is dropped. Per pair: the median over its epochs
+of on / off (wall time, and process CPU time: all threads, which also counts TensorFlow's worker
+threads spinning while they wait) and of on - off in milliseconds (the fixed part of the cost).
+Reported: the median over pairs, with the order-statistic interval of that median (at least 95%;
+with six pairs their whole range, 96.9%). Targets (printed with met / not met / unclear): at most 5%
+overhead per epoch on the reference setups, at most 25% on the digits MLP; "met" needs both
+intervals (wall and CPU) within the limit.
+
+With ``--sequential``, the earlier design: whole runs one after another, the arms interleaved
+``--repeats`` times each, every epoch of an arm pooled; reported are the medians, the ratio of the
+fastest epochs and of the median CPU time. On this shared 2-core machine its ratios moved by 0.1 to
+0.3 between runs of the same code, because epochs of the two arms were seconds to minutes apart.
 
 With ``--phases``, ``--repeats`` interleaved "off" and "on" runs per setup instead, printing where each epoch's
 milliseconds go (``phase_table``): the train calls (the step's in-graph measurements and the
@@ -38,6 +46,7 @@ import os
 import statistics
 import sys
 import tempfile
+import threading
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -47,6 +56,7 @@ import keras  # noqa: E402
 from absl import logging  # noqa: E402
 
 from experiments import launch  # noqa: E402
+from experiments.analysis import study_statistics  # noqa: E402
 from experiments.engine import custom_loop  # noqa: E402
 from experiments.engine.measurement import Measurement  # noqa: E402
 from experiments.run import measurements as measurements_lib  # noqa: E402
@@ -162,19 +172,206 @@ class PhaseTimer(EpochTimer):
         self._counting = epoch > 0  # the first epoch (tracing, also at its end) is not counted
 
 
-def run_once(files, bindings, measured, sharpness, epochs, every, output_dir, timer=None,
-             without=()):
-    """One run through the runner; returns ([(wall, cpu)] of epochs 2.., sharpness seconds)."""
+def _parse(files, bindings, measured, sharpness, epochs, every, without=()):
+    """Parses one arm's configuration: the default set (less ``without``, with the sharpness
+    when ``sharpness``) or no measurement."""
     listed = ", ".join(f for f in DEFAULT_SET.split(", ")
                        if not any(f == f"@measurements.{name}" for name in without))
     listed += ", @measurements.sharpness" if sharpness else ""
     extra = [f"measurements.enabled = [{listed}]"] if measured else ["measurements.enabled = []"]
     launch.parse(files, list(bindings) + extra + [
         f"train.epochs = {epochs}", "train.verbose = 0", f"measurements.every_n_updates = {every}"])
+
+
+def run_once(files, bindings, measured, sharpness, epochs, every, output_dir, timer=None,
+             without=(), parsed=False):
+    """One run through the runner (its configuration parsed first unless ``parsed``); returns
+    ([(wall, cpu)] of epochs 2.., sharpness seconds)."""
+    if not parsed:
+        _parse(files, bindings, measured, sharpness, epochs, every, without)
     timer = timer or EpochTimer()
     result = runner.train(output_dir=output_dir, experiment="bench_measurement",
                           extra_callbacks=[timer])
     return timer.seconds[1:], result["measurements"].get("sharpness/seconds")
+
+
+class Alternation:
+    """Hands the machine to one of two runs at a time, epoch by epoch: the two arms of a pair
+    train in two threads of this process, and only the one whose turn it is computes. Adjacent
+    epochs of the two arms are then some 50 ms apart, so a slower stretch of a shared machine
+    slows both (the runs-after-runs design compared epochs seconds or minutes apart)."""
+
+    def __init__(self):
+        self._condition = threading.Condition()
+        self._turn = None
+        self._finished = 0
+        self.failed = None
+
+    def wait_for(self, arm):
+        with self._condition:
+            if not self._condition.wait_for(
+                    lambda: self._turn == arm or self.failed is not None, timeout=1800):
+                raise RuntimeError("bench_measurement: the other arm did not hand back its turn")
+            if self.failed is not None:
+                raise RuntimeError("bench_measurement: the other arm failed") from self.failed
+
+    def give(self, arm):
+        with self._condition:
+            self._turn = arm
+            self._condition.notify_all()
+
+    def finish(self, arm):
+        """``arm`` has ended its last epoch: the other runs its last one, then both wrap up
+        together (untimed: writing results, the sharpness at the end)."""
+        with self._condition:
+            self._finished += 1
+            self._turn = 1 - arm
+            self._condition.notify_all()
+            self._condition.wait_for(lambda: self._finished == 2 or self.failed is not None,
+                                     timeout=1800)
+
+    def fail(self, error):
+        with self._condition:
+            self.failed = error
+            self._condition.notify_all()
+
+
+class PairedTimer(EpochTimer):
+    """``EpochTimer`` taking turns with the other arm (``Alternation``): it waits for its turn
+    before each epoch's clock starts and gives the turn away when the clock stops. ``ready``
+    is set when the run has built everything and reaches its first epoch."""
+
+    def __init__(self, alternation, arm, epochs):
+        super().__init__()
+        self.alternation, self.arm, self.epochs = alternation, arm, epochs
+        self.ready = threading.Event()
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if epoch == 0:
+            self.ready.set()
+            self.alternation.wait_for(self.arm)
+        super().on_epoch_begin(epoch, logs)
+
+    def on_epoch_end(self, epoch, logs=None):
+        super().on_epoch_end(epoch, logs)
+        if epoch == self.epochs - 1:
+            self.alternation.finish(self.arm)
+        else:
+            self.alternation.give(1 - self.arm)
+            self.alternation.wait_for(self.arm)
+
+
+def run_pair(files, bindings, sharpness, epochs, every, output_dir, on_first, without=()):
+    """One "off" and one "on" run trained side by side, epoch by epoch (``Alternation``; the
+    "on" arm first when ``on_first``). Each run's configuration is parsed and its model, data
+    and measurements built before the other's (gin's config is global; the two differ only in
+    ``measurements.enabled``, read while a run is built). Returns {measured: [(wall, cpu)] of
+    epochs 2..}, and the sharpness seconds of the "on" run (when ``sharpness``)."""
+    alternation = Alternation()
+    timers, threads, results = {}, {}, {}
+
+    def train(measured, timer):
+        try:
+            results[measured] = run_once(files, bindings, measured, sharpness and measured,
+                                         epochs, every, os.path.join(output_dir, str(measured)),
+                                         timer, without=without, parsed=True)
+        except BaseException as error:  # noqa: BLE001 (handed to the main thread below)
+            alternation.fail(error)
+            results[measured] = error
+
+    for arm, measured in enumerate((False, True)):
+        _parse(files, bindings, measured, sharpness and measured, epochs, every, without)
+        timers[measured] = PairedTimer(alternation, arm, epochs)
+        threads[measured] = threading.Thread(target=train, args=(measured, timers[measured]))
+        threads[measured].start()
+        while not timers[measured].ready.wait(0.1):  # built: the next may parse its config
+            if not threads[measured].is_alive():
+                break
+    alternation.give(1 if on_first else 0)
+    for thread in threads.values():
+        thread.join()
+    for outcome in results.values():
+        if isinstance(outcome, BaseException):
+            raise outcome
+    return ({measured: results[measured][0] for measured in (False, True)},
+            results[True][1])
+
+
+def paired_rows(setups, epochs, every, repeats, output_dir, without=()):
+    """For each setup, ``repeats`` pairs (``run_pair``; the arm that goes first alternates):
+    per pair the medians over its epochs of on / off (wall and CPU) and of on - off (ms); the
+    setup's numbers are the medians over pairs, with the order-statistic interval of the median
+    over pairs (``study_statistics.median_interval``: at least 95%, the pairs' whole range with
+    six pairs)."""
+    rows = []
+    for name, (files, bindings) in setups:
+        wall, cpu, extra, off_ms, on_ms = [], [], [], [], []
+        sharpness = None
+        for repeat in range(repeats):
+            seconds, sharp = run_pair(files, bindings, sharpness is None, epochs, every,
+                                      output_dir, on_first=repeat % 2 == 1, without=without)
+            sharpness = sharp if sharp is not None else sharpness
+            pairs = list(zip(seconds[False], seconds[True]))
+            wall.append(statistics.median(on[0] / off[0] for off, on in pairs))
+            cpu.append(statistics.median(on[1] / off[1] for off, on in pairs))
+            extra.append(statistics.median(1000 * (on[0] - off[0]) for off, on in pairs))
+            off_ms.append(1000 * statistics.median(off[0] for off, _ in pairs))
+            on_ms.append(1000 * statistics.median(on[0] for _, on in pairs))
+            print(f"{name}, pair {repeat + 1}: off {off_ms[-1]:.1f} ms, on {on_ms[-1]:.1f} ms "
+                  f"(on / off {wall[-1]:.3f}, CPU {cpu[-1]:.3f})", file=sys.stderr, flush=True)
+        rows.append(dict(name=name, off=statistics.median(off_ms), on=statistics.median(on_ms),
+                         wall=_with_interval(wall), cpu=_with_interval(cpu),
+                         extra=_with_interval(extra), sharpness=sharpness, pairs=repeats))
+    return rows
+
+
+def _with_interval(values):
+    interval, level = study_statistics.median_interval(values, level=0.95)
+    return statistics.median(values), interval, level
+
+
+def _interval_text(estimate, digits=3):
+    value, interval, level = estimate
+    if interval is None:
+        return f"{value:.{digits}f}"
+    return (f"{value:.{digits}f} [{interval[0]:.{digits}f}, {interval[1]:.{digits}f}]"
+            f"<sub>{100 * level:.0f}%</sub>")
+
+
+def print_paired(rows, epochs, every):
+    print(f"\nTime per epoch (validation included); each pair trains an \"off\" and an \"on\" "
+          f"run side by side, epoch by epoch, {epochs - 1} epochs after the first; per-update "
+          f"measurements logged every {every} updates. Ratios and extra ms: the median over "
+          f"pairs of each pair's median over its epochs, with the order-statistic interval of "
+          f"that median over pairs (its level as a subscript).\n")
+    print("| setup | pairs | epoch ms, off | epoch ms, on | on / off | on / off, CPU time "
+          "| extra ms / epoch | sharpness s (once, at end) |")
+    print("|---|---|---|---|---|---|---|---|")
+    for row in rows:
+        sharp = "-" if row["sharpness"] is None else f"{row['sharpness']:.2f}"
+        print(f"| {row['name']} | {row['pairs']} | {row['off']:.1f} | {row['on']:.1f} "
+              f"| {_interval_text(row['wall'])} | {_interval_text(row['cpu'])} "
+              f"| {_interval_text(row['extra'], 1)} | {sharp} |")
+    print("\n| target | setup | measured (on / off, wall and CPU) | met |")
+    print("|---|---|---|---|")
+    for row in rows:
+        if "sampled every update" in row["name"]:
+            continue  # the old default, for comparison: no target
+        limit = 1.25 if row["name"].startswith("smallest") else 1.05
+        print(f"| on / off <= {limit} | {row['name']} | {_interval_text(row['wall'])}, "
+              f"{_interval_text(row['cpu'])} | {paired_verdict([row['wall'], row['cpu']], limit)} |")
+
+
+def paired_verdict(estimates, limit):
+    """'met' when every interval lies within ``limit``, 'not met' when every median is above
+    it, else 'unclear': a median within the limit whose interval reaches past it is not
+    evidence that the target holds."""
+    uppers = [interval[1] if interval else value for value, interval, _ in estimates]
+    if all(upper <= limit for upper in uppers):
+        return "met"
+    if all(value > limit for value, _, _ in estimates):
+        return "not met"
+    return "unclear (interval reaches past the limit)"
 
 
 def phase_table(setups, epochs, every, output_dir, without=(), repeats=1):
@@ -222,7 +419,12 @@ def phase_table(setups, epochs, every, output_dir, without=(), repeats=1):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=5, help="per run; the first is dropped")
-    parser.add_argument("--repeats", type=int, default=3, help="runs per arm and setup")
+    parser.add_argument("--repeats", type=int, default=None,
+                        help="pairs per setup (default 6), or with --sequential runs per arm "
+                             "(default 3)")
+    parser.add_argument("--sequential", action="store_true",
+                        help="the earlier design: whole runs one after another, arms "
+                             "interleaved, every epoch of an arm pooled (fastest epochs, medians)")
     parser.add_argument("--every", type=int, default=10, help="measurements.every_n_updates")
     parser.add_argument("--setups", nargs="*", default=None,
                         help="setup names (or unique parts of them) to run; default: all")
@@ -239,8 +441,17 @@ def main():
     if args.phases:
         with tempfile.TemporaryDirectory() as output_dir:
             phase_table(setups, args.epochs, args.every, output_dir, args.without,
-                        args.repeats)
+                        args.repeats or 1)
         return
+    if not args.sequential:
+        with tempfile.TemporaryDirectory() as output_dir:
+            rows = paired_rows(setups, args.epochs, args.every, args.repeats or 6, output_dir,
+                               args.without)
+        if args.without:
+            print(f"\n'On' without: {', '.join(args.without)}.")
+        print_paired(rows, args.epochs, args.every)
+        return
+    args.repeats = args.repeats or 3
     rows = []
     with tempfile.TemporaryDirectory() as output_dir:
         for name, (files, bindings) in setups:
