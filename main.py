@@ -78,13 +78,8 @@ def _dispatch(launch):
         resume.resume(FLAGS.resume)
         return
     if FLAGS.report:
-        from experiments.launch import comparison, study_reporting
-        if not os.path.exists(os.path.join(FLAGS.report, "study.json")) and \
-                os.path.exists(os.path.join(FLAGS.report, "sweep.json")):
-            report = comparison.write_from_dir(FLAGS.report)  # a comparison sweep's
-        else:
-            report = study_reporting.write(FLAGS.report)
-        print(open(report["report"], encoding="utf-8").read())
+        from experiments.launch import study_reporting
+        print(study_reporting.rebuild(FLAGS.report))  # a study's, or a comparison sweep's
         return
     if FLAGS.run_dir or FLAGS.worker:
         from experiments.launch import worker
@@ -176,6 +171,10 @@ def main(argv):
         sys.exit(128 + getattr(stopped, "signum", signal.SIGINT))  # 143 for SIGTERM, as a run
     except Exception as error:  # noqa: BLE001  (a user's error as a message; a bug as it is)
         from experiments.common.errors import user_message  # noqa: PLC0415
+        from experiments.launch.gin_config import call_error  # noqa: PLC0415
+        configuration = call_error(error)  # gin called a configurable with wrong arguments
+        if configuration is not None and not os.environ.get("BATCHLAB_TRACEBACK"):
+            sys.exit(f"batchlab: configuration error: {configuration}")
         message = user_message(error)
         if message is None or os.environ.get("BATCHLAB_TRACEBACK"):
             raise

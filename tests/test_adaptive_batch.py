@@ -20,6 +20,7 @@ from experiments.inputs import layout as layout_lib
 from experiments.inputs import pipelines as pipelines_lib
 from experiments.inputs.adaptive_batch import (AdaptiveUpdateSizes, adaptive_batch_size,
                                                target_batch_size)
+from experiments.run import adaptive_batch
 from experiments.run.adaptive_batch import AdaptiveBatchController
 from tests import test_distributed as distributed
 from tests import test_resume as resume
@@ -349,3 +350,42 @@ def test_an_adaptive_batch_on_stream_data_is_refused(tmp_path):
             "adaptive_batch_size.max_batch_size = 64"], output_dir=str(tmp_path),
             print_fn=lambda *_: None)
     assert not os.listdir(tmp_path)
+
+
+class _Alternating(_Averages):
+    """B_simple 8, 16, 8, ...: with c = 1 every decision changes B (8 <-> 16)."""
+
+    def noise_scale_values(self):
+        self.b_simple = 16.0 if self.b_simple == 8.0 else 8.0
+        return super().noise_scale_values()
+
+
+def test_no_decision_is_made_or_logged_at_the_runs_last_update(monkeypatch):
+    """A decision every update, each one a change: the run's last update is not decided (it
+    would size no update: the log said 'batch 88 -> 96' while result.json ended at 88), the
+    last epoch's other updates and the earlier epochs' last updates are, and every logged
+    change is a stage of the run."""
+    keras.utils.set_random_seed(0)
+    data, epochs = _rows(96), 2
+    layout = layout_lib.build(data, 8, 4, schedule=adaptive_batch_size(
+        scale=1.0, max_batch_size=32, every_n_updates=1))
+    pipelines = pipelines_lib.make(data, layout, seed=3)
+    model = as_virtual_batch_model(_mlp(), micro_batch_size=layout.split_size,
+                                   track_gradient_noise=True)
+    model.compile(optimizer=keras.optimizers.SGD(0.01), loss="sparse_categorical_crossentropy")
+    logged = []
+    monkeypatch.setattr(adaptive_batch.logging, "info",
+                        lambda message, *args: logged.append(args))
+    controller = AdaptiveBatchController(_Alternating(), layout.update_sizes)
+    distribute.fit(model, pipelines, epochs, [], tf.distribute.get_strategy(), verbose=0,
+                   controller=controller)
+    final = int(model.optimizer.iterations.numpy())
+    decided = [row[0] for row in controller.history]
+    assert decided == list(range(1, final))  # every update but the run's last
+    first_epoch = len(layout.update_sizes.epoch(0)[1])
+    assert first_epoch in decided  # an earlier epoch's last update still decides
+    stages = controller.stages(epochs)
+    changes = [(update, new) for update, _, new, _ in logged]
+    assert changes and changes[-1][0] == final - 1
+    assert changes == [(s["update"], s["batch_size"]) for s in stages[1:]]
+    assert controller.result(epochs)["final_batch_size"] == changes[-1][1]

@@ -88,7 +88,7 @@ def test_a_progress_line_names_each_running_run_and_its_update(tmp_path):
                                 run_dir=str(tmp_path / "b32_s0"))
     ticker.started(job)
     line = ticker.line()
-    assert line.startswith("[progress] done 0/3; running 1: b32_s0 (update 140, ")
+    assert line.startswith("[progress] done 0/3; running 1: b32_s0 (update 140 at last heartbeat, ")
     ticker.finished(job)
     assert ticker.line() == "[progress] done 1/3; running 0: none"
 

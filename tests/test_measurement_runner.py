@@ -71,3 +71,22 @@ def test_bad_settings_fail_before_any_run(tmp_path, binding, message):
         launch.launch([MEASURE], SMALL + [binding], output_dir=str(tmp_path / "runs"),
                       print_fn=lambda *_: None)
     assert run_dirs(str(tmp_path / "runs")) == []
+
+
+@pytest.mark.parametrize("num_micro_batches", [1, 2])
+def test_stream_data_gets_the_stream_note_not_the_k1_advice(monkeypatch, num_micro_batches):
+    """On stream data the noise scale is never measured; at k = 1 the note used to say 'set
+    train.micro_batch_size to a divisor of train.batch_size', which a stream batch refuses."""
+    from experiments.inputs.layout import BatchLayout
+    from experiments.run import measurements
+
+    logged = []
+    monkeypatch.setattr(measurements.logging, "info", lambda message, *a: logged.append(message))
+    layout = BatchLayout(batch_size=8, micro_batch_size=None, num_micro_batches=num_micro_batches,
+                         eval_batch_size=8, updates_per_epoch=10, window_length=25,
+                         num_streams=8)
+    context = measurements.MeasurementContext(layout=layout, every_n_updates=10,
+                                              track_gradient_noise=False)
+    assert measurements.gradient_noise_scale(context) is None
+    assert logged == [measurements.STREAM_NOTE]
+    assert "micro_batch_size" not in logged[0]

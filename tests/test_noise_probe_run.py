@@ -4,6 +4,7 @@ weights from the command line (``gin/tools/probe_noise_scale.gin``)."""
 import glob
 import json
 import os
+import shutil
 
 import pytest
 
@@ -89,6 +90,55 @@ def test_the_probe_line_gives_four_figures_and_says_when_b_simple_is_undefined()
         "90% interval [28.25, 63.26]; preconditioned 7.5 [5, 11.25]")
     undefined = {"noise_probe/b_simple_low": 3.0, "noise_probe/b_simple_high": float("inf")}
     assert noise_probe_run.describe(undefined, 0.95).startswith("B_simple undefined")
+
+
+def test_an_open_upper_end_is_worded_as_the_report_words_it():
+    values = {"noise_probe/b_simple": 271.2, "noise_probe/b_simple_low": 96.61,
+              "noise_probe/b_simple_high": float("inf")}
+    assert noise_probe_run.describe(values, 0.95) == (
+        "B_simple = 271.2  95% interval: 96.61 to unbounded (|G|^2 not distinguishable from 0)")
+    values.update({"noise_probe/b_preconditioned": 7.5, "noise_probe/b_preconditioned_low": 5.0,
+                   "noise_probe/b_preconditioned_high": float("inf")})
+    assert noise_probe_run.describe(values, 0.95).endswith(
+        "; preconditioned 7.5 (5 to unbounded (|G|^2 not distinguishable from 0))")
+    assert "inf" not in noise_probe_run.describe(values, 0.95)
+
+
+def _strict(text):
+    """json.loads that refuses Infinity and NaN, as JavaScript's JSON.parse does."""
+    def refuse(constant):
+        raise ValueError(f"non-standard JSON constant {constant}")
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_the_command_line_probe_prints_once_and_writes_standard_json(probed_run, tmp_path,
+                                                                      monkeypatch, capsys,
+                                                                      caplog):
+    """An unbounded end is null in the file (as in report.json), and the line appears once:
+    not as a log line and a printed line."""
+    def probe(model, data, sizes, num_draws, seed, level):
+        return {"noise_probe/b_simple": 271.0, "noise_probe/b_simple_low": 96.6,
+                "noise_probe/b_simple_high": float("inf"), "noise_probe/trace_sigma": 6.7,
+                "noise_probe/trace_sigma_low": 4.6, "noise_probe/trace_sigma_high": 9.5,
+                "noise_probe/gradient_sq_norm": 0.025,
+                "noise_probe/gradient_sq_norm_low": float("-inf"),
+                "noise_probe/gradient_sq_norm_high": 0.049}
+
+    monkeypatch.setattr(noise_probe_run, "probe", probe)
+    run = str(tmp_path / "run")  # a copy: the other tests count the files of the shared run
+    shutil.copytree(probed_run, run, ignore=shutil.ignore_patterns("noise_probes"))
+    caplog.set_level("INFO")
+    launch.launch([os.path.join(run, "config.gin"), PROBE],
+                  [f"probe_noise_scale.run_dir = '{run}'"], output_dir=str(tmp_path / "out"),
+                  print_fn=lambda *_: None)
+    captured = capsys.readouterr()
+    everything = captured.out + captured.err + caplog.text
+    assert everything.count("B_simple = 271") == 1, everything
+    with open(os.path.join(run, "noise_probes", "final.json")) as handle:
+        written = _strict(handle.read())
+    assert written["noise_probe/b_simple_high"] is None
+    assert written["noise_probe/gradient_sq_norm_low"] is None
+    assert written["noise_probe/b_simple_low"] == 96.6
 
 
 def test_the_command_line_probe_needs_a_run_directory(tmp_path):

@@ -5,6 +5,8 @@ configurable 'train' (<function train at 0x...>)"): useful in a traceback, noise
 summary, a status file or a study's progress line.
 """
 
+import os
+
 GIN_CALL_CHAIN = "\n  In call to configurable"
 
 
@@ -46,5 +48,19 @@ def user_message(error):
         text = f"{error.filename}: {error.strerror or text}"
     run_dir = getattr(error, "batchlab_run_dir", None)
     if run_dir:
-        text += f"\n(run {run_dir} is marked failed; its log and status.json say more)"
+        text += f"\n({failed_run_note(run_dir)})"
     return text
+
+
+def failed_run_note(run_dir):
+    """"run DIR is marked failed; ..." naming only the files of ``run_dir`` that exist: its
+    status.json (the error), and its log.txt (the whole output), which only a run launched with
+    ``--jobs`` > 1 has (a single run's output is the console's)."""
+    def has(name):
+        return os.path.exists(os.path.join(run_dir, name))
+
+    if not has("status.json"):  # the status could not be written (a full disk)
+        return f"run {run_dir} failed" + ("; its log.txt says more" if has("log.txt") else "")
+    if has("log.txt"):
+        return f"run {run_dir} is marked failed; its log.txt and status.json say more"
+    return f"run {run_dir} is marked failed in its status.json"

@@ -162,7 +162,8 @@ class CustomLoop:
 
         ``controller`` (optional) decides the batch while training (an adaptive batch,
         ``run.adaptive_batch``): a call ends on every multiple of its ``every_n_updates``, where
-        ``controller.decide(update)`` runs before the callbacks' hooks; when it returns True the
+        ``controller.decide(update)`` runs before the callbacks' hooks (not at the run's last
+        update: no update would have the size it decided there); when it returns True the
         sizes of the updates from there on changed (``train_from`` and ``steps_per_epoch`` now
         give the new ones), and the loop reads on from a new iterator at that position.
         """
@@ -229,7 +230,8 @@ class CustomLoop:
             # A run resumed after an epoch's last update (first == steps) runs no update of it:
             # its logs are the restored epoch's metrics, and its end runs as it would have.
             logs = self._run_epoch(source, epoch, first, steps_in, schedule, measured,
-                                   callback_list, controller) or self._metrics_now()
+                                   callback_list, controller,
+                                   last_epoch=epoch == epochs - 1) or self._metrics_now()
             logs = self._end_epoch(epoch, logs, validation_data, callback_list)
             if model.stop_training:
                 break
@@ -269,12 +271,14 @@ class CustomLoop:
         self._test_functions["reset"]()
 
     def _run_epoch(self, source, epoch, first, steps_in, schedule, measured, callback_list,
-                   controller=None):
+                   controller=None, last_epoch=False):
         """Runs the epoch's updates from step ``first`` in the calls ``schedule`` plans; returns
         the last logs. Measurements are read inside the calls (``in_train_call``) or by a call
         of their own right after the call that ends on their update; their rows are published
         before the call's ``on_train_batch_end``. A ``controller`` that changes the batch at the
-        end of a call makes the rest of the epoch run on the new sizes (``fit_from``)."""
+        end of a call makes the rest of the epoch run on the new sizes (``fit_from``); it is not
+        asked at the run's last update (the end of the ``last_epoch``), whose decision would
+        size no update."""
         inside = [m for m in measured if m.in_train_call]
         after = [m for m in measured if not m.in_train_call]
         train = self._train_function(source.iterator, inside)
@@ -296,7 +300,7 @@ class CustomLoop:
                 if measurement.cadence.logs(end, epoch_end):
                     measurement.measure_now(end)
             if controller is not None and end % controller.every_n_updates == 0 \
-                    and controller.decide(end):
+                    and not (last_epoch and end == epoch_end) and controller.decide(end):
                 # The updates from ``end`` on have new sizes: read on from there.
                 done = begin + size
                 steps = steps_in(epoch)

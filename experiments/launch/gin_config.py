@@ -15,7 +15,7 @@ import sys
 
 import gin
 
-from experiments.common import paths
+from experiments.common import errors, paths
 from experiments.engine import keras_internals
 from experiments.launch import registry  # noqa: F401  (register before parsing)
 
@@ -39,14 +39,29 @@ def _suggest(word, candidates):
     return f" Did you mean: {', '.join(close)}?" if close else ""
 
 
-def explain(error):
-    """Turns a gin parse error into a ConfigError that names the closest valid names."""
+def _gin_location(text):
+    """Where gin says a parse error is: ``in FILE, line N`` (the innermost file; the file that
+    includes it named too), or None for a binding string (the caller names the binding)."""
+    places = re.findall(r'In file "([^"]+)", line (\d+)', text)
+    if not places:
+        return None
+    (path, line), top = places[0], places[-1][0]
+    return f"in {path}, line {line}" + (f", included in {top}" if top != path else "")
+
+
+def explain(error, where=None):
+    """Turns a gin parse error into a ConfigError that names the closest valid names, and for an
+    unknown name where it is (the file and line gin gives, else ``where``), on one line: gin's
+    own text, which repeats the name and the binding, is left out (``BATCHLAB_TRACEBACK=1``
+    shows it, chained)."""
     text = str(error)
+    location = _gin_location(text) or where
+    place = f" ({location})" if location else ""
     unknown = re.search(r"No configurable matching '([^']+)'", text)
     if unknown:
         name = unknown.group(1)
-        return ConfigError(f"Unknown configurable '{name}'.{_suggest(name, _registered_names())}"
-                           f"\n{text}")
+        return ConfigError(f"Unknown configurable '{name}'{place}."
+                           f"{_suggest(name, _registered_names())}")
     parameter = re.search(r"Configurable '([^']+)' doesn't have a parameter named '([^']+)'", text)
     if parameter:
         name, param = parameter.groups()
@@ -56,13 +71,11 @@ def explain(error):
             params = [p for p in inspect.signature(target).parameters if p != "self"]
         except (KeyError, AttributeError, TypeError, ValueError):
             params = []
-        return ConfigError(f"'{name}' has no parameter '{param}'.{_suggest(param, params)} "
-                           f"Its parameters: {', '.join(params)}.\n{text}")
+        return ConfigError(f"'{name}' has no parameter '{param}'{place}."
+                           f"{_suggest(param, params)} Its parameters: {', '.join(params)}.")
     missing = re.search(r"No module named '([^']+)'", text)
     if isinstance(error, ImportError) and missing:
         module = missing.group(1)
-        where = re.search(r'In file "([^"]+)", line (\d+)', text)
-        place = f" (in {where.group(1)}, line {where.group(2)})" if where else ""
         return ConfigError(
             f"`import {module}` failed: no module named {module!r}{place}. Put "
             f"{module.split('.')[0]}.py in the directory of the gin file that imports it (that "
@@ -73,6 +86,46 @@ def explain(error):
     if isinstance(error, OSError):
         return ConfigError(f"Missing gin file: {text}")
     return ConfigError(f"{type(error).__name__}: {text}")
+
+
+_CALL_CHAIN = re.compile(r"\n  In call to configurable '([^']+)' \(.*?\)(?: in scope '([^']+)')?")
+_UNSUPPLIED = re.compile(r"No values supplied by Gin or caller for arguments: \[([^\]]*)\]")
+
+
+def call_error(error):
+    """A ConfigError for a TypeError raised by gin's call of a configurable itself (a missing
+    or unexpected argument: ``@keras.callbacks.CSVLogger()`` with no ``filename`` bound), naming
+    the configurable and the argument; None for any other error (a TypeError raised inside the
+    configurable's own code is a bug, its traceback kept). The call itself failed when the
+    innermost frame of the traceback is gin's wrapper: Python raises an argument mismatch in the
+    caller's frame, before the configurable's code runs."""
+    if not isinstance(error, TypeError):
+        return None
+    chain = _CALL_CHAIN.search(str(error))
+    tb = error.__traceback__
+    if chain is None or tb is None:
+        return None
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    if os.path.normcase(os.path.abspath(tb.tb_frame.f_code.co_filename)) != \
+            os.path.normcase(os.path.abspath(gin.config.__file__)):
+        return None
+    name, scope = chain.groups()
+    shown = f"{scope}/{name}" if scope else name
+    own = str(error).split("\n", 1)[0].strip()
+    unsupplied = _UNSUPPLIED.search(str(error))
+    missing = [m.strip().strip("'\"") for m in unsupplied.group(1).split(",")] \
+        if unsupplied else []
+    missing = [m for m in missing if m]
+    if missing:
+        bind = "; ".join(f"{shown}.{m} = ..." for m in missing)
+        advice = f"bind {'it' if len(missing) == 1 else 'them'} in a gin file or with " \
+                 f"--gin_bindings ({bind})."
+    else:
+        advice = f"check the bindings of {shown} and the arguments it takes."
+    run_dir = getattr(error, "batchlab_run_dir", None)
+    marked = f"\n({errors.failed_run_note(run_dir)})" if run_dir else ""
+    return ConfigError(f"calling {shown} failed: {own}; {advice}{marked}")
 
 
 class _NoPathNotFound(logging.Filter):
@@ -136,13 +189,35 @@ def include_graph(files):
 
 def _importable_beside(gin_files):
     """A gin file's own directory is searched for the modules it ``import``s, as Python searches
-    a script's directory (appended to ``sys.path``: it never shadows an installed module)."""
+    a script's directory (appended to ``sys.path``: it never shadows an installed module).
+
+    Inside the shipped ``gin/`` only a folder that holds a Python module or package is: every
+    shipped experiment includes ``gin/base.gin``, ``gin/models/...`` and ``gin/data/...``, and
+    ``gin/`` itself holds folders named ``data``, ``models``, ``tools``... that would become
+    importable (as namespace packages) in every run, shadowing a missing module's ImportError.
+    A user's module next to their gin file in ``gin/experiments/`` (README: "Your own model")
+    makes that folder searched."""
+    shipped = os.path.normpath(os.path.join(REPO_ROOT, "gin"))
     for path in gin_files:
         directory = os.path.dirname(os.path.abspath(path))
-        if directory not in sys.path and os.path.normpath(directory) != os.path.normpath(
-                os.path.join(REPO_ROOT, "gin")) and not directory.startswith(
-                os.path.join(REPO_ROOT, "gin") + os.sep):
-            sys.path.append(directory)
+        if directory in sys.path:
+            continue
+        normalized = os.path.normpath(directory)
+        if (normalized == shipped or normalized.startswith(shipped + os.sep)) and \
+                not _holds_python(directory):
+            continue
+        sys.path.append(directory)
+
+
+def _holds_python(directory):
+    """True when ``directory`` holds a module (``*.py``) or a package (``*/__init__.py``)."""
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return False
+    return any(name.endswith(".py") or os.path.isfile(os.path.join(directory, name,
+                                                                   "__init__.py"))
+               for name in names)
 
 
 def resolve_gin_file(path):
@@ -173,16 +248,109 @@ def parse(gin_files, gin_bindings):
     if REPO_ROOT not in _SEARCH_PATHS:  # once: gin keeps its search paths across clears
         gin.add_config_file_search_path(REPO_ROOT)
         _SEARCH_PATHS.append(REPO_ROOT)
-    _importable_beside(include_graph(files))
+    graph = include_graph(files)
+    _importable_beside(graph)
     # File by file, then binding by binding (what gin.parse_config_files_and_bindings does), so
     # that an error can say which file or command-line binding it is in.
+    _parse_sources(files, gin_bindings)
+    drop_unchosen_optimizer_defaults(graph, files, gin_bindings)
+    _parse_one(lambda _: gin.finalize(), None, "when finalizing the configuration")
+    check_self_references()
+    return files
+
+
+def _parse_sources(files, gin_bindings):
     for path in files:
         _parse_one(gin.parse_config_file, path, f"in {path}")
     for binding in gin_bindings:
         _parse_one(gin.parse_config, binding, f"in the command-line binding {binding!r}")
-    _parse_one(lambda _: gin.finalize(), None, "when finalizing the configuration")
-    check_self_references()
-    return files
+
+
+_KEY_LINE = re.compile(r"^\s*((?:[\w.]+/)*)([\w.]+)\.(\w+)\s*=", re.MULTILINE)
+
+
+def _bound_keys(text):
+    """``(scope, configurable's last name, parameter)`` of each binding in gin text."""
+    return {(scope.rstrip("/"), selector.rsplit(".", 1)[-1], parameter)
+            for scope, selector, parameter in _KEY_LINE.findall(text)}
+
+
+def _included_only(graph, files, gin_bindings):
+    """The binding keys (``_bound_keys``) set by included files and by no file given with
+    --gin_file, nor by a binding (command line, sweep variant, study run)."""
+    top = {os.path.abspath(path) for path in files}
+    users, included = set(), set()
+    for binding in gin_bindings:
+        users |= _bound_keys(binding)
+    for path in graph:
+        try:
+            with open(path, encoding="utf-8") as handle:
+                keys = _bound_keys(handle.read())
+        except (OSError, UnicodeDecodeError):
+            continue
+        if path in top:
+            users |= keys
+        else:
+            included |= keys
+    return included - users
+
+
+def _without(config_text, dropped):
+    """``gin.config_str()`` text without the bindings whose keys are in ``dropped`` (and their
+    continuation lines); a ``# Parameters for X:`` section left with no binding goes too."""
+    kept_sections = []
+    for section in config_text.split("\n\n"):
+        lines, skipping = [], False
+        for line in section.splitlines():
+            if skipping and line.startswith((" ", "\t")):
+                continue
+            match = _BINDING_LINE.match(line)
+            key = (match.group(1).rstrip("/"), match.group(2).rsplit(".", 1)[-1],
+                   match.group(3)) if match else None
+            skipping = key in dropped
+            if not skipping:
+                lines.append(line)
+        if lines and not all(line.startswith("#") for line in lines):
+            kept_sections.append("\n".join(lines))
+    return "\n\n".join(kept_sections) + "\n"
+
+
+def _unchosen_optimizer_defaults(graph, files, gin_bindings):
+    """The binding keys of gin's current configuration to leave out: the settings of a Keras
+    optimizer that no binding refers to, set only by included files (``_included_only``)."""
+    text = gin.config_str()
+    referenced = {name.rsplit(".", 1)[-1] for _, name in _REFERENCE.findall(text)}
+    unchosen = {key for key in _bound_keys(text)
+                if key[1] in registry.OPTIMIZER_NAMES and key[1] not in referenced}
+    if not unchosen:
+        return set(), text
+    return unchosen & _included_only(graph, files, gin_bindings), text
+
+
+def drop_unchosen_optimizer_defaults(graph, files, gin_bindings):
+    """Leaves out of the configuration the settings of a Keras optimizer that no binding refers
+    to (so the run never builds it) and that only an included file sets: ``gin/base.gin``'s
+    ``keras.optimizers.SGD.learning_rate`` and ``momentum`` in an experiment that switches
+    ``train.optimizer`` to Adam (``char_lm.gin``). Kept, they would be reported as bindings the
+    run never used, for every such shipped experiment. The same parameter set by a file given
+    with --gin_file or by a binding (command line, sweep variant, study run) is the user's and is
+    kept, so the run still reports it when it is not used.
+
+    gin has no public way to unbind: the configuration is parsed again from its own text
+    (``gin.config_str()``, what a run's config.gin holds and --resume parses) without those
+    lines. Returns False (the configuration as parsed) when there is nothing to leave out or
+    when that text does not parse (the files and bindings are then parsed again, as they were)."""
+    dropped, text = _unchosen_optimizer_defaults(graph, files, gin_bindings)
+    if not dropped:
+        return False
+    gin.clear_config()
+    try:
+        gin.parse_config(_without(text, dropped))
+    except Exception:  # noqa: BLE001  (a value gin prints but cannot read back: keep it all)
+        gin.clear_config()
+        _parse_sources(files, gin_bindings)
+        return False
+    return True
 
 
 _BINDING_LINE = re.compile(r"^((?:[\w.]+/)*)([\w.]+)\.(\w+) = (.*)$")
@@ -231,7 +399,7 @@ def _parse_one(parse_fn, source, where):
     try:
         parse_fn(source)
     except Exception as error:  # gin raises many types; each is explained by ``explain``
-        explained = explain(error)
+        explained = explain(error, where)
         token = _token_error_line(error)
         if token is not None:
             explained = ConfigError(

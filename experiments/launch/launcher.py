@@ -7,13 +7,12 @@ others.
 """
 
 import inspect
-import json
 import os
 
 import gin
 
 from experiments.analysis import lr_range, tables
-from experiments.common import checks
+from experiments.common import checks, json_files
 from experiments.common.json_files import read_json
 from experiments.launch import comparison as comparison_lib
 from experiments.launch import executor, worker
@@ -254,7 +253,7 @@ def _sweep_progress(group_dir, runs):
 
 def _write_json(path, payload):
     with open(path, "w", encoding="utf-8") as handle:
-        json.dump(payload, handle, indent=2)
+        json_files.dump(payload, handle, indent=2)  # standard JSON (non-finite: null)
 
 
 def _columns(columns):

@@ -162,7 +162,8 @@ class Ticker:
         now, parts = time.time(), []
         for run_dir, (name, since) in running.items():
             update = read_json(os.path.join(run_dir, "status.json")) or {}
-            where = f"update {update['update']}, " if "update" in update else ""
+            where = (f"update {update['update']} at last heartbeat, "  # status.json: every 30 s
+                     if "update" in update else "")
             parts.append(f"{name} ({where}{now - since:.0f}s)")
         return (f"[progress] done {done}/{self.total}; running {len(parts)}: "
                 + (", ".join(parts) or "none"))

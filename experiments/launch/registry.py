@@ -43,6 +43,9 @@ _KERAS_BUILTINS = {
                         keras.callbacks.LambdaCallback),
 }
 
+# The optimizer classes gin can name (``gin_config`` leaves out an unchosen one's defaults).
+OPTIMIZER_NAMES = tuple(cls.__name__ for cls in _KERAS_BUILTINS["keras.optimizers"])
+
 
 def _register_keras_builtins():
     for module, classes in _KERAS_BUILTINS.items():

@@ -15,6 +15,7 @@ a complete file, and a relaunch trusts the run directories, not an older study.j
 import json
 import os
 
+from experiments.common import json_files
 from experiments.run import run_dir as run_dir_lib
 
 STUDY_FILE = "study.json"
@@ -34,7 +35,7 @@ def write(study_dir, state):
     os.makedirs(study_dir, exist_ok=True)
     tmp = os.path.join(study_dir, f".{STUDY_FILE}.{os.getpid()}.tmp")
     with open(tmp, "w") as handle:
-        json.dump(state, handle, indent=2, sort_keys=True)
+        json_files.dump(state, handle, indent=2, sort_keys=True)  # standard JSON
         handle.write("\n")
     os.replace(tmp, os.path.join(study_dir, STUDY_FILE))
 

@@ -7,6 +7,7 @@ experiment config into ``<study dir>/tensorboard``. Nothing here trains: ``main.
 rebuilds a report of a finished, partly failed or still running study at any time.
 """
 
+import html
 import json
 import os
 
@@ -85,6 +86,31 @@ def write(study_dir, state=None):
     write_hparams_config(log_dir, state, target.get("metric", "val_accuracy"))
     write_run_metrics(study_dir, state, runs, report["summary"])
     return report
+
+
+def rebuild(directory):
+    """``--report=DIR``: the report of a study directory rebuilt (``write``), or of a comparison
+    sweep's directory (a sweep.json with a comparison, no study.json); returns the text to print.
+
+    report.md escapes user text for HTML (``study_report._text``: a run name holding ``<img>``
+    renders as text in a markdown viewer), so ``>=`` is ``&gt;=`` in the file; the terminal
+    shows the text unescaped, as the end-of-study summary prints it. A comparison report escapes
+    nothing and is printed as written."""
+    from experiments.launch import comparison  # noqa: PLC0415
+    if not os.path.exists(os.path.join(directory, study_dir_lib.STUDY_FILE)) and \
+            os.path.exists(os.path.join(directory, "sweep.json")):
+        report = comparison.write_from_dir(directory)
+        with open(report["report"], encoding="utf-8") as handle:
+            return handle.read()
+    report = write(directory)
+    with open(report["report"], encoding="utf-8") as handle:
+        return console_text(handle.read())
+
+
+def console_text(markdown):
+    """A study report's markdown for a terminal: its HTML escapes (``&gt;``, ``&lt;``,
+    ``&amp;``) undone."""
+    return html.unescape(markdown)
 
 
 # Per-run HParams columns the study adds after training (the run cannot know them itself).

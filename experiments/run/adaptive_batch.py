@@ -2,10 +2,12 @@
 
 The loop (``engine.custom_loop.CustomLoop``) ends a call on every multiple of
 ``every_n_updates`` and asks ``decide(update)`` before the callbacks see that update (so a
-checkpoint saved there holds the decision). The controller reads the train step's noise-scale
-averages (``model.measurements``: tr(Sigma) and the followed |G|^2, bias-corrected, over the
-horizon ``measurements.gradient_noise_scale.horizon_examples``; the step samples every update
-in an adaptive run), sets B = clip(c * B_simple, B_min, B_max) rounded to a multiple of b
+checkpoint saved there holds the decision), except at the run's last update, where a decision
+would size no update (the log, TensorBoard and ``result.json`` would disagree). The controller
+reads the train step's noise-scale averages (``model.measurements``: tr(Sigma) and the followed
+|G|^2, bias-corrected, over the horizon
+``measurements.gradient_noise_scale.horizon_examples``; the step samples every update in an
+adaptive run), sets B = clip(c * B_simple, B_min, B_max) rounded to a multiple of b
 (``inputs.adaptive_batch.target_batch_size``) and records it in the layout's
 ``AdaptiveUpdateSizes``, which the pipelines cut the data by. B_min is b, or 2b on one device
 (one micro-batch per update would leave nothing to measure the noise with, and the batch could

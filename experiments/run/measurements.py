@@ -185,10 +185,10 @@ def gradient_noise_scale(context, every_n_updates=None, horizon_examples=4096,
     every = _every(every_n_updates, "measurements.gradient_noise_scale.every_n_updates", context)
     checks.positive_number(horizon_examples, "measurements.gradient_noise_scale.horizon_examples")
     note = None
-    if context.layout.largest_num_micro_batches <= 1 and context.num_replicas < 2:
-        note = UNDEFINED_NOTE
-    elif context.layout.time_windows:
+    if context.layout.time_windows:  # first: k = 1's advice (a smaller micro-batch) fails there
         note = STREAM_NOTE
+    elif context.layout.largest_num_micro_batches <= 1 and context.num_replicas < 2:
+        note = UNDEFINED_NOTE
     if note is not None:
         if not context.dry_run:
             logging.info(note)

@@ -44,7 +44,7 @@ import gin
 import keras
 import tensorflow as tf
 
-from experiments.common import checks, paths
+from experiments.common import checks, json_files, paths
 from experiments.common.memory import peak_memory_mb
 from experiments.engine import distribute
 from experiments.run import plan as plan_lib
@@ -113,7 +113,7 @@ class ProbeResult:
         """Writes the record as one JSON object; complete or absent (written, then renamed)."""
         partial = path + ".partial"
         with open(partial, "w", encoding="utf-8") as handle:
-            json.dump(dataclasses.asdict(self), handle)
+            json_files.dump(dataclasses.asdict(self), handle)
         os.replace(partial, path)
 
     @classmethod

@@ -17,15 +17,14 @@ is probed from either.
 
 import dataclasses
 import glob
-import json
+import math
 import os
 from typing import Optional
 
 import gin
-from absl import logging
 
 from callbacks.noise_scale_probe import probe
-from experiments.common import checks
+from experiments.common import checks, json_files
 from experiments.engine import keras_internals
 from experiments.run import checkpoints as checkpoints_lib
 from experiments.run import plan as plan_lib
@@ -93,20 +92,33 @@ def _load(model, plan, probe_settings):
     return path, position.update
 
 
+# An infinite upper end of B_simple's interval, worded as the study report words it.
+OPEN_END = "unbounded (|G|^2 not distinguishable from 0)"
+
+
 def describe(values, level):
     """One line: B_simple to four significant figures with its interval, or why it is
-    undefined (the |G|^2 estimate at or below zero: the noise swamps the mean gradient)."""
+    undefined (the |G|^2 estimate at or below zero: the noise swamps the mean gradient). An
+    infinite upper end reads ``OPEN_END`` (the interval is then written "low to OPEN_END")."""
     low, high = values["noise_probe/b_simple_low"], values["noise_probe/b_simple_high"]
-    interval = f"{round(100 * level)}% interval [{low:.4g}, {high:.4g}]"
+    interval = _interval(low, high, f"{round(100 * level)}% interval")
     b_simple = values.get("noise_probe/b_simple")
     if b_simple is None:
         return f"B_simple undefined (|G|^2 estimated <= 0)  {interval}"
     line = f"B_simple = {b_simple:.4g}  {interval}"
     if "noise_probe/b_preconditioned" in values:
         line += (f"; preconditioned {values['noise_probe/b_preconditioned']:.4g} "
-                 f"[{values['noise_probe/b_preconditioned_low']:.4g}, "
-                 f"{values['noise_probe/b_preconditioned_high']:.4g}]")
+                 + _interval(values["noise_probe/b_preconditioned_low"],
+                             values["noise_probe/b_preconditioned_high"]))
     return line
+
+
+def _interval(low, high, label=""):
+    """"label [low, high]" to four figures; "label: low to OPEN_END" for an infinite (or None)
+    upper end."""
+    if high is None or not math.isfinite(high):
+        return f"{label}: {low:.4g} to {OPEN_END}" if label else f"({low:.4g} to {OPEN_END})"
+    return f"{label} [{low:.4g}, {high:.4g}]" if label else f"[{low:.4g}, {high:.4g}]"
 
 
 def _output_path(run_dir, name):
@@ -140,10 +152,8 @@ def run(settings_, run_mode):
               "level": probe_settings.level, **values}
     path = _output_path(probe_settings.run_dir, "final" if probe_settings.checkpoint == "final"
                         else f"update-{update}")
-    with open(path, "w") as handle:
-        json.dump(result, handle, indent=2)
-    line = describe(values, probe_settings.level)
-    logging.info("Noise-scale probe of %s (update %d): %s (%d draws at B = %s); written to %s",
-                 loaded, update, line, probe_settings.num_draws, list(sizes), path)
-    print(f"{line}  -> {path}")
+    with open(path, "w", encoding="utf-8") as handle:
+        json_files.dump(result, handle, indent=2)  # standard JSON: an open end is null
+    # Printed once, as a plain line (not also as a log line); the file has the rest.
+    print(f"{describe(values, probe_settings.level)}  -> {path}")
     return result

@@ -28,7 +28,7 @@ import socket
 import tempfile
 import time
 
-from experiments.common import errors
+from experiments.common import errors, json_files
 
 # A 'running' status whose heartbeat is older than this is taken as a dead run.
 STALE_AFTER_SECONDS = 120.0
@@ -240,11 +240,13 @@ def write_text(run_dir, name, text):
 
 def write_json(run_dir, name, payload):
     """Writes ``name`` atomically (a temporary file renamed into place); a failed write (a full
-    disk) leaves the previous file as it was and no temporary file behind."""
+    disk) leaves the previous file as it was and no temporary file behind. Standard JSON
+    (``json_files.plain``): NumPy values as numbers, inf and nan as null."""
     tmp = os.path.join(run_dir, name + ".tmp")
     try:
         with open(tmp, "w") as handle:
-            json.dump(payload, handle, indent=2, sort_keys=True, default=_jsonable)
+            json.dump(json_files.plain(payload), handle, indent=2, sort_keys=True,
+                      allow_nan=False)
             handle.write("\n")
         os.replace(tmp, os.path.join(run_dir, name))
     except BaseException:
@@ -266,11 +268,3 @@ def mark_failed(run_dir, error):
 def mark_interrupted(run_dir, reason, update):
     write_json(run_dir, "status.json", {"status": "interrupted", "reason": str(reason),
                                         "update": update, "time": time.time()})
-
-
-def _jsonable(value):
-    if hasattr(value, "item"):
-        return value.item()
-    if hasattr(value, "tolist"):
-        return value.tolist()
-    return str(value)
