@@ -61,6 +61,7 @@ from experiments.engine import custom_loop  # noqa: E402
 from experiments.engine.measurement import Measurement  # noqa: E402
 from experiments.run import measurements as measurements_lib  # noqa: E402
 from experiments.run import runner  # noqa: E402
+from callbacks import summary_writer  # noqa: E402
 
 DEFAULT_SET = ("@measurements.gradient_norms, @measurements.generalization_gap, "
                "@measurements.weight_distance, @measurements.gradient_noise_scale, "
@@ -279,6 +280,26 @@ def run_pair(files, bindings, sharpness, epochs, every, output_dir, on_first, wi
             alternation.fail(error)
             results[measured] = error
 
+    # A run closes every summary writer of the process when it ends (``close_all``): the two
+    # arms end together, so the writers are closed once, after both.
+    close_all, summary_writer.close_all = summary_writer.close_all, lambda: None
+    try:
+        _start_and_join(alternation, timers, threads, results, train, files, bindings,
+                        sharpness, epochs, every, without, on_first)
+    finally:
+        summary_writer.close_all = close_all
+        close_all()
+    for outcome in results.values():
+        if isinstance(outcome, BaseException):
+            raise outcome
+    return ({measured: results[measured][0] for measured in (False, True)},
+            results[True][1])
+
+
+def _start_and_join(alternation, timers, threads, results, train, files, bindings, sharpness,
+                    epochs, every, without, on_first):
+    """Builds the "off" then the "on" run (each parsed and built before the next is parsed),
+    starts their turns and waits for both."""
     for arm, measured in enumerate((False, True)):
         _parse(files, bindings, measured, sharpness and measured, epochs, every, without)
         timers[measured] = PairedTimer(alternation, arm, epochs)
@@ -290,11 +311,6 @@ def run_pair(files, bindings, sharpness, epochs, every, output_dir, on_first, wi
     alternation.give(1 if on_first else 0)
     for thread in threads.values():
         thread.join()
-    for outcome in results.values():
-        if isinstance(outcome, BaseException):
-            raise outcome
-    return ({measured: results[measured][0] for measured in (False, True)},
-            results[True][1])
 
 
 def paired_rows(setups, epochs, every, repeats, output_dir, without=()):
