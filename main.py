@@ -71,10 +71,7 @@ def _limit_threads(threads):
 
 def _dispatch(launch):
     if FLAGS.resume:
-        from experiments.launch import resume
-        if FLAGS.gin_file or FLAGS.gin_bindings:
-            raise launch.ConfigError("--resume takes the run's own config.gin; give no "
-                                     "--gin_file or --gin_bindings with it.")
+        from experiments.launch import resume  # (with no gin flags: checked in main)
         resume.resume(FLAGS.resume)
         return
     if FLAGS.report:
@@ -144,6 +141,9 @@ def main(argv):
     if FLAGS.jobs < 1:
         sys.exit(f"batchlab: configuration error: --jobs must be a positive integer, got "
                  f"{FLAGS.jobs}.")
+    if FLAGS.resume and (FLAGS.gin_file or FLAGS.gin_bindings):  # before TensorFlow loads
+        sys.exit("batchlab: configuration error: --resume takes the run's own config.gin; give "
+                 "no --gin_file or --gin_bindings with it.")
     _announce()
     if _launches_workers():
         from experiments.launch import spares  # imports no TensorFlow

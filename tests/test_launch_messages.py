@@ -157,6 +157,22 @@ def test_main_prints_one_line_without_a_traceback(tmp_path, binding, expected):
     assert run_dirs(str(tmp_path / "runs")) == []
 
 
+def test_resume_with_gin_flags_is_refused_before_tensorflow_loads(tmp_path):
+    """The refusal needs only the flags: it comes before the launch's "loading TensorFlow"
+    line (which took about 12 s before it), and the run directory is left as it was."""
+    run = tmp_path / "run"
+    run.mkdir()
+    process = subprocess.run(
+        [sys.executable, "main.py", f"--resume={run}", "--gin_bindings=train.epochs = 2"],
+        cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert process.returncode == 1, process.stderr[-3000:]
+    assert "loading TensorFlow" not in process.stdout + process.stderr
+    assert process.stderr.strip().endswith(
+        "batchlab: configuration error: --resume takes the run's own config.gin; give no "
+        "--gin_file or --gin_bindings with it."), process.stderr[-3000:]
+    assert os.listdir(run) == []
+
+
 # -- 3. an unknown parameter: one line, with its file and line ---------------------------------
 
 def test_an_unknown_parameter_is_one_line_with_file_and_line(tmp_path):
