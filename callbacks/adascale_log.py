@@ -3,7 +3,8 @@ learning rate the optimizer applied (``adascale/learning_rate``) every ``every_n
 and at each epoch's end, keyed by the update count.
 
 The values are those of the update just applied (the train step sets the gain before it applies
-an update, then adds it to tau). Usable in a plain ``model.fit`` of a model whose learning rate
+an update, then adds it to tau): the learning rate is lr(tau_t) * r_t, the rate that update used,
+not the optimizer's ``learning_rate`` after it (which reads the schedule at tau_t + r_t). Usable in a plain ``model.fit`` of a model whose learning rate
 AdaScale scales (``experiments.engine.adascale.AdaScale.attach``).
 """
 
@@ -24,7 +25,7 @@ class AdaScaleLog(keras.callbacks.Callback):
         super().__init__()
         self.log_dir = log_dir
         self.every_n_updates = checks.positive_int(every_n_updates, "every_n_updates")
-        self.history = []  # (update, gain, progress)
+        self.history = []  # (update, gain, progress, learning rate applied)
 
     def _scaling(self):
         scaling = getattr(self.model, "learning_rate_scaling", None)
@@ -39,8 +40,8 @@ class AdaScaleLog(keras.callbacks.Callback):
         if self.history and self.history[-1][0] == update:
             return
         gain, progress = float(scaling.gain.numpy()), float(scaling.progress.numpy())
-        self.history.append((update, gain, progress))
-        learning_rate = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+        learning_rate = scaling.applied_learning_rate()
+        self.history.append((update, gain, progress, learning_rate))
         summary_writer.scalars(self.log_dir, {"adascale/gain": gain,
                                               "adascale/progress": progress,
                                               "adascale/learning_rate": learning_rate}, update)

@@ -4,6 +4,7 @@ decisions against the exact linear-regression recursion, every update against pl
 bindings refused before a run directory exists.
 """
 
+import math
 import os
 import re
 import signal
@@ -87,6 +88,28 @@ def test_the_controller_follows_b_simple_and_holds_b_within_its_tolerance():
     assert "raised to 2b = 16" in controller.reasons[35]
     assert [row[0] for row in controller.history] == [5, 10, 15, 20, 25, 30, 35]
     assert controller.history[0][1:] == [None, None, 32]
+
+
+def test_an_undefined_b_simple_keeps_b_and_only_noise_takes_b_max():
+    """B_simple is undefined where an average is not finite (a NaN loss) or neither |G|^2 nor
+    tr(Sigma) is above 0: B stays (as AdaScale's gain stays 1). Only tr(Sigma) > 0 with
+    |G|^2 <= 0 (noise only) takes B_max."""
+    settings = adaptive_batch_size(scale=1.0, max_batch_size=512, every_n_updates=5)
+    sizes = AdaptiveUpdateSizes(settings, 16, 8, capacity=10_000)
+    model = _Averages()
+    controller = AdaptiveBatchController(model, sizes)
+    undefined = [(math.nan, math.nan), (1.0, math.nan), (math.nan, 4.0), (0.0, 0.0),
+                 (-1.0, -2.0), (math.inf, 3.0)]
+    for update, (g2, trace) in zip(range(5, 100, 5), undefined):
+        model.noise_scale_values = lambda g2=g2, trace=trace: {
+            "averages": {"gradient_sq_norm": g2, "trace_sigma": trace}}
+        assert not controller.decide(update), (g2, trace)
+        assert sizes.current_size == 16, (g2, trace)
+    model.noise_scale_values = lambda: {"averages": {"gradient_sq_norm": -1.0,
+                                                     "trace_sigma": 5.0}}
+    assert controller.decide(40)
+    assert sizes.current_size == 512
+    assert [row[0] for row in controller.history] == [5, 10, 15, 20, 25, 30, 40]
 
 
 # --- against the exact recursion -------------------------------------------------------------

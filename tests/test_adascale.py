@@ -163,6 +163,48 @@ def test_at_s1_progress_counts_updates_and_the_run_is_the_base_run_bit_for_bit()
     assert float(scaled.learning_rate_scaling.gain.numpy()) == 1.0
 
 
+def test_the_logged_learning_rate_is_the_one_the_update_applied():
+    """Under a decaying schedule at S = 4, ``adascale/learning_rate`` is lr(tau_t) * r_t, the
+    rate of the update just applied: with plain SGD the kernel moved by -rate * gradient, the
+    gradient taken here by GradientTape on that update's rows at the weights before it. (The
+    optimizer's rate read after the update is lr(tau_t + r_t) * r_t, about 10% lower here.)"""
+    from callbacks.adascale_log import AdaScaleLog
+
+    data, _ = regression_data(64, seed=2)
+    x, y = data.x_train, data.y_train
+    keras.utils.set_random_seed(0)
+    model = as_virtual_batch_model(linear_model(D, np.zeros(D)), micro_batch_size=4,
+                                   track_gradient_noise=True)
+    schedule = keras.optimizers.schedules.ExponentialDecay(0.02, 10, 0.7)
+    model.compile(optimizer=keras.optimizers.SGD(schedule), loss="mse")
+    model.measurements.reset_noise_scale(256.0)
+    model.measurements.sample_every_update = True
+    AdaScale(4, estimates=True).attach(model)
+    log = AdaScaleLog(None, every_n_updates=1)
+    kernels = []  # before and after each update
+
+    class Kernels(keras.callbacks.Callback):
+        def on_train_batch_begin(self, batch, logs=None):
+            kernels.append([self.model.layers[-1].kernel.numpy().copy()])
+
+        def on_train_batch_end(self, batch, logs=None):
+            kernels[-1].append(self.model.layers[-1].kernel.numpy().copy())
+
+    model.fit(x, y, batch_size=16, epochs=1, shuffle=False, verbose=0, callbacks=[Kernels(), log])
+    assert [row[0] for row in log.history] == [1, 2, 3, 4]
+    reference = linear_model(D, np.zeros(D))
+    for (update, gain, progress, logged), (start, end) in zip(log.history, kernels):
+        rows = slice(16 * (update - 1), 16 * update)
+        reference.layers[-1].kernel.assign(start)
+        with tf.GradientTape() as tape:
+            loss = keras.losses.MeanSquaredError()(y[rows], reference(x[rows]))
+        gradient = tape.gradient(loss, reference.layers[-1].kernel).numpy()
+        np.testing.assert_allclose((start - end) / gradient, logged, rtol=2e-3)
+        assert 1.0 < gain <= 4.0
+        read_after = 0.02 * 0.7 ** (progress / 10) * gain  # lr(tau_t + r_t) * r_t
+        assert read_after < 0.97 * logged
+
+
 BINDINGS = ["train.verbose = 0", "train.epochs = 1", "train.batch_size = 32",
             "train.micro_batch_size = 8", "train.learning_rate_scaling = @adascale()",
             "synthetic_regression.num_examples = 2000", "measurements.every_n_updates = 5"]

@@ -28,9 +28,13 @@ class ProgressLearningRate(keras.optimizers.schedules.LearningRateSchedule):
 
     def __call__(self, step):
         del step  # tau replaces the update count
+        return self.at(self.scaling.progress, self.scaling.gain)
+
+    def at(self, progress, gain):
+        """lr(``progress``) * ``gain``: what the optimizer applies at that progress and gain."""
         base = self.base
         if isinstance(base, keras.optimizers.schedules.LearningRateSchedule):
-            value = base(tf.cast(self.scaling.progress, tf.float32))
+            value = base(tf.cast(progress, tf.float32))
         elif isinstance(base, (tf.Variable, keras.Variable)):
             value = tf.convert_to_tensor(base)
         elif callable(base):
@@ -38,7 +42,7 @@ class ProgressLearningRate(keras.optimizers.schedules.LearningRateSchedule):
         else:
             value = tf.constant(base)
         value = tf.convert_to_tensor(value)
-        return value * tf.cast(self.scaling.gain, value.dtype)
+        return value * tf.cast(gain, value.dtype)
 
     def get_config(self):
         return {"adascale_reference_batch_size": self.scaling.reference_batch_size}
@@ -60,14 +64,24 @@ class AdaScale:
         self.gain = tf.Variable(1.0, dtype=tf.float64, name="adascale_gain", **kwargs)
         self.progress = tf.Variable(0.0, dtype=tf.float64, name="adascale_progress", **kwargs)
         self.base_learning_rate = None
+        self.learning_rate = None  # the optimizer's ``ProgressLearningRate`` once attached
 
     def attach(self, model):
         """Makes ``model``'s optimizer apply lr(tau) * r, and its step run the hooks."""
         optimizer = model.optimizer
         self.base_learning_rate = keras_internals.learning_rate_object(optimizer)
-        optimizer.learning_rate = ProgressLearningRate(self.base_learning_rate, self)
+        self.learning_rate = ProgressLearningRate(self.base_learning_rate, self)
+        optimizer.learning_rate = self.learning_rate
         model.learning_rate_scaling = self
         return self
+
+    def applied_learning_rate(self):
+        """The learning rate the last update applied, lr(tau_t) * r_t (host). After the update
+        the optimizer's own ``learning_rate`` already reads lr(tau_t + r_t) * r_t, one gain-step
+        further along a decaying schedule."""
+        gain = self.gain.numpy()
+        before = tf.constant(self.progress.numpy() - gain, tf.float64)
+        return float(keras.ops.convert_to_numpy(self.learning_rate.at(before, gain)))
 
     def variables(self):
         """What a checkpoint saves (the base learning rate's variable, no longer the

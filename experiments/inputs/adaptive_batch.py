@@ -79,7 +79,7 @@ def adaptive_batch_size(scale=1.0, max_batch_size=gin.REQUIRED, every_n_updates=
     if isinstance(min_relative_change, bool) or not isinstance(min_relative_change, (int, float)) \
             or not 0 <= min_relative_change < 1e6:
         raise ValueError(f"adaptive_batch_size.min_relative_change={min_relative_change!r} must "
-                         "be a number >= 0 (a fraction of the current batch).")
+                         "be a number in [0, 1e6) (a fraction of the current batch).")
     if horizon_examples is not None:
         checks.positive_number(horizon_examples, "adaptive_batch_size.horizon_examples")
         horizon_examples = float(horizon_examples)

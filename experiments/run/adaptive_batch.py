@@ -53,13 +53,20 @@ class AdaptiveBatchController:
     def decide(self, update):
         """Decides B for the updates after ``update``; returns whether it changed. B_simple is
         tr(Sigma) / |G|^2 of the averages, infinite where the |G|^2 estimate is not above 0
-        (noise only: B_max)."""
+        while tr(Sigma)'s is (noise only: B_max). Where it is undefined (an estimate not finite,
+        as after a NaN loss, or neither estimate above 0) B stays, as AdaScale's gain stays 1."""
         averages = self.model.measurements.noise_scale_values()["averages"]
         current = self.sizes.current_size
         if averages is None:
             self.history.append([update, None, None, current])
             return False
         g2, trace = averages["gradient_sq_norm"], averages["trace_sigma"]
+        if not (math.isfinite(g2) and math.isfinite(trace)) or (g2 <= 0 and trace <= 0):
+            self.history.append([update, g2, trace, current])
+            logging.info("Update %d: batch %d kept (B_simple undefined: |G|^2 = %.4g, "
+                         "tr(Sigma) = %.4g).", update, current, g2, trace)
+            self._log(update, math.nan, current)
+            return False
         b_simple = trace / g2 if g2 > 0 else math.inf
         size, reason = target_batch_size(b_simple, self.settings.scale, self.micro_batch_size,
                                          self.settings.max_batch_size)
