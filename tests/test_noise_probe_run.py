@@ -92,15 +92,16 @@ def test_the_probe_line_gives_four_figures_and_says_when_b_simple_is_undefined()
     assert noise_probe_run.describe(undefined, 0.95).startswith("B_simple undefined")
 
 
-def test_an_open_upper_end_is_worded_as_the_report_words_it():
+def test_an_open_upper_end_says_what_the_bootstrap_found():
     values = {"noise_probe/b_simple": 271.2, "noise_probe/b_simple_low": 96.61,
               "noise_probe/b_simple_high": float("inf")}
     assert noise_probe_run.describe(values, 0.95) == (
-        "B_simple = 271.2  95% interval: 96.61 to unbounded (|G|^2 not distinguishable from 0)")
+        "B_simple = 271.2  95% interval: 96.61 to unbounded "
+        "(|G|^2 <= 0 in some bootstrap replicates)")
     values.update({"noise_probe/b_preconditioned": 7.5, "noise_probe/b_preconditioned_low": 5.0,
                    "noise_probe/b_preconditioned_high": float("inf")})
     assert noise_probe_run.describe(values, 0.95).endswith(
-        "; preconditioned 7.5 (5 to unbounded (|G|^2 not distinguishable from 0))")
+        "; preconditioned 7.5 (5 to unbounded (|G|^2 <= 0 in some bootstrap replicates))")
     assert "inf" not in noise_probe_run.describe(values, 0.95)
 
 

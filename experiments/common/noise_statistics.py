@@ -2,13 +2,28 @@
 
 For batches of B rows drawn at the same weights, ``E|G_B|^2 = |G|^2 + tr(Sigma) / B``: the mean
 squared norm is a straight line in 1/B with intercept |G|^2 and slope tr(Sigma). ``fit_line``
-fits it by weighted least squares over two or more sizes (weights: the inverse variance of each
-size's mean); ``estimate`` adds a bootstrap over the draws (each size's draws resampled with
-replacement, the fit redone) for percentile intervals of |G|^2, tr(Sigma) and their ratio
-B_simple = tr(Sigma) / |G|^2 (bias-corrected and accelerated, BCa: the ratio's distribution is
-skewed, and plain percentiles covered 91 of 100 closed-form cases at 95%), and a check that the means do lie on a line (with three or more
-sizes: the weighted residuals' chi-square against n - 2 degrees of freedom; a small p-value says
-the linear model, and so the estimate, does not hold there, e.g. rows that are not independent).
+fits it by weighted least squares over two or more sizes; ``estimate`` weighs each size's mean
+by n_B B^2 (``fit_weighted_by_size``: its inverse variance where the noise dominates), fixed
+weights that keep the fit linear in the means and so |G|^2 and tr(Sigma) unbiased. Not by each
+size's own sample variance: squared norms are right-skewed, so a sample whose mean came out low
+tends to have a low variance too, a large weight, and the fit is pulled down (tr(Sigma) -17%
+with 10 draws per size, -11% with 20, -2% with 100 in a closed-form simulation, sizes 4, 16, 64;
+with the fixed weights within +-1.5% everywhere, at a spread within 5% of the sample-variance
+fit's where the sizes are near or below B_simple, up to 20% wider far above it). It adds a
+bootstrap over the draws (each size's draws resampled with
+replacement, the whole fit redone) for intervals of |G|^2, tr(Sigma) and their ratio
+B_simple = tr(Sigma) / |G|^2 (bias-corrected and accelerated, BCa, for the ratio's skew; plain
+percentiles give nearly the same), and a check that the means do lie on a line (with three or
+more sizes: the residuals of the fit weighted by the sample variances, their chi-square against
+n - 2 degrees of freedom; a small p-value says the linear model, and so the estimate, does not
+hold there, e.g. rows that are not independent).
+
+The intervals' level is nominal: on the closed form (linear regression; sizes 4, 16, 64 or 32,
+128, 512; B_simple 4 to 570; also preconditioned) the "95%" interval of B_simple covered the
+truth in 92-95% of 500 seeds (+-1.2%) with 20 to 200 draws per size, and 91% with 10, the misses
+on both sides (docs/measurement.md).
+Their ends are cut to values the quantities can take (>= 0): a confidence set cut to the
+parameter's range keeps its level.
 
 A bootstrap draw whose |G|^2 estimate is <= 0 has no finite B_simple; it counts as +infinity, so
 an interval whose upper end is infinite says "at least the lower end" (near an optimum, where the
@@ -38,6 +53,17 @@ def fit_line(sizes, means, variances):
     return intercept, slope
 
 
+def fit_weighted_by_size(sizes, means, counts):
+    """(|G|^2, tr(Sigma)) by least squares of the means on 1/B with fixed weights n_B B^2 (the
+    inverse variance of a size's mean where the noise dominates, Var|G_B|^2 ~ 2 tr(Sigma^2)/B^2):
+    weights that do not depend on the draws keep the fit linear in the means, so both estimates
+    are unbiased (see the module docstring). ``means`` may be [..., sizes] (many fits at once);
+    ``counts``: the draws behind each mean."""
+    sizes_ = np.asarray(sizes, float)
+    variances = 1.0 / (np.asarray(counts, float) * sizes_ ** 2)
+    return fit_line(sizes, means, np.broadcast_to(variances, np.shape(means)))
+
+
 def _ratio(trace, gradient_sq):
     return trace / gradient_sq if gradient_sq > 0 else math.inf
 
@@ -62,17 +88,19 @@ def _finite_aware_quantiles(values, tail):
     return out
 
 
-def _jackknife(sizes, draws, variances):
+def _jackknife(sizes, draws):
     """Leave-one-draw-out values of (|G|^2, tr(Sigma), B_simple), for BCa's acceleration."""
     means = np.array([d.mean() for d in draws])
+    counts = np.array([len(d) for d in draws], float)
     rows = []
     for i, d in enumerate(draws):
         n = len(d)
         left_out = (d.sum() - d) / (n - 1)  # mean of size i without each draw
         m = np.repeat(means[None, :], n, axis=0)
         m[:, i] = left_out
-        rows.append(np.stack(fit_line(sizes, m, np.repeat(np.asarray(variances)[None, :], n, 0)),
-                             axis=1))
+        c = counts.copy()
+        c[i] = n - 1
+        rows.append(np.stack(fit_weighted_by_size(sizes, m, c), axis=1))
     values = np.concatenate(rows)
     ratios = np.array([_ratio(t, g) for g, t in values])
     return values[:, 0], values[:, 1], ratios
@@ -118,36 +146,44 @@ def estimate(sizes, draws, level=0.95, num_bootstrap=2000, seed=0):
     if min(len(d) for d in draws) < 2:
         raise ValueError("estimate needs at least two draws per batch size.")
     means = [float(d.mean()) for d in draws]
-    variances = [float(d.var(ddof=1)) / len(d) for d in draws]
-    gradient_sq, trace = fit_line(sizes, means, variances)
+    counts = [len(d) for d in draws]
+    gradient_sq, trace = fit_weighted_by_size(sizes, means, counts)
     rng = np.random.default_rng(seed)
-    boot_means, boot_vars = [], []
+    boot_means = []
     for d in draws:  # every bootstrap replicate at once: [replicates, draws] per size
         resampled = d[rng.integers(0, len(d), (num_bootstrap, len(d)))]
         boot_means.append(resampled.mean(1))
-        # The weights stay those of the sample: re-estimating them in each replicate couples
-        # each mean with its own weight and biases the replicates (coverage 91 -> see tests).
-        boot_vars.append(np.full(num_bootstrap, max(float(d.var(ddof=1)) / len(d), 1e-300)))
-    boot = np.stack(fit_line(sizes, np.stack(boot_means, 1), np.stack(boot_vars, 1)), axis=1)
+    # Each replicate is fitted as the sample is, its weights from its own unweighted line.
+    boot = np.stack(fit_weighted_by_size(sizes, np.stack(boot_means, 1), counts), axis=1)
     ratios = np.array([_ratio(t, g) for g, t in boot])
-    jackknife = _jackknife(sizes, draws, variances)
+    jackknife = _jackknife(sizes, draws)
     point = _ratio(trace, gradient_sq)
     linearity_p = None
     if len(sizes) >= 3:
-        fitted = gradient_sq + trace / np.asarray(sizes, float)
-        chi2 = float(np.sum((np.asarray(means) - fitted) ** 2 / np.maximum(variances, 1e-300)))
+        variances = np.maximum([float(d.var(ddof=1)) / len(d) for d in draws], 1e-300)
+        intercept, slope = fit_line(sizes, means, variances)
+        fitted = intercept + slope / np.asarray(sizes, float)
+        chi2 = float(np.sum((np.asarray(means) - fitted) ** 2 / variances))
         linearity_p = float(stats.chi2.sf(chi2, len(sizes) - 2))
     return {
-        "b_simple": trace / gradient_sq if gradient_sq > 0 else None,
-        "b_simple_interval": _bca(ratios, point, jackknife[2], level),
+        # tr(Sigma) estimated <= 0: the noise is not seen at these sizes (B_simple below them)
+        "b_simple": max(trace, 0.0) / gradient_sq if gradient_sq > 0 else None,
+        "b_simple_interval": _nonnegative(_bca(ratios, point, jackknife[2], level)),
         "gradient_sq_norm": gradient_sq,
-        "gradient_sq_norm_interval": _bca(boot[:, 0], gradient_sq, jackknife[0], level),
+        "gradient_sq_norm_interval": _nonnegative(
+            _bca(boot[:, 0], gradient_sq, jackknife[0], level)),
         "trace_sigma": trace,
-        "trace_sigma_interval": _bca(boot[:, 1], trace, jackknife[1], level),
+        "trace_sigma_interval": _nonnegative(_bca(boot[:, 1], trace, jackknife[1], level)),
         "linearity_p": linearity_p,
         "linear": linearity_p is None or linearity_p >= 0.01,
         "sizes": sizes, "num_draws": [len(d) for d in draws], "means": means, "level": level,
     }
+
+
+def _nonnegative(interval):
+    """An interval of a quantity that cannot be negative, cut to >= 0 (both ends 0 when it lies
+    wholly below: the data then put it at 0 within their noise)."""
+    return [max(float(interval[0]), 0.0), max(float(interval[1]), 0.0)]
 
 
 def pooled_ratio(gradient_sq, trace, level=0.95, groups=None):

@@ -92,8 +92,9 @@ def _load(model, plan, probe_settings):
     return path, position.update
 
 
-# An infinite upper end of B_simple's interval, worded as the study report words it.
-OPEN_END = "unbounded (|G|^2 not distinguishable from 0)"
+# An infinite upper end of B_simple's bootstrap interval: more than the tail's share of the
+# bootstrap replicates put |G|^2 at or below 0 (|G|^2's own interval may still exclude 0).
+OPEN_END = "unbounded (|G|^2 <= 0 in some bootstrap replicates)"
 
 
 def describe(values, level):
@@ -106,6 +107,9 @@ def describe(values, level):
     if b_simple is None:
         return f"B_simple undefined (|G|^2 estimated <= 0)  {interval}"
     line = f"B_simple = {b_simple:.4g}  {interval}"
+    if b_simple == 0:
+        line += ("  (tr(Sigma) estimated <= 0: the noise is not seen at these sizes, B_simple "
+                 "lies below them; probe smaller sizes)")
     if "noise_probe/b_preconditioned" in values:
         line += (f"; preconditioned {values['noise_probe/b_preconditioned']:.4g} "
                  + _interval(values["noise_probe/b_preconditioned_low"],
