@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from experiments import launch
-from experiments.analysis import noise_at_target
+from experiments.analysis import answers, noise_at_target, study_report
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -49,7 +49,11 @@ def test_pools_only_estimates_near_each_runs_crossing():
     low, high = out["interval"]
     assert low <= 30.0 <= high
     none = noise_at_target.pooled_b_simple(runs[2:3], 0.4, "val_loss", "min")
-    assert none["b_simple"] is None and "raw" in none["note"]
+    assert none["b_simple"] is None and none["reason"] == "no_crossing"
+    assert none["note"] == "no finished run reached the target"
+    unlogged = noise_at_target.pooled_b_simple([_run("a", runs[0]["curve"]["val_loss"], [])],
+                                               0.4, "val_loss", "min")
+    assert unlogged["reason"] == "no_raw" and "raw" in unlogged["note"]
 
 
 def test_note_counts_runs_read_outside_the_window():
@@ -86,3 +90,29 @@ def test_study_report_b_simple_at_target_matches_closed_form(tmp_path):
     np.testing.assert_allclose(report["b_simple_at_target"], expected, rtol=0.25)
     low, high = report["b_simple_interval"]
     assert low < report["b_simple_at_target"] < high
+
+
+def test_the_report_gives_no_lagging_number_where_the_raw_estimates_give_none():
+    """One run at the target whose raw estimates' mean |G|^2 is <= 0 (the other at k = 1 logs
+    none): the report says B_simple is undefined there, not the smoothed curve's 12 (which lags
+    the truth); and when no run reaches the target it gives no value "near the target"."""
+    curve = [[0, 0.1], [100, 0.5], [200, 0.9]]
+
+    def record(name, batch, raw, b_simple_curve):
+        return {"name": name, "status": "finished", "batch_size": batch, "learning_rate": 0.1,
+                "seed": 0, "rule": None, "curve": {"val_accuracy": curve}, "noise_raw": raw,
+                "b_simple_curve": b_simple_curve,
+                "b_simple": b_simple_curve[-1][1] if b_simple_curve else None,
+                "updates": 200, "final": {"val_accuracy": 0.9}}
+
+    raw = [[u, g, 40.0, 64, 2] for u, g in
+           zip(range(142, 160, 2), [0.5, -0.8, 0.3, -0.6, 0.1, -0.2, 0.2, -0.1, 0.1])]
+    smoothed = [[u, 12.0] for u in range(10, 201, 10)]
+    records = [record("a", 32, None, None), record("b", 64, raw, smoothed)]
+    summary = study_report.summarize(records, target=0.7, metric="val_accuracy")
+    assert summary["b_simple"] is None
+    assert summary["b_simple_info"]["note"].startswith("B_simple undefined near the target")
+    assert not any("≈ 12" in s for s in answers.sentences(summary))
+    unreached = study_report.summarize(records, target=0.95, metric="val_accuracy")
+    assert unreached["b_simple"] is None
+    assert unreached["b_simple_info"]["note"] == "no finished run reached the target"

@@ -52,7 +52,8 @@ def pooled_b_simple(runs, target, metric="val_accuracy", mode="max", window=0.1,
 
     ``runs``: study run records, each with ``curve`` ({metric: [[update, value], ...]}) and
     ``noise_raw`` (result.json's ``noise_scale/raw`` rows). Returns {"b_simple", "interval",
-    "num_runs", "num_runs_outside_window", "num_estimates", "window", "level", "note"};
+    "num_runs", "num_runs_outside_window", "num_estimates", "window", "level", "note",
+    "reason"} (``reason``: why there is no estimate, see ``_empty``; None when rows were pooled);
     ``b_simple`` None when no run crossing the target logged raw estimates near it (or their
     mean |G|^2 is <= 0).
     """
@@ -60,7 +61,11 @@ def pooled_b_simple(runs, target, metric="val_accuracy", mode="max", window=0.1,
         return _empty(window, level, "no target")
     g2, trace, groups = [], [], []
     outside = []  # per run whose rows lie outside the window: its farthest row's distance
+    crossed = 0  # finished runs that reached the target
     for index, run in enumerate(runs):
+        if run.get("status") in (None, "finished") and crossing_update(
+                (run.get("curve") or {}).get(metric), target, mode) is not None:
+            crossed += 1
         rows, distance = _rows_near_crossing(run, target, metric, mode, window)
         if not rows:
             continue
@@ -71,13 +76,16 @@ def pooled_b_simple(runs, target, metric="val_accuracy", mode="max", window=0.1,
             trace.append(row[2])
             groups.append(index)
     if not g2:
+        if not crossed:
+            return _empty(window, level, "no finished run reached the target", "no_crossing")
         return _empty(window, level, "no run that reached the target logged raw noise-scale "
-                                     "estimates (k = 1 on one replica, or noise scale off)")
+                                     "estimates (k = 1 on one replica, or noise scale off)",
+                      "no_raw")
     value, interval = noise_statistics.pooled_ratio(g2, trace, level=level, groups=groups)
     used = len(set(groups))
     return {"b_simple": value, "interval": interval, "num_runs": used,
             "num_runs_outside_window": len(outside), "num_estimates": len(g2),
-            "window": window, "level": level,
+            "window": window, "level": level, "reason": None,
             "note": _note(len(g2), used, outside, window, value, interval)}
 
 
@@ -122,9 +130,12 @@ def _note(num_estimates, used, outside, window, value, interval):
     return note
 
 
-def _empty(window, level, note):
+def _empty(window, level, note, reason="no_target"):
+    """No estimate; ``reason``: "no_target", "no_crossing" (no finished run reached it) or
+    "no_raw" (runs reached it without logging raw estimates)."""
     return {"b_simple": None, "interval": None, "num_runs": 0, "num_runs_outside_window": 0,
-            "num_estimates": 0, "window": window, "level": level, "note": note}
+            "num_estimates": 0, "window": window, "level": level, "note": note,
+            "reason": reason}
 
 
 def mean_raw(raw):

@@ -219,7 +219,8 @@ def _fallback_b_simple(done, best):
     """The B_simple reading used until ``noise_at_target`` exists: each run of each batch
     size's best setting read on its logged B_simple curve at its (interpolated) crossing; the
     median, with its order-statistic interval over those runs (``stats.median_interval``, at
-    the level it really has: "interval_level"). Without curves: final values."""
+    the level it really has: "interval_level"). Without such readings: no value (a value at
+    the end of training is not one at the target)."""
     by_name = {r.get("name"): r for r in done}
     at_target = []
     for entry in best.values():
@@ -230,12 +231,10 @@ def _fallback_b_simple(done, best):
                 if value is not None:
                     at_target.append(value)
     when = "on each best setting's runs' B_simple curve at the update they reached the target"
-    if not at_target:
-        at_target = [r["b_simple"] for r in done if r.get("b_simple") is not None]
-        when = "at the end of training (no B_simple curve logged)"
-    if not at_target:
+    if not at_target:  # a value at the end of training is no reading at the target
         return {"b_simple": None, "interval": None, "num_runs": 0, "num_estimates": 0,
-                "note": "no finished run measured B_simple", "source": "fallback"}
+                "note": "no best-setting run that reached the target logged a B_simple curve",
+                "source": "fallback"}
     interval, coverage = stats.median_interval(at_target)
     return {"b_simple": statistics.median(at_target), "interval": interval,
             "interval_level": coverage,
@@ -260,6 +259,12 @@ def _b_simple(done, best, target, metric, mode="max"):
                      else f"B_simple lies in [{low:.3g}, {high:.3g}]")
             out["note"] = (f"the pooled |G|^2 is at or below 0: {bound}, with no value "
                            f"({out.get('note')})")
+            return out
+        if out.get("num_estimates") or out.get("reason") == "no_crossing":
+            # Raw estimates near the target whose mean |G|^2 is <= 0 (one run: no interval),
+            # or no run at the target: nothing to read there; the smoothed curve would lag.
+            out["note"] = ("B_simple undefined near the target: " + out["note"]
+                           if out.get("num_estimates") else out["note"])
             return out
         fallback = _fallback_b_simple(done, best)
         fallback["note"] = f"{fallback['note']} (pooled estimate unavailable: {out.get('note')})"
