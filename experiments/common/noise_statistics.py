@@ -218,7 +218,8 @@ def pooled_ratio(gradient_sq, trace, level=0.95, groups=None):
 def _unit_sums(gradient_sq, trace, groups):
     """Per-unit sums of |G|^2 and tr(Sigma). Sums, not means: their ratio of means is the
     pooled ratio of all estimates however many each unit holds, so the interval is centred
-    on the reported value."""
+    on the reported value. Where units hold very different numbers of estimates the sums' spread
+    is mostly that of the counts, and the interval errs wide (docs/measurement.md)."""
     if groups is None:
         return gradient_sq, trace
     _, index = np.unique(np.asarray(groups), return_inverse=True)
