@@ -147,7 +147,7 @@ def test_label_among_features_and_string_columns_are_refused(tmp_path):
     path = write(tmp_path, GOOD)
     with pytest.raises(ValueError, match="also a feature column"):
         files.read_csv_columns(path, "label", feature_columns=["a", "label"])
-    with pytest.raises(TypeError, match="list of column names"):
+    with pytest.raises(ValueError, match="list of column names"):
         files.read_csv_table(path, columns="a")
 
 

@@ -158,7 +158,7 @@ def test_csv_with_a_fixed_validation_file(tmp_path):
     _launch(tmp_path, gin_file)
     result = _result(tmp_path)
     assert result["num_train_examples"] == 40 and result["num_validation_examples"] == 10
-    with pytest.raises(ValueError, match="leave validation_split unset"):
+    with pytest.raises(ValueError, match="leave csv_file.validation_split unset"):
         arrays.csv_file(path=str(tmp_path / "train.csv"), label_column="label",
                         validation_path=str(tmp_path / "val.csv"), validation_split=0.2)
 
@@ -199,3 +199,69 @@ def test_npz_labels_checked_against_num_classes(tmp_path):
     np.savez(tmp_path / "e.npz", x=x, y=y)
     with pytest.raises(ValueError, match=r"e.npz, array 'y', row \d: label 2 is not below"):
         arrays.npz_file(path=str(tmp_path / "e.npz"), num_classes=2)
+
+
+def test_a_csv_validation_file_is_read_by_the_training_files_feature_names(tmp_path):
+    """The validation file's columns in another order give the same validation rows (its own
+    order would swap features silently); a feature name it lacks is refused."""
+    rows = np.random.default_rng(0).normal(size=(12, 3))
+    labels = np.arange(12) % 2
+    write = lambda name, order: (tmp_path / name).write_text(
+        ",".join(order) + ",label\n" + "".join(
+            ",".join(f"{r['abc'.index(c)]:.4f}" for c in order) + f",{l}\n"
+            for r, l in zip(rows, labels)))
+    write("train.csv", "abc")
+    write("val.csv", "abc")
+    write("val_reordered.csv", "cab")
+    same = arrays.csv_file(path=str(tmp_path / "train.csv"), label_column="label",
+                           validation_path=str(tmp_path / "val.csv"))
+    reordered = arrays.csv_file(path=str(tmp_path / "train.csv"), label_column="label",
+                                validation_path=str(tmp_path / "val_reordered.csv"))
+    np.testing.assert_array_equal(same.x_validation, reordered.x_validation)
+    (tmp_path / "val_other.csv").write_text("a,b,d,label\n1,2,3,0\n")
+    with pytest.raises(ValueError, match="'c'"):
+        arrays.csv_file(path=str(tmp_path / "train.csv"), label_column="label",
+                        validation_path=str(tmp_path / "val_other.csv"))
+
+
+def test_every_source_refuses_non_finite_values_odd_binary_labels_and_one_class():
+    x = np.random.default_rng(0).normal(size=(20, 3)).astype("float32")
+    y = np.arange(20) % 2
+    bad = x.copy()
+    bad[2, 1] = np.nan
+    with pytest.raises(ValueError, match=r"'mine', x: NaN at index \(2, 1\)"):
+        arrays.arrays(x=bad, y=y, name="mine")
+    with pytest.raises(ValueError, match=r"validation, x: inf"):
+        arrays.arrays(x=x, y=y, x_validation=np.full((2, 3), np.inf), y_validation=[0, 1],
+                      name="mine")
+    with pytest.raises(ValueError, match="y: NaN"):
+        arrays.arrays(x=x, y=np.where(y == 1, np.nan, 0.5), task="regression")
+    with pytest.raises(ValueError, match="is not below the number of classes \\(2\\)"):
+        arrays.arrays(x=x, y=np.where(y == 1, 2, 0), task="binary")
+    with pytest.raises(ValueError, match="every label is class 0"):
+        arrays.arrays(x=x, y=np.zeros(20, int))
+    binary = arrays.arrays(x=x, y=y, task="binary")
+    assert set(np.unique(binary.y_train)) <= {0.0, 1.0} and binary.spec.num_outputs == 1
+
+
+def test_text_file_takes_every_window_that_fits(tmp_path):
+    (tmp_path / "t.txt").write_text("abcdefghij" * 20)  # 200 characters
+    text = arrays.text_file(path=str(tmp_path / "t.txt"), sequence_length=10, stride=1,
+                            validation_split=0.0)
+    assert len(text.x_train) == 190  # starts 0 .. 189: the target of the last is character 199
+    (tmp_path / "t65.txt").write_text("ab" * 32 + "c")
+    assert len(arrays.text_file(path=str(tmp_path / "t65.txt"), sequence_length=64,
+                                validation_split=0.0).x_train) == 1
+
+
+def test_wrong_kinds_of_input_are_value_errors_so_main_prints_one_line():
+    """A string for a column list, or a dataset_fn returning something else, is the user's
+    input, not a bug: ValueError (one line from main.py), not TypeError (a traceback)."""
+    from experiments.common import errors
+
+    with pytest.raises(ValueError, match="must return a tf.data.Dataset") as raised:
+        tf_sources.tf_data(dataset_fn=lambda: [1, 2, 3])
+    assert errors.user_message(raised.value) is not None
+    with pytest.raises(ValueError, match="list of column names") as raised:
+        arrays.csv_file(path="data/none.csv", label_column="y", feature_columns="a")
+    assert errors.user_message(raised.value) is not None

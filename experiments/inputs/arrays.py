@@ -18,9 +18,10 @@ from experiments.inputs import files, labels
 from experiments.inputs.dataset import Data, DataSpec
 
 
-def _split(x, y, validation_split, seed):
-    """Seeded shuffle-then-split of arrays into train and validation parts."""
-    checks.fraction(validation_split, "validation_split")
+def _split(x, y, validation_split, seed, name="validation_split"):
+    """Seeded shuffle-then-split of arrays into train and validation parts; ``name``: the
+    binding the fraction came from, for its error."""
+    checks.fraction(validation_split, name)
     order = np.random.default_rng(seed).permutation(len(y))
     num_validation = int(round(len(y) * validation_split))
     val, train = order[:num_validation], order[num_validation:]
@@ -61,12 +62,15 @@ def _prepare(x, y, task, scale, flatten, dtype, where, num_classes, row_name=Non
         x = x.astype(dtype)
     if flatten:
         x = x.reshape(len(x), -1)
+    # Every source ends here: a NaN or inf input would give finite, wrong metrics (a NaN row of
+    # the validation set does not make its mean loss NaN).
+    files.check_finite(x, f"{where}, x")
     if task == "classification":
         y = labels.check_classes(y, where, num_classes, row_name)
     elif task == "regression":
-        y = y.astype(dtype)
+        y = files.check_finite(y.astype(dtype), f"{where}, y")
     elif task == "binary":
-        y = y.astype(dtype).reshape(len(y), -1)
+        y = labels.check_classes(y, where, 2, row_name).astype(dtype).reshape(len(y), -1)
     return x, y
 
 
@@ -91,14 +95,28 @@ def arrays(x=gin.REQUIRED, y=gin.REQUIRED, validation_split=None, task="classifi
         if x_va.shape[1:] != x.shape[1:]:
             raise ValueError(f"'{name}': validation examples have shape {x_va.shape[1:]}, "
                              f"training examples {x.shape[1:]}.")
-        x_tr, y_tr, _, _ = _split(x, y, split, split_seed)
+        x_tr, y_tr, _, _ = _split(x, y, split, split_seed, f"'{name}' validation_split")
     else:
-        x_tr, y_tr, x_va, y_va = _split(x, y, split, split_seed)
+        x_tr, y_tr, x_va, y_va = _split(x, y, split, split_seed, f"'{name}' validation_split")
     num_outputs = num_classes
     if task == "classification" and num_outputs is None and y.ndim == 1:
         num_outputs = int(max(np.max(y), np.max(y_va) if len(y_va) else 0)) + 1
+        if num_outputs < 2:
+            raise ValueError(f"'{name}': every label is class 0, so a classifier would have one "
+                             "output and nothing to learn; set num_classes, or use "
+                             "task='binary' for 0/1 labels.")
     spec = _spec_for(x, y, task, num_outputs)
     return Data(spec, x_tr, y_tr, x_va, y_va, name=name)
+
+
+def _one_validation_set(source, validation_path, kwargs):
+    """A validation file and a validation fraction of the same source are refused, in the
+    source's own binding names."""
+    split = kwargs.get("validation_split")
+    if validation_path is not None and split:
+        raise ValueError(f"{source}.validation_path is set, so {source}.validation_split={split} "
+                         f"would hold out a second validation set; leave "
+                         f"{source}.validation_split unset.")
 
 
 def _npz_part(path, x_key, y_key, task, num_classes):
@@ -114,6 +132,7 @@ def npz_file(path=gin.REQUIRED, x_key="x", y_key="y", validation_path=None, **kw
     """A ``.npz`` file holding inputs under ``x_key`` and targets under ``y_key``; with
     ``validation_path``, a second such file is the validation set (no split)."""
     task, num_classes = kwargs.get("task", "classification"), kwargs.get("num_classes")
+    _one_validation_set("npz_file", validation_path, kwargs)
     x, y = _npz_part(path, x_key, y_key, task, num_classes)
     if validation_path is not None:
         kwargs["x_validation"], kwargs["y_validation"] = _npz_part(
@@ -139,6 +158,11 @@ def csv_file(path=gin.REQUIRED, label_column=gin.REQUIRED, feature_columns=None,
     Classification labels must be whole numbers 0 .. num_classes - 1; the first that is not is
     named by file, line and column."""
     task, num_classes = kwargs.get("task", "classification"), kwargs.get("num_classes")
+    _one_validation_set("csv_file", validation_path, kwargs)
+    if feature_columns is None and validation_path is not None:
+        # The training file's order names the features: the validation file is read by those
+        # names (its own order may differ; a missing one is refused).
+        feature_columns = files.default_feature_columns(path, label_column)
     x, y = _csv_part(path, label_column, feature_columns, task, num_classes)
     if validation_path is not None:
         kwargs["x_validation"], kwargs["y_validation"] = _csv_part(
@@ -210,6 +234,11 @@ def text_file(path=gin.REQUIRED, sequence_length=64, stride=None, max_characters
     """Character-level windows of a text file; the target is the next character.
 
     The vocabulary is the sorted set of characters in the file, so ids are stable for a file.
+    Every window that fits is taken (starts 0, stride, ... up to len - sequence_length - 1).
+    ``validation_split`` (0.1 here) holds out a seeded random share of the windows, ``seed``
+    seeds it: with ``stride`` below ``sequence_length`` windows overlap, and validation windows
+    then share text with training ones (keep the default stride, or take ``stream_text``,
+    which holds out the end of the text).
     """
     text = files.read_text(path)
     if max_characters:
@@ -217,13 +246,13 @@ def text_file(path=gin.REQUIRED, sequence_length=64, stride=None, max_characters
     vocabulary = files.CharacterVocabulary.from_text(text)
     ids = vocabulary.encode(text)
     stride = stride or sequence_length
-    starts = np.arange(0, len(ids) - sequence_length - 1, stride)
+    starts = np.arange(0, len(ids) - sequence_length, stride)  # the target at s + length
     if len(starts) == 0:
         raise ValueError(
             f"{path}: {len(ids)} characters are too few for one window of {sequence_length}.")
     x = np.stack([ids[s:s + sequence_length] for s in starts])
     y = ids[starts + sequence_length].astype(np.int64)
-    x_tr, y_tr, x_va, y_va = _split(x, y, validation_split, seed)
+    x_tr, y_tr, x_va, y_va = _split(x, y, validation_split, seed, "text_file.validation_split")
     spec = DataSpec((sequence_length,), vocabulary.size, task="classification",
                     vocabulary_size=vocabulary.size)
     return Data(spec, x_tr, y_tr, x_va, y_va, name=os.path.basename(path),

@@ -127,7 +127,7 @@ def _is_finite_number(text):
 def _column_indices(path, header, columns):
     """0-based indices of ``columns`` in ``header``; InputFileError naming the columns if absent."""
     if isinstance(columns, str):
-        raise TypeError(f"columns must be a list of column names, got the string {columns!r}.")
+        raise ValueError(f"columns must be a list of column names, got the string {columns!r}.")
     columns = list(columns)
     if not columns:
         raise ValueError("columns must name at least one column.")
@@ -186,6 +186,13 @@ def _values(path, header, rows, columns):
     return values
 
 
+def default_feature_columns(path, label_column):
+    """Every column of the CSV file's header but ``label_column``, in file order: the features
+    when none are named (a validation file is then read by these names, not by its own order)."""
+    path, rows = _csv_rows(path)
+    return [name for name in _parse_header(path, rows) if name != label_column]
+
+
 def read_csv_columns(path, label_column, feature_columns=None, with_lines=False):
     """(x float32 [n, f], y float64 [n]): features and label of a CSV table (with ``with_lines``
     also the line each row starts on, for errors about a row's label).
@@ -194,8 +201,8 @@ def read_csv_columns(path, label_column, feature_columns=None, with_lines=False)
     features is refused: the model would simply copy its target.
     """
     if isinstance(feature_columns, str):
-        raise TypeError(f"feature_columns must be a list of column names, "
-                        f"got the string {feature_columns!r}.")
+        raise ValueError(f"feature_columns must be a list of column names, "
+                         f"got the string {feature_columns!r}.")
     path, rows = _csv_rows(path)
     header = _parse_header(path, rows)
     if feature_columns is None:
@@ -215,7 +222,7 @@ def read_csv_columns(path, label_column, feature_columns=None, with_lines=False)
 def read_csv_column(path, column):
     """One column of a CSV table as a 1-D float64 array."""
     if not isinstance(column, str):
-        raise TypeError(f"column must be a column name, got {column!r}.")
+        raise ValueError(f"column must be a column name, got {column!r}.")
     _, values = read_csv_table(path, [column])
     return values[:, 0].copy()
 
@@ -244,7 +251,7 @@ def read_npz_arrays(path, keys=None):
     A missing key is a KeyError naming the file, the missing keys and the keys the archive has.
     """
     if isinstance(keys, str):
-        raise TypeError(f"keys must be a list of array names, got the string {keys!r}.")
+        raise ValueError(f"keys must be a list of array names, got the string {keys!r}.")
     path = paths.resolve(path, what="NumPy archive")
     archive = _load(path)
     if isinstance(archive, np.ndarray):

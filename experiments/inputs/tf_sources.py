@@ -26,10 +26,10 @@ def _is_batched(spec):
 
 
 def to_arrays(dataset, what):
-    """The examples of a finite ``dataset`` of (x, y) or (x, y, sample_weight) as NumPy arrays
-    (x, y); ValueError naming ``what`` for an infinite, empty or differently shaped dataset."""
+    """The examples of a finite ``dataset`` of (x, y) as NumPy arrays (x, y); ValueError naming
+    ``what`` for an infinite, empty or differently shaped dataset, or one with sample weights."""
     if not isinstance(dataset, tf.data.Dataset):
-        raise TypeError(f"{what}: expected a tf.data.Dataset, got {type(dataset).__name__}.")
+        raise ValueError(f"{what}: expected a tf.data.Dataset, got {type(dataset).__name__}.")
     if dataset.cardinality() == tf.data.INFINITE_CARDINALITY:
         raise ValueError(f"{what}: the dataset is infinite (a .repeat()?); batchlab repeats "
                          "epochs itself: hand over one pass over the examples.")
@@ -37,8 +37,7 @@ def to_arrays(dataset, what):
         dataset = dataset.unbatch()
     spec = dataset.element_spec
     if not isinstance(spec, tuple) or len(spec) not in (2, 3):
-        raise ValueError(f"{what}: elements must be (x, y) or (x, y, sample_weight) examples, "
-                         f"got {spec}.")
+        raise ValueError(f"{what}: elements must be (x, y) examples, got {spec}.")
     if len(spec) == 3:
         raise ValueError(f"{what}: per-example sample weights are not supported from tf.data; "
                          "hand over (x, y).")
@@ -64,8 +63,8 @@ def tf_data(dataset_fn=gin.REQUIRED, task="classification", num_classes=None,
     elif isinstance(made, (tuple, list)) and len(made) == 2:
         train, validation = made
     else:
-        raise TypeError(f"tf_data.dataset_fn must return a tf.data.Dataset or a pair (train, "
-                        f"validation) of them, got {type(made).__name__}.")
+        raise ValueError(f"tf_data.dataset_fn must return a tf.data.Dataset or a pair (train, "
+                         f"validation) of them, got {type(made).__name__}.")
     name = name or getattr(dataset_fn, "__name__", "tf_data")
     x, y = to_arrays(train, f"'{name}' training dataset")
     kwargs = {}
