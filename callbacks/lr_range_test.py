@@ -150,6 +150,13 @@ class LearningRateRangeTest(keras.callbacks.Callback):
         self._log(update, rate, loss, smoothed)
         if not (math.isfinite(loss) and math.isfinite(smoothed)):
             self._stop("non_finite_loss")
+        elif smoothed <= 0:
+            # "divergence_factor times the best" reads a loss as a positive scale: at or below
+            # 0 it would stop a run that is still improving (4 x -0.1 lies below -0.105).
+            raise ValueError(
+                f"The learning-rate range test needs a positive loss (its divergence test is "
+                f"loss > {self.divergence_factor:g} x the best); update {update + 1}'s smoothed "
+                f"loss is {smoothed:.4g}. Add a constant to the loss to make it positive.")
         elif smoothed > self.divergence_factor * self._best:
             self._stop("diverged")
         elif update + 1 >= self.num_updates:

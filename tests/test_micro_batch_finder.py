@@ -78,9 +78,14 @@ def test_selection_stops_at_the_first_b_over_budget():
 
 
 def test_bad_settings_name_their_binding():
-    with pytest.raises(ValueError, match="find_micro_batch.budget_mb=50 is below the memory of "
-                                         "one micro-batch of 4 rows"):
+    with pytest.raises(ValueError, match="find_micro_batch.budget_mb=50 is below what the probe "
+                                         "at b = 4 peaked at"):
         micro_batch_finder.choose(_Known(20.0), 96, budget_mb=50.0, smallest=4)
+    prober = _Known(20.0)
+    with pytest.raises(ValueError, match="find_micro_batch.smallest=64 is above "
+                                         "train.batch_size=32: no divisor"):
+        micro_batch_finder.choose(prober, 32, budget_mb=5000.0, smallest=64)
+    assert prober.seen == []  # refused before any probe
     with pytest.raises(ValueError, match="find_micro_batch.smallest"):
         micro_batch_finder.settings(smallest=0)
     with pytest.raises(ValueError, match="find_micro_batch.budget_mb"):

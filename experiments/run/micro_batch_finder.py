@@ -5,8 +5,11 @@ A user with a virtual batch B asks "how many rows can go through my model at onc
 divisors of B), from the smallest up. A probe is a short run of the user's own configuration with
 ``train.micro_batch_size = b``: the same ``plan.build``, ``plan.build_model`` and training loop
 (``engine.distribute.fit``, batchlab's ``CustomLoop`` unless ``fit.loop`` says otherwise) as a real
-run, on the run's own data, for a few updates and without validation, checkpoints or a run
-directory; so its memory and examples/s are those the user's run will have. It measures:
+run, on the run's own data, for a few updates and without validation, checkpoints, a run
+directory, the run's measurements, AdaScale or the user's extra callbacks; so its memory and
+examples/s are those of the user's training updates (a run's evaluation at
+``train.eval_batch_size`` and its measurements can add to the peak: leave some headroom). It
+measures:
 
 - on a GPU, TensorFlow's peak allocation on the device, stopping at the first b that runs out of
   memory (the probe reports it and ends; the finder goes on);
@@ -155,12 +158,17 @@ def find(prober, batch_size, budget_mb=None, smallest=1):
 
 
 def choose(prober, batch_size, budget_mb, smallest=1):
-    """``find``, and a clear error naming the binding when not even the smallest b fits."""
+    """``find``, and a clear error naming the binding when there is nothing to probe or not even
+    the smallest b fits."""
+    if not candidates(batch_size, smallest):
+        raise ValueError(f"find_micro_batch.smallest={smallest} is above train.batch_size="
+                         f"{batch_size}: no divisor of B to probe (they are "
+                         f"{', '.join(map(str, divisors(batch_size)))}).")
     best, probes = find(prober, batch_size, budget_mb, smallest)
     if best is None and probes and budget_mb is not None:
-        raise ValueError(f"find_micro_batch.budget_mb={budget_mb:g} is below the memory of one "
-                         f"micro-batch of {probes[0].micro_batch_size} rows "
-                         f"({probes[0].peak_mb:.1f} MiB measured).")
+        raise ValueError(f"find_micro_batch.budget_mb={budget_mb:g} is below what the probe at "
+                         f"b = {probes[0].micro_batch_size} peaked at: {probes[0].peak_mb:.1f} MiB "
+                         "(the whole process: TensorFlow and the data included).")
     return best, probes
 
 

@@ -8,8 +8,8 @@ sets its epochs (``epochs_for``), adds the callback (``callback``) and its resul
 (``summarize``). The callback ``callbacks.lr_range_test.LearningRateRangeTest`` sets the rates
 and stops at divergence, and the result adds ``lr_range_test`` to ``result.json``: the suggested
 learning rate, the rule that picked it (``experiments.analysis.lr_range``) and the plot
-``lr_range_test.png``. Run as a study over batch sizes, the suggested rates give the user's own
-scaling rule.
+``lr_range_test.png``. Run as a study over batch sizes, the suggested rates show how the ramp's
+suggestion moves with B, which is not the best fixed rate's scaling rule (docs/literature.md).
 """
 
 import dataclasses
@@ -80,6 +80,7 @@ def summarize(settings, test, run_dir):
     out.update(suggested_learning_rate=suggestion.learning_rate, rule=suggestion.rule,
                explanation=suggestion.explanation,
                min_loss_learning_rate=suggestion.min_loss_learning_rate,
+               min_at_ramp_end=suggestion.at_ramp_end,
                plot=lr_range.plot_range_test(record["learning_rates"], record["losses"],
                                              suggestion, os.path.join(run_dir,
                                                                       "lr_range_test.png"),
