@@ -13,7 +13,7 @@ import gin
 import keras
 import numpy as np
 
-from experiments.common import checks
+from experiments.common import checks, paths
 from experiments.inputs import files, labels
 from experiments.inputs.dataset import Data, DataSpec
 
@@ -122,8 +122,9 @@ def _one_validation_set(source, validation_path, kwargs):
 def _npz_part(path, x_key, y_key, task, num_classes):
     loaded = files.read_npz_arrays(path, (x_key, y_key))
     x, y = loaded[x_key], loaded[y_key]
-    if task == "classification":
-        y = labels.check_classes(y, f"{path}, array {y_key!r}", num_classes)
+    if task == "classification":  # named as the file's other errors name it: the path found
+        where = paths.resolve(path, what="NumPy archive")
+        y = labels.check_classes(y, f"{where}, array {y_key!r}", num_classes)
     return x, y
 
 
