@@ -30,7 +30,9 @@ def scaled_learning_rate(base_learning_rate=gin.REQUIRED, base_batch_size=gin.RE
 class WarmupSchedule(keras.optimizers.schedules.LearningRateSchedule):
     """Linear warm-up from ``initial_learning_rate`` to ``peak_learning_rate`` over
     ``warmup_steps`` updates, then ``after`` (a schedule counted from the end of warm-up) or
-    constant."""
+    constant. Update t (0-based) of the warm-up runs at initial + (t + 1) / warmup_steps of the
+    way: the first update moves (at 0 it would be wasted), the last of the warm-up runs at the
+    peak."""
 
     def __init__(self, peak_learning_rate=gin.REQUIRED, warmup_steps=gin.REQUIRED,
                  initial_learning_rate=0.0, after=None):
@@ -41,7 +43,7 @@ class WarmupSchedule(keras.optimizers.schedules.LearningRateSchedule):
 
     def __call__(self, step):
         step = keras.ops.cast(step, "float32")
-        fraction = keras.ops.minimum(step / max(self.warmup_steps, 1), 1.0)
+        fraction = keras.ops.minimum((step + 1.0) / max(self.warmup_steps, 1), 1.0)
         warm = self.initial_learning_rate + fraction * (
             self.peak_learning_rate - self.initial_learning_rate)
         if self.after is None:
