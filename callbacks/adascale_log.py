@@ -4,8 +4,9 @@ and at each epoch's end, keyed by the update count.
 
 The values are those of the update just applied (the train step sets the gain before it applies
 an update, then adds it to tau): the learning rate is lr(tau_t) * r_t, the rate that update
-used, not the optimizer's ``learning_rate`` after it (which reads the schedule at tau_t + r_t). Usable in a plain ``model.fit`` of a model whose learning rate
-AdaScale scales (``experiments.engine.adascale.AdaScale.attach``).
+used, not the optimizer's ``learning_rate`` after it (which reads the schedule at tau_t + r_t).
+Usable in a plain ``model.fit`` of a model whose learning rate AdaScale scales
+(``experiments.engine.adascale.AdaScale.attach``).
 """
 
 import keras

@@ -260,11 +260,12 @@ def _b_simple(done, best, target, metric, mode="max"):
             out["note"] = (f"the pooled |G|^2 is at or below 0: {bound}, with no value "
                            f"({out.get('note')})")
             return out
-        if out.get("num_estimates") or out.get("reason") == "no_crossing":
-            # Raw estimates near the target whose mean |G|^2 is <= 0 (one run: no interval),
-            # or no run at the target: nothing to read there; the smoothed curve would lag.
-            out["note"] = ("B_simple undefined near the target: " + out["note"]
-                           if out.get("num_estimates") else out["note"])
+        # Raw estimates near the target whose mean |G|^2 is <= 0 (one run: no interval), or no
+        # run at the target: nothing to read there (the smoothed curve would lag).
+        if out.get("num_estimates"):
+            out["note"] = "B_simple undefined near the target: " + out["note"]
+            return out
+        if out.get("reason") == "no_crossing":
             return out
         fallback = _fallback_b_simple(done, best)
         fallback["note"] = f"{fallback['note']} (pooled estimate unavailable: {out.get('note')})"

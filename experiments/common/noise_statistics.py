@@ -153,7 +153,7 @@ def estimate(sizes, draws, level=0.95, num_bootstrap=2000, seed=0):
     for d in draws:  # every bootstrap replicate at once: [replicates, draws] per size
         resampled = d[rng.integers(0, len(d), (num_bootstrap, len(d)))]
         boot_means.append(resampled.mean(1))
-    # Each replicate is fitted as the sample is, its weights from its own unweighted line.
+    # Each replicate is fitted as the sample is, with the same fixed weights.
     boot = np.stack(fit_weighted_by_size(sizes, np.stack(boot_means, 1), counts), axis=1)
     ratios = np.array([_ratio(t, g) for g, t in boot])
     jackknife = _jackknife(sizes, draws)
