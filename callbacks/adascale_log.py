@@ -13,6 +13,7 @@ import keras
 
 from callbacks import summary_writer
 from experiments.common import checks
+from experiments.engine.schedule import Cadence
 
 
 class AdaScaleLog(keras.callbacks.Callback):
@@ -27,6 +28,7 @@ class AdaScaleLog(keras.callbacks.Callback):
         self.log_dir = log_dir
         self.every_n_updates = checks.positive_int(every_n_updates, "every_n_updates")
         self.history = []  # (update, gain, progress, learning rate applied)
+        self._seen = 0  # the update count at the last batch hook
 
     def _scaling(self):
         scaling = getattr(self.model, "learning_rate_scaling", None)
@@ -47,8 +49,16 @@ class AdaScaleLog(keras.callbacks.Callback):
                                               "adascale/progress": progress,
                                               "adascale/learning_rate": learning_rate}, update)
 
+    def on_train_begin(self, logs=None):
+        self._scaling()  # a model without AdaScale is refused before any update
+        self._seen = int(self.model.optimizer.iterations.numpy())
+
     def on_train_batch_end(self, batch, logs=None):
-        if int(self.model.optimizer.iterations.numpy()) % self.every_n_updates == 0:
+        # A call of several updates (``steps_per_execution`` > 1 in Keras' fit) may step over a
+        # multiple: the point is then the call's last update.
+        update = int(self.model.optimizer.iterations.numpy())
+        previous, self._seen = self._seen, update
+        if Cadence(self.every_n_updates).crossed(previous, update):
             self._log()
 
     def on_epoch_end(self, epoch, logs=None):

@@ -6,7 +6,8 @@
 every ``every_n_minutes`` minutes. When ``stop_requested()`` returns a reason (a signal number,
 say), it saves at the next update boundary and raises ``TrainingInterrupted``, so the run's owner
 can record it as interrupted and exit. What is saved is the owner's business (``save`` is any
-function): in batchlab runs, ``experiments/run/checkpoints.py``. Works in any ``model.fit``.
+function): in batchlab runs, ``experiments/run/checkpoints.py``. Works in any ``model.fit``; with
+``steps_per_execution`` > 1 it saves at call boundaries, the first at or after each multiple.
 """
 
 import signal
@@ -55,6 +56,7 @@ class PeriodicCheckpoint(keras.callbacks.Callback):
         self.saved_updates = []
         self._epoch = 0
         self._first_update = 0
+        self._previous = 0  # the update count at the last batch hook (or the epoch's start)
         self._last_save = None
 
     def on_train_begin(self, logs=None):
@@ -65,11 +67,20 @@ class PeriodicCheckpoint(keras.callbacks.Callback):
         # The updates done before the epoch's first step, from the loop (a resumed epoch starts
         # at a later step): batch ``b`` of the epoch is then update first + b + 1.
         self._first_update = epoch_first_update(self.params, self.model)
+        self._previous = self._first_update
 
     def on_train_batch_end(self, batch, logs=None):
+        # With steps_per_execution > 1, Keras names a call by its planned last step, past the
+        # epoch's end for the epoch's last, shorter call: clamped to the epoch's length. A call
+        # of several updates may step over a multiple of ``every_n_updates``: it saves at the
+        # call's end (the first boundary at or after the multiple).
+        steps = (self.params or {}).get("steps")
+        if steps is not None:
+            batch = min(batch, steps - 1)
         update = self._first_update + batch + 1
+        previous, self._previous = self._previous, update
         reason = self.stop_requested()
-        due = reason is not None or self._cadence.logs(update) \
+        due = reason is not None or self._cadence.crossed(previous, update) \
             or (self.every_seconds is not None
                 and time.monotonic() - self._last_save >= self.every_seconds)
         if not due:

@@ -28,6 +28,7 @@ with ``use_ema=True`` swapping its averaged weights in). Works in any ``model.fi
 
 import numpy as np
 import tensorflow as tf
+from absl import logging
 
 from callbacks import summary_writer
 from callbacks.base import MeasurementCallback
@@ -64,6 +65,7 @@ class GeneralizationGap(MeasurementCallback):
         self._datasets = {}
         self._functions = {}  # 'model', and per data set: (graph function, its tensors)
         self._measured_at = None  # weights fingerprint at the last measurement
+        self._warned_no_validation = False
         self._fingerprint_now = None  # the one computed with the last evaluation, if any
         self._last_epoch = -1
 
@@ -134,6 +136,11 @@ class GeneralizationGap(MeasurementCallback):
             values[f"train_inference/{name}"] = float(train_value)
             if name in val:
                 values[f"generalization_gap/{name}"] = float(val[name]) - float(train_value)
+        if not val and not self._warned_no_validation:  # said once, not every epoch
+            self._warned_no_validation = True
+            logging.warning("GeneralizationGap: no validation metrics (no validation_data given "
+                            "to fit or to the callback): only train_inference/* is logged, no "
+                            "generalization_gap/*.")
         self._measured_at = self._fingerprint() if self._fingerprint_now is None \
             else self._fingerprint_now.numpy()
         return values

@@ -27,9 +27,12 @@ or on any other Keras model:
   logged updates only, the callback's train step computes the gradient of the loss (data loss +
   regularizers) on the batch just trained, at the weights that update starts from, before
   Keras' own step applies its update: one extra forward and backward pass per logged update,
-  none on the others. With dropout or other random layers the extra pass draws its own noise,
-  so its norm is that of a gradient the update could have applied, not bit for bit the one it
-  did. The update ratio is measured as for a batchlab model.
+  none on the others. The extra pass leaves the model's state as it found it (BatchNorm's moving
+  statistics, the random layers' seed generators, the metrics), so training is the same with the
+  callback or without it, and Keras' random layers (Dropout, ...) draw in it the masks the update
+  then draws: the norm is that of the gradient applied. (Randomness outside Keras' seed
+  generators, e.g. a custom layer calling ``tf.random`` directly, is drawn anew.) The update
+  ratio is measured as for a batchlab model.
 """
 
 import collections
@@ -57,8 +60,15 @@ class PlainFitStep:
         self._own_step = None
 
     def _measure(self, data):
+        # The extra forward pass must leave the model as it found it: BatchNormalization's moving
+        # statistics, the seed generators of Dropout and other random layers, and the compiled
+        # metrics' and losses' trackers are put back to their values before it. Keras' own step
+        # then runs from the same state (so training is the same with this callback or
+        # without), and its random layers draw the same masks the measured gradient saw.
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         variables = self.model.trainable_variables
+        kept = self._state_variables()
+        before = [tf.identity(v.value) for v in kept]
         with tf.GradientTape() as tape:
             y_pred = self.model(x, training=True)
             loss = self.model.compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight,
@@ -67,7 +77,21 @@ class PlainFitStep:
         norms = norms64(tf.zeros_like(v) if g is None else tf.convert_to_tensor(g)
                         for g, v in zip(grads, variables))
         self.variable_gradient_norms.assign(norms)
-        return tf.constant(True)
+        with tf.control_dependencies([norms]):
+            restored = [v.assign(value) for v, value in zip(kept, before)]
+        with tf.control_dependencies(restored):
+            return tf.constant(True)
+
+    def _state_variables(self):
+        """Every variable of the model a forward pass and ``compute_loss`` may change: the
+        non-trainable ones (moving statistics, seed generators' states) and the metrics'."""
+        seen, kept = set(), []
+        for variable in list(self.model.non_trainable_variables) + list(
+                self.model.metrics_variables):
+            if id(variable) not in seen:
+                seen.add(id(variable))
+                kept.append(variable)
+        return kept
 
     def install(self):
         """Wraps ``model.train_step`` for this fit (and rebuilds Keras' train function)."""
@@ -75,11 +99,14 @@ class PlainFitStep:
         self._own_step = own
 
         def train_step(data):
+            # The measuring branch runs before Keras' step by program order (a tf.function runs
+            # stateful ops in the order written); an explicit control dependency would also
+            # hold the variables Keras' step builds on its first trace (the compiled metrics'),
+            # which a compiled function then cannot lift out.
             update = tf.cast(model.optimizer.iterations, tf.int64) + 1
-            measured = tf.cond(tf.equal(update, self.measured_update),
-                               lambda: self._measure(data), lambda: tf.constant(False))
-            with tf.control_dependencies([measured]):
-                return own(data)
+            tf.cond(tf.equal(update, self.measured_update),
+                    lambda: self._measure(data), lambda: tf.constant(False))
+            return own(data)
 
         model.train_step = train_step
         model.make_train_function(force=True)

@@ -32,7 +32,6 @@ import math
 import numbers
 
 import keras
-import tensorflow as tf
 
 from callbacks import summary_writer
 from experiments.common import checks
@@ -79,7 +78,6 @@ class LearningRateRangeTest(keras.callbacks.Callback):
         self._before = None  # loss tracker (total, count) before the running update
         self._previous_mean = None  # logs["loss"] after the previous batch of this epoch
         self._initial_learning_rate = None
-        self._writer = None
 
     def learning_rate_at(self, update):
         """The learning rate of update ``update`` (0-based) of the ramp."""
@@ -108,7 +106,6 @@ class LearningRateRangeTest(keras.callbacks.Callback):
                 "execution). Compile with steps_per_execution=1 for the range test.")
         self._reset()
         self._initial_learning_rate = float(optimizer.learning_rate)
-        self._writer = summary_writer.writer_for(self.log_dir, "train")
 
     def on_train_batch_begin(self, batch, logs=None):
         update = len(self.learning_rates)
@@ -168,20 +165,18 @@ class LearningRateRangeTest(keras.callbacks.Callback):
         self.model.stop_training = True
 
     def _log(self, update, rate, loss, smoothed):
-        if self._writer is None:
-            return
-        with self._writer.as_default():
-            tf.summary.scalar("lr_range/loss", loss, step=update)
-            tf.summary.scalar("lr_range/smoothed_loss", smoothed, step=update)
-            tf.summary.scalar("lr_range/learning_rate", rate, step=update)
+        # Through ``summary_writer.scalars``: a relaunched range test (it starts its ramp again)
+        # does not log the points it logged before twice.
+        summary_writer.scalars(self.log_dir, {"lr_range/loss": loss,
+                                              "lr_range/smoothed_loss": smoothed,
+                                              "lr_range/learning_rate": rate}, update)
 
     def on_train_end(self, logs=None):
         if self.stopped_because is None:
             self.stopped_because = "data_exhausted"  # fit ran out of epochs/steps first
         if self._initial_learning_rate is not None:
             self.model.optimizer.learning_rate = self._initial_learning_rate
-        if self._writer is not None:
-            self._writer.flush()
+        summary_writer.flush(self.log_dir)
 
     def result(self):
         """The record: learning rates, losses, smoothed losses and why the test stopped.

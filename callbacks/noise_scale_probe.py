@@ -28,6 +28,7 @@ from callbacks.base import MeasurementCallback
 from experiments.common import noise_statistics
 from experiments.common import checks
 from experiments.engine import noise_probe, noise_scale
+from experiments.engine.schedule import Cadence
 
 
 # Fewer draws per size than this and the interval's coverage falls well below its level.
@@ -104,6 +105,7 @@ class NoiseScaleProbe(MeasurementCallback):
         self.level = checks.fraction(level, "noise_scale_probe.level")
         self.seed = int(seed)
         self._last = None
+        self._seen = 0  # the update count at the last batch hook
 
     def _probe(self, update):
         self._last = update
@@ -111,9 +113,15 @@ class NoiseScaleProbe(MeasurementCallback):
                        seed=self.seed + update, level=self.level)
         self.publish(update, values)
 
+    def on_train_begin(self, logs=None):
+        self._seen = int(self.model.optimizer.iterations.numpy())
+
     def on_train_batch_end(self, batch, logs=None):
+        # A call of several updates (``steps_per_execution`` > 1 in Keras' fit) may step over a
+        # multiple: the probe then runs at the call's end, the first update after it.
         update = int(self.model.optimizer.iterations.numpy())
-        if self.every_n_updates and update % self.every_n_updates == 0 and update != self._last:
+        previous, self._seen = self._seen, update
+        if Cadence(self.every_n_updates).crossed(previous, update) and update != self._last:
             self._probe(update)
 
     def on_train_end(self, logs=None):

@@ -40,6 +40,7 @@ class Throughput(MeasurementCallback):
         self._last_update_time = None
         self._updates = 0
         self._steps = None
+        self._first_iteration = None
         self._gpu = None
 
     def on_train_begin(self, logs=None):
@@ -48,14 +49,22 @@ class Throughput(MeasurementCallback):
     def on_epoch_begin(self, epoch, logs=None):
         self._updates = 0
         self._steps = (self.params or {}).get("steps")
+        self._first_iteration = self._iterations()
         self._epoch_started = time.perf_counter()
         self._last_update_time = None
 
+    def _iterations(self):
+        """The optimizer's update count, or None without one."""
+        optimizer = getattr(self.model, "optimizer", None)
+        return None if optimizer is None else int(optimizer.iterations.numpy())
+
     def on_train_batch_end(self, batch, logs=None):
-        # ``batch`` is the index of the last step run (also with steps_per_execution > 1). The
-        # clock is read after an epoch's last update only (after every update when the epoch's
-        # length is unknown): batch hooks run after every update.
-        self._updates = batch + 1
+        # ``batch`` is the index of the last step run; with steps_per_execution > 1 Keras passes
+        # the chunk's planned last index, past the epoch's end for its last, shorter chunk: it is
+        # clamped to the epoch's length (the epoch-end count is the optimizer's). The clock is
+        # read after an epoch's last update only (after every update when the epoch's length is
+        # unknown): batch hooks run after every update.
+        self._updates = batch + 1 if self._steps is None else min(batch + 1, self._steps)
         if self._steps is None or self._updates == self._steps:
             self._last_update_time = time.perf_counter()
 
@@ -64,6 +73,8 @@ class Throughput(MeasurementCallback):
         if self._last_update_time is None:  # the epoch ended before its announced last step
             self._last_update_time = now
         train_seconds = max(self._last_update_time - self._epoch_started, 1e-9)
+        if self._first_iteration is not None:  # exact, whatever ``batch`` said
+            self._updates = self._iterations() - self._first_iteration
         values = {"throughput/train_seconds": train_seconds,
                   "throughput/epoch_seconds": now - self._epoch_started,
                   "throughput/updates_per_sec": self._updates / train_seconds,

@@ -3,8 +3,8 @@
 Hoffer et al. observe that the weights travel roughly like a random walk, ||w_t - w_0|| ~ log t,
 and that large batches, taking fewer updates, simply travel less far: their "generalization gap"
 closes when the number of updates is matched. This callback records w_0 when training starts
-(the first ``fit`` only, so resumed calls keep measuring from the true start; one extra copy of
-the weights in memory) and logs, keyed by the update count:
+(the model's first ``fit`` only, so resumed calls keep measuring from the true start; one extra
+copy of the weights in memory; a new model gets its own) and logs, keyed by the update count:
 
 - ``weights/distance_from_init``: ||w - w_0|| over all trainable variables;
 - ``weights/relative_distance_from_init``: ||w - w_0|| / ||w_0||;
@@ -38,6 +38,7 @@ class WeightDistance(LoggedMeasurement):
         self.cadence = Cadence(self.every_n_updates, at_epoch_end=True)
         self.per_layer = bool(per_layer)
         self._initial = None
+        self._initial_for = None  # the model whose w_0 ``_initial`` holds
         self._last_update = None
 
     def start(self, model):
@@ -47,7 +48,10 @@ class WeightDistance(LoggedMeasurement):
         self._sums = SquaredSums(self._groups, len(variables))
         self._tags = [f"weights/distance_from_init/layer/{layer}" for layer in self._groups]
         self.shape = (len(variables),)
-        if self._initial is None:  # w_0: the first fit only, so later fits measure from it
+        if self._initial_for is not model:  # another model: its own w_0, its own traced read
+            self._initial, self._initial_for, self._own_call = None, model, None
+            self._last_update = None
+        if self._initial is None:  # w_0: the model's first fit only, so later fits measure from it
             self._initial = [tf.Variable(tf.convert_to_tensor(v), trainable=False)
                              for v in variables]
             sizes = np.array([np.linalg.norm(np.ravel(w0.numpy()).astype(np.float64))

@@ -90,6 +90,8 @@ def test_take_cuts_rows_or_steps_and_passes_per_row_tensors_whole():
                                                                           [16, 17, 18]])
     per_row = tf.constant([1.0, 2.0])
     assert accumulation.take(per_row, 4, 3, 1) is per_row
+    per_row_column = tf.constant([[1.0], [2.0]])  # Keras' shape for a per-step loss's row weight
+    assert accumulation.take(per_row_column, 4, 3, 1) is per_row_column
     assert accumulation.take(None, 0, 1, 0) is None
     assert float(accumulation.window_share(8, 5, 20)) == 2.0
 

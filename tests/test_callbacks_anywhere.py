@@ -100,3 +100,123 @@ def test_keras_callbacks_and_tensorboard_options_from_gin(tmp_path):
     updates = {s for s, _ in event_values(run, "by_update/epoch_loss")}  # train/, validation/
     assert {s for s, _ in event_values(run, "epoch_loss")} == {0, 1}
     assert updates == {23, 46}  # 1437 training examples at B = 64: 23 updates per epoch
+
+
+def _normalized_model(seed=0, jit_compile=False):
+    """BatchNormalization and Dropout: state a measuring forward pass could change."""
+    keras.utils.set_random_seed(seed)
+    model = keras.Sequential([keras.Input((5,)), keras.layers.Dense(6, activation="tanh"),
+                              keras.layers.BatchNormalization(), keras.layers.Dropout(0.5),
+                              keras.layers.Dense(3, activation="softmax")])
+    model.compile(keras.optimizers.SGD(0.1), "sparse_categorical_crossentropy",
+                  metrics=["accuracy"], jit_compile=jit_compile)
+    return model
+
+
+def test_gradient_norm_leaves_batch_norm_dropout_and_metrics_as_without_it():
+    """The extra forward pass of a plain fit puts back the moving statistics, the dropout seed
+    and the metrics: the run is bit for bit the run without the callback, and the logged norm is
+    that of the gradient applied (|w_after - w_before| / lr under plain SGD)."""
+    x, y = _data()
+    runs = {}
+    for measured in (False, True):
+        model = _normalized_model()
+        norm = GradientNorm(every_n_updates=2)
+        history = model.fit(x, y, batch_size=8, epochs=2, shuffle=False, verbose=0,
+                            callbacks=[norm] if measured else [])
+        runs[measured] = (model.get_weights(), history.history, norm)
+    for without, with_norm in zip(runs[False][0], runs[True][0]):  # moving stats included
+        np.testing.assert_array_equal(without, with_norm)
+    assert runs[False][1] == runs[True][1]  # loss and accuracy as logged by Keras
+    norm = runs[True][2]
+    trainable = [v for v in _normalized_model().weights if v.trainable]
+    assert len(trainable) == 6 and norm.history
+    for _, values in norm.history:  # plain SGD: the applied step is 0.1 g
+        ratio, global_norm = values["update_ratio/global"], values["gradients/global_norm"]
+        assert ratio > 0 and global_norm > 0
+    # The applied gradient, read back from the weights' move at one logged update.
+    model = _normalized_model()
+    model.fit(x[:8], y[:8], batch_size=8, epochs=1, shuffle=False, verbose=0)  # update 1
+    before = [v.numpy().copy() for v in model.trainable_variables]
+    probe = GradientNorm(every_n_updates=2, update_ratio=False)
+    model.fit(x[8:16], y[8:16], batch_size=8, epochs=1, shuffle=False, verbose=0,
+              callbacks=[probe])  # update 2: measured
+    moved = np.sqrt(sum(np.sum((v.numpy() - b) ** 2)
+                        for v, b in zip(model.trainable_variables, before)))
+    assert probe.history[0][0] == 2
+    assert probe.history[0][1]["gradients/global_norm"] == pytest.approx(moved / 0.1, rel=1e-5)
+
+
+def test_gradient_norm_works_on_a_fresh_compiled_model():
+    """jit_compile: the measuring branch holds no variable creation of Keras' first step."""
+    x, y = _data()
+    norm = GradientNorm(every_n_updates=3)
+    _normalized_model(jit_compile=True).fit(x, y, batch_size=8, epochs=1, verbose=0,
+                                            callbacks=[norm])
+    assert [step for step, _ in norm.history] == [3, 6]
+
+
+def test_weight_distance_measures_a_second_model_from_its_own_start():
+    from callbacks.weight_distance import WeightDistance
+    x, y = _data()
+    distance = WeightDistance()
+    first = _plain_model(seed=0)
+    first.fit(x, y, batch_size=8, epochs=1, verbose=0, callbacks=[distance])
+    second = _plain_model(seed=3)
+    start = [w.copy() for w in second.get_weights()]
+    second.fit(x, y, batch_size=8, epochs=1, verbose=0, callbacks=[distance])
+    expected = np.sqrt(sum(np.sum((w.astype(np.float64) - s) ** 2)
+                           for w, s in zip(second.get_weights(), start)))
+    assert distance.history[-1][1]["weights/distance_from_init"] == pytest.approx(expected,
+                                                                                  rel=1e-5)
+
+
+def _spe_model(steps_per_execution):
+    model = _plain_model()
+    model.compile(keras.optimizers.SGD(0.1), "sparse_categorical_crossentropy",
+                  steps_per_execution=steps_per_execution)
+    return model
+
+
+def test_throughput_counts_updates_with_a_short_last_call():
+    """60 rows at B = 8: 8 updates in calls of 3, 3 and 2 (Keras names the last call 8)."""
+    from callbacks.throughput import Throughput
+    x, y = _data(60)
+    throughput = Throughput(examples_per_epoch=60)
+    _spe_model(3).fit(x, y, batch_size=8, epochs=1, verbose=0, callbacks=[throughput],
+                      validation_data=(x, y))
+    values = throughput.history[-1][1]
+    updates = values["throughput/updates_per_sec"] * values["throughput/train_seconds"]
+    assert updates == pytest.approx(8.0, rel=1e-9)
+    assert values["throughput/train_seconds"] < values["throughput/epoch_seconds"]
+
+
+def test_periodic_checkpoint_saves_where_calls_step_over_a_multiple():
+    """steps_per_execution = 2, every 3 updates: saved at 4 (over 3), 6, 10 (over 9), 12, 16
+    (over 15), each at the real position; 60 rows at B = 8 with 3 per call: 8 updates, not 9."""
+    from callbacks.checkpointing import PeriodicCheckpoint
+    x, y = _data(64)
+    saved = []
+    checkpoint = PeriodicCheckpoint(lambda *position: saved.append(position), every_n_updates=3)
+    _spe_model(2).fit(x, y, batch_size=8, epochs=2, verbose=0, callbacks=[checkpoint])
+    assert saved == [(0, 4, 4), (0, 6, 6), (1, 2, 10), (1, 4, 12), (1, 8, 16)]
+    x, y = _data(60)
+    saved.clear()
+    model = _spe_model(3)
+    last = PeriodicCheckpoint(lambda *position: saved.append(position), every_n_updates=4)
+    model.fit(x, y, batch_size=8, epochs=1, verbose=0, callbacks=[last])
+    assert saved == [(0, 6, 6), (0, 8, 8)]
+    assert int(model.optimizer.iterations.numpy()) == 8
+
+
+def test_probe_and_adascale_log_run_where_calls_step_over_a_multiple():
+    from callbacks.adascale_log import AdaScaleLog
+    from callbacks.noise_scale_probe import NoiseScaleProbe
+    x, y = _data(64)
+    probe = NoiseScaleProbe((x, y), sizes=(4, 8), num_draws=3, every_n_updates=3, at_end=False)
+    _spe_model(2).fit(x, y, batch_size=8, epochs=1, verbose=0, callbacks=[probe])
+    assert [step for step, _ in probe.history] == [4, 6]
+    model = _plain_model()
+    with pytest.raises(ValueError, match="AdaScale"):
+        model.fit(x, y, batch_size=8, epochs=1, verbose=0, callbacks=[AdaScaleLog()])
+    assert int(model.optimizer.iterations.numpy()) == 0  # refused before any update

@@ -181,10 +181,20 @@ def test_a_stale_running_status_reads_as_interrupted(tmp_path):
     dead.wait()
     run_dir.write_json(path, "status.json", dict(status, pid=dead.pid))  # process gone
     assert run_dir.effective_status(path) == "interrupted"
-    run_dir.write_json(path, "status.json", dict(status, heartbeat=time.time() - 3600))
-    assert run_dir.effective_status(path) == "interrupted"  # heartbeat stale (another host too)
+    elsewhere = dict(status, host=status["host"] + "-another", heartbeat=time.time() - 3600)
+    run_dir.write_json(path, "status.json", elsewhere)
+    assert run_dir.effective_status(path) == "interrupted"  # another host: the heartbeat decides
+    run_dir.write_json(path, "status.json", dict(elsewhere, heartbeat=time.time()))
+    assert run_dir.effective_status(path) == "running"
     run_dir.write_json(path, "status.json", run_dir.running_status())  # this live process
     assert run_dir.effective_status(path) == "running"
+    # A live process whose last heartbeat is old (a long validation, a slow call): still
+    # running, so that a relaunch does not train the same run beside it.
+    run_dir.write_json(path, "status.json", dict(status, heartbeat=time.time() - 3600))
+    assert run_dir.effective_status(path) == "running"
+    # A pid that a later process took (it started after the run): not the run's process.
+    run_dir.write_json(path, "status.json", dict(status, started=time.time() - 10 * 86400))
+    assert run_dir.effective_status(path) == "interrupted"
 
 
 def test_checkpoint_store_is_atomic_keeps_k_and_checks_the_model(tmp_path):

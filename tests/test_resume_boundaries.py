@@ -64,8 +64,8 @@ class _EpochEnds(keras.callbacks.Callback):
         self.updates.append(int(self.model.optimizer.iterations.numpy()))
 
 
-def _train(output, name, kind, kill_at=None, monkeypatch=None, extra_callbacks=()):
-    files, bindings = KINDS[kind]
+def _train(output, name, kind, kill_at=None, monkeypatch=None, extra_callbacks=(), config=None):
+    files, bindings = config or KINDS[kind]
     launch.parse(files, bindings + COMMON)
     if kill_at is not None:
         save = training_state.RunState.save
@@ -77,8 +77,9 @@ def _train(output, name, kind, kill_at=None, monkeypatch=None, extra_callbacks=(
 
         monkeypatch.setattr(training_state.RunState, "save", save_then_die)
     try:
+        more = {"extra_callbacks": extra_callbacks} if extra_callbacks else {}  # else gin's
         return runner.train(output_dir=output, experiment=kind, run_name=name, resumable=True,
-                            extra_callbacks=extra_callbacks)
+                            **more)
     finally:
         monkeypatch.undo() if monkeypatch is not None else None
 
@@ -135,3 +136,64 @@ def test_a_kill_at_every_boundary_resumes_bit_for_bit(tmp_path, monkeypatch, kin
         values, points = _logged(resumed)
         assert values == expected[0], f"{kind}, killed at update {kill_at}"
         assert points == expected[1], f"{kind}, killed at update {kill_at}: TensorBoard points"
+
+
+def _keras_callbacks_config(csv_path):
+    """EarlyStopping (stops after epoch 3 of 6: no epoch improves by 100), ReduceLROnPlateau
+    (divides the rate by 10 every 2 epochs, 0.5 -> 0.0005 by epoch 6 without early stopping), a
+    CSV log and per-update TensorBoard scalars."""
+    return (["gin/experiments/digits_mlp.gin"],
+            ["train.batch_size = 256", "train.epochs = 6", "measurements.enabled = []",
+             "train.extra_callbacks = [@keras.callbacks.EarlyStopping(), "
+             "@keras.callbacks.ReduceLROnPlateau(), @keras.callbacks.CSVLogger()]",
+             "keras.callbacks.EarlyStopping.monitor = 'loss'",
+             "keras.callbacks.EarlyStopping.min_delta = 100.0",
+             "keras.callbacks.EarlyStopping.patience = 3",
+             "keras.callbacks.EarlyStopping.restore_best_weights = True",
+             "keras.callbacks.ReduceLROnPlateau.monitor = 'loss'",
+             "keras.callbacks.ReduceLROnPlateau.min_delta = 100.0",
+             "keras.callbacks.ReduceLROnPlateau.patience = 1",
+             "keras.callbacks.ReduceLROnPlateau.factor = 0.1",
+             f"keras.callbacks.CSVLogger.filename = '{csv_path}'",
+             "batchlab.TensorBoard.update_freq = 1"])
+
+
+def test_keras_callbacks_state_csv_and_batch_curves_survive_a_resume(tmp_path, monkeypatch):
+    """Patience counters, best values and best weights travel with the checkpoint; the CSV log
+    keeps its earlier rows; per-update TensorBoard curves are keyed by the update count."""
+    output = str(tmp_path)
+    reference = _train(output, "reference", "callbacks",
+                       config=_keras_callbacks_config(tmp_path / "reference.csv"))
+    assert reference["updates"] == 24  # stopped by EarlyStopping after epoch 4 of 6
+    expected = _logged(reference)
+    batch_steps = sorted(step for split, tag, step, _ in expected[1] if tag == "batch_loss")
+    assert batch_steps == list(range(1, 25))
+    with open(tmp_path / "reference.csv") as handle:
+        reference_csv = handle.read()
+    for kill_at in (8, 13, 18):
+        config = _keras_callbacks_config(tmp_path / f"killed-{kill_at}.csv")
+        with pytest.raises(_Killed):
+            _train(output, f"killed-{kill_at}", "callbacks", kill_at, monkeypatch, config=config)
+        resumed = _train(output, f"killed-{kill_at}", "callbacks", config=config)
+        assert resumed["resumed_at_updates"] == [kill_at]
+        assert _logged(resumed) == expected, f"killed at update {kill_at}"
+        with open(tmp_path / f"killed-{kill_at}.csv") as handle:
+            assert handle.read() == reference_csv, f"killed at update {kill_at}"
+
+
+def test_a_relaunched_range_test_starts_its_ramp_again(tmp_path, monkeypatch):
+    """Its ramp lives in its callback: the relaunch gives the uninterrupted run's curve, with
+    every TensorBoard point once."""
+    config = (["gin/experiments/digits_mlp.gin"],
+              ["train.batch_size = 64", "train.mode = 'lr_range_test'",
+               "lr_range_test.num_updates = 30", "lr_range_test.min_learning_rate = 1e-4",
+               "lr_range_test.max_learning_rate = 1.0", "measurements.enabled = []"])
+    output = str(tmp_path)
+    reference = _train(output, "reference", "range_test", config=config)
+    with pytest.raises(_Killed):
+        _train(output, "killed", "range_test", 12, monkeypatch, config=config)
+    again = _train(output, "killed", "range_test", config=config)
+    assert again["resumed_at_updates"] == []
+    for key in ("learning_rates", "losses", "suggested_learning_rate", "updates"):
+        assert again["lr_range_test"][key] == reference["lr_range_test"][key], key
+    assert _logged(again)[1] == _logged(reference)[1]

@@ -258,3 +258,63 @@ def test_metrics_count_every_row_of_the_virtual_batch():
                           micro=16, metrics=["accuracy"])
     assert history["accuracy"][0] == pytest.approx(start["accuracy"], abs=1e-7)
     assert history["loss"][0] == pytest.approx(start["loss"], rel=1e-5)
+
+
+def _per_step_regression():
+    def build():
+        return keras.Sequential([keras.Input((5, 3)), keras.layers.Dense(4, activation="tanh"),
+                                 keras.layers.Dense(1)])
+    rng = np.random.default_rng(8)
+    x = rng.normal(size=(26, 5, 3)).astype("float32")
+    y = rng.normal(size=(26, 5, 1)).astype("float32")
+    return build, x, y, rng
+
+
+@pytest.mark.parametrize("micro", [4, None])
+def test_mean_with_sample_weight_divides_by_the_row_weights_as_keras_does(micro):
+    """A per-row weight of shape (n, 1) on a per-step loss, no mask: Keras divides by the sum of
+    the weights (once per row), not once per step (an update T times too small)."""
+    build, x, y, rng = _per_step_regression()
+    sw = rng.uniform(0.2, 3.0, size=(26, 1)).astype("float32")
+    loss = keras.losses.MeanSquaredError(reduction="mean_with_sample_weight")
+    weights = build().get_weights()
+    want, _ = _reference(build, weights, keras.optimizers.SGD(0.05), loss, x, y, sw, 10)
+    model, _ = _virtual(build, weights, keras.optimizers.SGD(0.05), loss, x, y, sw, 10, micro)
+    assert _max_relative_error(model.get_weights(), want) <= 1e-6
+    moved = _max_relative_error(weights, want)
+    assert moved > 1e-2  # the update is not negligible: a 1/T-sized one would fail above
+
+
+@pytest.mark.parametrize("micro", [3, 4])
+def test_a_loss_returning_a_scalar_is_weighted_by_rows_in_ragged_batches(micro):
+    """A loss function that returns its own mean: micro-batches of 3, 3, 3, 1 rows (or 4, 4, 2)
+    add up to the whole batch's mean, not to the mean of the micro-batches' means."""
+    build = _mlp()
+    x, y, _ = _classification(30)
+
+    def scalar_loss(y_true, y_pred):
+        return tf.reduce_mean(keras.losses.sparse_categorical_crossentropy(y_true, y_pred))
+
+    weights = build().get_weights()
+    want, _ = _reference(build, weights, keras.optimizers.SGD(0.5), scalar_loss, x, y, None, 10)
+    model, _ = _virtual(build, weights, keras.optimizers.SGD(0.5), scalar_loss, x, y, None, 10,
+                        micro)
+    assert _max_relative_error(model.get_weights(), want) <= 1e-6
+    with pytest.raises(ValueError, match="returns a scalar"):
+        _virtual(build, weights, keras.optimizers.SGD(0.5), scalar_loss, x, y,
+                 np.ones(30, "float32"), 10, micro)
+
+
+@pytest.mark.parametrize("make", [
+    lambda: keras.optimizers.LossScaleOptimizer(keras.optimizers.SGD(0.1)),
+])
+def test_a_loss_scaling_optimizer_is_refused_before_any_update(make):
+    """Its loss scale would divide every update (the step never multiplies the loss by it)."""
+    build = _mlp()
+    x, y, _ = _classification(20)
+    model = virtual_batch_model.as_virtual_batch_model(build(), micro_batch_size=5)
+    weights = model.get_weights()
+    model.compile(optimizer=make(), loss="sparse_categorical_crossentropy")
+    with pytest.raises(ValueError, match="LossScaleOptimizer"):
+        model.fit(x, y, batch_size=10, epochs=1, verbose=0)
+    assert all(np.array_equal(a, b) for a, b in zip(model.get_weights(), weights))

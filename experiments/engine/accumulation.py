@@ -153,12 +153,13 @@ def micro_batch_terms(model, ctx, x, y, sample_weight, size):
 
 
 def take(tensor, start, size, axis):
-    """Rows (axis 0) or steps (axis 1) [start, start + size) of a tensor; per-row tensors pass
-    whole when cutting along time."""
+    """Rows (axis 0) or steps (axis 1) [start, start + size) of a tensor; per-row tensors, (S,)
+    or (S, 1) (the shape Keras asks of a per-row weight on a per-step loss), pass whole when
+    cutting along time."""
     if tensor is None:
         return None
     if axis == 1:
-        if tensor.shape.rank is not None and tensor.shape.rank < 2:
+        if tensor.shape.rank is not None and (tensor.shape.rank < 2 or tensor.shape[1] == 1):
             return tensor
         return tensor[:, start:start + size]
     return tensor[start:start + size]

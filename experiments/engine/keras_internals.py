@@ -183,15 +183,31 @@ class EpochScalarsTensorBoard(keras.callbacks.TensorBoard):
         """Writes ``{tag: float}`` at ``step`` under ``log_dir/subdir``."""
         raise NotImplementedError
 
+    def on_train_begin(self, logs=None):
+        super().on_train_begin(logs)
+        optimizer = getattr(self.model, "optimizer", None)
+        self._batch_scalars_at = 0 if optimizer is None else int(optimizer.iterations.numpy())
+
     def on_train_batch_end(self, batch, logs=None):
         """Keras writes ``batch_*`` scalars after every call even with ``update_freq='epoch'``,
         where no writer is set and they are dropped: skipped then, unless the callback profiles
-        or still has to write the train graph."""
+        or still has to write the train graph. With ``update_freq = N`` they go to
+        ``write_scalars`` keyed by the update count (Keras keys them by its count of calls since
+        this ``fit`` began: a resumed run would start again at 1, and a call may hold several
+        updates), after each call that reaches a multiple of N."""
         if (self.update_freq == "epoch" and not self.write_steps_per_second
                 and not tensorboard_profiles(self)
                 and not getattr(self, "_should_write_train_graph", True)):
             return
-        super().on_train_batch_end(batch, logs)
+        if self.update_freq == "epoch" or not isinstance(logs, dict):
+            super().on_train_batch_end(batch, logs)
+            return
+        super().on_train_batch_end(batch, None)  # the graph, profiling, steps per second
+        update = int(self.model.optimizer.iterations.numpy())
+        previous, self._batch_scalars_at = self._batch_scalars_at, update
+        if update // self.update_freq > previous // self.update_freq:
+            self.write_scalars({f"batch_{k}": float(v) for k, v in logs.items()}, update,
+                               "train")
 
     def _log_epoch_metrics(self, epoch, logs):
         """Keras' own, with ``write_scalars`` in place of its writers (called by

@@ -64,6 +64,8 @@ class LossTerms:
         mask = _combine_masks(in_mask, out_mask)
         values = tf.cast(values, dtype)
 
+        if values.shape.rank == 0 and self.reduction != "sum":
+            return self._scalar_terms(values, y_pred, mask, sample_weight, dtype)
         weight = None
         if mask is not None:
             weight = _match_rank(tf.cast(mask, dtype), values)
@@ -75,7 +77,11 @@ class LossTerms:
         if self.reduction == "sum":
             denominator = tf.zeros((), dtype)
         elif self.reduction == "mean_with_sample_weight" and weight is not None:
-            denominator = tf.reduce_sum(tf.broadcast_to(weight, tf.shape(values)))
+            # Keras divides by the weights' own sum when there is no mask (a per-row weight of
+            # shape (n, 1) on a per-step loss counts once per row, not once per step), and by
+            # the sum of mask x weight over every element when there is one.
+            denominator = tf.reduce_sum(sample_weight) if mask is None else \
+                tf.reduce_sum(tf.broadcast_to(weight, tf.shape(values)))
         elif mask is not None:
             denominator = tf.reduce_sum(
                 tf.broadcast_to(_match_rank(tf.cast(mask, dtype), values), tf.shape(values))
@@ -83,6 +89,19 @@ class LossTerms:
         else:
             denominator = tf.cast(tf.size(values), dtype)
         return numerator, denominator
+
+
+    @staticmethod
+    def _scalar_terms(value, y_pred, mask, sample_weight, dtype):
+        """A loss that returns a scalar (its own mean over the rows; Keras leaves it as it is):
+        weighted by the micro-batch's rows, so that a ragged batch's micro-batches add up to
+        the whole batch's mean. Sample weights and masks cannot be split exactly here."""
+        if mask is not None or sample_weight is not None:
+            raise ValueError(
+                "The loss returns a scalar, so virtual batches cannot split its sample weights "
+                "or mask exactly: return one value per row (or per step) instead.")
+        rows = tf.cast(tf.shape(y_pred)[0], dtype)
+        return value * rows, rows
 
 
 def _combine_masks(in_mask, out_mask):

@@ -39,6 +39,13 @@ class Cadence:
         return bool((self.every_n_updates and update % self.every_n_updates == 0)
                     or (self.at_epoch_end and update == epoch_end))
 
+    def crossed(self, previous, update):
+        """Whether the updates after ``previous`` up to ``update`` hold a multiple of
+        ``every_n_updates``: a call that ran several updates (Keras' ``steps_per_execution``)
+        may step over the multiple itself."""
+        n = self.every_n_updates
+        return bool(n and update // n > previous // n)
+
 
 @dataclasses.dataclass(frozen=True)
 class Position:

@@ -132,6 +132,13 @@ class VirtualBatchModel(keras.Model):
                 f"{self.optimizer.gradient_accumulation_steps}: a VirtualBatchModel already "
                 "accumulates micro-batches into one update; use micro_batch_size "
                 "(train.micro_batch_size) instead of the optimizer's accumulation.")
+        if isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer):
+            raise ValueError(
+                "The optimizer is a LossScaleOptimizer (Keras puts one in under the "
+                "'mixed_float16' policy): it divides the gradients by a loss scale that a "
+                "VirtualBatchModel's step never multiplies the loss by, so every update would "
+                "be that many times too small. Use the 'mixed_bfloat16' or 'float32' policy, "
+                "or the optimizer it wraps.")
         grads, loss, num_rows = self.virtual_batch_gradients(data)
         scaling = self.learning_rate_scaling
         if scaling is not None:  # AdaScale: this update's gain, from its own noise sample

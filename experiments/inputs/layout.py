@@ -104,7 +104,7 @@ class BatchLayout:
 
 def check_virtual_batch(batch_size, micro_batch_size, num_examples=None):
     """(B, b or None, k) from ``train.batch_size`` and ``train.micro_batch_size``; checks the data
-    size when known. b >= B is not split (k = 1), as one pass over B rows is the same update."""
+    size when known. b = B is not split (k = 1); b > B is refused (b must divide B)."""
     batch_size = checks.positive_int(batch_size, "train.batch_size")
     if micro_batch_size is None:
         return batch_size, None, 1

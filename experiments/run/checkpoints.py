@@ -84,12 +84,17 @@ class CheckpointStore:
                  if PATTERN.search(p)]
         return [p for _, p in sorted(found, reverse=True)]
 
-    def save(self, names, values, position, bookkeeping=None):
-        """Writes one checkpoint atomically; returns its path."""
+    def save(self, names, values, position, bookkeeping=None, extra=None):
+        """Writes one checkpoint atomically; returns its path. ``extra``: more arrays by name
+        (host-side state, e.g. the best weights an ``EarlyStopping`` keeps), read by
+        ``load_extra``."""
         os.makedirs(self.directory, exist_ok=True)
+        extra = dict(extra or {})
         meta = {"position": dataclasses.asdict(position), "names": names,
-                "shapes": [list(np.shape(v)) for v in values], "bookkeeping": bookkeeping or {}}
+                "shapes": [list(np.shape(v)) for v in values], "bookkeeping": bookkeeping or {},
+                "extra": list(extra)}
         arrays = {f"v{i:05d}": np.asarray(v) for i, v in enumerate(values)}
+        arrays.update({f"e{i:05d}": np.asarray(v) for i, v in enumerate(extra.values())})
         arrays["__meta__"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
         path = os.path.join(self.directory, f"state-{position.update:09d}.npz")
         temporary = f"{path}.tmp-{os.getpid()}"
@@ -130,6 +135,12 @@ class CheckpointStore:
                     f"or configuration, not these {len(names)}.")
             return [archive[f"v{i:05d}"] for i in range(len(names))]
 
+    def load_extra(self, path):
+        """The ``extra`` arrays saved in ``path``, by name ({} when none)."""
+        with np.load(path, allow_pickle=False) as archive:
+            meta = json.loads(archive["__meta__"].tobytes().decode())
+            return {name: archive[f"e{i:05d}"] for i, name in enumerate(meta.get("extra", []))}
+
     def remove_partial_writes(self):
         """Deletes temporary files a kill left behind in the middle of a write."""
         for path in glob.glob(os.path.join(self.directory, "state-*.npz.tmp-*")):
@@ -142,6 +153,8 @@ def _meta(path):
         meta = json.loads(archive["__meta__"].tobytes().decode())
         for i in range(len(meta["names"])):
             archive[f"v{i:05d}"]  # pylint: disable=pointless-statement (CRC check of the entry)
+        for i in range(len(meta.get("extra", []))):
+            archive[f"e{i:05d}"]  # pylint: disable=pointless-statement
     return meta
 
 

@@ -25,7 +25,12 @@ from experiments.run import micro_batch_finder, noise_probe_run, range_test
 
 
 class RunMode:
-    """What a run mode decides; the defaults are those of a plain training run (``TrainMode``)."""
+    """What a run mode decides; the defaults are those of a plain training run (``TrainMode``).
+
+    ``resumable``: a relaunched run continues from its newest checkpoint (False: it starts again
+    from update 0, for a mode whose callbacks keep state no checkpoint holds)."""
+
+    resumable = True
 
     @classmethod
     def from_bindings(cls):
@@ -66,6 +71,9 @@ class RangeTestMode(RunMode):
     loss diverges; ``result.json`` gets the suggested rate (``range_test``)."""
 
     test: range_test.RangeTestSettings
+    # The ramp's position, its losses and their smoothed average live in the callback: a
+    # relaunched range test starts its ramp again (seeded, it gives the uninterrupted result).
+    resumable = False
 
     @classmethod
     def from_bindings(cls):

@@ -95,21 +95,38 @@ def read_status(run_dir):
 
 
 def is_alive(status, now=None):
-    """Whether a 'running' status belongs to a live process: its heartbeat is recent and, on this
-    host, its process exists. A run killed without a word (SIGKILL, lost machine) is not."""
+    """Whether a 'running' status belongs to a live process. On this host the process decides:
+    it exists (and started no later than the run did: not a reused pid) or not, whatever the
+    heartbeat says (a long validation or a slow call writes no heartbeat for minutes, and a
+    relaunch must not train the same run beside it). On another host, a recent heartbeat. A run
+    killed without a word (SIGKILL, lost machine) is not alive."""
     if status.get("status") != "running":
         return False
-    now = time.time() if now is None else now
-    if now - float(status.get("heartbeat", 0.0)) > STALE_AFTER_SECONDS:
-        return False
     if status.get("host") == socket.gethostname() and status.get("pid"):
+        pid = int(status["pid"])
         try:
-            os.kill(int(status["pid"]), 0)
+            os.kill(pid, 0)
         except ProcessLookupError:
             return False
         except PermissionError:
-            return True
-    return True
+            pass
+        started = _process_start_time(pid)
+        return started is None or started <= float(status.get("started", started)) + 60.0
+    now = time.time() if now is None else now
+    return now - float(status.get("heartbeat", 0.0)) <= STALE_AFTER_SECONDS
+
+
+def _process_start_time(pid):
+    """When process ``pid`` started (seconds since the epoch), from Linux' /proc; None where that
+    cannot be read."""
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            fields = handle.read().rsplit(")", 1)[1].split()
+        with open("/proc/stat") as handle:
+            boot = next(float(line.split()[1]) for line in handle if line.startswith("btime"))
+        return boot + float(fields[19]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
 
 
 def effective_status(run_dir):

@@ -28,6 +28,7 @@ from callbacks.operative_config import OperativeConfigSaver
 from experiments.common.memory import peak_memory_mb
 from experiments.engine import distribute
 from experiments.inputs import dataset as dataset_lib
+from experiments.run import callback_states
 from experiments.run import config_audit, interrupts, modes
 from experiments.run.adaptive_batch import AdaptiveBatchController
 from experiments.run import measurements as measurements_lib
@@ -113,7 +114,8 @@ def run(settings, output, run_mode):
         return _run_as_worker(plan, output)
     path, resuming = _open_run_dir(output)
     multi_worker = distribute.is_multi_worker(plan.strategy)
-    state = RunState(path, settings.checkpoints, resuming, synchronized=multi_worker)
+    state = RunState(path, settings.checkpoints, resuming, synchronized=multi_worker,
+                     from_checkpoint=run_mode.resumable)
     state.use_data(dataset_lib.fingerprint(plan.data))  # refuses changed data on a resume
     try:
         with interrupts.catch_stop_signals(enabled=not multi_worker) as stop_requested:
@@ -191,10 +193,11 @@ def _run_as_worker(plan, output):
 
 
 def make_callbacks(plan, path, log_dir, state_callbacks, checkpoint_callbacks=(),
-                   mode_callbacks=()):
-    """(every callback of the run in order, the measurement callbacks among them).
-    ``mode_callbacks``: those of the run's mode (``plan.mode.callbacks``), after the stateful
-    model's."""
+                   mode_callbacks=(), restored_callbacks=(None, None)):
+    """(every callback of the run in order, the measurement callbacks among them, the
+    ``CallbackStates`` of its Keras callbacks). ``mode_callbacks``: those of the run's mode
+    (``plan.mode.callbacks``), after the stateful model's; ``restored_callbacks``: the callback
+    states of the checkpoint a run resumes from (``TrainingState.restored_callbacks``)."""
     settings = plan.settings
     callbacks = plan.mode.guards()  # first: a broken update stops the run before others log it
     callbacks += [
@@ -216,9 +219,14 @@ def make_callbacks(plan, path, log_dir, state_callbacks, checkpoint_callbacks=()
     callbacks += state_callbacks  # stateful models: reset per epoch, isolated evaluation
     callbacks += list(mode_callbacks)
     callbacks += list(settings.extra_callbacks)
+    # After the Keras callbacks whose state it restores on a resume (their on_train_begin
+    # resets it), before the checkpoint that saves it.
+    kept = callback_states.CallbackStates(callbacks, *restored_callbacks)
+    if kept:
+        callbacks.append(kept)
     # Last: a checkpoint holds everything the other callbacks did at this update.
     callbacks += list(checkpoint_callbacks)
-    return callbacks, measured
+    return callbacks, measured, kept
 
 
 def _train_in(path, plan, config_text, state, stop_requested):
@@ -233,8 +241,12 @@ def _train_in(path, plan, config_text, state, stop_requested):
                                                        config_text.splitlines()), step=0)
     model, state_callbacks = plan_lib.build_model(plan)
     own = plan.mode.callbacks(plan, log_dir)
-    callbacks, measured = make_callbacks(plan, path, log_dir, state_callbacks,
-                                         state.callbacks(model, stop_requested), own)
+    callbacks, measured, kept = make_callbacks(plan, path, log_dir, state_callbacks,
+                                               state.callbacks(model, stop_requested), own,
+                                               state.restored_callbacks())
+    state.callback_states = kept
+    if state.reused and state.writes:  # its CSV files keep the epochs before the checkpoint
+        callback_states.continue_csv(callbacks, state.position.epoch)
     state.measurement_results = lambda: measurements_lib.per_measurement(measured)
     controller = None
     if plan.layout.adaptive:  # its decisions travel with the checkpoints

@@ -28,6 +28,8 @@ class RunState:
       writes: this process writes checkpoints and status (the chief).
       checkpoint_dir: where the checkpoints are, when not in ``run_dir`` (a non-chief worker
         reads the chief's).
+      from_checkpoint: False: a relaunched run starts again from update 0 (its run mode keeps
+        state no checkpoint holds, ``RunMode.resumable``); what it logged is not logged twice.
       synchronized: several workers train together (MultiWorkerMirroredStrategy). Reading the
         metrics' sums is a collective operation there, so every worker takes part in every
         save (only the chief writes), and saves are decided by the update count alone: a clock
@@ -36,7 +38,7 @@ class RunState:
     """
 
     def __init__(self, run_dir, settings, resuming=False, writes=True, checkpoint_dir=None,
-                 synchronized=False):
+                 synchronized=False, from_checkpoint=True):
         self.run_dir = run_dir
         self.settings = settings
         # The run directory was used before (a relaunch): what it logged stays, and is not
@@ -53,11 +55,16 @@ class RunState:
         self.data_fingerprint = None  # ``inputs.dataset.fingerprint``, saved with each checkpoint
         # More host-side state a checkpoint keeps (an adaptive batch's decisions), as a dict.
         self.more_bookkeeping = dict
+        # Host-side state of the run's Keras callbacks (``callback_states.CallbackStates``).
+        self.callback_states = None
         self._fit_started = self._fit_ended = None
         self._status = run_dir_lib.running_status()
         self.position, self.bookkeeping, self._checkpoint = Position(0, 0, 0), {}, None
-        if resuming:
+        if resuming and from_checkpoint:
             self._find_checkpoint()
+        elif resuming:
+            logging.info("%s restarts from its first update (its mode is not resumed from a "
+                         "checkpoint).", run_dir)
 
     def _find_checkpoint(self):
         if self.writes:
@@ -108,7 +115,11 @@ class RunState:
                        "resumed_at": self._resumed_at(),
                        "measurement_results": self.measurement_results(),
                        "data": self.data_fingerprint, **self.more_bookkeeping()}
-        self.store.save(names, values, Position(epoch, step, update), bookkeeping)
+        extra = None
+        if self.callback_states:
+            bookkeeping["callbacks"] = self.callback_states.state()
+            extra = self.callback_states.arrays()
+        self.store.save(names, values, Position(epoch, step, update), bookkeeping, extra)
         self.beat()
 
     def beat(self):
@@ -149,6 +160,13 @@ class RunState:
                 f"({changes}). Restore the data it started with, or train a new run (another "
                 "--run_name).")
         self.data_fingerprint = fingerprint
+
+    def restored_callbacks(self):
+        """(the saved callback states, their arrays) of the checkpoint this run resumed from;
+        (None, None) for a fresh run."""
+        if not self.resumed:
+            return None, None
+        return self.bookkeeping.get("callbacks"), self.store.load_extra(self._checkpoint)
 
     def restored_measurement_results(self):
         """The measurements' results saved with the checkpoint this run resumed from (per
