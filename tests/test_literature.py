@@ -167,6 +167,22 @@ def test_by_arm_groups_seeds_and_reads_a_sweep(tmp_path):
     assert seed_spread.main(["seed_spread", str(tmp_path), "updates"]) == 0
 
 
+def test_a_diverged_seed_is_named_not_silently_dropped():
+    """result.json writes a NaN loss as null: the arm's numbers are over the finite seeds and
+    say which run was left out (n = 2 of 3), not n = 3 with the mean of 2."""
+    results = [{"run": "decay_s0", "final_validation": {"loss": 0.10}},
+               {"run": "decay_s1", "final_validation": {"loss": 0.12}},
+               {"run": "decay_s2", "final_validation": {"loss": None}},
+               {"run": "grow_s0", "final_validation": {"loss": float("nan")}},
+               {"run": "grow_s1", "final_validation": {}}]
+    summary = seed_spread.by_arm(results, ["final_validation.loss"])
+    decay = summary["decay"]["final_validation.loss"]
+    assert decay.n == 2 and decay.non_finite == ("decay_s2",)
+    assert decay.text() == "0.11 ± 0.0141 [0.1, 0.12] (n = 2; not finite: decay_s2)"
+    grow = summary["grow"]["final_validation.loss"]  # grow_s1 has no entry: not counted
+    assert grow.n == 0 and grow.text() == "- (n = 0; not finite: grow_s0)"
+
+
 # ---- the range test's exponent, its interval and the ramp's resolution --------------------------
 
 

@@ -308,14 +308,16 @@ def test_a_relaunch_on_changed_data_is_refused_with_what_changed(tmp_path):
                   "--gin_bindings=measurements.enabled = []"]
     output = str(tmp_path / "o")
     _start_and_stop(output, "run", experiment, 10)
+    (path,) = glob.glob(os.path.join(output, "*", "run"))
+    before = run_dir.read_status(path)
     np.savez(data_file, x=x[:1499], y=9 - y[:1499])
     refused = subprocess.run(_command(output, "run", experiment), cwd=REPO,
                              capture_output=True, text=True, timeout=300)
     assert refused.returncode != 0
     assert "trained on other data" in refused.stderr
     assert re.search(r"train: 2400 -> 1\d{3} rows", refused.stderr)  # 80% of the rows train
-    (path,) = glob.glob(os.path.join(output, "*", "run"))
     assert run_dir.effective_status(path) == "interrupted"  # nothing lost: still resumable
+    assert run_dir.read_status(path) == before  # its record (reason, update) as it was
     np.savez(data_file, x=x, y=y)
     _run(output, "run", experiment)
     assert _result(output, "run")["resumed_at_updates"][0] >= 10

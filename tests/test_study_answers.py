@@ -158,6 +158,17 @@ def test_overlapping_seed_ranges_cannot_tell():
     assert "cannot be told" in gap and " grows with batch size:" not in gap
 
 
+def test_a_resolved_change_below_the_threshold_is_said_as_measured():
+    """4 seeds each, ranges apart (p = 1/35), B = 512 lower by 0.4%: not "about the same" but
+    the difference, and that it is below what the report counts as a change."""
+    records = (seeds(16, [(0.9710, -0.01), (0.9715, -0.01), (0.9720, -0.01), (0.9712, -0.01)])
+               + seeds(512, [(0.9670, -0.01), (0.9675, -0.01), (0.9680, -0.01),
+                             (0.9672, -0.01)]))
+    hurt = answers._hurt_sentence(summarize(records, target=0.75))
+    assert hurt.startswith("No, batch size does not hurt the model here beyond 0.5%")
+    assert "worse (0.4%)" in hurt and "about the same" not in hurt
+
+
 def test_single_seeds_cannot_tell():
     s = summarize([run(16, 50, 0, 0.950, -0.05), run(512, 50, 0, 0.945, -0.051)], target=0.75)
     hurt, gap = answers._hurt_sentence(s), answers._gap_sentence(s)

@@ -61,6 +61,28 @@ def test_median_over_seeds_where_the_old_minimum_is_wrong():
     assert best["at_edge"] is None  # 0.05 is inside [0.02, 0.1]
 
 
+def test_runs_of_other_micro_batch_sizes_or_epochs_are_not_extra_seeds():
+    """A micro-batch axis (b = 8 and 32, the same update in other pieces) and an epochs axis
+    give settings of their own: 3 seeds each, not 6 seeds of one (a 96.9% interval and a
+    'Yes' that 3 seeds against 3 cannot support)."""
+    records = []
+    for micro, offset in ((8, 0.0), (32, 1.0)):
+        for seed, cross in enumerate((150, 160, 170)):
+            records.append(dict(run(f"b{micro}_{seed}", 64, 0.1, cross + offset, seed),
+                                micro_batch_size=micro, epochs=5))
+    best = stats.best_per_batch_size(records, 0.75)[64]
+    assert best["num_seeds"] == 3 and best["num_runs"] == 6
+    assert best["steps"] == pytest.approx(160.0)  # the b = 8 setting (fewer steps by 1)
+    assert best["steps_interval_level"] == pytest.approx(0.75)
+    finals = summarize([dict(r, final={"val_accuracy": 0.8 + 0.1 * (r["epochs"] == 10)})
+                        for r in records[:3]]
+                       + [dict(r, epochs=10, micro_batch_size=8,
+                               final={"val_accuracy": 0.9}) for r in records[3:]],
+                       target=0.75)["per_batch"][64]
+    assert finals["num_seeds"] == 3
+    assert finals["final"] == pytest.approx(0.9)  # the 10-epoch setting's, not a mean of both
+
+
 def test_median_counts_censored_seeds_as_larger():
     assert stats.median_censored([100.0, None, 120.0]) == (120.0, False)
     assert stats.median_censored([100.0, None, None]) == (None, True)

@@ -31,17 +31,26 @@ class Spread:
     sd: float
     low: float
     high: float
+    non_finite: tuple = ()  # the runs whose value was NaN or infinite (left out of the rest)
 
     def text(self, digits=3):
-        """``mean ± sd [min, max]`` (``mean [n = 1]`` for a single seed); whole numbers below
-        10^7 are written whole."""
+        """``mean ± sd [min, max]`` (``mean [n = 1]`` for a single seed), then the runs left out
+        for a non-finite value (a diverged seed is named, not silently dropped); whole numbers
+        below 10^7 are written whole."""
         def number(value):
             if float(value).is_integer() and abs(value) < 1e7:
                 return str(int(value))
             return f"{value:.{digits}g}"
-        if self.n == 1:
-            return f"{number(self.mean)} [n = 1]"
-        return f"{number(self.mean)} ± {number(self.sd)} [{number(self.low)}, {number(self.high)}]"
+        if self.n == 0:
+            text = "-"
+        elif self.n == 1:
+            text = f"{number(self.mean)} [n = 1]"
+        else:
+            text = (f"{number(self.mean)} ± {number(self.sd)} "
+                    f"[{number(self.low)}, {number(self.high)}]")
+        if self.non_finite:
+            text += f" (n = {self.n}; not finite: {', '.join(self.non_finite)})"
+        return text
 
 
 def arm_of(run_name):
@@ -63,16 +72,19 @@ def spread(values):
                   low=float(np.min(array)), high=float(np.max(array)))
 
 
-def lookup(result, dotted):
+def lookup(result, dotted, missing=None):
     """``result['final_validation']['accuracy']`` for ``'final_validation.accuracy'``; a key
-    without a dot is read at the top level. Missing entries give None."""
+    without a dot is read at the top level. Missing entries give ``missing``."""
     value = result
     section, _, key = dotted.partition(".")
     for part in ((section, key) if key else (section,)):
         if not isinstance(value, dict) or part not in value:
-            return None
+            return missing
         value = value[part]
     return value
+
+
+_MISSING = object()
 
 
 def by_arm(results, entries):
@@ -84,17 +96,28 @@ def by_arm(results, entries):
     """
     grouped = {}
     for result in results:
-        name = result.get("run") or os.path.basename(os.path.normpath(result["run_dir"]))
-        grouped.setdefault(arm_of(name)[0], []).append(result)
+        grouped.setdefault(arm_of(_run_name(result))[0], []).append(result)
     out = {}
     for arm, runs in grouped.items():
         out[arm] = {}
         for entry in entries:
-            values = [lookup(r, entry) for r in runs]
-            values = [v for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
+            # result.json writes a non-finite number as null: a present null is a diverged
+            # value, a missing entry is not one
+            pairs = [(_run_name(r), lookup(r, entry, _MISSING)) for r in runs]
+            numbers = [(name, math.nan if v is None else v) for name, v in pairs
+                       if v is None or (isinstance(v, (int, float)) and not isinstance(v, bool))]
+            values = [v for _, v in numbers if math.isfinite(v)]
+            non_finite = tuple(name for name, v in numbers if not math.isfinite(v))
             if values:
-                out[arm][entry] = spread(values)
+                out[arm][entry] = dataclasses.replace(spread(values), non_finite=non_finite)
+            elif non_finite:
+                out[arm][entry] = Spread(n=0, mean=math.nan, sd=math.nan, low=math.nan,
+                                         high=math.nan, non_finite=non_finite)
     return out
+
+
+def _run_name(result):
+    return result.get("run") or os.path.basename(os.path.normpath(result["run_dir"]))
 
 
 def format_table(summary, entries, digits=3):

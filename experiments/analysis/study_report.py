@@ -49,10 +49,10 @@ def _default_target(done, mode, metric):
         values = [v for _, v in (record.get("curve") or {}).get(metric) or ()
                   if v is not None and math.isfinite(v)]
         if values:
-            key = (record["batch_size"], record.get("learning_rate"), record.get("rule"))
+            key = (record["batch_size"], stats.setting_of(record))
             reach.setdefault(key, []).append(max(values) if mode == "max" else min(values))
     per_batch = {}
-    for (batch_size, _, _), values in reach.items():
+    for (batch_size, _), values in reach.items():
         value = statistics.median_low(values) if mode == "max" else statistics.median_high(values)
         previous = per_batch.get(batch_size)
         if previous is None or better(value, previous, mode):
@@ -113,8 +113,8 @@ def _spread(values):
 
 
 def _best_final_per_batch(done, metric, mode):
-    """Per batch size, the setting (learning rate, rule) with the best median final ``metric``
-    over its seeds (ties: lower lr): {B: {"final" (median), "final_range" [min, max over seeds],
+    """Per batch size, the setting (``study_statistics.setting_of``: learning rate, rule, micro-batch
+    size, epochs) with the best median final ``metric`` over its seeds (ties: lower lr): {B: {"final" (median), "final_range" [min, max over seeds],
     "gap", "gap_range", "num_seeds", "learning_rate", "rule", "runs"}}.
 
     This is the tuned comparison: each batch size judged by its best learning rate or rule, and
@@ -124,17 +124,17 @@ def _best_final_per_batch(done, metric, mode):
     for record in done:
         value = (record.get("final") or {}).get(metric)
         if value is not None and math.isfinite(value):
-            key = (record.get("learning_rate"), record.get("rule"))
+            key = stats.setting_of(record)
             groups.setdefault(record["batch_size"], {}).setdefault(key, []).append(record)
     sign = -1.0 if mode == "max" else 1.0
     gap = gap_key(metric)
     per_batch = {}
     for batch_size in sorted(groups):
         scored = []
-        for (lr, rule), runs in groups[batch_size].items():
+        for setting, runs in groups[batch_size].items():
             median = statistics.median(r["final"][metric] for r in runs)
-            scored.append((sign * median, math.inf if lr is None else lr, str(rule), runs))
-        _, _, _, runs = min(scored, key=lambda c: c[:3])
+            scored.append((sign * median, stats.setting_order(setting), runs))
+        _, _, runs = min(scored, key=lambda c: c[:2])
         finals = [r["final"][metric] for r in runs]
         gaps = [(r.get("final") or {}).get(gap) for r in runs]
         gaps = [g for g in gaps if g is not None and math.isfinite(g)]

@@ -106,14 +106,21 @@ def median_interval(values, level=LEVEL):
     return (ordered[rank - 1], ordered[n - rank]), median_coverage(n, rank)
 
 
-def _setting(record):
-    """A run's setting within its batch size: (learning rate, rule)."""
-    return record.get("learning_rate"), record.get("rule")
+def setting_of(record):
+    """A run's setting within its batch size: (learning rate, rule, micro-batch size, epochs).
+    Runs of one setting differ only in their seed: runs that differ in micro-batch size (the
+    same update, computed in other pieces) or in epochs (another schedule, another budget) are
+    other settings, never extra seeds of one."""
+    return (record.get("learning_rate"), record.get("rule"), record.get("micro_batch_size"),
+            record.get("epochs"))
 
 
-def _setting_order(setting):
-    lr, rule = setting
-    return (math.inf if lr is None else lr, str(rule))
+def setting_order(setting):
+    """Sort key of ``setting_of``'s tuples (ties between settings go to the lower learning
+    rate, then the smaller micro-batch and the fewer epochs)."""
+    lr, rule, micro, epochs = setting
+    return (math.inf if lr is None else lr, str(rule),
+            math.inf if micro is None else micro, math.inf if epochs is None else epochs)
 
 
 def per_setting(records, target, mode="max", metric="val_accuracy"):
@@ -125,13 +132,13 @@ def per_setting(records, target, mode="max", metric="val_accuracy"):
     grouped = {}
     for record in finished(records):
         steps, censored_at = run_crossing(record, target, mode, metric)
-        grouped.setdefault(record["batch_size"], {}).setdefault(_setting(record), []).append(
+        grouped.setdefault(record["batch_size"], {}).setdefault(setting_of(record), []).append(
             {"name": record.get("name"), "seed": record.get("seed"), "steps": steps,
              "censored_at": censored_at})
     out = {}
     for batch_size in sorted(grouped):
         out[batch_size] = {}
-        for setting in sorted(grouped[batch_size], key=_setting_order):
+        for setting in sorted(grouped[batch_size], key=setting_order):
             runs = grouped[batch_size][setting]
             values = [r["steps"] for r in runs]
             median, censored = median_censored(values)
@@ -158,7 +165,7 @@ def best_per_batch_size(records, target, mode="max", metric="val_accuracy"):
     """
     best = {}
     for batch_size, settings in per_setting(records, target, mode, metric).items():
-        reached_settings = [(entry["steps"], _setting_order(s), s) for s, entry in
+        reached_settings = [(entry["steps"], setting_order(s), s) for s, entry in
                             settings.items() if entry["steps"] is not None]
         lrs = sorted({s[0] for s in settings if s[0] is not None})
         num_runs = sum(e["num_runs"] for e in settings.values())

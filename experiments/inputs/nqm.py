@@ -70,6 +70,31 @@ def exact_steps(batch_size, h, c, target, w0=1.0, learning_rates=None, num_steps
     return None
 
 
+def exact_crossing(batch_size, h, c, target, w0=1.0, learning_rates=None, num_steps=5000):
+    """(fewest steps, the learning rate that gives them) as a study reads its curves: the
+    expected risk's crossing of ``target`` interpolated linearly between updates (from the risk
+    at update 0), over ``learning_rates`` (default as ``exact_steps``); None when no rate reaches
+    it. ``exact_steps`` gives the first whole update; this is what a measured S(B) estimates,
+    0.2 to 0.8 update lower (7% of the 11 updates at B = 1024)."""
+    if learning_rates is None:
+        learning_rates = np.geomspace(1e-3, 2.0 / h.max(), 1200)
+    lr = np.asarray(learning_rates, dtype=np.float64)[:, None]
+    m = np.full((lr.shape[0], h.size), float(w0) ** 2)
+    decay, noise = (1.0 - lr * h) ** 2, lr ** 2 * c / batch_size
+    previous = 0.5 * (m @ h)
+    for step in range(1, num_steps + 1):
+        m = decay * m + noise
+        risk = 0.5 * (m @ h)
+        below = np.nonzero(risk <= target)[0]
+        if below.size:  # a rate crossing later crosses after step: it cannot be fewer
+            before, after = previous[below], risk[below]
+            crossing = step - 1 + (before - target) / np.maximum(before - after, 1e-300)
+            best = int(np.argmin(crossing))
+            return float(crossing[best]), float(lr[below[best], 0])
+        previous = risk
+    return None
+
+
 @gin.configurable
 def nqm(dimension=20, power=1.0, replicas=None, num_train=None, batch_size=None,
         examples=2048, min_updates=20, num_validation=4, seed=0, max_floats=2 ** 24):

@@ -209,8 +209,18 @@ def open_named(output_dir, experiment, name, config_text):
             raise RunExistsError(f"The run directory {path} exists but holds no run status; it "
                                  "was not made by batchlab. Choose another --run_name.")
         check_same_config(path, config_text)
-        write_json(path, "status.json", running_status())
+        # The status it resumes from travels in the running one: a refusal before training
+        # (changed data) puts it back (``put_back_status``), with its reason and update.
+        write_json(path, "status.json", dict(running_status(), resumes=read_status(path)))
     return path, True
+
+
+def put_back_status(path):
+    """Writes back the status a resumed run found (``open_named``), when this process refuses to
+    train it after all: the run stays as it was (interrupted at its update, or failed)."""
+    previous = read_status(path).get("resumes")
+    if previous:
+        write_json(path, "status.json", previous)
 
 
 # Bindings that change how a run is watched or saved, not what it computes: a relaunch may change

@@ -116,7 +116,12 @@ def run(settings, output, run_mode):
     multi_worker = distribute.is_multi_worker(plan.strategy)
     state = RunState(path, settings.checkpoints, resuming, synchronized=multi_worker,
                      from_checkpoint=run_mode.resumable)
-    state.use_data(dataset_lib.fingerprint(plan.data))  # refuses changed data on a resume
+    try:
+        state.use_data(dataset_lib.fingerprint(plan.data))  # refuses changed data on a resume
+    except ValueError:
+        if resuming:
+            run_dir_lib.put_back_status(path)
+        raise
     try:
         with interrupts.catch_stop_signals(enabled=not multi_worker) as stop_requested:
             result = _train_in(path, plan, output.config_text, state, stop_requested)
