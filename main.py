@@ -114,8 +114,10 @@ def _resume_hint(run_name, resume, run_dir):
     it was given) again; an unnamed one would start afresh in a new timestamped directory."""
     if run_name or resume or run_dir:
         return "relaunch the same command to resume"
-    return ("resume it with --resume=RUN_DIR (its run directory, logged at its start and listed "
-            "by --list; relaunching the same command would start a new run)")
+    return ("resume a single run with --resume=RUN_DIR (its run directory, logged at its start "
+            "and listed by --list), and a sweep or study by relaunching the same command with "
+            "--run_name=<the name of its directory, a timestamp> (relaunching it without one "
+            "would start anew)")
 
 
 def _stop(signum, frame):
@@ -125,6 +127,10 @@ def _stop(signum, frame):
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    for flag in ("list", "report", "resume", "run_dir"):  # e.g. --report=$UNSET_VARIABLE
+        if FLAGS[flag].present and not str(FLAGS[flag].value or "").strip():
+            sys.exit(f"batchlab: configuration error: --{flag} needs a directory, got an empty "
+                     "value (an unset shell variable?); nothing was started.")
     threads = FLAGS.intra_op_threads
     if (FLAGS.worker or FLAGS.run_dir) and LAUNCHER_PID in os.environ:
         from experiments.launch import lifeline  # imports no TensorFlow

@@ -135,3 +135,14 @@ def test_jobs_must_be_a_positive_integer(tmp_path, jobs):
         launch.launch([DIGITS], QUIET, output_dir=str(tmp_path / "runs"),
                       print_fn=lambda *_: None, jobs=jobs)
     _assert_no_run(tmp_path)
+
+
+@pytest.mark.parametrize("name, message", [
+    ("'tensorboard'", "one of the sweep's own files"),  # its run would be deleted
+    ("'../../escaped'", "single directory name"),  # its run would land outside the sweep
+    ("128", "single directory name"),  # a crash after sweep.json was written
+])
+def test_a_variant_name_that_is_not_a_run_directory_name_is_refused(tmp_path, name, message):
+    with pytest.raises(launch.ConfigError, match=message):
+        _launch(tmp_path, [f"sweep.variants = {{{name}: ['train.batch_size = 16']}}"])
+    _assert_no_run(tmp_path)

@@ -173,6 +173,19 @@ def test_resume_with_gin_flags_is_refused_before_tensorflow_loads(tmp_path):
     assert os.listdir(run) == []
 
 
+@pytest.mark.parametrize("flag", ["report", "list"])
+def test_an_empty_directory_flag_is_refused_not_read_as_absent(tmp_path, flag):
+    """``--report=$UNSET`` trained the quickstart into ./runs before: now a one-line refusal."""
+    process = subprocess.run(
+        [sys.executable, "main.py", f"--{flag}=", f"--output_dir={tmp_path / 'runs'}"],
+        cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert process.returncode == 1, process.stderr[-3000:]
+    assert process.stderr.strip().endswith(
+        f"batchlab: configuration error: --{flag} needs a directory, got an empty value (an "
+        "unset shell variable?); nothing was started."), process.stderr[-3000:]
+    assert not os.path.exists(tmp_path / "runs")
+
+
 # -- 3. an unknown parameter: one line, with its file and line ---------------------------------
 
 def test_an_unknown_parameter_is_one_line_with_file_and_line(tmp_path):

@@ -74,3 +74,28 @@ def test_a_refused_study_override_stops_before_any_run(tmp_path):
         launch.launch([str(gin_file)], ["train.batch_size = 32"],
                       output_dir=str(tmp_path / "runs"), print_fn=lambda *_: None)
     assert run_dirs(str(tmp_path / "runs")) == []
+
+
+def test_a_command_line_macro_or_second_line_wins_and_is_announced():
+    """A macro (``EP = 2``) and every line of a multi-line ``--gin_bindings`` value override the
+    runs' own, as a ``configurable.parameter`` binding does (they lost silently before)."""
+    runs = [grid.RunSpec(0, "a", ("train.batch_size = 128", "EP = 1")),
+            grid.RunSpec(1, "b", ("train.batch_size = 32", "train.seed = 4"))]
+    printed = []
+    out = precedence.with_command_line_last(
+        runs, ["EP = 2", "train.seed = 1\ntrain.batch_size = 64"], print_fn=printed.append)
+    assert out[0].bindings[-2:] == ("EP = 2", "train.batch_size = 64")
+    assert out[1].bindings[-2:] == ("train.seed = 1", "train.batch_size = 64")
+    assert printed[0] == "Command-line binding 'EP = 2' overrides the sweep variant value of a (1)."
+    assert any("'train.batch_size = 64' overrides" in line for line in printed)
+    assert precedence.statements(["sweep.variants = {\n'a': ['x.y = 1'],\n}\nEP = 3"]) == [
+        "sweep.variants = {\n'a': ['x.y = 1'],\n}", "EP = 3"]
+
+
+def test_a_study_macro_that_varies_is_refused():
+    """``study.batch_size_macro``: each run binds its own B to the macro."""
+    runs = [grid.RunSpec(0, "b8", ("train.batch_size = 8", "NQM_BATCH_SIZE = 8")),
+            grid.RunSpec(1, "b64", ("train.batch_size = 64", "NQM_BATCH_SIZE = 64"))]
+    with pytest.raises(precedence.OverrideRefused, match="NQM_BATCH_SIZE \\(a macro\\)"):
+        precedence.with_command_line_last(runs, ["NQM_BATCH_SIZE = 32"], "study run",
+                                          study=True, print_fn=lambda *_: None)

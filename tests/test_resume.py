@@ -366,3 +366,4 @@ def test_the_stop_message_says_how_to_resume_named_and_unnamed_runs():
         assert main._resume_hint(*given) == "relaunch the same command to resume"
     unnamed = main._resume_hint(None, None, None)
     assert "--resume=RUN_DIR" in unnamed and "relaunch the same command to resume" not in unnamed
+    assert "a sweep or study by relaunching the same command with --run_name=" in unnamed

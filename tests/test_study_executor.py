@@ -248,3 +248,29 @@ def _alive(pid):
             return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
     except FileNotFoundError:
         return False
+
+
+def test_a_run_resumed_in_place_keeps_its_earlier_log(tmp_path):
+    """A worker's log of a resumed run is appended to the run's log.txt, not written over it."""
+    import collections
+    import json
+
+    from experiments.launch import outcomes
+
+    run_dir = str(tmp_path / "b32_s0")
+    job = collections.namedtuple("Job", "spec run_dir")(
+        collections.namedtuple("Spec", "name")("b32_s0"), run_dir)
+    os.makedirs(run_dir)
+    with open(outcomes.pending_log(run_dir), "w") as handle:
+        handle.write("attempt 1: stopped by SIGTERM\n")
+    with open(os.path.join(run_dir, "status.json"), "w") as handle:
+        json.dump({"status": "interrupted", "reason": "SIGTERM", "update": 300}, handle)
+    assert outcomes.collect(job, 143, 1.0).status == "interrupted"
+    with open(outcomes.pending_log(run_dir), "w") as handle:
+        handle.write("attempt 2: resumed, failed\n")
+    with open(os.path.join(run_dir, "status.json"), "w") as handle:
+        json.dump({"status": "failed", "error": "x"}, handle)
+    assert outcomes.collect(job, 1, 1.0).status == "failed"
+    log = open(os.path.join(run_dir, "log.txt")).read()
+    assert log.index("attempt 1") < log.index("resumed in a new process") < log.index("attempt 2")
+    assert not os.path.exists(outcomes.pending_log(run_dir))

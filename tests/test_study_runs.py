@@ -158,6 +158,8 @@ BAD = [
      r"In study run 'b64_lr0.1_s0'.*no parameter 'learning_rate'"),
     ("study.micro_batch_sizes = [48]", r"In study run 'b64_m48_lr0.1_s0'"),
     ("study.rules = ['linear']", "not both"),
+    ("study.micro_batch_sizes = [256]", r"grid is empty.*\[256\].*\[64, 128\]"),
+    ("study.micro_batch_sizes = [None, 64]", r"both named 'b64_m64_lr0.1_s0'.*equal to B and None"),
 ]
 
 
@@ -352,3 +354,62 @@ def test_hparams_read_back_equal_result_json(study_output):
     assert group == "b64_lr0.1_s0" and status == api_pb2.STATUS_SUCCESS
     with open(os.path.join(study_dir, "report.json")) as handle:
         assert "b_crit_interval" in json.load(handle)
+
+
+@pytest.mark.slow
+def test_a_relaunch_or_shard_with_other_base_bindings_is_refused(study_output, tmp_path):
+    """Runs trained on two configurations must not share one study: the base configuration
+    (files and bindings, as parsed) is kept in study.json and compared, nothing written."""
+    from experiments.launch.gin_config import ConfigError
+
+    root, gin_file, outcome = study_output
+    output = tmp_path / "runs"
+    shutil.copytree(root / "runs", output)
+    study_dir = os.path.join(output, os.path.relpath(outcome["study_dir"], root / "runs"))
+    before = open(os.path.join(study_dir, "study.json")).read()
+    with pytest.raises(ConfigError, match="another configuration") as error:
+        run_study(gin_file, output, ["keras.optimizers.SGD.momentum = 0.9"])
+    assert "momentum = 0.9" in str(error.value)
+    with pytest.raises(ConfigError, match="another configuration"):
+        run_study(gin_file, output, ["keras.optimizers.SGD.momentum = 0.9"], shard="1/2")
+    assert open(os.path.join(study_dir, "study.json")).read() == before
+    assert not os.path.exists(os.path.join(study_dir, "b64_lr1e+12_s0.attempt-1"))
+
+
+def test_a_study_is_not_written_into_a_directory_that_holds_no_study(tmp_path):
+    from experiments.launch.gin_config import ConfigError
+
+    gin_file = write_study(str(tmp_path))
+    taken = tmp_path / "runs" / "tiny" / "r"
+    os.makedirs(taken)
+    (taken / "result.json").write_text("{}")  # a finished single run, say
+    with pytest.raises(ConfigError, match="holds no study"):
+        run_study(gin_file, tmp_path / "runs")
+    assert sorted(os.listdir(taken)) == ["result.json"]
+
+
+SWEEP = """include 'gin/experiments/digits_mlp.gin'
+train.verbose = 0
+train.epochs = 1
+train.batch_size = 256
+measurements.enabled = []
+sweep.variants = {'a': ('train.seed = 1',)}
+"""
+
+
+@pytest.mark.slow
+def test_a_named_sweep_relaunches_and_refuses_other_base_bindings(tmp_path):
+    """Variants written as tuples relaunch by name (sweep.json holds lists); a relaunch with
+    another base binding is refused with the difference."""
+    from experiments.launch.gin_config import ConfigError
+
+    gin_file = write_study(str(tmp_path), SWEEP, name="sw")
+    first = launch.launch([gin_file], [], output_dir=str(tmp_path / "runs"),
+                          print_fn=lambda *_: None, run_name="s")
+    again = launch.launch([gin_file], [], output_dir=str(tmp_path / "runs"),
+                          print_fn=lambda *_: None, run_name="s")
+    assert [r["status"] for r in first] == [r["status"] for r in again] == ["finished"]
+    with pytest.raises(ConfigError, match="another configuration") as error:
+        launch.launch([gin_file], ["train.epochs = 2"], output_dir=str(tmp_path / "runs"),
+                      print_fn=lambda *_: None, run_name="s")
+    assert "train.epochs = 2" in str(error.value)

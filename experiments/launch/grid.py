@@ -159,8 +159,11 @@ def _points_at(spec, context, batch_size, lr_points, start_index, names):
                        "epochs": epochs}
             name = run_name(spec, batch_size, micro, lr, rule, epochs, seed)
             if name in names:
-                raise ValueError(f"Two grid points are both named {name!r}: make the axes "
-                                 "values distinct.")
+                raise ValueError(
+                    f"Two grid points are both named {name!r}: their values name the same run "
+                    f"(at B = {batch_size}, a micro-batch size equal to B and None are both "
+                    "one pass, k = 1; learning rates equal to 6 significant digits print "
+                    "alike): remove one of them from its axis.")
             names.add(name)
             runs.append(RunSpec(start_index + len(runs), name,
                                 point_bindings(spec, context, hparams), hparams))
@@ -182,8 +185,10 @@ def parse_shard(text):
         index, count = (int(p) for p in parts)
     except ValueError:
         raise ValueError(f"--shard={text!r} must look like i/n, e.g. --shard=0/2.") from None
-    if count < 1 or not 0 <= index < count:
-        raise ValueError(f"--shard={text}: need n >= 1 and 0 <= i < n (i in 0..{count - 1}).")
+    if count < 1:
+        raise ValueError(f"--shard={text}: n, the number of shards, must be at least 1.")
+    if not 0 <= index < count:
+        raise ValueError(f"--shard={text}: need 0 <= i < n (i in 0..{count - 1}).")
     return index, count
 
 

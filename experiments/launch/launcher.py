@@ -7,6 +7,7 @@ others.
 """
 
 import inspect
+import json
 import os
 
 import gin
@@ -126,7 +127,7 @@ def _launch_sweep(files, gin_bindings, output_dir, experiment, variants, columns
     _start_workers(jobs, files, gin_bindings)
     points.check_all(files, gin_bindings, runs, "sweep variant")
     base_hparams = sweep_lib.base_hparams(query)  # gin holds the base configuration here
-    group_dir = _sweep_dir(output_dir, experiment, run_name, variants)
+    group_dir = _sweep_dir(output_dir, experiment, run_name, variants, gin.config_str())
     done, todo = _sweep_progress(group_dir, runs)
     if done:
         print_fn(f"Sweep {group_dir}: {len(done)} variant(s) already finished, {len(todo)} to "
@@ -149,7 +150,8 @@ def _launch_sweep(files, gin_bindings, output_dir, experiment, variants, columns
         table += "\n\n" + scaling
     with open(os.path.join(group_dir, "table.txt"), "w") as handle:
         handle.write(table + "\n")
-    stored = {"variants": variants, "runs": [r["run_dir"] for r in results],
+    config = (read_json(os.path.join(group_dir, "sweep.json")) or {}).get("config")
+    stored = {"variants": variants, "config": config, "runs": [r["run_dir"] for r in results],
               "status": {r["run"]: r["status"] for r in results}}
     if comparison is not None:
         stored["comparison"] = comparison.as_json()
@@ -209,23 +211,37 @@ def _row(outcome):
     return row
 
 
-def _sweep_dir(output_dir, experiment, run_name, variants):
+def _sweep_dir(output_dir, experiment, run_name, variants, config_text):
     """``<output_dir>/<experiment>/<run_name or timestamp>``. Without a name, a new directory;
-    with one, a relaunch reuses it (as a study's): it must hold the same variants (its
-    ``sweep.json``, written first), else the launch is refused."""
+    with one, a relaunch reuses it (as a study's): it must hold the same variants and the same
+    base configuration (its ``sweep.json``, written first: ``config``, the parsed files and
+    bindings, as a run's ``config.gin``; those that do not change results may differ), else
+    the launch is refused (variants trained on two configurations would share one table)."""
+    variants = json.loads(json.dumps(variants))  # as sweep.json holds them (tuples as lists)
     if not run_name:
-        return run_dir_lib.new_directory(os.path.join(output_dir, experiment))
+        path = run_dir_lib.new_directory(os.path.join(output_dir, experiment))
+        _write_json(os.path.join(path, "sweep.json"), {"variants": variants,
+                                                       "config": config_text})
+        return path
     path = os.path.join(output_dir, experiment, run_name)
     stored = read_json(os.path.join(path, "sweep.json"))
     if stored is not None and stored.get("variants") != variants:
         raise ConfigError(f"{path} holds a sweep of other variants (--run_name={run_name}); "
                           "relaunch it with the same gin files and bindings, or use another "
                           "--run_name.")
+    if stored is not None and stored.get("config") is not None:
+        diff = run_dir_lib.config_difference(stored["config"], config_text)
+        if diff:
+            raise ConfigError(
+                f"{path} holds a sweep launched with another configuration "
+                f"(--run_name={run_name}); relaunch it with the same gin files and bindings, "
+                "or use another --run_name. The difference:\n" + "\n".join(diff))
     if stored is None and os.path.exists(path) and os.listdir(path):
         raise ConfigError(f"{path} exists and holds no sweep; use another --run_name.")
     os.makedirs(path, exist_ok=True)
     if stored is None:
-        _write_json(os.path.join(path, "sweep.json"), {"variants": variants})
+        _write_json(os.path.join(path, "sweep.json"), {"variants": variants,
+                                                       "config": config_text})
     return path
 
 

@@ -54,7 +54,14 @@ def _move_log(run_dir):
     if not os.path.isdir(run_dir):  # the child failed before creating its run directory
         return pending
     target = os.path.join(run_dir, "log.txt")
-    shutil.move(pending, target)
+    if not os.path.exists(target):
+        shutil.move(pending, target)
+        return target
+    # A run resumed in place keeps what its earlier attempts logged: this one is appended.
+    with open(target, "a", errors="replace") as out, open(pending, errors="replace") as new:
+        out.write("\n--- the run resumed in a new process: its log from here ---\n")
+        shutil.copyfileobj(new, out)
+    os.remove(pending)
     return target
 
 

@@ -1,8 +1,10 @@
 """Every run of a sweep or study is checked before the first one starts.
 
 Each run's bindings are parsed on top of the base files and bindings (an unknown or misspelt
-binding fails here, naming the run), and its batch layout is checked, so a bad grid point never
-surfaces after an hour of other runs.
+binding fails here, naming the run), and its batch layout (B, b) is checked, so a bad grid point
+of that kind never surfaces after an hour of other runs. Its data is not loaded here (it may
+depend on the run's own bindings, and loading every run's would cost what the runs cost to
+start): a batch larger than the data fails when that run starts, the others going on.
 """
 
 import gin

@@ -20,6 +20,9 @@ import dataclasses
 import re
 
 _KEY = re.compile(r"^\s*((?:[\w.]+/)*)([\w.]+)\.(\w+)\s*=")
+_MACRO = re.compile(r"^\s*([A-Za-z_]\w*)\s*=")
+_STATEMENT = re.compile(r"^\s*(?:(?:[\w.]+/)*[\w.]+\s*=|import\s|include\s|from\s)")
+MACRO = "%"  # the "configurable" of a macro's key: ('', '%', name)
 _MEASURED = "measurements.hparams.values"
 
 # The study axis behind each parameter a study run binds (for the refusal's advice).
@@ -40,14 +43,35 @@ class OverrideRefused(ValueError):
 
 
 def binding_key(binding):
-    """``(scope, configurable's last name, parameter)`` a binding sets, or None (an import, an
-    include, a macro). ``keras.optimizers.SGD.learning_rate`` and ``SGD.learning_rate`` both give
-    ``('', 'SGD', 'learning_rate')``: gin binds the same parameter for both."""
+    """``(scope, configurable's last name, parameter)`` a binding sets, ``('', '%', NAME)`` for a
+    macro ``NAME = ...``, or None (an import, an include). ``keras.optimizers.SGD.learning_rate``
+    and ``SGD.learning_rate`` both give ``('', 'SGD', 'learning_rate')``: gin binds the same
+    parameter for both."""
     match = _KEY.match(binding)
     if not match:
-        return None
+        macro = _MACRO.match(binding)
+        return None if macro is None else ("", MACRO, macro.group(1))
     scope, selector, parameter = match.groups()
     return scope.rstrip("/"), selector.rsplit(".", 1)[-1], parameter
+
+
+def statements(gin_bindings):
+    """Each binding string split into the statements it holds: one ``--gin_bindings`` value may
+    carry several lines (``'train.seed = 1\ntrain.batch_size = 64'``), each a binding of its
+    own; a line that starts no statement (a multi-line value's continuation) stays with the one
+    before it."""
+    out = []
+    for text in gin_bindings:
+        lines = [line for line in str(text).splitlines() if line.strip()]
+        current = []
+        for line in lines:
+            if current and _STATEMENT.match(line) and not line[:1].isspace():
+                out.append("\n".join(current))
+                current = []
+            current.append(line)
+        if current:
+            out.append("\n".join(current))
+    return out
 
 
 def _value(binding):
@@ -56,6 +80,8 @@ def _value(binding):
 
 def _name(key):
     scope, configurable, parameter = key
+    if configurable == MACRO:
+        return f"{parameter} (a macro)"
     return f"{scope + '/' if scope else ''}{configurable}.{parameter}"
 
 
@@ -77,7 +103,7 @@ class Override:
 def overrides(runs, gin_bindings):
     """The command-line bindings that set a parameter some of ``runs`` set too."""
     found = []
-    for binding in gin_bindings:
+    for binding in statements(gin_bindings):
         key = binding_key(binding)
         if key is None:
             continue

@@ -27,7 +27,11 @@ def load(study_dir):
     if not os.path.exists(path):
         return None
     with open(path) as handle:
-        return json.load(handle)
+        try:
+            return json.load(handle)
+        except ValueError as error:
+            raise ValueError(f"{path} is not valid JSON ({error}): restore it, or move the "
+                             "study directory aside.") from None
 
 
 def write(study_dir, state):
@@ -67,10 +71,12 @@ def set_aside(run_dir):
     return f"{run_dir}.attempt-{attempt}"
 
 
-def new_state(study_name, gin_files, gin_bindings, spec, runs):
-    """The study.json of a new study: every run pending."""
+def new_state(study_name, gin_files, gin_bindings, spec, runs, config_text=None):
+    """The study.json of a new study: every run pending. ``config_text``: the parsed base
+    configuration (``gin.config_str()``), which every shard and relaunch must share."""
     return {
         "study": study_name, "gin_files": list(gin_files), "gin_bindings": list(gin_bindings),
+        "config": config_text,
         "axes": spec.axes(),
         "target": {"metric": spec.target_metric, "value": spec.target, "mode": spec.target_mode},
         "runs": [{"index": r.index, "name": r.name, "bindings": list(r.bindings),

@@ -99,7 +99,15 @@ def _prepare(spec, study_name, gin_files, gin_bindings, output_dir, shard, run_n
     runs are the grid's, then those of the learning rates an earlier launch added beyond its
     edge (study.json's ``extensions``, ``study_extension``), so a relaunch rebuilds them."""
     context = grid_context(spec)
-    runs = grid_lib.expand(spec, context)
+    try:
+        runs = grid_lib.expand(spec, context)
+    except ValueError as error:  # two points that name the same run
+        raise ConfigError(str(error)) from None
+    if not runs:
+        raise ConfigError(
+            "The study's grid is empty: every micro-batch size of study.micro_batch_sizes "
+            f"({list(spec.micro_batch_sizes)}) is larger than every batch size of "
+            f"study.batch_sizes ({list(spec.batch_sizes)}), and b > B is no split.")
     # a named study may hold rates an earlier launch added (a new directory holds none)
     stored = study_dir_lib.load(study_directory(output_dir, study_name, run_name)) \
         if run_name else None
@@ -114,15 +122,28 @@ def _prepare(spec, study_name, gin_files, gin_bindings, output_dir, shard, run_n
         raise ConfigError(str(error)) from error
     points.check_all(gin_files, gin_bindings, runs, "study run")
     path = study_directory(output_dir, study_name, run_name)
-    fresh = study_dir_lib.new_state(study_name, gin_files, gin_bindings, spec, runs)
+    fresh = study_dir_lib.new_state(study_name, gin_files, gin_bindings, spec, runs,
+                                    gin.config_str())
     if extensions:
         fresh["extensions"] = extensions
+    if stored is None and os.path.isdir(path) and any(
+            not name.startswith(".") for name in os.listdir(path)):  # (a shard's tmp file)
+        raise ConfigError(f"{path} exists and holds no study (a run or a sweep?); use another "
+                          "--run_name.")
     if stored is not None:
         changed = study_dir_lib.differences(stored, fresh["axes"])
         if changed:
             raise ConfigError(f"{path} holds a different study (--run_name={run_name}); "
                               "use another --run_name. Differences (stored -> now): "
                               + "; ".join(changed))
+        diff = run_dir_lib.config_difference(stored["config"], fresh["config"]) \
+            if stored.get("config") is not None else None
+        if diff:  # a shard or relaunch with other base bindings would mix two studies
+            raise ConfigError(
+                f"{path} holds a study launched with another configuration "
+                f"(--run_name={run_name}); every shard and relaunch needs the same gin files "
+                "and bindings (those that do not change results may differ), or use another "
+                "--run_name. The difference:\n" + "\n".join(diff))
         old = {run["name"]: run for run in stored["runs"]}
         for new in fresh["runs"]:  # keep errors of earlier attempts
             if new["name"] in old:

@@ -52,6 +52,7 @@ def sweep(variants=None, report_columns=None, seeds=None, seed_parameters=(), co
     if isinstance(variants, (list, tuple)):
         variants = {f"variant{i}": v for i, v in enumerate(variants)}
     for name, bindings in variants.items():
+        _check_variant_name(name)
         if isinstance(bindings, str) or not all(isinstance(b, str) for b in bindings):
             raise ValueError(
                 f"sweep.variants[{name!r}] must be a list of gin binding strings, got "
@@ -72,6 +73,25 @@ def sweep(variants=None, report_columns=None, seeds=None, seed_parameters=(), co
                              f"variant of sweep.variants ({', '.join(arms)}).")
         comparison = dataclasses.replace(comparison, arms=arms)
     return runs, report_columns, comparison
+
+
+# Names inside a sweep's directory that are the sweep's own (its HParams config, its tables).
+RESERVED_NAMES = ("tensorboard",)
+RESERVED_SUFFIXES = (".json", ".txt", ".md", ".png")
+
+
+def _check_variant_name(name):
+    """A variant names its run directory inside the sweep's: one directory name (a string, no
+    '/', not '..' or hidden), and none of the sweep's own files (its ``tensorboard/`` is
+    rewritten after every sweep: a variant of that name would lose its run)."""
+    if (not isinstance(name, str) or not name.strip() or name.startswith(".")
+            or any(c in name for c in "/\\\0")):
+        raise ValueError(f"sweep.variants: a variant's name must be a single directory name (a "
+                         f"string, no '/', not '..'), got {name!r}.")
+    if name in RESERVED_NAMES or name.endswith(RESERVED_SUFFIXES):
+        raise ValueError(f"sweep.variants: {name!r} is the name of one of the sweep's own files "
+                         f"({', '.join(RESERVED_NAMES)}, *{', *'.join(RESERVED_SUFFIXES)}); "
+                         "rename the variant.")
 
 
 def _parameters(names):
@@ -133,7 +153,7 @@ def variant_hparams(bindings, base, lr_configurable=None):
     values = dict(base)
     for binding in bindings:
         key = precedence.binding_key(binding)
-        if key is None:
+        if key is None or key[1] == precedence.MACRO:
             continue
         scope, configurable, parameter = key
         if not scope and configurable == "train":

@@ -243,6 +243,15 @@ def result_bindings(config_text):
     return [b for b in blocks if not b.split("=")[0].strip().startswith(RESULT_NEUTRAL)]
 
 
+def config_difference(saved_text, config_text):
+    """The unified diff (lines) of two ``gin.config_str()`` texts when they differ in a binding
+    that decides results (``result_bindings``), else None."""
+    if result_bindings(saved_text) == result_bindings(config_text):
+        return None
+    return list(difflib.unified_diff(saved_text.splitlines(), config_text.splitlines(),
+                                     "stored", "now", lineterm="", n=0))
+
+
 def check_same_config(run_dir, config_text):
     """Raises ``RunExistsError`` with the difference when ``run_dir`` was configured otherwise
     (bindings that do not change results, ``RESULT_NEUTRAL``, may differ)."""
