@@ -179,6 +179,17 @@ def test_keras_callbacks_state_csv_and_batch_curves_survive_a_resume(tmp_path, m
         assert _logged(resumed) == expected, f"killed at update {kill_at}"
         with open(tmp_path / f"killed-{kill_at}.csv") as handle:
             assert handle.read() == reference_csv, f"killed at update {kill_at}"
+        assert _text_events(resumed, "config/operative") == 1  # written once, not per process
+
+
+def _text_events(result, tag):
+    """How many events of the run's TensorBoard files hold ``tag``."""
+    count = 0
+    for path in glob.glob(os.path.join(result["run_dir"], "tensorboard", "*",
+                                       "events.out.tfevents.*")):
+        for event in tf.compat.v1.train.summary_iterator(path):
+            count += sum(value.tag == tag for value in event.summary.value)
+    return count
 
 
 def test_a_relaunched_range_test_starts_its_ramp_again(tmp_path, monkeypatch):

@@ -198,15 +198,17 @@ def _run_as_worker(plan, output):
 
 
 def make_callbacks(plan, path, log_dir, state_callbacks, checkpoint_callbacks=(),
-                   mode_callbacks=(), restored_callbacks=(None, None)):
+                   mode_callbacks=(), restored_callbacks=(None, None), reused=False):
     """(every callback of the run in order, the measurement callbacks among them, the
     ``CallbackStates`` of its Keras callbacks). ``mode_callbacks``: those of the run's mode
     (``plan.mode.callbacks``), after the stateful model's; ``restored_callbacks``: the callback
-    states of the checkpoint a run resumes from (``TrainingState.restored_callbacks``)."""
+    states of the checkpoint a run resumes from (``TrainingState.restored_callbacks``);
+    ``reused``: a relaunch in the run's directory (the operative config's text summary is in its
+    event files already)."""
     settings = plan.settings
     callbacks = plan.mode.guards()  # first: a broken update stops the run before others log it
     callbacks += [
-        OperativeConfigSaver(path, gin.operative_config_str, log_dir),
+        OperativeConfigSaver(path, gin.operative_config_str, None if reused else log_dir),
         summary_writer.TensorBoard(log_dir=log_dir),  # cheap epoch scalars (no graph unless asked)
     ]
     measured = measurements_lib.build(settings.measurements.enabled, plan.measurement_context,
@@ -248,7 +250,7 @@ def _train_in(path, plan, config_text, state, stop_requested):
     own = plan.mode.callbacks(plan, log_dir)
     callbacks, measured, kept = make_callbacks(plan, path, log_dir, state_callbacks,
                                                state.callbacks(model, stop_requested), own,
-                                               state.restored_callbacks())
+                                               state.restored_callbacks(), state.reused)
     state.callback_states = kept
     if state.reused and state.writes:  # its CSV files keep the epochs before the checkpoint
         callback_states.continue_csv(callbacks, state.position.epoch)
