@@ -94,8 +94,13 @@ class PlainFitStep:
         return kept
 
     def install(self):
-        """Wraps ``model.train_step`` for this fit (and rebuilds Keras' train function)."""
-        model, own = self.model, self.model.train_step
+        """Wraps ``model.train_step`` for this fit (and rebuilds Keras' train function). A wrapper
+        left by a fit that raised (its ``on_train_end`` never ran) is taken off first, so steps
+        are never wrapped twice."""
+        model = self.model
+        if getattr(vars(model).get("train_step"), "plain_fit_step", False):
+            del model.train_step
+        own = model.train_step
         self._own_step = own
 
         def train_step(data):
@@ -108,6 +113,7 @@ class PlainFitStep:
                     lambda: self._measure(data), lambda: tf.constant(False))
             return own(data)
 
+        train_step.plain_fit_step = True
         model.train_step = train_step
         model.make_train_function(force=True)
 

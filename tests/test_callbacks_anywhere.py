@@ -11,7 +11,7 @@ import pytest
 import tensorflow as tf
 
 from callbacks.generalization_gap import GeneralizationGap
-from callbacks.gradient_norm import GradientNorm
+from callbacks.gradient_norm import GradientNorm, PlainFitStep
 from experiments import launch
 from tests.helpers import event_tags, event_values
 
@@ -220,3 +220,34 @@ def test_probe_and_adascale_log_run_where_calls_step_over_a_multiple():
     with pytest.raises(ValueError, match="AdaScale"):
         model.fit(x, y, batch_size=8, epochs=1, verbose=0, callbacks=[AdaScaleLog()])
     assert int(model.optimizer.iterations.numpy()) == 0  # refused before any update
+
+
+def test_a_fit_that_raised_leaves_no_second_wrapper_for_the_next():
+    """on_train_end does not run when a fit raises: the next fit takes the old wrapper off."""
+    x, y = _data()
+    model = _plain_model()
+    norm = GradientNorm(every_n_updates=2)
+
+    class Boom(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            raise RuntimeError("stop")
+
+    with pytest.raises(RuntimeError, match="stop"):
+        model.fit(x, y, batch_size=8, epochs=1, verbose=0, callbacks=[norm, Boom()])
+    assert getattr(vars(model).get("train_step"), "plain_fit_step", False)  # left behind
+    wrapped = []
+    original = PlainFitStep._measure
+
+    def counted(self, data):  # traced once per wrapper around Keras' step
+        wrapped.append(self)
+        return original(self, data)
+
+    PlainFitStep._measure = counted
+    try:
+        norm.history.clear()
+        model.fit(x, y, batch_size=8, epochs=1, verbose=0, callbacks=[norm])
+    finally:
+        PlainFitStep._measure = original
+    assert len(wrapped) == 1
+    assert [step for step, _ in norm.history] == [2, 4, 6, 7]  # updates 2..7, the epoch's end
+    assert "train_step" not in vars(model)
