@@ -213,6 +213,7 @@ def test_a_run_counts_updates_and_logs_b_per_stage(tmp_path):
             for s in result["batch_size_stages"]] == [
         (0, 0, 32, 2), (1, per_epoch[0], 128, 8), (2, per_epoch[0] + per_epoch[1], 512, 32)]
     assert result["final_batch_size"] == 512 and result["micro_batch_size"] == 16
+    assert result["updates_per_epoch"] is None  # the first stage's count matches no later epoch
     logged = event_values(os.path.join(path, "tensorboard", "train"), "batch_size")
     assert logged == [(0, 32.0), (per_epoch[0], 128.0), (per_epoch[0] + per_epoch[1], 512.0)]
     assert result["measurements"]["noise_scale/b_simple"] > 0  # estimated from B = k*b each

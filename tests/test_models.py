@@ -38,6 +38,19 @@ def test_builders_produce_the_right_output(builder, spec, batch):
         assert ((out > 0) & (out < 1)).all()
 
 
+@pytest.mark.parametrize("build, message", [
+    (lambda: models.mlp(DataSpec((12,), 5), hidden_units=64), "mlp.hidden_units is a list"),
+    (lambda: models.vgg_convnet(DataSpec((8, 8), 10), filters=32), "vgg_convnet.filters is a"),
+    (lambda: models.stacked_lstm(DataSpec((7, 3), 4), units=32), "stacked_lstm.units is a"),
+    (lambda: models.stacked_lstm(DataSpec((7, 3), 4), units=()), "at least one layer"),
+    (lambda: models.mlp(DataSpec((12,), 5), hidden_units=(64, 0)), "each of mlp.hidden_units"),
+])
+def test_a_width_binding_of_the_wrong_shape_names_itself(build, message):
+    with pytest.raises(ValueError, match=message):
+        build()
+    assert models.mlp(DataSpec((12,), 5), hidden_units=()).count_params() == 12 * 5 + 5
+
+
 def test_stateful_builder_needs_a_fixed_batch_size():
     with pytest.raises(ValueError, match="fixed batch size"):
         models.stateful_stacked_lstm(DataSpec((5,), 11, vocabulary_size=11))
@@ -111,3 +124,32 @@ def test_deterministic_ops_holds_for_its_run_only():
     assert keras_internals.op_determinism_enabled()
     seeding.seed_everything(3, deterministic_ops=False)
     assert not keras_internals.op_determinism_enabled()
+
+
+def test_warmup_schedule_round_trips_with_its_after_schedule_and_checks_its_arguments():
+    """A saved optimizer or model reloads its schedule (``after`` was left a dict: a TypeError at
+    the first update); nonsense values are refused with the argument's name."""
+    import pytest
+
+    from experiments.models import schedules
+
+    after = keras.optimizers.schedules.PiecewiseConstantDecay([2], [0.1, 0.01])
+    warm = schedules.WarmupSchedule(peak_learning_rate=0.1, warmup_steps=3, after=after)
+    optimizer = keras.optimizers.SGD(learning_rate=warm)
+    again = keras.optimizers.SGD.from_config(optimizer.get_config())
+    assert float(again.learning_rate) == pytest.approx(0.1 / 3, rel=1e-6)  # at update 0
+    restored = keras.optimizers.schedules.deserialize(optimizer.get_config()["learning_rate"])
+    expected = [0.1 / 3, 0.2 / 3, 0.1, 0.1, 0.1, 0.1, 0.01]  # after counted from update 3
+    for step, value in enumerate(expected):
+        assert float(restored(step)) == pytest.approx(value, rel=1e-6), step
+    for kwargs, name in [({"warmup_steps": -3}, "warmup_steps"),
+                         ({"warmup_steps": 2.7}, "warmup_steps"),
+                         ({"peak_learning_rate": -0.1}, "peak_learning_rate"),
+                         ({"initial_learning_rate": -1.0}, "initial_learning_rate")]:
+        arguments = dict({"peak_learning_rate": 0.1, "warmup_steps": 3}, **kwargs)
+        with pytest.raises(ValueError, match=f"WarmupSchedule.{name}"):
+            schedules.WarmupSchedule(**arguments)
+    with pytest.raises(ValueError, match="scaled_learning_rate.base_batch_size"):
+        schedules.scaled_learning_rate(0.1, 0, 64)
+    with pytest.raises(ValueError, match="scaled_learning_rate.batch_size"):
+        schedules.scaled_learning_rate(0.1, 32, 0)

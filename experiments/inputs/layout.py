@@ -99,6 +99,9 @@ class BatchLayout:
                   if field.name != "update_sizes"}
         if self.batch_size_schedule is not None:
             fields["batch_size_schedule"] = dataclasses.asdict(self.batch_size_schedule)
+            # the first stage's count would match no epoch once B changes: the stages say it
+            # (``batch_size_stages``), the run's ``updates`` the total
+            fields["updates_per_epoch"] = None
         return fields
 
 

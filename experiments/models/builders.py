@@ -10,6 +10,8 @@ import gin
 import keras
 import tensorflow as tf
 
+from experiments.common import checks
+
 
 def _output_layer(spec, name="output"):
     """Softmax for classes, sigmoid for a binary target, linear for regression."""
@@ -19,6 +21,19 @@ def _output_layer(spec, name="output"):
     if spec.task == "regression":
         return keras.layers.Dense(spec.num_outputs, dtype="float32", name=name)
     return keras.layers.Dense(spec.num_outputs, activation="softmax", dtype="float32", name=name)
+
+
+def _widths(value, binding, allow_empty=False):
+    """``value`` as a tuple of layer widths (positive integers), a ValueError naming ``binding``
+    otherwise: ``mlp.hidden_units = 64`` means one layer, but written so it failed deep inside
+    Keras ("'int' object is not iterable")."""
+    if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
+        raise ValueError(f"{binding} is a list of layer widths, e.g. {binding} = (64, 64); got "
+                         f"{value!r}.")
+    widths = tuple(checks.positive_int(width, f"each of {binding}") for width in value)
+    if not widths and not allow_empty:
+        raise ValueError(f"{binding} needs at least one layer width, got {value!r}.")
+    return widths
 
 
 def _regularizer(l2):
@@ -32,7 +47,7 @@ def mlp(spec, hidden_units=(64,), activation="relu", dropout=0.0, l2=0.0,
     layers = [keras.Input(spec.input_shape)]
     if len(spec.input_shape) > 1:
         layers.append(keras.layers.Flatten())
-    for units in hidden_units:
+    for units in _widths(hidden_units, "mlp.hidden_units", allow_empty=True):
         layers.append(keras.layers.Dense(units, kernel_regularizer=_regularizer(l2)))
         if batch_normalization:
             layers.append(keras.layers.BatchNormalization())
@@ -64,7 +79,7 @@ def vgg_convnet(spec, filters=(32, 64), dense_units=256, dropout=0.25):
     layers = [keras.Input(spec.input_shape)]
     if len(spec.input_shape) == 2:  # grey images without a channel axis
         layers.append(keras.layers.Reshape((*spec.input_shape, 1)))
-    for width in filters:
+    for width in _widths(filters, "vgg_convnet.filters"):
         layers += [keras.layers.Conv2D(width, 3, activation="relu", padding="same"),
                    keras.layers.Conv2D(width, 3, activation="relu", padding="same"),
                    keras.layers.MaxPooling2D(2, padding="same")]
@@ -115,6 +130,7 @@ def conv1d_classifier(spec, filters=64, kernel_size=3, embedding_dim=32, dropout
 def stacked_lstm(spec, units=(32, 32), embedding_dim=32, mask_zero=False,
                  return_sequences=False):
     """Stacked LSTM: every layer but the last returns sequences (all do if ``return_sequences``)."""
+    units = _widths(units, "stacked_lstm.units")
     layers = _sequence_input(spec, embedding_dim, mask_zero)
     for i, width in enumerate(units):
         last = i == len(units) - 1
@@ -176,6 +192,7 @@ def stateful_stacked_lstm(spec, units=(32, 32), embedding_dim=32, return_sequenc
             "pipeline (gin/data/stateful_*.gin, stream_layout.stateful=True), whose DataSpec "
             "carries the batch size. Rows of an ordinary pipeline are unrelated from batch to "
             "batch, so a carried state would mix examples.")
+    units = _widths(units, "stateful_stacked_lstm.units")
     layers = _sequence_input(spec, embedding_dim, mask_zero=False, batch_size=spec.batch_size)
     layers.insert(1, FixedBatchSize(spec.batch_size, name="fixed_batch_size"))
     for i, width in enumerate(units):

@@ -6,15 +6,21 @@ Schedules count optimizer updates; with virtual batches one update is one virtua
 """
 
 import math
+import numbers
 
 import gin
 import keras
+
+from experiments.common import checks
 
 
 @gin.configurable
 def scaled_learning_rate(base_learning_rate=gin.REQUIRED, base_batch_size=gin.REQUIRED,
                          batch_size=gin.REQUIRED, rule="linear"):
     """The learning rate for ``batch_size`` given one tuned at ``base_batch_size``."""
+    checks.positive_number(base_learning_rate, "scaled_learning_rate.base_learning_rate")
+    checks.positive_int(base_batch_size, "scaled_learning_rate.base_batch_size")
+    checks.positive_int(batch_size, "scaled_learning_rate.batch_size")
     ratio = batch_size / base_batch_size
     if rule == "linear":
         return base_learning_rate * ratio
@@ -36,9 +42,17 @@ class WarmupSchedule(keras.optimizers.schedules.LearningRateSchedule):
 
     def __init__(self, peak_learning_rate=gin.REQUIRED, warmup_steps=gin.REQUIRED,
                  initial_learning_rate=0.0, after=None):
-        self.peak_learning_rate = float(peak_learning_rate)
-        self.warmup_steps = int(warmup_steps)
+        self.peak_learning_rate = checks.positive_number(
+            peak_learning_rate, "WarmupSchedule.peak_learning_rate")
+        self.warmup_steps = checks.non_negative_int(warmup_steps, "WarmupSchedule.warmup_steps")
+        if isinstance(initial_learning_rate, bool) or not isinstance(
+                initial_learning_rate, numbers.Real) or not 0 <= initial_learning_rate < math.inf:
+            raise ValueError(f"WarmupSchedule.initial_learning_rate must be a number >= 0, got "
+                             f"{initial_learning_rate!r}.")
         self.initial_learning_rate = float(initial_learning_rate)
+        if after is not None and not callable(after):
+            raise ValueError(f"WarmupSchedule.after must be a learning-rate schedule (a callable "
+                             f"of the update), got {after!r}.")
         self.after = after
 
     def __call__(self, step):
@@ -57,3 +71,12 @@ class WarmupSchedule(keras.optimizers.schedules.LearningRateSchedule):
                 "initial_learning_rate": self.initial_learning_rate,
                 "after": None if self.after is None else keras.saving.serialize_keras_object(
                     self.after)}
+
+    @classmethod
+    def from_config(cls, config):
+        """The inverse of ``get_config``: ``after`` is rebuilt from its serialized form (a saved
+        model or optimizer reloads with its schedule)."""
+        config = dict(config)
+        if isinstance(config.get("after"), dict):
+            config["after"] = keras.saving.deserialize_keras_object(config["after"])
+        return cls(**config)
