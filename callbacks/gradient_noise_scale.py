@@ -9,7 +9,9 @@ ragged micro-batches; |G|^2 is that of the gradient the optimizer follows, regul
 starts to fall off.
 
 Logged every ``every_n_updates`` updates and at each epoch's last update, keyed by the update count
-(every logged update is sampled, so each point also carries its own raw estimates):
+(every logged update is sampled, so each point also carries its own raw estimates; a logged
+update of a single piece, such as a ragged last batch of one micro-batch, adds no sample and
+gets no point unless samples between logged updates moved the averages):
 
 - ``noise_scale/b_simple``, ``noise_scale/trace_sigma``, ``noise_scale/gradient_sq_norm``: the
   moving averages (horizon ``horizon_examples`` examples, bias-corrected) and their ratio;
@@ -89,6 +91,7 @@ class GradientNoiseScale(LoggedMeasurement):
         self.defined = None
         self.preconditioned = False
         self._measurements = None  # the model's StepMeasurements, once started
+        self._published_count = None  # the averages' sample count at the last logged point
 
     def start(self, model):
         self.set_model(model)
@@ -109,6 +112,7 @@ class GradientNoiseScale(LoggedMeasurement):
         if self._measurements is not m:
             m.reset_noise_scale(self.horizon_examples, self.sample_every_n_updates or 0)
             self._measurements = m
+            self._published_count = None
         self.preconditioned = noise_scale.has_preconditioner(model.optimizer)
         self.shape = tuple(m.noise_scale.shape)
         self.defined = True
@@ -126,7 +130,12 @@ class GradientNoiseScale(LoggedMeasurement):
         """{tag: value} of the averages (empty until a sample with two or more pieces), with the
         raw estimates when ``update`` is the last sampled one. ``state``: the state as read
         inside the train call, else read now."""
-        state = self._measurements.noise_scale_values(state, self.preconditioned)
+        return self._tags(self._measurements.noise_scale_values(state, self.preconditioned),
+                          update)
+
+    @staticmethod
+    def _tags(state, update=None):
+        """``_read``'s {tag: value} of a parsed state (``StepMeasurements.noise_scale_values``)."""
         values = {}
         averages = state["averages"]
         if averages is not None:
@@ -145,7 +154,16 @@ class GradientNoiseScale(LoggedMeasurement):
         sample with two or more pieces (a batch-size schedule may start at k = 1)."""
         if not self.defined:
             return None
-        return self._read(state, int(update)) or None
+        parsed = self._measurements.noise_scale_values(state, self.preconditioned)
+        if parsed["count"] == self._published_count:
+            # No sample entered the averages since the last point (this update had one piece:
+            # a ragged last batch of a single micro-batch): the same values again would read as
+            # a new measurement.
+            return None
+        values = self._tags(parsed, int(update))
+        if values:
+            self._published_count = parsed["count"]
+        return values or None
 
     def raw_rows(self):
         """Every logged raw estimate (this process's and, after a resume, those logged before):

@@ -194,3 +194,23 @@ def test_a_schedule_starting_at_k1_logs_once_its_batches_split():
     assert noise.defined
     assert [u for u, _ in noise.history] == [10]  # 8 updates at k = 1, then 2 at k = 4
     assert noise.result()["noise_scale/b_simple"] > 0
+
+
+def test_a_single_piece_epoch_end_repeats_no_point():
+    """66 rows at B = 16 = 4 x 4: each epoch's last update has 2 rows, one micro-batch: no
+    sample, so no point (it repeated the previous point's averages as a new measurement)."""
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(66, 3)).astype(np.float32)
+    y = (x @ np.array([[1.0], [-2.0], [0.5]]) + 0.3 * rng.normal(size=(66, 1))).astype(
+        np.float32)
+    model = virtual_batch_model.as_virtual_batch_model(linear_model(3, np.zeros(3)),
+                                                       micro_batch_size=4,
+                                                       track_gradient_noise=True)
+    model.compile(optimizer=keras.optimizers.SGD(0.05), loss="mse")
+    noise = GradientNoiseScale(every_n_updates=2, horizon_examples=64)
+    model.fit(x, y, batch_size=16, epochs=2, shuffle=False, verbose=0, callbacks=[noise])
+    # 5 updates an epoch (16, 16, 16, 16, 2): logged at 2, 4, 6, 8, 10 and the epoch ends 5, 10
+    steps = [u for u, _ in noise.history]
+    assert steps == [2, 4, 6, 8]  # 5 and 10 had one piece; 10 is also a multiple of 2
+    curve = [v for _, v in noise.result()["noise_scale/b_simple_curve"]]
+    assert len(set(curve)) == len(curve)
