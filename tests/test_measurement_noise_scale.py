@@ -170,14 +170,7 @@ def test_a_schedule_starting_at_k1_logs_once_its_batches_split():
     """A batch-size schedule from k = 1 (B = b = 8) to k = 4 (B = 32): no point while no update
     had two micro-batches, then B_simple from the first logged update of the k = 4 stage on (it
     used to be declared undefined at the first logged point, for the whole run)."""
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(64, 3)).astype(np.float32)
-    y = (x @ np.array([[1.0], [-2.0], [0.5]]) + 0.3 * rng.normal(size=(64, 1))).astype(
-        np.float32)
-    model = virtual_batch_model.as_virtual_batch_model(linear_model(3, np.zeros(3)),
-                                                       micro_batch_size=8,
-                                                       track_gradient_noise=True)
-    model.compile(optimizer=keras.optimizers.SGD(0.05), loss="mse")
+    x, y, model = _regression(64, micro=8, seed=0)
     sizes = {0: 8, 1: 32}
 
     def train_from(epoch, step, num_epochs):
@@ -199,14 +192,7 @@ def test_a_schedule_starting_at_k1_logs_once_its_batches_split():
 def test_a_single_piece_epoch_end_repeats_no_point():
     """66 rows at B = 16 = 4 x 4: each epoch's last update has 2 rows, one micro-batch: no
     sample, so no point (it repeated the previous point's averages as a new measurement)."""
-    rng = np.random.default_rng(1)
-    x = rng.normal(size=(66, 3)).astype(np.float32)
-    y = (x @ np.array([[1.0], [-2.0], [0.5]]) + 0.3 * rng.normal(size=(66, 1))).astype(
-        np.float32)
-    model = virtual_batch_model.as_virtual_batch_model(linear_model(3, np.zeros(3)),
-                                                       micro_batch_size=4,
-                                                       track_gradient_noise=True)
-    model.compile(optimizer=keras.optimizers.SGD(0.05), loss="mse")
+    x, y, model = _regression(66, micro=4, seed=1)
     noise = GradientNoiseScale(every_n_updates=2, horizon_examples=64)
     model.fit(x, y, batch_size=16, epochs=2, shuffle=False, verbose=0, callbacks=[noise])
     # 5 updates an epoch (16, 16, 16, 16, 2): logged at 2, 4, 6, 8, 10 and the epoch ends 5, 10
@@ -214,3 +200,16 @@ def test_a_single_piece_epoch_end_repeats_no_point():
     assert steps == [2, 4, 6, 8]  # 5 and 10 had one piece; 10 is also a multiple of 2
     curve = [v for _, v in noise.result()["noise_scale/b_simple_curve"]]
     assert len(set(curve)) == len(curve)
+
+
+def _regression(rows, micro, seed):
+    """Rows of y = x (1, -2, 0.5) + noise and a linear batchlab model that tracks the noise."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(rows, 3)).astype(np.float32)
+    y = (x @ np.array([[1.0], [-2.0], [0.5]]) + 0.3 * rng.normal(size=(rows, 1))).astype(
+        np.float32)
+    model = virtual_batch_model.as_virtual_batch_model(linear_model(3, np.zeros(3)),
+                                                       micro_batch_size=micro,
+                                                       track_gradient_noise=True)
+    model.compile(optimizer=keras.optimizers.SGD(0.05), loss="mse")
+    return x, y, model
