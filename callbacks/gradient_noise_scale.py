@@ -11,7 +11,7 @@ starts to fall off.
 Logged every ``every_n_updates`` updates and at each epoch's last update, keyed by the update count
 (every logged update is sampled, so each point also carries its own raw estimates; a logged
 update of a single piece, such as a ragged last batch of one micro-batch, adds no sample and
-gets no point unless samples between logged updates moved the averages):
+gets no point):
 
 - ``noise_scale/b_simple``, ``noise_scale/trace_sigma``, ``noise_scale/gradient_sq_norm``: the
   moving averages (horizon ``horizon_examples`` examples, bias-corrected) and their ratio;
@@ -91,7 +91,6 @@ class GradientNoiseScale(LoggedMeasurement):
         self.defined = None
         self.preconditioned = False
         self._measurements = None  # the model's StepMeasurements, once started
-        self._published_count = None  # the averages' sample count at the last logged point
 
     def start(self, model):
         self.set_model(model)
@@ -112,7 +111,6 @@ class GradientNoiseScale(LoggedMeasurement):
         if self._measurements is not m:
             m.reset_noise_scale(self.horizon_examples, self.sample_every_n_updates or 0)
             self._measurements = m
-            self._published_count = None
         self.preconditioned = noise_scale.has_preconditioner(model.optimizer)
         self.shape = tuple(m.noise_scale.shape)
         self.defined = True
@@ -155,15 +153,12 @@ class GradientNoiseScale(LoggedMeasurement):
         if not self.defined:
             return None
         parsed = self._measurements.noise_scale_values(state, self.preconditioned)
-        if parsed["count"] == self._published_count:
-            # No sample entered the averages since the last point (this update had one piece:
-            # a ragged last batch of a single micro-batch): the same values again would read as
-            # a new measurement.
+        if parsed["last_fed_update"] != int(update):
+            # This logged update fed no sample (it had one piece: a ragged last batch of a single
+            # micro-batch): the averages again would read as a new measurement. Decided by the
+            # state alone, so a resumed run logs the points the uninterrupted one does.
             return None
-        values = self._tags(parsed, int(update))
-        if values:
-            self._published_count = parsed["count"]
-        return values or None
+        return self._tags(parsed, int(update)) or None
 
     def raw_rows(self):
         """Every logged raw estimate (this process's and, after a resume, those logged before):

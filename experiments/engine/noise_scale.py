@@ -49,12 +49,13 @@ RAW_FIELDS = {"gradient_sq_norm": RAW_G2, "trace_sigma": RAW_TRACE,
 
 def read_state(state, preconditioned=False):
     """The bias-corrected averages and the last raw sample of a state vector (NumPy), as
-    {'count', 'sampled', 'averages': {...} or None, 'raw': {...} or None, 'raw_update'}.
+    {'count', 'sampled', 'averages': {...} or None, 'raw': {...} or None, 'raw_update',
+    'last_fed_update' (the update of the last sample that fed the averages, 0: none)}.
     Preconditioned fields only when ``preconditioned``."""
     keep = (lambda name: preconditioned or "preconditioned" not in name)
     count, weight = int(state[COUNT]), float(state[WEIGHT])
     values = {"count": count, "sampled": int(state[SAMPLED]), "averages": None, "raw": None,
-              "raw_update": int(state[RAW_UPDATE])}
+              "raw_update": int(state[RAW_UPDATE]), "last_fed_update": int(state[LAST_UPDATE])}
     if count and weight > 0:
         values["averages"] = {name: float(state[i] / weight)
                               for name, i in EMA_FIELDS.items() if keep(name)}
