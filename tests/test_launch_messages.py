@@ -307,3 +307,17 @@ def test_an_adam_run_over_base_gin_reports_only_real_unused_bindings(tmp_path):
     (typo,) = _launch(tmp_path / "b", [str(mine)], ["evall/train.batch_size = 64",
                                                     "keras.optimizers.SGD.momentum = 0.5"])
     assert typo["unused_bindings"] == ["SGD.momentum", "evall/train.batch_size"]
+
+
+def test_an_experiment_path_that_is_a_file_and_a_list_of_a_file_say_so(tmp_path):
+    """Both failed as a bare "Not a directory" / "no such directory"."""
+    from experiments.launch import listing
+    from experiments.run import run_dir
+
+    (tmp_path / "digits_mlp").write_text("")
+    with pytest.raises(ValueError, match="is a file, not a directory"):
+        run_dir.create(str(tmp_path), "digits_mlp")
+    with pytest.raises(ValueError, match="is a file, not a directory"):
+        run_dir.open_named(str(tmp_path), "digits_mlp", "r", "")
+    with pytest.raises(NotADirectoryError, match="is a file; give a directory"):
+        listing.find(str(tmp_path / "digits_mlp"))

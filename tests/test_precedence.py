@@ -99,3 +99,10 @@ def test_a_study_macro_that_varies_is_refused():
     with pytest.raises(precedence.OverrideRefused, match="NQM_BATCH_SIZE \\(a macro\\)"):
         precedence.with_command_line_last(runs, ["NQM_BATCH_SIZE = 32"], "study run",
                                           study=True, print_fn=lambda *_: None)
+
+
+def test_a_command_line_value_equal_to_the_runs_own_is_not_an_override():
+    printed = []
+    runs = precedence.with_command_line_last(_runs(), ["train.epochs = 10"], "study run",
+                                             study=True, print_fn=printed.append)
+    assert printed == [] and [r.bindings for r in runs] == [r.bindings for r in _runs()]

@@ -223,6 +223,7 @@ def _sweep_dir(output_dir, experiment, run_name, variants, config_text):
         _write_json(os.path.join(path, "sweep.json"), {"variants": variants,
                                                        "config": config_text})
         return path
+    run_dir_lib.check_parent(os.path.join(output_dir, experiment))
     path = os.path.join(output_dir, experiment, run_name)
     stored = read_json(os.path.join(path, "sweep.json"))
     if stored is not None and stored.get("variants") != variants:

@@ -21,6 +21,9 @@ _SKIPPED = {"tensorboard", "checkpoints", "figures", "__pycache__"}
 def find(directory):
     """(run directories, group directories holding study.json or sweep.json) under
     ``directory``, sorted; FileNotFoundError when it does not exist."""
+    if os.path.exists(directory) and not os.path.isdir(directory):
+        raise NotADirectoryError(f"--list={directory} is a file; give a directory (an output "
+                                 "directory, a study's or a sweep's).")
     if not os.path.isdir(directory):
         raise FileNotFoundError(f"--list={directory}: no such directory.")
     runs, groups = [], []

@@ -101,7 +101,7 @@ class Override:
 
 
 def overrides(runs, gin_bindings):
-    """The command-line bindings that set a parameter some of ``runs`` set too."""
+    """The command-line bindings that set a parameter some of ``runs`` set to another value."""
     found = []
     for binding in statements(gin_bindings):
         key = binding_key(binding)
@@ -112,9 +112,20 @@ def overrides(runs, gin_bindings):
             for own in run.bindings:
                 if binding_key(own) == key:
                     values[run.name] = _value(own)
+        # a run whose own value is the command line's is not overridden (nothing to announce)
+        values = {name: value for name, value in values.items()
+                  if not _same_value(value, _value(binding))}
         if values:
             found.append(Override(binding, values))
     return found
+
+
+def _same_value(ours, theirs):
+    """Whether two binding values are the same (as Python literals where they are ones)."""
+    try:
+        return ast.literal_eval(ours) == ast.literal_eval(theirs)
+    except (ValueError, SyntaxError):
+        return ours.strip() == theirs.strip()
 
 
 def with_command_line_last(runs, gin_bindings, label="sweep variant", study=False,

@@ -85,6 +85,7 @@ def study_directory(output_dir, study_name, run_name):
     """``<output_dir>/<study>/<run_name>`` (a relaunch reuses it); without a run name a new
     timestamped directory, created atomically."""
     if run_name:
+        run_dir_lib.check_parent(os.path.join(output_dir, study_name))
         return os.path.join(output_dir, study_name, run_name)
     return run_dir_lib.new_directory(os.path.join(output_dir, study_name))
 

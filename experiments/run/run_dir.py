@@ -61,6 +61,7 @@ def new_directory(parent, name=None):
     """Creates and returns ``<parent>/<name or a timestamp>``, or with a ``-N`` suffix when that
     exists: created atomically (``os.makedirs(exist_ok=False)``), so two launches in the same
     second never share a directory. Runs, sweeps and studies all get theirs here."""
+    check_parent(parent)
     base = os.path.join(parent, check_run_name(name)
                         or datetime.datetime.now().strftime("%Y%m%d-%H%M%S"))
     path, suffix = base, 1
@@ -70,6 +71,14 @@ def new_directory(parent, name=None):
             return path
         except FileExistsError:
             path, suffix = f"{base}-{suffix}", suffix + 1
+
+
+def check_parent(parent):
+    """A clear error when ``parent`` (``<output_dir>/<experiment>``) exists and is not a
+    directory (it failed as a bare "Not a directory")."""
+    if os.path.exists(parent) and not os.path.isdir(parent):
+        raise ValueError(f"{parent} is a file, not a directory: runs of this experiment go "
+                         "there. Move the file, or give another --output_dir.")
 
 
 def create(output_dir, experiment, name=None):
@@ -163,6 +172,7 @@ def claim(path):
     fails when ``path`` exists. Returns whether this process made it (two launches of one name:
     exactly one does)."""
     parent = os.path.dirname(path)
+    check_parent(parent)
     os.makedirs(parent, exist_ok=True)
     staging = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.claim-", dir=parent)
     try:
