@@ -27,6 +27,7 @@ class AdaScaleLog(keras.callbacks.Callback):
         super().__init__()
         self.log_dir = log_dir
         self.every_n_updates = checks.positive_int(every_n_updates, "every_n_updates")
+        self._cadence = Cadence(self.every_n_updates)
         self.history = []  # (update, gain, progress, learning rate applied)
         self._seen = 0  # the update count at the last batch hook
 
@@ -58,7 +59,7 @@ class AdaScaleLog(keras.callbacks.Callback):
         # multiple: the point is then the call's last update.
         update = int(self.model.optimizer.iterations.numpy())
         previous, self._seen = self._seen, update
-        if Cadence(self.every_n_updates).crossed(previous, update):
+        if self._cadence.crossed(previous, update):
             self._log()
 
     def on_epoch_end(self, epoch, logs=None):

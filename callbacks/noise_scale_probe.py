@@ -101,6 +101,7 @@ class NoiseScaleProbe(MeasurementCallback):
         # The loop ends its calls on the multiples (``schedule.UpdateSchedule``).
         self.every_n_updates = checks.optional_positive_int(every_n_updates,
                                                             "noise_scale_probe.every_n_updates")
+        self._cadence = Cadence(self.every_n_updates)
         self.at_end = bool(at_end)
         self.level = checks.fraction(level, "noise_scale_probe.level")
         self.seed = int(seed)
@@ -121,7 +122,7 @@ class NoiseScaleProbe(MeasurementCallback):
         # multiple: the probe then runs at the call's end, the first update after it.
         update = int(self.model.optimizer.iterations.numpy())
         previous, self._seen = self._seen, update
-        if Cadence(self.every_n_updates).crossed(previous, update) and update != self._last:
+        if self._cadence.crossed(previous, update) and update != self._last:
             self._probe(update)
 
     def on_train_end(self, logs=None):

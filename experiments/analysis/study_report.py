@@ -113,8 +113,9 @@ def _spread(values):
 
 
 def _best_final_per_batch(done, metric, mode):
-    """Per batch size, the setting (``study_statistics.setting_of``: learning rate, rule, micro-batch
-    size, epochs) with the best median final ``metric`` over its seeds (ties: lower lr): {B: {"final" (median), "final_range" [min, max over seeds],
+    """Per batch size, the setting (``study_statistics.setting_of``: learning rate, rule,
+    micro-batch size, epochs) with the best median final ``metric`` over its seeds (ties: lower
+    lr): {B: {"final" (median), "final_range" [min, max over seeds],
     "gap", "gap_range", "num_seeds", "learning_rate", "rule", "runs"}}.
 
     This is the tuned comparison: each batch size judged by its best learning rate or rule, and

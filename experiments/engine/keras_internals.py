@@ -205,7 +205,7 @@ class EpochScalarsTensorBoard(keras.callbacks.TensorBoard):
         super().on_train_batch_end(batch, None)  # the graph, profiling, steps per second
         update = int(self.model.optimizer.iterations.numpy())
         previous, self._batch_scalars_at = self._batch_scalars_at, update
-        if update // self.update_freq > previous // self.update_freq:
+        if update // self.update_freq > previous // self.update_freq:  # (Cadence.crossed)
             self.write_scalars({f"batch_{k}": float(v) for k, v in logs.items()}, update,
                                "train")
 

@@ -90,7 +90,6 @@ class LossTerms:
             denominator = tf.cast(tf.size(values), dtype)
         return numerator, denominator
 
-
     @staticmethod
     def _scalar_terms(value, y_pred, mask, sample_weight, dtype):
         """A loss that returns a scalar (its own mean over the rows; Keras leaves it as it is):

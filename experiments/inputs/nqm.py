@@ -53,19 +53,33 @@ def steps_to_risk(learning_rate, batch_size, h, c, target, w0=1.0, num_steps=500
     return int(below[0]) if below.size else None
 
 
+def _rates(learning_rates, h):
+    """The learning rates as a column (default: a fine geometric grid up to the stability limit
+    2 / max h)."""
+    if learning_rates is None:
+        learning_rates = np.geomspace(1e-3, 2.0 / h.max(), 1200)
+    return np.asarray(learning_rates, dtype=np.float64)[:, None]
+
+
+def _risks(lr, batch_size, h, c, w0, num_steps):
+    """(step, the expected risk at every rate of ``lr``) for steps 0..num_steps: the exact
+    recursion run for every learning rate at once."""
+    m = np.full((lr.shape[0], h.size), float(w0) ** 2)
+    decay, noise = (1.0 - lr * h) ** 2, lr ** 2 * c / batch_size
+    yield 0, 0.5 * (m @ h)
+    for step in range(1, num_steps + 1):
+        m = decay * m + noise
+        yield step, 0.5 * (m @ h)
+
+
 def exact_steps(batch_size, h, c, target, w0=1.0, learning_rates=None, num_steps=5000):
     """(fewest steps, the learning rate that gives them) over ``learning_rates`` (default: a
     fine geometric grid up to the stability limit 2 / max h), from the exact recursion run for
     every learning rate at once; None when no rate reaches ``target`` within ``num_steps``."""
-    if learning_rates is None:
-        learning_rates = np.geomspace(1e-3, 2.0 / h.max(), 1200)
-    lr = np.asarray(learning_rates, dtype=np.float64)[:, None]
-    m = np.full((lr.shape[0], h.size), float(w0) ** 2)
-    decay, noise = (1.0 - lr * h) ** 2, lr ** 2 * c / batch_size
-    for step in range(1, num_steps + 1):
-        m = decay * m + noise
-        below = np.nonzero(0.5 * (m @ h) <= target)[0]
-        if below.size:
+    lr = _rates(learning_rates, h)
+    for step, risk in _risks(lr, batch_size, h, c, w0, num_steps):
+        below = np.nonzero(risk <= target)[0]
+        if step and below.size:
             return step, float(lr[below[0], 0])
     return None
 
@@ -76,17 +90,11 @@ def exact_crossing(batch_size, h, c, target, w0=1.0, learning_rates=None, num_st
     at update 0), over ``learning_rates`` (default as ``exact_steps``); None when no rate reaches
     it. ``exact_steps`` gives the first whole update; this is what a measured S(B) estimates,
     0.2 to 0.8 update lower (7% of the 11 updates at B = 1024)."""
-    if learning_rates is None:
-        learning_rates = np.geomspace(1e-3, 2.0 / h.max(), 1200)
-    lr = np.asarray(learning_rates, dtype=np.float64)[:, None]
-    m = np.full((lr.shape[0], h.size), float(w0) ** 2)
-    decay, noise = (1.0 - lr * h) ** 2, lr ** 2 * c / batch_size
-    previous = 0.5 * (m @ h)
-    for step in range(1, num_steps + 1):
-        m = decay * m + noise
-        risk = 0.5 * (m @ h)
+    lr = _rates(learning_rates, h)
+    previous = None
+    for step, risk in _risks(lr, batch_size, h, c, w0, num_steps):
         below = np.nonzero(risk <= target)[0]
-        if below.size:  # a rate crossing later crosses after step: it cannot be fewer
+        if step and below.size:  # a rate crossing later crosses after step: it cannot be fewer
             before, after = previous[below], risk[below]
             crossing = step - 1 + (before - target) / np.maximum(before - after, 1e-300)
             best = int(np.argmin(crossing))

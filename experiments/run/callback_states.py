@@ -34,7 +34,9 @@ def _attributes(callback):
 
 
 def _plain(value):
-    """A JSON value: numbers as float or int (NumPy scalars included), None kept."""
+    """A JSON value: numbers as float or int (NumPy scalars included), None kept. Not
+    ``json_files.plain``: an infinite best (``ModelCheckpoint``'s start) must come back as inf,
+    not null (the checkpoint's meta is written with Python's json, which keeps Infinity)."""
     if value is None:
         return None
     if isinstance(value, (bool, np.bool_)):

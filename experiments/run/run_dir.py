@@ -253,13 +253,13 @@ def result_bindings(config_text):
     return [b for b in blocks if not b.split("=")[0].strip().startswith(RESULT_NEUTRAL)]
 
 
-def config_difference(saved_text, config_text):
+def config_difference(saved_text, config_text, saved_label="stored"):
     """The unified diff (lines) of two ``gin.config_str()`` texts when they differ in a binding
     that decides results (``result_bindings``), else None."""
     if result_bindings(saved_text) == result_bindings(config_text):
         return None
     return list(difflib.unified_diff(saved_text.splitlines(), config_text.splitlines(),
-                                     "stored", "now", lineterm="", n=0))
+                                     saved_label, "now", lineterm="", n=0))
 
 
 def check_same_config(run_dir, config_text):
@@ -270,10 +270,10 @@ def check_same_config(run_dir, config_text):
             saved = handle.read()
     except OSError:
         saved = ""
-    if result_bindings(saved) == result_bindings(config_text):
+    diff = config_difference(saved, config_text, "in the run directory")
+    if diff is None:
         return
-    diff = "\n".join(difflib.unified_diff(saved.splitlines(), config_text.splitlines(),
-                                          "in the run directory", "now", lineterm="", n=0))
+    diff = "\n".join(diff)
     raise RunExistsError(f"The run {run_dir} was started with another configuration; resume it "
                          "with the same files and bindings (or --resume), or choose another "
                          f"--run_name. The difference:\n{diff}")

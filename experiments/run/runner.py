@@ -28,8 +28,7 @@ from callbacks.operative_config import OperativeConfigSaver
 from experiments.common.memory import peak_memory_mb
 from experiments.engine import distribute
 from experiments.inputs import dataset as dataset_lib
-from experiments.run import callback_states
-from experiments.run import config_audit, interrupts, modes
+from experiments.run import callback_states, config_audit, interrupts, modes
 from experiments.run.adaptive_batch import AdaptiveBatchController
 from experiments.run import measurements as measurements_lib
 from experiments.run import plan as plan_lib
