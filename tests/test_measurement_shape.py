@@ -161,3 +161,65 @@ def test_the_documented_new_measurement_works_in_both_loops():
         logged.append([(u, round(v["optimizer/learning_rate"], 6)) for u, v in rate.history])
     # The rate the next update applies: 0.1 up to update 5, 0.01 after.
     assert logged[0] == logged[1] == [(4, 0.1), (8, 0.01), (10, 0.01)]
+
+
+def _one_update(model, measured, wanted):
+    """One update of ``model`` by its step traced for ``measured`` updates (True), for the others
+    (False) or for any (None), with ``measured_update`` set to ``wanted``; returns the update's
+    weight change."""
+    x, y = next(iter(_train_from(1)(0, 0, 1)))
+    model.measurements.measured_update.assign(wanted)
+    before = [w.numpy() for w in model.trainable_variables]
+
+    @tf.function(autograph=False)
+    def step(data):
+        with model.measurements.tracing(measured):
+            model.train_step(data)
+
+    step((x, y))
+    return [w.numpy() - b for w, b in zip(model.trainable_variables, before)]
+
+
+@pytest.mark.parametrize("measured", [True, False, None])
+def test_a_step_traced_for_one_kind_of_update_records_what_that_kind_records(measured):
+    """batchlab's loop traces the step twice (``graph_calls.chunk_function``): for a measured
+    update it fills the norms and samples the noise scale whatever ``measured_update`` says; for
+    the others it records nothing, even on the update ``measured_update`` names; traced for any
+    update it tests ``measured_update`` (here naming the update) as before."""
+    model = _model()
+    model.compile(optimizer=keras.optimizers.SGD(0.5),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.measurements.reset_noise_scale(256)
+    wanted = 0 if measured else 1  # the traced kind against what the variable says
+    step = _one_update(model, measured, wanted)
+    norm = float(model.measurements.gradient_norm.numpy())
+    sampled = model.measurements.noise_scale_values()["sampled"]
+    if measured is False:
+        assert norm == 0.0 and sampled == 0
+    else:  # the norm of the applied gradient: |delta w| / lr under plain SGD
+        applied = np.sqrt(sum(np.sum(np.square(d)) for d in step)) / 0.5
+        np.testing.assert_allclose(norm, applied, rtol=1e-5)
+        assert sampled == 1
+
+
+def test_periodic_noise_samples_between_measured_updates_are_kept():
+    """With ``sample_every_n_updates`` the step traced for unmeasured updates still samples
+    every n-th one: the averages equal those of Keras' fit, whose step tests each update."""
+    def measurements():
+        return [GradientNoiseScale(every_n_updates=5, horizon_examples=64,
+                                   sample_every_n_updates=2)]
+
+    x = np.concatenate([np.asarray(b[0]) for b in _train_from(10)(0, 0, 1)])
+    y = np.concatenate([np.asarray(b[1]) for b in _train_from(10)(0, 0, 1)])
+    states = []
+    for loop in ("batchlab", "keras"):
+        model, logged = _model(), measurements()
+        if loop == "batchlab":
+            custom_loop.CustomLoop(model, steps_per_execution=32).fit_from(
+                _train_from(10), 10, 2, verbose=0, measurements=logged)
+        else:
+            model.fit(x, y, batch_size=6, epochs=2, shuffle=False, verbose=0, callbacks=logged)
+        states.append(model.measurements.noise_scale.numpy())
+    # Updates 2, 4, ..., 20 and the logged 5, 15 (10 and 20 are both): 12 samples.
+    assert states[0][8] == states[1][8] == 12
+    np.testing.assert_allclose(states[0], states[1], rtol=1e-4, atol=1e-7)

@@ -22,6 +22,7 @@ import keras
 import tensorflow as tf
 
 from experiments.engine import keras_internals, noise_scale
+from experiments.engine.step_measurements import when
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,11 +37,15 @@ class StepContext:
     loss_dtype: Any
     has_call_losses: bool
     track_noise: bool
-    sampled: Any  # bool tensor: this update feeds the noise scale (None when not tracked)
+    sampled: Any  # this update feeds the noise scale: a bool tensor, or a Python bool where the
+    # step's kind decides it (``step_measurements.is_sampled``); None when not tracked
     preconditioner: Any  # a function giving the optimizer's diagonal preconditioner, or None
     coming_update: Any  # int64 tensor: the 1-based count of this update
     records_norms: bool  # the step fills the gradient norms on the measured update
     global_rows: Optional[Any] = None  # float32 rows over all replicas, with call losses only
+    # The kind of update the step is traced for (``StepMeasurements.traced_kind``): True, the
+    # measured one; False, one that is not; None, any (it tests ``measured_update``).
+    measured: Optional[bool] = None
 
     @property
     def sums_only(self):
@@ -146,7 +151,7 @@ def micro_batch_terms(model, ctx, x, y, sample_weight, size):
             per = size if ctx.sums_only else denominator
             return piece_squared_norms(ctx, grads[:len(variables)], per, size)
 
-        sq = tf.cond(ctx.sampled, squared_norms, lambda: tf.zeros([2], tf.float32))
+        sq = when(ctx.sampled, squared_norms, lambda: tf.zeros([2], tf.float32))
     update_metrics(model, x, y, y_pred, sample_weight)
     return (tf.cast(numerator, ctx.loss_dtype), tf.cast(denominator, ctx.loss_dtype),
             tf.cast(call_term, ctx.loss_dtype), sq, grads)
@@ -246,8 +251,8 @@ def single_pass(model, ctx, x, y, sample_weight, num_rows):
         # strategy with several replicas): the gradients here are over the global denominator.
         per = num_rows if ctx.sums_only else denominator
         per = tf.cast(per, tf.float32) / tf.cast(safe_denominator, tf.float32)
-        micro_sq = tf.cond(ctx.sampled, lambda: piece_squared_norms(ctx, grads, per, num_rows),
-                           lambda: tf.zeros([2], tf.float32))
+        micro_sq = when(ctx.sampled, lambda: piece_squared_norms(ctx, grads, per, num_rows),
+                        lambda: tf.zeros([2], tf.float32))
     loss = tf.stop_gradient(totals[0]) / safe_denominator + 0.0
     return grads, loss, micro_sq
 

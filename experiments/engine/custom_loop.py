@@ -118,14 +118,34 @@ class CustomLoop:
     def _train_function(self, iterator, measurements=()):
         """The graph function running a chunk of updates (``graph_calls``), traced once per
         iterator spec and set of measurements read inside it."""
-        key = (repr(iterator.element_spec), tuple(id(m) for m in measurements))
+        step_state = getattr(self.model, "measurements", None)
+        # On one device, a chunk with measurements traces the step twice: for the updates it
+        # measures and for the others (``graph_calls.chunk_function``). Under a strategy the
+        # step records on every update (``step_measurements.record``): one step.
+        split = bool(measurements) and step_state is not None \
+            and not tf.distribute.has_strategy() and self.strategy is tf.distribute.get_strategy()
+        key = (repr(iterator.element_spec), tuple(id(m) for m in measurements),
+               step_state.trace_key() if split else None)
         if key not in self._train_functions:
-            step = self.model.train_step
-            if self.jit_compile:
-                step = tf.function(self.model.train_step, jit_compile=True)
+            if split:
+                step, measured_step = self._step(False), self._step(True)
+            else:
+                step, measured_step = self._step(None), None
             self._train_functions[key] = graph_calls.chunk_function(
-                self.model, self.strategy, step, iterator, measurements)
+                self.model, self.strategy, step, iterator, measurements, measured_step)
         return self._train_functions[key]
+
+    def _step(self, measured):
+        """The model's train step, traced for the kind of update ``measured`` says
+        (``StepMeasurements.tracing``; None: any), compiled with XLA under ``jit_compile``."""
+        model = self.model
+        if measured is None:
+            step = model.train_step
+        else:
+            def step(data):
+                with model.measurements.tracing(measured):
+                    return model.train_step(data)
+        return tf.function(step, jit_compile=True) if self.jit_compile else step
 
     def _prepare(self, dataset):
         """Creates every variable (compiled metrics and loss, optimizer slots) before tracing.

@@ -22,7 +22,7 @@ import tensorflow as tf
 from experiments.engine import evaluation
 
 
-def chunk_function(model, strategy, step, iterator, measurements=()):
+def chunk_function(model, strategy, step, iterator, measurements=(), measured_step=None):
     """A concrete function running updates of ``step`` on every replica.
 
     Without measurements: ``run(iterator, n)`` runs ``n`` updates (a tensor, so one trace serves
@@ -34,6 +34,13 @@ def chunk_function(model, strategy, step, iterator, measurements=()):
     ``before_update`` hooks run on it); after it, each measurement's ``read`` runs where its mask
     says so (one ``tf.cond`` per measurement and segment, none per update). Returns (metrics, one
     [segments, *shape] tensor of rows per measurement).
+
+    With ``measured_step`` (the same update, traced for measured updates: ``StepMeasurements.
+    tracing``), ``step`` is the one traced for the others: a segment runs ``step`` on all its
+    updates but a measured last one, which runs ``measured_step`` in a ``tf.cond`` (one per
+    segment). The updates are the same; the updates that are not measured carry none of the
+    measuring ops, whose untaken branches cost their dispatch on every update of a step that
+    tests in the graph (BUILD.md, "Stop 33" and "Stop 35").
     """
     def update_from(iterator):
         """One update on the next batch of ``iterator``: the function's own argument, so that
@@ -62,13 +69,22 @@ def chunk_function(model, strategy, step, iterator, measurements=()):
         rows = [tf.TensorArray(tf.float64, size=count, element_shape=m.shape)
                 for m in measurements]
 
+        def measure_last():
+            strategy.run(measured_step, args=(next(iterator),))
+            return tf.constant(True)
+
         def segment(s, rows):
             mask = masks[s]
+            measured = tf.reduce_any(mask)
             if step_state is not None:
                 end = tf.cast(model.optimizer.iterations, tf.int64) + lengths[s]
-                step_state.measured_update.assign(
-                    tf.where(tf.reduce_any(mask), end, tf.zeros_like(end)))
-            tf.while_loop(lambda i: i < lengths[s], one_update, [tf.constant(0, tf.int64)])
+                step_state.measured_update.assign(tf.where(measured, end, tf.zeros_like(end)))
+            unmeasured = lengths[s]
+            if measured_step is not None:
+                unmeasured -= tf.cast(measured, tf.int64)
+            tf.while_loop(lambda i: i < unmeasured, one_update, [tf.constant(0, tf.int64)])
+            if measured_step is not None:
+                tf.cond(measured, measure_last, lambda: tf.constant(False))
             update = tf.cast(model.optimizer.iterations, tf.int64)
             rows = [r.write(s, tf.cond(mask[m], lambda read=read: read.read(update),
                                        read.zeros))

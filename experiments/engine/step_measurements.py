@@ -6,6 +6,8 @@ measurements (``measurement.Measurement``) read them only on the updates they lo
 the all-reduce). The noise-scale arithmetic itself is in ``noise_scale``.
 """
 
+import contextlib
+
 import tensorflow as tf
 
 from experiments.engine import noise_scale
@@ -61,6 +63,30 @@ class StepMeasurements:
         # The averages' horizon (examples) set by what acts on them while training (the adaptive
         # batch, AdaScale): it then holds whatever horizon a measurement asks for.
         self.horizon_override = None
+        # Whether updates besides the measured ones are sampled (``noise_sample_every`` > 0),
+        # known when the step is traced: a step traced for the updates that are not measured
+        # then keeps the periodic test (``is_sampled``), else it has no noise-scale work at all.
+        self.samples_periodically = False
+        # What the step being traced is for (``tracing``): None, any update (it tests in the
+        # graph whether this one is measured); True, the measured update of a segment; False,
+        # an update that is not measured.
+        self.traced_kind = None
+
+    @contextlib.contextmanager
+    def tracing(self, measured):
+        """While a step is traced for measured updates only (``measured`` True) or for the
+        others only (False): that step has no test of ``measured_update`` and, on an update
+        that records nothing, none of the recording ops (``graph_calls.chunk_function``)."""
+        previous, self.traced_kind = self.traced_kind, measured
+        try:
+            yield
+        finally:
+            self.traced_kind = previous
+
+    def trace_key(self):
+        """What a step traced for a kind of update depends on besides the model: functions
+        traced with another key are traced again."""
+        return (self.sample_every_update, self.samples_periodically)
 
     def measure_every_update(self):
         """Has the step fill the norms on every update (a loop reading them after each one
@@ -84,6 +110,7 @@ class StepMeasurements:
             horizon_examples = self.horizon_override
         self.noise_horizon.assign(float(horizon_examples))
         self.noise_sample_every.assign(int(sample_every))
+        self.samples_periodically = int(sample_every) > 0
 
     def noise_scale_values(self, state=None, preconditioned=False):
         """``noise_scale.read_state`` of the state: the bias-corrected averages and the last raw
@@ -107,41 +134,59 @@ def record_gradient_norms(measurements, grads, replica, distributed):
     measurements.gradient_norm.assign(tf.norm(norms))
 
 
-def is_sampled(measurements, coming_update):
+def is_sampled(measurements, coming_update, measured=None):
     """Whether update ``coming_update`` feeds the noise scale: every ``noise_sample_every``
     updates, and every update the loop measures (so that each logged noise-scale point has the
-    raw estimates of its own update)."""
+    raw estimates of its own update). A bool tensor, or a Python bool where the step's kind
+    decides it when traced (``measured``: ``StepMeasurements.traced_kind``): True on a
+    measured update, on every update with ``sample_every_update``, and False on an update that
+    is not measured when only measured updates are sampled."""
     m = measurements
-    if m.sample_every_update:
-        return tf.constant(True)
+    if m.sample_every_update or measured:
+        return True
+    if measured is False and not m.samples_periodically:
+        return False
     every = m.noise_sample_every
-    wanted = m.measured_update
     periodic = tf.logical_and(every > 0, tf.equal(coming_update % tf.maximum(every, 1), 0))
-    measured = tf.logical_or(tf.equal(coming_update, wanted), tf.equal(wanted, EVERY_UPDATE))
-    return tf.logical_or(periodic, measured)
+    if measured is False:
+        return periodic
+    wanted = m.measured_update
+    return tf.logical_or(periodic, tf.logical_or(tf.equal(coming_update, wanted),
+                                                 tf.equal(wanted, EVERY_UPDATE)))
+
+
+def when(condition, branch, otherwise):
+    """``branch()`` if ``condition`` is True, ``otherwise()`` if False, else (a bool tensor)
+    ``tf.cond``: a step whose kind decides (``is_sampled``) has no conditional at all."""
+    if condition is True or condition is False:
+        return branch() if condition else otherwise()
+    return tf.cond(condition, branch, otherwise)
 
 
 def record(measurements, step, grads, data_grads, pieces_sq, num_pieces, num_rows):
     """Fills ``measurements`` for this update: the noise scale on sampled updates, the gradient
     norms (and the ``before_update_hooks``) on the update the loop measures.
 
-    On one device each part sits in a ``tf.cond``, so an update that records nothing costs two
-    scalar comparisons. Under a distribution strategy every update records (the values of the
-    noise scale still change on sampled updates only): all-reduces and the cross-replica writes of
-    ``ONLY_FIRST_REPLICA`` variables cannot run inside a ``tf.cond`` there.
+    A step traced for one kind of update (``step.measured`` True or False) records what that
+    kind records, with no test. A step for any update (``step.measured`` None) tests in the
+    graph: on one device each part sits in a ``tf.cond``, whose untaken branch still costs its
+    ops' dispatch on every update (BUILD.md, "Stop 33"); under a distribution strategy every
+    update records (the values of the noise scale still change on sampled updates only):
+    all-reduces and the cross-replica writes of ``ONLY_FIRST_REPLICA`` variables cannot run
+    inside a ``tf.cond`` there.
     """
     gated = not tf.distribute.has_strategy()
-    if step.track_noise:
+    if step.track_noise and step.sampled is not False:
         def noise():
             noise_scale.record(measurements, step, pieces_sq, grads, data_grads, num_pieces,
                                num_rows)
             return tf.constant(True)
 
         if gated:
-            tf.cond(step.sampled, noise, lambda: tf.constant(False))
+            when(step.sampled, noise, lambda: tf.constant(False))
         else:
             noise()
-    if not step.records_norms:
+    if not step.records_norms or step.measured is False:
         return
 
     def measured():
@@ -150,7 +195,7 @@ def record(measurements, step, grads, data_grads, pieces_sq, num_pieces, num_row
         record_gradient_norms(measurements, grads, step.replica, step.distributed)
         return tf.constant(True)
 
-    if gated:
+    if gated and step.measured is None:
         wanted = measurements.measured_update
         tf.cond(tf.logical_or(tf.equal(step.coming_update, wanted),
                               tf.equal(wanted, EVERY_UPDATE)), measured,

@@ -204,8 +204,9 @@ class VirtualBatchModel(keras.Model):
         distributed = replica is not None and num_replicas > 1
         coming = tf.cast(self.optimizer.iterations, tf.int64) + 1
         sampled = preconditioner = None
+        kind = self.measurements.traced_kind
         if self._track_gradient_noise:
-            sampled = is_sampled(self.measurements, coming)
+            sampled = is_sampled(self.measurements, coming, kind)
             preconditioner = noise_scale.diagonal_preconditioner(self.optimizer, variables)
         global_rows = None
         if self._has_call_losses:  # call-time losses are weighted by rows / global rows
@@ -219,7 +220,7 @@ class VirtualBatchModel(keras.Model):
             has_call_losses=self._has_call_losses, track_noise=self._track_gradient_noise,
             sampled=sampled, preconditioner=preconditioner, coming_update=coming,
             records_norms=self.measures_gradient_norms,
-            global_rows=global_rows)
+            global_rows=global_rows, measured=kind)
 
 
 def as_virtual_batch_model(model, micro_batch_size=None, track_gradient_noise=False,
