@@ -5,7 +5,8 @@ batchlab's ``VirtualBatchModel`` stores, after every update, the norm of the app
 (``model.measurements.variable_gradient_norms``, in the order of ``model.trainable_variables``).
 This callback publishes them every ``every_n_updates`` updates, keyed by the update count:
 
-- ``gradients/global_norm``: norm of the whole applied gradient (data loss + regularizers);
+- ``gradients/global_norm``: norm of the whole applied gradient (data loss + regularizers;
+  before the optimizer's clipping, if it clips);
 - ``gradients/layer/<NN_layer>``: norm of each layer's part (its variables' norms combined),
   named by position and layer name (``layer_groups``), e.g. ``gradients/layer/01_dense``;
 - ``update_ratio/global`` and ``update_ratio/layer/<NN_layer>``: ||w_after - w_before|| /

@@ -143,6 +143,11 @@ def test_noise_state_is_fed_only_on_sampled_updates_with_two_pieces():
     single = noise_scale.read_state(step(state, 6, 9.0, defined=False).numpy())
     assert single["averages"]["trace_sigma"] == pytest.approx(expected)
     assert single["sampled"] == 3 and single["count"] == 2 and single["raw_update"] == 6
+    # A non-finite sample is the last raw one, but the averages go on without it (once in an
+    # average, a NaN stayed there for the rest of the run).
+    broken = noise_scale.read_state(step(state, 6, float("nan")).numpy())
+    assert np.isnan(broken["raw"]["trace_sigma"]) and broken["count"] == 2
+    assert broken["averages"]["trace_sigma"] == pytest.approx(expected)
 
 
 @pytest.mark.parametrize("make", [

@@ -345,7 +345,10 @@ def test_under_mirrored_strategy_the_decided_stages_train_as_on_one_device(tmp_p
     (["adaptive_batch_size.scale = 0"], "adaptive_batch_size.scale=0 must be a number > 0"),
     (["adaptive_batch_size.scale = -1.5"], "adaptive_batch_size.scale=-1.5"),
     (["adaptive_batch_size.max_batch_size = 250"],
-     "adaptive_batch_size.max_batch_size=250 is not a multiple of the micro-batch b=16"),
+     "adaptive_batch_size.max_batch_size=250 is not a multiple of the micro-batch b=16.*"
+     r"\(e.g. 240 or 256\)"),
+    (["adaptive_batch_size.max_batch_size = 8"],  # below B: said so, not "8 or 16"
+     "adaptive_batch_size.max_batch_size=8 is smaller than the starting batch"),
     (["adaptive_batch_size.max_batch_size = 4992"], "larger than the 1438 training"),
     (["fit.loop = 'keras'"], "fit.loop = 'keras' cannot train with train.batch_size_schedule = "
                              "@adaptive_batch_size"),

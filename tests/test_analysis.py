@@ -285,3 +285,16 @@ def test_b_simple_is_read_where_each_best_run_reached_the_target():
     without = [dict(r, b_simple_curve=None) for r in records]
     # a value at the end of training is not one at the target: none is given
     assert summarize(without, target=0.95)["b_simple"] is None
+
+
+def test_a_batch_that_changed_and_came_back_is_labelled_as_changed():
+    """An adaptive run that went 16 -> 40 -> 16 is not a run at B = 16 in the tables."""
+    from experiments.analysis.tables import batch_label
+    assert batch_label({"batch_size": 16}) == 16
+    assert batch_label({"batch_size": 16, "final_batch_size": 48,
+                        "batch_size_stages": [{"batch_size": 16}, {"batch_size": 48}]}) == "16->48"
+    assert batch_label({"batch_size": 16, "final_batch_size": 16,
+                        "batch_size_stages": [{"batch_size": 16}, {"batch_size": 40},
+                                              {"batch_size": 16}]}) == "16->16"
+    assert batch_label({"batch_size": 16, "final_batch_size": 16,
+                        "batch_size_stages": [{"batch_size": 16}]}) == 16

@@ -162,3 +162,49 @@ def test_the_clock_times_calls_after_the_first_and_counts_a_ragged_last_update()
     summary = clock.summary()
     assert summary["examples_per_sec"] == pytest.approx(35 / summary["train_seconds"])
     assert micro_batch_finder.probe_epochs(4, updates_per_epoch=5) == 3
+
+
+def test_candidates_suit_every_batch_the_schedule_reaches():
+    """A schedule changes k, not b: b divides every stage's B (B = 24 then 40: b = 24 or 12
+    would be refused by the run at its second stage), and an adaptive batch starts at k >= 2
+    with a b that divides B_max."""
+    from types import SimpleNamespace
+    from experiments.inputs.adaptive_batch import adaptive_batch_size
+    from experiments.inputs.batch_schedule import batch_size_schedule
+
+    staged = SimpleNamespace(batch_size=24, batch_size_schedule=batch_size_schedule(
+        boundaries=[2], batch_sizes=[40]))
+    assert micro_batch_finder.reachable_batch_sizes(staged) == ((40,), False)
+    assert micro_batch_finder.candidates(24, 1, (40,)) == [1, 2, 4, 8]
+    adaptive = SimpleNamespace(batch_size=16, batch_size_schedule=adaptive_batch_size(
+        max_batch_size=512))
+    sizes, two_pieces = micro_batch_finder.reachable_batch_sizes(adaptive)
+    assert (sizes, two_pieces) == ((512,), True)
+    assert micro_batch_finder.candidates(16, 4, sizes, two_pieces) == [4, 8]  # not 16: k = 1
+    prober = _Known(1.0)
+    best, probes = micro_batch_finder.choose(prober, 24, budget_mb=1000.0, smallest=2,
+                                             sizes=(40,))
+    assert prober.seen == [2, 4, 8] and best.micro_batch_size == 8
+    assert best.num_micro_batches == 5  # measured at the largest B, 40
+    report = micro_batch_finder.format_report(best, probes, 24, 1000.0, 40)
+    assert "Measured at B = 40" in report and "train.micro_batch_size = 8" in report
+    with pytest.raises(ValueError, match="No micro-batch b suits train.batch_size=1 "):
+        micro_batch_finder.choose(_Known(1.0), 1, budget_mb=1000.0, sizes=(512,),
+                                  two_pieces=True)
+    with pytest.raises(ValueError, match="above every micro-batch that suits train.batch_size=24 "
+                                         "and the schedule's 40: none to probe"):
+        micro_batch_finder.choose(_Known(1.0), 24, budget_mb=1000.0, smallest=12, sizes=(40,))
+
+
+@pytest.mark.slow
+def test_a_probe_the_run_refuses_gives_the_runs_own_message(tmp_path):
+    """A configuration the run itself refuses (here B larger than the data) is the probe's
+    refusal in one line, not a traceback of the finder."""
+    config = tmp_path / "digits.gin"
+    config.write_text("include 'gin/experiments/digits_mlp.gin'\n"
+                      "include 'gin/tools/find_micro_batch.gin'\n"
+                      "train.batch_size = 4096\nfind_micro_batch.updates = 1\n")
+    prober = micro_batch_finder.ProcessProber(str(config))
+    with pytest.raises(ValueError, match="the probe at b = 64 was refused: train.batch_size=4096 "
+                                         "is larger than the"):
+        prober.measure(64)

@@ -2,9 +2,12 @@
 
 
 def batch_label(result):
-    """The run's batch size; ``16->48`` when a schedule or the adaptive batch changed it."""
+    """The run's batch size; ``16->48`` when a schedule or the adaptive batch changed it, also
+    when it came back to where it started (``16->16``: an adaptive batch that grew and shrank
+    is not a run at one batch size)."""
     first, final = result.get("batch_size"), result.get("final_batch_size")
-    if first is None or final is None or final == first:
+    stages = result.get("batch_size_stages") or ()
+    if first is None or final is None or (final == first and len(stages) < 2):
         return first
     return f"{first}->{final}"
 

@@ -427,8 +427,10 @@ class CustomLoop:
 
     def _evaluate_by_batch(self, dataset, callbacks):
         distributed = self._distribute(dataset)
-        test = self._function(self._test_functions, self.model.test_step,
-                              distributed.element_spec)
+        step = self.model.test_step
+        if self.strategy.num_replicas_in_sync > 1:  # the loss of each batch, not per replica
+            step = self.model.replicated_test_step
+        test = self._function(self._test_functions, step, distributed.element_spec)
         logs = {}
         for step, batch in enumerate(distributed):
             callbacks.on_test_batch_begin(step)

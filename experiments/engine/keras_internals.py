@@ -278,6 +278,20 @@ def second_moments(optimizer, variables):
                          averages)
 
 
+CLIPPING = ("clipnorm", "global_clipnorm", "clipvalue")
+
+
+def clips_gradients(optimizer):
+    """Whether the optimizer clips the gradients it applies (``clipnorm``, ``global_clipnorm``
+    or ``clipvalue``)."""
+    return any(getattr(optimizer, name, None) for name in CLIPPING)
+
+
+def clip_gradients(optimizer, grads):
+    """The optimizer's own clipping of ``grads`` (``_clip_gradients``: what ``apply`` does)."""
+    return optimizer._clip_gradients(list(grads))
+
+
 def learning_rate_object(optimizer):
     """The optimizer's learning rate as given: its variable, schedule or callable."""
     return optimizer._learning_rate

@@ -151,7 +151,10 @@ def next_state(state, horizon, update, raw, rows, pieces, defined, sampled):
     # The first sample stands for every example since the start (or the reset): LAST_UPDATE 0.
     gap = tf.maximum(update - state[LAST_UPDATE], 1.0)
     decay, weight = decay_for(gap * rows, horizon)
-    feed = tf.logical_and(sampled, defined)
+    # A non-finite sample (overflowing squared norms) is kept as the last raw one but feeds no
+    # average: once in an average it would stay there for the rest of the run.
+    feed = tf.logical_and(tf.logical_and(sampled, defined),
+                          tf.reduce_all(tf.math.is_finite(raw)))
     averages = tf.where(feed, decay * state[:5] + weight * raw, state[:5])
     bookkeeping = tf.where(feed, tf.stack([decay * state[WEIGHT] + weight, state[COUNT] + 1.0,
                                            update]),

@@ -9,6 +9,7 @@ from evaluation. These functions do that; ``callbacks.reset_states`` wraps them 
 import contextlib
 
 import keras
+import tensorflow as tf
 
 from experiments.engine import keras_internals
 
@@ -25,6 +26,33 @@ def stateful_layers(model):
 
 def has_batch_normalization(model):
     return any(isinstance(layer, keras.layers.BatchNormalization) for layer in layers(model))
+
+
+def batch_normalization_statistics(model):
+    """The moving means and variances of the BatchNormalization layers that update them in
+    training (trainable, not synchronized: a synchronized layer's are equal on every replica)."""
+    return [variable for layer in layers(model)
+            if isinstance(layer, keras.layers.BatchNormalization) and layer.trainable
+            and not getattr(layer, "synchronized", False)
+            for variable in (layer.moving_mean, layer.moving_variance)]
+
+
+def average_over_replicas(variables, num_rows):
+    """Graph code in a replica context: each of ``variables`` set to its mean over the replicas
+    that were handed rows (``num_rows`` > 0) this update. Keras 3 keeps one copy of a
+    BatchNormalization moving average per replica, each updated from its own rows; without this
+    the copies drift apart, a checkpoint keeps the first replica's, and validation differs by
+    replica. A mean of the replicas' moving averages is the moving average of their batch
+    statistics' mean (tf.keras averaged the copies when read). Nothing on one replica."""
+    replica = tf.distribute.get_replica_context()
+    if not variables or replica is None or replica.num_replicas_in_sync < 2:
+        return
+    had_rows = tf.cast(num_rows > 0, tf.float32)
+    values = [tf.cast(tf.convert_to_tensor(v), tf.float32) * had_rows for v in variables]
+    sums = replica.all_reduce("sum", values + [had_rows])
+    count = tf.maximum(sums[-1], 1.0)
+    for variable, total in zip(variables, sums[:-1]):
+        variable.assign(tf.cast(total / count, variable.dtype))
 
 
 def state_variables(model):

@@ -58,6 +58,15 @@ class VirtualBatchModel(keras.Model):
                 for layer in states.layers(self))
         self._has_call_losses = bool(has_call_losses)
         self.measurements = StepMeasurements(len(self.trainable_variables))
+        replicas = self.distribute_strategy.num_replicas_in_sync
+        if replicas > 1 and states.batch_normalization_statistics(self):
+            logging.warning(
+                "The model has BatchNormalization and trains on %d replicas: each replica "
+                "normalises its rows with their own statistics (as in data-parallel training "
+                "without synchronized BatchNormalization), and the moving averages are averaged "
+                "over the replicas that had rows after every update. BatchNormalization("
+                "synchronized=True) normalises with the whole batch's statistics instead.",
+                replicas)
         if micro_batch_size is not None and states.has_batch_normalization(self):
             logging.warning(
                 "The model has BatchNormalization and each virtual batch is split into "
@@ -143,11 +152,27 @@ class VirtualBatchModel(keras.Model):
         scaling = self.learning_rate_scaling
         if scaling is not None:  # AdaScale: this update's gain, from its own noise sample
             scaling.before_update(self.measurements)
-        self.optimizer.apply(grads, self.trainable_variables)
+        self._apply(grads)
         if scaling is not None:
             scaling.after_update()
+        states.average_over_replicas(states.batch_normalization_statistics(self), num_rows)
         keras_internals.loss_tracker(self).update_state(loss, sample_weight=num_rows)
         return self.get_metrics_result()
+
+    def _apply(self, grads):
+        """``optimizer.apply`` of this replica's share of the gradient. The optimizer sums the
+        shares over replicas after its clipping, so under several replicas a clipping optimizer
+        would clip each share, not the gradient of the batch (an update up to R times the clip):
+        there the step sums the shares and clips the sum as the optimizer would; each replica
+        then hands the optimizer 1/R of it, which its clipping leaves as it is (a norm or value
+        within the clip stays; the settings are not changed: the replicas trace concurrently)."""
+        optimizer, variables = self.optimizer, self.trainable_variables
+        replica = tf.distribute.get_replica_context()
+        replicas = replica.num_replicas_in_sync if replica is not None else 1
+        if replicas > 1 and keras_internals.clips_gradients(optimizer):
+            clipped = keras_internals.clip_gradients(optimizer, replica.all_reduce("sum", grads))
+            grads = [g / replicas for g in clipped]
+        optimizer.apply(grads, variables)
 
     def evaluate(self, x=None, y=None, batch_size=None, verbose="auto", sample_weight=None,
                  steps=None, callbacks=None, return_dict=False, **kwargs):
@@ -164,6 +189,36 @@ class VirtualBatchModel(keras.Model):
         return loop.evaluate(x, y, batch_size=batch_size, sample_weight=sample_weight,
                              steps=steps, return_dict=return_dict)
 
+    def replicated_test_step(self, data):
+        """``test_step`` for one batch spread over several replicas: the loss Keras' own
+        ``test_step`` gives on the whole batch on one device (a masked or weighted mean over its
+        rows: one all-reduce of each replica's numerator, denominator and call-time losses,
+        as the train step does; weight regularizers' penalty once), where Keras' step on each
+        replica gives that replica's mean and the loop's read averages them by rows. The metrics
+        are Keras' (sums over every replica's rows)."""
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        first = next(t for t in tf.nest.flatten(x) if t is not None)
+        rows = tf.cast(tf.shape(first)[0], tf.float32)
+        if not hasattr(self, "_loss_terms"):
+            self._loss_terms = loss_terms.LossTerms(self.loss)
+        terms = self._loss_terms
+        y_pred = self(x, training=False)
+        numerator, denominator = terms(y, y_pred, sample_weight)
+        forward = keras_internals.forward_pass_losses(self)
+        call_term = tf.add_n([tf.cast(c, tf.float32) for c in forward]) * rows if forward \
+            else tf.zeros((), tf.float32)
+        totals = tf.distribute.get_replica_context().all_reduce("sum", tf.stack([
+            tf.cast(numerator, tf.float32), tf.cast(denominator, tf.float32), call_term, rows]))
+        denominator = tf.ones(()) if terms.sums_only else tf.where(
+            totals[1] > 0, totals[1], tf.ones(()))
+        loss = totals[0] / denominator + totals[2] / tf.maximum(totals[3], 1.0)
+        penalties = [tf.cast(v.regularizer(v), tf.float32) for v in self.trainable_variables
+                     if getattr(v, "regularizer", None) is not None]
+        if penalties:
+            loss += tf.add_n(penalties)
+        keras_internals.loss_tracker(self).update_state(loss, sample_weight=rows)
+        accumulation.update_metrics(self, x, y, y_pred, sample_weight)
+
     # -- The update ------------------------------------------------------------------------------
     def virtual_batch_gradients(self, data):
         """Returns (replica-local gradients, virtual-batch loss, local row count).
@@ -177,6 +232,11 @@ class VirtualBatchModel(keras.Model):
         num_rows = tf.shape(first)[0]
         ctx = self._step_context(num_rows)
         split = self.time_window or self.micro_batch_size
+        if split is None and ctx.distributed and states.batch_normalization_statistics(self):
+            # A replica may be handed no rows (a ragged last batch over R replicas): a pass over
+            # 0 rows feeds NaN batch statistics to BatchNormalization; the loop runs no pass.
+            # (Synchronized layers are not listed: their all-reduce cannot run in the loop.)
+            split = num_rows
         if split is None and not ctx.has_call_losses:
             grads, loss, micro_sq = accumulation.single_pass(self, ctx, x, y, sample_weight,
                                                              num_rows)

@@ -243,15 +243,15 @@ def _adaptive_arrays(layout, data, settings):
     starting at or below it."""
     micro = layout.micro_batch_size or layout.batch_size
     largest = settings.max_batch_size
+    if largest < layout.batch_size:
+        raise ValueError(f"adaptive_batch_size.max_batch_size={largest} is smaller than the "
+                         f"starting batch train.batch_size={layout.batch_size}.")
     if largest % micro:
         raise ValueError(
             f"adaptive_batch_size.max_batch_size={largest} is not a multiple of the micro-batch "
             f"b={micro} (train.micro_batch_size, or train.batch_size when unset): the batch "
-            f"changes k, the micro-batches of an update, not b (e.g. {micro * max(largest // micro, 1)}"
+            f"changes k, the micro-batches of an update, not b (e.g. {micro * (largest // micro)}"
             f" or {micro * (largest // micro + 1)}).")
-    if largest < layout.batch_size:
-        raise ValueError(f"adaptive_batch_size.max_batch_size={largest} is smaller than the "
-                         f"starting batch train.batch_size={layout.batch_size}.")
     if largest > data.num_train:
         raise ValueError(f"adaptive_batch_size.max_batch_size={largest} is larger than the "
                          f"{data.num_train} training examples of '{data.name}'.")

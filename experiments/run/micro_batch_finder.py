@@ -131,40 +131,70 @@ def divisors(batch_size):
     return [b for b in range(1, batch_size + 1) if batch_size % b == 0]
 
 
-def candidates(batch_size, smallest=1):
-    """The divisors of B from ``smallest`` up (tiny b are never the answer and cost time)."""
-    return [b for b in divisors(batch_size) if b >= smallest]
+def candidates(batch_size, smallest=1, sizes=(), two_pieces=False):
+    """The divisors of B from ``smallest`` up (tiny b are never the answer and cost time) that
+    also divide every other B in ``sizes`` (a schedule's stages, an adaptive batch's B_max: a
+    schedule changes k, not b); ``two_pieces``: with at least two micro-batches at B (an
+    adaptive batch measures its noise from the first update)."""
+    return [b for b in divisors(batch_size) if b >= smallest
+            and all(size % b == 0 for size in sizes) and not (two_pieces and b * 2 > batch_size)]
 
 
-def find(prober, batch_size, budget_mb=None, smallest=1):
-    """Probes b = divisors of B from ``smallest`` up; returns (best Probe or None, all probes).
+def reachable_batch_sizes(data_settings):
+    """(every B the run trains at or may reach besides its first, whether it needs k >= 2 at
+    the start): a schedule's stages, or an adaptive batch's B_max (``train.batch_size_schedule``);
+    read from the bindings, before any data is loaded."""
+    schedule, batch_size = data_settings.batch_size_schedule, data_settings.batch_size
+    if schedule is None:
+        return (), False
+    if hasattr(schedule, "max_batch_size"):  # @adaptive_batch_size()
+        return (int(schedule.max_batch_size),), True
+    return tuple(int(size) for size in schedule.stage_sizes(batch_size)[1:]), False
+
+
+def find(prober, batch_size, budget_mb=None, smallest=1, sizes=(), two_pieces=False):
+    """Probes the ``candidates`` from ``smallest`` up at the largest B (``batch_size`` and
+    ``sizes``); returns (best Probe or None, all probes).
 
     ``prober.measure(b)`` gives (peak MiB, examples/s) or raises ``ResourceExhaustedError``.
     Stops at the first b that does not fit: out of memory on a GPU, above ``budget_mb`` on CPU.
     """
     probes, best = [], None
-    for micro in candidates(batch_size, smallest):
+    largest = max((batch_size,) + tuple(sizes))
+    for micro in candidates(batch_size, smallest, sizes, two_pieces):
         try:
             peak, speed = prober.measure(micro)
         except tf.errors.ResourceExhaustedError:
-            probes.append(Probe(micro, batch_size // micro, float("nan"), 0.0, False))
+            probes.append(Probe(micro, largest // micro, float("nan"), 0.0, False))
             break
         fits = budget_mb is None or peak <= budget_mb
-        probes.append(Probe(micro, batch_size // micro, peak, speed, fits))
+        probes.append(Probe(micro, largest // micro, peak, speed, fits))
         if not fits:
             break
         best = probes[-1]
     return best, probes
 
 
-def choose(prober, batch_size, budget_mb, smallest=1):
+def choose(prober, batch_size, budget_mb, smallest=1, sizes=(), two_pieces=False):
     """``find``, and a clear error naming the binding when there is nothing to probe or not even
     the smallest b fits."""
-    if not candidates(batch_size, smallest):
-        raise ValueError(f"find_micro_batch.smallest={smallest} is above train.batch_size="
-                         f"{batch_size}: no divisor of B to probe (they are "
-                         f"{', '.join(map(str, divisors(batch_size)))}).")
-    best, probes = find(prober, batch_size, budget_mb, smallest)
+    if not candidates(batch_size, smallest, sizes, two_pieces):
+        valid = candidates(batch_size, 1, sizes, two_pieces)
+        if not valid:
+            raise ValueError(
+                f"No micro-batch b suits train.batch_size={batch_size} and the batch sizes the "
+                f"schedule reaches ({', '.join(map(str, sizes))}): b must divide each of them"
+                + (" and leave k >= 2 at the start (@adaptive_batch_size())"
+                   if two_pieces else "") + ".")
+        if not sizes:
+            raise ValueError(f"find_micro_batch.smallest={smallest} is above train.batch_size="
+                             f"{batch_size}: no divisor of B to probe (they are "
+                             f"{', '.join(map(str, valid))}).")
+        raise ValueError(f"find_micro_batch.smallest={smallest} is above every micro-batch "
+                         f"that suits train.batch_size={batch_size} and the schedule's "
+                         f"{', '.join(map(str, sizes))}: none to probe (they are "
+                         f"{', '.join(map(str, valid))}).")
+    best, probes = find(prober, batch_size, budget_mb, smallest, sizes, two_pieces)
     if best is None and probes and budget_mb is not None:
         raise ValueError(f"find_micro_batch.budget_mb={budget_mb:g} is below what the probe at "
                          f"b = {probes[0].micro_batch_size} peaked at: {probes[0].peak_mb:.1f} MiB "
@@ -172,9 +202,14 @@ def choose(prober, batch_size, budget_mb, smallest=1):
     return best, probes
 
 
-def format_report(best, probes, batch_size, budget_mb):
-    """The table of probes and the bindings to paste."""
-    lines = ["| b | k | peak memory (MiB) | examples/s | fits |", "|---|---|---|---|---|"]
+def format_report(best, probes, batch_size, budget_mb, largest=None):
+    """The table of probes and the bindings to paste; ``largest``: the largest B the run
+    reaches (its schedule's), where the probes measured."""
+    lines = []
+    if largest is not None and largest != batch_size:
+        lines.append(f"Measured at B = {largest}, the largest batch the schedule reaches (the "
+                     "peak grows with B); k is the micro-batches of that B.\n")
+    lines += ["| b | k | peak memory (MiB) | examples/s | fits |", "|---|---|---|---|---|"]
     for p in probes:
         lines.append(f"| {p.micro_batch_size} | {p.num_micro_batches} | {p.peak_mb:.1f} | "
                      f"{p.examples_per_sec:.0f} | {'yes' if p.fits else 'no'} |")
@@ -203,12 +238,14 @@ def run(run_settings, config_text, run_mode):
         raise ValueError("find_micro_batch.budget_mb is required on CPU (the peak resident memory "
                          "allowed, MiB); on a GPU the device's memory is the budget.")
     budget_mb = None if gpu else finder.budget_mb
+    sizes, two_pieces = reachable_batch_sizes(run_settings.data)
     with tempfile.TemporaryDirectory() as scratch:
         config = os.path.join(scratch, "run.gin")
         with open(config, "w", encoding="utf-8") as handle:
             handle.write(config_text)
-        best, probes = choose(ProcessProber(config), batch_size, budget_mb, finder.smallest)
-    report = format_report(best, probes, batch_size, budget_mb)
+        best, probes = choose(ProcessProber(config), batch_size, budget_mb, finder.smallest,
+                              sizes, two_pieces)
+    report = format_report(best, probes, batch_size, budget_mb, max((batch_size,) + sizes))
     print(report)
     return {"micro_batch_size": best.micro_batch_size if best else None,
             "probes": [dataclasses.asdict(p) for p in probes], "report": report}
@@ -240,6 +277,11 @@ class ProcessProber:
                                      cwd=paths.REPO_ROOT, check=False,
                                      env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
             if not os.path.exists(result_file):
+                refused = [line for line in process.stderr.splitlines()
+                           if line.startswith("batchlab: ") and "error: " in line]
+                if refused:  # the run's configuration, refused as a run would refuse it
+                    raise ValueError(f"the probe at b = {micro} was refused: "
+                                     f"{refused[-1].split('error: ', 1)[1]}")
                 raise RuntimeError(f"The probe at b = {micro} failed (exit status "
                                    f"{process.returncode}):\n{process.stderr[-2000:]}")
             result = ProbeResult.read(result_file)
@@ -252,7 +294,9 @@ def probe_here(run_settings, run_mode):
     """One probe in this process, at b = ``find_micro_batch.probe``; its ``ProbeResult`` goes to
     ``find_micro_batch.result_file`` when given, and is returned as a dict."""
     finder = run_mode.finder
-    micro, batch_size = finder.probe, run_settings.data.batch_size
+    micro = finder.probe
+    batch_size = max((run_settings.data.batch_size,)
+                     + reachable_batch_sizes(run_settings.data)[0])
     if batch_size % micro:
         raise ValueError(f"find_micro_batch.probe={micro} does not divide train.batch_size="
                          f"{batch_size}.")
@@ -266,9 +310,12 @@ def probe_here(run_settings, run_mode):
 
 
 def probe_settings(run_settings, micro):
-    """The run's settings at b = ``micro``: B as bound (a batch-size schedule's first stage),
-    nothing printed, no callbacks of the user's (they may write files)."""
-    data = dataclasses.replace(run_settings.data, micro_batch_size=micro, batch_size_schedule=None)
+    """The run's settings at b = ``micro``: at the largest B the run reaches (a batch-size
+    schedule's last stage, an adaptive batch's B_max: the input pipeline holds B rows, and the
+    memory with them), nothing printed, no callbacks of the user's (they may write files)."""
+    largest = max((run_settings.data.batch_size,) + reachable_batch_sizes(run_settings.data)[0])
+    data = dataclasses.replace(run_settings.data, micro_batch_size=micro, batch_size=largest,
+                               batch_size_schedule=None)
     model = dataclasses.replace(run_settings.model, learning_rate_scaling=None)
     return dataclasses.replace(run_settings, data=data, model=model, extra_callbacks=(),
                                verbose=0)
