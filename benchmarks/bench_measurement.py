@@ -1,6 +1,6 @@
 """Cost of the TensorBoard measurements: time per epoch with all of them on vs all off.
 
-    python benchmarks/bench_measurement.py [--epochs 5] [--repeats 6] [--setups NAME ...]
+    python benchmarks/bench_measurement.py [--epochs N] [--repeats 10] [--setups NAME ...]
 
 Each setup is trained through the real runner (``experiments.run.runner.train``), as a user runs it,
 in this process: an "off" run (``measurements.enabled = []``) and an "on" run form a pair, trained
@@ -9,17 +9,19 @@ a time; which arm goes first alternates from pair to pair), so that the two epoc
 some tens of milliseconds apart and a slower stretch of this shared machine slows both. "On" is
 the default set (``measurements.DEFAULT``: gradient norms and update ratios, generalization gap,
 distance from init, throughput, and the gradient noise scale when k > 1), logged every
-``measurements.every_n_updates`` = ``--every`` updates. Keskar sharpness (opt-in, once at the end of
-training) runs after the last epoch of the first "on" run and is reported in its own column: it is
-not part of any epoch.
+``measurements.every_n_updates`` = ``--every`` updates (default: the runs' default, 25).
+Keskar sharpness (opt-in, once at the end of training) runs after the last epoch of the first
+"on" run and is reported in its own column: it is not part of any epoch.
 
 The time of an epoch is taken by a callback placed after every measurement, from its start to the
 end of the last measurement's epoch-end work (validation included, as in every epoch a user
 waits for); the first epoch of each run (tracing) is dropped. Per pair: the median over its epochs
 of on / off (wall time, and process CPU time: all threads, which also counts TensorFlow's worker
 threads spinning while they wait) and of on - off in milliseconds (the fixed part of the cost).
-Reported: the median over pairs, with the order-statistic interval of that median (at least 95%;
-with six pairs their whole range, 96.9%). Targets (printed with met / not met / unclear): at most 5%
+Reported: the median over pairs, with the order-statistic interval of that median (at least 95%:
+with the default ten pairs, their 2nd to 9th values, 97.9%; with six, their whole range). Each
+run trains 12 epochs on the digits MLP and 6 on the reference setups (``--epochs`` sets one
+number for all). Targets (printed with met / not met / unclear): at most 5%
 overhead per epoch on the reference setups, at most 25% on the digits MLP; "met" needs both
 intervals (wall and CPU) within the limit.
 
@@ -42,6 +44,7 @@ Prints a markdown table.
 
 import argparse
 import collections
+import inspect
 import os
 import statistics
 import sys
@@ -63,6 +66,10 @@ from experiments.run import measurements as measurements_lib  # noqa: E402
 from experiments.run import runner  # noqa: E402
 from callbacks import summary_writer  # noqa: E402
 
+# The runs' default logging cadence (``measurements.every_n_updates``): the default set is
+# measured at the cadence a run gets without binding it.
+DEFAULT_EVERY = inspect.signature(
+    measurements_lib.measurement_settings).parameters["every_n_updates"].default
 DEFAULT_SET = ("@measurements.gradient_norms, @measurements.generalization_gap, "
                "@measurements.weight_distance, @measurements.gradient_noise_scale, "
                "@measurements.throughput")
@@ -313,6 +320,13 @@ def _start_and_join(alternation, timers, threads, results, train, files, binding
         thread.join()
 
 
+def default_epochs(name):
+    """Epochs per run of a setup (the first dropped): 12 on the digits MLP, whose 17-35 ms
+    epochs move by milliseconds with the machine (more epochs make each pair's median steadier),
+    6 on the reference setups (0.3-1.5 s epochs)."""
+    return 12 if name.startswith("smallest") else 6
+
+
 def paired_rows(setups, epochs, every, repeats, output_dir, without=()):
     """For each setup, ``repeats`` pairs (``run_pair``; the arm that goes first alternates):
     per pair the medians over its epochs of on / off (wall and CPU) and of on - off (ms); the
@@ -323,8 +337,9 @@ def paired_rows(setups, epochs, every, repeats, output_dir, without=()):
     for name, (files, bindings) in setups:
         wall, cpu, extra, off_ms, on_ms = [], [], [], [], []
         sharpness = None
+        setup_epochs = epochs or default_epochs(name)
         for repeat in range(repeats):
-            seconds, sharp = run_pair(files, bindings, sharpness is None, epochs, every,
+            seconds, sharp = run_pair(files, bindings, sharpness is None, setup_epochs, every,
                                       output_dir, on_first=repeat % 2 == 1, without=without)
             sharpness = sharp if sharp is not None else sharpness
             pairs = list(zip(seconds[False], seconds[True]))
@@ -337,7 +352,8 @@ def paired_rows(setups, epochs, every, repeats, output_dir, without=()):
                   f"(on / off {wall[-1]:.3f}, CPU {cpu[-1]:.3f})", file=sys.stderr, flush=True)
         rows.append(dict(name=name, off=statistics.median(off_ms), on=statistics.median(on_ms),
                          wall=_with_interval(wall), cpu=_with_interval(cpu),
-                         extra=_with_interval(extra), sharpness=sharpness, pairs=repeats))
+                         extra=_with_interval(extra), sharpness=sharpness, pairs=repeats,
+                         epochs=setup_epochs))
     return rows
 
 
@@ -356,16 +372,18 @@ def _interval_text(estimate, digits=3):
 
 def print_paired(rows, epochs, every):
     print(f"\nTime per epoch (validation included); each pair trains an \"off\" and an \"on\" "
-          f"run side by side, epoch by epoch, {epochs - 1} epochs after the first; per-update "
+          f"run side by side, epoch by epoch, the epochs after the first (column 'epochs': "
+          f"per run); per-update "
           f"measurements logged every {every} updates. Ratios and extra ms: the median over "
           f"pairs of each pair's median over its epochs, with the order-statistic interval of "
           f"that median over pairs (its level as a subscript).\n")
-    print("| setup | pairs | epoch ms, off | epoch ms, on | on / off | on / off, CPU time "
-          "| extra ms / epoch | sharpness s (once, at end) |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| setup | pairs | epochs | epoch ms, off | epoch ms, on | on / off | on / off, CPU "
+          "time | extra ms / epoch | sharpness s (once, at end) |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for row in rows:
         sharp = "-" if row["sharpness"] is None else f"{row['sharpness']:.2f}"
-        print(f"| {row['name']} | {row['pairs']} | {row['off']:.1f} | {row['on']:.1f} "
+        print(f"| {row['name']} | {row['pairs']} | {row['epochs']} | {row['off']:.1f} "
+              f"| {row['on']:.1f} "
               f"| {_interval_text(row['wall'])} | {_interval_text(row['cpu'])} "
               f"| {_interval_text(row['extra'], 1)} | {sharp} |")
     print("\n| target | setup | measured (on / off, wall and CPU) | met |")
@@ -434,14 +452,19 @@ def phase_table(setups, epochs, every, output_dir, without=(), repeats=1):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--epochs", type=int, default=5, help="per run; the first is dropped")
+    parser.add_argument("--epochs", type=int, default=None,
+                        help="per run; the first is dropped (default: 12 on the digits MLP, 6 "
+                             "on the reference setups; 5 with --sequential or --phases)")
     parser.add_argument("--repeats", type=int, default=None,
-                        help="pairs per setup (default 6), or with --sequential runs per arm "
-                             "(default 3)")
+                        help="pairs per setup (default 10: the interval of the median is then "
+                             "its 2nd to 9th order statistics, 97.9%%), or with --sequential "
+                             "runs per arm (default 3)")
     parser.add_argument("--sequential", action="store_true",
                         help="the earlier design: whole runs one after another, arms "
                              "interleaved, every epoch of an arm pooled (fastest epochs, medians)")
-    parser.add_argument("--every", type=int, default=10, help="measurements.every_n_updates")
+    parser.add_argument("--every", type=int, default=DEFAULT_EVERY,
+                        help="measurements.every_n_updates (default: the runs' default, "
+                             f"{DEFAULT_EVERY})")
     parser.add_argument("--setups", nargs="*", default=None,
                         help="setup names (or unique parts of them) to run; default: all")
     parser.add_argument("--without", nargs="*", default=(),
@@ -456,18 +479,19 @@ def main():
               if not args.setups or any(part in name for part in args.setups)]
     if args.phases:
         with tempfile.TemporaryDirectory() as output_dir:
-            phase_table(setups, args.epochs, args.every, output_dir, args.without,
+            phase_table(setups, args.epochs or 5, args.every, output_dir, args.without,
                         args.repeats or 1)
         return
     if not args.sequential:
         with tempfile.TemporaryDirectory() as output_dir:
-            rows = paired_rows(setups, args.epochs, args.every, args.repeats or 6, output_dir,
+            rows = paired_rows(setups, args.epochs, args.every, args.repeats or 10, output_dir,
                                args.without)
         if args.without:
             print(f"\n'On' without: {', '.join(args.without)}.")
         print_paired(rows, args.epochs, args.every)
         return
     args.repeats = args.repeats or 3
+    args.epochs = args.epochs or 5
     rows = []
     with tempfile.TemporaryDirectory() as output_dir:
         for name, (files, bindings) in setups:
