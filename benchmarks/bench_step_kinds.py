@@ -11,7 +11,7 @@ the step traced for the measured update on the last update of a segment that end
 (``graph_calls.chunk_function``, ``StepMeasurements.tracing``).
 
 This script builds, for one model, three chunk functions over the same iterator: "off" (no
-measurement), "one step" (the step testing every update: the earlier design) and "two steps"
+measurement, and a step without any measuring op), "one step" (the step testing every update: the earlier design) and "two steps"
 (today's), with the default per-update measurements (gradient norms with update ratios, distance
 from init, and the gradient noise scale when k > 1) read every 10 updates. It calls them in turn
 (the order rotating every round) on an epoch's updates with the segments the loop plans, and
@@ -88,7 +88,9 @@ def functions(setup):
     segments = (tf.constant(lengths, tf.int64), tf.constant(masks, tf.bool))
     strategy = loop.strategy
     designs = {
-        "off": (graph_calls.chunk_function(model, strategy, loop._step(None), iterator),
+        # No measurement: the step traced for unmeasured updates has no measuring op at all
+        # (traced for any update it would test the noise scale's sampling per micro-batch).
+        "off": (graph_calls.chunk_function(model, strategy, loop._step(False), iterator),
                 (tf.constant(steps, tf.int64),)),
         "one step": (graph_calls.chunk_function(model, strategy, loop._step(None), iterator,
                                                 measured), segments),

@@ -208,3 +208,18 @@ def test_a_probe_the_run_refuses_gives_the_runs_own_message(tmp_path):
     with pytest.raises(ValueError, match="the probe at b = 64 was refused: train.batch_size=4096 "
                                          "is larger than the"):
         prober.measure(64)
+
+
+def test_a_probe_killed_outright_does_not_fit(monkeypatch):
+    """The out-of-memory killer ends a probe with SIGKILL and no Python error: that b does not
+    fit (the finder used to end with a RuntimeError)."""
+    import signal
+    import subprocess
+
+    def killed(command, **kwargs):
+        return subprocess.CompletedProcess(command, -signal.SIGKILL, "", "")
+
+    monkeypatch.setattr(micro_batch_finder.subprocess, "run", killed)
+    prober = micro_batch_finder.ProcessProber("unused.gin")
+    best, probes = micro_batch_finder.find(prober, 64, budget_mb=None, smallest=64)
+    assert best is None and [(p.micro_batch_size, p.fits) for p in probes] == [(64, False)]

@@ -37,6 +37,7 @@ import dataclasses
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -266,7 +267,9 @@ class ProcessProber:
 
     def measure(self, micro):
         """(peak MiB, examples/s) of b = ``micro``; ``ResourceExhaustedError`` when it ran out of
-        memory; ``RuntimeError`` with the probe's stderr when it wrote no result."""
+        memory or was killed (SIGKILL: the out-of-memory killer); ``ValueError`` with the run's
+        message when the run's configuration was refused; ``RuntimeError`` with the probe's
+        stderr when it wrote no result otherwise."""
         with tempfile.TemporaryDirectory() as scratch:
             result_file = os.path.join(scratch, "probe.json")
             command = [sys.executable, os.path.join(paths.REPO_ROOT, "main.py"),
@@ -276,6 +279,11 @@ class ProcessProber:
             process = subprocess.run(command, capture_output=True, text=True,
                                      cwd=paths.REPO_ROOT, check=False,
                                      env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+            if not os.path.exists(result_file) and process.returncode == -signal.SIGKILL:
+                # Killed outright: the kernel's out-of-memory killer (or a cgroup's limit) ends
+                # a process that outgrows the machine without any Python error.
+                raise tf.errors.ResourceExhaustedError(
+                    None, None, f"b = {micro}: the probe was killed (out of memory?)")
             if not os.path.exists(result_file):
                 refused = [line for line in process.stderr.splitlines()
                            if line.startswith("batchlab: ") and "error: " in line]
