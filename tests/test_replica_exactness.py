@@ -94,6 +94,14 @@ SCRIPT = textwrap.dedent("""
     inner.set_weights(init)
     out["masked"] = [reference.evaluate(data, verbose=0, return_dict=True),
                      custom_loop.CustomLoop(model, strategy).evaluate(data, return_dict=True)]
+    try:  # synchronized BatchNormalization inside the micro-batch loop on several replicas
+        with strategy.scope():
+            virtual_batch_model.as_virtual_batch_model(keras.Sequential([
+                keras.Input((4,)), keras.layers.BatchNormalization(synchronized=True),
+                keras.layers.Dense(3)]), micro_batch_size=4)
+        out["synchronized_in_loop"] = None
+    except ValueError as error:
+        out["synchronized_in_loop"] = str(error)
     print(json.dumps(out))
 """)
 
@@ -136,3 +144,9 @@ def test_masked_validation_loss_is_the_batch_loss(measured):
     one_device, replicas = measured["masked"]
     for name, value in one_device.items():
         np.testing.assert_allclose(replicas[name], value, rtol=1e-5, err_msg=name)
+
+
+def test_synchronized_batch_normalization_in_the_micro_batch_loop_is_refused(measured):
+    """Its all-reduce cannot run inside the loop's tf.while_loop on several replicas (TensorFlow
+    failed at the first update with "merge_call called while defining a new graph")."""
+    assert "cannot run inside the micro-batch loop" in (measured["synchronized_in_loop"] or "")

@@ -59,6 +59,15 @@ class VirtualBatchModel(keras.Model):
         self._has_call_losses = bool(has_call_losses)
         self.measurements = StepMeasurements(len(self.trainable_variables))
         replicas = self.distribute_strategy.num_replicas_in_sync
+        if replicas > 1 and micro_batch_size is not None and any(
+                getattr(layer, "synchronized", False) for layer in states.layers(self)
+                if isinstance(layer, keras.layers.BatchNormalization)):
+            raise ValueError(
+                "BatchNormalization(synchronized=True) all-reduces its statistics in the forward "
+                "pass, which cannot run inside the micro-batch loop on several replicas "
+                f"(train.micro_batch_size={micro_batch_size}): train at k = 1 on the replicas, "
+                "or use synchronized=False (each replica and micro-batch then normalises with "
+                "its own statistics).")
         if replicas > 1 and states.batch_normalization_statistics(self):
             logging.warning(
                 "The model has BatchNormalization and trains on %d replicas: each replica "
