@@ -70,6 +70,7 @@ Touches, and why no public API does the job:
   selector, to suggest the nearest name for a misspelt one; gin lists them nowhere publicly.
 """
 
+import contextlib
 import dataclasses
 from typing import Optional
 
@@ -77,6 +78,7 @@ import gin
 import keras
 from keras.src import backend as _keras_backend
 from tensorflow.python.framework import config as _tf_config
+from tensorflow.python.framework import ops as _tf_ops
 
 
 def flatten_layers(model, include_self):
@@ -290,6 +292,36 @@ def clips_gradients(optimizer):
 def clip_gradients(optimizer, grads):
     """The optimizer's own clipping of ``grads`` (``_clip_gradients``: what ``apply`` does)."""
     return optimizer._clip_gradients(list(grads))
+
+
+def _custom_gradient_names():
+    """The names TensorFlow's process-wide gradient registry holds for ``tf.custom_gradient``
+    functions traced in graphs (``CustomGradient-<n>``); empty where the registry is not found."""
+    registry = getattr(getattr(_tf_ops, "_gradient_registry", None), "_registry", None)
+    if not isinstance(registry, dict):
+        return set()
+    return {name for name in registry if str(name).startswith("CustomGradient-")}
+
+
+@contextlib.contextmanager
+def released_custom_gradients():
+    """Removes, when the block ends, the ``tf.custom_gradient`` functions registered while it
+    ran. Every traced train step registers one (the optimizer's all-reduce is a custom gradient,
+    also on one device) and nothing removes it: it holds that run's whole traced graph, about
+    6 MB per run with measurements, for the life of the process (a study worker trains many
+    runs in one process). Nothing differentiates a finished run's graphs."""
+    before = _custom_gradient_names()
+    try:
+        yield
+    finally:
+        registry = getattr(getattr(_tf_ops, "_gradient_registry", None), "_registry", None)
+        for name in _custom_gradient_names() - before:
+            registry.pop(name, None)
+
+
+def custom_gradient_count():
+    """How many ``tf.custom_gradient`` functions the gradient registry holds (for tests)."""
+    return len(_custom_gradient_names())
 
 
 def learning_rate_object(optimizer):

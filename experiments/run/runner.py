@@ -26,7 +26,7 @@ from callbacks.batch_size_log import BatchSizeLog
 from callbacks.checkpointing import TrainingInterrupted, reason_name
 from callbacks.operative_config import OperativeConfigSaver
 from experiments.common.memory import peak_memory_mb
-from experiments.engine import distribute
+from experiments.engine import distribute, keras_internals
 from experiments.inputs import dataset as dataset_lib
 from experiments.run import callback_states, config_audit, interrupts, modes
 from experiments.run.adaptive_batch import AdaptiveBatchController
@@ -96,8 +96,10 @@ def train(model_fn=gin.REQUIRED, data_fn=gin.REQUIRED, optimizer=gin.REQUIRED, l
         checkpoints=checkpoint_settings(), extra_callbacks=tuple(extra_callbacks),
         verbose=verbose)
     run_mode.check(settings)
-    return run_mode.start(settings, RunOutput(output_dir, experiment, run_name, config_text,
-                                              resumable), run)
+    # A process may train many runs (a study's worker): each run's traced graphs go with it.
+    with keras_internals.released_custom_gradients():
+        return run_mode.start(settings, RunOutput(output_dir, experiment, run_name, config_text,
+                                                  resumable), run)
 
 
 def run(settings, output, run_mode):
