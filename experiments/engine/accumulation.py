@@ -55,10 +55,22 @@ class StepContext:
         return self.replica.all_reduce("sum", values) if self.distributed else values
 
     def safe(self, denominator):
-        """The denominator to divide by: 1 for 'sum' losses, and never 0."""
-        if self.sums_only:
-            return tf.ones_like(denominator)
-        return tf.where(denominator > 0, denominator, tf.ones_like(denominator))
+        return safe_denominator(self.sums_only, denominator)
+
+
+def safe_denominator(sums_only, denominator):
+    """The denominator to divide by: 1 for 'sum' losses, and never 0."""
+    if sums_only:
+        return tf.ones_like(denominator)
+    return tf.where(denominator > 0, denominator, tf.ones_like(denominator))
+
+
+def weight_penalty(variables, dtype):
+    """The weight regularizers' penalty over ``variables`` (those with a regularizer), or None
+    when none has one."""
+    penalties = [tf.cast(v.regularizer(v), dtype) for v in variables
+                 if getattr(v, "regularizer", None) is not None]
+    return tf.add_n(penalties) if penalties else None
 
 
 @dataclasses.dataclass
@@ -264,7 +276,7 @@ def add_regularizers(variables, grads, loss, num_replicas):
     if not regularized:
         return grads, loss
     with tf.GradientTape() as tape:
-        penalty = tf.add_n([tf.cast(v.regularizer(v), loss.dtype) for _, v in regularized])
+        penalty = weight_penalty([v for _, v in regularized], loss.dtype)
     penalty_grads = tape.gradient(penalty, [v for _, v in regularized])
     grads = list(grads)
     for (i, v), g in zip(regularized, penalty_grads):

@@ -122,10 +122,9 @@ class CustomLoop:
         # On one device, a chunk with measurements of a step that tracks the noise scale traces
         # the step twice: for the updates it measures and for the others
         # (``graph_calls.chunk_function``), so that the others carry none of the noise scale's
-        # tests (one per micro-batch). That halves the measurements' in-graph cost on the digits
-        # MLP at k = 4 but gains nothing at k = 1, where a second trace would only add to a small
-        # run's fixed cost (BUILD.md, "Stop 35"). Under a strategy the step records on every
-        # update (``step_measurements.record``): one step.
+        # tests (one per micro-batch). At k = 1 it gains nothing per update, and a second trace
+        # would only add to a small run's fixed cost (BUILD.md, "Stop 35"). Under a strategy the
+        # step records on every update (``step_measurements.record``): one step.
         split = bool(measurements) and step_state is not None \
             and self.model.tracks_gradient_noise \
             and not tf.distribute.has_strategy() and self.strategy is tf.distribute.get_strategy()

@@ -294,27 +294,30 @@ def clip_gradients(optimizer, grads):
     return optimizer._clip_gradients(list(grads))
 
 
-def _custom_gradient_names():
-    """The names TensorFlow's process-wide gradient registry holds for ``tf.custom_gradient``
-    functions traced in graphs (``CustomGradient-<n>``); empty where the registry is not found."""
+def _gradient_registry():
+    """TensorFlow's process-wide registry of gradient functions ({} where it is not found)."""
     registry = getattr(getattr(_tf_ops, "_gradient_registry", None), "_registry", None)
-    if not isinstance(registry, dict):
-        return set()
-    return {name for name in registry if str(name).startswith("CustomGradient-")}
+    return registry if isinstance(registry, dict) else {}
+
+
+def _custom_gradient_names():
+    """The names the registry holds for ``tf.custom_gradient`` functions traced in graphs
+    (``CustomGradient-<n>``)."""
+    return {name for name in _gradient_registry() if str(name).startswith("CustomGradient-")}
 
 
 @contextlib.contextmanager
 def released_custom_gradients():
     """Removes, when the block ends, the ``tf.custom_gradient`` functions registered while it
     ran. Every traced train step registers one (the optimizer's all-reduce is a custom gradient,
-    also on one device) and nothing removes it: it holds that run's whole traced graph, about
-    6 MB per run with measurements, for the life of the process (a study worker trains many
-    runs in one process). Nothing differentiates a finished run's graphs."""
+    also on one device) and nothing removes it: it holds that run's whole traced graph for the
+    life of the process (a study worker trains many runs in one process; BUILD.md, "Stop 35"
+    has the memory). Nothing differentiates a finished run's graphs."""
     before = _custom_gradient_names()
     try:
         yield
     finally:
-        registry = getattr(getattr(_tf_ops, "_gradient_registry", None), "_registry", None)
+        registry = _gradient_registry()
         for name in _custom_gradient_names() - before:
             registry.pop(name, None)
 

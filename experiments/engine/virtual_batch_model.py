@@ -218,13 +218,11 @@ class VirtualBatchModel(keras.Model):
             else tf.zeros((), tf.float32)
         totals = tf.distribute.get_replica_context().all_reduce("sum", tf.stack([
             tf.cast(numerator, tf.float32), tf.cast(denominator, tf.float32), call_term, rows]))
-        denominator = tf.ones(()) if terms.sums_only else tf.where(
-            totals[1] > 0, totals[1], tf.ones(()))
-        loss = totals[0] / denominator + totals[2] / tf.maximum(totals[3], 1.0)
-        penalties = [tf.cast(v.regularizer(v), tf.float32) for v in self.trainable_variables
-                     if getattr(v, "regularizer", None) is not None]
-        if penalties:
-            loss += tf.add_n(penalties)
+        loss = totals[0] / accumulation.safe_denominator(terms.sums_only, totals[1]) \
+            + totals[2] / tf.maximum(totals[3], 1.0)
+        penalty = accumulation.weight_penalty(self.trainable_variables, tf.float32)
+        if penalty is not None:
+            loss += penalty
         keras_internals.loss_tracker(self).update_state(loss, sample_weight=rows)
         accumulation.update_metrics(self, x, y, y_pred, sample_weight)
 

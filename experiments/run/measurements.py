@@ -61,9 +61,9 @@ def measurement_settings(enabled=None, every_n_updates=25, gap_subset_size=512,
         @measurements.sharpness]``; None: ``DEFAULT``; ``[]``: none.
       every_n_updates: logging cadence (updates) of the per-update measurements (and each
         epoch's last update); the train step fills the gradient norms at this cadence too. 25
-        keeps the default set within issue 19's cost targets on the smallest workload, whose
-        epochs are 45 updates of 0.4 ms (BUILD.md, "Stop 35"); set 10 or 1 for finer curves
-        (about 0.5 ms a point on the digits MLP).
+        keeps the default set within issue 19's cost targets on the smallest workload, the
+        digits MLP (BUILD.md, "Stop 35", has what a logged point costs); set 10 or 1 for finer
+        curves.
       gap_subset_size: rows of the fixed training subset used by the generalization gap and
         sharpness (None: the whole training set).
       track_gradient_noise: let the train step collect what the gradient noise scale needs; None:

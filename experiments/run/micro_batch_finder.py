@@ -153,6 +153,11 @@ def reachable_batch_sizes(data_settings):
     return tuple(int(size) for size in schedule.stage_sizes(batch_size)[1:]), False
 
 
+def largest_batch_size(data_settings):
+    """The largest B the run trains at: its ``train.batch_size`` or what its schedule reaches."""
+    return max((data_settings.batch_size,) + reachable_batch_sizes(data_settings)[0])
+
+
 def find(prober, batch_size, budget_mb=None, smallest=1, sizes=(), two_pieces=False):
     """Probes the ``candidates`` from ``smallest`` up at the largest B (``batch_size`` and
     ``sizes``); returns (best Probe or None, all probes).
@@ -246,7 +251,8 @@ def run(run_settings, config_text, run_mode):
             handle.write(config_text)
         best, probes = choose(ProcessProber(config), batch_size, budget_mb, finder.smallest,
                               sizes, two_pieces)
-    report = format_report(best, probes, batch_size, budget_mb, max((batch_size,) + sizes))
+    report = format_report(best, probes, batch_size, budget_mb,
+                           largest_batch_size(run_settings.data))
     print(report)
     return {"micro_batch_size": best.micro_batch_size if best else None,
             "probes": [dataclasses.asdict(p) for p in probes], "report": report}
@@ -303,8 +309,7 @@ def probe_here(run_settings, run_mode):
     ``find_micro_batch.result_file`` when given, and is returned as a dict."""
     finder = run_mode.finder
     micro = finder.probe
-    batch_size = max((run_settings.data.batch_size,)
-                     + reachable_batch_sizes(run_settings.data)[0])
+    batch_size = largest_batch_size(run_settings.data)
     if batch_size % micro:
         raise ValueError(f"find_micro_batch.probe={micro} does not divide train.batch_size="
                          f"{batch_size}.")
@@ -321,8 +326,8 @@ def probe_settings(run_settings, micro):
     """The run's settings at b = ``micro``: at the largest B the run reaches (a batch-size
     schedule's last stage, an adaptive batch's B_max: the input pipeline holds B rows, and the
     memory with them), nothing printed, no callbacks of the user's (they may write files)."""
-    largest = max((run_settings.data.batch_size,) + reachable_batch_sizes(run_settings.data)[0])
-    data = dataclasses.replace(run_settings.data, micro_batch_size=micro, batch_size=largest,
+    data = dataclasses.replace(run_settings.data, micro_batch_size=micro,
+                               batch_size=largest_batch_size(run_settings.data),
                                batch_size_schedule=None)
     model = dataclasses.replace(run_settings.model, learning_rate_scaling=None)
     return dataclasses.replace(run_settings, data=data, model=model, extra_callbacks=(),
