@@ -49,6 +49,24 @@ def test_equals_keras_evaluate(batch_size, forward_bytes, monkeypatch):
     assert got["xent"] == pytest.approx(expected["xent"], rel=1e-6)
 
 
+def _while_loops(model, rows, batch_size):
+    """While ops in the graph ``evaluate_rows`` builds for ``rows`` rows."""
+    x, y = _data(rows)
+    run = tf.function(lambda x, y: inference.evaluate_rows(model, x, y, batch_size))
+    graph = run.get_concrete_function(tf.constant(x), tf.constant(y)).graph
+    return [op.type for op in graph.get_operations() if op.type in ("While", "StatelessWhile")]
+
+
+def test_every_row_in_one_pass_runs_no_loop(monkeypatch):
+    """Where every row fits one forward pass, the graph has no loop (its ops cost as much as a
+    small model's pass); where they do not, the other passes run in one."""
+    model = _model()
+    assert _while_loops(model, 70, 16) == []  # the default budget: 70 rows in one pass
+    monkeypatch.setattr(inference, "FORWARD_BYTES", 0)
+    assert _while_loops(model, 70, 70) == []  # one evaluation batch
+    assert len(_while_loops(model, 70, 16)) == 1
+
+
 def _forward_rows(model, rows, batch_size):
     return inference.forward_rows(model, tf.zeros([rows, 6]), batch_size)
 

@@ -95,13 +95,28 @@ def evaluate_rows(model, x, y, batch_size):
         return by_batch(model, (x, y), batch_size)
     model.reset_metrics()  # before the forward passes: layers may update metrics in them
     forward = forward_rows(model, x, batch_size)  # ``by_batch`` below keeps ``batch_size``
+    # Every row in one forward pass: the set needs no loop (nor its TensorArray).
+    in_one_pass = first_leaf.shape[0] is not None and first_leaf.shape[0] <= forward
     size = tf.minimum(tf.constant(forward, rows.dtype), tf.maximum(rows, 1))
-    first = model(tf.nest.map_structure(lambda t: _rows(t, 0, size), x), training=False)
+    first = model(x if in_one_pass else tf.nest.map_structure(lambda t: _rows(t, 0, size), x),
+                  training=False)
     leaves = tf.nest.flatten(first)
     if (len(leaves) != 1 or keras_internals.keras_mask(leaves[0]) is not None
             or _adds_losses_in_call(model) or not _fits(leaves[0], first_leaf.shape[0])):
         return by_batch(model, (x, y), batch_size)
-    (leaf,) = leaves
+    y_pred = first if in_one_pass else _remaining_passes(model, x, first, rows, size)
+    loss = model.compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=None, training=False)
+    results = dict(model.compute_metrics(x, y, y_pred, sample_weight=None))
+    if loss is not None and "loss" in results:  # the loss tracker saw no batch: set its value
+        results["loss"] = tf.cast(loss, results["loss"].dtype)
+    return results
+
+
+def _remaining_passes(model, x, first, rows, size):
+    """Graph code: the predictions of every row of ``x``, ``first`` being those of its first
+    ``size`` rows; the other passes run in a loop, one batch's activations at a time (as in
+    ``evaluate``)."""
+    (leaf,) = tf.nest.flatten(first)
     num_batches = (rows + size - 1) // size
     predictions = tf.TensorArray(leaf.dtype, size=num_batches, infer_shape=False,
                                  element_shape=tf.TensorShape([None]).concatenate(
@@ -112,16 +127,10 @@ def evaluate_rows(model, x, y, batch_size):
                      training=False)
         return i + 1, predictions.write(i, tf.nest.flatten(part)[0])
 
-    # One batch's activations at a time, as in evaluate.
     _, predictions = tf.while_loop(lambda i, _: i < num_batches, body,
                                    [tf.constant(1, num_batches.dtype), predictions],
                                    parallel_iterations=1)
-    y_pred = tf.nest.pack_sequence_as(first, [predictions.concat()])
-    loss = model.compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=None, training=False)
-    results = dict(model.compute_metrics(x, y, y_pred, sample_weight=None))
-    if loss is not None and "loss" in results:  # the loss tracker saw no batch: set its value
-        results["loss"] = tf.cast(loss, results["loss"].dtype)
-    return results
+    return tf.nest.pack_sequence_as(first, [predictions.concat()])
 
 
 def forward_rows(model, x, batch_size):
