@@ -72,7 +72,7 @@ from callbacks import summary_writer  # noqa: E402
 DEFAULT_EVERY = inspect.signature(
     measurements_lib.measurement_settings).parameters["every_n_updates"].default
 # Pairs per setup. A pair's ratio moves with the state of its two runs (on the LSTM some pairs
-# sit 8-12% above or below the others for all their epochs, on either arm: BUILD.md, "Stop 36"),
+# sit 8-17% above or below the others for all their epochs: BUILD.md, "Stop 36"),
 # so the interval of the median narrows with more pairs, not with more epochs per run.
 PAIRS = 20
 DEFAULT_SET = ("@measurements.gradient_norms, @measurements.generalization_gap, "

@@ -58,8 +58,8 @@ def _while_loops(model, rows, batch_size):
 
 
 def test_every_row_in_one_pass_runs_no_loop(monkeypatch):
-    """Where every row fits one forward pass, the graph has no loop (its ops cost as much as a
-    small model's pass); where they do not, the other passes run in one."""
+    """Where every row fits one forward pass, the graph has no loop (nor its TensorArray); where
+    they do not, the other passes run in one."""
     model = _model()
     assert _while_loops(model, 70, 16) == []  # the default budget: 70 rows in one pass
     monkeypatch.setattr(inference, "FORWARD_BYTES", 0)
