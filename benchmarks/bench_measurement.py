@@ -31,6 +31,11 @@ With ``--sequential``, the earlier design: whole runs one after another, the arm
 fastest epochs and of the median CPU time. On this shared 2-core machine its ratios moved by 0.1 to
 0.3 between runs of the same code, because epochs of the two arms were seconds to minutes apart.
 
+With ``--inter_op_threads 1``, TensorFlow runs a run's graph ops on one thread. On two cores the
+LSTM's epochs are then longer, but its runs no longer land at random in the slower of
+the rhythms in which two inter-op threads hand work to each other (BUILD.md, "Stop 37"), so its
+pairs compare what the measurements themselves cost.
+
 With ``--phases``, ``--repeats`` interleaved "off" and "on" runs per setup instead, printing where each epoch's
 milliseconds go (``phase_table``): the train calls (the step's in-graph measurements and the
 measurements read inside them), validation, each callback's hooks and each measurement's host side.
@@ -57,6 +62,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import keras  # noqa: E402
+import tensorflow as tf  # noqa: E402
 from absl import logging  # noqa: E402
 
 from experiments import launch  # noqa: E402
@@ -72,7 +78,7 @@ from callbacks import summary_writer  # noqa: E402
 DEFAULT_EVERY = inspect.signature(
     measurements_lib.measurement_settings).parameters["every_n_updates"].default
 # Pairs per setup. A pair's ratio moves with the state of its two runs (on the LSTM some pairs
-# sit 8-17% above or below the others for all their epochs: BUILD.md, "Stop 36"),
+# sit 8-17% above or below the others for all their epochs: BUILD.md, "Stop 36" and "Stop 37"),
 # so the interval of the median narrows with more pairs, not with more epochs per run.
 PAIRS = 20
 DEFAULT_SET = ("@measurements.gradient_norms, @measurements.generalization_gap, "
@@ -381,6 +387,8 @@ def _interval_text(estimate, digits=3):
 
 
 def print_paired(rows, epochs, every):
+    threads = tf.config.threading.get_inter_op_parallelism_threads()
+    print(f"\nTensorFlow inter-op threads: {threads or 'its default (one per core)'}.")
     print(f"\nTime per epoch (validation included); each pair trains an \"off\" and an \"on\" "
           f"run side by side, epoch by epoch, the epochs after the first (column 'epochs': "
           f"per run); per-update "
@@ -480,11 +488,19 @@ def main():
     parser.add_argument("--without", nargs="*", default=(),
                         help="measurement factories left out of the 'on' arm (e.g. "
                              "generalization_gap): the cost of the others")
+    parser.add_argument("--inter_op_threads", type=int, default=None,
+                        help="TensorFlow's inter-op threads (default: TensorFlow's choice, one per "
+                             "core). With 1, a run's graph ops run on one thread: the LSTM's "
+                             "epochs are slower, but no run lands in the slower schedule of two "
+                             "threads (BUILD.md, \"Stop 37\"), so the pairs compare the "
+                             "measurements' own cost")
     parser.add_argument("--phases", action="store_true",
                         help="per-epoch breakdown instead: train calls, validation, each "
                              "callback's hooks and measurement host side (one run per arm and setup)")
     args = parser.parse_args()
     logging.set_verbosity(logging.WARNING)
+    if args.inter_op_threads:  # before TensorFlow starts its runtime (the first op)
+        tf.config.threading.set_inter_op_parallelism_threads(args.inter_op_threads)
     setups = [(name, setup) for name, setup in SETUPS.items()
               if not args.setups or any(part in name for part in args.setups)]
     if args.phases:
