@@ -387,8 +387,6 @@ def _interval_text(estimate, digits=3):
 
 
 def print_paired(rows, epochs, every):
-    threads = tf.config.threading.get_inter_op_parallelism_threads()
-    print(f"\nTensorFlow inter-op threads: {threads or 'its default (one per core)'}.")
     print(f"\nTime per epoch (validation included); each pair trains an \"off\" and an \"on\" "
           f"run side by side, epoch by epoch, the epochs after the first (column 'epochs': "
           f"per run); per-update "
@@ -491,7 +489,7 @@ def main():
     parser.add_argument("--inter_op_threads", type=int, default=None,
                         help="TensorFlow's inter-op threads (default: TensorFlow's choice, one per "
                              "core). With 1, a run's graph ops run on one thread: the LSTM's "
-                             "epochs are slower, but no run lands in the slower schedule of two "
+                             "epochs are slower, but no run lands in the slower rhythm of two "
                              "threads (BUILD.md, \"Stop 37\"), so the pairs compare the "
                              "measurements' own cost")
     parser.add_argument("--phases", action="store_true",
@@ -501,6 +499,7 @@ def main():
     logging.set_verbosity(logging.WARNING)
     if args.inter_op_threads:  # before TensorFlow starts its runtime (the first op)
         tf.config.threading.set_inter_op_parallelism_threads(args.inter_op_threads)
+    print(f"TensorFlow inter-op threads: {args.inter_op_threads or 'its default (one per core)'}.")
     setups = [(name, setup) for name, setup in SETUPS.items()
               if not args.setups or any(part in name for part in args.setups)]
     if args.phases:
