@@ -51,17 +51,24 @@ def _hparam_values(hparams):
     return {str(name): hparam_value(name, value) for name, value in hparams.items()}
 
 
+GAP_PREFIX = "generalization_gap_"  # the gap callback's keys in an epoch's logs
+
+
 def metric_tag(name):
     """``"val_loss"`` or ``"hparams/val_loss"`` -> ``"hparams/val_loss"``."""
     return name if name.startswith(TAG_PREFIX) else TAG_PREFIX + name
 
 
 def final_metrics(logs):
-    """The numeric entries of an epoch's logs, plus ``gap_<m>`` for each ``m`` with ``val_<m>``.
+    """The numeric entries of an epoch's logs, plus ``gap_<m>`` for each
+    ``generalization_gap_<m>`` that ``callbacks.generalization_gap`` put in them.
 
-    The gap is ``generalization_gap_<m>`` when ``callbacks.generalization_gap`` put it in the logs
-    (both sides in inference mode), else ``val_<m> - <m>`` (the train side is then ``fit``'s
-    running average over the last epoch).
+    The gap is only ever that callback's: both sides evaluated in inference mode on fixed rows.
+    ``val_<m> - <m>`` is not one: ``<m>`` is ``fit``'s running average over the epoch, taken
+    while the weights moved and with dropout on, and where the training and validation rows
+    differ by construction (the NQM's noisy training rows against noise-free validation rows) the
+    difference is a constant of the data, not a gap. A run without the gap callback has no gap
+    column.
     """
     values = {}
     for name, value in (logs or {}).items():
@@ -70,9 +77,8 @@ def final_metrics(logs):
         if isinstance(value, (numbers.Real, np.generic)) and not isinstance(value, bool):
             values[name] = float(value)
     for name in list(values):
-        if not name.startswith("val_") and f"val_{name}" in values:
-            values[f"gap_{name}"] = values.get(f"generalization_gap_{name}",
-                                               values[f"val_{name}"] - values[name])
+        if name.startswith(GAP_PREFIX):
+            values["gap_" + name[len(GAP_PREFIX):]] = values[name]
     return values
 
 
@@ -153,13 +159,16 @@ def _domain(name, values):
     return hp.Discrete([float(v) for v in values] if kind is float else values, dtype=kind)
 
 
-def write_experiment_config(log_dir, hparam_domains, metric_tags):
+def write_experiment_config(log_dir, hparam_domains, metric_tags, untyped=()):
     """Writes the study's experiment config (``hp.hparams_config``) into ``log_dir``, the parent
     of the run directories: one column per hyperparameter and per metric.
 
     Args:
       hparam_domains: ``{name: [values tried]}`` (a single value counts as a list of one).
       metric_tags: metric names or ``hparams/`` tags, as a list or ``{tag: display name}``.
+      untyped: names among them that are neither a training nor a validation metric (a number
+        derived after training, such as its throughput); names starting ``val_`` are validation
+        ones, gaps are untyped, the rest training ones.
     """
     if not isinstance(hparam_domains, dict) or not hparam_domains:
         raise ValueError(f"hparam_domains={hparam_domains!r} must be a non-empty dict of "
@@ -176,7 +185,9 @@ def write_experiment_config(log_dir, hparam_domains, metric_tags):
         names = {metric_tag(tag): metric_tag(tag)[len(TAG_PREFIX):] for tag in metric_tags}
     if not names:
         raise ValueError("write_experiment_config needs at least one metric tag.")
-    metrics = [hp.Metric(tag, display_name=display, dataset_type=_dataset_type(tag))
+    untyped = {metric_tag(tag) for tag in untyped}
+    metrics = [hp.Metric(tag, display_name=display,
+                         dataset_type=None if tag in untyped else _dataset_type(tag))
                for tag, display in names.items()]
     writer = tf.summary.create_file_writer(log_dir)
     try:

@@ -71,11 +71,34 @@ def test_session_hparams_and_final_metrics_are_written(tmp_path):
     assert steps == 2 * 3
     for name in ("loss", "val_loss", "accuracy", "val_accuracy"):
         assert scalars[f"hparams/{name}"] == (steps, pytest.approx(history[name][-1]))
-    assert scalars["hparams/gap_loss"][1] == pytest.approx(
-        history["val_loss"][-1] - history["loss"][-1], abs=1e-6)
-    assert scalars["hparams/gap_accuracy"][1] == pytest.approx(
-        history["val_accuracy"][-1] - history["accuracy"][-1], abs=1e-6)
+    # No gap callback, no gap column: validation minus fit's running average is not a gap.
+    assert not [tag for tag in scalars if "gap" in tag]
     assert logger.written["hparams/val_loss"] == pytest.approx(history["val_loss"][-1])
+
+
+def test_the_gap_columns_are_the_gap_callbacks_own(tmp_path):
+    """With ``GeneralizationGap`` after the logger, ``gap_<m>`` is that callback's value (both
+    sides in inference mode), not validation minus fit's running average."""
+    from callbacks.generalization_gap import GeneralizationGap
+
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(64, 3)).astype("float32")
+    y = (x[:, :1] > 0).astype("float32")
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dropout(0.5),
+                              keras.layers.Dense(1, activation="sigmoid")])
+    model.compile(optimizer=keras.optimizers.SGD(0.5), loss="binary_crossentropy",
+                  metrics=["accuracy"])
+    log_dir = str(tmp_path / "run_0")
+    logger = HParamsLogger(log_dir, HPARAMS)
+    gap = GeneralizationGap((x[:48], y[:48]), (x[48:], y[48:]), batch_size=16)
+    history = model.fit(x[:48], y[:48], batch_size=16, epochs=2, verbose=0,
+                        validation_data=(x[48:], y[48:]), callbacks=[logger, gap]).history
+    train_loss = model.evaluate(x[:48], y[:48], batch_size=16, verbose=0, return_dict=True)
+    scalars = _scalars(log_dir)
+    assert scalars["hparams/gap_loss"][1] == pytest.approx(
+        history["val_loss"][-1] - train_loss["loss"], abs=1e-5)
+    assert scalars["hparams/gap_loss"][1] != pytest.approx(
+        history["val_loss"][-1] - history["loss"][-1], abs=1e-4)
 
 
 def test_selected_tags_and_metrics_set_before_train_end(tmp_path):
@@ -143,7 +166,7 @@ def test_dashboard_backend_lists_one_row_per_run(tmp_path):
     """The HParams plugin's own backend (what the dashboard queries) reads the study back: one
     session group per run, with its hyperparameters and final metrics at the final update."""
     study = str(tmp_path)
-    write_experiment_config(study, {"batch_size": [8, 16]}, ["loss", "val_loss", "gap_loss"])
+    write_experiment_config(study, {"batch_size": [8, 16]}, ["loss", "val_loss"])
     for batch_size in (8, 16):
         _fit(HParamsLogger(os.path.join(study, f"bs{batch_size}"), {"batch_size": batch_size}),
              epochs=1, batch_size=batch_size)
@@ -152,5 +175,38 @@ def test_dashboard_backend_lists_one_row_per_run(tmp_path):
     rows = {group.hparams["batch_size"].number_value:
             {m.name.tag: m.training_step for m in group.metric_values}
             for group in groups}
-    tags = ["hparams/loss", "hparams/val_loss", "hparams/gap_loss"]
+    tags = ["hparams/loss", "hparams/val_loss"]
     assert rows == {8.0: dict.fromkeys(tags, 48 // 8), 16.0: dict.fromkeys(tags, 48 // 16)}
+
+
+def test_a_studys_own_columns_read_b_simple_at_the_target_and_say_their_target(tmp_path):
+    """The report's columns per run: B_simple read on the run's smoothed curve where it reached
+    the target (not its end-of-training value, which grows as the loss falls), the end value
+    beside it, and a steps column whose display name states the target; none of them is typed
+    as a training or validation metric."""
+    from experiments.launch import study_reporting
+
+    study = tmp_path / "study"
+    (study / "r1" / "tensorboard").mkdir(parents=True)
+    record = {"status": "finished", "examples_per_sec": 500.0, "b_simple": 1865.0,
+              "b_simple_curve": [[40, 20.0], [80, 60.0], [90, 1865.0]], "updates": 90,
+              "curve": {"val_accuracy": [[40, 0.2], [80, 0.6], [90, 0.7]]}}
+    summary = {"target": 0.5, "metric": "val_accuracy", "mode": "max"}
+    study_reporting.write_run_metrics(str(study), {"runs": [{"path": "r1"}]}, [record], summary)
+    scalars = _scalars(str(study / "r1" / "tensorboard"))
+    steps = scalars["hparams/steps_to_target"][1]
+    assert steps == pytest.approx(70.0)  # 0.2 -> 0.6 over updates 40 -> 80 crosses 0.5 at 70
+    # The curve's last logged value at or before the crossing (``steps_to_result.value_at``).
+    assert scalars["hparams/b_simple_at_target"][1] == pytest.approx(20.0)
+    assert scalars["hparams/b_simple_final"][1] == pytest.approx(1865.0)
+
+    study_reporting.write_hparams_config(
+        str(study / "tensorboard"), {"runs": [{"hparams": {"batch_size": 16}}]},
+        "val_accuracy", summary)
+    (config,) = [data.experiment for data in _plugin_data(str(study / "tensorboard"))
+                 if data.HasField("experiment")]
+    metrics = {m.name.tag: m for m in config.metric_infos}
+    assert metrics["hparams/steps_to_target"].display_name == "updates to val_accuracy >= 0.5"
+    for name in study_reporting.STUDY_METRICS:
+        assert metrics[f"hparams/{name}"].dataset_type == api_pb2.DATASET_UNKNOWN
+    assert metrics["hparams/loss"].dataset_type == api_pb2.DATASET_TRAINING

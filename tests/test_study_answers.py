@@ -372,3 +372,32 @@ def test_a_power_law_with_grid_scatter_keeps_its_rule():
     text = answers._lr_sentence(s)
     assert "closest to square-root scaling (0.5)" in text and "RMS misfit" in text
     assert report_json(s)["lr_fit_bend_p"] >= answers.BEND_P
+
+
+def test_two_batch_sizes_give_an_exponent_but_name_no_rule():
+    """Two points fix any line: the exponent is stated, with no interval, and no rule is named
+    ("closest to no scaling" from two points would hold for any exponent near it)."""
+    s = summarize([dict(run(b, 40 * (1 + 64 / b), seed), learning_rate=lr,
+                        name=f"b{b}_lr{lr}_s{seed}")
+                   for b in (16, 32) for lr in (0.05, 0.1) for seed in (0, 1)], target=0.75)
+    text = answers._lr_sentence(s)
+    assert "two points fix the line" in text and "names no rule" in text
+    assert "closest to" not in text
+
+
+def test_rates_that_failed_were_tried_and_the_report_says_only_one_finished():
+    """lr 0.1 finishes and lr 1e12 fails at each B: the rates were tried, so the report does not
+    say "each batch size tried only one learning rate"; it says the others failed, and the
+    finished rate is not called the best of a search."""
+    finished_runs = [dict(run(b, 40 * (1 + 64 / b)), name=f"b{b}_lr0.1_s0") for b in (16, 32, 64)]
+    failed_runs = [{"name": f"b{b}_lr1e+12_s0", "status": "failed", "batch_size": b,
+                    "learning_rate": 1e12, "seed": 0, "error": "loss became nan"}
+                   for b in (16, 32, 64)]
+    s = summarize(finished_runs + failed_runs, target=0.75)
+    assert s["lr_searched"] and not s["lr_compared"]
+    text = answers._lr_sentence(s)
+    assert "only one learning rate and rule finished (the others failed)" in text
+    assert "tried only one" not in text
+    assert "with the best learning rate tried" not in answers._hurt_sentence(s)
+    entry = report_json(s)["per_batch_size"]["16"]
+    assert entry["learning_rates_tried"] == [0.1, 1e12] and entry["at_edge"] == "low"

@@ -151,7 +151,8 @@ def _hurt_sentence(s):
     small, large = min(per_batch), max(per_batch)
     a, z = per_batch[small]["final"], per_batch[large]["final"]
     change = abs(z - a) / abs(a) if a else (0.0 if z == a else math.inf)
-    tuned = "with the best learning rate tried at each batch size, " if s["lr_searched"] else ""
+    tuned = "with the best learning rate tried at each batch size, " \
+        if s.get("lr_compared", s["lr_searched"]) else ""
     numbers = (f"{tuned}final {metric} is {metric_name(z)} at B = {_num(large)} "
                f"{_range_text(per_batch[large]['final_range'], per_batch[large]['num_seeds'])} "
                f"against {metric_name(a)} at B = {_num(small)} "
@@ -189,10 +190,11 @@ def _diverged_text(diverged, metric):
 def _gap_sentence(s):
     """How the generalization gap of the best setting changes from the smallest to the largest B.
 
-    The gap is validation minus training (``gap_<m>`` = val_<m> - <m>, measured by the gap
-    callback in inference mode when it ran). For a metric where higher is better (accuracy) a
-    more negative gap is a larger one; for a loss a more positive one. A trend is only stated
-    when both batch sizes have enough seeds whose ranges do not overlap (``_seed_doubt``)."""
+    The gap is validation minus training as the gap callback measures it (``gap_<m>``, both
+    sides in inference mode; ``hparams.final_metrics``): runs without that callback have none.
+    For a metric where higher is better (accuracy) a more negative gap is a larger one; for a
+    loss a more positive one. A trend is only stated when both batch sizes have enough seeds
+    whose ranges do not overlap (``_seed_doubt``)."""
     points = {b: v for b, v in s["per_batch"].items() if v["gap"] is not None}
     key = s["gap_key"]
     worse = "below" if s["mode"] == "max" else "above"
@@ -316,8 +318,14 @@ def _lr_sentence(s):
                 f"range (p = {fit.curvature_p:.2g} for a bend in log-log{misfit}), so the "
                 f"one exponent fitted over it ({_exponent_text(fit.exponent)}) names no rule; "
                 "read the figure for where it changes")
-        if not s["lr_searched"]:
-            text += "; each batch size tried only one learning rate and rule"
+        text += _one_setting_text(s, "")
+        return _cite(text + _edge_text(s), "best_lr")
+    if not interval and fit.num_points <= 2:
+        # Two points fix any line: with no interval, every exponent near this one fits as well.
+        text = (f"The best learning rate (the one that {chosen}) goes as {exponent} between the "
+                f"two batch sizes that give it; two points fix the line, so it has no interval "
+                f"and names no rule (add batch sizes for one)")
+        text += _one_setting_text(s, "")
         return _cite(text + _edge_text(s), "best_lr")
     text = (f"The best learning rate (the one that {chosen}) follows {exponent}{spread} (power "
             f"law over {fit.num_points} batch sizes{misfit}): closest to {names[nearest]}, over "
@@ -325,10 +333,20 @@ def _lr_sentence(s):
     if interval:
         text += (f"; the interval holds {' and '.join(inside)}" if inside
                  else "; the interval holds none of the three rules")
-    if not s["lr_searched"]:
-        text += ("; but each batch size tried only one learning rate and rule, so this exponent "
-                 "is the configured rule, not a measured optimum")
+    text += _one_setting_text(s, ", so this exponent is the configured rule, not a measured "
+                                 "optimum")
     return _cite(text + _edge_text(s), "best_lr")
+
+
+def _one_setting_text(s, consequence):
+    """"; but each batch size tried only one learning rate and rule" (with ``consequence``),
+    or, where it tried several but only one finished, that the others failed; "" otherwise."""
+    if not s["lr_searched"]:
+        return f"; but each batch size tried only one learning rate and rule{consequence}"
+    if not s.get("lr_compared", True):
+        return ("; but at each batch size only one learning rate and rule finished (the others "
+                f"failed){consequence}")
+    return ""
 
 
 def _exponent_text(value):
@@ -453,7 +471,7 @@ def _seed_interval_text(s):
         return ""
     parts = ", ".join(f"{_level_text(level)} with {n} seeds" for n, level in levels)
     chosen = (" (of the chosen setting's seeds: picking the best of several settings on the "
-              "same seeds is not accounted for)") if s.get("lr_searched") else ""
+              "same seeds is not accounted for)") if s.get("lr_compared") else ""
     return (f"; each batch size's interval over its seeds (figure bars) is an order-statistic "
             f"interval of the median that holds it with probability {parts}{chosen}")
 
@@ -495,7 +513,8 @@ def _pick_sentence(s):
                        f"reach the target within the budget{budget_text}")
     if s["steps_fit"] is None:
         return _cite("What batch size to pick cannot be read from steps to result: "
-                     + s["steps_fit_reason"] + not_reached, "steps_to_result")
+                     + s["steps_fit_reason"] + not_reached + _seed_interval_text(s),
+                     "steps_to_result")
     problem = _fit_not_an_answer(s)
     answer = (f"What batch size to pick cannot be read from the S(B) fit: {problem}" if problem
               else _beyond_text(s) or _b_crit_numbers(s))

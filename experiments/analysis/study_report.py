@@ -15,19 +15,15 @@ import statistics
 
 import numpy as np
 
+from experiments.analysis import noise_at_target
 from experiments.analysis import plots
 from experiments.analysis import study_statistics as stats
 from experiments.analysis.fits import (b_crit_limits, fit_power_law, fit_steps_to_result,
                                        power_law_interval, rise_p_value, steps_fit_intervals)
 from experiments.analysis.steps_to_result import finished, value_at
-
 from experiments.analysis.answers import (FIGURES, b_crit_withheld, better, gap_key, metric_name,
                                           ratio_level, sentences)
 
-try:  # the trustworthy B_simple near the target (issue #19); until it lands, the fallback below
-    from experiments.analysis import noise_at_target
-except ImportError:  # pragma: no cover  (depends on which modules are present)
-    noise_at_target = None
 
 LEVEL = stats.LEVEL
 
@@ -159,10 +155,12 @@ def _diverged_per_batch(done, metric):
     return diverged
 
 
-def _learning_rates_tried(done):
-    """{batch size: sorted distinct learning rates}, and whether any B compared >= 2 settings."""
+def _learning_rates_tried(records):
+    """{batch size: sorted distinct learning rates}, and whether any B tried >= 2 settings, over
+    ``records`` (the finished and failed runs: a rate that failed was tried, and a rate above it
+    is not missing from the grid)."""
     tried, settings = {}, {}
-    for record in done:
+    for record in records:
         batch_size, lr = record["batch_size"], record.get("learning_rate")
         settings.setdefault(batch_size, set()).add((lr, record.get("rule")))
         if lr is not None:
@@ -217,7 +215,8 @@ def _throughput_per_batch(done):
 
 
 def _fallback_b_simple(done, best):
-    """The B_simple reading used until ``noise_at_target`` exists: each run of each batch
+    """The B_simple reading for runs that logged no raw estimates near the target (runs of
+    older versions, whose pooled estimate ``noise_at_target`` cannot form): each run of each batch
     size's best setting read on its logged B_simple curve at its (interpolated) crossing; the
     median, with its order-statistic interval over those runs (``stats.median_interval``, at
     the level it really has: "interval_level"). Without such readings: no value (a value at
@@ -245,11 +244,11 @@ def _fallback_b_simple(done, best):
 
 
 def _b_simple(done, best, target, metric, mode="max"):
-    """B_simple near the target: ``noise_at_target.pooled_b_simple`` when that module exists
-    (the lead's pooled estimate over every run's logged noise-scale estimates near the target),
-    else ``_fallback_b_simple``. Returns {"b_simple", "interval", "num_runs", "num_estimates",
+    """B_simple near the target: ``noise_at_target.pooled_b_simple`` (the estimate pooled over
+    every run's logged raw noise-scale estimates near the target), else, where no run logged
+    any, ``_fallback_b_simple``. Returns {"b_simple", "interval", "num_runs", "num_estimates",
     "note", "source"}."""
-    if noise_at_target is not None and target is not None:
+    if target is not None:
         out = dict(noise_at_target.pooled_b_simple(done, target, metric, mode=mode, level=LEVEL))
         out.setdefault("source", "noise_at_target.pooled_b_simple")
         if out.get("b_simple") is not None:
@@ -311,7 +310,9 @@ def summarize(records, target=None, mode="max", metric="val_accuracy", extension
     ratio, ratio_interval = _ratio(steps_fit, steps_intervals, b_simple)
     per_batch = _best_final_per_batch(done, metric, mode)
     lr_fit, lr_interval, lr_source, lr_fit_reason = _fit_best_lr(best, per_batch)
-    lrs_tried, lr_searched = _learning_rates_tried(done)
+    attempted = [r for r in records if r.get("status") in ("finished", "failed")]
+    lrs_tried, lr_searched = _learning_rates_tried(attempted)
+    lr_compared = _learning_rates_tried(done)[1]  # >= 2 settings finished at some B
     return {
         "metric": metric, "mode": mode, "gap_key": gap_key(metric), "level": LEVEL,
         "target": target, "target_source": target_source,
@@ -326,7 +327,7 @@ def summarize(records, target=None, mode="max", metric="val_accuracy", extension
         "per_batch": per_batch, "diverged": _diverged_per_batch(done, metric),
         "lr_fit": lr_fit, "lr_fit_interval": lr_interval,
         "lr_fit_source": lr_source, "lr_fit_reason": lr_fit_reason,
-        "lrs_tried": lrs_tried, "lr_searched": lr_searched,
+        "lrs_tried": lrs_tried, "lr_searched": lr_searched, "lr_compared": lr_compared,
         "edge_warnings": _edge_warnings(best, per_batch, lrs_tried),
         "extensions": extensions,
         "throughput": _throughput_per_batch(done),
@@ -357,6 +358,8 @@ def report_json(summary):
     ``..._level`` key beside them states the level they really have, or null."""
     fit, intervals = summary["steps_fit"], summary["steps_intervals"]
     per_batch = {}
+    # Tried: finished and failed runs (a rate that failed was tried), as the edge warnings say.
+    edges = {e["batch_size"]: e["edge"] for e in summary["edge_warnings"]}
     for b, v in summary["best"].items():
         final = summary["per_batch"].get(b, {})
         per_batch[str(b)] = {
@@ -364,15 +367,22 @@ def report_json(summary):
             "steps_interval_level": v.get("steps_interval_level"),
             "learning_rate": v["learning_rate"], "rule": v["rule"], "censored": v["censored"],
             "budget": v["budget"], "num_runs": v["num_runs"], "num_seeds": v["num_seeds"],
-            "at_edge": v["at_edge"], "learning_rates_tried": v["learning_rates_tried"],
+            "at_edge": edges.get(b),
+            "learning_rates_tried": summary["lrs_tried"].get(b, v["learning_rates_tried"]),
             "final": final.get("final"), "final_range": final.get("final_range"),
+            "final_learning_rate": final.get("learning_rate"),
+            "final_rule": final.get("rule"), "final_num_seeds": final.get("num_seeds"),
             "gap": final.get("gap")}
     for b, final in summary["per_batch"].items():
         per_batch.setdefault(str(b), {"steps": None, "steps_interval": None,
                                       "learning_rate": final["learning_rate"],
                                       "rule": final["rule"], "censored": None,
                                       "final": final["final"],
-                                      "final_range": final["final_range"], "gap": final["gap"]})
+                                      "final_range": final["final_range"],
+                                      "final_learning_rate": final["learning_rate"],
+                                      "final_rule": final["rule"],
+                                      "final_num_seeds": final["num_seeds"],
+                                      "gap": final["gap"]})
     per_batch = {key: per_batch[key] for key in sorted(per_batch, key=float)}  # 4, 16, 256
     lr_fit = summary["lr_fit"]
     throughput = summary["throughput"]
@@ -477,6 +487,45 @@ def _run_order(record):
             str(record.get("name")))
 
 
+def _setting_text(learning_rate, rule):
+    """"lr 0.1", "linear" (a rule's rate is in the runs table), or "-"."""
+    if rule is not None:
+        return str(rule)
+    return "-" if learning_rate is None else f"lr {learning_rate:g}"
+
+
+def _per_batch_table(summary):
+    """One row per batch size: the steps to target S(B) of its fastest setting with its interval
+    (level and seeds), and the final metric of its best-final setting with the seeds' range; each
+    names its setting, since the two can differ."""
+    metric, best, finals = summary["metric"], summary["best"], summary["per_batch"]
+    lines = [f"S(B): updates to the target of the setting that reaches it in the fewest (its "
+             f"seeds' median, with the order-statistic interval of that median at the level "
+             f"shown); final {metric}: of the setting with the best median over its seeds, with "
+             f"the seeds' range. The two settings can differ.", "",
+             f"| B | S(B) | interval | level | seeds | setting (S) | final {metric} | "
+             f"range | seeds | setting (final) |", "|" + "---|" * 10]
+    for b in sorted(set(best) | set(finals)):
+        v, f = best.get(b) or {}, finals.get(b) or {}
+        steps = v.get("steps")
+        if v.get("censored"):
+            steps = "-" if v.get("budget") is None else f"> {_cell(float(v['budget']))}"
+        interval = v.get("steps_interval")
+        level = v.get("steps_interval_level")
+        row = [b, steps, "-" if interval is None else
+               f"{_cell(float(interval[0]))} to " + (
+                   _cell(float(interval[1])) if interval[1] is not None
+                   and math.isfinite(interval[1]) else "more than the budget"),
+               "-" if level is None else f"{100 * level:.1f}%", v.get("num_seeds"),
+               _setting_text(v.get("learning_rate"), v.get("rule")) if v else "-",
+               f.get("final"), "-" if f.get("final_range") is None else
+               f"{metric_name(f['final_range'][0])} to {metric_name(f['final_range'][1])}",
+               f.get("num_seeds"),
+               _setting_text(f.get("learning_rate"), f.get("rule")) if f else "-"]
+        lines.append("| " + " | ".join(_cell(x) for x in row) + " |")
+    return lines
+
+
 def _runs_table(records, summary):
     """Markdown table of every run, failed and running ones included, with their errors."""
     metric, target, mode = summary["metric"], summary["target"], summary["mode"]
@@ -527,6 +576,7 @@ def write_report(study_dir, records, study_name, target=None, mode="max", metric
     lines = [f"# Batch-size study: {_text(study_name)}", "", _text(_overview(records, summary)),
              "", "## Answers", ""]
     lines += [f"- {_text(sentence)}" for sentence in sentences(summary)]
+    lines += ["", "## Per batch size", ""] + _per_batch_table(summary)
     lines += ["", "## Figures", ""]
     for name, path in figures.items():
         lines += [f"### {_FIGURE_TITLES[name]}", "",

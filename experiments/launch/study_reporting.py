@@ -17,6 +17,7 @@ from callbacks.hparams import (final_metrics, write_experiment_config, write_fin
                               write_session_end)
 from experiments.analysis import study_report
 from experiments.analysis import study_statistics
+from experiments.analysis.steps_to_result import value_at
 from experiments.launch import study_dir as study_dir_lib
 from experiments.launch import study_extension
 
@@ -83,7 +84,8 @@ def write(study_dir, state=None):
         extensions=study_extension.report_info(state))
     log_dir = os.path.join(study_dir, "tensorboard")
     log_figures(log_dir, report["figures"], report.get("markdown"))
-    write_hparams_config(log_dir, state, target.get("metric", "val_accuracy"))
+    write_hparams_config(log_dir, state, target.get("metric", "val_accuracy"),
+                         report["summary"])
     write_run_metrics(study_dir, state, runs, report["summary"])
     return report
 
@@ -114,12 +116,15 @@ def console_text(markdown):
 
 
 # Per-run HParams columns the study adds after training (the run cannot know them itself).
-STUDY_METRICS = ("steps_to_target", "b_simple", "examples_per_sec")
+# Written by the report into each finished run: not a training or a validation metric.
+STUDY_METRICS = ("steps_to_target", "b_simple_at_target", "b_simple_final", "examples_per_sec")
 
 
 def write_run_metrics(study_dir, state, runs, summary):
-    """Each finished run's steps to target (interpolated crossing), final B_simple and
-    examples/s as ``hparams/<name>`` scalars in its own TensorBoard directory, and a failed
+    """Each finished run's steps to target (interpolated crossing), its smoothed B_simple read
+    at that crossing (``b_simple_at_target``; none where it did not reach the target) and at the
+    end of training (``b_simple_final``: B_simple grows as the loss falls, so the two differ),
+    and examples/s as ``hparams/<name>`` scalars in its own TensorBoard directory, and a failed
     run's session status; rewriting a report writes them again (the dashboard reads the last)."""
     target, metric, mode = summary["target"], summary["metric"], summary["mode"]
     for run, record_ in zip(state["runs"], runs):
@@ -130,10 +135,12 @@ def write_run_metrics(study_dir, state, runs, summary):
         if record_.get("status") != "finished":
             continue
         values = {"examples_per_sec": record_.get("examples_per_sec"),
-                  "b_simple": record_.get("b_simple")}
+                  "b_simple_final": record_.get("b_simple")}
         if target is not None:
-            values["steps_to_target"] = study_statistics.run_crossing(
-                record_, target, mode, metric)[0]
+            steps = study_statistics.run_crossing(record_, target, mode, metric)[0]
+            values["steps_to_target"] = steps
+            if steps is not None and record_.get("b_simple_curve"):
+                values["b_simple_at_target"] = value_at(record_["b_simple_curve"], steps)
         values = {k: v for k, v in values.items() if v is not None}
         if values:
             write_final_metrics(log_dir, values, record_.get("updates") or 0)
@@ -158,10 +165,19 @@ def log_figures(log_dir, figures, markdown=None):
         writer.close()
 
 
-def write_hparams_config(log_dir, state, metric):
-    """The HParams experiment config: one column per hyperparameter and per final metric."""
+def write_hparams_config(log_dir, state, metric, summary=None):
+    """The HParams experiment config: one column per hyperparameter and per final metric; the
+    steps-to-target column names its target (``summary``'s) and the report's own columns carry no
+    training or validation type."""
     domains = {name: sorted({(run.get("hparams") or {}).get(name) for run in state["runs"]},
                             key=repr) for name in HPARAMS}
     base = metric[len("val_"):] if metric.startswith("val_") else metric
     tags = [metric, "val_loss", "loss", base, f"gap_{base}", "gap_loss", *STUDY_METRICS]
-    write_experiment_config(log_dir, domains, list(dict.fromkeys(tags)))
+    names = {tag: tag for tag in dict.fromkeys(tags)}
+    for train_side in ("loss", base):  # fit's, not an evaluation at the final weights
+        names[train_side] = f"{train_side} (running average, last epoch)"
+    if summary and summary.get("target") is not None:
+        relation = ">=" if summary.get("mode", "max") == "max" else "<="
+        names["steps_to_target"] = (f"updates to {summary['metric']} {relation} "
+                                    f"{summary['target']:.4g}")
+    write_experiment_config(log_dir, domains, names, untyped=STUDY_METRICS)
