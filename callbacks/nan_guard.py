@@ -28,5 +28,14 @@ class FailOnNonFiniteLoss(keras.callbacks.Callback):
         if loss is not None and not math.isfinite(float(loss)):
             raise NonFiniteLossError(
                 f"The training loss became {float(loss)} at update {batch + 1} of epoch "
-                f"{self._epoch + 1}: lower the learning rate, check the data for NaN/inf, or "
-                "use a float32 policy.")
+                f"{self._epoch + 1}: lower the learning rate{self._policy_advice()}.")
+
+    def _policy_advice(self):
+        """", check the data for NaN/inf, or use a float32 policy" under a low-precision
+        policy; without the policy advice when the model already computes in float32 or 64."""
+        policy = getattr(self.model, "dtype_policy", None)
+        compute = getattr(policy, "compute_dtype", None)
+        if compute in (None, "float32", "float64"):
+            return " or check the data for NaN/inf"
+        return (f", check the data for NaN/inf, or use a float32 policy (this run computes in "
+                f"{compute})")

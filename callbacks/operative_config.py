@@ -1,4 +1,4 @@
-"""Saves the operative config (the values actually used) after the first update.
+"""Saves the operative config (the values actually used) after the first graph call of updates.
 
 gin records a binding in its operative config only once the configurable has been called, so the
 file is written after training's first step, when every builder has run. It goes to

@@ -100,6 +100,9 @@ def test_nan_loss_fails_the_run_and_says_where(tmp_path):
     (path,) = run_dirs(str(tmp_path / "runs"))
     assert read_json(os.path.join(path, "status.json"))["status"] == "failed"
     assert not os.path.exists(os.path.join(path, "result.json"))
+    # Failed inside the first graph call: the values used so far are kept for debugging.
+    with open(os.path.join(path, "operative_config.gin")) as handle:
+        assert "SGD.learning_rate = 1" in handle.read()
 
 
 @pytest.mark.slow

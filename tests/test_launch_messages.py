@@ -62,12 +62,16 @@ def test_a_module_beside_a_gin_file_in_gin_experiments_is_imported_and_trains(
     folder = fake_repository / "gin" / "experiments"
     (folder / "fixa_readme_models.py").write_text(MODELS)
     gin_file = folder / "my_convnet.gin"
-    gin_file.write_text(f"include '{os.path.join(REPO, DIGITS)}'\nimport fixa_readme_models\n"
+    # As README's my_convnet.gin: base and data, no model file (whose settings would go unused).
+    gin_file.write_text(f"include '{os.path.join(REPO, 'gin/base.gin')}'\n"
+                        f"include '{os.path.join(REPO, 'gin/data/digits.gin')}'\n"
+                        "import fixa_readme_models\n"
                         "digits.flatten = False\ntrain.model_fn = @fixa_tiny_convnet\n"
-                        "fixa_tiny_convnet.width = 4\n")
+                        "fixa_tiny_convnet.width = 4\ntrain.batch_size = 32\n")
     (result,) = _launch(tmp_path, [str(gin_file)])
     operative = open(os.path.join(result["run_dir"], "operative_config.gin")).read()
     assert "fixa_tiny_convnet.width = 4" in operative
+    assert result["unused_bindings"] == [], result["unused_bindings"]
 
 
 def test_shipped_gin_folders_without_python_are_not_searched(fake_repository):
@@ -221,6 +225,21 @@ def test_an_unknown_parameter_in_a_binding_names_the_binding():
                               "'mlp.hiden_units = (8,)'). Did you mean: hidden_units")
 
 
+def test_parameters_the_launcher_sets_are_neither_listed_nor_bindable():
+    """``train.output_dir`` and its kind are set by flags: a typo's parameter list leaves them
+    out, and binding one is one line saying what sets it, not gin's "denylisted kwarg"."""
+    with pytest.raises(launch.ConfigError) as error:
+        launch.parse([DIGITS], ["train.bach_size = 64"])
+    listed = str(error.value).split("Its parameters: ", 1)[1]
+    assert "batch_size" in listed and "output_dir" not in listed and "run_name" not in listed
+    with pytest.raises(launch.ConfigError) as error:
+        launch.parse([DIGITS], ["train.output_dir = 'elsewhere'"])
+    message = str(error.value)
+    assert len(message.splitlines()) == 1 and "denylisted" not in message, message
+    assert message.startswith("'train.output_dir' cannot be bound in gin") and \
+        message.endswith("use the --output_dir flag."), message
+
+
 # -- 4. README: which overrides are announced --------------------------------------------------
 
 def test_the_readme_says_which_overrides_are_announced():
@@ -294,6 +313,19 @@ def test_sgd_settings_stay_where_the_run_uses_sgd_or_the_user_set_them(tmp_path)
     launch.parse([str(mine)], [])
     assert [line for line in _optimizer_lines() if line.startswith("SGD.")] == \
         ["SGD.learning_rate = 0.2"]
+
+
+def test_sweep_variants_keep_their_declared_order_when_sgd_defaults_are_left_out(tmp_path):
+    """Leaving out base.gin's SGD settings parses the configuration again from its own text,
+    where gin prints a dict's keys sorted: the variants must still run in the file's order."""
+    mine = tmp_path / "my_experiment.gin"
+    mine.write_text("include 'gin/experiments/digits_mlp.gin'\n"
+                    "train.optimizer = @keras.optimizers.Adam\n"
+                    "sweep.variants = {'b64': ['train.batch_size = 64'], "
+                    "'b512': ['train.batch_size = 512'], 'a': []}\n")
+    launch.parse([str(mine)], [])
+    assert not [line for line in _optimizer_lines() if line.startswith("SGD.")]  # re-parsed
+    assert list(gin.query_parameter("sweep.variants")) == ["b64", "b512", "a"]
 
 
 def test_an_adam_run_over_base_gin_reports_only_real_unused_bindings(tmp_path):

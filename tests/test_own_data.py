@@ -191,6 +191,22 @@ def test_csv_fractional_and_negative_labels_name_file_line_and_column(tmp_path):
     assert run_dirs(str(tmp_path / "runs")) == []  # refused before the run directory
 
 
+def test_binary_labels_from_files_are_named_by_file_line_and_column(tmp_path):
+    """task='binary' checks 0/1 labels where the file is read, as classification does: the bad
+    label's file, line and column (not the source's name and a 0-based row)."""
+    x, y = _examples(6)
+    lines = ["a,b,c,d,label"] + [",".join(map(str, [*r, l % 2])) for r, l in
+                                 zip(x.tolist(), y)]
+    lines[3] = lines[3].rsplit(",", 1)[0] + ",2"
+    (tmp_path / "bin.csv").write_text("\n".join(lines) + "\n")
+    with pytest.raises(ValueError, match=r"bin.csv, line 4, column 'label': label 2.0 is not "
+                                         r"below the number of classes \(2\)"):
+        arrays.csv_file(path=str(tmp_path / "bin.csv"), label_column="label", task="binary")
+    np.savez(tmp_path / "bin.npz", x=x, y=np.array([0, 1, 1, 0, 3, 1]))
+    with pytest.raises(ValueError, match=r"bin.npz, array 'y', row 4: label 3 is not below"):
+        arrays.npz_file(path=str(tmp_path / "bin.npz"), task="binary")
+
+
 def test_npz_labels_checked_against_num_classes(tmp_path):
     x, y = _examples(10)
     np.savez(tmp_path / "d.npz", x=x, y=y.astype("float32") + 0.5)

@@ -225,15 +225,26 @@ def test_a_sweep_runs_through_the_same_executor_with_jobs_2(tmp_path):
     bindings = ["train.verbose = 0", "train.epochs = 1", "measurements.enabled = []",
                 "sweep.variants = {'b64': ['train.batch_size = 64'], "
                 "'bad': ['keras.optimizers.SGD.learning_rate = 1e12', "
-                "'keras.optimizers.SGD.momentum = 0.0']}"]
+                "'keras.optimizers.SGD.momentum = 0.0'], "
+                "'nofile': ['train.data_fn = @csv_file', "
+                f"'csv_file.path = \"{tmp_path}/missing.csv\"', "
+                "'csv_file.label_column = \"label\"']}"]
     results = launch.launch(["gin/experiments/digits_mlp.gin"], bindings,
                             output_dir=str(tmp_path), print_fn=lambda *_: None, jobs=2,
                             run_name="s")
-    assert [(r["run"], r["status"]) for r in results] == [("b64", "finished"), ("bad", "failed")]
+    assert [(r["run"], r["status"]) for r in results] == [
+        ("b64", "finished"), ("bad", "failed"), ("nofile", "failed")]
     assert "loss became nan" in results[1]["error"]
     group = tmp_path / "digits_mlp" / "s"
-    assert "b64" in open(group / "table.txt").read()
-    assert "\x1b" not in open(group / "b64" / "log.txt").read()
+    table = open(group / "table.txt").read()
+    assert "b64" in table and "\x1b" not in open(group / "b64" / "log.txt").read()
+    # Refused before its run directory existed: its reason is kept in the table and sweep.json,
+    # and --list counts it as failed, not missing.
+    assert not (group / "nofile").exists()
+    assert "missing.csv" in read_json(str(group / "sweep.json"))["errors"]["nofile"]
+    assert "nofile: " in table.split("Failed:")[1]
+    from experiments.launch import listing
+    assert listing.group_line(str(group))[1].startswith("3 variants: 2 failed, 1 finished")
 
 
 @pytest.mark.slow

@@ -119,12 +119,22 @@ def _one_validation_set(source, validation_path, kwargs):
                          f"{source}.validation_split unset.")
 
 
+# Tasks whose targets are class ids, checked where a file is read so that a bad one is named by
+# file and line (``_prepare`` checks them again, by row, for in-memory arrays).
+LABELLED_TASKS = ("classification", "binary")
+
+
+def _classes(task, num_classes):
+    """The number of classes a task's labels must stay below: 2 for binary (0/1) labels."""
+    return 2 if task == "binary" else num_classes
+
+
 def _npz_part(path, x_key, y_key, task, num_classes):
     loaded = files.read_npz_arrays(path, (x_key, y_key))
     x, y = loaded[x_key], loaded[y_key]
-    if task == "classification":  # named as the file's other errors name it: the path found
+    if task in LABELLED_TASKS:  # named as the file's other errors name it: the path found
         where = paths.resolve(path, what="NumPy archive")
-        y = labels.check_classes(y, f"{where}, array {y_key!r}", num_classes)
+        y = labels.check_classes(y, f"{where}, array {y_key!r}", _classes(task, num_classes))
     return x, y
 
 
@@ -145,8 +155,8 @@ def npz_file(path=gin.REQUIRED, x_key="x", y_key="y", validation_path=None, **kw
 def _csv_part(path, label_column, feature_columns, task, num_classes):
     x, y, lines, resolved = files.read_csv_columns(path, label_column, feature_columns,
                                                    with_lines=True)
-    if task == "classification":
-        y = labels.check_classes(y, f"{resolved}", num_classes,
+    if task in LABELLED_TASKS:
+        y = labels.check_classes(y, f"{resolved}", _classes(task, num_classes),
                                  lambda row: f"line {lines[row]}, column {label_column!r}")
     return x, y
 

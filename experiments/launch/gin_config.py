@@ -39,6 +39,25 @@ def _suggest(word, candidates):
     return f" Did you mean: {', '.join(close)}?" if close else ""
 
 
+# Parameters gin refuses to bind (a configurable's denylist), and what sets them instead.
+_NOT_BINDABLE_HINTS = {
+    "output_dir": "use the --output_dir flag",
+    "run_name": "use the --run_name flag",
+    "experiment": "a run is named after its gin file",
+}
+
+
+def _bindable(name, parameter):
+    """Whether gin accepts a binding of ``name.parameter`` (not in the configurable's
+    denylist: those are set by the launcher, and listing them as parameters would invite a
+    binding that is refused)."""
+    try:
+        gin.config.ParsedBindingKey.parse(f"{name}.{parameter}")
+    except ValueError:
+        return False
+    return True
+
+
 def _gin_location(text):
     """Where gin says a parse error is: ``in FILE, line N`` (the innermost file; the file that
     includes it named too), or None for a binding string (the caller names the binding)."""
@@ -68,11 +87,17 @@ def explain(error, where=None):
         try:
             target = gin.get_configurable(name)
             target = target.__init__ if inspect.isclass(target) else target
-            params = [p for p in inspect.signature(target).parameters if p != "self"]
+            params = [p for p in inspect.signature(target).parameters
+                      if p != "self" and _bindable(name, p)]
         except (KeyError, AttributeError, TypeError, ValueError):
             params = []
         return ConfigError(f"'{name}' has no parameter '{param}'{place}."
                            f"{_suggest(param, params)} Its parameters: {', '.join(params)}.")
+    refused = re.search(r"Configurable '([^']+)' has denylisted kwarg '([^']+)'", text)
+    if refused:
+        name, param = refused.groups()
+        hint = _NOT_BINDABLE_HINTS.get(param, "batchlab sets it for each run")
+        return ConfigError(f"'{name}.{param}' cannot be bound in gin{place}: {hint}.")
     missing = re.search(r"No module named '([^']+)'", text)
     if isinstance(error, ImportError) and missing:
         module = missing.group(1)
@@ -343,14 +368,38 @@ def drop_unchosen_optimizer_defaults(graph, files, gin_bindings):
     dropped, text = _unchosen_optimizer_defaults(graph, files, gin_bindings)
     if not dropped:
         return False
+    ordered = _dict_values(text)
     gin.clear_config()
     try:
         gin.parse_config(_without(text, dropped))
+        with gin.unlock_config():
+            for key, value in ordered.items():
+                gin.bind_parameter(key, value)
     except Exception:  # noqa: BLE001  (a value gin prints but cannot read back: keep it all)
         gin.clear_config()
         _parse_sources(files, gin_bindings)
         return False
     return True
+
+
+def _dict_values(config_text):
+    """{binding key: value} of each binding in the parsed configuration whose value is a dict.
+    gin prints a dict's keys sorted, so a configuration parsed again from its own text would
+    lose their order (``sweep.variants``: the variants would run and be tabled alphabetically,
+    not in the order the file declares them); these are bound back as they were parsed."""
+    values = {}
+    for line in config_text.splitlines():
+        match = _BINDING_LINE.match(line)  # (a long value continues on the next lines)
+        if not match:
+            continue
+        key = f"{match.group(1)}{match.group(2)}.{match.group(3)}"
+        try:
+            value = gin.query_parameter(key)
+        except (ValueError, KeyError):
+            continue
+        if isinstance(value, dict):
+            values[key] = value
+    return values
 
 
 _BINDING_LINE = re.compile(r"^((?:[\w.]+/)*)([\w.]+)\.(\w+) = (.*)$")

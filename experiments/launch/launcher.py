@@ -87,6 +87,8 @@ def launch(gin_files=(), gin_bindings=(), output_dir="runs", print_fn=print, job
         suggestion = lr_range.suggestion_sentence(result)
         if suggestion:
             print_fn("\n" + suggestion)
+        if result.get("run_dir"):  # ends as a sweep's launch does: where to look
+            print_fn(f"\nRun: {result['run_dir']}   (tensorboard --logdir {result['run_dir']})")
         return [result]
     try:
         return _launch_sweep(files, gin_bindings, output_dir, experiment, variants, columns,
@@ -148,11 +150,15 @@ def _launch_sweep(files, gin_bindings, output_dir, experiment, variants, columns
     scaling = lr_range.scaling_sentence(results)  # range tests at several batch sizes
     if scaling:
         table += "\n\n" + scaling
+    errors = {r["run"]: r["error"] for r in results if r.get("error")}
+    if errors:  # a variant refused before its run directory existed has no other record
+        table += "\n\nFailed:\n" + "\n".join(f"  {name}: {error}"
+                                               for name, error in errors.items())
     with open(os.path.join(group_dir, "table.txt"), "w") as handle:
         handle.write(table + "\n")
     config = (read_json(os.path.join(group_dir, "sweep.json")) or {}).get("config")
     stored = {"variants": variants, "config": config, "runs": [r["run_dir"] for r in results],
-              "status": {r["run"]: r["status"] for r in results}}
+              "status": {r["run"]: r["status"] for r in results}, "errors": errors}
     if comparison is not None:
         stored["comparison"] = comparison.as_json()
     _write_json(os.path.join(group_dir, "sweep.json"), stored)

@@ -87,6 +87,8 @@ def group_line(path):
     counts = {}
     for name in variants:
         state = run_dir_lib.effective_status(os.path.join(path, name))
+        if state == "missing":  # refused before its directory existed: the sweep recorded it
+            state = (sweep.get("status") or {}).get(name, state)
         counts[state] = counts.get(state, 0) + 1
     summary = f"{len(variants)} variants: " + ", ".join(
         f"{n} {s}" for s, n in sorted(counts.items()))

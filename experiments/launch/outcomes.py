@@ -45,7 +45,8 @@ def collect(job, returncode, seconds):
         return Outcome(job.spec.name, job.run_dir, "interrupted", seconds,
                        error=f"{status.get('reason', 'stopped')} after update "
                              f"{status.get('update')}; resumable")
-    error = status.get("error") or _last_lines(log_path) or f"exit status {returncode}"
+    error = (status.get("error") or _failure_line(log_path) or _last_lines(log_path)
+             or f"exit status {returncode}")
     return Outcome(job.spec.name, job.run_dir, "failed", seconds, error=error)
 
 
@@ -63,6 +64,21 @@ def _move_log(run_dir):
         shutil.copyfileobj(new, out)
     os.remove(pending)
     return target
+
+
+# The last line a worker writes into a run's log when the run raised (``worker.run_job``).
+FAILED_PREFIX = "batchlab: the run failed: "
+
+
+def _failure_line(path):
+    """The error a worker named at the end of the log (``FAILED_PREFIX``), or None."""
+    try:
+        with open(path, errors="replace") as handle:
+            found = [line.rstrip()[len(FAILED_PREFIX):] for line in handle
+                     if line.startswith(FAILED_PREFIX)]
+    except OSError:
+        return None
+    return found[-1] if found else None
 
 
 def _last_lines(path, count=5):

@@ -21,7 +21,8 @@ import traceback
 import gin
 
 from callbacks.checkpointing import TrainingInterrupted
-from experiments.launch import study, sweep
+from experiments.common import errors
+from experiments.launch import outcomes, study, sweep
 from experiments.launch.gin_config import parse
 from experiments.run import runner
 
@@ -71,8 +72,13 @@ def run_job(gin_files, bindings, run_dir, log):
         except TrainingInterrupted:
             traceback.print_exc()
             raise
-        except Exception:  # noqa: BLE001  (recorded in the log and status.json; go on)
-            traceback.print_exc()
+        except Exception as error:  # noqa: BLE001  (recorded in the log and status.json; go on)
+            # Written to the log file itself (sys.stderr may not be the redirected descriptor),
+            # and ended by one line that names the error: a run that failed before its
+            # directory existed has no status.json to read it from (``outcomes.collect``).
+            with open(log, "a", errors="replace") as handle:
+                traceback.print_exc(file=handle)
+                handle.write(f"{outcomes.FAILED_PREFIX}{errors.summary(error)}\n")
 
 
 def serve(gin_files, base_bindings, lines=sys.stdin, out=None):

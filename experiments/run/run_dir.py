@@ -4,7 +4,8 @@ Layout::
 
     <output_dir>/<experiment>/<run_name or timestamp[-N]>/
         config.gin            every parsed binding, written before training
-        operative_config.gin  the values actually used, written after the first update
+        operative_config.gin  the values actually used, written after the first graph call of
+                              updates (or when the run fails)
         status.json           'running' (pid, host, start, heartbeat), then 'finished', 'failed'
                               (with the error) or 'interrupted' (stopped by a signal, resumable)
         result.json           only for a finished run

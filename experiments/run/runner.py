@@ -131,6 +131,7 @@ def run(settings, output, run_mode):
                     stopped.update)
         raise
     except BaseException as error:
+        _keep_operative_config(path)
         _record_end(path, run_dir_lib.mark_failed, error)
         try:
             error.batchlab_run_dir = path  # main.py names it in its one-line message
@@ -148,6 +149,21 @@ def run(settings, output, run_mode):
     run_dir_lib.write_json(path, "result.json", result)
     run_dir_lib.write_json(path, "status.json", {"status": "finished"})
     return result
+
+
+def _keep_operative_config(path):
+    """A run that fails before its first graph call ends (a NaN in the first chunk of updates)
+    has no operative_config.gin yet (``OperativeConfigSaver`` writes it there): write the values
+    used so far, which is what a user debugging the failure reads. Best effort: the run's own
+    error is what matters."""
+    target = os.path.join(path, "operative_config.gin")
+    if os.path.exists(target):
+        return
+    try:
+        with open(target, "w", encoding="utf-8") as handle:
+            handle.write(gin.operative_config_str())
+    except OSError as error:
+        logging.warning("Could not write %s (%s).", target, error)
 
 
 def _record_end(path, mark, *details):
