@@ -199,6 +199,7 @@ def test_a_studys_own_columns_read_b_simple_at_the_target_and_say_their_target(t
     # The curve's last logged value at or before the crossing (``steps_to_result.value_at``).
     assert scalars["hparams/b_simple_at_target"][1] == pytest.approx(20.0)
     assert scalars["hparams/b_simple_final"][1] == pytest.approx(1865.0)
+    assert scalars["hparams/reached_target"][1] == 1.0
 
     study_reporting.write_hparams_config(
         str(study / "tensorboard"), {"runs": [{"hparams": {"batch_size": 16}}]},

@@ -117,11 +117,14 @@ def console_text(markdown):
 
 # Per-run HParams columns the study adds after training (the run cannot know them itself).
 # Written by the report into each finished run: not a training or a validation metric.
-STUDY_METRICS = ("steps_to_target", "b_simple_at_target", "b_simple_final", "examples_per_sec")
+STUDY_METRICS = ("steps_to_target", "reached_target", "b_simple_at_target", "b_simple_final",
+                 "examples_per_sec")
 
 
 def write_run_metrics(study_dir, state, runs, summary):
-    """Each finished run's steps to target (interpolated crossing), its smoothed B_simple read
+    """Each finished run's steps to target (interpolated crossing; ``reached_target`` 1 or 0,
+    so that a dashboard sorted by steps does not hide the runs that never got there), its
+    smoothed B_simple read
     at that crossing (``b_simple_at_target``; none where it did not reach the target) and at the
     end of training (``b_simple_final``: B_simple grows as the loss falls, so the two differ),
     and examples/s as ``hparams/<name>`` scalars in its own TensorBoard directory, and a failed
@@ -139,6 +142,7 @@ def write_run_metrics(study_dir, state, runs, summary):
         if target is not None:
             steps = study_statistics.run_crossing(record_, target, mode, metric)[0]
             values["steps_to_target"] = steps
+            values["reached_target"] = float(steps is not None)  # 0: steps' cell stays empty
             if steps is not None and record_.get("b_simple_curve"):
                 values["b_simple_at_target"] = value_at(record_["b_simple_curve"], steps)
         values = {k: v for k, v in values.items() if v is not None}
