@@ -326,6 +326,13 @@ def test_sweep_variants_keep_their_declared_order_when_sgd_defaults_are_left_out
     launch.parse([str(mine)], [])
     assert not [line for line in _optimizer_lines() if line.startswith("SGD.")]  # re-parsed
     assert list(gin.query_parameter("sweep.variants")) == ["b64", "b512", "a"]
+    # The same held in a macro (sweep.variants = %VARIANTS).
+    mine.write_text("include 'gin/experiments/digits_mlp.gin'\n"
+                    "train.optimizer = @keras.optimizers.Adam\n"
+                    "VARIANTS = {'b64': ['train.batch_size = 64'], 'a': []}\n"
+                    "sweep.variants = %VARIANTS\n")
+    launch.parse([str(mine)], [])
+    assert list(gin.query_parameter("%VARIANTS")) == ["b64", "a"]
 
 
 def test_an_adam_run_over_base_gin_reports_only_real_unused_bindings(tmp_path):

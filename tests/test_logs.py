@@ -71,10 +71,11 @@ def test_list_shows_status_metrics_errors_and_groups(tmp_path):
           "updates": 99})
     _run(str(tmp_path / "x" / "killed"), {"status": "running", "pid": 2 ** 22 + 7,
                                           "host": os.uname().nodename, "heartbeat": 0})
-    with open(study / "study.json", "w") as handle:
-        json.dump({"runs": [{"name": "b64_s0"}, {"name": "b128_s0"}]}, handle)
+    with open(study / "study.json", "w") as handle:  # b8_s0: refused before its directory
+        json.dump({"runs": [{"name": "b64_s0"}, {"name": "b128_s0"},
+                            {"name": "b8_s0", "status": "failed"}]}, handle)
     text = listing.format_listing(str(tmp_path))
-    assert f"study  2 runs: 1 failed, 1 finished  {study}" in text
+    assert f"study  3 runs: 2 failed, 1 finished  {study}" in text
     assert "val_accuracy=0.9 val_loss=0.3 B=64 updates=12" in text
     assert "val_loss=0.25 B=16->48 updates=99" in text  # a batch that grew says so
     assert "NonFiniteLossError: loss became nan" in text

@@ -396,7 +396,7 @@ def test_rates_that_failed_were_tried_and_the_report_says_only_one_finished():
     s = summarize(finished_runs + failed_runs, target=0.75)
     assert s["lr_searched"] and not s["lr_compared"]
     text = answers._lr_sentence(s)
-    assert "only one learning rate and rule finished (the others failed)" in text
+    assert "at no batch size did more than one learning rate and rule finish" in text
     assert "tried only one" not in text
     assert "with the best learning rate tried" not in answers._hurt_sentence(s)
     entry = report_json(s)["per_batch_size"]["16"]

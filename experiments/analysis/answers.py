@@ -344,8 +344,8 @@ def _one_setting_text(s, consequence):
     if not s["lr_searched"]:
         return f"; but each batch size tried only one learning rate and rule{consequence}"
     if not s.get("lr_compared", True):
-        return ("; but at each batch size only one learning rate and rule finished (the others "
-                f"failed){consequence}")
+        return ("; but at no batch size did more than one learning rate and rule finish (the "
+                f"runs at the others failed){consequence}")
     return ""
 
 

@@ -375,6 +375,10 @@ def report_json(summary):
             "gap": final.get("gap")}
     for b, final in summary["per_batch"].items():
         per_batch.setdefault(str(b), {"steps": None, "steps_interval": None,
+                                      "steps_interval_level": None, "budget": None,
+                                      "num_runs": None, "num_seeds": None,
+                                      "at_edge": edges.get(b),
+                                      "learning_rates_tried": summary["lrs_tried"].get(b, []),
                                       "learning_rate": final["learning_rate"],
                                       "rule": final["rule"], "censored": None,
                                       "final": final["final"],

@@ -390,9 +390,13 @@ def _dict_values(config_text):
     values = {}
     for line in config_text.splitlines():
         match = _BINDING_LINE.match(line)  # (a long value continues on the next lines)
-        if not match:
+        macro = None if match else _MACRO_LINE.match(line)  # VARIANTS = {...}
+        if match:
+            key = f"{match.group(1)}{match.group(2)}.{match.group(3)}"
+        elif macro:
+            key = f"%{macro.group(1)}"
+        else:
             continue
-        key = f"{match.group(1)}{match.group(2)}.{match.group(3)}"
         try:
             value = gin.query_parameter(key)
         except (ValueError, KeyError):
@@ -403,6 +407,7 @@ def _dict_values(config_text):
 
 
 _BINDING_LINE = re.compile(r"^((?:[\w.]+/)*)([\w.]+)\.(\w+) = (.*)$")
+_MACRO_LINE = re.compile(r"^([A-Za-z_]\w*) = ")
 _REFERENCE = re.compile(r"@((?:[\w.]+/)*)([\w.]+)")
 
 

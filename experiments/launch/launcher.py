@@ -150,7 +150,8 @@ def _launch_sweep(files, gin_bindings, output_dir, experiment, variants, columns
     scaling = lr_range.scaling_sentence(results)  # range tests at several batch sizes
     if scaling:
         table += "\n\n" + scaling
-    errors = {r["run"]: r["error"] for r in results if r.get("error")}
+    errors = {r["run"]: r["error"] for r in results
+              if r.get("status") == "failed" and r.get("error")}
     if errors:  # a variant refused before its run directory existed has no other record
         table += "\n\nFailed:\n" + "\n".join(f"  {name}: {error}"
                                                for name, error in errors.items())

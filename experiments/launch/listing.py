@@ -76,6 +76,8 @@ def group_line(path):
         counts = {}
         for run in runs:
             state = run_dir_lib.effective_status(os.path.join(path, run.get("name", "")))
+            if state == "missing" and run.get("status") == "failed":  # refused before its
+                state = "failed"                                       # directory existed
             counts[state] = counts.get(state, 0) + 1
         report = os.path.join(path, "report.md")
         summary = f"{len(runs)} runs: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))

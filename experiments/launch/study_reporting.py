@@ -9,6 +9,7 @@ rebuilds a report of a finished, partly failed or still running study at any tim
 
 import html
 import json
+import math
 import os
 
 import tensorflow as tf
@@ -122,9 +123,9 @@ STUDY_METRICS = ("steps_to_target", "reached_target", "b_simple_at_target", "b_s
 
 
 def write_run_metrics(study_dir, state, runs, summary):
-    """Each finished run's steps to target (interpolated crossing; ``reached_target`` 1 or 0,
-    so that a dashboard sorted by steps does not hide the runs that never got there), its
-    smoothed B_simple read
+    """Each finished run's steps to target (interpolated crossing, NaN where not reached;
+    ``reached_target`` 1 or 0, so that a dashboard sorted by steps does not hide the runs that
+    never got there), its smoothed B_simple read
     at that crossing (``b_simple_at_target``; none where it did not reach the target) and at the
     end of training (``b_simple_final``: B_simple grows as the loss falls, so the two differ),
     and examples/s as ``hparams/<name>`` scalars in its own TensorBoard directory, and a failed
@@ -141,8 +142,12 @@ def write_run_metrics(study_dir, state, runs, summary):
                   "b_simple_final": record_.get("b_simple")}
         if target is not None:
             steps = study_statistics.run_crossing(record_, target, mode, metric)[0]
-            values["steps_to_target"] = steps
-            values["reached_target"] = float(steps is not None)  # 0: steps' cell stays empty
+            # Not reached: NaN, not nothing. The dashboard reads each tag's last value, and a
+            # report rebuilt with another target (the default one moves with the runs) must not
+            # leave the previous target's numbers standing.
+            values["steps_to_target"] = math.nan if steps is None else steps
+            values["reached_target"] = float(steps is not None)
+            values["b_simple_at_target"] = math.nan
             if steps is not None and record_.get("b_simple_curve"):
                 values["b_simple_at_target"] = value_at(record_["b_simple_curve"], steps)
         values = {k: v for k, v in values.items() if v is not None}

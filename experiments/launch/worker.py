@@ -78,7 +78,8 @@ def run_job(gin_files, bindings, run_dir, log):
             # directory existed has no status.json to read it from (``outcomes.collect``).
             with open(log, "a", errors="replace") as handle:
                 traceback.print_exc(file=handle)
-                handle.write(f"{outcomes.FAILED_PREFIX}{errors.summary(error)}\n")
+                named = " / ".join(errors.summary(error).splitlines())  # one line
+                handle.write(f"{outcomes.FAILED_PREFIX}{named}\n")
 
 
 def serve(gin_files, base_bindings, lines=sys.stdin, out=None):

@@ -160,10 +160,11 @@ def _keep_operative_config(path):
     if os.path.exists(target):
         return
     try:
+        text = gin.operative_config_str()
         with open(target, "w", encoding="utf-8") as handle:
-            handle.write(gin.operative_config_str())
-    except OSError as error:
-        logging.warning("Could not write %s (%s).", target, error)
+            handle.write(text)
+    except Exception as error:  # pylint: disable=broad-except  (never hides the run's own)
+        logging.warning("Could not write %s (%s: %s).", target, type(error).__name__, error)
 
 
 def _record_end(path, mark, *details):
