@@ -351,7 +351,9 @@ def test_a_sweep_resumes_by_name(tmp_path):
     group = os.path.join(output, "digits_mlp", "s")
     assert os.path.getmtime(os.path.join(group, "a", "result.json")) == finished_a
     with open(os.path.join(group, "b", "result.json")) as handle:
-        assert json.load(handle)["resumed_at_updates"][0] >= 10
+        resumed = json.load(handle)
+    assert resumed["resumed_at_updates"][0] >= 10
+    assert (resumed["experiment"], resumed["group"]) == ("digits_mlp", "s")
     with open(os.path.join(group, "sweep.json")) as handle:
         assert json.load(handle)["status"] == {"a": "finished", "b": "finished"}
     assert "1 variant(s) already finished" in again.stdout

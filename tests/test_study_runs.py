@@ -72,6 +72,8 @@ def test_runs_record_the_validation_curve_and_hparams(study_output):
     study_dir = study_output[2]["study_dir"]
     run = os.path.join(study_dir, "b64_lr0.1_s0")
     result = read_json(os.path.join(run, "result.json"))
+    # The experiment is the study's gin file; the group its directory (not the other way).
+    assert (result["experiment"], result["group"]) == ("tiny", os.path.basename(study_dir))
     curve = result["measurements"]["curve"]
     assert [u for u, _ in curve["val_accuracy"]] == [5, 10, 15, 20, 23]  # ceil(1438/64) = 23
     assert event_values(os.path.join(run, "tensorboard"), "validation_curve/val_loss")

@@ -25,6 +25,9 @@ def resume(path):
     experiment_dir = os.path.dirname(path)
     with open(config) as handle:
         config_text = handle.read()  # the run's own text: the same configuration by definition
+    in_group = any(os.path.isfile(os.path.join(experiment_dir, name))
+                   for name in ("sweep.json", "study.json"))  # a sweep's or study's run
     return runner.train(output_dir=os.path.dirname(experiment_dir),
                         experiment=os.path.basename(experiment_dir),
-                        run_name=os.path.basename(path), config_text=config_text, resumable=True)
+                        run_name=os.path.basename(path), config_text=config_text, resumable=True,
+                        in_group=in_group)

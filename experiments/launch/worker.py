@@ -40,7 +40,7 @@ def train_here(gin_files, bindings, run_dir):
     parent = os.path.dirname(os.path.abspath(run_dir))
     return runner.train(output_dir=os.path.dirname(parent), experiment=os.path.basename(parent),
                         run_name=os.path.basename(run_dir), config_text=gin.config_str(),
-                        resumable=True)
+                        resumable=True, in_group=True)
 
 
 @contextlib.contextmanager

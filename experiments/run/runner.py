@@ -44,13 +44,14 @@ PACKAGES = ("tensorflow", "tensorflow-cpu", "keras", "gin-config", "absl-py", "n
             "tensorboard")
 
 
-@gin.configurable(denylist=["output_dir", "experiment", "run_name", "config_text", "resumable"])
+@gin.configurable(denylist=["output_dir", "experiment", "run_name", "config_text", "resumable",
+                             "in_group"])
 def train(model_fn=gin.REQUIRED, data_fn=gin.REQUIRED, optimizer=gin.REQUIRED, loss=gin.REQUIRED,
           batch_size=gin.REQUIRED, epochs=1, micro_batch_size=None, eval_batch_size=None,
           metrics=("accuracy",), seed=0, deterministic_ops=False, dtype_policy="float32",
           strategy=None, shuffle=True, extra_callbacks=(), verbose=None, output_dir="runs",
           experiment="experiment", run_name=None, config_text="", resumable=False,
-          mode="train", batch_size_schedule=None, learning_rate_scaling=None):
+          in_group=False, mode="train", batch_size_schedule=None, learning_rate_scaling=None):
     """Runs one experiment and returns its result dict (also written to ``result.json``).
 
     Args:
@@ -99,7 +100,7 @@ def train(model_fn=gin.REQUIRED, data_fn=gin.REQUIRED, optimizer=gin.REQUIRED, l
     # A process may train many runs (a study's worker): each run's traced graphs go with it.
     with keras_internals.released_custom_gradients():
         return run_mode.start(settings, RunOutput(output_dir, experiment, run_name, config_text,
-                                                  resumable), run)
+                                                  resumable, bool(in_group)), run)
 
 
 def run(settings, output, run_mode):
@@ -142,7 +143,8 @@ def run(settings, output, run_mode):
     if unused:
         logging.warning("Bindings this run never used (check their names and scopes): %s",
                         ", ".join(unused))
-    result.update(experiment=output.experiment, run_dir=path, seed=settings.seed,
+    experiment, group = output.names()
+    result.update(experiment=experiment, group=group, run_dir=path, seed=settings.seed,
                   dtype_policy=settings.model.dtype_policy, wall_time_s=time.time() - started,
                   peak_memory_mb=peak_memory_mb(), versions=_package_versions(),
                   unused_bindings=unused)

@@ -8,6 +8,7 @@ instead of two dozen flat values. Measurement settings are ``measurements.*``
 """
 
 import dataclasses
+import os
 import sys
 from typing import Any, Callable, Optional
 
@@ -102,6 +103,9 @@ class RunOutput:
 
     ``resumable``: the named directory is the run's own (``--run_name``): an unfinished run of
     the same configuration there is resumed; otherwise a taken name gets a ``-N`` suffix.
+    ``in_group``: the run is one of a sweep's or study's (``<root>/<experiment>/<group>/<run>``:
+    ``output_dir`` is then ``<root>/<experiment>`` and ``experiment`` the group's directory), so
+    that result.json names the experiment and the group each as what they are.
     """
 
     output_dir: str = "runs"
@@ -109,6 +113,13 @@ class RunOutput:
     run_name: Optional[str] = None
     config_text: str = ""
     resumable: bool = False
+    in_group: bool = False
+
+    def names(self):
+        """(experiment, group) as result.json records them; group None for a run of its own."""
+        if self.in_group:
+            return os.path.basename(os.path.normpath(self.output_dir)), self.experiment
+        return self.experiment, None
 
 
 # NumPy, TensorFlow and Python's random all take a seed below 2**32.
