@@ -207,6 +207,7 @@ def test_a_studys_own_columns_read_b_simple_at_the_target_and_say_their_target(t
     (config,) = [data.experiment for data in _plugin_data(str(study / "tensorboard"))
                  if data.HasField("experiment")]
     metrics = {m.name.tag: m for m in config.metric_infos}
+    assert "rule" not in {h.name for h in config.hparam_infos}  # no rules: no "none" column
     assert metrics["hparams/steps_to_target"].display_name == "updates to val_accuracy >= 0.5"
     for name in study_reporting.STUDY_METRICS:
         assert metrics[f"hparams/{name}"].dataset_type == api_pb2.DATASET_UNKNOWN

@@ -180,6 +180,8 @@ def write_hparams_config(log_dir, state, metric, summary=None):
     training or validation type."""
     domains = {name: sorted({(run.get("hparams") or {}).get(name) for run in state["runs"]},
                             key=repr) for name in HPARAMS}
+    if domains["rule"] == [None]:  # a grid of learning rates: its "none" would read as the
+        del domains["rule"]        # rule 'none' (no scaling) of a study of rules
     base = metric[len("val_"):] if metric.startswith("val_") else metric
     tags = [metric, "val_loss", "loss", base, f"gap_{base}", "gap_loss", *STUDY_METRICS]
     names = {tag: tag for tag in dict.fromkeys(tags)}
