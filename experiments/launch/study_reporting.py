@@ -125,11 +125,11 @@ STUDY_METRICS = ("steps_to_target", "reached_target", "b_simple_at_target", "b_s
 def write_run_metrics(study_dir, state, runs, summary):
     """Each finished run's steps to target (interpolated crossing, NaN where not reached;
     ``reached_target`` 1 or 0, so that a dashboard sorted by steps does not hide the runs that
-    never got there), its smoothed B_simple read
-    at that crossing (``b_simple_at_target``; none where it did not reach the target) and at the
-    end of training (``b_simple_final``: B_simple grows as the loss falls, so the two differ),
-    and examples/s as ``hparams/<name>`` scalars in its own TensorBoard directory, and a failed
-    run's session status; rewriting a report writes them again (the dashboard reads the last)."""
+    never got there), its smoothed B_simple read at that crossing (``b_simple_at_target``; NaN
+    where it did not reach the target or logged no B_simple) and at the end of training
+    (``b_simple_final``: B_simple grows as the loss falls, so the two differ), and examples/s as
+    ``hparams/<name>`` scalars in its own TensorBoard directory, and a failed run's session
+    status; rewriting a report writes them again (the dashboard reads the last)."""
     target, metric, mode = summary["target"], summary["metric"], summary["mode"]
     for run, record_ in zip(state["runs"], runs):
         log_dir = os.path.join(study_dir, run["path"], "tensorboard")
@@ -147,9 +147,9 @@ def write_run_metrics(study_dir, state, runs, summary):
             # leave the previous target's numbers standing.
             values["steps_to_target"] = math.nan if steps is None else steps
             values["reached_target"] = float(steps is not None)
-            values["b_simple_at_target"] = math.nan
-            if steps is not None and record_.get("b_simple_curve"):
-                values["b_simple_at_target"] = value_at(record_["b_simple_curve"], steps)
+            at_target = value_at(record_.get("b_simple_curve"), steps) \
+                if steps is not None else None
+            values["b_simple_at_target"] = math.nan if at_target is None else at_target
         values = {k: v for k, v in values.items() if v is not None}
         if values:
             write_final_metrics(log_dir, values, record_.get("updates") or 0)
