@@ -52,6 +52,10 @@ def test_a_run_probes_at_its_updates_and_at_the_end(probed_run):
         assert 0 <= probe["noise_probe/linearity_p"] <= 1  # three sizes: 8, 32, 128
     logged = event_values(os.path.join(probed_run, "tensorboard"), "noise_probe/b_simple_low")
     assert [step for step, _ in logged] == [20, 40, updates]
+    # What the probes drew and the level of their intervals are kept beside them (the default
+    # sizes b, 4b, 16b at b = 8).
+    assert measured["noise_probe/settings"] == {"sizes": [8, 32, 128], "num_draws": 12,
+                                                "level": 0.95, "seed": 0}
 
 
 def test_the_command_line_probe_writes_a_new_file_each_time(probed_run, tmp_path, recwarn):
@@ -66,6 +70,11 @@ def test_the_command_line_probe_writes_a_new_file_each_time(probed_run, tmp_path
     assert written == ["final-1.json", "final.json"]
     with open(os.path.join(probed_run, "noise_probes", "final.json")) as handle:
         first = json.load(handle)
+    with open(os.path.join(probed_run, "noise_probes", "final-1.json")) as handle:
+        again = json.load(handle)
+    # A repeat draws other rows (the next seed): an independent repeat, not a copy.
+    assert (first["seed"], again["seed"]) == (0, 1)
+    assert again["noise_probe/b_simple_low"] != first["noise_probe/b_simple_low"]
     assert first["sizes"] == [8, 64] and first["num_draws"] == 12
     assert first["noise_probe/b_simple_low"] <= first["noise_probe/b_simple_high"]
     assert "noise_probe/linearity_p" not in first  # two sizes: nothing to test linearity on
@@ -87,7 +96,10 @@ def test_the_probe_line_gives_four_figures_and_says_when_b_simple_is_undefined()
     values.update({"noise_probe/b_preconditioned": 7.5, "noise_probe/b_preconditioned_low": 5.0,
                    "noise_probe/b_preconditioned_high": 11.25})
     assert noise_probe_run.describe(values, 0.9).endswith(
-        "90% interval [28.25, 63.26]; preconditioned 7.5 [5, 11.25]")
+        "90% interval [28.25, 63.26]; preconditioned 7.5  90% interval [5, 11.25]")
+    values["noise_probe/linearity_p"] = 0.4321
+    assert noise_probe_run.describe(values, 0.9, (8, 32, 128), 100).endswith(
+        "; 100 draws at each of B = 8, 32, 128, linearity p = 0.43")
     undefined = {"noise_probe/b_simple_low": 3.0, "noise_probe/b_simple_high": float("inf")}
     assert noise_probe_run.describe(undefined, 0.95).startswith("B_simple undefined")
 
@@ -101,7 +113,8 @@ def test_an_open_upper_end_says_what_the_bootstrap_found():
     values.update({"noise_probe/b_preconditioned": 7.5, "noise_probe/b_preconditioned_low": 5.0,
                    "noise_probe/b_preconditioned_high": float("inf")})
     assert noise_probe_run.describe(values, 0.95).endswith(
-        "; preconditioned 7.5 (5 to unbounded (|G|^2 <= 0 in some bootstrap replicates))")
+        "; preconditioned 7.5  95% interval: 5 to unbounded (|G|^2 <= 0 in some bootstrap "
+        "replicates)")
     assert "inf" not in noise_probe_run.describe(values, 0.95)
 
 
@@ -140,6 +153,35 @@ def test_the_command_line_probe_prints_once_and_writes_standard_json(probed_run,
     assert written["noise_probe/b_simple_high"] is None
     assert written["noise_probe/gradient_sq_norm_low"] is None
     assert written["noise_probe/b_simple_low"] == 96.6
+
+
+def test_probe_files_of_one_name_are_counted_exactly(tmp_path):
+    """``update-90.json`` is not a probe of update 9: the first probe of update 9 is
+    ``update-9.json``, its repeat ``update-9-1.json``."""
+    directory = tmp_path / "noise_probes"
+    directory.mkdir()
+    (directory / "update-90.json").write_text("{}")
+    (directory / "update-90-1.json").write_text("{}")
+    path, index = noise_probe_run._output_path(str(tmp_path), "update-9")
+    assert (os.path.basename(path), index) == ("update-9.json", 0)
+    path, index = noise_probe_run._output_path(str(tmp_path), "update-9")
+    assert (os.path.basename(path), index) == ("update-9-1.json", 1)
+
+
+@pytest.mark.parametrize("binding, message", [
+    ("probe_noise_scale.sizes = 8", "must be a list of two or three batch sizes"),
+    ("probe_noise_scale.sizes = [8, 8]", "two or more distinct batch sizes"),
+    ("probe_noise_scale.level = 0", "must be above 0 and below 1"),
+    ("probe_noise_scale.num_draws = 1", "at least 2"),
+])
+def test_bad_probe_settings_are_refused_before_loading(probed_run, tmp_path, binding, message):
+    run = str(tmp_path / "run")
+    shutil.copytree(probed_run, run, ignore=shutil.ignore_patterns("noise_probes"))
+    with pytest.raises(ValueError, match=message):
+        launch.launch([os.path.join(run, "config.gin"), PROBE],
+                      [f"probe_noise_scale.run_dir = '{run}'", binding],
+                      output_dir=str(tmp_path / "out"), print_fn=lambda *_: None)
+    assert not os.path.exists(os.path.join(run, "noise_probes"))
 
 
 def test_the_command_line_probe_needs_a_run_directory(tmp_path):

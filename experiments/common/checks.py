@@ -50,6 +50,15 @@ def fraction(value, binding, include_one=False):
     return float(value)
 
 
+def confidence_level(value, binding):
+    """A confidence level strictly between 0 and 1 (at 0 an interval shrinks to a point that
+    may exclude the estimate itself); a ValueError naming ``binding`` otherwise."""
+    value = fraction(value, binding)
+    if value <= 0:
+        raise ValueError(f"{binding} must be above 0 and below 1 (e.g. 0.95), got {value!r}.")
+    return value
+
+
 def one_of(value, allowed, binding):
     """``value`` if it is in ``allowed``; a ValueError naming ``binding`` and the choices."""
     if value not in allowed:

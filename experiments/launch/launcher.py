@@ -87,7 +87,9 @@ def launch(gin_files=(), gin_bindings=(), output_dir="runs", print_fn=print, job
         suggestion = lr_range.suggestion_sentence(result)
         if suggestion:
             print_fn("\n" + suggestion)
-        if result.get("run_dir"):  # ends as a sweep's launch does: where to look
+        # Ends as a sweep's launch does: where to look. Only for a run this launch wrote
+        # (a probe's result names the run it read, and writes no TensorBoard logs there).
+        if result.get("run_dir") and "experiment" in result:
             print_fn(f"\nRun: {result['run_dir']}   (tensorboard --logdir {result['run_dir']})")
         return [result]
     try:

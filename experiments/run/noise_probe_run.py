@@ -16,9 +16,9 @@ is probed from either.
 """
 
 import dataclasses
-import glob
 import math
 import os
+import re
 from typing import Optional
 
 import gin
@@ -55,11 +55,27 @@ def settings(run_dir=gin.REQUIRED, checkpoint="final", sizes=None, num_draws=100
     if not isinstance(run_dir, str) or not os.path.isdir(run_dir):
         raise ValueError(f"probe_noise_scale.run_dir = {run_dir!r} is not a run directory.")
     checks.one_of(checkpoint, ("final", "latest"), "probe_noise_scale.checkpoint")
+    # Checked here, before the run's data and weights are loaded.
     if sizes is not None:
-        sizes = tuple(checks.positive_int(b, "probe_noise_scale.sizes") for b in sizes)
-    return ProbeSettings(run_dir, checkpoint, sizes,
-                         checks.positive_int(num_draws, "probe_noise_scale.num_draws"),
-                         checks.fraction(level, "probe_noise_scale.level"), int(seed))
+        sizes = check_sizes(sizes, "probe_noise_scale.sizes")
+    num_draws = checks.positive_int(num_draws, "probe_noise_scale.num_draws")
+    if num_draws < 2:
+        raise ValueError("probe_noise_scale.num_draws must be at least 2 (a spread needs two).")
+    return ProbeSettings(run_dir, checkpoint, sizes, num_draws,
+                         checks.confidence_level(level, "probe_noise_scale.level"),
+                         checks.non_negative_int(seed, "probe_noise_scale.seed"))
+
+
+def check_sizes(sizes, binding):
+    """``sizes`` as a tuple of two or more distinct positive ints; a ValueError naming
+    ``binding`` otherwise (one size, or a number where a list is meant)."""
+    if not isinstance(sizes, (list, tuple)):
+        raise ValueError(f"{binding} must be a list of two or three batch sizes, got {sizes!r}.")
+    sizes = tuple(checks.positive_int(b, binding) for b in sizes)
+    if len(set(sizes)) < 2:
+        raise ValueError(f"{binding} needs two or more distinct batch sizes, got {list(sizes)}.")
+    return sizes
+
 
 
 def default_sizes(layout):
@@ -97,12 +113,24 @@ def _load(model, plan, probe_settings):
 OPEN_END = "unbounded (|G|^2 <= 0 in some bootstrap replicates)"
 
 
-def describe(values, level):
+def describe(values, level, sizes=None, num_draws=None):
     """One line: B_simple to four significant figures with its interval, or why it is
-    undefined (the |G|^2 estimate at or below zero: the noise swamps the mean gradient). An
-    infinite upper end reads ``OPEN_END`` (the interval is then written "low to OPEN_END")."""
+    undefined (the |G|^2 estimate at or below zero: the noise swamps the mean gradient), then
+    the preconditioned value with its interval, and (given ``sizes`` and ``num_draws``) what the
+    probe drew and its linearity test. An infinite upper end reads ``OPEN_END`` (the interval is
+    then written "low to OPEN_END")."""
+    line = _b_simple_text(values, level)
+    if sizes is not None and num_draws is not None:
+        line += f"; {num_draws} draws at each of B = {', '.join(str(b) for b in sizes)}"
+        if values.get("noise_probe/linearity_p") is not None:
+            line += f", linearity p = {values['noise_probe/linearity_p']:.2g}"
+    return line
+
+
+def _b_simple_text(values, level):
     low, high = values["noise_probe/b_simple_low"], values["noise_probe/b_simple_high"]
-    interval = _interval(low, high, f"{round(100 * level)}% interval")
+    label = f"{100 * level:.3g}% interval"
+    interval = _interval(low, high, label)
     b_simple = values.get("noise_probe/b_simple")
     if b_simple is None:
         return f"B_simple undefined (|G|^2 estimated <= 0)  {interval}"
@@ -111,9 +139,9 @@ def describe(values, level):
         line += ("  (tr(Sigma) estimated <= 0: the noise is not seen at these sizes, B_simple "
                  "lies below them; probe smaller sizes)")
     if "noise_probe/b_preconditioned" in values:
-        line += (f"; preconditioned {values['noise_probe/b_preconditioned']:.4g} "
+        line += (f"; preconditioned {values['noise_probe/b_preconditioned']:.4g}  "
                  + _interval(values["noise_probe/b_preconditioned_low"],
-                             values["noise_probe/b_preconditioned_high"]))
+                             values["noise_probe/b_preconditioned_high"], label))
     return line
 
 
@@ -126,14 +154,19 @@ def _interval(low, high, label=""):
 
 
 def _output_path(run_dir, name):
+    """(a new file ``noise_probes/<name>.json`` or ``<name>-<k>.json``, created empty, its index
+    k: 0 for the first). Only this name's own files count (``update-90.json`` is not one of
+    ``update-9``'s)."""
     directory = os.path.join(run_dir, "noise_probes")
     os.makedirs(directory, exist_ok=True)
-    index = len(glob.glob(os.path.join(directory, f"{name}*.json")))
+    own = re.compile(rf"^{re.escape(name)}(-(\d+))?\.json$")
+    taken = [own.match(entry) for entry in os.listdir(directory)]
+    index = max((int(m.group(2) or 0) + 1 for m in taken if m), default=0)
     while True:
         path = os.path.join(directory, f"{name}{'' if index == 0 else f'-{index}'}.json")
         try:
             with open(path, "x"):
-                return path
+                return path, index
         except FileExistsError:
             index += 1
 
@@ -149,15 +182,23 @@ def run(settings_, run_mode):
         raise ValueError("The noise-scale probe draws rows from training arrays; this run's data "
                          "source has none (stream data).")
     sizes = probe_settings.sizes or default_sizes(plan.layout)
-    values = probe(model, data, sizes, probe_settings.num_draws, seed=probe_settings.seed,
-                   level=probe_settings.level)
+    path, index = _output_path(probe_settings.run_dir, "final"
+                               if probe_settings.checkpoint == "final" else f"update-{update}")
+    # A repeat of the same probe draws other rows (seed + k for its k-th file), so that its
+    # files are independent repeats, not copies; each file records its seed.
+    seed = probe_settings.seed + index
+    try:
+        values = probe(model, data, sizes, probe_settings.num_draws, seed=seed,
+                       level=probe_settings.level)
+    except BaseException:
+        os.remove(path)  # no empty file left for a probe that did not happen
+        raise
     result = {"run_dir": probe_settings.run_dir, "weights": loaded, "update": update,
               "sizes": list(sizes), "num_draws": probe_settings.num_draws,
-              "level": probe_settings.level, **values}
-    path = _output_path(probe_settings.run_dir, "final" if probe_settings.checkpoint == "final"
-                        else f"update-{update}")
+              "level": probe_settings.level, "seed": seed, **values}
     with open(path, "w", encoding="utf-8") as handle:
         json_files.dump(result, handle, indent=2)  # standard JSON: an open end is null
     # Printed once, as a plain line (not also as a log line); the file has the rest.
-    print(f"{describe(values, probe_settings.level)}  -> {path}")
+    print(f"{describe(values, probe_settings.level, sizes, probe_settings.num_draws)}"
+          f"  -> {path}")
     return result
