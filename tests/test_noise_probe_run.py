@@ -184,6 +184,32 @@ def test_bad_probe_settings_are_refused_before_loading(probed_run, tmp_path, bin
     assert not os.path.exists(os.path.join(run, "noise_probes"))
 
 
+def test_a_kept_training_checkpoint_is_probed_by_its_update_or_as_the_latest(tmp_path):
+    """Checkpoints every 20 updates (two kept): 'latest' probes the newest, an update number the
+    one saved there, with the optimizer's state (SGD: no preconditioner); one not kept is
+    refused, naming those that are."""
+    output = tmp_path / "runs"
+    launch.launch([DIGITS], ["train.epochs = 2", "train.verbose = 0", "train.batch_size = 32",
+                             "measurements.enabled = []", "checkpoints.every_n_updates = 20"],
+                  output_dir=str(output), print_fn=lambda *_: None)
+    run = _only_run(output)
+    kept = sorted(os.listdir(os.path.join(run, "checkpoints")))
+    assert kept[-2:] == ["state-000000060.npz", "state-000000080.npz"], kept
+    config = os.path.join(run, "config.gin")
+    common = [f"probe_noise_scale.run_dir = '{run}'", "probe_noise_scale.num_draws = 4",
+              "probe_noise_scale.sizes = [8, 32, 128]"]
+    for checkpoint, name in (("'latest'", "update-80.json"), ("60", "update-60.json")):
+        launch.launch([config, PROBE], common + [f"probe_noise_scale.checkpoint = {checkpoint}"],
+                      output_dir=str(tmp_path / "out"), print_fn=lambda *_: None)
+        written = read_json(os.path.join(run, "noise_probes", name))
+        assert written["update"] == int(name[len("update-"):-len(".json")])
+        assert written["weights"].endswith(f"state-{written['update']:09d}.npz")
+    with pytest.raises(FileNotFoundError, match=r"No training checkpoint at update 20 .*kept: "
+                                                r"60, 80"):
+        launch.launch([config, PROBE], common + ["probe_noise_scale.checkpoint = 20"],
+                      output_dir=str(tmp_path / "out"), print_fn=lambda *_: None)
+
+
 def test_the_command_line_probe_needs_a_run_directory(tmp_path):
     with pytest.raises(ValueError, match="probe_noise_scale.run_dir"):
         launch.launch([DIGITS, PROBE], ["probe_noise_scale.run_dir = '/nonexistent/run'"],

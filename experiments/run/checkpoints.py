@@ -84,6 +84,15 @@ class CheckpointStore:
                  if PATTERN.search(p)]
         return [p for _, p in sorted(found, reverse=True)]
 
+    def path_at(self, update):
+        """The file of the checkpoint saved at ``update`` (it may not exist)."""
+        return os.path.join(self.directory, f"state-{update:09d}.npz")
+
+    @staticmethod
+    def update_of(path):
+        """The update a checkpoint file was saved at, from its name."""
+        return int(PATTERN.search(path).group(1))
+
     def save(self, names, values, position, bookkeeping=None, extra=None):
         """Writes one checkpoint atomically; returns its path. ``extra``: more arrays by name
         (host-side state, e.g. the best weights an ``EarlyStopping`` keeps), read by
@@ -96,7 +105,7 @@ class CheckpointStore:
         arrays = {f"v{i:05d}": np.asarray(v) for i, v in enumerate(values)}
         arrays.update({f"e{i:05d}": np.asarray(v) for i, v in enumerate(extra.values())})
         arrays["__meta__"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
-        path = os.path.join(self.directory, f"state-{position.update:09d}.npz")
+        path = self.path_at(position.update)
         temporary = f"{path}.tmp-{os.getpid()}"
         try:
             with open(temporary, "wb") as handle:

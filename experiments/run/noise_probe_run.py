@@ -35,7 +35,7 @@ class ProbeSettings:
     """``probe_noise_scale.*``, checked."""
 
     run_dir: str
-    checkpoint: str
+    checkpoint: object  # 'final', 'latest' or an update number
     sizes: Optional[tuple]
     num_draws: int
     level: float
@@ -47,14 +47,19 @@ def settings(run_dir=gin.REQUIRED, checkpoint="final", sizes=None, num_draws=100
              seed=0):
     """Args:
       run_dir: the finished (or interrupted) run to probe.
-      checkpoint: 'final' (``checkpoints/final.weights.h5``) or 'latest' (the newest training
-        checkpoint ``checkpoints/state-*.npz``, optimizer state included).
+      checkpoint: 'final' (``checkpoints/final.weights.h5``), 'latest' (the newest training
+        checkpoint ``checkpoints/state-*.npz``, optimizer state included) or an update number
+        (the kept training checkpoint saved at that update: ``checkpoints.keep`` of them stay).
       sizes: batch sizes to draw at (None: b, 4b, 16b with b the run's micro-batch, or B/4).
       num_draws: batches per size. level: the interval's level. seed: the draws' seed.
     """
     if not isinstance(run_dir, str) or not os.path.isdir(run_dir):
         raise ValueError(f"probe_noise_scale.run_dir = {run_dir!r} is not a run directory.")
-    checks.one_of(checkpoint, ("final", "latest"), "probe_noise_scale.checkpoint")
+    if not (checkpoint in ("final", "latest") or (isinstance(checkpoint, int)
+                                                  and not isinstance(checkpoint, bool)
+                                                  and checkpoint > 0)):
+        raise ValueError(f"probe_noise_scale.checkpoint must be 'final', 'latest' or the update "
+                         f"number of a kept training checkpoint, got {checkpoint!r}.")
     # Checked here, before the run's data and weights are loaded.
     if sizes is not None:
         sizes = check_sizes(sizes, "probe_noise_scale.sizes")
@@ -99,13 +104,23 @@ def _load(model, plan, probe_settings):
         model.load_weights(path)
         return path, int(model.optimizer.iterations.numpy())
     store = checkpoints_lib.CheckpointStore(directory)
-    latest = store.latest_meta()
-    if latest is None:
-        raise FileNotFoundError(f"No training checkpoint (state-*.npz) in {directory}.")
-    path, position, _ = latest
+    if probe_settings.checkpoint == "latest":
+        latest = store.latest_meta()
+        if latest is None:
+            raise FileNotFoundError(f"No training checkpoint (state-*.npz) in {directory}.")
+        path, position, _ = latest
+        update = position.update
+    else:
+        update = probe_settings.checkpoint
+        path = store.path_at(update)
+        if not os.path.exists(path):
+            kept = sorted(store.update_of(p) for p in store.paths())
+            raise FileNotFoundError(
+                f"No training checkpoint at update {update} in {directory} (kept: "
+                f"{', '.join(map(str, kept)) or 'none'}; checkpoints.keep sets how many stay).")
     keras_internals.symbolic_build(model, plan.pipelines.train.element_spec)
     checkpoints_lib.Resume(store, path, model).restore_training_state()
-    return path, position.update
+    return path, update
 
 
 # An infinite upper end of B_simple's bootstrap interval: more than the tail's share of the
