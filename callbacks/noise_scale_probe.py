@@ -78,6 +78,25 @@ def probe(model, data, sizes, num_draws, seed=0, level=0.95, preconditioner="opt
     return values
 
 
+def checked_settings(sizes, num_draws, level, prefix):
+    """(sizes as a tuple, num_draws, level) of a probe, checked: two or more distinct positive
+    sizes given as a list, at least 2 draws (a spread needs two), a level strictly between 0 and
+    1; a ValueError naming ``<prefix>.<name>`` otherwise. ``sizes`` None stays None (the
+    caller's default)."""
+    if sizes is not None:
+        if not isinstance(sizes, (list, tuple)):
+            raise ValueError(f"{prefix}.sizes must be a list of two or three batch sizes, got "
+                             f"{sizes!r}.")
+        sizes = tuple(checks.positive_int(b, f"{prefix}.sizes") for b in sizes)
+        if len(set(sizes)) < 2:
+            raise ValueError(f"{prefix}.sizes needs two or more distinct batch sizes, got "
+                             f"{list(sizes)}.")
+    num_draws = checks.positive_int(num_draws, f"{prefix}.num_draws")
+    if num_draws < 2:
+        raise ValueError(f"{prefix}.num_draws must be at least 2 (a spread needs two).")
+    return sizes, num_draws, checks.confidence_level(level, f"{prefix}.level")
+
+
 class NoiseScaleProbe(MeasurementCallback):
     """Probes B_simple at fixed weights every ``every_n_updates`` updates and/or at the end.
 
@@ -97,19 +116,13 @@ class NoiseScaleProbe(MeasurementCallback):
                  at_end=True, level=0.95, seed=0, log_dir=None):
         super().__init__(log_dir)
         self.data = data
-        self.sizes = tuple(checks.positive_int(b, "noise_scale_probe.sizes") for b in sizes)
-        if len(set(self.sizes)) < 2:
-            raise ValueError(f"noise_scale_probe.sizes needs two or more distinct batch sizes, "
-                             f"got {list(sizes)}.")
-        self.num_draws = checks.positive_int(num_draws, "noise_scale_probe.num_draws")
-        if self.num_draws < 2:
-            raise ValueError("noise_scale_probe.num_draws must be at least 2.")
+        self.sizes, self.num_draws, self.level = checked_settings(
+            sizes, num_draws, level, "noise_scale_probe")
         # The loop ends its calls on the multiples (``schedule.UpdateSchedule``).
         self.every_n_updates = checks.optional_positive_int(every_n_updates,
                                                             "noise_scale_probe.every_n_updates")
         self._cadence = Cadence(self.every_n_updates)
         self.at_end = bool(at_end)
-        self.level = checks.confidence_level(level, "noise_scale_probe.level")
         self.seed = int(seed)
         self._last = None
         self._seen = 0  # the update count at the last batch hook

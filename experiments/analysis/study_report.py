@@ -352,6 +352,14 @@ def _checks_json(checks):
             "fit_rise_p": checks["rise_p"], "fit_lowest_at": checks["lowest_at"]}
 
 
+def _final_keys(final):
+    """report.json's keys for a batch size's best-final setting (``_best_final_per_batch``'s
+    entry; {} when it has none)."""
+    return {"final": final.get("final"), "final_range": final.get("final_range"),
+            "final_learning_rate": final.get("learning_rate"), "final_rule": final.get("rule"),
+            "final_num_seeds": final.get("num_seeds"), "gap": final.get("gap")}
+
+
 def report_json(summary):
     """The machine-readable report (report.json): every number the sentences state, under keys
     documented in docs/studies.md. Intervals are [lo, hi] at ``level`` (0.9), unless a
@@ -369,10 +377,7 @@ def report_json(summary):
             "budget": v["budget"], "num_runs": v["num_runs"], "num_seeds": v["num_seeds"],
             "at_edge": edges.get(b),
             "learning_rates_tried": summary["lrs_tried"].get(b, v["learning_rates_tried"]),
-            "final": final.get("final"), "final_range": final.get("final_range"),
-            "final_learning_rate": final.get("learning_rate"),
-            "final_rule": final.get("rule"), "final_num_seeds": final.get("num_seeds"),
-            "gap": final.get("gap")}
+            **_final_keys(final)}
     for b, final in summary["per_batch"].items():
         per_batch.setdefault(str(b), {"steps": None, "steps_interval": None,
                                       "steps_interval_level": None, "budget": None,
@@ -381,12 +386,7 @@ def report_json(summary):
                                       "learning_rates_tried": summary["lrs_tried"].get(b, []),
                                       "learning_rate": final["learning_rate"],
                                       "rule": final["rule"], "censored": None,
-                                      "final": final["final"],
-                                      "final_range": final["final_range"],
-                                      "final_learning_rate": final["learning_rate"],
-                                      "final_rule": final["rule"],
-                                      "final_num_seeds": final["num_seeds"],
-                                      "gap": final["gap"]})
+                                      **_final_keys(final)})
     per_batch = {key: per_batch[key] for key in sorted(per_batch, key=float)}  # 4, 16, 256
     lr_fit = summary["lr_fit"]
     throughput = summary["throughput"]

@@ -23,7 +23,7 @@ from typing import Optional
 
 import gin
 
-from callbacks.noise_scale_probe import probe
+from callbacks.noise_scale_probe import checked_settings, probe
 from experiments.common import checks, json_files
 from experiments.engine import keras_internals
 from experiments.run import checkpoints as checkpoints_lib
@@ -60,27 +60,11 @@ def settings(run_dir=gin.REQUIRED, checkpoint="final", sizes=None, num_draws=100
                                                   and checkpoint > 0)):
         raise ValueError(f"probe_noise_scale.checkpoint must be 'final', 'latest' or the update "
                          f"number of a kept training checkpoint, got {checkpoint!r}.")
-    # Checked here, before the run's data and weights are loaded.
-    if sizes is not None:
-        sizes = check_sizes(sizes, "probe_noise_scale.sizes")
-    num_draws = checks.positive_int(num_draws, "probe_noise_scale.num_draws")
-    if num_draws < 2:
-        raise ValueError("probe_noise_scale.num_draws must be at least 2 (a spread needs two).")
-    return ProbeSettings(run_dir, checkpoint, sizes, num_draws,
-                         checks.confidence_level(level, "probe_noise_scale.level"),
+    # Checked here, before the run's data and weights are loaded (sizes None: the run's
+    # default, known once its layout is).
+    sizes, num_draws, level = checked_settings(sizes, num_draws, level, "probe_noise_scale")
+    return ProbeSettings(run_dir, checkpoint, sizes, num_draws, level,
                          checks.non_negative_int(seed, "probe_noise_scale.seed"))
-
-
-def check_sizes(sizes, binding):
-    """``sizes`` as a tuple of two or more distinct positive ints; a ValueError naming
-    ``binding`` otherwise (one size, or a number where a list is meant)."""
-    if not isinstance(sizes, (list, tuple)):
-        raise ValueError(f"{binding} must be a list of two or three batch sizes, got {sizes!r}.")
-    sizes = tuple(checks.positive_int(b, binding) for b in sizes)
-    if len(set(sizes)) < 2:
-        raise ValueError(f"{binding} needs two or more distinct batch sizes, got {list(sizes)}.")
-    return sizes
-
 
 
 def default_sizes(layout):
