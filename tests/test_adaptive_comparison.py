@@ -137,8 +137,11 @@ def _arm(updates, final=(0.97,), reached=None):
 
 def test_verdicts():
     reference = _arm([100.0, 110.0, 120.0])
+    # +17% with overlapping ranges (115 <= 120): the seeds do not tell the arms apart
     word, why = ac.verdict(_arm([115.0, 130.0, 140.0]), reference, "updates")
-    assert word == "matched" and "overlap" in why  # 115 <= 120
+    assert word == "undecided" and "overlap" in why and "+17%" in why
+    word, why = ac.verdict(_arm([104.0, 115.0, 126.0]), reference, "updates")
+    assert word == "matched" and "within 10%" in why  # +4.5%
     assert ac.verdict(_arm([121.0, 122.0, 123.0]), reference, "updates", tolerance=0.15)[0] \
         == "matched"  # +10.5% of 110, ranges apart
     # ranges apart by 1 update, 3 seeds each: Welch's t on the logs, p = 0.16: not a verdict

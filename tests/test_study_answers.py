@@ -401,3 +401,22 @@ def test_rates_that_failed_were_tried_and_the_report_says_only_one_finished():
     assert "with the best learning rate tried" not in answers._hurt_sentence(s)
     entry = report_json(s)["per_batch_size"]["16"]
     assert entry["learning_rates_tried"] == [0.1, 1e12] and entry["at_edge"] == "low"
+
+
+def test_stale_batch_norm_averages_are_named_by_batch_size():
+    """Runs whose result.json says their BatchNormalization averages were stale (a large B's
+    few updates) get a sentence naming those B and the weight left; others get none."""
+    records = [run(b, float(s)) for b, s in zip(SIZES, noisy(40, 64))]
+    fresh = {"momentum": 0.99, "moving_average_updates": 900, "initial_weight": 1e-4,
+             "stale": False}
+    for record in records:
+        record["result"] = {"batch_norm_statistics": fresh}
+    assert not any("BatchNormalization" in t for t in answers.sentences(summarize(
+        records, target=0.75)))
+    for record, weight in zip(records[-2:], (0.30, 0.55)):
+        record["result"] = {"batch_norm_statistics": dict(fresh, initial_weight=weight,
+                                                          stale=True)}
+    s = summarize(records, target=0.75)
+    (sentence,) = [t for t in answers.sentences(s) if "BatchNormalization" in t]
+    assert "B = 256 (30%), 512 (55%)" in sentence and "mlp.batch_norm_momentum" in sentence
+    assert report_json(s)["batch_norm_stale"] == {"256": 0.30, "512": 0.55}

@@ -22,10 +22,11 @@ Per arm, each quantity over its seeds: mean, sample standard deviation, min, max
 (``spread``); the quantities to the target count only the seeds that reached it (how many did
 is stated), the final metric every finished seed. The
 verdict (``verdict``) compares an arm with the reference arm on each quantity: *matched* when
-the seeds cannot tell them apart (their min-max ranges overlap) or the means differ by at most
-``tolerance`` of the reference's mean; otherwise *beat* or *lost* by which mean is better. An
-arm where fewer seeds reached the target than the reference's lost on the quantities to the
-target (and beat when more did).
+the means differ by at most ``tolerance`` of the reference's mean; *beat* or *lost* by which
+mean is better when they differ by more, the seeds' ranges do not overlap and Welch's t-test
+says so; *undecided* otherwise (overlapping ranges only say that the seeds cannot tell the arms
+apart, not that they are equal). Where the arms' seeds reached the target unequally often,
+Fisher's exact test decides on the quantities to the target.
 
 ``plot_batch_vs_b_simple`` draws B(t) against c * B_simple(t) of the adaptive runs from their
 ``adaptive_batch_size/decisions``. Pure functions over finished runs' result dicts; the launch
@@ -249,13 +250,14 @@ def verdict(arm, reference, key, lower_is_better=True, tolerance=0.1):
     On the quantities to the target (``COSTS``), when the arms' seeds reached the target
     unequally often: beat or lost when Fisher's exact test puts the difference at p <=
     ``VERDICT_P`` (with 3 seeds each not even 0 of 3 against 3 of 3 does: p = 0.1), else
-    undecided; where neither reached it, undecided. Otherwise matched when the min-max ranges
-    over seeds overlap or the means differ by at most ``tolerance`` x |reference mean|; else
-    beat or lost by the better mean when Welch's t-test (on the logarithms of the costs, whose
-    seed noise is multiplicative; on the final metric itself) gives p <= ``VERDICT_P``, and
-    undecided when it does not or an arm has a single seed: ranges that do not overlap happen
-    without any real difference in 64% of comparisons of one seed each, 28% with two, 9% with
-    three."""
+    undecided; where neither reached it, undecided. Otherwise matched when the means differ by
+    at most ``tolerance`` x |reference mean|; undecided when they differ by more but the
+    min-max ranges over seeds overlap (the seeds do not tell the arms apart, which does not
+    make them equal); else beat or lost by the better mean when Welch's t-test (on the
+    logarithms of the costs, whose seed noise is multiplicative; on the final metric itself)
+    gives p <= ``VERDICT_P``, and undecided when it does not or an arm has a single seed:
+    ranges that do not overlap happen without any real difference in 64% of comparisons of one
+    seed each, 28% with two, 9% with three."""
     if key in dict(COSTS):
         ours, theirs = arm["num_reached"], reference["num_reached"]
         if ours == 0 and theirs == 0:
@@ -275,9 +277,11 @@ def verdict(arm, reference, key, lower_is_better=True, tolerance=0.1):
     relative = difference / abs(r["mean"]) if r["mean"] else math.inf
     overlap = a["min"] <= r["max"] and r["min"] <= a["max"]
     words = f"mean {_number(a['mean'])} vs {_number(r['mean'])} ({relative:+.0%})"
-    if overlap or abs(relative) <= tolerance:
-        why = "the seeds' ranges overlap" if overlap else f"within {tolerance:.0%}"
-        return "matched", f"{words}; {why}"
+    if abs(relative) <= tolerance:
+        return "matched", f"{words}; within {tolerance:.0%}"
+    if overlap:
+        return "undecided", (f"{words}; the seeds' ranges overlap: {a['n']} and {r['n']} seeds "
+                             "do not tell the arms apart")
     if a["n"] < 2 or r["n"] < 2:
         return "undecided", (f"{words}; the seeds' ranges do not overlap, but one seed measures "
                              "no spread (set sweep.seeds)")

@@ -631,9 +631,25 @@ def sentences(summary):
     extension = _extension_sentence(summary)
     if extension:
         out.insert(3, extension)
+    if summary.get("batch_norm_stale"):
+        out.append(_batch_norm_sentence(summary))
     if summary["failed"]:
         out.append(_failed_sentence(summary))
     return out
+
+
+def _batch_norm_sentence(s):
+    """Where BatchNormalization's moving averages were still near their initial values: the
+    inference-mode numbers there (validation, the target's crossing) are BatchNormalization's
+    doing as much as the batch size's (``experiments.run.batch_norm_statistics``)."""
+    stale = s["batch_norm_stale"]
+    sizes = ", ".join(f"{b} ({100 * w:.0f}%)" for b, w in stale.items())
+    return (f"BatchNormalization's moving averages were stale at the end of the runs at B = "
+            f"{sizes}: their initial values still weighed that much, since a large batch makes "
+            "few updates of them. Those runs' validation numbers normalise with statistics far "
+            "from the ones training used, so a worse result there may be BatchNormalization's "
+            "rather than the batch size's; lower the momentum (mlp.batch_norm_momentum) or "
+            "split the batch into micro-batches, and re-run (each run's log has the numbers)")
 
 
 # ---- report.md ------------------------------------------------------------------------------

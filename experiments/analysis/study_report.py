@@ -204,6 +204,19 @@ def _edge_warnings(best, per_batch, lrs_tried):
     return warnings
 
 
+def _batch_norm_stale(done):
+    """The batch sizes whose finished runs ended with stale BatchNormalization averages (their
+    initial values still weighing more than 5%: result.json's ``batch_norm_statistics``, from
+    ``experiments.run.batch_norm_statistics``), each with the largest such weight."""
+    stale = {}
+    for record in done:
+        stated = (record.get("result") or {}).get("batch_norm_statistics") or {}
+        if stated.get("stale") and record.get("batch_size"):
+            b = record["batch_size"]
+            stale[b] = max(stale.get(b, 0.0), float(stated["initial_weight"]))
+    return dict(sorted(stale.items()))
+
+
 def _throughput_per_batch(done):
     """{batch size: {"median", "range", "num_runs"}} of examples per second."""
     rates = {}
@@ -331,6 +344,7 @@ def summarize(records, target=None, mode="max", metric="val_accuracy", extension
         "edge_warnings": _edge_warnings(best, per_batch, lrs_tried),
         "extensions": extensions,
         "throughput": _throughput_per_batch(done),
+        "batch_norm_stale": _batch_norm_stale(done),
         "failed": [{"name": r.get("name"), "batch_size": r.get("batch_size"),
                     "error": r.get("error")} for r in records if r.get("status") == "failed"],
     }
@@ -423,6 +437,7 @@ def report_json(summary):
         "edge_warnings": summary["edge_warnings"],
         "extensions": summary.get("extensions"),
         "throughput": {str(b): v for b, v in throughput.items()},
+        "batch_norm_stale": {str(b): w for b, w in summary["batch_norm_stale"].items()},
         "failed": summary["failed"],
         "diverged": {str(b): n for b, n in sorted((summary.get("diverged") or {}).items())},
     }

@@ -42,15 +42,21 @@ def _regularizer(l2):
 
 @gin.configurable
 def mlp(spec, hidden_units=(64,), activation="relu", dropout=0.0, l2=0.0,
-        batch_normalization=False):
-    """Multilayer perceptron: multi-class (softmax), binary (sigmoid) or regression by ``spec.task``."""
+        batch_normalization=False, batch_norm_momentum=0.99):
+    """Multilayer perceptron: multi-class (softmax), binary (sigmoid) or regression by ``spec.task``.
+
+    ``batch_norm_momentum``: the BatchNormalization layers' moving-average momentum (Keras'
+    default 0.99 leaves 0.99^N of the initial statistics after N updates of the averages: a
+    run of few updates, as at a large batch, validates with stale ones;
+    ``experiments.run.batch_norm_statistics``)."""
     layers = [keras.Input(spec.input_shape)]
     if len(spec.input_shape) > 1:
         layers.append(keras.layers.Flatten())
     for units in _widths(hidden_units, "mlp.hidden_units", allow_empty=True):
         layers.append(keras.layers.Dense(units, kernel_regularizer=_regularizer(l2)))
         if batch_normalization:
-            layers.append(keras.layers.BatchNormalization())
+            layers.append(keras.layers.BatchNormalization(
+                momentum=checks.fraction(batch_norm_momentum, "mlp.batch_norm_momentum")))
         layers.append(keras.layers.Activation(activation))
         if dropout:
             layers.append(keras.layers.Dropout(dropout))

@@ -28,7 +28,7 @@ from callbacks.operative_config import OperativeConfigSaver
 from experiments.common.memory import peak_memory_mb
 from experiments.engine import distribute, keras_internals
 from experiments.inputs import dataset as dataset_lib
-from experiments.run import callback_states, config_audit, interrupts, modes
+from experiments.run import batch_norm_statistics, callback_states, config_audit, interrupts, modes
 from experiments.run.adaptive_batch import AdaptiveBatchController
 from experiments.run import measurements as measurements_lib
 from experiments.run import plan as plan_lib
@@ -267,6 +267,9 @@ def _train_in(path, plan, config_text, state, stop_requested):
             tf.summary.text("config/parsed", "\n".join("    " + line for line in
                                                        config_text.splitlines()), step=0)
     model, state_callbacks = plan_lib.build_model(plan)
+    batch_norm = batch_norm_statistics.describe(model, plan.layout, plan.settings.epochs,
+                                                plan.strategy.num_replicas_in_sync)
+    batch_norm_statistics.warn_if_stale(batch_norm)
     own = plan.mode.callbacks(plan, log_dir)
     callbacks, measured, kept = make_callbacks(plan, path, log_dir, state_callbacks,
                                                state.callbacks(model, stop_requested), own,
@@ -300,6 +303,8 @@ def _train_in(path, plan, config_text, state, stop_requested):
     summary_writer.close_all()
     result = _result(plan, model, history, final, state.training_seconds(), measured,
                      state.restored_measurement_results())
+    if batch_norm is not None:
+        result["batch_norm_statistics"] = batch_norm
     if controller is not None:
         result.update(controller.result(settings.epochs))
     result.update(_adascale_result(callbacks))

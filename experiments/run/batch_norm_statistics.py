@@ -1,0 +1,106 @@
+"""How far BatchNormalization's moving averages get from their initial values in a run.
+
+Validation, the generalization gap and every other inference-mode number normalise with the
+moving averages, which BatchNormalization updates once per training-mode forward pass (per
+micro-batch: Ghost BN) as ``m * average + (1 - m) * batch statistic``. After N such updates
+the initial values (mean 0, variance 1) still weigh m^N: with Keras' default momentum 0.99, 60
+updates leave them 55% of the average. A run at a large batch has few updates, so its
+inference-mode numbers use statistics far from those its training used, which a batch-size
+comparison reads as the batch size hurting the model: on the Hoffer experiment's MLP, B = 512 at
+equal epochs (60 updates) read val accuracy 0.955 with momentum 0.99 and 0.982 with momentum
+0.9, the same weights (docs/literature.md). The run warns before training and records the
+numbers in ``result.json`` (``batch_norm_statistics``); a study's report names the batch sizes
+whose runs had stale averages.
+"""
+
+import math
+
+import keras
+from absl import logging
+
+from experiments.engine import states
+
+# Above this weight of the initial values (e^-3: fewer than 3 / (1 - m) updates) the averages
+# are called stale.
+STALE_WEIGHT = 0.05
+
+
+def _micro_batches_per_epoch(layout, epoch):
+    """Training-mode forward passes in ``epoch`` on one replica's share of every update: k per
+    update (the last, ragged update of an epoch its own count). None when B is decided while
+    training (an adaptive batch)."""
+    if layout.adaptive:
+        return None
+    if layout.update_sizes is not None:
+        unit = 1 if layout.time_windows else layout.micro_batch_size
+        return sum(-(-size // unit) for size in layout.update_sizes.epoch(epoch)[1])
+    k, updates = layout.num_micro_batches, layout.updates_per_epoch
+    rows = layout.examples_per_epoch
+    if layout.time_windows or rows is None:
+        return updates * k
+    full, remainder = divmod(rows, layout.batch_size)
+    count = min(full, updates) * k
+    if updates > full and remainder:
+        count += -(-remainder // (layout.micro_batch_size or layout.batch_size))
+    return count
+
+
+def moving_average_updates(layout, epochs, replicas=1):
+    """How many times each BatchNormalization layer updates its moving averages over ``epochs``
+    epochs (per replica: a replica runs its share of each update's micro-batches, at least one
+    pass per update); None for an adaptive batch."""
+    per_epoch = [_micro_batches_per_epoch(layout, epoch) for epoch in range(epochs)]
+    if any(count is None for count in per_epoch):
+        return None
+    total = sum(per_epoch)
+    if replicas > 1:
+        updates = sum(layout.updates_in(epoch) for epoch in range(epochs))
+        total = max(updates, math.ceil(total / replicas))
+    return total
+
+
+def describe(model, layout, epochs, replicas=1):
+    """{momentum, moving_average_updates, initial_weight, stale} for a model with
+    BatchNormalization layers that update their averages (None without any, or for an adaptive
+    batch, whose updates are not known before it trains); initial_weight is m^N of the slowest
+    layer, stale whether it is above ``STALE_WEIGHT`` (what a study's report reads)."""
+    momenta = sorted({float(layer.momentum) for layer in states.layers(model)
+                      if isinstance(layer, keras.layers.BatchNormalization) and layer.trainable})
+    if not momenta:
+        return None
+    count = moving_average_updates(layout, epochs, replicas)
+    if count is None:
+        return None
+    weight = max(momentum ** count for momentum in momenta)
+    return {"momentum": momenta if len(momenta) > 1 else momenta[0],
+            "moving_average_updates": count, "initial_weight": weight,
+            "stale": weight > STALE_WEIGHT}
+
+
+def warn_if_stale(described):
+    """Logs one warning when the initial values will still weigh more than ``STALE_WEIGHT``
+    at the end of the run; returns whether they will."""
+    if described is None or not described["stale"]:
+        return False
+    momentum = described["momentum"]
+    slowest = max(momentum) if isinstance(momentum, list) else momentum
+    count = described["moving_average_updates"]
+    suggested = _suggested(count)
+    logging.warning(
+        "BatchNormalization's moving averages will be updated only %d times in this run "
+        "(momentum %g, once per micro-batch), so their initial values (mean 0, variance 1) "
+        "still weigh %.0f%% at its end: validation and every inference-mode metric normalise "
+        "with statistics far from those training used, and at a larger batch (fewer updates) "
+        "this reads as a batch-size effect. Lower the momentum (momentum %g leaves %.2g%%: "
+        "mlp.batch_norm_momentum for batchlab's MLP, BatchNormalization(momentum=...) in your "
+        "own model), split the batch into micro-batches (each updates the averages), or train "
+        "more updates.", count, slowest, 100 * described["initial_weight"], suggested,
+        100 * suggested ** count)
+    return True
+
+
+def _suggested(count):
+    """A momentum that leaves the initial values at most 1% after ``count`` updates, rounded
+    down to 0.9, 0.8, ..."""
+    exact = 0.01 ** (1.0 / max(count, 1))
+    return max(0.0, math.floor(exact * 10) / 10)
