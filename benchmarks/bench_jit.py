@@ -42,10 +42,12 @@ def run_once(files, bindings, jit, epochs, output_dir):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--epochs", type=int, default=4)
     args = parser.parse_args()
+    if args.epochs < 2:
+        parser.error("--epochs must be at least 2: the first epoch (tracing) is timed apart")
     logging.set_verbosity(logging.ERROR)
     print("| setup | first epoch s, off / on | epoch s (median), off | epoch s (median), on "
           "| on / off (fastest) | on / off (CPU) |\n|---|---|---|---|---|---|")

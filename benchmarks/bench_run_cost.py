@@ -126,7 +126,7 @@ ROWS = ["imports", "parse", "plan", "model", "callbacks and measurements",
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--child", choices=list(ARMS))
     parser.add_argument("--output_dir")

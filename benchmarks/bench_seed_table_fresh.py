@@ -82,7 +82,7 @@ def run_plain(output_dir):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--plain", metavar="OUT_FILE")
     args = parser.parse_args()

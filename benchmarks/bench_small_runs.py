@@ -207,17 +207,19 @@ class PhaseTimer(keras.callbacks.Callback):
         self.epochs.append(dict(self.phases))
 
 
-def breakdown(output_dir):
-    """One 150-epoch run; prints the median ms per epoch of each phase (epochs 2..). Works on
-    the loop before ``steps_per_execution`` too (one ``_function`` for train and test calls)."""
+def breakdown(output_dir, epochs=None):
+    """One 150-epoch run (``epochs``: fewer); prints the median ms per epoch of each phase
+    (epochs 2..). Works on the loop before ``steps_per_execution`` too (one ``_function`` for
+    train and test calls). It wraps private parts of the runner and the loop, so
+    ``tests/test_benchmarks.py`` runs it (3 epochs) to keep it working."""
     timer = PhaseTimer()
     build, loop = runner.make_callbacks, custom_loop.CustomLoop
     originals = {name: getattr(loop, name) for name in ("_train_function", "_function",
                                                         "evaluate") if hasattr(loop, name)}
 
     def make_callbacks(*args, **kwargs):
-        callbacks, measured = build(*args, **kwargs)
-        return timer.wrap_callbacks(callbacks), measured
+        callbacks, *rest = build(*args, **kwargs)  # (callbacks, measured, kept callback states)
+        return (timer.wrap_callbacks(callbacks), *rest)
 
     def train_function(self, iterator, *args):  # args: the probes, where the loop has them
         return timer.timed(originals["_train_function"](self, iterator, *args), "train calls")
@@ -233,15 +235,16 @@ def breakdown(output_dir):
         loop._function = function
         loop.evaluate = lambda self, *a, **k: timer.timed(
             originals["evaluate"].__get__(self), "validation (evaluate)")(*a, **k)
-        run_batchlab(variants()["batch160_epochs150"], output_dir, extra_callbacks=[timer])
+        batch, planned = variants()["batch160_epochs150"]
+        run_batchlab((batch, epochs or planned), output_dir, extra_callbacks=[timer])
     finally:
         runner.make_callbacks = build
         for name, function_ in originals.items():
             setattr(loop, name, function_)
     epochs = timer.epochs[1:]
     names = sorted({name for epoch in epochs for name in epoch} - {"epoch"})
-    print("\nWall ms per epoch, batch160_epochs150 (4 updates per epoch), median over epochs "
-          "2-150. Phases overlap: 'validation (evaluate)' includes its calls, a callback's "
+    print(f"\nWall ms per epoch, batch160_epochs150 (4 updates per epoch), median over epochs "
+          f"2-{len(timer.epochs)}. Phases overlap: 'validation (evaluate)' includes its calls, a callback's "
           "hooks include what they evaluate (GeneralizationGap: its training subset).\n")
     print("| phase | ms / epoch (median) | ms / epoch (mean) |\n|---|---|---|")
     for name in names + ["epoch"]:
@@ -271,7 +274,7 @@ def steps_per_execution_table(output_dir, values, rounds):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds")
     parser.add_argument("--knobs", action="store_true", help="also time the speed knobs")
     parser.add_argument("--breakdown", action="store_true",

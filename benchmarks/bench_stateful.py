@@ -1,6 +1,7 @@
 """Stateful streams over windows of T against full-length backpropagation of the same sequences.
 
-    python benchmarks/bench_stateful.py [--streams 32] [--length 4000] [--window 50] [--units 256]
+    python benchmarks/bench_stateful.py [--streams 32] [--length 4000] [--window 50] [--k 8]
+        [--units 256] [--vocab 64] [--epochs 2]
 
 The memory-light way to train an LSTM on long text is a stateful LSTM over windows of T steps
 (truncated BPTT): activations of one window are alive at a time, whatever the length of the
@@ -96,7 +97,7 @@ def run_child(config):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--streams", type=int, default=32)
     parser.add_argument("--length", type=int, default=4000, help="steps per stream (L)")
     parser.add_argument("--window", type=int, default=50, help="window T")

@@ -118,18 +118,25 @@ def time_calls(designs, iterator, calls):
 
 
 def with_interval(values):
-    interval, _ = study_statistics.median_interval(values, level=0.95)
-    return statistics.median(values), interval
+    """The median and its order-statistic interval as a cell, the interval's level beside it
+    when it is under 95% (fewer than 6 values: their whole range) and none for one value."""
+    median = statistics.median(values)
+    interval, level = study_statistics.median_interval(values, level=0.95)
+    if interval is None:
+        return f"{median:.2f}"
+    text = f"{median:.2f} [{interval[0]:.2f}, {interval[1]:.2f}]"
+    return text if level >= 0.95 else f"{text}<sub>{100 * level:.0f}%</sub>"
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--calls", type=int, default=300, help="timed calls of each design")
     parser.add_argument("--setups", nargs="*", default=None,
                         help="setup names (or unique parts of them); default: all")
     args = parser.parse_args()
     print(f"\nms per call of one epoch's updates, measurements read every {EVERY} updates; "
-          f"median over {args.calls} interleaved calls [interval of the median, >= 95%]; "
+          f"median over {args.calls} interleaved calls [interval of the median, >= 95%, or its "
+          "level as a subscript when fewer calls give less]; "
           "extra: the design's median minus the per-round 'off' time, paired by round.\n")
     print("| setup | updates | off | one step | two steps | extra, one step | extra, two steps "
           "| two / one (extra) |")
@@ -144,8 +151,7 @@ def main():
         cells = []
         for values in (seconds["off"], seconds["one step"], seconds["two steps"],
                        extra["one step"], extra["two steps"]):
-            median, (low, high) = with_interval(values)
-            cells.append(f"{median:.2f} [{low:.2f}, {high:.2f}]")
+            cells.append(with_interval(values))
         one, two = statistics.median(extra["one step"]), statistics.median(extra["two steps"])
         print(f"| {name} | {steps} | " + " | ".join(cells) + f" | {two / one:.2f} |", flush=True)
 

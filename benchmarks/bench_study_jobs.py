@@ -86,7 +86,7 @@ def machine_parallelism():
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=1)
     args = parser.parse_args()
     load = os.getloadavg()

@@ -58,7 +58,7 @@ def run_as_user(bindings, output_dir, name):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--every", type=int, default=5)
     args = parser.parse_args()

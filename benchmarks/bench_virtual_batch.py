@@ -10,7 +10,8 @@ features, 10 classes, on synthetic data:
 - plain ``model.fit`` at 32, and at 256,
 - Keras' built-in ``optimizer(gradient_accumulation_steps=8)`` at 32,
 - batchlab 32x1 (k = 1) against plain fit at 32: the step's own overhead, with the gradient
-  norms batchlab records every update (as the runner's models do) and without them.
+  norms recorded on every update (the worst case: a run records them only on its logged
+  updates, every ``measurements.every_n_updates``) and without them.
 
 Peak memory of the LSTM at 64x8 against plain fit at 64 and at 512, each configuration trained on
 the same 1024 rows in its own child process: virtual batches should cost the memory of one
@@ -169,7 +170,7 @@ def spread(values):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="smaller data, fewer rounds")
     parser.add_argument("--repeats", type=int, default=None, help="timed rounds per model")
     parser.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)

@@ -210,3 +210,23 @@ def test_one_device_gives_the_same_numbers_whatever_the_loop_or_strategy(runs, t
         result = _result(run)
         for part in ("final_epoch", "final_validation"):
             assert result[part] == expected[part], (run, part)
+
+
+def test_a_metric_written_as_a_class_in_gin_reaches_the_strategy(tmp_path):
+    """char_lm.gin's train.metrics holds @BitsPerCharacter (a class, built in the strategy's
+    scope): with @mirrored on logical CPUs the run gets as far as its own refusal of several
+    replicas for stateful streams, one line and no traceback, and writes no run directory.
+    (Written @BitsPerCharacter() it started TensorFlow when the configuration was read, and
+    the strategy failed with a traceback.)"""
+    process = _main("gin/experiments/char_lm.gin", str(tmp_path), bindings=[
+        "stream_text.max_characters = 30000", "NUM_STREAMS = 8",
+        "stream_layout.window_length = 25", "stateful_stacked_lstm.units = (8,)",
+        "train.strategy = @mirrored", "mirrored.num_cpu_devices = 2"])
+    process.wait(timeout=TIMEOUT_S)
+    process.log.seek(0)
+    output = process.log.read()
+    process.log.close()
+    assert process.returncode != 0
+    assert "Stateful streams run on one replica (the strategy has 2)" in output, output[-2000:]
+    assert "Traceback" not in output
+    assert not os.path.exists(os.path.join(tmp_path, "char_lm"))

@@ -151,3 +151,28 @@ def test_bad_layout_values_name_the_binding():
         StreamLayout(num_streams=4, window_length=0)
     with pytest.raises(ValueError, match="stream_layout.max_offset"):
         StreamLayout(num_streams=4, window_length=3, max_offset=-1)
+
+
+def test_stream_sources_refuse_ids_and_values_a_run_would_fail_on_later():
+    """Checked when the data is loaded (before a run directory exists), not in an embedding
+    lookup mid-training."""
+    layout = StreamLayout(num_streams=2, window_length=4)
+    ids = np.arange(200) % 10
+    with pytest.raises(ValueError, match=r"id 9 at step 9 is outside \[0, 5\) "
+                                         r"\(stream_series.vocabulary_size=5\)"):
+        stateful_data.stream_series(series=ids, vocabulary_size=5, layout=layout)
+    with pytest.raises(ValueError, match=r"id -1 at step 3 is outside"):
+        stateful_data.stream_series(series=np.where(ids == 3, -1, ids), layout=layout)
+    with pytest.raises(ValueError, match="class targets must be ids >= 0; found -2 at step 7"):
+        stateful_data.stream_series(series=np.zeros(200, np.float32),
+                                    targets=np.where(np.arange(200) == 7, -2, 1), layout=layout)
+    series = np.sin(np.arange(200.0))
+    series[11] = np.nan
+    with pytest.raises(ValueError, match=r"'series': the series: NaN at index \(11"):
+        stateful_data.stream_series(series=series, layout=layout)
+    with pytest.raises(ValueError, match="id -4 at step 0 is outside"):
+        stateful_data.stream_tokens(documents=[[-4, 1, 2] * 40], layout=layout)
+    with pytest.raises(ValueError, match="no documents, or only empty ones"):
+        stateful_data.stream_tokens(documents=[[], []], layout=layout)
+    data = stateful_data.stream_series(series=ids, layout=layout)  # in range: accepted
+    assert data.spec.vocabulary_size == 10

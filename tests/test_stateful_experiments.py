@@ -34,7 +34,9 @@ def test_char_lm_reports_bits_per_character_on_held_out_text(tmp_path):
     results = _launch("gin/experiments/char_lm.gin", [
         "stream_text.max_characters = 30000", "NUM_STREAMS = 8",
         "stream_layout.window_length = 25", "stream_layout.num_micro_batches = 2",
-        "stateful_stacked_lstm.units = (32,)", "train.epochs = 2"], tmp_path)
+        "stateful_stacked_lstm.units = (32,)", "train.epochs = 2",
+        "measurements.enabled = [@measurements.validation_curve]",
+        "measurements.every_n_updates = 30"], tmp_path)
     result = results[0]
     with open(os.path.join(result["run_dir"], "result.json")) as handle:
         written = json.load(handle)
@@ -50,6 +52,13 @@ def test_char_lm_reports_bits_per_character_on_held_out_text(tmp_path):
     # 29999 input steps, the last 10% held out; 8 streams of whole 50-step updates, offset <= 25.
     train_steps = 29999 - 3000
     assert written["updates"] == 2 * ((train_steps - 25) // 8 // 50)
+    # The held-out streams are validation data: 3000 steps, 8 streams of 14 windows of 25.
+    assert written["num_validation_examples"] == 8 * (3000 // 8 // 25)
+    curve = written["measurements"]["curve"]
+    assert [u for u, _ in curve["val_loss"]] == [*range(30, written["updates"], 30),
+                                                 written["updates"]]
+    # Its last point evaluates the final weights on the same held-out windows, state carried.
+    assert curve["val_loss"][-1][1] == pytest.approx(final["loss"], rel=1e-5)
 
 
 def test_runner_refuses_mismatched_settings_before_any_run_exists(tmp_path):
@@ -64,3 +73,20 @@ def test_runner_refuses_a_stateless_model_on_stateful_streams(tmp_path):
     with pytest.raises(ValueError, match="has no stateful layer"):
         _launch("gin/experiments/long_memory.gin",
                 ["sweep.variants = {}", "train.model_fn = @stacked_lstm"], tmp_path)
+    # Refused before the run directory exists: relaunching the corrected run under the same
+    # name is not blocked by a failed directory of the bad one.
+    assert not os.path.exists(os.path.join(tmp_path, "long_memory"))
+
+
+def test_a_stateful_model_on_stateless_windows_leaves_no_run_directory(tmp_path):
+    shrink = ["stream_text.max_characters = 30000", "NUM_STREAMS = 8",
+              "stream_layout.window_length = 25", "stateful_stacked_lstm.units = (8,)",
+              "train.epochs = 1", "measurements.enabled = []"]
+    with pytest.raises(ValueError, match="set stream_layout.stateful = True"):
+        launch.launch(["gin/experiments/char_lm.gin"],
+                      QUIET + shrink + ["stream_layout.stateful = False"],
+                      output_dir=str(tmp_path), run_name="lm", print_fn=lambda *_: None)
+    assert not os.path.exists(os.path.join(tmp_path, "char_lm"))
+    (result,) = launch.launch(["gin/experiments/char_lm.gin"], QUIET + shrink,
+                              output_dir=str(tmp_path), run_name="lm", print_fn=lambda *_: None)
+    assert result["updates"] > 0

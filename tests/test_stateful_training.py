@@ -216,7 +216,7 @@ def test_a_batch_of_another_size_is_refused_not_broadcast():
 
 def test_stateful_model_on_an_ordinary_pipeline_is_refused():
     rows = synthetic.synthetic_sequences(num_examples=64, sequence_length=5)
-    with pytest.raises(ValueError, match="needs a fixed batch size"):
+    with pytest.raises(ValueError, match="needs the fixed batch size of a stateful stream pipeline"):
         models.stateful_stacked_lstm(rows.spec)
     keras.utils.set_random_seed(0)
     own = keras.Sequential([keras.Input((5, 8), batch_size=8),

@@ -53,9 +53,13 @@ def mirrored(num_cpu_devices=None):
                 tf.config.set_logical_device_configuration(
                     cpu, [tf.config.LogicalDeviceConfiguration()] * num_cpu_devices)
             except RuntimeError as error:
-                raise RuntimeError(
+                raise ValueError(
                     "mirrored.num_cpu_devices: TensorFlow was initialised before the logical CPU "
-                    "devices could be configured; create the strategy first.") from error
+                    "devices could be configured. In a gin file, an object built with "
+                    "parentheses (a metric written @keras.metrics.BinaryAccuracy() in "
+                    "train.metrics) starts TensorFlow when the configuration is read: write the "
+                    "class (@keras.metrics.BinaryAccuracy), which the model builds in the "
+                    "strategy's scope. In Python, create the strategy first.") from error
         devices = [d.name for d in tf.config.list_logical_devices("CPU")]
         if len(devices) < num_cpu_devices:
             raise ValueError(

@@ -81,26 +81,43 @@ def stream_series(series=None, path=None, key="x", column=None, targets=None, ta
         targets = _load_series(path, target_key, target_column)
     is_ids = np.issubdtype(values.dtype, np.integer)
     values = values.astype(np.int32 if is_ids else np.float32)
+    files.check_finite(values, f"'{name}': the series")  # arrays given in gin or Python too
     if values.ndim == 1 and not is_ids:
         values = values[:, None]
+    vocab = None
+    if is_ids:
+        vocab = int(vocabulary_size or values.max() + 1)
+        _check_ids(values, vocab, name, "stream_series.vocabulary_size")
     if targets is None:
         inputs, targets = _next_step(values)
         if is_ids:
-            vocab = int(vocabulary_size or values.max() + 1)
             return _make_data(name, inputs, targets, layout, validation_split,
                               "language_model", vocab, vocab)
         return _make_data(name, inputs, targets, layout, validation_split, "regression",
                           values.shape[-1])
     targets = np.asarray(targets)
-    vocab = int(vocabulary_size or values.max() + 1) if is_ids else None
     if np.issubdtype(targets.dtype, np.integer):
+        if targets.size and targets.min() < 0:
+            raise ValueError(f"'{name}': class targets must be ids >= 0; found "
+                             f"{int(targets.min())} at step {int(np.argmin(targets))}.")
         return _make_data(name, values, targets.astype(np.int64), layout, validation_split,
                           "classification", int(targets.max()) + 1, vocab)
-    targets = targets.astype(np.float32)
+    targets = files.check_finite(targets.astype(np.float32), f"'{name}': the targets")
     if targets.ndim == 1:
         targets = targets[:, None]
     return _make_data(name, values, targets, layout, validation_split, "regression",
                       targets.shape[-1], vocab)
+
+
+def _check_ids(ids, vocabulary_size, name, binding):
+    """Token ids must lie in [0, vocabulary_size): an id outside fails the embedding lookup
+    mid-training on CPU (after the run directory exists) and may read another row on a GPU."""
+    low, high = int(ids.min()), int(ids.max())
+    if low < 0 or high >= vocabulary_size:
+        bad = low if low < 0 else high
+        where = int(np.argmax(ids.reshape(-1) == bad))
+        raise ValueError(f"'{name}': id {bad} at step {where} is outside [0, {vocabulary_size}) "
+                         f"({binding}={vocabulary_size}); ids must be 0 ... vocabulary size - 1.")
 
 
 def _text_paths(paths):
@@ -164,8 +181,8 @@ def stream_tokens(documents=None, path=None, separator_id=None, vocabulary_size=
     if path is not None:
         documents = list(files.read_npz_arrays(path).values())
     documents = [np.asarray(d).reshape(-1) for d in documents]
-    if not documents:
-        raise ValueError(f"'{name}': no documents.")
+    if not any(d.size for d in documents):
+        raise ValueError(f"'{name}': no documents, or only empty ones.")
     for d in documents:
         if d.size and not np.issubdtype(d.dtype, np.integer):
             raise ValueError(f"'{name}': token documents must hold integer ids, got {d.dtype}.")
@@ -179,9 +196,7 @@ def stream_tokens(documents=None, path=None, separator_id=None, vocabulary_size=
         pieces.append(d)
     ids = np.concatenate(pieces).astype(np.int32)
     vocab = int(vocabulary_size or max(top, separator_id) + 1)
-    if ids.max() >= vocab:
-        raise ValueError(f"'{name}': id {int(ids.max())} is outside "
-                         f"stream_tokens.vocabulary_size={vocab}.")
+    _check_ids(ids, vocab, name, "stream_tokens.vocabulary_size")
     inputs, targets = _next_step(ids)
     return _make_data(name, inputs, targets, layout, validation_split, "language_model", vocab,
                       vocab)

@@ -194,10 +194,11 @@ def stateful_stacked_lstm(spec, units=(32, 32), embedding_dim=32, return_sequenc
     """
     if not spec.batch_size:
         raise ValueError(
-            "stateful_stacked_lstm needs a fixed batch size: feed it from a stateful stream "
-            "pipeline (gin/data/stateful_*.gin, stream_layout.stateful=True), whose DataSpec "
-            "carries the batch size. Rows of an ordinary pipeline are unrelated from batch to "
-            "batch, so a carried state would mix examples.")
+            "stateful_stacked_lstm needs the fixed batch size of a stateful stream pipeline: "
+            "with stream data, set stream_layout.stateful = True to carry the state (False "
+            "lays the windows out for a stateless baseline, e.g. @stacked_lstm); otherwise use "
+            "a stream source (gin/data/stateful_*.gin). Rows of an ordinary pipeline are "
+            "unrelated from batch to batch, so a carried state would mix examples.")
     units = _widths(units, "stateful_stacked_lstm.units")
     layers = _sequence_input(spec, embedding_dim, mask_zero=False, batch_size=spec.batch_size)
     layers.insert(1, FixedBatchSize(spec.batch_size, name="fixed_batch_size"))

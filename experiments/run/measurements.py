@@ -106,6 +106,8 @@ class MeasurementContext:
         (``measurements.gap_subset_size`` rows); for data that only comes as a pipeline (stateful
         streams), a ``tf.data.Dataset`` of its first batches; None when neither exists.
       validation_data: (x, y) of the validation set, or None.
+      validation_stream: stream data's held-out pipeline (windows of the S streams), else None:
+        the validation curve evaluates it; measurements that need arrays do not.
       seed: the run's seed.
       log_dir: the run's TensorBoard directory (None: keep values in memory only).
       run_dir: the run directory.
@@ -121,6 +123,7 @@ class MeasurementContext:
     track_gradient_noise: bool
     train_subset: Any = None
     validation_data: Any = None
+    validation_stream: Any = None
     seed: int = 0
     log_dir: Optional[str] = None
     run_dir: Optional[str] = None
@@ -141,10 +144,16 @@ def make_context(data, pipelines, layout, settings, track_gradient_noise, seed, 
             else -(-subset_size // layout.batch_size)
         subset = pipelines.train.take(max(1, min(batches, pipelines.steps_per_epoch)))
     validation = (data.x_validation, data.y_validation) if data.num_validation else None
+    held_out = None
+    if data.stream is not None and pipelines is not None:
+        # The held-out streams, batched in windows as the epoch's validation reads them (the
+        # model's state carried window to window, isolated from training's).
+        held_out = pipelines.validation
     return MeasurementContext(
         layout=layout, every_n_updates=settings.every_n_updates,
         track_gradient_noise=bool(track_gradient_noise), train_subset=subset,
-        validation_data=validation, seed=seed, num_replicas=num_replicas,
+        validation_data=validation, validation_stream=held_out, seed=seed,
+        num_replicas=num_replicas,
         train_arrays=None if data.x_train is None else (data.x_train, data.y_train))
 
 
@@ -283,11 +292,14 @@ def validation_curve(context, every_n_updates=None):
     (``validation_curve/*``; result.json ``measurements["curve"]``): steps to result.
     ``every_n_updates`` None: ``measurements.every_n_updates``."""
     every = _every(every_n_updates, "measurements.validation_curve.every_n_updates", context)
-    if context.validation_data is None:
+    validation = context.validation_data
+    if validation is None:
+        validation = context.validation_stream
+    if validation is None:
         if not context.dry_run:
             logging.info("Validation curve not measured: this run has no validation data.")
         return None
-    return PeriodicEvaluation(context.validation_data, every_n_updates=every,
+    return PeriodicEvaluation(validation, every_n_updates=every,
                               log_dir=context.log_dir, batch_size=context.layout.eval_batch_size)
 
 

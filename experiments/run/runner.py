@@ -114,6 +114,9 @@ def run(settings, output, run_mode):
     settings = plan.settings
     if not distribute.is_chief(plan.strategy):
         return _run_as_worker(plan, output)
+    # The model before the run directory: a model that does not fit the data or the layout (a
+    # stateless model on stateful streams) is bad input, refused before anything is written.
+    built = plan_lib.build_model(plan)
     path, resuming = _open_run_dir(output)
     multi_worker = distribute.is_multi_worker(plan.strategy)
     state = RunState(path, settings.checkpoints, resuming, synchronized=multi_worker,
@@ -126,7 +129,7 @@ def run(settings, output, run_mode):
         raise
     try:
         with interrupts.catch_stop_signals(enabled=not multi_worker) as stop_requested:
-            result = _train_in(path, plan, output.config_text, state, stop_requested)
+            result = _train_in(path, plan, output.config_text, state, stop_requested, built)
     except TrainingInterrupted as stopped:
         _record_end(path, run_dir_lib.mark_interrupted, reason_name(stopped.reason),
                     stopped.update)
@@ -256,9 +259,9 @@ def make_callbacks(plan, path, log_dir, state_callbacks, checkpoint_callbacks=()
     return callbacks, measured, kept
 
 
-def _train_in(path, plan, config_text, state, stop_requested):
-    """Builds the model and callbacks inside the run directory ``path``, trains (from the
-    checkpoint of a resumed run), evaluates."""
+def _train_in(path, plan, config_text, state, stop_requested, built=None):
+    """Builds the callbacks (and the model, unless ``built``: ``plan.build_model``'s) inside the
+    run directory ``path``, trains (from the checkpoint of a resumed run), evaluates."""
     log_dir = os.path.join(path, "tensorboard")
     if state.reused:  # (also a restart from update 0 when no checkpoint could be read)
         summary_writer.continue_from(log_dir)  # the replayed updates are not logged twice
@@ -266,7 +269,7 @@ def _train_in(path, plan, config_text, state, stop_requested):
         with summary_writer.writer_for(log_dir).as_default():
             tf.summary.text("config/parsed", "\n".join("    " + line for line in
                                                        config_text.splitlines()), step=0)
-    model, state_callbacks = plan_lib.build_model(plan)
+    model, state_callbacks = built if built is not None else plan_lib.build_model(plan)
     batch_norm = batch_norm_statistics.describe(model, plan.layout, plan.settings.epochs,
                                                 plan.strategy.num_replicas_in_sync)
     batch_norm_statistics.warn_if_stale(batch_norm)
@@ -335,9 +338,18 @@ def _result(plan, model, history, final, train_time, measured, restored=None):
         "final_epoch": {k: float(v[-1]) for k, v in history.items() if v},
         "final_validation": {k: float(v) for k, v in final.items()},
         "num_train_examples": num_train,
-        "num_validation_examples": plan.data.num_validation,
+        "num_validation_examples": _num_validation(plan),
         "measurements": measurements_lib.results(measured, restored),
     }
+
+
+def _num_validation(plan):
+    """Validation rows: the held-out arrays', or for stream data the rows its held-out windows
+    make (S streams per window)."""
+    if plan.data.stream is not None:
+        steps = plan.pipelines.validation_steps
+        return 0 if not steps else steps * plan.layout.batch_size
+    return plan.data.num_validation
 
 
 def _adascale_result(callbacks):
