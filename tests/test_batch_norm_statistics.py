@@ -118,3 +118,22 @@ def test_the_mlp_takes_its_momentum_and_refuses_a_bad_one():
     assert layer.momentum == pytest.approx(0.9)
     with pytest.raises(ValueError, match="mlp.batch_norm_momentum"):
         builders.mlp(spec, hidden_units=(8,), batch_normalization=True, batch_norm_momentum=1.0)
+
+
+def test_a_sweep_table_names_its_runs_with_stale_averages(tmp_path):
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "constant.npz", x=np.full((100, 4), 3.0, np.float32),
+             y=rng.integers(0, 3, 100))
+    launch.launch(["gin/base.gin"], [
+        "train.data_fn = @npz_file", f"npz_file.path = '{tmp_path / 'constant.npz'}'",
+        "train.model_fn = @constant_input_batch_norm", "train.verbose = 0",
+        "measurements.enabled = []", "train.epochs = 2", "train.batch_size = 32",
+        "sweep.variants = {'slow': ['constant_input_batch_norm.momentum = 0.99'], "
+        "'fast': ['constant_input_batch_norm.momentum = 0.5']}"],
+        output_dir=str(tmp_path / "runs"), print_fn=lambda *_: None)
+    (table,) = glob.glob(str(tmp_path / "runs" / "**" / "table.txt"), recursive=True)
+    with open(table, encoding="utf-8") as handle:
+        text = handle.read()
+    # 80 rows at B = 32: 3 passes per epoch, 6 in all; 0.99^6 = 94% left, 0.5^6 = 1.6%
+    assert "moving averages were stale at the end of: slow (94% after 6 updates)." in text
+    assert "fast (" not in text

@@ -67,3 +67,21 @@ def format_table(results, columns=DEFAULT_COLUMNS):
     out = [line(header), line(["-" * w for w in widths])]
     out += [line(row) for row in rows]
     return "\n".join(out)
+
+
+def stale_batch_norm_note(results):
+    """One paragraph naming the runs whose BatchNormalization moving averages were still far
+    from settled at their end (result.json ``batch_norm_statistics.stale``): their validation
+    numbers normalise with those averages, so a table comparing batch sizes must say so. None
+    when no run was stale."""
+    stale = [(r.get("run"), r["batch_norm_statistics"]) for r in results
+             if (r.get("batch_norm_statistics") or {}).get("stale")]
+    if not stale:
+        return None
+    runs = ", ".join(f"{name} ({100 * s['initial_weight']:.0f}% after "
+                     f"{s['moving_average_updates']} updates)" for name, s in stale)
+    return ("BatchNormalization's moving averages were stale at the end of: " + runs + ". "
+            "Their initial values still weighed that much, so these runs' validation and other "
+            "inference-mode numbers are not those of their trained weights; lower the momentum "
+            "(mlp.batch_norm_momentum) or train more updates before reading them as a batch-size "
+            "effect (docs/measurement.md, \"BatchNormalization's moving averages\").")

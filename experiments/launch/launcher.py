@@ -152,6 +152,9 @@ def _launch_sweep(files, gin_bindings, output_dir, experiment, variants, columns
     scaling = lr_range.scaling_sentence(results)  # range tests at several batch sizes
     if scaling:
         table += "\n\n" + scaling
+    batch_norm = tables.stale_batch_norm_note(results)
+    if batch_norm:
+        table += "\n\n" + batch_norm
     errors = {r["run"]: r["error"] for r in results
               if r.get("status") == "failed" and r.get("error")}
     if errors:  # a variant refused before its run directory existed has no other record
