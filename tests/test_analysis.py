@@ -298,3 +298,8 @@ def test_a_batch_that_changed_and_came_back_is_labelled_as_changed():
                                               {"batch_size": 16}]}) == "16->16"
     assert batch_label({"batch_size": 16, "final_batch_size": 16,
                         "batch_size_stages": [{"batch_size": 16}]}) == 16
+    # stream data: B stays the 8 streams, the windows per update grow
+    assert batch_label({"batch_size": 8, "final_batch_size": 8, "window_length": 25,
+                        "num_micro_batches": 1, "final_num_micro_batches": 2,
+                        "batch_size_stages": [{"batch_size": 8}, {"batch_size": 8}]}) == \
+        "8 (k 1->2)"

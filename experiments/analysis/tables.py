@@ -4,11 +4,16 @@
 def batch_label(result):
     """The run's batch size; ``16->48`` when a schedule or the adaptive batch changed it, also
     when it came back to where it started (``16->16``: an adaptive batch that grew and shrank
-    is not a run at one batch size)."""
+    is not a run at one batch size); for stream data, whose B is its streams, ``8 (k 1->2)``
+    when a schedule grew the windows per update."""
     first, final = result.get("batch_size"), result.get("final_batch_size")
     stages = result.get("batch_size_stages") or ()
     if first is None or final is None or (final == first and len(stages) < 2):
         return first
+    if result.get("window_length") and final == first:
+        # stream data: B is the S streams; a schedule grows the windows per update (k)
+        return (f"{first} (k {result.get('num_micro_batches')}->"
+                f"{result.get('final_num_micro_batches')})")
     return f"{first}->{final}"
 
 
