@@ -174,5 +174,11 @@ def test_stream_sources_refuse_ids_and_values_a_run_would_fail_on_later():
         stateful_data.stream_tokens(documents=[[-4, 1, 2] * 40], layout=layout)
     with pytest.raises(ValueError, match="no documents, or only empty ones"):
         stateful_data.stream_tokens(documents=[[], []], layout=layout)
+    huge = np.where(ids == 4, 2 ** 31 + 1, ids).astype(np.int64)  # would wrap in int32
+    with pytest.raises(ValueError, match=rf"id {2 ** 31 + 1} at step 4 is outside \[0, 10\)"):
+        stateful_data.stream_series(series=huge, vocabulary_size=10, layout=layout)
+    with pytest.raises(ValueError, match="stream_tokens.separator_id must be an id >= 0"):
+        stateful_data.stream_tokens(documents=[[1, 2] * 60, [3] * 60], separator_id=-1,
+                                    layout=layout)
     data = stateful_data.stream_series(series=ids, layout=layout)  # in range: accepted
     assert data.spec.vocabulary_size == 10

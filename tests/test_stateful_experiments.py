@@ -52,7 +52,7 @@ def test_char_lm_reports_bits_per_character_on_held_out_text(tmp_path):
     # 29999 input steps, the last 10% held out; 8 streams of whole 50-step updates, offset <= 25.
     train_steps = 29999 - 3000
     assert written["updates"] == 2 * ((train_steps - 25) // 8 // 50)
-    # The held-out streams are validation data: 3000 steps, 8 streams of 14 windows of 25.
+    # The held-out streams are validation data: 3000 steps, 8 streams of 15 windows of 25.
     assert written["num_validation_examples"] == 8 * (3000 // 8 // 25)
     curve = written["measurements"]["curve"]
     assert [u for u, _ in curve["val_loss"]] == [*range(30, written["updates"], 30),

@@ -80,14 +80,14 @@ def stream_series(series=None, path=None, key="x", column=None, targets=None, ta
     if targets is None and (target_key or target_column) and path is not None:
         targets = _load_series(path, target_key, target_column)
     is_ids = np.issubdtype(values.dtype, np.integer)
+    vocab = None
+    if is_ids:  # checked before the cast to int32, which would wrap ids >= 2^31
+        vocab = int(vocabulary_size or values.max() + 1)
+        _check_ids(values, vocab, name, "stream_series.vocabulary_size")
     values = values.astype(np.int32 if is_ids else np.float32)
     files.check_finite(values, f"'{name}': the series")  # arrays given in gin or Python too
     if values.ndim == 1 and not is_ids:
         values = values[:, None]
-    vocab = None
-    if is_ids:
-        vocab = int(vocabulary_size or values.max() + 1)
-        _check_ids(values, vocab, name, "stream_series.vocabulary_size")
     if targets is None:
         inputs, targets = _next_step(values)
         if is_ids:
@@ -115,8 +115,10 @@ def _check_ids(ids, vocabulary_size, name, binding):
     low, high = int(ids.min()), int(ids.max())
     if low < 0 or high >= vocabulary_size:
         bad = low if low < 0 else high
-        where = int(np.argmax(ids.reshape(-1) == bad))
-        raise ValueError(f"'{name}': id {bad} at step {where} is outside [0, {vocabulary_size}) "
+        flat = int(np.argmax(ids.reshape(-1) == bad))
+        where = f"step {flat}" if ids.ndim == 1 else \
+            f"index {tuple(int(i) for i in np.unravel_index(flat, ids.shape))}"
+        raise ValueError(f"'{name}': id {bad} at {where} is outside [0, {vocabulary_size}) "
                          f"({binding}={vocabulary_size}); ids must be 0 ... vocabulary size - 1.")
 
 
@@ -189,14 +191,18 @@ def stream_tokens(documents=None, path=None, separator_id=None, vocabulary_size=
     top = max(int(d.max()) for d in documents if d.size)
     if separator_id is None:
         separator_id = top + 1
+    elif int(separator_id) < 0:
+        raise ValueError(f"'{name}': stream_tokens.separator_id must be an id >= 0, got "
+                         f"{separator_id}.")
     pieces = []
     for i, d in enumerate(documents):
         if i:
             pieces.append(np.array([separator_id]))
         pieces.append(d)
-    ids = np.concatenate(pieces).astype(np.int32)
+    ids = np.concatenate(pieces)
     vocab = int(vocabulary_size or max(top, separator_id) + 1)
-    _check_ids(ids, vocab, name, "stream_tokens.vocabulary_size")
+    _check_ids(ids, vocab, name, "stream_tokens.vocabulary_size")  # before the cast to int32
+    ids = ids.astype(np.int32)
     inputs, targets = _next_step(ids)
     return _make_data(name, inputs, targets, layout, validation_split, "language_model", vocab,
                       vocab)

@@ -64,7 +64,8 @@ def comparison(reference=gin.REQUIRED, target=gin.REQUIRED, target_metric="val_a
       target_metric: a metric of the validation curve (``val_loss``, ``val_<metric>``).
       target_mode: 'max' (reach at least ``target``) or 'min' (at most).
       cost_tolerance: an arm matched the reference on updates, examples or seconds to the
-        target when the seeds' ranges overlap or the means differ by at most this fraction.
+        target when the means differ by at most this fraction (overlapping seeds' ranges
+        beyond it are undecided).
       metric_tolerance: the same for the final metric.
     """
     if not isinstance(reference, str) or not reference:

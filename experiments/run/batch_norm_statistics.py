@@ -25,37 +25,43 @@ from experiments.engine import states
 STALE_WEIGHT = 0.05
 
 
-def _micro_batches_per_epoch(layout, epoch):
-    """Training-mode forward passes in ``epoch`` on one replica's share of every update: k per
-    update (the last, ragged update of an epoch its own count). None when B is decided while
-    training (an adaptive batch)."""
+def _update_sizes(layout, epoch):
+    """The size of each update of ``epoch``: rows (windows for stream data), the last, ragged
+    update of an epoch its own size; None when B is decided while training (an adaptive
+    batch)."""
     if layout.adaptive:
         return None
     if layout.update_sizes is not None:
-        unit = 1 if layout.time_windows else layout.micro_batch_size
-        return sum(-(-size // unit) for size in layout.update_sizes.epoch(epoch)[1])
-    k, updates = layout.num_micro_batches, layout.updates_per_epoch
+        return list(layout.update_sizes.epoch(epoch)[1])
+    updates = layout.updates_per_epoch
+    if layout.time_windows:
+        return [layout.num_micro_batches] * updates
     rows = layout.examples_per_epoch
-    if layout.time_windows or rows is None:
-        return updates * k
+    if rows is None:
+        return [layout.batch_size] * updates
     full, remainder = divmod(rows, layout.batch_size)
-    count = min(full, updates) * k
+    sizes = [layout.batch_size] * min(full, updates)
     if updates > full and remainder:
-        count += -(-remainder // (layout.micro_batch_size or layout.batch_size))
-    return count
+        sizes.append(remainder)
+    return sizes
 
 
 def moving_average_updates(layout, epochs, replicas=1):
     """How many times each BatchNormalization layer updates its moving averages over ``epochs``
-    epochs (per replica: a replica runs its share of each update's micro-batches, at least one
-    pass per update); None for an adaptive batch."""
-    per_epoch = [_micro_batches_per_epoch(layout, epoch) for epoch in range(epochs)]
-    if any(count is None for count in per_epoch):
-        return None
-    total = sum(per_epoch)
-    if replicas > 1:
-        updates = sum(layout.updates_in(epoch) for epoch in range(epochs))
-        total = max(updates, math.ceil(total / replicas))
+    epochs, on the replica with the largest share: per update, its ceil(rows / replicas) rows in
+    micro-batches of b (one pass without micro-batches); for stream data, one pass per window.
+    None for an adaptive batch."""
+    total = 0
+    for epoch in range(epochs):
+        sizes = _update_sizes(layout, epoch)
+        if sizes is None:
+            return None
+        for size in sizes:
+            if layout.time_windows:
+                total += size
+            else:
+                share = -(-size // replicas)
+                total += -(-share // layout.micro_batch_size) if layout.micro_batch_size else 1
     return total
 
 

@@ -21,6 +21,7 @@ import dataclasses
 
 from callbacks.nan_guard import FailOnNonFiniteLoss
 from experiments.common import checks
+from experiments.run import batch_norm_statistics as batch_norm_lib
 from experiments.run import micro_batch_finder, noise_probe_run, range_test
 
 
@@ -56,6 +57,16 @@ class RunMode:
         """A plain run adds nothing to ``result.json``."""
         return {}
 
+    def batch_norm_statistics(self, model, plan, warn=True):
+        """What result.json states of BatchNormalization's moving averages (None without any),
+        warning first when they stay stale (``warn``: not on a multi-worker job's other
+        workers): a plain run's inference-mode numbers (validation, the gap) use them."""
+        described = batch_norm_lib.describe(model, plan.layout, plan.settings.epochs,
+                                             plan.strategy.num_replicas_in_sync)
+        if warn:
+            batch_norm_lib.warn_if_stale(described)
+        return described
+
     def start(self, settings, output, run):
         """Trains through the runner's ``run(settings, output, mode)``."""
         return run(settings, output, self)
@@ -69,6 +80,10 @@ class TrainMode(RunMode):
 class RangeTestMode(RunMode):
     """``train.mode = 'lr_range_test'``: a run whose learning rate grows every update until the
     loss diverges; ``result.json`` gets the suggested rate (``range_test``)."""
+
+    def batch_norm_statistics(self, model, plan, warn=True):
+        """None: the mode reads training-mode losses only and stops where it stops."""
+        return None
 
     test: range_test.RangeTestSettings
     # The ramp's position, its losses and their smoothed average live in the callback: a
@@ -114,6 +129,10 @@ class MicroBatchFinderMode(RunMode):
     fits, each candidate probed in a process of its own (``micro_batch_finder``). A probe is a
     short run of this mode through the plan, model and loop of a real run; it writes nothing."""
 
+    def batch_norm_statistics(self, model, plan, warn=True):
+        """None: the mode reads training-mode losses only and stops where it stops."""
+        return None
+
     finder: micro_batch_finder.FinderSettings
 
     @classmethod
@@ -147,6 +166,10 @@ class MicroBatchFinderMode(RunMode):
 class NoiseProbeMode(RunMode):
     """``train.mode = 'probe_noise_scale'``: B_simple with its interval at a finished run's
     weights (``noise_probe_run``); trains nothing and writes one new file into that run."""
+
+    def batch_norm_statistics(self, model, plan, warn=True):
+        """None: the mode reads training-mode losses only and stops where it stops."""
+        return None
 
     def check(self, settings):
         noise_probe_run.settings()  # its bindings fail before any data is loaded

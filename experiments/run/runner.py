@@ -28,7 +28,7 @@ from callbacks.operative_config import OperativeConfigSaver
 from experiments.common.memory import peak_memory_mb
 from experiments.engine import distribute, keras_internals
 from experiments.inputs import dataset as dataset_lib
-from experiments.run import batch_norm_statistics, callback_states, config_audit, interrupts, modes
+from experiments.run import callback_states, config_audit, interrupts, modes
 from experiments.run.adaptive_batch import AdaptiveBatchController
 from experiments.run import measurements as measurements_lib
 from experiments.run import plan as plan_lib
@@ -214,7 +214,8 @@ def _run_as_worker(plan, output):
         state = RunState(path, plan.settings.checkpoints, resuming=chief_checkpoints is not None,
                          writes=False, checkpoint_dir=chief_checkpoints, synchronized=True)
         with interrupts.catch_stop_signals(enabled=False) as stop_requested:
-            return _train_in(path, plan, output.config_text, state, stop_requested)
+            return _train_in(path, plan, output.config_text, state, stop_requested,
+                             chief=False)
     finally:
         summary_writer.close_all()
         shutil.rmtree(scratch, ignore_errors=True)
@@ -259,9 +260,11 @@ def make_callbacks(plan, path, log_dir, state_callbacks, checkpoint_callbacks=()
     return callbacks, measured, kept
 
 
-def _train_in(path, plan, config_text, state, stop_requested, built=None):
+def _train_in(path, plan, config_text, state, stop_requested, built=None, chief=True):
     """Builds the callbacks (and the model, unless ``built``: ``plan.build_model``'s) inside the
-    run directory ``path``, trains (from the checkpoint of a resumed run), evaluates."""
+    run directory ``path``, trains (from the checkpoint of a resumed run), evaluates. ``chief``:
+    False on a multi-worker job's other workers, which keep nothing and warn of nothing the
+    chief warns of."""
     log_dir = os.path.join(path, "tensorboard")
     if state.reused:  # (also a restart from update 0 when no checkpoint could be read)
         summary_writer.continue_from(log_dir)  # the replayed updates are not logged twice
@@ -270,9 +273,7 @@ def _train_in(path, plan, config_text, state, stop_requested, built=None):
             tf.summary.text("config/parsed", "\n".join("    " + line for line in
                                                        config_text.splitlines()), step=0)
     model, state_callbacks = built if built is not None else plan_lib.build_model(plan)
-    batch_norm = batch_norm_statistics.describe(model, plan.layout, plan.settings.epochs,
-                                                plan.strategy.num_replicas_in_sync)
-    batch_norm_statistics.warn_if_stale(batch_norm)
+    batch_norm = plan.mode.batch_norm_statistics(model, plan, warn=chief)
     own = plan.mode.callbacks(plan, log_dir)
     callbacks, measured, kept = make_callbacks(plan, path, log_dir, state_callbacks,
                                                state.callbacks(model, stop_requested), own,
@@ -345,7 +346,8 @@ def _result(plan, model, history, final, train_time, measured, restored=None):
 
 def _num_validation(plan):
     """Validation rows: the held-out arrays', or for stream data the rows its held-out windows
-    make (S streams per window)."""
+    make (S streams per window; ``num_train_examples`` counts a stream's k windows of one
+    update as one row, so with k > 1 the two are in different units)."""
     if plan.data.stream is not None:
         steps = plan.pipelines.validation_steps
         return 0 if not steps else steps * plan.layout.batch_size
