@@ -54,8 +54,10 @@ def main():
     kept = {}
     with tempfile.TemporaryDirectory() as output_dir:
         run_once(ARMS["off"], 1, output_dir)  # warm-up: imports, first tracing
-        for _ in range(args.rounds):
-            for arm, bindings in ARMS.items():
+        for round_ in range(args.rounds):
+            order = list(ARMS) if round_ % 2 == 0 else list(reversed(ARMS))  # no arm always first
+            for arm in order:
+                bindings = ARMS[arm]
                 seconds, cpu_seconds, kept[arm] = run_once(bindings, args.epochs, output_dir)
                 times[arm].append(seconds)
                 cpu[arm].append(cpu_seconds)

@@ -180,5 +180,8 @@ def test_stream_sources_refuse_ids_and_values_a_run_would_fail_on_later():
     with pytest.raises(ValueError, match="stream_tokens.separator_id must be an id >= 0"):
         stateful_data.stream_tokens(documents=[[1, 2] * 60, [3] * 60], separator_id=-1,
                                     layout=layout)
+    with pytest.raises(FileNotFoundError,
+                       match=r"Text file or directory \(stream_text.paths\) not found"):
+        stateful_data.stream_text(paths=["no/such/texts"], layout=layout)
     data = stateful_data.stream_series(series=ids, layout=layout)  # in range: accepted
     assert data.spec.vocabulary_size == 10

@@ -134,7 +134,7 @@ def _text_paths(paths):
                 raise FileNotFoundError(f"No file matches {path!r}.")
             found += matches
             continue
-        resolved = paths_lib.resolve(path)
+        resolved = paths_lib.resolve(path, what="Text file or directory (stream_text.paths)")
         if os.path.isdir(resolved):
             texts = paths_lib.glob_files(os.path.join(resolved, "*.txt"))
             if not texts:
