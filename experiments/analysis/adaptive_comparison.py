@@ -513,14 +513,15 @@ def markdown(summary, name, figure=None):
               "epoch counted as it is). Seconds: the run's training clock at the crossing, less "
               "its start-up (the clock before the first update: tracing the train step), "
               "without the curve's own evaluations. Final: the metric at the end of the run's "
-              "budget. Matched: the means differ by at "
-              f"most {summary['cost_tolerance']:.0%} (costs) or "
+              "budget. Matched: the means differ by at most "
+              f"{summary['cost_tolerance']:.0%} (costs) or "
               f"{summary['metric_tolerance']:.0%} (final metric) of the reference's. Undecided: "
               "they differ by more but the seeds' min–max ranges overlap (the seeds do not tell "
               "the arms apart). Beat or lost: the ranges apart and Welch's t-test (on the "
               "logarithms of the costs; on the final metric itself) gives p <= "
-              f"{VERDICT_P}; else undecided (one seed per arm is always undecided). A different number of seeds reaching the target decides when "
-              f"Fisher's exact test gives p <= {VERDICT_P}."]
+              f"{VERDICT_P}; else undecided (one seed per arm is always undecided). A different "
+              "number of seeds reaching the target decides when Fisher's exact test gives p <= "
+              f"{VERDICT_P}."]
     if figure:
         lines += ["", "## B(t) against c·B_simple(t)", "",
                   f"![B(t) and c·B_simple(t)]({os.path.basename(figure)})"]

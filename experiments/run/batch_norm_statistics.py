@@ -51,18 +51,20 @@ def moving_average_updates(layout, epochs, replicas=1):
     epochs, on the replica with the largest share: per update, its ceil(rows / replicas) rows in
     micro-batches of b (one pass without micro-batches); for stream data, one pass per window.
     None for an adaptive batch."""
-    total = 0
-    for epoch in range(epochs):
+    def passes(size):
+        if layout.time_windows:
+            return size
+        share = -(-size // replicas)
+        return -(-share // layout.micro_batch_size) if layout.micro_batch_size else 1
+
+    def in_epoch(epoch):
         sizes = _update_sizes(layout, epoch)
-        if sizes is None:
-            return None
-        for size in sizes:
-            if layout.time_windows:
-                total += size
-            else:
-                share = -(-size // replicas)
-                total += -(-share // layout.micro_batch_size) if layout.micro_batch_size else 1
-    return total
+        return None if sizes is None else sum(passes(size) for size in sizes)
+
+    if layout.update_sizes is None and not layout.adaptive:
+        return epochs * in_epoch(0)  # every epoch alike: counted once, not per epoch at start-up
+    counts = [in_epoch(epoch) for epoch in range(epochs)]
+    return None if None in counts else sum(counts)
 
 
 def describe(model, layout, epochs, replicas=1):

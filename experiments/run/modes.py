@@ -29,9 +29,13 @@ class RunMode:
     """What a run mode decides; the defaults are those of a plain training run (``TrainMode``).
 
     ``resumable``: a relaunched run continues from its newest checkpoint (False: it starts again
-    from update 0, for a mode whose callbacks keep state no checkpoint holds)."""
+    from update 0, for a mode whose callbacks keep state no checkpoint holds).
+    ``reads_inference_metrics``: its validation and other inference-mode numbers are read
+    (False for a mode that reads training-mode losses only and stops where it stops: it states
+    nothing about BatchNormalization's moving averages)."""
 
     resumable = True
+    reads_inference_metrics = True
 
     @classmethod
     def from_bindings(cls):
@@ -60,7 +64,10 @@ class RunMode:
     def batch_norm_statistics(self, model, plan, warn=True):
         """What result.json states of BatchNormalization's moving averages (None without any),
         warning first when they stay stale (``warn``: not on a multi-worker job's other
-        workers): a plain run's inference-mode numbers (validation, the gap) use them."""
+        workers): a plain run's inference-mode numbers (validation, the gap) use them; None
+        for a mode that reads none."""
+        if not self.reads_inference_metrics:
+            return None
         described = batch_norm_lib.describe(model, plan.layout, plan.settings.epochs,
                                              plan.strategy.num_replicas_in_sync)
         if warn:
@@ -81,9 +88,7 @@ class RangeTestMode(RunMode):
     """``train.mode = 'lr_range_test'``: a run whose learning rate grows every update until the
     loss diverges; ``result.json`` gets the suggested rate (``range_test``)."""
 
-    def batch_norm_statistics(self, model, plan, warn=True):
-        """None: the mode reads training-mode losses only and stops where it stops."""
-        return None
+    reads_inference_metrics = False
 
     test: range_test.RangeTestSettings
     # The ramp's position, its losses and their smoothed average live in the callback: a
@@ -129,9 +134,7 @@ class MicroBatchFinderMode(RunMode):
     fits, each candidate probed in a process of its own (``micro_batch_finder``). A probe is a
     short run of this mode through the plan, model and loop of a real run; it writes nothing."""
 
-    def batch_norm_statistics(self, model, plan, warn=True):
-        """None: the mode reads training-mode losses only and stops where it stops."""
-        return None
+    reads_inference_metrics = False
 
     finder: micro_batch_finder.FinderSettings
 
@@ -167,9 +170,7 @@ class NoiseProbeMode(RunMode):
     """``train.mode = 'probe_noise_scale'``: B_simple with its interval at a finished run's
     weights (``noise_probe_run``); trains nothing and writes one new file into that run."""
 
-    def batch_norm_statistics(self, model, plan, warn=True):
-        """None: the mode reads training-mode losses only and stops where it stops."""
-        return None
+    reads_inference_metrics = False
 
     def check(self, settings):
         noise_probe_run.settings()  # its bindings fail before any data is loaded
