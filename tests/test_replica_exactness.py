@@ -1,6 +1,6 @@
 """What several replicas must not change: clipping, BatchNormalization on an empty replica and
-its moving averages, and the validation loss of masked sequences, each against plain Keras on
-one device.
+its moving averages, the validation loss of masked sequences, each against plain Keras on one
+device, and independent dropout masks over the replicas.
 
 MirroredStrategy over three logical CPUs is set up before TensorFlow starts, so the cases run in
 one child process; the reference (``train_on_batch``, ``evaluate``) runs there on the default
@@ -94,6 +94,18 @@ SCRIPT = textwrap.dedent("""
     inner.set_weights(init)
     out["masked"] = [reference.evaluate(data, verbose=0, return_dict=True),
                      custom_loop.CustomLoop(model, strategy).evaluate(data, return_dict=True)]
+    # Dropout: 6 rows of ones (2 per replica) -> Dropout(0.5) -> Dense(1, no bias, zeros), MAE
+    # against 1: one SGD(1) update sets w_j = (2 / 6) * (rows that kept input j).
+    dropout = lambda: keras.Sequential([
+        keras.Input((64,)), keras.layers.Dropout(0.5, seed=7),
+        keras.layers.Dense(1, use_bias=False, kernel_initializer="zeros")])
+    inner, model = replicated(dropout, lambda: keras.optimizers.SGD(1.0), loss="mae")
+    data = tf.data.Dataset.from_tensor_slices(
+        (np.ones((6, 64), np.float32), np.ones((6, 1), np.float32))).batch(6)
+    custom_loop.CustomLoop(model, strategy).fit_from(lambda e, s, n: data, 1, 1, verbose=0)
+    out["dropout_kept"] = (inner.get_weights()[0][:, 0] * 3).tolist()
+    out["dropout_states"] = [
+        v.numpy().tolist() for v in inner.layers[0].seed_generator.state.value.values]
     try:  # synchronized BatchNormalization inside the micro-batch loop on several replicas
         with strategy.scope():
             virtual_batch_model.as_virtual_batch_model(keras.Sequential([
@@ -150,3 +162,18 @@ def test_synchronized_batch_normalization_in_the_micro_batch_loop_is_refused(mea
     """Its all-reduce cannot run inside the loop's tf.while_loop on several replicas (TensorFlow
     failed at the first update with "merge_call called while defining a new graph")."""
     assert "cannot run inside the micro-batch loop" in (measured["synchronized_in_loop"] or "")
+
+
+def test_replicas_draw_their_own_dropout_masks(measured):
+    """Keras' seed generators are mirrored, so every replica drew the same masks: each input's
+    count of keeping rows was a multiple of the 3 replicas. Each replica now draws its own (the
+    counts of 64 inputs over 6 rows, about Binomial(6, 1/2)), and the generators' state stays one
+    value over the replicas."""
+    kept = np.array(measured["dropout_kept"])
+    np.testing.assert_allclose(kept, np.round(kept), atol=1e-4)
+    kept = np.round(kept).astype(int)
+    assert kept.min() >= 0 and kept.max() <= 6
+    assert np.any(kept % 3 != 0), kept
+    assert 2.4 < kept.mean() < 3.6, kept.mean()
+    states = np.array(measured["dropout_states"])
+    assert np.all(states == states[0]), states

@@ -66,6 +66,10 @@ Touches, and why no public API does the job:
 - ``ProgbarLogger.progbar.target`` (``retarget_progress_bars``, Keras 3.15): the running
   progress bar and its total, undocumented attributes; a batch changed mid-epoch changes the
   epoch's count of updates, and the logger reads ``params['steps']`` only when an epoch begins.
+- ``Layer._seed_generators`` (``distinct_replica_seeds``): the ``SeedGenerator`` objects a layer
+  draws its randomness from (dropout masks, noise). Their state variables are mirrored, so on
+  several replicas every replica draws the same numbers; batchlab offsets the seed each replica
+  reads by its replica id. ``model.seed_generators`` does not exist in Keras 3.15.
 - ``gin.config._REGISTRY`` (``gin_selectors``, gin-config 0.5.0): every registered configurable's
   selector, to suggest the nearest name for a misspelt one; gin lists them nowhere publicly.
 """
@@ -76,6 +80,7 @@ from typing import Optional
 
 import gin
 import keras
+import tensorflow as tf
 from keras.src import backend as _keras_backend
 from tensorflow.python.framework import config as _tf_config
 from tensorflow.python.framework import ops as _tf_ops
@@ -344,3 +349,39 @@ def set_op_determinism(enabled):
         _tf_config.enable_op_determinism()
     else:
         _tf_config.disable_op_determinism()
+
+
+# Multiplier of the replica id in the first seed component: a replica's stream of random numbers
+# is that of another initial seed, far from any seed of a neighbouring generator.
+_REPLICA_SEED_STRIDE = 1000003
+
+
+def distinct_replica_seeds(model):
+    """Makes every replica draw its own random numbers from ``model``'s seed generators.
+
+    Keras' ``SeedGenerator`` keeps its state in a variable, which a distribution strategy mirrors:
+    each replica reads the same state, so row i of every replica's share gets the same dropout
+    mask, and a batch on R replicas has R times fewer independent masks than on one device (its
+    replicas' gradients are then correlated, which also biases a noise scale estimated from them).
+    Each generator's ``next`` is wrapped so that the seed it returns in a replica context is
+    offset by that replica's id (global over the workers); the state variable advances as before,
+    identically on every replica, so checkpoints and exact resume are unchanged. Outside a
+    replica context, or with one replica, the seed is Keras' own. Idempotent.
+    """
+    for layer in flatten_layers(model, include_self=True):
+        for generator in getattr(layer, "_seed_generators", None) or ():  # pylint: disable=protected-access
+            if getattr(generator, "_batchlab_per_replica", False):
+                continue
+            keras_next = generator.next
+
+            def per_replica_next(ordered=True, keras_next=keras_next):
+                seed = keras_next(ordered)
+                context = tf.distribute.get_replica_context()
+                if context is None or context.num_replicas_in_sync == 1:
+                    return seed
+                replica = tf.cast(context.replica_id_in_sync_group, seed.dtype)
+                return seed + tf.stack([replica * _REPLICA_SEED_STRIDE,
+                                        tf.zeros((), seed.dtype)])
+
+            generator.next = per_replica_next
+            generator._batchlab_per_replica = True  # pylint: disable=protected-access

@@ -59,6 +59,9 @@ class VirtualBatchModel(keras.Model):
         self._has_call_losses = bool(has_call_losses)
         self.measurements = StepMeasurements(len(self.trainable_variables))
         replicas = self.distribute_strategy.num_replicas_in_sync
+        if replicas > 1:
+            # Mirrored seed states would give every replica the same dropout masks.
+            keras_internals.distinct_replica_seeds(self)
         if replicas > 1 and micro_batch_size is not None and any(
                 getattr(layer, "synchronized", False) for layer in states.layers(self)
                 if isinstance(layer, keras.layers.BatchNormalization)):
