@@ -36,7 +36,7 @@ from absl import logging
 
 from callbacks.base import MeasurementCallback
 from experiments.common import checks
-from experiments.engine.loss_terms import LossTerms
+from experiments.engine import loss_terms
 
 
 class SharpnessObjective:
@@ -52,7 +52,7 @@ class SharpnessObjective:
         self.variables = list(model.trainable_variables)
         self.shapes = [tuple(v.shape) for v in self.variables]
         self.sizes = [int(np.prod(s)) for s in self.shapes]
-        self.terms = LossTerms(model.loss)
+        self.terms = loss_terms.of_model(model)
         self.dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(int(batch_size)).cache()
         regularized = [v for v in self.variables if getattr(v, "regularizer", None) is not None]
         variables, terms = self.variables, self.terms

@@ -70,6 +70,10 @@ Touches, and why no public API does the job:
   draws its randomness from (dropout masks, noise). Their state variables are mirrored, so on
   several replicas every replica draws the same numbers; batchlab offsets the seed each replica
   reads by its replica id. ``model.seed_generators`` does not exist in Keras 3.15.
+- ``keras.src.losses.loss.squeeze_or_expand_to_same_rank`` (``same_rank``): the shape alignment
+  Keras applies to ``y_true`` and ``y_pred`` before calling a plain loss function (a label of
+  shape (n,) against an output of shape (n, 1)); without it the function broadcasts to (n, n).
+  Keras exports neither it nor ``LossFunctionWrapper``, which applies it.
 - ``gin.config._REGISTRY`` (``gin_selectors``, gin-config 0.5.0): every registered configurable's
   selector, to suggest the nearest name for a misspelt one; gin lists them nowhere publicly.
 """
@@ -82,6 +86,7 @@ import gin
 import keras
 import tensorflow as tf
 from keras.src import backend as _keras_backend
+from keras.src.losses import loss as _keras_loss
 from tensorflow.python.framework import config as _tf_config
 from tensorflow.python.framework import ops as _tf_ops
 
@@ -113,6 +118,12 @@ def forward_pass_losses(model):
 def keras_mask(tensor):
     """The mask Keras attached to ``tensor`` (None when it has none)."""
     return _keras_backend.get_keras_mask(tensor)
+
+
+def same_rank(y_true, y_pred):
+    """``(y_true, y_pred)`` aligned as Keras aligns them before a plain loss function: a
+    trailing axis of 1 squeezed, or a rank-1 tensor expanded, when their ranks differ by one."""
+    return _keras_loss.squeeze_or_expand_to_same_rank(y_true, y_pred)
 
 
 def compiled_losses(model):

@@ -20,9 +20,11 @@ class LossTerms:
     Args:
       loss: what was passed to ``model.compile(loss=...)``: a ``keras.losses.Loss``, a loss
         function, or its name.
+      weight: ``compile(loss_weights=...)``'s weight of the one output: the loss is
+        ``weight * numerator / denominator``, as Keras multiplies it.
     """
 
-    def __init__(self, loss):
+    def __init__(self, loss, weight=1.0):
         if isinstance(loss, (list, tuple, dict)):
             raise ValueError(
                 "Virtual batches support models with a single output and a single loss; "
@@ -35,11 +37,13 @@ class LossTerms:
             self.reduction = loss.reduction or "none"
             self._dtype = loss.dtype
         elif callable(loss):
-            self._values_fn = loss
+            # Keras wraps a plain function so that y_true and y_pred are aligned first.
+            self._values_fn = _aligned(loss)
             self.reduction = "sum_over_batch_size"
             self._dtype = None
         else:
             raise ValueError(f"Cannot use {loss!r} as a loss.")
+        self.weight = float(weight)
         if self.reduction in ("none", None):
             raise ValueError(
                 "A loss with reduction='none' has no scalar to differentiate; use the default "
@@ -60,6 +64,8 @@ class LossTerms:
         if y_true.dtype.is_floating:
             y_true = tf.cast(y_true, dtype)
         values = self._values_fn(y_true, y_pred)
+        if self.weight != 1.0:
+            values = values * tf.cast(self.weight, values.dtype)
         out_mask = keras_internals.keras_mask(values)
         mask = _combine_masks(in_mask, out_mask)
         values = tf.cast(values, dtype)
@@ -101,6 +107,18 @@ class LossTerms:
                 "or mask exactly: return one value per row (or per step) instead.")
         rows = tf.cast(tf.shape(y_pred)[0], dtype)
         return value * rows, rows
+
+
+def of_model(model):
+    """The ``LossTerms`` of ``model``'s compiled loss, with its loss weight (a
+    ``VirtualBatchModel``'s ``loss_weight``; 1 for other models)."""
+    return LossTerms(model.loss, weight=getattr(model, "loss_weight", 1.0))
+
+
+def _aligned(function):
+    def aligned(y_true, y_pred):
+        return function(*keras_internals.same_rank(y_true, y_pred))
+    return aligned
 
 
 def _combine_masks(in_mask, out_mask):

@@ -102,7 +102,7 @@ def draw_squared_norms(model, data, sizes, num_draws, seed=0, preconditioner=Non
         raise ValueError(f"A noise-scale probe needs num_draws >= 2, got {num_draws}.")
     variables = model.trainable_variables
     scales = _preconditioner_values(model, variables, preconditioner)
-    terms = loss_terms.LossTerms(model.loss)
+    terms = loss_terms.of_model(model)
     function = _squared_norms_function(model, terms, scales)
     regularizer = regularizer_gradients(variables)
     scales_in = scales if scales is not None else [tf.ones((), tf.float32)]

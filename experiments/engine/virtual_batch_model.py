@@ -41,7 +41,10 @@ class VirtualBatchModel(keras.Model):
           track_gradient_noise: also record the per-micro-batch squared gradient norms needed by the
             gradient noise scale estimator (one extra sum of squares per micro-batch).
           has_call_losses: whether the model adds losses during its forward pass (activity
-            regularizers, ``add_loss``). Detected from activity regularizers when None.
+            regularizers, ``add_loss``). Detected from activity regularizers when None. Each
+            micro-batch's call losses are weighted by its share of the rows: exact for a loss
+            that is a mean over the batch's rows (Keras' activity regularizers are), k times too
+            weak for one that sums over them.
           measure_gradient_norms: fill the gradient norms of ``measurements`` on the update the
             loop measures (``StepMeasurements.measured_update``; every update when distributed);
             False: never (a step without the check; benchmarks/bench_virtual_batch.py). The
@@ -103,6 +106,24 @@ class VirtualBatchModel(keras.Model):
                 "the same streams are not. Turn off measurements.track_gradient_noise for stream "
                 "data.")
         self._time_window = window_length
+
+    def compile(self, optimizer="rmsprop", loss=None, loss_weights=None, **kwargs):
+        """Keras' ``compile``. The step reduces the loss itself (``loss_terms``), so it keeps
+        ``loss_weights``' weight of the one output (``loss_weight``) to multiply the loss by, as
+        Keras does."""
+        super().compile(optimizer=optimizer, loss=loss, loss_weights=loss_weights, **kwargs)
+        self._loss_weight = single_loss_weight(loss_weights, self.output_names)
+        self._loss_terms = None
+
+    @property
+    def loss_weight(self):
+        """The compiled loss' weight (``compile(loss_weights=...)``; 1 when none was given)."""
+        return getattr(self, "_loss_weight", 1.0)
+
+    def _compiled_loss_terms(self):
+        if getattr(self, "_loss_terms", None) is None:
+            self._loss_terms = loss_terms.of_model(self)
+        return self._loss_terms
 
     # -- Public contract for callbacks and loops -------------------------------------------------
     @property
@@ -211,9 +232,7 @@ class VirtualBatchModel(keras.Model):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         first = next(t for t in tf.nest.flatten(x) if t is not None)
         rows = tf.cast(tf.shape(first)[0], tf.float32)
-        if not hasattr(self, "_loss_terms"):
-            self._loss_terms = loss_terms.LossTerms(self.loss)
-        terms = self._loss_terms
+        terms = self._compiled_loss_terms()
         y_pred = self(x, training=False)
         numerator, denominator = terms(y, y_pred, sample_weight)
         forward = keras_internals.forward_pass_losses(self)
@@ -266,8 +285,7 @@ class VirtualBatchModel(keras.Model):
 
     def _step_context(self, num_rows):
         """What the accumulation functions share about this update."""
-        if not hasattr(self, "_loss_terms"):
-            self._loss_terms = loss_terms.LossTerms(self.loss)
+        terms = self._compiled_loss_terms()
         variables = self.trainable_variables
         replica = tf.distribute.get_replica_context()
         num_replicas = replica.num_replicas_in_sync if replica is not None else 1
@@ -285,12 +303,55 @@ class VirtualBatchModel(keras.Model):
                 global_rows = replica.all_reduce("sum", global_rows)
         loss_dtype = tf.float64 if any(v.dtype == tf.float64 for v in variables) else tf.float32
         return accumulation.StepContext(
-            variables=variables, loss_terms=self._loss_terms, replica=replica,
+            variables=variables, loss_terms=terms, replica=replica,
             num_replicas=num_replicas, distributed=distributed, loss_dtype=loss_dtype,
             has_call_losses=self._has_call_losses, track_noise=self._track_gradient_noise,
             sampled=sampled, preconditioner=preconditioner, coming_update=coming,
             records_norms=self.measures_gradient_norms,
             global_rows=global_rows, measured=kind)
+
+
+def single_loss_weight(loss_weights, output_names):
+    """The one output's weight in ``compile(loss_weights=...)`` (a float, a one-element list, or
+    a dict keyed by the output's name); 1.0 for None."""
+    if loss_weights is None:
+        return 1.0
+    if isinstance(loss_weights, dict):
+        unknown = set(loss_weights) - set(output_names or ())
+        if unknown or len(loss_weights) != 1:
+            raise ValueError(
+                f"loss_weights={loss_weights!r} must name the model's one output "
+                f"({', '.join(output_names or ()) or 'unnamed'}).")
+        loss_weights = next(iter(loss_weights.values()))
+    elif isinstance(loss_weights, (list, tuple)):
+        if len(loss_weights) != 1:
+            raise ValueError(f"loss_weights={loss_weights!r}: the model has one output, so one "
+                             "weight.")
+        loss_weights = loss_weights[0]
+    return float(loss_weights)
+
+
+# Methods whose override a ``VirtualBatchModel`` would drop: it keeps the layers' graph and
+# brings its own step, loss and metrics.
+_REPLACED_METHODS = ("call", "train_step", "test_step", "compute_loss", "compute_metrics")
+
+
+def _check_wrappable(model):
+    """Refuses, before training, a model whose virtual batches would silently differ from it."""
+    outputs = len(model.outputs)
+    if outputs != 1:
+        raise ValueError(
+            f"Virtual batches support models with one output; {model.name} has {outputs}. Keras "
+            "would add the outputs' losses; combine the outputs into one (or train at k = 1 "
+            "with plain Keras).")
+    for name in _REPLACED_METHODS:
+        owner = next((cls for cls in type(model).__mro__ if name in vars(cls)), None)
+        if owner is not None and not owner.__module__.startswith("keras."):
+            raise ValueError(
+                f"{type(model).__name__} overrides {name}(), which a virtual-batch model does "
+                "not run: it rebuilds the model from its inputs and outputs with its own step, "
+                "loss and metrics. Move the behaviour into layers (add_loss for an extra loss "
+                "term, as a mean over the batch's rows) or train with plain Keras.")
 
 
 def as_virtual_batch_model(model, micro_batch_size=None, track_gradient_noise=False,
@@ -315,6 +376,7 @@ def as_virtual_batch_model(model, micro_batch_size=None, track_gradient_noise=Fa
             raise ValueError(
                 "Virtual batches need a functional or Sequential model with an Input; "
                 f"{type(model).__name__} has no defined inputs ({err}).") from err
+        _check_wrappable(model)
         vb = VirtualBatchModel(inputs=inputs, outputs=outputs, name=model.name)
     vb.configure_virtual_batches(micro_batch_size, track_gradient_noise, has_call_losses,
                                  measure_gradient_norms)
