@@ -54,6 +54,11 @@ class AdaScaleLog(keras.callbacks.Callback):
         self._scaling()  # a model without AdaScale is refused before any update
         self._seen = int(self.model.optimizer.iterations.numpy())
 
+    def on_epoch_begin(self, epoch, logs=None):
+        # Again here: a resumed run restores its update count after ``on_train_begin``, which
+        # would otherwise see update 0 and log at the first call's end, off the cadence.
+        self._seen = int(self.model.optimizer.iterations.numpy())
+
     def on_train_batch_end(self, batch, logs=None):
         # A call of several updates (``steps_per_execution`` > 1 in Keras' fit) may step over a
         # multiple: the point is then the call's last update.

@@ -67,7 +67,7 @@ class PeriodicCheckpoint(keras.callbacks.Callback):
         # The updates done before the epoch's first step, from the loop (a resumed epoch starts
         # at a later step): batch ``b`` of the epoch is then update first + b + 1.
         self._first_update = epoch_first_update(self.params, self.model)
-        self._previous = self._first_update
+        self._previous = int(self.model.optimizer.iterations.numpy())  # (resumed: restored)
 
     def on_train_batch_end(self, batch, logs=None):
         # With steps_per_execution > 1, Keras names a call by its planned last step, past the

@@ -25,6 +25,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 from tensorboard.plugins.hparams import api as hp
+from tensorboard.plugins.hparams import metadata as hparams_metadata
+
+from callbacks import summary_writer
 
 TAG_PREFIX = "hparams/"
 
@@ -238,9 +241,12 @@ class HParamsLogger(keras.callbacks.Callback):
     def on_train_begin(self, logs=None):
         self.written = {}
         self._writer = tf.summary.create_file_writer(self.log_dir)
-        with self._writer.as_default():
-            hp.hparams(self.hparams, trial_id=self.trial_id)
-        self._writer.flush()
+        # A resumed run's directory holds its session start already: one session per run.
+        if not any(tag == hparams_metadata.SESSION_START_INFO_TAG for tag, _, _ in
+                   summary_writer.summaries_in(self.log_dir)):
+            with self._writer.as_default():
+                hp.hparams(self.hparams, trial_id=self.trial_id)
+            self._writer.flush()
 
     def on_epoch_end(self, epoch, logs=None):
         # The dict itself, not a copy: callbacks after this one (the generalization gap) add

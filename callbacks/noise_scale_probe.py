@@ -142,6 +142,11 @@ class NoiseScaleProbe(MeasurementCallback):
     def on_train_begin(self, logs=None):
         self._seen = int(self.model.optimizer.iterations.numpy())
 
+    def on_epoch_begin(self, epoch, logs=None):
+        # Again here: a resumed run restores its update count after ``on_train_begin``, which
+        # would otherwise see update 0 and probe at the first call's end, off the cadence.
+        self._seen = int(self.model.optimizer.iterations.numpy())
+
     def on_train_batch_end(self, batch, logs=None):
         # A call of several updates (``steps_per_execution`` > 1 in Keras' fit) may step over a
         # multiple: the probe then runs at the call's end, the first update after it.

@@ -151,6 +151,7 @@ class SummaryWriters:
         self._event_writers = {}  # subdir path -> EventFile
         self._logged = {}  # subdir path -> {tag: last step already in its event files}
         self._before = {}  # subdir path -> {tag: [(step, value)] in its files at the resume}
+        self._texts = {}  # subdir path -> {(tag, step)} of the text summaries written there
 
     def writer_for(self, log_dir, subdir="train"):
         """Returns a ``tf.summary`` writer for ``log_dir/subdir`` (None when ``log_dir`` is
@@ -193,6 +194,9 @@ class SummaryWriters:
         for stale in [path for path in self._before if path.startswith(prefix)]:
             del self._before[stale]  # a run resumed again in the same process reads afresh
 
+        for subdir in glob.glob(os.path.join(log_dir, "*", "")):
+            self._texts[os.path.normpath(subdir)] = {
+                (tag, step) for tag, step, plugin in summaries_in(subdir) if plugin == "text"}
         for path in sorted(glob.glob(os.path.join(log_dir, "*", "*.measurements*"))):
             logged = self._logged.setdefault(os.path.dirname(path), {})
             before = self._before.setdefault(os.path.dirname(path), {})
@@ -212,13 +216,18 @@ class SummaryWriters:
         return sorted(self._before.get(os.path.join(log_dir, subdir), {}).get(tag, []))
 
     def text(self, log_dir, tag, message, step=0, subdir="train"):
-        """Writes a text summary now (notes such as 'not defined for k = 1')."""
+        """Writes a text summary now (notes such as 'not defined for k = 1'); a resumed run
+        does not write a (tag, step) its event files already hold."""
         writer = self.writer_for(log_dir, subdir)
         if writer is None:
+            return
+        written = self._texts.setdefault(os.path.join(log_dir, subdir), set())
+        if (tag, step) in written:
             return
         with writer.as_default():
             tf.summary.text(tag, message, step=step)
         writer.flush()
+        written.add((tag, step))
 
     def flush(self, log_dir=None):
         """Writes every pending event (of ``log_dir`` only, when given) to its event file."""
@@ -233,10 +242,26 @@ class SummaryWriters:
             writer.close()
         self._event_writers.clear()
         self._logged.clear()
+        self._texts.clear()
         for writer in self._writers.values():
             writer.flush()
             writer.close()
         self._writers.clear()
+
+
+def summaries_in(directory):
+    """[(tag, step, plugin name)] of the ``tf.summary`` values in the event files directly in
+    ``directory`` (not its ``.measurements`` files): what a resumed run must not write again."""
+    from tensorboard.backend.event_processing import event_file_loader  # noqa: PLC0415
+
+    found = []
+    for path in sorted(glob.glob(os.path.join(directory, "events.out.tfevents.*"))):
+        if ".measurements" in os.path.basename(path):
+            continue
+        for event in event_file_loader.EventFileLoader(path).Load():
+            for value in event.summary.value:
+                found.append((value.tag, event.step, value.metadata.plugin_data.plugin_name))
+    return found
 
 
 # The process's writers: every callback and the runner share them through these functions.

@@ -63,6 +63,12 @@ def _launch(tmp_path, bindings):
     (["train.batch_size = 16", "train.micro_batch_size = 16",
       "train.batch_size_schedule = @batch_size_schedule()", "batch_size_schedule.boundaries = [1]",
       "batch_size_schedule.factor = 2"], 5 + 5 + 5),
+    # EarlyStopping ends the run after epoch 2 of 3: 6 updates, not the planned 9
+    (["train.batch_size = 32", "constant_input_batch_norm.momentum = 0.7",
+      "train.extra_callbacks = [@keras.callbacks.EarlyStopping()]",
+      "keras.callbacks.EarlyStopping.monitor = 'loss'",
+      "keras.callbacks.EarlyStopping.min_delta = 100.0",
+      "keras.callbacks.EarlyStopping.patience = 1"], 6),
 ])
 def test_the_stated_weight_of_the_initial_values_is_the_layers_own(tmp_path, bindings, updates):
     stated, moving_variance = _launch(tmp_path, bindings)
@@ -86,6 +92,15 @@ def test_updates_per_replica():
     eighty = arrays(x=rng.normal(size=(100, 4)).astype("float32"), y=rng.integers(0, 3, 100),
                     validation_split=0.2)
     assert bns.moving_average_updates(layout_lib.build(eighty, 24, 8), 3, replicas=2) == 21
+
+
+def test_a_run_stopped_early_counts_the_updates_it_made():
+    """Mid-epoch and over a batch-size schedule: the passes of the first updates only."""
+    layout = layout_lib.build(_digits_like(), 512, 16)  # 512, 512, 414 rows: 32 + 32 + 26
+    assert bns.moving_average_updates(layout, 20, updates=2) == 64
+    assert bns.moving_average_updates(layout, 20, updates=5) == 90 + 64
+    assert bns.moving_average_updates(layout, 20, updates=60) == \
+        bns.moving_average_updates(layout, 20)
 
 
 def _digits_like():

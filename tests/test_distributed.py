@@ -230,3 +230,21 @@ def test_a_metric_written_as_a_class_in_gin_reaches_the_strategy(tmp_path):
     assert "Stateful streams run on one replica (the strategy has 2)" in output, output[-2000:]
     assert "Traceback" not in output
     assert not os.path.exists(os.path.join(tmp_path, "char_lm"))
+
+
+def test_a_sweep_on_mirrored_replicas_runs_variants_of_other_batch_sizes(tmp_path):
+    """A sweep runs its variants one after another in one process. Each run built a new
+    MirroredStrategy, whose collective operations are numbered from the same start as the
+    earlier one's: the second variant (another B, so all-reduces of other shapes) failed with
+    "Shape mismatch in the collective instance"."""
+    _finish(_main("gin/experiments/digits_mlp.gin", str(tmp_path), bindings=[
+        "train.epochs = 2", "train.strategy = @mirrored", "mirrored.num_cpu_devices = 2",
+        "train.micro_batch_size = 64", "mlp.batch_normalization = True",
+        "measurements.every_n_updates = 4",
+        "measurements.enabled = [@measurements.gradient_noise_scale, "
+        "@measurements.validation_curve, @measurements.generalization_gap]",
+        "sweep.variants = {'b256': ['train.batch_size = 256'], "
+        "'b128': ['train.batch_size = 128']}"]))
+    results = [_result(os.path.dirname(path)) for path in
+               glob.glob(os.path.join(str(tmp_path), "**", "result.json"), recursive=True)]
+    assert sorted(r["batch_size"] for r in results) == [128, 256]

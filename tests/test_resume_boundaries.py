@@ -208,3 +208,68 @@ def test_a_relaunched_range_test_starts_its_ramp_again(tmp_path, monkeypatch):
     for key in ("learning_rates", "losses", "suggested_learning_rate", "updates"):
         assert again["lr_range_test"][key] == reference["lr_range_test"][key], key
     assert _logged(again)[1] == _logged(reference)[1]
+
+
+def test_cadenced_callbacks_log_no_extra_point_after_a_resume(tmp_path, monkeypatch):
+    """The noise-scale probe, AdaScale's log and per-update TensorBoard scalars took the update
+    count in ``on_train_begin``, which runs before the checkpoint is restored: the resumed
+    process saw update 0 and logged at its first call's end (update 8 here, off the cadence of
+    5): an extra probe row in result.json and extra TensorBoard points."""
+    config = (["gin/experiments/digits_mlp.gin"],
+              ["train.batch_size = 64", "train.micro_batch_size = 16", "train.epochs = 1",
+               "train.learning_rate_scaling = @adascale()", "measurements.every_n_updates = 5",
+               "measurements.enabled = [@measurements.gradient_noise_scale, "
+               "@measurements.noise_scale_probe]",
+               "measurements.noise_scale_probe.every_n_updates = 5",
+               "measurements.noise_scale_probe.num_draws = 4",
+               "measurements.noise_scale_probe.sizes = [16, 32]",
+               "measurements.noise_scale_probe.at_end = False",
+               "batchlab.TensorBoard.update_freq = 5"])
+    output = str(tmp_path)
+    expected = _logged(_train(output, "reference", "cadenced", config=config))
+    assert [row["update"] for row in expected[0]["measurements.noise_probe/probes"]] == \
+        [5, 10, 15, 20]
+    with pytest.raises(_Killed):
+        _train(output, "killed", "cadenced", 7, monkeypatch, config=config)
+    resumed = _train(output, "killed", "cadenced", config=config)
+    assert resumed["resumed_at_updates"] == [7]
+    values, points = _logged(resumed)
+    assert values == expected[0]
+    assert points == expected[1]
+
+
+def test_notes_and_the_hparams_session_are_written_once_over_a_resume(tmp_path, monkeypatch):
+    """The 'noise scale undefined at k = 1' note and the HParams session start were written
+    again by every resumed process."""
+    config = (["gin/experiments/digits_mlp.gin"],
+              ["train.batch_size = 256", "train.epochs = 2",
+               "measurements.also = [@measurements.hparams]",
+               "measurements.hparams.values = {'batch_size': 256}"])
+    output = str(tmp_path)
+    with pytest.raises(_Killed):
+        _train(output, "killed", "notes", 4, monkeypatch, config=config)
+    resumed = _train(output, "killed", "notes", config=config)
+    assert resumed["resumed_at_updates"] == [4]
+    assert _text_events(resumed, "noise_scale/note") == 1
+    sessions = 0
+    for path in glob.glob(os.path.join(resumed["run_dir"], "tensorboard", "**",
+                                       "events.out.tfevents.*"), recursive=True):
+        for event in tf.compat.v1.train.summary_iterator(path):
+            sessions += sum(value.tag == "_hparams_/session_start_info"
+                            for value in event.summary.value)
+    assert sessions == 1
+
+
+def test_a_run_ended_by_an_exception_does_not_silence_the_next_runs_summaries(
+        tmp_path, monkeypatch):
+    """Keras' TensorBoard with ``update_freq = N`` pushes a ``tf.summary.record_if`` that only its
+    ``on_train_end`` pops: after a run that ended by an exception, every later text summary of
+    the process (the next run's notes, its HParams session) was dropped."""
+    killed = (["gin/experiments/digits_mlp.gin"],
+              ["train.batch_size = 64", "train.epochs = 1", "measurements.enabled = []",
+               "batchlab.TensorBoard.update_freq = 5"])
+    with pytest.raises(_Killed):
+        _train(str(tmp_path), "killed", "per_update", 7, monkeypatch, config=killed)
+    after = _train(str(tmp_path), "next", "notes", config=(
+        ["gin/experiments/digits_mlp.gin"], ["train.batch_size = 256", "train.epochs = 1"]))
+    assert _text_events(after, "noise_scale/note") == 1

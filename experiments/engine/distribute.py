@@ -65,8 +65,22 @@ def mirrored(num_cpu_devices=None):
             raise ValueError(
                 f"mirrored.num_cpu_devices={num_cpu_devices}, but TensorFlow already runs with "
                 f"{len(devices)} CPU devices in this process.")
-        return tf.distribute.MirroredStrategy(devices[:num_cpu_devices])
-    return tf.distribute.MirroredStrategy()
+        return _mirrored_over(tuple(devices[:num_cpu_devices]))
+    return _mirrored_over(None)
+
+
+# One MirroredStrategy per device set and process. Each new strategy numbers its collective
+# operations from the same start, and TensorFlow keeps the earlier strategy's instances: a second
+# run in the process (a sweep's next variant) whose all-reduces have other shapes (another B)
+# failed with "Shape mismatch in the collective instance".
+_MIRRORED = {}
+
+
+def _mirrored_over(devices):
+    if devices not in _MIRRORED:
+        _MIRRORED[devices] = tf.distribute.MirroredStrategy(
+            None if devices is None else list(devices))
+    return _MIRRORED[devices]
 
 
 @gin.configurable

@@ -44,6 +44,10 @@ Touches, and why no public API does the job:
   ``TensorBoard`` writes its per-epoch and evaluation scalars through eager ``tf.summary`` calls
   with no public hook to write them otherwise; the class redirects exactly those scalars and
   keeps the rest of Keras' callback.
+- ``TensorBoard._prev_summary_state`` and ``_pop_writer`` (``release_summary_contexts``): the
+  default writer and ``tf.summary.record_if`` a Keras ``TensorBoard`` with ``update_freq`` other
+  than 'epoch' pushes in ``on_train_begin`` and pops only in ``on_train_end``; no public call
+  pops them when training ends by an exception.
 - ``keras.src.utils.naming.reset_uids`` (``reset_layer_names``): starts automatic layer names
   afresh for each run, so a checkpoint's variable names do not depend on the runs built before it
   in the process; the public ``keras.backend.clear_session`` also clears TensorFlow's kernel
@@ -206,6 +210,14 @@ class EpochScalarsTensorBoard(keras.callbacks.TensorBoard):
         optimizer = getattr(self.model, "optimizer", None)
         self._batch_scalars_at = 0 if optimizer is None else int(optimizer.iterations.numpy())
 
+    def on_epoch_begin(self, epoch, logs=None):
+        super().on_epoch_begin(epoch, logs)
+        # Again here: a resumed run restores its update count after ``on_train_begin``, which
+        # would otherwise see update 0 and write ``batch_*`` at the first call's end.
+        optimizer = getattr(self.model, "optimizer", None)
+        if optimizer is not None:
+            self._batch_scalars_at = int(optimizer.iterations.numpy())
+
     def on_train_batch_end(self, batch, logs=None):
         """Keras writes ``batch_*`` scalars after every call even with ``update_freq='epoch'``,
         where no writer is set and they are dropped: skipped then, unless the callback profiles
@@ -248,6 +260,15 @@ class EpochScalarsTensorBoard(keras.callbacks.TensorBoard):
             self.write_scalars({f"evaluation_{k}_vs_iterations": v for k, v in logs.items()},
                                int(optimizer.iterations.numpy()), "validation")
         self._pop_writer()
+
+
+def release_summary_contexts(callback):
+    """Exits what a Keras ``TensorBoard`` pushed for its per-batch summaries when training ended
+    by an exception (``on_train_end`` never ran): left pushed, its ``record_if`` keeps deciding
+    every later ``tf.summary`` write of the thread, so the next run in the process (a sweep's next
+    variant, a relaunch) lost its notes and its HParams session. A no-op for other callbacks."""
+    while getattr(callback, "_prev_summary_state", None):
+        callback._pop_writer()  # pylint: disable=protected-access
 
 
 # Optimizers whose update divides by a function of the second moment, and which one (Keras 3):

@@ -46,11 +46,12 @@ def _update_sizes(layout, epoch):
     return sizes
 
 
-def moving_average_updates(layout, epochs, replicas=1):
+def moving_average_updates(layout, epochs, replicas=1, updates=None):
     """How many times each BatchNormalization layer updates its moving averages over ``epochs``
-    epochs, on the replica with the largest share: per update, its ceil(rows / replicas) rows in
-    micro-batches of b (one pass without micro-batches); for stream data, one pass per window.
-    None for an adaptive batch."""
+    epochs (or over the run's first ``updates`` updates: a run stopped early), on the replica
+    with the largest share: per update, its ceil(rows / replicas) rows in micro-batches of b (one
+    pass without micro-batches); for stream data, one pass per window. None for an adaptive
+    batch."""
     def passes(size):
         if layout.time_windows:
             return size
@@ -61,22 +62,47 @@ def moving_average_updates(layout, epochs, replicas=1):
         sizes = _update_sizes(layout, epoch)
         return None if sizes is None else sum(passes(size) for size in sizes)
 
+    if updates is not None:
+        return _through(layout, updates, passes)
     if layout.update_sizes is None and not layout.adaptive:
         return epochs * in_epoch(0)  # every epoch alike: counted once, not per epoch at start-up
     counts = [in_epoch(epoch) for epoch in range(epochs)]
     return None if None in counts else sum(counts)
 
 
-def describe(model, layout, epochs, replicas=1):
+def _through(layout, updates, passes):
+    """The passes of the first ``updates`` updates (None for an adaptive batch)."""
+    if layout.adaptive:
+        return None
+    if layout.update_sizes is None:  # every epoch alike
+        sizes = _update_sizes(layout, 0)
+        if not sizes:
+            return 0
+        full, rest = divmod(updates, len(sizes))
+        return full * sum(passes(size) for size in sizes) \
+            + sum(passes(size) for size in sizes[:rest])
+    total, epoch = 0, 0
+    while updates > 0:
+        sizes = _update_sizes(layout, epoch)[:updates]
+        if not sizes:
+            break
+        total += sum(passes(size) for size in sizes)
+        updates -= len(sizes)
+        epoch += 1
+    return total
+
+
+def describe(model, layout, epochs, replicas=1, updates=None):
     """{momentum, moving_average_updates, initial_weight, stale} for a model with
     BatchNormalization layers that update their averages (None without any, or for an adaptive
     batch, whose updates are not known before it trains); initial_weight is m^N of the slowest
-    layer, stale whether it is above ``STALE_WEIGHT`` (what a study's report reads)."""
+    layer, stale whether it is above ``STALE_WEIGHT`` (what a study's report reads). ``updates``:
+    count the run's first ``updates`` updates only (a run that ended before its last epoch)."""
     momenta = sorted({float(layer.momentum) for layer in states.layers(model)
                       if isinstance(layer, keras.layers.BatchNormalization) and layer.trainable})
     if not momenta:
         return None
-    count = moving_average_updates(layout, epochs, replicas)
+    count = moving_average_updates(layout, epochs, replicas, updates)
     if count is None:
         return None
     weight = max(momentum ** count for momentum in momenta)

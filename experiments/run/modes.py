@@ -61,15 +61,16 @@ class RunMode:
         """A plain run adds nothing to ``result.json``."""
         return {}
 
-    def batch_norm_statistics(self, model, plan, warn=True):
+    def batch_norm_statistics(self, model, plan, warn=True, updates=None):
         """What result.json states of BatchNormalization's moving averages (None without any),
         warning first when they stay stale (``warn``: not on a multi-worker job's other
         workers): a plain run's inference-mode numbers (validation, the gap) use them; None
-        for a mode that reads none."""
+        for a mode that reads none. ``updates``: the updates the run made (after training: a
+        run stopped early made fewer than planned)."""
         if not self.reads_inference_metrics:
             return None
         described = batch_norm_lib.describe(model, plan.layout, plan.settings.epochs,
-                                             plan.strategy.num_replicas_in_sync)
+                                             plan.strategy.num_replicas_in_sync, updates)
         if warn:
             batch_norm_lib.warn_if_stale(described)
         return described

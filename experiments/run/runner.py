@@ -292,10 +292,15 @@ def _train_in(path, plan, config_text, state, stop_requested, built=None, chief=
         controller.log_start()
     settings, pipelines, start = plan.settings, plan.pipelines, state.position
     state.training_started()
-    history = distribute.fit(model, pipelines, settings.epochs, callbacks, plan.strategy,
-                             settings.verbose, initial_epoch=start.epoch,
-                             initial_step=start.step, resume=state.resume(model),
-                             controller=controller)
+    try:
+        history = distribute.fit(model, pipelines, settings.epochs, callbacks, plan.strategy,
+                                 settings.verbose, initial_epoch=start.epoch,
+                                 initial_step=start.step, resume=state.resume(model),
+                                 controller=controller)
+    except BaseException:
+        for callback in callbacks:  # what Keras' TensorBoard pushed, popped at train end only
+            keras_internals.release_summary_contexts(callback)
+        raise
     state.training_ended()
     os.makedirs(os.path.join(path, "checkpoints"), exist_ok=True)
     if state.writes:
@@ -307,8 +312,9 @@ def _train_in(path, plan, config_text, state, stop_requested, built=None, chief=
     summary_writer.close_all()
     result = _result(plan, model, history, final, state.training_seconds(), measured,
                      state.restored_measurement_results())
-    if batch_norm is not None:
-        result["batch_norm_statistics"] = batch_norm
+    if batch_norm is not None:  # counted again over the updates made (early stopping)
+        result["batch_norm_statistics"] = plan.mode.batch_norm_statistics(
+            model, plan, warn=False, updates=int(model.optimizer.iterations.numpy()))
     if controller is not None:
         result.update(controller.result(settings.epochs))
     result.update(_adascale_result(callbacks))
