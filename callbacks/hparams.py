@@ -87,7 +87,7 @@ def final_metrics(logs):
 
 def _write_scalars(writer, metrics, step):
     written = {}
-    with writer.as_default():
+    with writer.as_default(), tf.summary.record_if(True):
         for name, value in metrics.items():
             tag = metric_tag(name)
             tf.summary.scalar(tag, float(value), step=int(step))
@@ -126,7 +126,7 @@ def write_session_end(log_dir, status):
     pb = hp_summary.session_end_pb(getattr(api_pb2, _STATUS[status]))
     writer = tf.summary.create_file_writer(log_dir)
     try:
-        with writer.as_default():
+        with writer.as_default(), tf.summary.record_if(True):
             tf.summary.experimental.write_raw_pb(pb.SerializeToString(), step=0)
     finally:
         writer.close()
@@ -141,7 +141,7 @@ def write_session(log_dir, hparams, trial_id, metrics=None, step=0, status="succ
     values = _hparam_values(hparams)
     writer = tf.summary.create_file_writer(log_dir)
     try:
-        with writer.as_default():
+        with writer.as_default(), tf.summary.record_if(True):
             hp.hparams(values, trial_id=str(trial_id))
         written = _write_scalars(writer, metrics or {}, step)
     finally:
@@ -194,7 +194,7 @@ def write_experiment_config(log_dir, hparam_domains, metric_tags, untyped=()):
                for tag, display in names.items()]
     writer = tf.summary.create_file_writer(log_dir)
     try:
-        with writer.as_default():
+        with writer.as_default(), tf.summary.record_if(True):
             hp.hparams_config(hparams=hparams, metrics=metrics)
     finally:
         writer.close()
@@ -244,7 +244,7 @@ class HParamsLogger(keras.callbacks.Callback):
         # A resumed run's directory holds its session start already: one session per run.
         if not any(tag == hparams_metadata.SESSION_START_INFO_TAG for tag, _, _ in
                    summary_writer.summaries_in(self.log_dir)):
-            with self._writer.as_default():
+            with self._writer.as_default(), tf.summary.record_if(True):
                 hp.hparams(self.hparams, trial_id=self.trial_id)
             self._writer.flush()
 

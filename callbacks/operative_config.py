@@ -36,7 +36,7 @@ class OperativeConfigSaver(keras.callbacks.Callback):
             handle.write(text)
         writer = writer_for(self.log_dir)
         if writer is not None:
-            with writer.as_default():
+            with writer.as_default(), tf.summary.record_if(True):
                 tf.summary.text("config/operative", _markdown(text), step=0)
             writer.flush()
 

@@ -16,6 +16,11 @@ the module-level functions (``writer_for``, ``scalars``, ``continue_from``, ``lo
 ``evaluation_*_vs_iterations``) written the same cheap way: Keras writes each through an eager
 ``tf.summary.scalar``, a visible share of a small run's epoch. The Keras private members this
 takes are in ``experiments.engine.keras_internals.EpochScalarsTensorBoard``.
+
+batchlab's own ``tf.summary`` writes (notes, the configs, HParams) run under
+``tf.summary.record_if(True)``: Keras' ``TensorBoard`` with ``update_freq = N`` pushes a
+``record_if`` of its batch count for the whole of training, and a note written at a batch that is
+not a multiple of N was dropped.
 """
 
 import glob
@@ -221,10 +226,10 @@ class SummaryWriters:
         writer = self.writer_for(log_dir, subdir)
         if writer is None:
             return
-        written = self._texts.setdefault(os.path.join(log_dir, subdir), set())
+        written = self._texts.setdefault(os.path.normpath(os.path.join(log_dir, subdir)), set())
         if (tag, step) in written:
             return
-        with writer.as_default():
+        with writer.as_default(), tf.summary.record_if(True):
             tf.summary.text(tag, message, step=step)
         writer.flush()
         written.add((tag, step))

@@ -4,6 +4,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from keras.src import backend as keras_backend  # a loss that masks its own values
 
 from experiments.engine import accumulation, keras_internals, loss_terms, noise_scale
 
@@ -176,3 +177,21 @@ def test_the_preconditioner_is_what_keras_divides_the_step_by(make):
     optimizer.apply([tf.constant(gradient)], [weights])
     (p,) = noise_scale.diagonal_preconditioner(optimizer, [weights])()
     np.testing.assert_allclose(weights.numpy(), -0.1 * p.numpy() * gradient, rtol=1e-4)
+
+
+def test_a_loss_weight_keeps_the_mask_the_loss_sets_on_its_values():
+    """A loss that masks its own values (padded steps labelled 0): multiplied by its weight
+    before the mask was read, the product had none, and the padded steps were counted (3.75
+    where Keras gives 3 x 2.5)."""
+    class MaskedSquares(keras.losses.Loss):
+        def call(self, y_true, y_pred):
+            values = tf.square(y_true - y_pred)[..., 0]
+            keras_backend.set_keras_mask(values, tf.not_equal(y_true[..., 0], 0.0))
+            return values
+
+    y_true = tf.constant(np.array([[[1.0], [2.0], [0.0], [0.0]]] * 2, np.float32))
+    y_pred = tf.zeros_like(y_true)
+    keras_value = float(MaskedSquares()(y_true, y_pred))
+    assert keras_value == pytest.approx(2.5)
+    numerator, denominator = loss_terms.LossTerms(MaskedSquares(), weight=3.0)(y_true, y_pred)
+    assert float(numerator / denominator) == pytest.approx(3 * keras_value)

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from callbacks import summary_writer
 from experiments import launch
 from experiments.run import runner, training_state
 
@@ -273,3 +274,29 @@ def test_a_run_ended_by_an_exception_does_not_silence_the_next_runs_summaries(
     after = _train(str(tmp_path), "next", "notes", config=(
         ["gin/experiments/digits_mlp.gin"], ["train.batch_size = 256", "train.epochs = 1"]))
     assert _text_events(after, "noise_scale/note") == 1
+
+
+def test_notes_are_written_while_per_update_scalars_are_logged(tmp_path):
+    """With ``update_freq = 5`` Keras' TensorBoard keeps a ``record_if`` of its batch count
+    pushed through training: the operative config, written after the first update, was
+    dropped."""
+    result = _train(str(tmp_path), "per_update", "per_update", config=(
+        ["gin/experiments/digits_mlp.gin"],
+        ["train.batch_size = 256", "train.epochs = 1", "batchlab.TensorBoard.update_freq = 5"]))
+    assert _text_events(result, "config/operative") == 1
+    assert _text_events(result, "noise_scale/note") == 1
+
+
+@pytest.mark.parametrize("spelling", ["{}", "./{}", "{}/"])
+def test_a_note_is_not_written_again_after_a_resume_however_its_directory_is_spelt(
+        tmp_path, monkeypatch, spelling):
+    monkeypatch.chdir(tmp_path)
+    log_dir = spelling.format("run/tensorboard")
+    for resumed in (False, True):
+        writers = summary_writer.SummaryWriters(summary_writer.ScalarEncoder())
+        if resumed:
+            writers.continue_from(log_dir)
+        writers.text(log_dir, "noise_scale/note", "undefined at k = 1")
+        writers.close_all()
+    assert [tag for tag, _, _ in summary_writer.summaries_in("run/tensorboard/train")] == \
+        ["noise_scale/note"]

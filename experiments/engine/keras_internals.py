@@ -18,9 +18,10 @@ Touches, and why no public API does the job:
   regularizers' penalties, which the step adds once per update, not per micro-batch.
 - ``keras.src.backend.get_keras_mask`` (``keras_mask``): the mask Keras attached to an output
   tensor (the ``_keras_mask`` attribute); ``keras.backend`` does not export it.
-- ``model._compile_loss._flat_losses`` (``compiled_losses``): the resolved loss objects of
-  ``model.compile`` (a name such as ``"mse"`` resolved by Keras' own rules); ``model.loss`` is
-  only what the user passed.
+- ``model._compile_loss._flat_losses`` (``compiled_losses``, ``compiled_loss_weight``): the
+  resolved loss objects of ``model.compile`` (a name such as ``"mse"`` resolved by Keras' own
+  rules) and their ``loss_weights``; ``model.loss`` is only what the user passed, and Keras
+  keeps the weights under no public name.
 - ``model._compile_metrics`` (``compiled_metrics``): the container of the compiled metrics, to
   update them without reading their results (``compute_metrics`` reads every result) and to see
   which metrics were compiled; ``model.metrics`` mixes it with trackers and layer metrics.
@@ -136,6 +137,18 @@ def compiled_losses(model):
     compiled = getattr(model, "_compile_loss", None)
     entries = getattr(compiled, "_flat_losses", None) or []
     return [getattr(entry, "loss", entry) for entry in entries]
+
+
+def compiled_loss_weight(model):
+    """The weight ``compile(loss_weights=...)`` gave a one-output model's loss, as Keras resolved
+    it (None before the compiled loss is built, without a weight, or with several losses)."""
+    compiled = getattr(model, "_compile_loss", None)
+    entries = [entry for entry in getattr(compiled, "_flat_losses", None) or []
+               if entry is not None]
+    if len(entries) != 1:
+        return None
+    weight = getattr(entries[0], "weight", None)
+    return None if weight is None else float(weight)
 
 
 def compiled_metrics(model):

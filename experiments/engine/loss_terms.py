@@ -64,9 +64,9 @@ class LossTerms:
         if y_true.dtype.is_floating:
             y_true = tf.cast(y_true, dtype)
         values = self._values_fn(y_true, y_pred)
+        out_mask = keras_internals.keras_mask(values)  # before the weight: a product has none
         if self.weight != 1.0:
             values = values * tf.cast(self.weight, values.dtype)
-        out_mask = keras_internals.keras_mask(values)
         mask = _combine_masks(in_mask, out_mask)
         values = tf.cast(values, dtype)
 
@@ -111,8 +111,12 @@ class LossTerms:
 
 def of_model(model):
     """The ``LossTerms`` of ``model``'s compiled loss, with its loss weight (a
-    ``VirtualBatchModel``'s ``loss_weight``; 1 for other models)."""
-    return LossTerms(model.loss, weight=getattr(model, "loss_weight", 1.0))
+    ``VirtualBatchModel``'s ``loss_weight``; for another model, the weight Keras resolved once
+    its compiled loss is built)."""
+    weight = getattr(model, "loss_weight", None)
+    if weight is None:
+        weight = keras_internals.compiled_loss_weight(model)
+    return LossTerms(model.loss, weight=1.0 if weight is None else weight)
 
 
 def _aligned(function):

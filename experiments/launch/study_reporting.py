@@ -160,7 +160,7 @@ def log_figures(log_dir, figures, markdown=None):
     report's markdown as the text summary ``report/text`` (the Text tab)."""
     writer = tf.summary.create_file_writer(log_dir)
     try:
-        with writer.as_default():
+        with writer.as_default(), tf.summary.record_if(True):
             if markdown:
                 tf.summary.text("report/text", markdown, step=0)
             for name, path in figures.items():

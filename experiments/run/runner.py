@@ -269,7 +269,7 @@ def _train_in(path, plan, config_text, state, stop_requested, built=None, chief=
     if state.reused:  # (also a restart from update 0 when no checkpoint could be read)
         summary_writer.continue_from(log_dir)  # the replayed updates are not logged twice
     else:
-        with summary_writer.writer_for(log_dir).as_default():
+        with summary_writer.writer_for(log_dir).as_default(), tf.summary.record_if(True):
             tf.summary.text("config/parsed", "\n".join("    " + line for line in
                                                        config_text.splitlines()), step=0)
     model, state_callbacks = built if built is not None else plan_lib.build_model(plan)
@@ -298,7 +298,7 @@ def _train_in(path, plan, config_text, state, stop_requested, built=None, chief=
                                  initial_step=start.step, resume=state.resume(model),
                                  controller=controller)
     except BaseException:
-        for callback in callbacks:  # what Keras' TensorBoard pushed, popped at train end only
+        for callback in reversed(callbacks):  # Keras' TensorBoard's pushes, popped at train end
             keras_internals.release_summary_contexts(callback)
         raise
     state.training_ended()
