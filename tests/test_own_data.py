@@ -222,13 +222,13 @@ def test_a_csv_validation_file_is_read_by_the_training_files_feature_names(tmp_p
     order would swap features silently); a feature name it lacks is refused."""
     rows = np.random.default_rng(0).normal(size=(12, 3))
     labels = np.arange(12) % 2
-    write = lambda name, order: (tmp_path / name).write_text(
+    write = lambda name, order, rows: (tmp_path / name).write_text(
         ",".join(order) + ",label\n" + "".join(
             ",".join(f"{r['abc'.index(c)]:.4f}" for c in order) + f",{l}\n"
             for r, l in zip(rows, labels)))
-    write("train.csv", "abc")
-    write("val.csv", "abc")
-    write("val_reordered.csv", "cab")
+    write("train.csv", "abc", rows)
+    write("val.csv", "abc", rows + 10.0)  # other examples: a validation set of its own
+    write("val_reordered.csv", "cab", rows + 10.0)
     same = arrays.csv_file(path=str(tmp_path / "train.csv"), label_column="label",
                            validation_path=str(tmp_path / "val.csv"))
     reordered = arrays.csv_file(path=str(tmp_path / "train.csv"), label_column="label",
@@ -281,3 +281,112 @@ def test_wrong_kinds_of_input_are_value_errors_so_main_prints_one_line():
     with pytest.raises(ValueError, match="list of column names") as raised:
         arrays.csv_file(path="data/none.csv", label_column="y", feature_columns="a")
     assert errors.user_message(raised.value) is not None
+
+
+# -- Found by trying the product with one's own data (2026-12-05) --------------------------------
+
+@pytest.mark.parametrize("source", [
+    lambda task: arrays.arrays(x=_examples(20)[0], y=_examples(20)[1], task=task),
+    lambda task: tf_sources.tf_data(
+        dataset_fn=lambda: tf.data.Dataset.from_tensor_slices(_examples(20)), task=task),
+])
+def test_a_misspelt_task_is_refused(source):
+    """'Binary' fell through to a softmax over one output: a constant 1.0, its loss normal."""
+    with pytest.raises(ValueError, match="task='Binary' is not one of"):
+        source("Binary")
+
+
+def test_validation_targets_of_another_shape_are_refused():
+    x, _ = _examples(20)
+    y = np.random.default_rng(1).normal(size=20).astype("float32")
+    with pytest.raises(ValueError, match=r"validation targets have shape \(2,\)"):
+        arrays.arrays(x=x, y=y, task="regression", x_validation=x[:6] + 5.0,
+                      y_validation=np.ones((6, 2), "float32"))
+    same = arrays.arrays(x=x, y=y, task="regression", x_validation=x[:6] + 5.0,
+                         y_validation=np.ones((6, 1), "float32"))  # (n,) and (n, 1) alike
+    assert len(same.y_validation) == 6
+
+
+def test_a_dataset_batched_with_drop_remainder_is_unbatched_when_told():
+    """Its batch axis is known, so it looked like examples of shape (8, 4)."""
+    x, y = _examples(64)
+    batched = tf.data.Dataset.from_tensor_slices((x, y)).batch(8, drop_remainder=True)
+    data = tf_sources.tf_data(dataset_fn=lambda: batched, batched=True, validation_split=0.25)
+    assert data.spec.input_shape == (4,)
+    assert len(data.x_train) + len(data.x_validation) == 64
+
+
+def test_a_validation_set_holding_training_examples_is_refused_or_warned_of(caplog):
+    x, y = _examples(40)
+    with pytest.raises(ValueError, match="40 of 40 validation examples"):
+        arrays.arrays(x=x, y=y, x_validation=x, y_validation=y)
+    other, _ = _examples(10, seed=5)
+    some = np.concatenate([x[:2], other[:8]])
+    with caplog.at_level("WARNING"):
+        arrays.arrays(x=x, y=y, x_validation=some, y_validation=y[:10])
+    assert "2 of 10 validation examples (20%)" in caplog.text
+
+
+def test_a_shuffled_pipeline_split_by_take_and_skip_is_caught(tmp_path, monkeypatch):
+    """Shuffled before take/skip, each of the two passes reshuffles: 11 of 16 validation rows
+    were also training rows, and the run trained on."""
+    x, y = _examples(64)
+
+    def split():
+        shuffled = tf.data.Dataset.from_tensor_slices((x, y)).shuffle(64)
+        return shuffled.skip(16), shuffled.take(16)
+
+    with pytest.raises(ValueError, match="reshuffle_each_iteration=False"):
+        tf_sources.tf_data(dataset_fn=split)
+
+
+def test_a_split_that_rounds_to_no_validation_example_is_refused():
+    x, y = _examples(4)
+    with pytest.raises(ValueError, match="rounds to no validation example"):
+        arrays.arrays(x=x, y=y, validation_split=0.1)
+    assert len(arrays.arrays(x=x, y=y, validation_split=0.0).x_validation) == 0
+
+
+def test_one_hot_labels_and_one_class_are_refused():
+    x, y = _examples(30)
+    with pytest.raises(ValueError, match="look one-hot"):
+        arrays.arrays(x=x, y=np.eye(3)[y])
+    with pytest.raises(ValueError, match="look one-hot"):
+        arrays.arrays(x=x, y=np.eye(2)[y % 2], task="binary")
+    with pytest.raises(ValueError, match="num_classes=1"):
+        arrays.arrays(x=x, y=np.zeros(30, int), num_classes=1)
+
+
+def test_a_misspelt_file_source_binding_is_named_with_its_nearest(tmp_path):
+    x, y = _examples(20)
+    np.savez(tmp_path / "d.npz", x=x, y=y)
+    with pytest.raises(ValueError, match="npz_file.validaton_split is not a setting of npz_file; "
+                                         "did you mean npz_file.validation_split"):
+        arrays.npz_file(path=str(tmp_path / "d.npz"), validaton_split=0.5)
+
+
+def test_tfrecord_input_and_label_under_one_key_are_refused():
+    with pytest.raises(ValueError, match="would be given its own target"):
+        tf_sources.tfrecord_files(pattern="*.tfrecord", features={"x": ([4], "float32")},
+                                  input_key="x", label_key="x")
+
+
+@pytest.mark.parametrize("task, loss, message", [
+    # sparse cross-entropy cast regression targets in [0, 1) to class 0: loss 0, "finished"
+    ("regression", "@keras.losses.SparseCategoricalCrossentropy()", "on targets that are values"),
+    ("binary", "@keras.losses.SparseCategoricalCrossentropy()", "on one 0/1 output"),
+    ("classification", "@keras.losses.BinaryCrossentropy()", "on class ids"),
+    # fails on the data: class ids against a one-hot loss (a long traceback at the first update)
+    ("classification", "@keras.losses.CategoricalCrossentropy()", "cannot be computed on"),
+])
+def test_a_loss_that_does_not_fit_the_task_is_refused_before_the_run_directory(
+        tmp_path, task, loss, message):
+    x, y = _examples(40, classes=2)
+    y = y.astype("float32") / 2 if task == "regression" else y
+    np.savez(tmp_path / "d.npz", x=x, y=y)
+    gin_file = _gin(tmp_path, f"train.data_fn = @npz_file\nnpz_file.path = '{tmp_path}/d.npz'\n"
+                              f"npz_file.task = '{task}'\ntrain.loss = {loss}\n"
+                              "train.metrics = []\ntrain.batch_size = 8\n")
+    with pytest.raises(ValueError, match=message):
+        _launch(tmp_path, gin_file)
+    assert not glob.glob(str(tmp_path / "runs" / "**" / "config.gin"), recursive=True)

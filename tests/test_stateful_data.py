@@ -185,3 +185,19 @@ def test_stream_sources_refuse_ids_and_values_a_run_would_fail_on_later():
         stateful_data.stream_text(paths=["no/such/texts"], layout=layout)
     data = stateful_data.stream_series(series=ids, layout=layout)  # in range: accepted
     assert data.spec.vocabulary_size == 10
+
+
+def test_whole_valued_csv_targets_are_classes_when_told_and_warned_of_otherwise(tmp_path, caplog):
+    """A CSV column is read as floats, so labels 0/1/2 from a CSV became regression values
+    while the same labels from an npz file were classes."""
+    rows = ["t,value,label"] + [f"{i},{i * 0.5},{i % 3}" for i in range(40)]
+    (tmp_path / "s.csv").write_text("\n".join(rows) + "\n")
+    layout = StreamLayout(num_streams=2, window_length=4, max_offset=0)
+    data = stateful_data.stream_series(path=str(tmp_path / "s.csv"), column="value",
+                                       target_column="label", validation_split=0.0,
+                                       layout=layout, target_task="classification")
+    assert data.spec.task == "classification" and data.spec.num_outputs == 3
+    with caplog.at_level("WARNING"):
+        stateful_data.stream_series(path=str(tmp_path / "s.csv"), column="value",
+                                    target_column="label", validation_split=0.0, layout=layout)
+    assert "stream_series.target_task = 'classification'" in caplog.text

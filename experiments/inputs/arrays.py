@@ -7,11 +7,14 @@ file, line and column. Paths are found as given, next to the gin files, or in th
 (``experiments.common.paths``). Synthetic sources live in ``synthetic``, streams in ``streams``.
 """
 
+import difflib
+import inspect
 import os
 
 import gin
 import keras
 import numpy as np
+from absl import logging
 
 from experiments.common import checks, paths
 from experiments.inputs import files, labels
@@ -24,6 +27,9 @@ def _split(x, y, validation_split, seed, name="validation_split"):
     checks.fraction(validation_split, name)
     order = np.random.default_rng(seed).permutation(len(y))
     num_validation = int(round(len(y) * validation_split))
+    if validation_split and num_validation == 0:
+        raise ValueError(f"{name}={validation_split} of {len(y)} examples rounds to no validation "
+                         "example; raise it, or set it to 0 to train without validation.")
     val, train = order[:num_validation], order[num_validation:]
     return x[train], y[train], x[val], y[val]
 
@@ -51,9 +57,27 @@ def _validation_split(validation_split, has_validation_set, name):
     return validation_split
 
 
+# What an in-memory source's targets are (stream sources add 'language_model').
+TASKS = ("classification", "binary", "regression")
+
+
+def check_task(task, where):
+    """``task`` if it is one of ``TASKS``; a misspelt one ('Binary') would build a softmax over
+    one output, whose constant 1.0 trains to nothing while its loss looks normal."""
+    if task not in TASKS:
+        raise ValueError(f"{where}: task={task!r} is not one of {', '.join(map(repr, TASKS))} "
+                         "(the source's task binding, e.g. npz_file.task).")
+    return task
+
+
 def _prepare(x, y, task, scale, flatten, dtype, where, num_classes, row_name=None):
     x = np.asarray(x)
     y = np.asarray(y)
+    if task in ("classification", "binary") and y.ndim == 2 and y.shape[1] > 1:
+        raise ValueError(
+            f"{where}: labels of shape {y.shape} look one-hot (or multi-label); a {task} "
+            "source takes class ids, one per example: give y.argmax(axis=1), or task="
+            "'regression' for targets that are vectors.")
     if len(x) != len(y):
         raise ValueError(f"{where}: x has {len(x)} rows but y has {len(y)}.")
     if np.issubdtype(x.dtype, np.number) and scale != 1.0:
@@ -84,6 +108,10 @@ def arrays(x=gin.REQUIRED, y=gin.REQUIRED, validation_split=None, task="classifi
     ``validation_split`` of the examples (default 0.2). Classification labels must be class ids
     in [0, ``num_classes``) (default: up to the largest label); each bad one is named by row.
     """
+    check_task(task, f"'{name}'")
+    if task == "classification" and num_classes is not None and num_classes < 2:
+        raise ValueError(f"'{name}': num_classes={num_classes}; a classifier needs two classes "
+                         "or more (task='binary' for 0/1 labels).")
     has_validation = x_validation is not None or y_validation is not None
     if has_validation and (x_validation is None or y_validation is None):
         raise ValueError(f"'{name}': give both x_validation and y_validation, or neither.")
@@ -95,6 +123,10 @@ def arrays(x=gin.REQUIRED, y=gin.REQUIRED, validation_split=None, task="classifi
         if x_va.shape[1:] != x.shape[1:]:
             raise ValueError(f"'{name}': validation examples have shape {x_va.shape[1:]}, "
                              f"training examples {x.shape[1:]}.")
+        if _target_shape(y_va) != _target_shape(y):
+            raise ValueError(f"'{name}': validation targets have shape {y_va.shape[1:]}, "
+                             f"training targets {y.shape[1:]} (the loss would broadcast them).")
+        _check_no_leak(x, x_va, name)
         x_tr, y_tr, _, _ = _split(x, y, split, split_seed, f"'{name}' validation_split")
     else:
         x_tr, y_tr, x_va, y_va = _split(x, y, split, split_seed, f"'{name}' validation_split")
@@ -107,6 +139,59 @@ def arrays(x=gin.REQUIRED, y=gin.REQUIRED, validation_split=None, task="classifi
                              "task='binary' for 0/1 labels.")
     spec = _spec_for(x, y, task, num_outputs)
     return Data(spec, x_tr, y_tr, x_va, y_va, name=name)
+
+
+def _target_shape(y):
+    """One example's target shape, a scalar and a one-element vector alike."""
+    shape = tuple(y.shape[1:])
+    return () if shape == (1,) else shape
+
+
+# Above this share of a separate validation set found among the training examples, the two
+# are taken for the same data given twice and refused; any overlap below it is warned of.
+LEAK_REFUSED = 0.5
+
+
+def _check_no_leak(x, x_validation, name):
+    """Counts the validation examples whose inputs are also training inputs (byte for byte): a
+    validation file that is a training file, or a tf.data pipeline whose shuffle reshuffles
+    between the two passes that take and skip from it, would grade the model on what it
+    trained on."""
+    if not len(x_validation) or not len(x):
+        return
+    validation = {row.tobytes() for row in
+                  np.ascontiguousarray(x_validation).reshape(len(x_validation), -1)}
+    found = set()
+    for row in np.ascontiguousarray(x).reshape(len(x), -1):
+        key = row.tobytes()
+        if key in validation:
+            found.add(key)
+    if not found:
+        return
+    shared = sum(row.tobytes() in found for row in
+                 np.ascontiguousarray(x_validation).reshape(len(x_validation), -1))
+    share = shared / len(x_validation)
+    message = (f"'{name}': {shared} of {len(x_validation)} validation examples ({share:.0%}) "
+               "have the same inputs as training examples. A tf.data pipeline that shuffles "
+               "before take/skip reshuffles on each pass (shuffle(..., "
+               "reshuffle_each_iteration=False), or split before shuffling); a validation "
+               "file must hold other examples than the training files.")
+    if share > LEAK_REFUSED:
+        raise ValueError(message)
+    logging.warning(message)
+
+
+def _check_source_bindings(source, kwargs):
+    """Bindings a file source passes on to ``arrays``, checked in the source's own name (a
+    misspelt one was reported as an argument of ``arrays``, with no suggestion)."""
+    known = set(inspect.signature(arrays).parameters) - {"x", "y", "x_validation",
+                                                          "y_validation"}
+    for key in kwargs:
+        if key not in known:
+            near = difflib.get_close_matches(key, sorted(known), n=1)
+            hint = f"; did you mean {source}.{near[0]}?" if near else \
+                f"; it takes {', '.join(sorted(known))}."
+            raise ValueError(f"{source}.{key} is not a setting of {source}{hint}")
 
 
 def _one_validation_set(source, validation_path, kwargs):
@@ -142,7 +227,9 @@ def _npz_part(path, x_key, y_key, task, num_classes):
 def npz_file(path=gin.REQUIRED, x_key="x", y_key="y", validation_path=None, **kwargs):
     """A ``.npz`` file holding inputs under ``x_key`` and targets under ``y_key``; with
     ``validation_path``, a second such file is the validation set (no split)."""
+    _check_source_bindings("npz_file", kwargs)
     task, num_classes = kwargs.get("task", "classification"), kwargs.get("num_classes")
+    check_task(task, "npz_file")
     _one_validation_set("npz_file", validation_path, kwargs)
     x, y = _npz_part(path, x_key, y_key, task, num_classes)
     if validation_path is not None:
@@ -168,7 +255,9 @@ def csv_file(path=gin.REQUIRED, label_column=gin.REQUIRED, feature_columns=None,
     ``validation_path``, a second such file (same columns) is the validation set (no split).
     Classification labels must be whole numbers 0 .. num_classes - 1; the first that is not is
     named by file, line and column."""
+    _check_source_bindings("csv_file", kwargs)
     task, num_classes = kwargs.get("task", "classification"), kwargs.get("num_classes")
+    check_task(task, "csv_file")
     _one_validation_set("csv_file", validation_path, kwargs)
     if feature_columns is None and validation_path is not None:
         # The training file's order names the features: the validation file is read by those

@@ -12,10 +12,11 @@ import os
 
 import gin
 import numpy as np
+from absl import logging
 
 from experiments.common import checks
 from experiments.common import paths as paths_lib
-from experiments.inputs import files
+from experiments.inputs import files, labels
 from experiments.inputs.dataset import Data, DataSpec
 from experiments.inputs.streams import StreamData, stream_layout
 
@@ -65,13 +66,18 @@ def _load_series(path, key, column):
 @gin.configurable
 def stream_series(series=None, path=None, key="x", column=None, targets=None, target_key=None,
                   target_column=None, vocabulary_size=None, validation_split=0.1, layout=None,
-                  name=None):
+                  name=None, target_task=None):
     """One long series (an array, an ``.npz`` array, a ``.csv`` column or a ``.npy`` file).
 
     Without targets the target is the next step: integer series become a language model over
     ``vocabulary_size`` ids (max id + 1 when None), float series a next-value regression. Given
-    targets (same length), integer targets are classes and float targets regression values.
+    targets (same length), ``target_task`` says what they are: 'classification' (whole numbers
+    from 0) or 'regression'; None: integer targets are classes and float targets regression
+    values (a CSV column is always read as floats: whole-valued ones are warned of).
     """
+    if target_task not in (None, "classification", "regression"):
+        raise ValueError(f"stream_series.target_task must be 'classification', 'regression' or "
+                         f"None, got {target_task!r}.")
     if (series is None) == (path is None):
         raise ValueError("stream_series needs exactly one of stream_series.series or "
                          "stream_series.path.")
@@ -96,7 +102,15 @@ def stream_series(series=None, path=None, key="x", column=None, targets=None, ta
         return _make_data(name, inputs, targets, layout, validation_split, "regression",
                           values.shape[-1])
     targets = np.asarray(targets)
-    if np.issubdtype(targets.dtype, np.integer):
+    if target_task == "classification":
+        targets = labels.check_classes(targets, f"'{name}': the targets",
+                                       row_name=lambda row: f"step {row}")
+    elif target_task is None and not np.issubdtype(targets.dtype, np.integer) and targets.size \
+            and np.all(np.isfinite(targets)) and np.all(targets == np.round(targets)):
+        logging.warning("'%s': every target is a whole number but they were read as floats (a "
+                        "CSV column), so they are trained as regression values; set "
+                        "stream_series.target_task = 'classification' if they are classes.", name)
+    if target_task != "regression" and np.issubdtype(targets.dtype, np.integer):
         if targets.size and targets.min() < 0:
             raise ValueError(f"'{name}': class targets must be ids >= 0; found "
                              f"{int(targets.min())} at step {int(np.argmin(targets))}.")

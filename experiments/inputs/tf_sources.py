@@ -7,7 +7,9 @@ micro-batches of b (``pipelines``), in an order that is a function of the seed a
 that a killed run resumes on exactly the batches it would have read. For that the examples are read
 once into memory when the run starts (a finite dataset that fits in memory; a larger one needs a
 stream source). A dataset whose every component has an unknown leading dimension is taken as
-already batched and unbatched first. The data contract: docs/data.md.
+already batched and unbatched first; one batched with ``drop_remainder=True`` has a known one,
+which nothing tells from an example's own first axis: ``tf_data.batched = True`` says so. The
+data contract: docs/data.md.
 """
 
 import gin
@@ -25,15 +27,17 @@ def _is_batched(spec):
     return all(len(p.shape) >= 1 and p.shape[0] is None for p in parts)
 
 
-def to_arrays(dataset, what):
+def to_arrays(dataset, what, batched=None):
     """The examples of a finite ``dataset`` of (x, y) as NumPy arrays (x, y); ValueError naming
-    ``what`` for an infinite, empty or differently shaped dataset, or one with sample weights."""
+    ``what`` for an infinite, empty or differently shaped dataset, or one with sample weights.
+    ``batched``: whether its elements are batches (None: when every component's leading
+    dimension is unknown)."""
     if not isinstance(dataset, tf.data.Dataset):
         raise ValueError(f"{what}: expected a tf.data.Dataset, got {type(dataset).__name__}.")
     if dataset.cardinality() == tf.data.INFINITE_CARDINALITY:
         raise ValueError(f"{what}: the dataset is infinite (a .repeat()?); batchlab repeats "
                          "epochs itself: hand over one pass over the examples.")
-    if _is_batched(dataset.element_spec):
+    if batched or (batched is None and _is_batched(dataset.element_spec)):
         dataset = dataset.unbatch()
     spec = dataset.element_spec
     if not isinstance(spec, tuple) or len(spec) not in (2, 3):
@@ -41,6 +45,9 @@ def to_arrays(dataset, what):
     if len(spec) == 3:
         raise ValueError(f"{what}: per-example sample weights are not supported from tf.data; "
                          "hand over (x, y).")
+    if not isinstance(spec[0], tf.TensorSpec) or not isinstance(spec[1], tf.TensorSpec):
+        raise ValueError(f"{what}: x and y must each be one tensor (a dict or tuple of inputs is "
+                         f"not supported from tf.data), got {spec}.")
     xs, ys = [], []
     for x, y in dataset.batch(_READ_BATCH).as_numpy_iterator():
         xs.append(x)
@@ -52,11 +59,15 @@ def to_arrays(dataset, what):
 
 @gin.configurable
 def tf_data(dataset_fn=gin.REQUIRED, task="classification", num_classes=None,
-            validation_split=None, split_seed=0, name=None, scale=1.0, flatten=False):
+            validation_split=None, split_seed=0, name=None, scale=1.0, flatten=False,
+            batched=None):
     """Examples from ``dataset_fn()``, a user function returning ``(train, validation)``
     datasets of (x, y) examples, or one training dataset (then ``validation_split`` of it, 0.2
     by default, is held out with ``split_seed``). Classification labels are checked as for
-    arrays (whole numbers in [0, num_classes))."""
+    arrays (whole numbers in [0, num_classes)). ``batched``: True for datasets of batches
+    (needed for ``.batch(..., drop_remainder=True)``, whose batch axis is known), False for
+    datasets of examples, None to decide from an unknown leading dimension."""
+    arrays_lib.check_task(task, "tf_data")
     made = dataset_fn()
     if isinstance(made, tf.data.Dataset):
         train, validation = made, None
@@ -66,11 +77,11 @@ def tf_data(dataset_fn=gin.REQUIRED, task="classification", num_classes=None,
         raise ValueError(f"tf_data.dataset_fn must return a tf.data.Dataset or a pair (train, "
                          f"validation) of them, got {type(made).__name__}.")
     name = name or getattr(dataset_fn, "__name__", "tf_data")
-    x, y = to_arrays(train, f"'{name}' training dataset")
+    x, y = to_arrays(train, f"'{name}' training dataset", batched)
     kwargs = {}
     if validation is not None:
         kwargs["x_validation"], kwargs["y_validation"] = to_arrays(
-            validation, f"'{name}' validation dataset")
+            validation, f"'{name}' validation dataset", batched)
     return arrays_lib.arrays(x=x, y=y, validation_split=validation_split, task=task,
                              split_seed=split_seed, name=name, num_classes=num_classes,
                              scale=scale, flatten=flatten, **kwargs)
@@ -128,7 +139,11 @@ def tfrecord_files(pattern=gin.REQUIRED, features=gin.REQUIRED, input_key="x", l
     data paths are), parsed with ``features`` ({name: (shape, dtype)}: fixed-length features);
     ``input_key`` is the model input, ``label_key`` the target. ``validation_pattern``: files
     of the validation set (else a ``validation_split`` of the examples, 0.2 by default)."""
+    arrays_lib.check_task(task, "tfrecord_files")
     spec = _feature_spec(features, "tfrecord_files")
+    if input_key == label_key:
+        raise ValueError(f"tfrecord_files: input_key and label_key are both {input_key!r}; the "
+                         "model would be given its own target.")
     for key in (input_key, label_key):
         if key not in spec:
             raise ValueError(f"tfrecord_files: {key!r} is not in features "
@@ -136,13 +151,14 @@ def tfrecord_files(pattern=gin.REQUIRED, features=gin.REQUIRED, input_key="x", l
     name = name or "tfrecords"
     files, x, y = _read_tfrecords(pattern, spec, input_key, label_key, "tfrecord_files")
     kwargs = {}
-    if task == "classification":
-        y = _checked_labels(files, y, label_key, num_classes)
+    classes = 2 if task == "binary" else num_classes
+    if task in arrays_lib.LABELLED_TASKS:
+        y = _checked_labels(files, y, label_key, classes)
     if validation_pattern is not None:
         val_files, x_va, y_va = _read_tfrecords(validation_pattern, spec, input_key, label_key,
                                                 "tfrecord_files validation")
-        if task == "classification":
-            y_va = _checked_labels(val_files, y_va, label_key, num_classes)
+        if task in arrays_lib.LABELLED_TASKS:
+            y_va = _checked_labels(val_files, y_va, label_key, classes)
         kwargs["x_validation"], kwargs["y_validation"] = x_va, y_va
     return arrays_lib.arrays(x=x, y=y, validation_split=validation_split, task=task,
                              split_seed=split_seed, name=name, num_classes=num_classes,

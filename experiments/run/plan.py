@@ -16,7 +16,7 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-from experiments.engine import distribute, keras_internals
+from experiments.engine import distribute, keras_internals, loss_terms
 from experiments.engine.virtual_batch_model import as_virtual_batch_model
 from experiments.inputs import layout as layout_lib
 from experiments.inputs import pipelines as pipelines_lib
@@ -114,6 +114,66 @@ def build_model(plan):
         steering.attach(model, settings, layout, plan.track_gradient_noise)
         state_callbacks = stateful.prepare(model, plan.data, layout)
     return model, state_callbacks
+
+
+# Losses that would train silently to a wrong answer on a task's targets (checked by name, since
+# nothing fails): sparse cross-entropy casts regression targets in [0, 1) to class 0 (loss 0),
+# categorical cross-entropy over one sigmoid output is log(1) = 0, and binary cross-entropy of
+# class ids against C softmax outputs broadcasts them over the outputs.
+_WRONG_LOSSES = {
+    "regression": ("categorical_crossentropy", "a cross-entropy over classes, on targets that "
+                   "are values: use a regression loss (keras.losses.MeanSquaredError)"),
+    "binary": ("categorical", "a loss over several classes, on one 0/1 output: use "
+               "keras.losses.BinaryCrossentropy"),
+    "classification": ("binary", "a loss of one 0/1 output, on class ids over several "
+                       "outputs: use keras.losses.SparseCategoricalCrossentropy, or the "
+                       "source's task = 'binary' for 0/1 labels"),
+}
+
+# Rows of each set the loss is computed on before the run directory exists.
+_PROBE_ROWS = 4
+
+
+def loss_name(loss):
+    """The name of a compiled loss (a string, a function or a ``keras.losses.Loss``)."""
+    if isinstance(loss, str):
+        return loss
+    return str(getattr(loss, "name", None) or getattr(loss, "__name__", None)
+               or type(loss).__name__)
+
+
+def check_loss_on_data(model, plan):
+    """Refuses, before the run directory exists, a loss that does not fit the data: one that
+    trains silently to a wrong answer on the task's targets (``_WRONG_LOSSES``), and one that
+    fails on a few training and validation rows (a label out of the loss's range, targets of
+    another shape than the output), which would fail at the first update with a long traceback.
+    """
+    data, loss = plan.data, plan.settings.model.loss
+    name = loss_name(loss)
+    wrong = _WRONG_LOSSES.get(data.spec.task)
+    if wrong is not None and wrong[0] in name.lower():
+        raise ValueError(f"train.loss is {name}, {wrong[1]} ({data.name}: task "
+                         f"{data.spec.task!r}).")
+    if data.x_train is None or data.spec.batch_size is not None:
+        return  # streams, and models built for a fixed batch
+    terms = loss_terms.of_model(model)
+    for part, x, y in (("training", data.x_train, data.y_train),
+                       ("validation", data.x_validation, data.y_validation)):
+        if x is None or not len(x):
+            continue
+        x, y = x[:_PROBE_ROWS], y[:_PROBE_ROWS]
+        y_pred = None
+        try:
+            # In the structure the model was built with (a list of its one input).
+            y_pred = model([x] if len(model.inputs) == 1 else x, training=False)
+            terms(y, y_pred)
+        except (tf.errors.OpError, ValueError, TypeError) as error:
+            first = (getattr(error, "message", None) or str(error)).strip().splitlines()[0]
+            output = "not computed" if y_pred is None else f"of shape {tuple(y_pred.shape[1:])}"
+            raise ValueError(
+                f"train.loss ({name}) cannot be computed on {data.name}'s {part} targets "
+                f"(task {data.spec.task!r}, targets of shape {tuple(y.shape[1:])}, {y.dtype}; "
+                f"the model's output {output}): {first}") from None
 
 
 def _make_optimizer(optimizer):

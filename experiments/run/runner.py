@@ -117,6 +117,7 @@ def run(settings, output, run_mode):
     # The model before the run directory: a model that does not fit the data or the layout (a
     # stateless model on stateful streams) is bad input, refused before anything is written.
     built = plan_lib.build_model(plan)
+    plan_lib.check_loss_on_data(built[0], plan)
     path, resuming = _open_run_dir(output)
     multi_worker = distribute.is_multi_worker(plan.strategy)
     state = RunState(path, settings.checkpoints, resuming, synchronized=multi_worker,
