@@ -327,6 +327,22 @@ def test_a_validation_set_holding_training_examples_is_refused_or_warned_of(capl
     assert "2 of 10 validation examples (20%)" in caplog.text
 
 
+def test_inputs_that_repeat_by_design_are_warned_of_not_refused(caplog):
+    """Categorical features (or a fixed grid) share every input between any two samples: a
+    separate validation file of such data was refused as a leak."""
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 2, size=(200, 3)).astype("float32")  # 8 distinct inputs
+    y = rng.integers(0, 2, size=200)
+    x_va, y_va = rng.integers(0, 2, size=(50, 3)).astype("float32"), rng.integers(0, 2, 50)
+    with caplog.at_level("WARNING"):
+        data = arrays.arrays(x=x, y=y, x_validation=x_va, y_validation=y_va)
+    assert len(data.x_validation) == 50 and "are also training examples" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        arrays.arrays(x=x, y=y, x_validation=x_va, y_validation=y_va, check_overlap=False)
+    assert "training examples" not in caplog.text
+
+
 def test_a_shuffled_pipeline_split_by_take_and_skip_is_caught(tmp_path, monkeypatch):
     """Shuffled before take/skip, each of the two passes reshuffles: 11 of 16 validation rows
     were also training rows, and the run trained on."""
@@ -355,6 +371,11 @@ def test_one_hot_labels_and_one_class_are_refused():
         arrays.arrays(x=x, y=np.eye(2)[y % 2], task="binary")
     with pytest.raises(ValueError, match="num_classes=1"):
         arrays.arrays(x=x, y=np.zeros(30, int), num_classes=1)
+    # per-step class ids (tagging) and multi-label 0/1 rows are not one-hot
+    per_step = np.random.default_rng(0).integers(0, 4, size=(30, 5))
+    assert arrays.arrays(x=x, y=per_step).y_train.shape[1:] == (5,)
+    multi = np.random.default_rng(1).integers(0, 2, size=(30, 4))
+    assert arrays.arrays(x=x, y=multi, task="binary").y_train.shape[1:] == (4,)
 
 
 def test_a_misspelt_file_source_binding_is_named_with_its_nearest(tmp_path):
@@ -373,11 +394,13 @@ def test_tfrecord_input_and_label_under_one_key_are_refused():
 
 @pytest.mark.parametrize("task, loss, message", [
     # sparse cross-entropy cast regression targets in [0, 1) to class 0: loss 0, "finished"
-    ("regression", "@keras.losses.SparseCategoricalCrossentropy()", "on targets that are values"),
-    ("binary", "@keras.losses.SparseCategoricalCrossentropy()", "on one 0/1 output"),
-    ("classification", "@keras.losses.BinaryCrossentropy()", "on class ids"),
-    # fails on the data: class ids against a one-hot loss (a long traceback at the first update)
+    ("regression", "@keras.losses.SparseCategoricalCrossentropy()", "casts regression targets"),
+    ("binary", "@keras.losses.CategoricalCrossentropy()", "over one output is log"),
+    ("classification", "@keras.losses.BinaryCrossentropy()", "broadcasts each id"),
+    # fail on the data: class ids against a one-hot loss, label 1 against one sparse output
+    # (a long traceback at the first update)
     ("classification", "@keras.losses.CategoricalCrossentropy()", "cannot be computed on"),
+    ("binary", "@keras.losses.SparseCategoricalCrossentropy()", "cannot be computed on"),
 ])
 def test_a_loss_that_does_not_fit_the_task_is_refused_before_the_run_directory(
         tmp_path, task, loss, message):
@@ -390,3 +413,17 @@ def test_a_loss_that_does_not_fit_the_task_is_refused_before_the_run_directory(
     with pytest.raises(ValueError, match=message):
         _launch(tmp_path, gin_file)
     assert not glob.glob(str(tmp_path / "runs" / "**" / "config.gin"), recursive=True)
+
+
+def test_soft_targets_with_categorical_cross_entropy_are_not_refused(tmp_path):
+    """Probability rows as regression targets train with categorical cross-entropy; the check
+    refused it by the loss's name."""
+    x, _ = _examples(40)
+    soft = np.random.default_rng(2).dirichlet(np.ones(3), size=40).astype("float32")
+    np.savez(tmp_path / "d.npz", x=x, y=soft)
+    gin_file = _gin(tmp_path, f"train.data_fn = @npz_file\nnpz_file.path = '{tmp_path}/d.npz'\n"
+                              "npz_file.task = 'regression'\n"
+                              "train.loss = @keras.losses.CategoricalCrossentropy()\n"
+                              "train.metrics = []\ntrain.batch_size = 8\n")
+    _launch(tmp_path, gin_file)
+    assert np.isfinite(_result(tmp_path)["final_validation"]["loss"])

@@ -427,3 +427,26 @@ def test_a_named_sweep_relaunches_and_refuses_other_base_bindings(tmp_path):
         launch.launch([gin_file], ["train.epochs = 2"], output_dir=str(tmp_path / "runs"),
                       print_fn=lambda *_: None, run_name="s")
     assert "train.epochs = 2" in str(error.value)
+
+
+def test_a_shard_that_finds_the_study_written_while_it_prepares_joins_it(tmp_path, monkeypatch):
+    """Two shards started together: the second read no study.json, checked its runs' configs
+    (seconds), and by then the first had written study.json: it refused the directory as
+    holding "no study"."""
+    from experiments.launch import points, study_launch
+
+    gin_file = write_study(str(tmp_path))
+    first = run_study(gin_file, tmp_path / "runs", shard="0/2")
+    written = open(os.path.join(first["study_dir"], "study.json")).read()
+    shutil.rmtree(first["study_dir"])
+    check_all = points.check_all
+
+    def check_while_the_other_shard_writes(*args, **kwargs):
+        check_all(*args, **kwargs)
+        os.makedirs(first["study_dir"], exist_ok=True)
+        with open(os.path.join(first["study_dir"], "study.json"), "w") as handle:
+            handle.write(written)
+
+    monkeypatch.setattr(study_launch.points, "check_all", check_while_the_other_shard_writes)
+    second = run_study(gin_file, tmp_path / "runs", shard="1/2")
+    assert second["study_dir"] == first["study_dir"]

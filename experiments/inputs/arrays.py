@@ -61,6 +61,14 @@ def _validation_split(validation_split, has_validation_set, name):
 TASKS = ("classification", "binary", "regression")
 
 
+def _one_hot(y):
+    """Whether labels are one-hot rows: shape (n, C > 1), every value 0 or 1, each row one 1 (a
+    row of per-step class ids, or multi-label 0/1 targets, is not)."""
+    if y.ndim != 2 or y.shape[1] < 2 or not np.issubdtype(y.dtype, np.number):
+        return False
+    return bool(np.all((y == 0) | (y == 1)) and np.all(y.sum(axis=1) == 1))
+
+
 def check_task(task, where):
     """``task`` if it is one of ``TASKS``; a misspelt one ('Binary') would build a softmax over
     one output, whose constant 1.0 trains to nothing while its loss looks normal."""
@@ -73,7 +81,7 @@ def check_task(task, where):
 def _prepare(x, y, task, scale, flatten, dtype, where, num_classes, row_name=None):
     x = np.asarray(x)
     y = np.asarray(y)
-    if task in ("classification", "binary") and y.ndim == 2 and y.shape[1] > 1:
+    if task in ("classification", "binary") and _one_hot(y):
         raise ValueError(
             f"{where}: labels of shape {y.shape} look one-hot (or multi-label); a {task} "
             "source takes class ids, one per example: give y.argmax(axis=1), or task="
@@ -101,12 +109,14 @@ def _prepare(x, y, task, scale, flatten, dtype, where, num_classes, row_name=Non
 @gin.configurable
 def arrays(x=gin.REQUIRED, y=gin.REQUIRED, validation_split=None, task="classification",
            scale=1.0, flatten=False, split_seed=0, name="arrays", dtype="float32",
-           x_validation=None, y_validation=None, num_classes=None):
+           x_validation=None, y_validation=None, num_classes=None, check_overlap=True):
     """In-memory arrays; ``scale`` divides the inputs, ``flatten`` makes one vector per example.
 
     Validation: ``x_validation``/``y_validation`` when given (a fixed set), else a seeded
     ``validation_split`` of the examples (default 0.2). Classification labels must be class ids
     in [0, ``num_classes``) (default: up to the largest label); each bad one is named by row.
+    ``check_overlap``: refuse (or warn of) a validation set holding training examples
+    (``_check_no_leak``).
     """
     check_task(task, f"'{name}'")
     if task == "classification" and num_classes is not None and num_classes < 2:
@@ -126,7 +136,7 @@ def arrays(x=gin.REQUIRED, y=gin.REQUIRED, validation_split=None, task="classifi
         if _target_shape(y_va) != _target_shape(y):
             raise ValueError(f"'{name}': validation targets have shape {y_va.shape[1:]}, "
                              f"training targets {y.shape[1:]} (the loss would broadcast them).")
-        _check_no_leak(x, x_va, name)
+        _check_no_leak(x, y, x_va, y_va, name, check_overlap)
         x_tr, y_tr, _, _ = _split(x, y, split, split_seed, f"'{name}' validation_split")
     else:
         x_tr, y_tr, x_va, y_va = _split(x, y, split, split_seed, f"'{name}' validation_split")
@@ -147,36 +157,55 @@ def _target_shape(y):
     return () if shape == (1,) else shape
 
 
-# Above this share of a separate validation set found among the training examples, the two
-# are taken for the same data given twice and refused; any overlap below it is warned of.
+# A separate validation set is refused as the training examples given again when more than this
+# share of its examples (inputs and target) are training examples, and the training inputs are
+# mostly distinct (at least ``DISTINCT_INPUTS`` of them): data whose inputs repeat by design
+# (categorical features, a fixed grid of doses) shares inputs between any two samples of it,
+# so there any overlap is only warned of.
 LEAK_REFUSED = 0.5
+DISTINCT_INPUTS = 0.9
+_HASH_ROWS = 4096  # rows made contiguous at a time
 
 
-def _check_no_leak(x, x_validation, name):
-    """Counts the validation examples whose inputs are also training inputs (byte for byte): a
-    validation file that is a training file, or a tf.data pipeline whose shuffle reshuffles
-    between the two passes that take and skip from it, would grade the model on what it
-    trained on."""
-    if not len(x_validation) or not len(x):
+def _row_keys(x, y):
+    """The bytes of each example's input and target, ``_HASH_ROWS`` rows at a time (an array
+    that is not C-contiguous is not copied whole)."""
+    for start in range(0, len(x), _HASH_ROWS):
+        xs = np.ascontiguousarray(x[start:start + _HASH_ROWS])
+        xs = xs.reshape(len(xs), -1)
+        ys = np.ascontiguousarray(y[start:start + _HASH_ROWS]).reshape(len(xs), -1)
+        for row_x, row_y in zip(xs, ys):
+            yield row_x.tobytes(), row_y.tobytes()
+
+
+def _check_no_leak(x, y, x_validation, y_validation, name, check_overlap=True):
+    """Counts the validation examples that are also training examples (input and target, byte
+    for byte): a validation file that is a training file, or a tf.data pipeline whose shuffle
+    reshuffles between the two passes that take and skip from it, would grade the model on what
+    it trained on. Refused above ``LEAK_REFUSED`` of the validation set where the training inputs
+    are mostly distinct, warned of otherwise; ``check_overlap`` False: not checked."""
+    if not check_overlap or not len(x_validation) or not len(x):
         return
-    validation = {row.tobytes() for row in
-                  np.ascontiguousarray(x_validation).reshape(len(x_validation), -1)}
-    found = set()
-    for row in np.ascontiguousarray(x).reshape(len(x), -1):
-        key = row.tobytes()
+    validation = {}
+    for key in _row_keys(x_validation, y_validation):
+        validation[key] = validation.get(key, 0) + 1
+    found, inputs = set(), set()
+    for key in _row_keys(x, y):
+        inputs.add(hash(key[0]))
         if key in validation:
             found.add(key)
     if not found:
         return
-    shared = sum(row.tobytes() in found for row in
-                 np.ascontiguousarray(x_validation).reshape(len(x_validation), -1))
+    shared = sum(validation[key] for key in found)
     share = shared / len(x_validation)
+    distinct = len(inputs) / len(x)
     message = (f"'{name}': {shared} of {len(x_validation)} validation examples ({share:.0%}) "
-               "have the same inputs as training examples. A tf.data pipeline that shuffles "
-               "before take/skip reshuffles on each pass (shuffle(..., "
-               "reshuffle_each_iteration=False), or split before shuffling); a validation "
-               "file must hold other examples than the training files.")
-    if share > LEAK_REFUSED:
+               "are also training examples (the same input and target). The same examples "
+               "given twice: a validation file that is a training file, or a tf.data pipeline "
+               "shuffled before take/skip, which reshuffles on each pass (shuffle(..., "
+               "reshuffle_each_iteration=False), or split before shuffling). If the repeats are "
+               "real, set the source's check_overlap = False.")
+    if share > LEAK_REFUSED and distinct >= DISTINCT_INPUTS:
         raise ValueError(message)
     logging.warning(message)
 

@@ -107,9 +107,10 @@ def stream_series(series=None, path=None, key="x", column=None, targets=None, ta
                                        row_name=lambda row: f"step {row}")
     elif target_task is None and not np.issubdtype(targets.dtype, np.integer) and targets.size \
             and np.all(np.isfinite(targets)) and np.all(targets == np.round(targets)):
-        logging.warning("'%s': every target is a whole number but they were read as floats (a "
-                        "CSV column), so they are trained as regression values; set "
-                        "stream_series.target_task = 'classification' if they are classes.", name)
+        logging.warning("'%s': every target is a whole number, of a float type (a CSV column "
+                        "is always read as floats), so they are trained as regression values; "
+                        "set stream_series.target_task = 'classification' if they are classes, "
+                        "or 'regression' to say they are values.", name)
     if target_task != "regression" and np.issubdtype(targets.dtype, np.integer):
         if targets.size and targets.min() < 0:
             raise ValueError(f"'{name}': class targets must be ids >= 0; found "

@@ -60,13 +60,14 @@ def to_arrays(dataset, what, batched=None):
 @gin.configurable
 def tf_data(dataset_fn=gin.REQUIRED, task="classification", num_classes=None,
             validation_split=None, split_seed=0, name=None, scale=1.0, flatten=False,
-            batched=None):
+            batched=None, check_overlap=True):
     """Examples from ``dataset_fn()``, a user function returning ``(train, validation)``
     datasets of (x, y) examples, or one training dataset (then ``validation_split`` of it, 0.2
     by default, is held out with ``split_seed``). Classification labels are checked as for
     arrays (whole numbers in [0, num_classes)). ``batched``: True for datasets of batches
     (needed for ``.batch(..., drop_remainder=True)``, whose batch axis is known), False for
-    datasets of examples, None to decide from an unknown leading dimension."""
+    datasets of examples, None to decide from an unknown leading dimension. ``check_overlap``:
+    refuse (or warn of) a validation dataset holding training examples (as ``arrays``)."""
     arrays_lib.check_task(task, "tf_data")
     made = dataset_fn()
     if isinstance(made, tf.data.Dataset):
@@ -84,7 +85,7 @@ def tf_data(dataset_fn=gin.REQUIRED, task="classification", num_classes=None,
             validation, f"'{name}' validation dataset", batched)
     return arrays_lib.arrays(x=x, y=y, validation_split=validation_split, task=task,
                              split_seed=split_seed, name=name, num_classes=num_classes,
-                             scale=scale, flatten=flatten, **kwargs)
+                             scale=scale, flatten=flatten, check_overlap=check_overlap, **kwargs)
 
 
 _DTYPES = {"float32": tf.float32, "float": tf.float32, "int64": tf.int64, "int": tf.int64,

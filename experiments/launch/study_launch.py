@@ -127,6 +127,8 @@ def _prepare(spec, study_name, gin_files, gin_bindings, output_dir, shard, run_n
                                     gin.config_str())
     if extensions:
         fresh["extensions"] = extensions
+    if stored is None and run_name:  # another shard may have written it since (a race)
+        stored = study_dir_lib.load(path)
     if stored is None and os.path.isdir(path) and any(
             not name.startswith(".") for name in os.listdir(path)):  # (a shard's tmp file)
         raise ConfigError(f"{path} exists and holds no study (a run or a sweep?); use another "

@@ -11,9 +11,11 @@ the runner, so that the micro-batch finder's probes build their model exactly as
 """
 
 import dataclasses
+import re
 from typing import Any
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from experiments.engine import distribute, keras_internals, loss_terms
@@ -116,22 +118,12 @@ def build_model(plan):
     return model, state_callbacks
 
 
-# Losses that would train silently to a wrong answer on a task's targets (checked by name, since
-# nothing fails): sparse cross-entropy casts regression targets in [0, 1) to class 0 (loss 0),
-# categorical cross-entropy over one sigmoid output is log(1) = 0, and binary cross-entropy of
-# class ids against C softmax outputs broadcasts them over the outputs.
-_WRONG_LOSSES = {
-    "regression": ("categorical_crossentropy", "a cross-entropy over classes, on targets that "
-                   "are values: use a regression loss (keras.losses.MeanSquaredError)"),
-    "binary": ("categorical", "a loss over several classes, on one 0/1 output: use "
-               "keras.losses.BinaryCrossentropy"),
-    "classification": ("binary", "a loss of one 0/1 output, on class ids over several "
-                       "outputs: use keras.losses.SparseCategoricalCrossentropy, or the "
-                       "source's task = 'binary' for 0/1 labels"),
-}
+# Keras' own cross-entropies, by the name their string, function and class share.
+_SPARSE, _CATEGORICAL, _BINARY = ("sparse_categorical_crossentropy", "categorical_crossentropy",
+                                  "binary_crossentropy")
 
-# Rows of each set the loss is computed on before the run directory exists.
-_PROBE_ROWS = 4
+# Most rows of each set the model and loss are run on before the run directory exists.
+_PROBE_ROWS = 256
 
 
 def loss_name(loss):
@@ -142,38 +134,94 @@ def loss_name(loss):
                or type(loss).__name__)
 
 
-def check_loss_on_data(model, plan):
-    """Refuses, before the run directory exists, a loss that does not fit the data: one that
-    trains silently to a wrong answer on the task's targets (``_WRONG_LOSSES``), and one that
-    fails on a few training and validation rows (a label out of the loss's range, targets of
-    another shape than the output), which would fail at the first update with a long traceback.
-    """
-    data, loss = plan.data, plan.settings.model.loss
+def _keras_own(loss):
+    """Whether ``loss`` is one of Keras' (a name, or a function or class of ``keras``): a
+    user's loss may read targets of any shape."""
+    return isinstance(loss, str) or (getattr(loss, "__module__", None)
+                                     or type(loss).__module__).startswith("keras")
+
+
+def _keras_cross_entropy(loss):
+    """Which of Keras' own cross-entropies ``loss`` is (None for any other loss, a user's
+    included, whatever its name)."""
     name = loss_name(loss)
-    wrong = _WRONG_LOSSES.get(data.spec.task)
-    if wrong is not None and wrong[0] in name.lower():
-        raise ValueError(f"train.loss is {name}, {wrong[1]} ({data.name}: task "
-                         f"{data.spec.task!r}).")
+    return name if name in (_SPARSE, _CATEGORICAL, _BINARY) and _keras_own(loss) else None
+
+
+def _why_wrong(kind, task, y, width):
+    """Why Keras' cross-entropy ``kind`` trains silently to a wrong answer on these targets and
+    an output of ``width`` values, or None."""
+    ids = y.ndim == 1 or (y.ndim == 2 and y.shape[1] == 1)
+    if kind == _SPARSE and task == "regression":
+        return ("sparse cross-entropy casts regression targets to class ids (targets in [0, 1) "
+                "all become class 0: loss 0); use a regression loss "
+                "(keras.losses.MeanSquaredError)")
+    if kind == _CATEGORICAL and width == 1:
+        return ("categorical cross-entropy over one output is log(1) = 0 whatever the targets; "
+                "use keras.losses.BinaryCrossentropy for 0/1 labels")
+    if kind == _BINARY and task == "classification" and ids and width > 1:
+        return (f"binary cross-entropy of class ids against {width} outputs broadcasts each id "
+                "over the outputs; use keras.losses.SparseCategoricalCrossentropy, or the "
+                "source's task = 'binary' for 0/1 labels")
+    return None
+
+
+def _squeezed(shape):
+    shape = tuple(shape)
+    return shape[:-1] if shape and shape[-1] == 1 else shape
+
+
+def _cause(error):
+    """The error's text on one line, without terminal colour codes (Keras wraps a layer's
+    error: its cause is on a later line)."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", getattr(error, "message", None) or str(error))
+    return " ".join(text.split())[:600]
+
+
+def check_loss_on_data(model, plan):
+    """Refuses, before the run directory exists, a loss that does not fit the data: Keras'
+    cross-entropies where they would train silently to a wrong answer (``_why_wrong``), class
+    ids at or above the output's width, regression targets of another shape than the output
+    under a Keras loss (which would broadcast them), and a model or loss that fails on the first rows of the
+    training and validation sets (up to a micro-batch), which would fail at the first update
+    with a long traceback."""
+    data, loss = plan.data, plan.settings.model.loss
     if data.x_train is None or data.spec.batch_size is not None:
         return  # streams, and models built for a fixed batch
+    name, kind = loss_name(loss), _keras_cross_entropy(loss)
+    task = data.spec.task
+    rows = min(_PROBE_ROWS, plan.layout.micro_batch_size or plan.layout.batch_size)
     terms = loss_terms.of_model(model)
     for part, x, y in (("training", data.x_train, data.y_train),
                        ("validation", data.x_validation, data.y_validation)):
         if x is None or not len(x):
             continue
-        x, y = x[:_PROBE_ROWS], y[:_PROBE_ROWS]
-        y_pred = None
+        where = f"{data.name}'s {part} targets (task {task!r}, shape {tuple(y.shape[1:])})"
         try:
             # In the structure the model was built with (a list of its one input).
-            y_pred = model([x] if len(model.inputs) == 1 else x, training=False)
-            terms(y, y_pred)
-        except (tf.errors.OpError, ValueError, TypeError) as error:
-            first = (getattr(error, "message", None) or str(error)).strip().splitlines()[0]
-            output = "not computed" if y_pred is None else f"of shape {tuple(y_pred.shape[1:])}"
+            y_pred = model([x[:rows]] if len(model.inputs) == 1 else x[:rows], training=False)
+        except Exception as error:  # pylint: disable=broad-except  (named, one line)
+            raise ValueError(f"The model cannot be called on {data.name}'s {part} examples "
+                             f"(shape {tuple(x.shape[1:])}): {_cause(error)}") from error
+        width = int(y_pred.shape[-1])
+        why = None if kind is None else _why_wrong(kind, task, y, width)
+        if why is not None:
+            raise ValueError(f"train.loss is {name} on {where}: {why}.")
+        if task == "classification" and kind == _SPARSE and y.ndim == 1 and len(y) \
+                and int(np.max(y)) >= width:
+            raise ValueError(f"{where}: class id {int(np.max(y))} is not below the model's "
+                             f"{width} outputs (set the source's num_classes, or build the "
+                             "model for every class).")
+        if task == "regression" and _keras_own(loss) \
+                and _squeezed(y.shape[1:]) != _squeezed(y_pred.shape[1:]):
+            raise ValueError(f"{where}: the model's output has shape {tuple(y_pred.shape[1:])}; "
+                             "the loss would broadcast targets and outputs against each other.")
+        try:
+            terms(y[:rows], y_pred)
+        except Exception as error:  # pylint: disable=broad-except  (named, one line)
             raise ValueError(
-                f"train.loss ({name}) cannot be computed on {data.name}'s {part} targets "
-                f"(task {data.spec.task!r}, targets of shape {tuple(y.shape[1:])}, {y.dtype}; "
-                f"the model's output {output}): {first}") from None
+                f"train.loss ({name}) cannot be computed on {where}, the model's output of "
+                f"shape {tuple(y_pred.shape[1:])}: {_cause(error)}") from error
 
 
 def _make_optimizer(optimizer):
