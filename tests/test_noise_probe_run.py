@@ -173,6 +173,7 @@ def test_probe_files_of_one_name_are_counted_exactly(tmp_path):
     ("probe_noise_scale.sizes = [8, 8]", "two or more distinct batch sizes"),
     ("probe_noise_scale.level = 0", "must be above 0 and below 1"),
     ("probe_noise_scale.num_draws = 1", "at least 2"),
+    ("probe_noise_scale.checkpoint = 'epoch-0'", "'epoch-N' \\(N >= 1\\)"),
 ])
 def test_bad_probe_settings_are_refused_before_loading(probed_run, tmp_path, binding, message):
     run = str(tmp_path / "run")
@@ -214,3 +215,29 @@ def test_the_command_line_probe_needs_a_run_directory(tmp_path):
     with pytest.raises(ValueError, match="probe_noise_scale.run_dir"):
         launch.launch([DIGITS, PROBE], ["probe_noise_scale.run_dir = '/nonexistent/run'"],
                       output_dir=str(tmp_path), print_fn=lambda *_: None)
+
+
+def test_an_epochs_weights_file_is_probed_with_its_optimizer_state(tmp_path):
+    """``checkpoints.every_epoch`` files hold the optimizer's variables as final.weights.h5 does
+    (the docs said they held none and could not be probed): 'epoch-1' probes the weights after
+    the first epoch, Adam's moments included (the preconditioned value); an epoch not saved is
+    refused, naming those that are."""
+    output = tmp_path / "runs"
+    launch.launch([DIGITS], ["train.epochs = 2", "train.verbose = 0", "train.batch_size = 32",
+                             "train.optimizer = @keras.optimizers.Adam",
+                             "measurements.enabled = []", "checkpoints.every_epoch = True"],
+                  output_dir=str(output), print_fn=lambda *_: None)
+    run = _only_run(output)
+    config = os.path.join(run, "config.gin")
+    common = [f"probe_noise_scale.run_dir = '{run}'", "probe_noise_scale.num_draws = 4",
+              "probe_noise_scale.sizes = [8, 32, 128]"]
+    launch.launch([config, PROBE], common + ["probe_noise_scale.checkpoint = 'epoch-1'"],
+                  output_dir=str(tmp_path / "out"), print_fn=lambda *_: None)
+    written = read_json(os.path.join(run, "noise_probes", "epoch-1.json"))
+    updates = read_json(os.path.join(run, "result.json"))["updates"]
+    assert written["update"] == updates // 2  # 45 of 90
+    assert written["weights"].endswith("epoch-001.weights.h5")
+    assert "noise_probe/b_preconditioned" in written
+    with pytest.raises(FileNotFoundError, match=r"epochs saved: 1, 2"):
+        launch.launch([config, PROBE], common + ["probe_noise_scale.checkpoint = 'epoch-5'"],
+                      output_dir=str(tmp_path / "out"), print_fn=lambda *_: None)

@@ -9,10 +9,11 @@ bootstrap interval, the linearity check):
         --gin_bindings="probe_noise_scale.run_dir = 'RUN'"
 
 It trains nothing and changes nothing in RUN except one new file, ``RUN/noise_probes/<name>.json``
-(never an existing one). Both the final weights file (Keras' ``save_weights`` keeps the
-optimizer's variables) and a training checkpoint (``probe_noise_scale.checkpoint = 'latest'``)
-restore the optimizer's state with the weights, so an Adam or RMSprop run's preconditioned value
-is probed from either.
+(never an existing one). The final weights file, an epoch's weights file
+(``checkpoints.every_epoch``: ``probe_noise_scale.checkpoint = 'epoch-3'``; Keras' ``save_weights``
+keeps the optimizer's variables in both) and a training checkpoint (``'latest'`` or an update
+number) restore the optimizer's state with the weights, so an Adam or RMSprop run's
+preconditioned value is probed from any of them.
 """
 
 import dataclasses
@@ -35,7 +36,7 @@ class ProbeSettings:
     """``probe_noise_scale.*``, checked."""
 
     run_dir: str
-    checkpoint: object  # 'final', 'latest' or an update number
+    checkpoint: object  # 'final', 'latest', 'epoch-N' or an update number
     sizes: Optional[tuple]
     num_draws: int
     level: float
@@ -47,19 +48,22 @@ def settings(run_dir=gin.REQUIRED, checkpoint="final", sizes=None, num_draws=100
              seed=0):
     """Args:
       run_dir: the finished (or interrupted) run to probe.
-      checkpoint: 'final' (``checkpoints/final.weights.h5``), 'latest' (the newest training
-        checkpoint ``checkpoints/state-*.npz``, optimizer state included) or an update number
-        (the kept training checkpoint saved at that update: ``checkpoints.keep`` of them stay).
+      checkpoint: 'final' (``checkpoints/final.weights.h5``), 'epoch-N' (the weights saved
+        after epoch N, ``checkpoints/epoch-NNN.weights.h5``, with ``checkpoints.every_epoch``),
+        'latest' (the newest training checkpoint ``checkpoints/state-*.npz``, optimizer state
+        included) or an update number (the kept training checkpoint saved at that update:
+        ``checkpoints.keep`` of them stay).
       sizes: batch sizes to draw at (None: b, 4b, 16b with b the run's micro-batch, or B/4).
       num_draws: batches per size. level: the interval's level. seed: the draws' seed.
     """
     if not isinstance(run_dir, str) or not os.path.isdir(run_dir):
         raise ValueError(f"probe_noise_scale.run_dir = {run_dir!r} is not a run directory.")
-    if not (checkpoint in ("final", "latest") or (isinstance(checkpoint, int)
-                                                  and not isinstance(checkpoint, bool)
-                                                  and checkpoint > 0)):
-        raise ValueError(f"probe_noise_scale.checkpoint must be 'final', 'latest' or the update "
-                         f"number of a kept training checkpoint, got {checkpoint!r}.")
+    if not (checkpoint in ("final", "latest") or _epoch_of(checkpoint) is not None
+            or (isinstance(checkpoint, int) and not isinstance(checkpoint, bool)
+                and checkpoint > 0)):
+        raise ValueError(f"probe_noise_scale.checkpoint must be 'final', 'latest', 'epoch-N' "
+                         f"(N >= 1) or the update number of a kept training checkpoint, got "
+                         f"{checkpoint!r}.")
     # Checked here, before the run's data and weights are loaded (sizes None: the run's
     # default, known once its layout is).
     sizes, num_draws, level = checked_settings(sizes, num_draws, level, "probe_noise_scale")
@@ -73,16 +77,39 @@ def default_sizes(layout):
     return (base, 4 * base, 16 * base)
 
 
-def _load(model, plan, probe_settings):
-    """Loads the chosen weights and the optimizer's state with them; returns (the file loaded,
-    the update it was saved at)."""
-    directory = os.path.join(probe_settings.run_dir, "checkpoints")
-    if probe_settings.checkpoint == "final":
+def _epoch_of(checkpoint):
+    """N of 'epoch-N' (N >= 1), else None."""
+    match = re.fullmatch(r"epoch-([0-9]+)", checkpoint) if isinstance(checkpoint, str) else None
+    return int(match.group(1)) if match and int(match.group(1)) >= 1 else None
+
+
+def _weights_file(directory, checkpoint):
+    """The weights file of 'final' or 'epoch-N', refused when absent with what there is."""
+    epoch = _epoch_of(checkpoint)
+    if epoch is None:
         path = os.path.join(directory, "final.weights.h5")
         if not os.path.exists(path):
             raise FileNotFoundError(
                 f"{path} does not exist (the run has not finished); use "
                 "probe_noise_scale.checkpoint = 'latest' for its newest training checkpoint.")
+        return path
+    path = os.path.join(directory, f"epoch-{epoch:03d}.weights.h5")
+    if not os.path.exists(path):
+        kept = sorted(int(name[6:9]) for name in os.listdir(directory)
+                      if re.fullmatch(r"epoch-[0-9]{3}\.weights\.h5", name)) \
+            if os.path.isdir(directory) else []
+        raise FileNotFoundError(
+            f"{path} does not exist (epochs saved: {', '.join(map(str, kept)) or 'none'}; "
+            "checkpoints.every_epoch = True saves one after every epoch).")
+    return path
+
+
+def _load(model, plan, probe_settings):
+    """Loads the chosen weights and the optimizer's state with them; returns (the file loaded,
+    the update it was saved at)."""
+    directory = os.path.join(probe_settings.run_dir, "checkpoints")
+    if probe_settings.checkpoint == "final" or _epoch_of(probe_settings.checkpoint):
+        path = _weights_file(directory, probe_settings.checkpoint)
         # Built first, the optimizer's variables (momenta, Adam's moments) are restored too.
         keras_internals.symbolic_build(model, plan.pipelines.train.element_spec)
         model.load_weights(path)
@@ -181,8 +208,9 @@ def run(settings_, run_mode):
         raise ValueError("The noise-scale probe draws rows from training arrays; this run's data "
                          "source has none (stream data).")
     sizes = probe_settings.sizes or default_sizes(plan.layout)
-    path, index = _output_path(probe_settings.run_dir, "final"
-                               if probe_settings.checkpoint == "final" else f"update-{update}")
+    name = probe_settings.checkpoint if probe_settings.checkpoint == "final" \
+        or _epoch_of(probe_settings.checkpoint) else f"update-{update}"
+    path, index = _output_path(probe_settings.run_dir, name)
     # A repeat of the same probe draws other rows (seed + k for its k-th file), so that its
     # files are independent repeats, not copies; each file records its seed.
     seed = probe_settings.seed + index
