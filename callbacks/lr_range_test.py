@@ -166,10 +166,11 @@ class LearningRateRangeTest(keras.callbacks.Callback):
 
     def _log(self, update, rate, loss, smoothed):
         # Through ``summary_writer.scalars``: a relaunched range test (it starts its ramp again)
-        # does not log the points it logged before twice.
+        # does not log the points it logged before twice. Keyed by the update count after the
+        # update (``update`` is 0-based), as every other per-update scalar.
         summary_writer.scalars(self.log_dir, {"lr_range/loss": loss,
                                               "lr_range/smoothed_loss": smoothed,
-                                              "lr_range/learning_rate": rate}, update)
+                                              "lr_range/learning_rate": rate}, update + 1)
 
     def on_train_end(self, logs=None):
         if self.stopped_because is None:

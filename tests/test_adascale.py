@@ -235,3 +235,25 @@ def test_bad_adascale_bindings_are_refused_before_a_run_directory(tmp_path, bind
         launch.launch(["gin/experiments/regression_mlp.gin"], BINDINGS + bindings,
                       output_dir=str(tmp_path), print_fn=lambda *_: None)
     assert not os.listdir(tmp_path)
+
+
+def test_the_epoch_learning_rate_in_tensorboard_is_the_one_the_last_update_applied(tmp_path):
+    """Under AdaScale the optimizer's rate reads lr(tau + r) * r after an update, which no update
+    applied (0.88-0.95 of the applied one on a decaying schedule): TensorBoard's
+    epoch_learning_rate now equals adascale/learning_rate at the epoch's last update."""
+    launch.launch(["gin/experiments/regression_mlp.gin"], BINDINGS + [
+        "train.epochs = 2", "measurements.every_n_updates = 1",
+        "keras.optimizers.SGD.learning_rate = @keras.optimizers.schedules.ExponentialDecay()",
+        "keras.optimizers.schedules.ExponentialDecay.initial_learning_rate = 0.02",
+        "keras.optimizers.schedules.ExponentialDecay.decay_steps = 10",
+        "keras.optimizers.schedules.ExponentialDecay.decay_rate = 0.7"],
+        output_dir=str(tmp_path), print_fn=lambda *_: None)
+    (path,) = run_dirs(str(tmp_path))
+    applied = dict(event_values(os.path.join(path, "tensorboard", "train"),
+                                "adascale/learning_rate"))
+    epochs = event_values(os.path.join(path, "tensorboard", "train"), "epoch_learning_rate")
+    updates = read_json(os.path.join(path, "result.json"))["updates"]
+    assert len(epochs) == 2
+    for epoch, value in epochs:
+        last = updates * (epoch + 1) // 2
+        assert value == pytest.approx(applied[last], rel=1e-5), epoch

@@ -265,7 +265,7 @@ def test_scalars_reach_the_event_files(tmp_path):
     losses = event_values(str(tmp_path / "train"), "lr_range/loss")
     smoothed = event_values(str(tmp_path / "train"), "lr_range/smoothed_loss")
     rates = event_values(str(tmp_path / "train"), "lr_range/learning_rate")
-    assert [step for step, _ in losses] == list(range(updates))
+    assert [step for step, _ in losses] == list(range(1, updates + 1))  # the update count
     np.testing.assert_allclose([v for _, v in losses], test.losses, rtol=1e-6)
     np.testing.assert_allclose([v for _, v in smoothed], test.smoothed_losses, rtol=1e-6)
     np.testing.assert_allclose([v for _, v in rates], test.learning_rates, rtol=1e-6)

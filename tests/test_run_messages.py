@@ -35,3 +35,25 @@ def test_the_note_names_a_log_only_where_there_is_one(tmp_path):
         f"run {run} is marked failed; its log.txt and status.json say more"
     os.remove(tmp_path / "log.txt")
     assert errors.failed_run_note(run) == f"run {run} is marked failed in its status.json"
+
+
+def test_a_rule_scaled_rate_for_another_batch_size_is_refused(tmp_path):
+    """virtual_batch.gin computes its rate for BATCH (256); train.batch_size = 512 alone (or a
+    study over B without study.batch_size_macro) trained every run at 256's rate, silently."""
+    with pytest.raises(ValueError, match=r"scaled_learning_rate.batch_size = 256, but the run "
+                                         r"trains at B = 512.*BATCH = 512"):
+        launch.launch(["gin/experiments/virtual_batch.gin"],
+                      ["train.batch_size = 512", "train.epochs = 1", "train.verbose = 0"],
+                      output_dir=str(tmp_path), print_fn=lambda *_: None)
+    assert run_dirs(str(tmp_path)) == []
+
+
+def test_a_rule_scaled_rate_under_a_batch_size_schedule_is_warned_of(tmp_path, caplog):
+    """The rule's rate is computed once, for the first B: it does not follow the schedule."""
+    with caplog.at_level("WARNING"):
+        launch.launch(["gin/experiments/virtual_batch.gin"], [
+            "train.epochs = 2", "train.verbose = 0", "measurements.enabled = []",
+            "train.batch_size_schedule = @batch_size_schedule()",
+            "batch_size_schedule.boundaries = [1]", "batch_size_schedule.factor = 2"],
+            output_dir=str(tmp_path), print_fn=lambda *_: None)
+    assert "scaled_learning_rate's for B = 256, computed once" in caplog.text

@@ -107,3 +107,22 @@ def test_a_sweep_writes_hparams_that_read_back_equal_result_json(tmp_path):
     accuracy = {m.name.tag: m.value for m in b64.metric_values}["hparams/val_accuracy"]
     result = read_json(os.path.join(group, "b64", "result.json"))
     assert accuracy == pytest.approx(result["final_epoch"]["val_accuracy"], rel=1e-6)
+
+
+@pytest.mark.slow
+def test_a_scheduled_rate_is_a_number_in_the_hparams_column(tmp_path):
+    """A rate given as a schedule (lr_scaling.gin's warm-up to the rule's rate) showed as the
+    text "@batchlab.WarmupSchedule()" for every variant; the column now holds each run's peak,
+    result.json's peak_learning_rate: 0.01 unscaled, 0.01 x 64 / 16 = 0.04 by the linear rule."""
+    launch.launch(["gin/experiments/lr_scaling.gin"], [
+        "train.verbose = 0", "train.epochs = 1", "measurements.enabled = []",
+        "sweep.variants = {'b16': ['BATCH = 16', 'scaled_learning_rate.rule = \"none\"'], "
+        "'b64_linear': ['BATCH = 64', 'scaled_learning_rate.rule = \"linear\"']}"],
+        output_dir=str(tmp_path), print_fn=lambda *_: None, run_name="s")
+    group = str(tmp_path / "lr_scaling" / "s")
+    for name, peak in (("b16", 0.01), ("b64_linear", 0.04)):
+        assert read_json(os.path.join(group, name, "result.json"))["peak_learning_rate"] == \
+            pytest.approx(peak, rel=1e-6)
+        data, _ = _hparams_events(os.path.join(group, name, "tensorboard", "hparams"))
+        (start,) = [d.session_start_info for d in data if d.HasField("session_start_info")]
+        assert start.hparams["learning_rate"].number_value == pytest.approx(peak, rel=1e-6)

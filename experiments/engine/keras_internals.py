@@ -260,6 +260,11 @@ class EpochScalarsTensorBoard(keras.callbacks.TensorBoard):
         train_logs = {k: v for k, v in logs.items() if not k.startswith("val_")}
         val_logs = {k[4:]: v for k, v in logs.items() if k.startswith("val_")}
         train_logs = self._collect_learning_rate(train_logs)
+        scaling = getattr(self.model, "learning_rate_scaling", None)
+        if scaling is not None and "learning_rate" in train_logs:
+            # Under AdaScale the optimizer's rate reads lr(tau + r) * r after an update, a rate
+            # no update applied: the last update's own rate instead.
+            train_logs["learning_rate"] = scaling.applied_learning_rate()
         if self.write_steps_per_second:
             train_logs["steps_per_second"] = self._compute_steps_per_second()
         self.write_scalars({f"epoch_{k}": v for k, v in train_logs.items()}, epoch, "train")

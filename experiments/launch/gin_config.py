@@ -18,6 +18,7 @@ import gin
 from experiments.common import errors, paths
 from experiments.engine import keras_internals
 from experiments.launch import registry  # noqa: F401  (register before parsing)
+from experiments.models import schedules
 
 REPO_ROOT = paths.REPO_ROOT
 
@@ -270,6 +271,7 @@ def parse(gin_files, gin_bindings):
     files = [resolve_gin_file(f) for f in gin_files]
     paths.set_gin_files(files)  # data paths are also looked up next to these files
     gin.clear_config()
+    schedules.forget_evaluations()  # a run checks the rule's B against its own
     if REPO_ROOT not in _SEARCH_PATHS:  # once: gin keeps its search paths across clears
         gin.add_config_file_search_path(REPO_ROOT)
         _SEARCH_PATHS.append(REPO_ROOT)

@@ -189,6 +189,10 @@ def write_hparams(group_dir, runs, outcomes_by_name, base, lr_configurable=None)
         metrics, step = {}, 0
         if result:
             values.update({k: _plain(result[k]) for k in RESULT_HPARAMS if k in result})
+            if isinstance(values.get("learning_rate"), str) \
+                    and isinstance(result.get("peak_learning_rate"), (int, float)):
+                # a schedule (its gin reference): the rate column holds its peak, a number
+                values["learning_rate"] = float(result["peak_learning_rate"])
             metrics = hparams_lib.final_metrics(result.get("final_epoch") or {})
             metrics.update({k: float(result[k]) for k in SWEEP_METRICS
                             if isinstance(result.get(k), (int, float))})

@@ -14,13 +14,32 @@ import keras
 from experiments.common import checks
 
 
+# The batch sizes ``scaled_learning_rate`` was evaluated for since the configuration was last
+# parsed: a run checks them against the B it trains at (``plan.check_scaled_learning_rate``).
+_EVALUATED = []
+
+
+def evaluated_batch_sizes():
+    """The ``batch_size`` of every evaluation of ``scaled_learning_rate`` since
+    ``forget_evaluations``."""
+    return list(_EVALUATED)
+
+
+def forget_evaluations():
+    """Called whenever the configuration is parsed afresh (each run of a sweep or study)."""
+    _EVALUATED.clear()
+
+
 @gin.configurable
 def scaled_learning_rate(base_learning_rate=gin.REQUIRED, base_batch_size=gin.REQUIRED,
                          batch_size=gin.REQUIRED, rule="linear"):
-    """The learning rate for ``batch_size`` given one tuned at ``base_batch_size``."""
+    """The learning rate for ``batch_size`` given one tuned at ``base_batch_size``. Evaluated
+    once, when the optimizer is built: ``batch_size`` must be the run's B (one macro for both,
+    checked by the run), and the rate does not follow a B that changes while training."""
     checks.positive_number(base_learning_rate, "scaled_learning_rate.base_learning_rate")
     checks.positive_int(base_batch_size, "scaled_learning_rate.base_batch_size")
     checks.positive_int(batch_size, "scaled_learning_rate.batch_size")
+    _EVALUATED.append(int(batch_size))
     ratio = batch_size / base_batch_size
     if rule == "linear":
         return base_learning_rate * ratio

@@ -17,6 +17,7 @@ from typing import Any
 import keras
 import numpy as np
 import tensorflow as tf
+from absl import logging
 
 from experiments.engine import distribute, keras_internals, loss_terms
 from experiments.engine.virtual_batch_model import as_virtual_batch_model
@@ -24,6 +25,7 @@ from experiments.inputs import layout as layout_lib
 from experiments.inputs import pipelines as pipelines_lib
 from experiments.inputs.dataset import Data, Pipelines
 from experiments.inputs.layout import BatchLayout
+from experiments.models import schedules
 from experiments.run import measurements as measurements_lib
 from experiments.run import seeding, stateful, steering
 from experiments.run.settings import RunSettings
@@ -222,6 +224,31 @@ def check_loss_on_data(model, plan):
             raise ValueError(
                 f"train.loss ({name}) cannot be computed on {where}, the model's output of "
                 f"shape {tuple(y_pred.shape[1:])}: {_cause(error)}") from error
+
+
+def check_scaled_learning_rate(plan):
+    """Refuses a learning rate that ``scaled_learning_rate`` computed for another B than the
+    run's (bound apart from ``train.batch_size``: a study over B, or ``train.batch_size`` set
+    alone, left every run at the base's rate), and warns when B changes during training, which a
+    rate computed once does not follow."""
+    evaluated = sorted(set(schedules.evaluated_batch_sizes()))
+    if not evaluated:
+        return
+    batch_size = plan.layout.batch_size
+    other = [b for b in evaluated if b != batch_size]
+    if other:
+        raise ValueError(
+            f"scaled_learning_rate.batch_size = {other[0]}, but the run trains at B = "
+            f"{batch_size}: its learning rate is the rule's for B = {other[0]}. Bind both "
+            f"through one macro (BATCH = {batch_size}, train.batch_size = %BATCH, "
+            "scaled_learning_rate.batch_size = %BATCH); a study over B sets it with "
+            "study.batch_size_macro = 'BATCH'.")
+    if plan.layout.batch_size_schedule is not None \
+            and plan.settings.model.learning_rate_scaling is None:
+        logging.warning(
+            "The learning rate is scaled_learning_rate's for B = %d, computed once: it stays "
+            "when train.batch_size_schedule changes B (AdaScale, train.learning_rate_scaling = "
+            "@adascale(), follows B update by update).", batch_size)
 
 
 def _make_optimizer(optimizer):

@@ -118,6 +118,7 @@ def run(settings, output, run_mode):
     # stateless model on stateful streams) is bad input, refused before anything is written.
     built = plan_lib.build_model(plan)
     plan_lib.check_loss_on_data(built[0], plan)
+    plan_lib.check_scaled_learning_rate(plan)
     path, resuming = _open_run_dir(output)
     multi_worker = distribute.is_multi_worker(plan.strategy)
     state = RunState(path, settings.checkpoints, resuming, synchronized=multi_worker,
@@ -347,8 +348,32 @@ def _result(plan, model, history, final, train_time, measured, restored=None):
         "final_validation": {k: float(v) for k, v in final.items()},
         "num_train_examples": num_train,
         "num_validation_examples": _num_validation(plan),
+        "peak_learning_rate": _peak_learning_rate(model, updates),
         "measurements": measurements_lib.results(measured, restored),
     }
+
+
+# Most updates at which a learning-rate schedule is read for its peak (evenly spaced).
+_PEAK_SAMPLES = 2000
+
+
+def _peak_learning_rate(model, updates):
+    """The highest learning rate of the run's updates: the constant rate, or a schedule's
+    highest over its updates (read at up to ``_PEAK_SAMPLES`` of them, the first and last
+    included); the base rate under AdaScale (its gains multiply it). A sweep's HParams column
+    shows it where the rate is a schedule."""
+    scaling = getattr(model, "learning_rate_scaling", None)
+    rate = scaling.base_learning_rate if scaling is not None \
+        else keras_internals.learning_rate_object(model.optimizer)
+    if isinstance(rate, keras.optimizers.schedules.LearningRateSchedule):
+        count = min(updates, _PEAK_SAMPLES)
+        steps = sorted({int(round(i * (updates - 1) / max(count - 1, 1)))
+                        for i in range(count)}) if updates else [0]
+        return max(float(keras.ops.convert_to_numpy(rate(step))) for step in steps)
+    try:
+        return float(keras.ops.convert_to_numpy(rate() if callable(rate) else rate))
+    except (TypeError, ValueError):
+        return None
 
 
 def _num_validation(plan):
