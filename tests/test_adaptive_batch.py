@@ -318,7 +318,7 @@ def test_under_mirrored_strategy_the_decided_stages_train_as_on_one_device(tmp_p
     trained on one device by a fixed schedule give the same weights and metrics."""
     mirrored_dir = str(tmp_path / "mirrored")
     os.makedirs(mirrored_dir)
-    adaptive = ["train.batch_size = 32", "train.micro_batch_size = 32",
+    adaptive = ["BATCH = 32", "train.micro_batch_size = 32",
                 "train.batch_size_schedule = @adaptive_batch_size()",
                 "adaptive_batch_size.max_batch_size = 256", "adaptive_batch_size.scale = 1000.0",
                 "adaptive_batch_size.every_n_updates = 4"]
@@ -330,7 +330,7 @@ def test_under_mirrored_strategy_the_decided_stages_train_as_on_one_device(tmp_p
     stages = read_json(os.path.join(mirrored, "result.json"))["batch_size_stages"]
     assert [(s["update"], s["batch_size"]) for s in stages] == [(0, 32), (4, 256)]
     single_dir = str(tmp_path / "single")
-    fixed = ["train.batch_size = 32", "train.micro_batch_size = 32",
+    fixed = ["BATCH = 32", "train.micro_batch_size = 32",
              "train.batch_size_schedule = @batch_size_schedule()",
              "batch_size_schedule.boundaries = [4]", "batch_size_schedule.batch_sizes = [256]",
              "batch_size_schedule.unit = 'updates'"]
