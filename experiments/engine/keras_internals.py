@@ -419,7 +419,8 @@ def distinct_replica_seeds(model):
     replica context, or with one replica, the seed is Keras' own. Idempotent.
     """
     for layer in flatten_layers(model, include_self=True):
-        for generator in getattr(layer, "_seed_generators", None) or ():  # pylint: disable=protected-access
+        generators = getattr(layer, "_seed_generators", None) or ()  # pylint: disable=W0212
+        for generator in generators:
             if getattr(generator, "_batchlab_per_replica", False):
                 continue
             keras_next = generator.next

@@ -136,7 +136,8 @@ def arrays(x=gin.REQUIRED, y=gin.REQUIRED, validation_split=None, task="classifi
         if _target_shape(y_va) != _target_shape(y):
             raise ValueError(f"'{name}': validation targets have shape {y_va.shape[1:]}, "
                              f"training targets {y.shape[1:]} (the loss would broadcast them).")
-        _check_no_leak(x, y, x_va, y_va, name, check_overlap)
+        if check_overlap:
+            _check_no_leak(x, y, x_va, y_va, name)
         x_tr, y_tr, _, _ = _split(x, y, split, split_seed, f"'{name}' validation_split")
     else:
         x_tr, y_tr, x_va, y_va = _split(x, y, split, split_seed, f"'{name}' validation_split")
@@ -178,34 +179,30 @@ def _row_keys(x, y):
             yield row_x.tobytes(), row_y.tobytes()
 
 
-def _check_no_leak(x, y, x_validation, y_validation, name, check_overlap=True):
+def _check_no_leak(x, y, x_validation, y_validation, name):
     """Counts the validation examples that are also training examples (input and target, byte
     for byte): a validation file that is a training file, or a tf.data pipeline whose shuffle
     reshuffles between the two passes that take and skip from it, would grade the model on what
     it trained on. Refused above ``LEAK_REFUSED`` of the validation set where the training inputs
-    are mostly distinct, warned of otherwise; ``check_overlap`` False: not checked."""
-    if not check_overlap or not len(x_validation) or not len(x):
+    are mostly distinct, warned of otherwise."""
+    if not len(x_validation) or not len(x):
         return
     validation = {}
     for key in _row_keys(x_validation, y_validation):
         validation[key] = validation.get(key, 0) + 1
-    found, inputs = set(), set()
-    for key in _row_keys(x, y):
-        inputs.add(hash(key[0]))
-        if key in validation:
-            found.add(key)
+    found = {key for key in _row_keys(x, y) if key in validation}
     if not found:
         return
     shared = sum(validation[key] for key in found)
     share = shared / len(x_validation)
-    distinct = len(inputs) / len(x)
     message = (f"'{name}': {shared} of {len(x_validation)} validation examples ({share:.0%}) "
                "are also training examples (the same input and target). The same examples "
                "given twice: a validation file that is a training file, or a tf.data pipeline "
                "shuffled before take/skip, which reshuffles on each pass (shuffle(..., "
                "reshuffle_each_iteration=False), or split before shuffling). If the repeats are "
                "real, set the source's check_overlap = False.")
-    if share > LEAK_REFUSED and distinct >= DISTINCT_INPUTS:
+    if share > LEAK_REFUSED and \
+            len({hash(key[0]) for key in _row_keys(x, y)}) >= DISTINCT_INPUTS * len(x):
         raise ValueError(message)
     logging.warning(message)
 

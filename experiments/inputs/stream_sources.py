@@ -75,9 +75,8 @@ def stream_series(series=None, path=None, key="x", column=None, targets=None, ta
     from 0) or 'regression'; None: integer targets are classes and float targets regression
     values (a CSV column is always read as floats: whole-valued ones are warned of).
     """
-    if target_task not in (None, "classification", "regression"):
-        raise ValueError(f"stream_series.target_task must be 'classification', 'regression' or "
-                         f"None, got {target_task!r}.")
+    checks.one_of(target_task, (None, "classification", "regression"),
+                  "stream_series.target_task")
     if (series is None) == (path is None):
         raise ValueError("stream_series needs exactly one of stream_series.series or "
                          "stream_series.path.")

@@ -15,7 +15,7 @@ from experiments.common import checks
 
 
 # The batch sizes ``scaled_learning_rate`` was evaluated for since the configuration was last
-# parsed: a run checks them against the B it trains at (``plan.check_scaled_learning_rate``).
+# parsed: a run checks them against the B it trains at (``preflight.check_scaled_learning_rate``).
 _EVALUATED = []
 
 

@@ -17,6 +17,7 @@ import time
 
 import gin
 import keras
+import numpy as np
 import tensorflow as tf
 from absl import logging
 
@@ -28,7 +29,7 @@ from callbacks.operative_config import OperativeConfigSaver
 from experiments.common.memory import peak_memory_mb
 from experiments.engine import distribute, keras_internals
 from experiments.inputs import dataset as dataset_lib
-from experiments.run import callback_states, config_audit, interrupts, modes
+from experiments.run import callback_states, config_audit, interrupts, modes, preflight
 from experiments.run.adaptive_batch import AdaptiveBatchController
 from experiments.run import measurements as measurements_lib
 from experiments.run import plan as plan_lib
@@ -117,8 +118,8 @@ def run(settings, output, run_mode):
     # The model before the run directory: a model that does not fit the data or the layout (a
     # stateless model on stateful streams) is bad input, refused before anything is written.
     built = plan_lib.build_model(plan)
-    plan_lib.check_loss_on_data(built[0], plan)
-    plan_lib.check_scaled_learning_rate(plan)
+    preflight.check_loss_on_data(built[0], plan)
+    preflight.check_scaled_learning_rate(plan)
     path, resuming = _open_run_dir(output)
     multi_worker = distribute.is_multi_worker(plan.strategy)
     state = RunState(path, settings.checkpoints, resuming, synchronized=multi_worker,
@@ -353,23 +354,38 @@ def _result(plan, model, history, final, train_time, measured, restored=None):
     }
 
 
-# Most updates at which a learning-rate schedule is read for its peak (evenly spaced).
-_PEAK_SAMPLES = 2000
+# Most updates at which a learning-rate schedule is read for its peak (evenly spaced): in one
+# call over a tensor of steps, or, for a schedule that takes one step at a time (a ``cond`` on
+# the step, as Keras' CosineDecay with warm-up), in one call per step at fewer of them (each
+# eager call costs about half a millisecond).
+_PEAK_SAMPLES, _PEAK_SAMPLES_ONE_BY_ONE = 1_000_000, 200
+
+
+def _evenly_spaced(updates, count):
+    """``count`` or fewer of the steps 0 .. updates - 1, evenly spaced, the first and last
+    included."""
+    count = min(updates, count)
+    return np.unique(np.round(np.linspace(0, max(updates - 1, 0), max(count, 1)))).astype(
+        np.int64)
 
 
 def _peak_learning_rate(model, updates):
     """The highest learning rate of the run's updates: the constant rate, or a schedule's
-    highest over its updates (read at up to ``_PEAK_SAMPLES`` of them, the first and last
-    included); the base rate under AdaScale (its gains multiply it). A sweep's HParams column
-    shows it where the rate is a schedule."""
+    highest over its updates (read as ``_PEAK_SAMPLES`` says); the base rate under AdaScale
+    (its gains multiply it). A sweep's HParams column shows it where the rate is a schedule."""
     scaling = getattr(model, "learning_rate_scaling", None)
     rate = scaling.base_learning_rate if scaling is not None \
         else keras_internals.learning_rate_object(model.optimizer)
     if isinstance(rate, keras.optimizers.schedules.LearningRateSchedule):
-        count = min(updates, _PEAK_SAMPLES)
-        steps = sorted({int(round(i * (updates - 1) / max(count - 1, 1)))
-                        for i in range(count)}) if updates else [0]
-        return max(float(keras.ops.convert_to_numpy(rate(step))) for step in steps)
+        steps = _evenly_spaced(updates, _PEAK_SAMPLES)
+        try:
+            values = keras.ops.convert_to_numpy(rate(tf.constant(steps)))
+            if np.shape(values) == steps.shape:
+                return float(np.max(values))
+        except Exception:  # pylint: disable=broad-except  (read one step at a time below)
+            pass
+        return max(float(keras.ops.convert_to_numpy(rate(int(step))))
+                   for step in _evenly_spaced(updates, _PEAK_SAMPLES_ONE_BY_ONE))
     try:
         return float(keras.ops.convert_to_numpy(rate() if callable(rate) else rate))
     except (TypeError, ValueError):
