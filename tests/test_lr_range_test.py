@@ -236,8 +236,10 @@ def test_suggestion_reads_the_smoothed_noisy_curve_and_ignores_divergence():
 
 def test_suggestion_errors_say_what_to_do():
     rates = np.logspace(-4, -1, 10)
-    with pytest.raises(ValueError, match="never fell.*smaller learning rate"):
-        suggest_learning_rate(rates, np.linspace(1.0, 2.0, 10))
+    for rule in ("steepest", "min_divided_by_10"):  # a loss that only rises: no minimum in the
+        # ramp either, and a tenth of its first rate is a rate never tried (it was suggested)
+        with pytest.raises(ValueError, match="never fell.*smaller learning rate"):
+            suggest_learning_rate(rates, np.linspace(1.0, 2.0, 10), rule=rule)
     with pytest.raises(ValueError, match="rule='valley' must be one of"):
         suggest_learning_rate(rates, np.ones(10), rule="valley")
     with pytest.raises(ValueError, match="same length"):

@@ -223,6 +223,32 @@ def test_a_largest_batch_size_that_diverged_is_named_not_dropped():
     assert 512 not in s["per_batch"] and s["per_batch"][128]["num_seeds"] == 2
 
 
+def test_runs_that_finished_diverged_stay_diverged_when_read_from_disk(tmp_path):
+    """result.json writes a NaN metric as null (JSON has no NaN); the study's record of such a
+    run must read it back as NaN, so the report still says B = 512 diverged (it dropped the
+    metric, and the answer compared B = 8 with B = 128 as if 512 had not run)."""
+    from experiments.common import json_files  # noqa: PLC0415
+    from experiments.launch.study_reporting import record  # noqa: PLC0415
+
+    records = []
+    for b, finals in ((8, (0.95, 0.96, 0.97)), (128, (0.96, 0.97, 0.975)),
+                      (512, (float("nan"),) * 3)):
+        for seed, final in enumerate(finals):
+            run_dir = tmp_path / f"b{b}_s{seed}"
+            run_dir.mkdir()
+            with open(run_dir / "result.json", "w") as handle:
+                json_files.dump({"batch_size": b, "updates": 100.0,
+                                 "final_epoch": {"val_accuracy": final, "loss": 0.3}}, handle)
+            assert ("null" in (run_dir / "result.json").read_text()) == (b == 512)
+            records.append(record({"name": run_dir.name, "status": "finished",
+                                   "hparams": {"batch_size": b, "learning_rate": 0.1,
+                                               "seed": seed}}, str(run_dir)))
+    s = summarize(records, target=0.75)
+    assert report_json(s)["diverged"] == {"512": 3}
+    assert answers._hurt_sentence(s).startswith(
+        "Yes, the largest batch size hurts the model: every finished run at B = 512 diverged")
+
+
 def test_the_default_target_is_reached_by_the_median_seed_with_two_seeds():
     """Two seeds per B, no study.target: the target is a value both of the worst B's seeds
     reached (the mean of the two was above one of them, and that B came out "never
@@ -325,6 +351,35 @@ def test_an_open_b_simple_interval_still_bounds_the_ratio_and_a_negative_g2_is_a
     out = study_report._b_simple(runs, None, 0.75, "val_accuracy")
     assert out["b_simple"] is None and out["interval"][1] == float("inf")
     assert out["note"].startswith("the pooled |G|^2 is at or below 0: B_simple is at least")
+
+
+def _with_raw(steps, trace):
+    """``curve_summary``'s runs, each logging raw estimates |G|^2 = 1 and tr(Sigma) = ``trace``
+    (a value or a function of the update) every 5 updates through its crossing."""
+    records = []
+    for b, cross in zip(SIZES, steps):
+        record = run(b, float(cross))
+        record["noise_raw"] = [[u, 1.0, trace(u) if callable(trace) else trace, b, 4]
+                               for u in range(5, int(cross) + 60, 5)]
+        records.append(record)
+    return records
+
+
+def test_noise_not_resolved_from_zero_is_b_simple_zero_and_no_ratio():
+    """Raw tr(Sigma) estimates whose mean near the target is below 0 (noisy single-update
+    estimates of a small tr(Sigma)): B_simple is 0, inside its interval, never negative (it
+    said -0.9 with a 90% interval [0, 3.3]); one that is exactly 0 no longer crashes the report
+    (a ratio of None was formatted). Either way no ratio is formed, and the sentence says why."""
+    for trace in (lambda u: -8.0 if u % 10 else 4.0, 0.0):
+        s = summarize(_with_raw(noisy(40, 64, noise=0.0), trace), target=0.75)
+        assert s["b_simple"] == 0.0
+        # no interval where no B_simple >= 0 fits these deterministic rows; else from 0
+        assert s["b_simple_interval"] is None or s["b_simple_interval"][0] == 0.0
+        assert s["b_crit_over_b_simple"] is None and s["b_crit_over_b_simple_interval"] is None
+        said = answers._noise_sentence(s)
+        assert "B_crit / B_simple cannot be formed" in said and "not told from 0" in said
+        assert "-" not in said.split("(")[1].split(")")[0]
+        assert report_json(s)["b_simple_at_target"] == 0.0
 
 
 def test_a_larger_batch_that_never_reached_the_target_is_a_rise():

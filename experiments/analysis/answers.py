@@ -554,6 +554,10 @@ def _noise_sentence(s):
         return _cite(f"The fitted B_crit is not an answer here (see what batch size to pick), so "
                      f"it is not compared with {measured}", "steps_to_result")
     ratio, interval = s["b_crit_over_b_simple"], s.get("b_crit_over_b_simple_interval")
+    if ratio is None:  # B_simple is 0: the runs' tr(Sigma) estimates did not resolve the noise
+        return _cite(f"B_crit / B_simple cannot be formed (fitted B_crit ≈ {_num(fit.b_crit)}, "
+                     f"{measured}): the measured noise is not told from 0, so the data say "
+                     "nothing about their agreement", "steps_to_result")
     ratio_text = f"{ratio:.2g}"
     if interval:
         upper = f"{interval[1]:.2g}" if math.isfinite(interval[1]) else "unbounded"

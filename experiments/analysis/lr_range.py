@@ -91,8 +91,9 @@ def suggest_learning_rate(learning_rates, losses, rule="steepest", smoothing=0.9
 
     ``losses`` are raw per-update losses; they are smoothed here with ``smoothing`` (0 keeps them
     as they are). Points from the first non-finite loss on are ignored. Raises ValueError when the
-    smoothed loss never falls (the "steepest" rule has no descent to read: start the test at a
-    smaller rate).
+    smoothed loss never falls, under either rule: there is no descent to read, and a minimum at
+    the first rate says only that the best rate lies below the ramp (a tenth of it would be a
+    rate never tried, stated as if read from the curve). Start the test at a smaller rate.
     """
     if rule not in SUGGESTION_RULES:
         raise ValueError(f"rule={rule!r} must be one of {SUGGESTION_RULES}.")
@@ -101,6 +102,10 @@ def suggest_learning_rate(learning_rates, losses, rule="steepest", smoothing=0.9
     lowest = int(np.argmin(smoothed))
     min_rate = float(rates[lowest])
     at_end = lowest == len(smoothed) - 1
+    if lowest == 0:  # both rules: the curve holds neither a descent nor a minimum inside the ramp
+        raise ValueError("The smoothed loss never fell below its first value, so the ramp holds "
+                         "no descent and no minimum to read (the best rate lies below the "
+                         "ramp's first one): start the range test at a smaller learning rate.")
     end_note = (" The ramp ended while the loss was still falling, so the minimum is only a lower "
                 "bound: raise lr_range_test.max_learning_rate (or its updates) to see where it "
                 "turns.") if at_end else ""
@@ -111,10 +116,6 @@ def suggest_learning_rate(learning_rates, losses, rule="steepest", smoothing=0.9
             explanation=(f"The smoothed loss is lowest at learning rate {min_rate:.3g}; the rule "
                          f"'min_divided_by_10' takes a tenth of that: {min_rate / 10.0:.3g}."
                          f"{end_note}"))
-    if lowest == 0:
-        raise ValueError("The smoothed loss never fell below its first value, so there is no "
-                         "descent for the 'steepest' rule to read: start the range test at a "
-                         "smaller learning rate.")
     slopes = np.gradient(smoothed[:lowest + 1], np.log(rates[:lowest + 1]))
     skip = skipped_start(smoothing, lowest)
     steepest = skip + int(np.argmin(slopes[skip:]))

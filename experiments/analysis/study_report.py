@@ -241,8 +241,8 @@ def _fallback_b_simple(done, best):
             run = by_name.get(run_entry["name"])
             if run and run_entry["steps"] is not None and run.get("b_simple_curve"):
                 value = value_at(run["b_simple_curve"], run_entry["steps"])
-                if value is not None:
-                    at_target.append(value)
+                if value is not None:  # an unresolved (negative) reading is B_simple 0
+                    at_target.append(max(value, 0.0))
     when = "on each best setting's runs' B_simple curve at the update they reached the target"
     if not at_target:  # a value at the end of training is no reading at the target
         return {"b_simple": None, "interval": None, "num_runs": 0, "num_estimates": 0,
@@ -288,8 +288,8 @@ def _b_simple(done, best, target, metric, mode="max"):
 
 def _ratio(fit, intervals, b_simple):
     """B_crit / B_simple with a conservative interval (lowest B_crit over highest B_simple, and
-    the other way round); None where either is missing."""
-    if fit is None or not b_simple.get("b_simple"):
+    the other way round); None where either is missing or B_simple is 0 (no ratio to form)."""
+    if fit is None or b_simple.get("b_simple") is None or b_simple["b_simple"] <= 0:
         return None, None
     ratio = fit.b_crit / b_simple["b_simple"]
     if intervals is None or not b_simple.get("interval"):

@@ -196,7 +196,8 @@ def pooled_ratio(gradient_sq, trace, level=0.95, groups=None):
     covered the truth 50% of the time with 2 runs, 65% with 3 and 86% with 20 (it ignores the
     t-spread of a mean of few units and the ratio's skew); Fieller's covered 89-96% for 2 to 20
     in the same simulations (docs/measurement.md, "B_simple at a study's target").
-    Returns (value or None, [low, high] or None): value None when the mean |G|^2 is <= 0, the
+    Returns (value or None, [low, high] or None): value None when the mean |G|^2 is <= 0 and 0
+    when the mean tr(Sigma) is (the noise not resolved from 0), the
     interval None with fewer than two units or when no B_simple >= 0 is consistent with the
     data, and its upper end +inf when |G|^2 cannot be told from 0 (B_simple is "at least low")."""
     gradient_sq = np.asarray(gradient_sq, float)
@@ -207,7 +208,10 @@ def pooled_ratio(gradient_sq, trace, level=0.95, groups=None):
         groups = np.asarray(groups)[finite]
     if len(gradient_sq) == 0:
         return None, None
-    value = _ratio(trace.mean(), gradient_sq.mean())
+    # tr(Sigma) cannot be negative: a negative mean of noisy single-update estimates says the
+    # noise is not resolved from 0, so the value is 0, inside the interval cut to >= 0 (the
+    # probe's estimate clips the same way).
+    value = _ratio(max(float(trace.mean()), 0.0), gradient_sq.mean())
     value = value if np.isfinite(value) else None
     g_units, t_units = _unit_sums(gradient_sq, trace, groups)
     if len(g_units) < 2:

@@ -43,7 +43,10 @@ def record(run, run_dir):
             out.update(status="failed", error="result.json missing or unreadable")
         return out
     measured = result.get("measurements") or {}
-    final = final_metrics(result.get("final_epoch") or {})
+    # result.json holds a NaN or infinite metric as null (JSON has no NaN): read it back as NaN,
+    # so a run that finished diverged counts as diverged instead of having no metric
+    final = final_metrics({name: math.nan if value is None else value
+                           for name, value in (result.get("final_epoch") or {}).items()})
     out.update(curve=measured.get("curve") or {}, final=final,
                b_simple=measured.get("noise_scale/b_simple"),
                b_simple_curve=measured.get("noise_scale/b_simple_curve"),
