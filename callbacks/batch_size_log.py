@@ -14,7 +14,8 @@ from experiments.engine.schedule import epoch_first_update
 
 class BatchSizeLog(keras.callbacks.Callback):
     """Writes ``batch_size`` and ``num_micro_batches`` at the update each stage starts and at each
-    epoch's first update (a step curve in TensorBoard, x axis: updates done).
+    epoch's first update (a step curve in TensorBoard), keyed as every per-update scalar is: by
+    the 1-based count of the first update that has that B.
 
     Args:
       stages: dicts with ``update`` (updates done when the stage starts), ``batch_size`` and
@@ -46,4 +47,4 @@ class BatchSizeLog(keras.callbacks.Callback):
             values = {"batch_size": stage["batch_size"],
                       "num_micro_batches": stage["num_micro_batches"]}
             self.history.append((update, values["batch_size"], values["num_micro_batches"]))
-            summary_writer.scalars(self.log_dir, values, update)
+            summary_writer.scalars(self.log_dir, values, update + 1)

@@ -164,18 +164,20 @@ class GeneralizationGap(MeasurementCallback):
             return bool(self.add_to_logs)
         return self.log_dir is None or getattr(self.model, "measurements", None) is not None
 
-    def _record(self, epoch, values):
+    def _record(self, epoch, values, on_update_axis=True):
         self._last_epoch = epoch
         self.final = dict(values)
         self.publish(epoch, values)
-        updates = summary_writer.by_update(self.model, values)  # the same, on the update axis
-        if updates:
+        updates = summary_writer.by_update(self.model, values) if on_update_axis else None
+        if updates:  # the same, on the update axis
             summary_writer.scalars(self.log_dir, updates[1], updates[0])
 
     def on_train_end(self, logs=None):
         if self._measured_at is None or not np.array_equal(self._measured_at,
                                                            self._fingerprint()):
-            self._record(self._last_epoch + 1, self.measure())
+            # The final weights (e.g. the optimizer's EMA swapped in) came from no new update:
+            # a point after the last epoch, not a second value at the last update's count.
+            self._record(self._last_epoch + 1, self.measure(), on_update_axis=False)
         super().on_train_end(logs)
 
     def result(self):

@@ -12,9 +12,11 @@ Logged at each epoch end, keyed by the epoch (0-based, like Keras' ``epoch_*`` s
 - ``throughput/peak_gpu_memory_mb``: TensorFlow's peak allocation on the first GPU, when present.
 
 The first epoch includes tracing and compiling the train step, so it is slower. Examples are
-counted as ``examples_per_epoch`` when given (the runner passes the training set size; a ragged
-last batch is then counted right), else as updates x ``batch_size``; without either, only the
-update rate is logged.
+counted by ``rows_trained`` when given (the runner passes its batch layout's: exact for a ragged
+last batch, a batch-size schedule, an epoch resumed mid-way, and for stream data, whose examples
+are windows of T steps, S·k per update); else as ``examples_per_epoch`` (in proportion to the
+updates the epoch ran, when it ran fewer than its steps), else as updates x ``batch_size``;
+without any of them, only the update rate is logged.
 """
 
 import time
@@ -30,12 +32,16 @@ class Throughput(MeasurementCallback):
       log_dir: TensorBoard directory; None keeps values only (``self.history``).
       examples_per_epoch: training examples in one epoch, if known.
       batch_size: examples per update, used when ``examples_per_epoch`` is unknown.
+      rows_trained: a function of the run's update count giving the examples its updates
+        trained on so far (``BatchLayout.rows_trained``); an epoch counts the difference.
     """
 
-    def __init__(self, log_dir=None, examples_per_epoch=None, batch_size=None):
+    def __init__(self, log_dir=None, examples_per_epoch=None, batch_size=None,
+                 rows_trained=None):
         super().__init__(log_dir)
         self.examples_per_epoch = examples_per_epoch
         self.batch_size = batch_size
+        self.rows_trained = rows_trained
         self._epoch_started = None
         self._last_update_time = None
         self._updates = 0
@@ -79,12 +85,23 @@ class Throughput(MeasurementCallback):
                   "throughput/epoch_seconds": now - self._epoch_started,
                   "throughput/updates_per_sec": self._updates / train_seconds,
                   "throughput/peak_memory_mb": peak_memory_mb()}
-        examples = self.examples_per_epoch
-        if examples is None and self.batch_size is not None:
-            examples = self._updates * self.batch_size
+        examples = self._examples()
         if examples is not None:
             values["throughput/examples_per_sec"] = examples / train_seconds
         gpu = peak_gpu_memory_mb() if self._gpu is not False else None
         if gpu is not None:
             values["throughput/peak_gpu_memory_mb"] = gpu
         self.publish(epoch, values)
+
+    def _examples(self):
+        """The examples this epoch's updates trained on, or None where nothing says."""
+        if self.rows_trained is not None and self._first_iteration is not None:
+            last = self._first_iteration + self._updates
+            return self.rows_trained(last) - self.rows_trained(self._first_iteration)
+        if self.examples_per_epoch is not None:
+            if self._steps and self._updates < self._steps:  # resumed mid-way or cut short
+                return self.examples_per_epoch * self._updates / self._steps
+            return self.examples_per_epoch
+        if self.batch_size is not None:
+            return self._updates * self.batch_size
+        return None

@@ -244,7 +244,9 @@ def test_a_run_records_its_decisions_with_reasons_and_logs_b(tmp_path, capsys):
     assert "adaptive_batch_size.horizon_examples" not in " ".join(result["unused_bindings"])
     train_dir = os.path.join(path, "tensorboard", "train")
     logged = dict(event_values(train_dir, "batch_size"))
-    assert logged[0] == 32 and all(logged[s["update"]] == s["batch_size"] for s in stages)
+    # keyed by the 1-based count of the first update with that B, as per-update scalars are
+    assert logged[1] == 32 and all(logged[s["update"] + 1] == s["batch_size"] for s in stages)
+    assert 0 not in logged
     b_simple = dict(event_values(train_dir, "adaptive_batch_size/b_simple"))
     assert sorted(b_simple) == [d[0] for d in decisions if d[1] is not None and d[1] > 0]
     rows = result["num_train_examples"]
@@ -271,7 +273,7 @@ def test_adaptive_batch_and_adascale_run_together(tmp_path):
     for update, gain in gains.items():  # r between 1 and S = rows / b of that very update
         scale = each[update - 1] / 16  # (a ragged last batch below b: S < 1, r < 1)
         assert min(1.0, scale) - 1e-6 <= gain <= max(1.0, scale) + 1e-6, (update, gain)
-    assert sorted(sizes)[0] == 0
+    assert sorted(sizes)[0] == 1  # the first update's B, at its 1-based count
     assert result["updates"] < result["adascale/progress"]
 
 

@@ -78,3 +78,38 @@ def test_stream_layout_takes_s_t_k_from_the_stream():
 def test_stream_errors_name_their_bindings(kwargs, message):
     with pytest.raises(ValueError, match=message):
         layout_lib.build(_stream(), **kwargs)
+
+
+def test_rows_trained_counts_the_rows_of_the_updates_made():
+    """What examples/s counts: 100 rows at B = 32 are updates of 32, 32, 32 and 4 rows; a
+    prefix of updates (a run stopped early) and a difference of two counts (an epoch resumed
+    mid-way) count the rows those updates trained, not whole epochs (a resumed epoch of 126
+    updates at B = 1 was counted as its 1438 rows)."""
+    layout = layout_lib.build(_rows(), batch_size=32)
+    sizes = [32, 32, 32, 4] * 3
+    for updates in range(len(sizes) + 1):
+        assert layout.rows_trained(updates) == sum(sizes[:updates])
+    assert layout.rows_trained(8) - layout.rows_trained(6) == 32 + 4  # the 2nd epoch's last two
+    assert layout.rows_per_epoch == 100
+
+
+def test_stream_rows_are_windows_so_k_does_not_change_the_count():
+    """A stream example is one stream's window of T steps: S·k per update, so the same epoch
+    counts the same rows at k = 1 and k = 4 (it counted S per update: examples/s fell by k for
+    the same work), in the unit validation windows are counted in."""
+    one, four = (layout_lib.build(_stream(k=k), batch_size=4) for k in (1, 4))
+    assert one.rows_per_epoch == one.updates_per_epoch * 4 == 399 // 5 // 4 * 4
+    assert four.rows_per_epoch == four.updates_per_epoch * 4 * 4 == 399 // 20 // 4 * 16
+    assert four.rows_trained(3) == 3 * 16
+
+
+def test_rows_trained_follows_a_schedules_stages():
+    """Under a schedule each update has its stage's B (and each epoch's last the rows left)."""
+    from experiments.inputs.batch_schedule import batch_size_schedule  # noqa: PLC0415
+
+    layout = layout_lib.build(_rows(), 8, micro_batch_size=8,
+                              schedule=batch_size_schedule([1], batch_sizes=[32]))
+    sizes = [size for epoch in range(3) for size in layout.update_sizes.epoch(epoch)[1]]
+    assert sizes[:13] == [8] * 12 + [4] and sizes[13:17] == [32, 32, 32, 4]
+    for updates in (0, 5, 13, 14, 17, 20):
+        assert layout.rows_trained(updates) == sum(sizes[:updates])

@@ -78,6 +78,21 @@ def test_the_stated_weight_of_the_initial_values_is_the_layers_own(tmp_path, bin
     assert stated["stale"] == (stated["initial_weight"] > bns.STALE_WEIGHT)  # 4%, 4%, 21%
 
 
+def test_a_run_stopped_early_counts_the_examples_it_trained(tmp_path):
+    """result.json's examples_per_sec counts the rows of the updates made: EarlyStopping after
+    2 of 3 epochs trained 2 x 80 rows, not the 3 x 80 the planned epochs hold."""
+    _launch(tmp_path, ["train.batch_size = 32",
+                       "train.extra_callbacks = [@keras.callbacks.EarlyStopping()]",
+                       "keras.callbacks.EarlyStopping.monitor = 'loss'",
+                       "keras.callbacks.EarlyStopping.min_delta = 100.0",
+                       "keras.callbacks.EarlyStopping.patience = 1"])
+    (path,) = glob.glob(str(tmp_path / "runs" / "**" / "result.json"), recursive=True)
+    with open(path, encoding="utf-8") as handle:
+        result = json.load(handle)
+    assert result["updates"] == 6 and result["num_train_examples"] == 80
+    assert result["examples_per_sec"] * result["train_time_s"] == pytest.approx(160.0)
+
+
 def test_updates_per_replica():
     layout = layout_lib.build(_digits_like(), 512, 16)
     assert bns.moving_average_updates(layout, 20) == 20 * (2 * 32 + 26)  # 1438 rows

@@ -215,7 +215,9 @@ def test_a_run_counts_updates_and_logs_b_per_stage(tmp_path):
     assert result["final_batch_size"] == 512 and result["micro_batch_size"] == 16
     assert result["updates_per_epoch"] is None  # the first stage's count matches no later epoch
     logged = event_values(os.path.join(path, "tensorboard", "train"), "batch_size")
-    assert logged == [(0, 32.0), (per_epoch[0], 128.0), (per_epoch[0] + per_epoch[1], 512.0)]
+    # at the 1-based count of each stage's first update, as every per-update scalar is keyed
+    assert logged == [(1, 32.0), (per_epoch[0] + 1, 128.0),
+                      (per_epoch[0] + per_epoch[1] + 1, 512.0)]
     assert result["measurements"]["noise_scale/b_simple"] > 0  # estimated from B = k*b each
 
 

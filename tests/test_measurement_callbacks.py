@@ -105,6 +105,48 @@ def test_throughput_counts_updates_and_examples():
         assert a["throughput/peak_memory_mb"] > 10
 
 
+def test_throughput_counts_the_rows_of_an_epoch_that_ran_fewer_updates():
+    """An epoch that runs 3 of its 4 steps (as one resumed mid-way, or stopped, does): its
+    examples are the rows its updates trained (``rows_trained``), or its share of
+    ``examples_per_epoch``; they were the whole epoch's 64."""
+    x, y, _, _ = _data()
+    exact = Throughput(examples_per_epoch=64, rows_trained=lambda updates: 10 * updates)
+    share = Throughput(examples_per_epoch=64)
+
+    class StopAfterThree(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            self.model.stop_training = batch == 2
+
+    _model().fit(x, y, batch_size=16, epochs=2, verbose=0,
+                 callbacks=[exact, share, StopAfterThree()])
+    for callback, rows in ((exact, 30.0), (share, 48.0)):
+        ((_, epoch),) = callback.history
+        assert epoch["throughput/updates_per_sec"] * epoch["throughput/train_seconds"] == \
+            pytest.approx(3.0)
+        assert epoch["throughput/examples_per_sec"] * epoch["throughput/train_seconds"] == \
+            pytest.approx(rows)
+
+
+def test_the_gap_of_swapped_in_ema_weights_adds_no_second_point_at_the_last_update(tmp_path):
+    """With ``use_ema`` Keras swaps the averaged weights in after training, and the gap is
+    measured again: a point after the last epoch on the epoch axis, none on the update axis,
+    where it was a second, different value at the last update's count."""
+    from tests.helpers import event_values  # noqa: PLC0415
+
+    x, y, xv, yv = _data()
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((x.shape[1],)), keras.layers.Dense(3)])
+    model.compile(keras.optimizers.SGD(0.5, use_ema=True, ema_momentum=0.9),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    gap = GeneralizationGap((x[:32], y[:32]), (xv, yv), log_dir=str(tmp_path))
+    model.fit(x, y, batch_size=16, epochs=2, verbose=0, callbacks=[gap])
+    gap.flush()
+    by_epoch = event_values(str(tmp_path), "generalization_gap/loss")
+    by_update = event_values(str(tmp_path), "by_update/generalization_gap/loss")
+    assert [step for step, _ in by_epoch] == [0, 1, 2]  # the EMA weights' point: epoch 2
+    assert [step for step, _ in by_update] == [4, 8]
+
+
 def test_gap_on_a_stream_dataset_keeps_the_training_state():
     """A stateful model: the subset is evaluated from a zero state, the training state survives."""
     rng = np.random.default_rng(0)

@@ -427,3 +427,54 @@ def test_soft_targets_with_categorical_cross_entropy_are_not_refused(tmp_path):
                               "train.metrics = []\ntrain.batch_size = 8\n")
     _launch(tmp_path, gin_file)
     assert np.isfinite(_result(tmp_path)["final_validation"]["loss"])
+
+
+# -- Found by trying the input side (2026-12-05, later) ------------------------------------------
+
+def test_an_empty_source_says_it_has_no_examples():
+    """0 rows: 'no examples' (it advised raising validation_split, or failed with NumPy's
+    'zero-size array to reduction operation maximum')."""
+    for split in (None, 0.0):
+        with pytest.raises(ValueError, match="'arrays': no examples"):
+            arrays.arrays(x=np.zeros((0, 3), "float32"), y=np.zeros(0, "int64"),
+                          validation_split=split)
+
+
+def test_values_that_are_not_numbers_are_refused_by_the_source(tmp_path):
+    """String inputs passed the source and failed in the model with the array dumped in the
+    message; a string series failed with NumPy's bare 'could not convert string to float'."""
+    from experiments.inputs import stream_sources  # noqa: PLC0415
+
+    with pytest.raises(ValueError, match=r"'arrays', x: values of type <U1 are not numbers"):
+        arrays.arrays(x=np.array([["a", "b"]] * 10), y=np.arange(10) % 2)
+    with pytest.raises(ValueError, match=r"'arrays', y: values of type <U3 are not numbers"):
+        arrays.arrays(x=np.zeros((10, 2)), y=np.array(["cat", "dog"] * 5))
+    np.save(tmp_path / "words.npy", np.array(list("abcdefgh") * 10))
+    with pytest.raises(ValueError, match="'words': the series: values of type <U1 are not"):
+        stream_sources.stream_series(path=str(tmp_path / "words.npy"))
+
+
+def test_object_arrays_name_the_file_and_key_and_say_why(tmp_path):
+    """A pickled object array: the file and key named and the cause said (the .npz gave NumPy's
+    bare 'Object arrays cannot be loaded', the .npy 'it has no NumPy header')."""
+    from experiments.inputs import files  # noqa: PLC0415
+
+    ragged = np.empty(2, dtype=object)
+    ragged[:] = [[1.0, 2.0], [3.0]]
+    np.savez(tmp_path / "obj.npz", x=ragged, y=np.arange(2))
+    np.save(tmp_path / "obj.npy", ragged, allow_pickle=True)
+    with pytest.raises(files.InputFileError, match=r"obj.npz, key 'x': an object array"):
+        files.read_npz_arrays(str(tmp_path / "obj.npz"))
+    with pytest.raises(files.InputFileError, match=r"obj.npy: an object array"):
+        files.read_npy(str(tmp_path / "obj.npy"))
+
+
+def test_a_model_for_rows_on_stream_data_gets_the_streams_hint(tmp_path):
+    """The MLP on stream windows failed with Keras' 'Shapes used to initialize variables must
+    be fully-defined ... mlp/dense/kernel', nothing about streams; before the run directory."""
+    with pytest.raises(ValueError, match=r"could not be built for 'flip_flop', stream data.*"
+                                         r"Shapes used to initialize.*@stateful_stacked_lstm"):
+        launch.launch(["gin/base.gin", "gin/models/mlp.gin", "gin/data/stateful_flip_flop.gin"],
+                      ["flip_flop.num_steps = 4000", "train.verbose = 0"],
+                      output_dir=str(tmp_path / "runs"), print_fn=lambda *_: None)
+    assert not glob.glob(str(tmp_path / "runs" / "**" / "config.gin"), recursive=True)

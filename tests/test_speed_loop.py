@@ -140,6 +140,30 @@ def test_a_callback_acting_before_every_update_gets_one_update_per_call():
     assert callback.batches == list(range(5)) * 2
 
 
+def test_an_optimizer_with_ema_ends_with_its_averages_as_in_keras_fit():
+    """``use_ema``: Keras' fit ends by swapping the optimizer's moving averages into the model;
+    batchlab's loop must too (it ended on the last update's raw weights)."""
+    def trained(fit):
+        keras.utils.set_random_seed(0)
+        model = virtual_batch_model.as_virtual_batch_model(keras.Sequential([
+            keras.Input((4,)), keras.layers.Dense(3, activation="relu"), keras.layers.Dense(2)]))
+        model.compile(optimizer=keras.optimizers.SGD(0.1, use_ema=True, ema_momentum=0.5),
+                      loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        fit(model)
+        return model.get_weights()
+
+    train_from = _train_from(5)
+    ours = trained(lambda model: custom_loop.CustomLoop(model, steps_per_execution=4).fit_from(
+        train_from, 5, 2, verbose=0))
+    keras_fit = trained(lambda model: model.fit(train_from(0, 0, 2), epochs=2,
+                                                steps_per_epoch=5, verbose=0))
+    raw = trained(lambda model: [model.train_on_batch(x, y)
+                                 for x, y in train_from(0, 0, 2)])  # no swap
+    for a, b in zip(ours, keras_fit):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+    assert not all(np.allclose(a, b) for a, b in zip(ours, raw))
+
+
 def test_validation_in_one_call_equals_batch_by_batch():
     class TestBatches(keras.callbacks.Callback):  # forces the batch-by-batch route
         def on_test_batch_end(self, batch, logs=None):

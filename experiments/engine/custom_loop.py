@@ -261,6 +261,10 @@ class CustomLoop:
                 break
         for measurement in measured:
             measurement.finish(int(model.optimizer.iterations.numpy()))
+        if isinstance(model.optimizer, keras.optimizers.Optimizer) and epochs > 0:
+            # as Keras' fit ends: an optimizer with ``use_ema`` swaps its averages in
+            with self.strategy.scope():
+                model.optimizer.finalize_variable_values(model.trainable_weights)
         callback_list.on_train_end(logs)
         return history
 

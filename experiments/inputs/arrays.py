@@ -81,6 +81,10 @@ def check_task(task, where):
 def _prepare(x, y, task, scale, flatten, dtype, where, num_classes, row_name=None):
     x = np.asarray(x)
     y = np.asarray(y)
+    if len(x) == 0:  # before the split, whose advice (raise it) could not help
+        raise ValueError(f"{where}: no examples (x has 0 rows).")
+    files.check_numeric(x, f"{where}, x")
+    files.check_numeric(y, f"{where}, y")
     if task in ("classification", "binary") and _one_hot(y):
         raise ValueError(
             f"{where}: labels of shape {y.shape} look one-hot (or multi-label); a {task} "

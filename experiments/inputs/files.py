@@ -231,13 +231,31 @@ def read_csv_column(path, column):
 # NumPy files
 
 
+_OBJECT_ARRAY = ("an object array (Python objects, stored as a pickle), which batchlab does not "
+                 "load (a pickle can run code): save numbers, e.g. np.asarray(values, "
+                 "dtype='float32').")
+
+
+def check_numeric(array, where):
+    """Refuses an array that holds no numbers (strings, Python objects): it would fail later in
+    the model, with the whole array in the message."""
+    array = np.asarray(array)
+    if not (np.issubdtype(array.dtype, np.number) or array.dtype == np.bool_):
+        raise ValueError(f"{where}: values of type {array.dtype} are not numbers; convert them "
+                         "(class names to ids, text to token ids) before giving them to "
+                         "batchlab.")
+    return array
+
+
 def _load(path):
     """np.load without pickles; an unreadable archive or array is an InputFileError."""
     try:
         # allow_pickle=False: a data file must not be able to run code when it is loaded.
         return np.load(path, allow_pickle=False)
     except (ValueError, EOFError, zipfile.BadZipFile) as error:
-        if "pickle" in str(error):  # no NumPy header: NumPy suggests loading it unsafely
+        if "Object arrays cannot be loaded" in str(error):
+            raise InputFileError(f"{path}: {_OBJECT_ARRAY}") from None
+        if "as a pickle" in str(error):  # no NumPy header: NumPy suggests loading it unsafely
             raise InputFileError(
                 f"{path}: not a readable NumPy file: it has no NumPy header (for a CSV file, "
                 "use csv_file).") from None
@@ -262,7 +280,15 @@ def read_npz_arrays(path, keys=None):
         if missing:
             raise KeyError(f"{path}: no array {', '.join(map(repr, missing))}; "
                            f"the archive has {', '.join(map(repr, archive.files)) or 'none'}.")
-        arrays = {key: archive[key] for key in keys}
+        arrays = {}
+        for key in keys:  # each array is read here, lazily: its own errors name it
+            try:
+                arrays[key] = archive[key]
+            except ValueError as error:
+                if "Object arrays cannot be loaded" not in str(error):
+                    raise InputFileError(f"{path}, key {key!r}: not readable ({error}).") \
+                        from None
+                raise InputFileError(f"{path}, key {key!r}: {_OBJECT_ARRAY}") from None
     for key, array in arrays.items():
         check_finite(array, f"{path}, key {key!r}")
     return arrays

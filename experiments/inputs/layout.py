@@ -77,6 +77,37 @@ class BatchLayout:
             return self.updates_per_epoch
         return self.update_sizes.updates_in(epoch)
 
+    @property
+    def rows_per_epoch(self):
+        """Input rows one epoch trains on: its examples for arrays; for streams its windows of T
+        steps, S per micro-batch (S·k per update), the unit the validation windows are counted
+        in. A schedule's first epoch for scheduled streams."""
+        if self.examples_per_epoch is not None:
+            return self.examples_per_epoch
+        return self.rows_trained(self.updates_in(0))
+
+    def rows_trained(self, updates):
+        """Input rows (as ``rows_per_epoch`` counts them) of the run's first ``updates`` updates:
+        what examples per second counts, exact for a ragged last batch, a schedule's stages and
+        an epoch resumed mid-way or cut short (the rows of updates u0..u1 are
+        ``rows_trained(u1) - rows_trained(u0)``)."""
+        if self.update_sizes is not None:  # sizes in rows, or in windows of S streams
+            unit = self.num_streams if self.time_windows else 1
+            rows, epoch = 0, 0
+            while updates > 0:
+                sizes = self.update_sizes.epoch(epoch)[1]
+                if not sizes:  # an epoch holds no update: nothing more is trained
+                    break
+                rows += sum(sizes[:updates]) * unit
+                updates, epoch = updates - len(sizes), epoch + 1
+            return rows
+        per_update = (self.num_streams * self.num_micro_batches if self.time_windows
+                      else self.batch_size)
+        epochs, part = divmod(int(updates), self.updates_per_epoch)
+        per_epoch = (self.examples_per_epoch if self.examples_per_epoch is not None
+                     else self.updates_per_epoch * per_update)
+        return epochs * per_epoch + part * per_update  # a ragged batch is an epoch's last
+
     def stages(self, epochs):
         """Each stage of a batch-size schedule over ``epochs`` epochs: where it starts (epoch,
         update) and its B and k; one stage without a schedule."""

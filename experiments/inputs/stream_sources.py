@@ -82,6 +82,9 @@ def stream_series(series=None, path=None, key="x", column=None, targets=None, ta
                          "stream_series.path.")
     name = name or (os.path.splitext(os.path.basename(path))[0] if path else "series")
     values = np.asarray(series) if series is not None else _load_series(path, key, column)
+    files.check_numeric(values, f"'{name}': the series")
+    if len(values) == 0:
+        raise ValueError(f"'{name}': the series is empty.")
     if targets is None and (target_key or target_column) and path is not None:
         targets = _load_series(path, target_key, target_column)
     is_ids = np.issubdtype(values.dtype, np.integer)
@@ -100,7 +103,7 @@ def stream_series(series=None, path=None, key="x", column=None, targets=None, ta
                               "language_model", vocab, vocab)
         return _make_data(name, inputs, targets, layout, validation_split, "regression",
                           values.shape[-1])
-    targets = np.asarray(targets)
+    targets = files.check_numeric(targets, f"'{name}': the targets")
     if target_task == "classification":
         targets = labels.check_classes(targets, f"'{name}': the targets",
                                        row_name=lambda row: f"step {row}")

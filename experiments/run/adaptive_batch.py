@@ -86,18 +86,22 @@ class AdaptiveBatchController:
         return changed
 
     def _log(self, update, b_simple, size):
-        values = {"batch_size": size, "num_micro_batches": size // self.micro_batch_size}
+        """B_simple at the update it was measured after (``update`` updates done), the B decided
+        at the first update that trains with it (1-based ``update + 1``), as every per-update
+        scalar is keyed."""
         if math.isfinite(b_simple):
-            values.update({"adaptive_batch_size/b_simple": b_simple,
-                           "adaptive_batch_size/target": self.settings.scale * b_simple})
-        summary_writer.scalars(self.log_dir, values, update)
+            summary_writer.scalars(self.log_dir, {
+                "adaptive_batch_size/b_simple": b_simple,
+                "adaptive_batch_size/target": self.settings.scale * b_simple}, update)
+        summary_writer.scalars(self.log_dir, {
+            "batch_size": size, "num_micro_batches": size // self.micro_batch_size}, update + 1)
 
     def log_start(self):
         """The batch training starts (or resumes) with, at its update."""
         update = int(self.model.optimizer.iterations.numpy())
         size = self.sizes.current_size
         summary_writer.scalars(self.log_dir, {
-            "batch_size": size, "num_micro_batches": size // self.micro_batch_size}, update)
+            "batch_size": size, "num_micro_batches": size // self.micro_batch_size}, update + 1)
 
     def state(self):
         """What a checkpoint keeps: the decisions, their reasons and the history."""

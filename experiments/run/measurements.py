@@ -283,7 +283,8 @@ def throughput(context):
     """Examples/s, updates/s, seconds per epoch, peak memory. Keep it last in the list so that
     ``throughput/epoch_seconds`` includes the other measurements' end-of-epoch work."""
     return Throughput(context.log_dir, examples_per_epoch=context.layout.examples_per_epoch,
-                      batch_size=context.layout.batch_size)
+                      batch_size=context.layout.batch_size,
+                      rows_trained=context.layout.rows_trained)
 
 
 @gin.configurable(module="measurements")

@@ -104,7 +104,7 @@ def build_model(plan):
     measured = settings.measurements
     with plan.strategy.scope():
         model = as_virtual_batch_model(
-            settings.model.model_fn(plan.data.spec),
+            stateful.build_model(settings.model.model_fn, plan.data),
             micro_batch_size=None if layout.time_windows else layout.split_size,
             track_gradient_noise=plan.track_gradient_noise,
             # Nothing measured: the step skips the gradient norms too.

@@ -330,7 +330,7 @@ def _result(plan, model, history, final, train_time, measured, restored=None):
     """The result dict of a trained run (before run-level fields are added)."""
     layout, epochs = plan.layout, plan.settings.epochs
     updates = int(model.optimizer.iterations.numpy())
-    num_train = layout.examples_per_epoch or layout.updates_per_epoch * layout.batch_size
+    num_train = layout.rows_per_epoch
     scheduled = {}
     if layout.batch_size_schedule is not None and not layout.adaptive:
         # where B grew, and the B it ended with
@@ -343,7 +343,8 @@ def _result(plan, model, history, final, train_time, measured, restored=None):
         "epochs": epochs,
         "updates": updates,
         "train_time_s": train_time,
-        "examples_per_sec": num_train * epochs / max(train_time, 1e-9),
+        # the rows of the updates made (not every planned epoch's: a run stopped early)
+        "examples_per_sec": layout.rows_trained(updates) / max(train_time, 1e-9),
         "updates_per_sec": updates / max(train_time, 1e-9),
         "final_epoch": {k: float(v[-1]) for k, v in history.items() if v},
         "final_validation": {k: float(v) for k, v in final.items()},
@@ -393,9 +394,8 @@ def _peak_learning_rate(model, updates):
 
 
 def _num_validation(plan):
-    """Validation rows: the held-out arrays', or for stream data the rows its held-out windows
-    make (S streams per window; ``num_train_examples`` counts a stream's k windows of one
-    update as one row, so with k > 1 the two are in different units)."""
+    """Validation rows: the held-out arrays', or for stream data its held-out windows of T steps
+    (S per window step), the unit ``num_train_examples`` counts stream data in."""
     if plan.data.stream is not None:
         steps = plan.pipelines.validation_steps
         return 0 if not steps else steps * plan.layout.batch_size

@@ -18,6 +18,23 @@ from experiments.engine import states
 isolated_state = states.isolated_state
 
 
+def build_model(model_fn, data):
+    """``model_fn``'s model for ``data``. On stream data a model that cannot be built for its
+    windows (a model for fixed-size rows: its time axis is open) gets the stream's hint beside
+    its own error, which otherwise names only a layer's variable."""
+    if data.stream is None:
+        return model_fn(data.spec)
+    try:
+        return model_fn(data.spec)
+    except (ValueError, TypeError) as error:
+        cause = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ValueError(
+            f"The model could not be built for '{data.name}', stream data (inputs of shape "
+            f"{data.spec.input_shape}: windows of steps): {cause}. Stream data needs a "
+            "sequence model: @stateful_stacked_lstm, or @stacked_lstm with "
+            "stream_layout.stateful=False.") from error
+
+
 def prepare(model, data, layout):
     """Checks model against data, sets the time-window step; returns the state callbacks."""
     stateful = bool(states.stateful_layers(model))
