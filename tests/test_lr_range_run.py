@@ -38,6 +38,7 @@ def test_a_range_test_run_suggests_a_learning_rate_inside_the_ramp(tmp_path, mon
     test = saved["lr_range_test"]
     assert test["stopped_because"] == "diverged"  # 100 is far beyond what SGD with momentum takes
     assert saved["updates"] == test["updates"] <= 60
+    assert saved["peak_learning_rate"] == max(test["learning_rates"]) > 1.0  # not the base rate
     assert 1e-4 < test["suggested_learning_rate"] < test["min_loss_learning_rate"] < 100.0
     assert test["rule"] == "steepest" and "falls fastest" in test["explanation"]
     with open(test["plot"], "rb") as handle:

@@ -424,6 +424,8 @@ def report_json(summary):
         "b_simple_interval": _interval(summary["b_simple_interval"]),
         "b_simple_interval_level": summary["b_simple_info"].get("interval_level", LEVEL),
         "b_simple_num_runs": summary["num_b_simple"],
+        "b_simple_num_runs_outside_window":
+            summary["b_simple_info"].get("num_runs_outside_window"),
         "b_simple_source": summary["b_simple_info"].get("source"),
         "b_simple_note": summary["b_simple_info"].get("note"),
         "b_crit_over_b_simple": summary["b_crit_over_b_simple"],

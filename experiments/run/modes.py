@@ -124,9 +124,14 @@ class RangeTestMode(RunMode):
         return [range_test.callback(self.test, log_dir)]
 
     def summarize(self, callbacks, run_dir):
-        """``lr_range_test``: the suggestion, its rule, the curve and the plot."""
+        """``lr_range_test``: the suggestion, its rule, the curve and the plot; and the run's
+        ``peak_learning_rate``, the ramp's highest rate (not the optimizer's base rate)."""
         (test,) = callbacks
-        return {"lr_range_test": range_test.summarize(self.test, test, run_dir)}
+        summary = range_test.summarize(self.test, test, run_dir)
+        out = {"lr_range_test": summary}
+        if summary["learning_rates"]:
+            out["peak_learning_rate"] = float(max(summary["learning_rates"]))
+        return out
 
 
 @dataclasses.dataclass(frozen=True)

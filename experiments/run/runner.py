@@ -124,6 +124,7 @@ def run(settings, output, run_mode):
     multi_worker = distribute.is_multi_worker(plan.strategy)
     state = RunState(path, settings.checkpoints, resuming, synchronized=multi_worker,
                      from_checkpoint=run_mode.resumable)
+    state.process_started = started
     try:
         state.use_data(dataset_lib.fingerprint(plan.data))  # refuses changed data on a resume
     except ValueError:
@@ -151,7 +152,7 @@ def run(settings, output, run_mode):
                         ", ".join(unused))
     experiment, group = output.names()
     result.update(experiment=experiment, group=group, run_dir=path, seed=settings.seed,
-                  dtype_policy=settings.model.dtype_policy, wall_time_s=time.time() - started,
+                  dtype_policy=settings.model.dtype_policy, wall_time_s=state.wall_seconds(),
                   peak_memory_mb=peak_memory_mb(), versions=_package_versions(),
                   unused_bindings=unused)
     run_dir_lib.write_json(path, "result.json", result)

@@ -58,6 +58,7 @@ class RunState:
         # Host-side state of the run's Keras callbacks (``callback_states.CallbackStates``).
         self.callback_states = None
         self._fit_started = self._fit_ended = None
+        self.process_started = time.time()  # the runner sets its own start (before the plan)
         self._status = run_dir_lib.running_status()
         self.position, self.bookkeeping, self._checkpoint = Position(0, 0, 0), {}, None
         if resuming and from_checkpoint:
@@ -94,6 +95,11 @@ class RunState:
             here = (self._fit_ended or time.monotonic()) - self._fit_started
         return self.bookkeeping.get("train_time_s", 0.0) + here
 
+    def wall_seconds(self):
+        """Wall-clock time of the run so far, over every process that ran it up to its last
+        checkpoint (a resumed run's earlier processes included)."""
+        return self.bookkeeping.get("wall_time_s", 0.0) + time.time() - self.process_started
+
     def resume(self, model):
         """The ``Resume`` the loop applies (None when starting afresh)."""
         self.model = model
@@ -112,6 +118,7 @@ class RunState:
         # replayed ones twice).
         summary_writer.flush()
         bookkeeping = {"train_time_s": self.training_seconds(),
+                       "wall_time_s": self.wall_seconds(),
                        "resumed_at": self._resumed_at(),
                        "measurement_results": self.measurement_results(),
                        "data": self.data_fingerprint, **self.more_bookkeeping()}
