@@ -156,10 +156,14 @@ def main(argv):
         threads = threads or spares.threads_per_job(FLAGS.jobs)
         for name, value in spares.thread_env(threads).items():  # as the workers have it
             os.environ[name] = value
-    _limit_threads(threads)
-    from experiments import launch  # after flags: importing TensorFlow is slow
-    from experiments.launch import executor, spares
-    from callbacks.checkpointing import TrainingInterrupted
+    try:  # a stop signal while TensorFlow loads: nothing has started, nothing to save
+        _limit_threads(threads)
+        from experiments import launch  # after flags: importing TensorFlow is slow
+        from experiments.launch import executor, spares
+        from callbacks.checkpointing import TrainingInterrupted
+    except KeyboardInterrupt as stopped:
+        print("batchlab: stopped while starting; nothing was written.", file=sys.stderr)
+        sys.exit(128 + getattr(stopped, "signum", signal.SIGINT))
 
     try:
         _dispatch(launch)

@@ -29,6 +29,18 @@ class TrainingInterrupted(Exception):
         self.update = update
 
 
+class StoppedAfterFinish(TrainingInterrupted):
+    """A stop signal that came after the run's last update (during its last validation, final
+    evaluation or reports): the run finished and its result is written; what launched it (a
+    sweep, a study) stops, as on any stop signal."""
+
+    def __init__(self, reason, update):
+        Exception.__init__(self, f"stopped ({reason_name(reason)}) after the run finished at "
+                                 f"update {update}; its result is written")
+        self.reason = reason
+        self.update = update
+
+
 def reason_name(reason):
     """A signal number as its name (SIGTERM), anything else as it is."""
     try:

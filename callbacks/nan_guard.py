@@ -19,16 +19,27 @@ class FailOnNonFiniteLoss(keras.callbacks.Callback):
     def __init__(self):
         super().__init__()
         self._epoch = 0
+        self._checked = 0  # updates of the epoch whose loss was seen finite
 
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch = epoch
+        self._checked = 0
 
     def on_train_batch_end(self, batch, logs=None):
+        # A loop running several updates per graph call (``steps_per_execution``) calls this
+        # once per call: the loss turned non-finite somewhere after the last finite reading.
         loss = (logs or {}).get("loss")
-        if loss is not None and not math.isfinite(float(loss)):
-            raise NonFiniteLossError(
-                f"The training loss became {float(loss)} at update {batch + 1} of epoch "
-                f"{self._epoch + 1}: lower the learning rate{self._policy_advice()}.")
+        if loss is None:
+            return
+        if math.isfinite(float(loss)):
+            self._checked = batch + 1
+            return
+        first, last = self._checked + 1, batch + 1
+        where = (f"at update {last}" if first == last else
+                 f"between updates {first} and {last} (checked once per graph call of updates)")
+        raise NonFiniteLossError(
+            f"The training loss became {float(loss)} {where} of epoch {self._epoch + 1}: lower "
+            f"the learning rate{self._policy_advice()}.")
 
     def _policy_advice(self):
         """", check the data for NaN/inf, or use a float32 policy" under a low-precision

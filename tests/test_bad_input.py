@@ -94,7 +94,9 @@ def test_bad_variant_is_caught_before_any_run(tmp_path):
 
 @pytest.mark.slow
 def test_nan_loss_fails_the_run_and_says_where(tmp_path):
-    with pytest.raises(FloatingPointError, match=r"became (nan|inf) at update \d+ of epoch 1"):
+    with pytest.raises(FloatingPointError, match=r"became (nan|inf) (at update \d+|between "
+                                                 r"updates 1 and \d+ \(checked once per graph "
+                                                 r"call of updates\)) of epoch 1"):
         _launch(tmp_path, ["keras.optimizers.SGD.learning_rate = 1e12",
                            "keras.optimizers.SGD.momentum = 0.0"])
     (path,) = run_dirs(str(tmp_path / "runs"))
@@ -149,3 +151,19 @@ def test_a_variant_name_that_is_not_a_run_directory_name_is_refused(tmp_path, na
     with pytest.raises(launch.ConfigError, match=message):
         _launch(tmp_path, [f"sweep.variants = {{{name}: ['train.batch_size = 16']}}"])
     _assert_no_run(tmp_path)
+
+
+def test_the_nan_guard_names_the_updates_between_its_readings():
+    """With several updates per graph call the guard reads the loss once per call: it named the
+    call's last update as where the loss turned NaN; now the span since the last finite one."""
+    from callbacks.nan_guard import FailOnNonFiniteLoss  # noqa: PLC0415
+
+    guard = FailOnNonFiniteLoss()
+    guard.on_epoch_begin(0)
+    guard.on_train_batch_end(7, {"loss": 0.5})  # updates 1-8 finite, read after update 8
+    with pytest.raises(FloatingPointError, match="between updates 9 and 16 .* of epoch 1"):
+        guard.on_train_batch_end(15, {"loss": float("nan")})
+    guard.on_epoch_begin(1)
+    guard.on_train_batch_end(0, {"loss": 0.5})
+    with pytest.raises(FloatingPointError, match="inf at update 2 of epoch 2"):
+        guard.on_train_batch_end(1, {"loss": float("inf")})

@@ -373,3 +373,42 @@ def test_the_stop_message_says_how_to_resume_named_and_unnamed_runs():
     unnamed = main._resume_hint(None, None, None)
     assert "--resume=RUN_DIR" in unnamed and "relaunch the same command to resume" not in unnamed
     assert "a sweep or study by relaunching the same command with --run_name=" in unnamed
+
+
+class _SignalAtTrainEnd:
+    """A callback sending this process SIGTERM once training has ended (its last validation and
+    the run's reports still to come)."""
+
+    def __new__(cls):
+        import keras  # noqa: PLC0415
+
+        class SignalAtTrainEnd(keras.callbacks.Callback):
+            def on_train_end(self, logs=None):
+                os.kill(os.getpid(), signal.SIGTERM)
+
+        return SignalAtTrainEnd()
+
+
+def test_a_stop_signal_after_the_last_update_finishes_the_run_and_stops_the_sweep(tmp_path):
+    """SIGTERM after the last update was dropped: the process exited 0 and a sweep trained its
+    next variants. Now the run finishes (result.json, status 'finished') and the launch stops
+    with the signal, before the next variant."""
+    import gin  # noqa: PLC0415
+
+    from callbacks.checkpointing import StoppedAfterFinish, TrainingInterrupted  # noqa: PLC0415
+
+    gin.external_configurable(_SignalAtTrainEnd, "signal_at_train_end")
+    sweep = tmp_path / "two.gin"
+    sweep.write_text("include 'gin/experiments/digits_mlp.gin'\n"
+                     "sweep.variants = {'a': ['train.batch_size = 64'],\n"
+                     "                  'b': ['train.batch_size = 128']}\n")
+    with pytest.raises(StoppedAfterFinish) as stopped:
+        launch.launch([str(sweep)], ["train.epochs = 1", "train.verbose = 0",
+                                     "measurements.enabled = []",
+                                     "train.extra_callbacks = [@signal_at_train_end()]"],
+                      output_dir=str(tmp_path / "runs"), print_fn=lambda *_: None)
+    assert isinstance(stopped.value, TrainingInterrupted)  # main.py exits 128 + the signal
+    assert stopped.value.reason == signal.SIGTERM
+    (finished,) = glob.glob(str(tmp_path / "runs" / "two" / "*" / "a" / "result.json"))
+    assert run_dir.read_status(os.path.dirname(finished))["status"] == "finished"
+    assert not glob.glob(str(tmp_path / "runs" / "two" / "*" / "b"))  # the sweep stopped

@@ -24,7 +24,7 @@ from absl import logging
 from callbacks import summary_writer
 from callbacks.adascale_log import AdaScaleLog
 from callbacks.batch_size_log import BatchSizeLog
-from callbacks.checkpointing import TrainingInterrupted, reason_name
+from callbacks.checkpointing import StoppedAfterFinish, TrainingInterrupted, reason_name
 from callbacks.operative_config import OperativeConfigSaver
 from experiments.common.memory import peak_memory_mb
 from experiments.engine import distribute, keras_internals
@@ -157,6 +157,8 @@ def run(settings, output, run_mode):
                   unused_bindings=unused)
     run_dir_lib.write_json(path, "result.json", result)
     run_dir_lib.write_json(path, "status.json", {"status": "finished"})
+    if stop_requested() is not None:  # the signal came after the last update: acted on now
+        raise StoppedAfterFinish(stop_requested(), result.get("updates"))
     return result
 
 
