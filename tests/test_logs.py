@@ -8,6 +8,8 @@ import subprocess
 import sys
 import types
 
+import pytest
+
 from experiments.analysis import tables
 from experiments.launch import listing, outcomes
 from experiments.run.settings import progress_verbosity
@@ -80,6 +82,36 @@ def test_list_shows_status_metrics_errors_and_groups(tmp_path):
     assert "val_loss=0.25 B=16->48 updates=99" in text  # a batch that grew says so
     assert "NonFiniteLossError: loss became nan" in text
     assert "interrupted" in text and "killed" in text
+
+
+def test_list_says_what_is_damaged(tmp_path):
+    """A truncated sweep.json was listed as "sweep  0 variants: ;", a finished run with a
+    truncated result.json as finished with nothing, an emptied status.json as 'missing'."""
+    sweep = tmp_path / "exp" / "s"
+    _run(str(sweep / "a"), {"status": "finished"}, None)
+    (sweep / "a" / "result.json").write_text('{"updates": 1')
+    _run(str(sweep / "b"), {"status": "finished"}, None)
+    (sweep / "b" / "status.json").write_text("")
+    (sweep / "b" / "config.gin").write_text("train.batch_size = 8\n")
+    (sweep / "sweep.json").write_text('{"variants": {"a": [')
+    text = listing.format_listing(str(tmp_path))
+    assert f"sweep  sweep.json is damaged (not valid JSON); its runs are listed below  {sweep}" \
+        in text
+    assert f"finished     result.json missing or unreadable  {sweep / 'a'}" in text
+    assert "interrupted" in text and str(sweep / "b") in text
+
+
+def test_a_relaunch_onto_a_damaged_sweep_json_says_so(tmp_path):
+    """It said the directory "holds no sweep; use another --run_name"."""
+    from experiments import launch  # noqa: PLC0415
+
+    sweep = tmp_path / "quickstart" / "s"
+    sweep.mkdir(parents=True)
+    (sweep / "sweep.json").write_text('{"variants": {')
+    with pytest.raises(launch.ConfigError, match=r"s/sweep.json is not valid JSON \(damaged"):
+        launch.launch([], ["train.verbose = 0"], output_dir=str(tmp_path), run_name="s",
+                      print_fn=lambda *_: None)
+    assert (sweep / "sweep.json").read_text() == '{"variants": {'  # left as it was
 
 
 def test_a_progress_line_names_each_running_run_and_its_update(tmp_path):

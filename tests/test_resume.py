@@ -201,6 +201,21 @@ def test_a_stale_running_status_reads_as_interrupted(tmp_path):
     assert run_dir.effective_status(path) == "interrupted"
 
 
+def test_a_damaged_status_reads_as_what_the_run_directory_holds(tmp_path):
+    """status.json emptied (a crash while it was written): a batchlab run directory (config.gin)
+    reads as interrupted, so a relaunch resumes from its checkpoints, or as finished with a
+    readable result.json; it read as 'missing', refused as "not made by batchlab"."""
+    path = str(tmp_path)
+    (tmp_path / "status.json").write_text("")
+    assert run_dir.effective_status(path) == "missing"  # no config.gin: not batchlab's
+    (tmp_path / "config.gin").write_text("train.batch_size = 8\n")
+    assert run_dir.effective_status(path) == "interrupted"
+    (tmp_path / "result.json").write_text('{"updates": 3')  # cut short too
+    assert run_dir.effective_status(path) == "interrupted"
+    run_dir.write_json(path, "result.json", {"updates": 3})
+    assert run_dir.effective_status(path) == "finished"
+
+
 def test_checkpoint_store_is_atomic_keeps_k_and_checks_the_model(tmp_path):
     store = CheckpointStore(str(tmp_path), keep=2)
     names = ["model/w", "optimizer/iteration"]

@@ -13,7 +13,7 @@ import os
 import gin
 
 from experiments.analysis import lr_range, tables
-from experiments.common import checks, json_files
+from experiments.common import checks
 from experiments.common.json_files import read_json
 from experiments.launch import comparison as comparison_lib
 from experiments.launch import executor, worker
@@ -249,6 +249,11 @@ def _sweep_dir(output_dir, experiment, run_name, variants, config_text):
                 f"{path} holds a sweep launched with another configuration "
                 f"(--run_name={run_name}); relaunch it with the same gin files and bindings, "
                 "or use another --run_name. The difference:\n" + "\n".join(diff))
+    if stored is None and os.path.exists(os.path.join(path, "sweep.json")):
+        raise ConfigError(
+            f"{path}/sweep.json is not valid JSON (damaged, e.g. by a crash while it was "
+            "written); the sweep's runs are intact. Restore the file, or use another "
+            "--run_name.")
     if stored is None and os.path.exists(path) and os.listdir(path):
         raise ConfigError(f"{path} exists and holds no sweep; use another --run_name.")
     os.makedirs(path, exist_ok=True)
@@ -281,8 +286,8 @@ def _sweep_progress(group_dir, runs):
 
 
 def _write_json(path, payload):
-    with open(path, "w", encoding="utf-8") as handle:
-        json_files.dump(payload, handle, indent=2)  # standard JSON (non-finite: null)
+    """Standard JSON (non-finite: null), written atomically: a crash leaves the old file whole."""
+    run_dir_lib.write_json(os.path.dirname(path), os.path.basename(path), payload)
 
 
 def _columns(columns):

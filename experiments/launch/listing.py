@@ -43,8 +43,12 @@ def run_line(path, now=None):
     state = status.get("status", "missing")
     if state == "running" and not run_dir_lib.is_alive(status, now):
         state = "interrupted"
+    if state == "missing":  # a damaged status.json reads as the rest of the directory says
+        state = run_dir_lib.effective_status(path)
     now = time.time() if now is None else now
-    if state == "finished":
+    if state == "finished" and read_json(os.path.join(path, "result.json")) is None:
+        what = "result.json missing or unreadable"
+    elif state == "finished":
         result = read_json(os.path.join(path, "result.json")) or {}
         final = dict(result.get("final_epoch") or {})
         final.update({f"val_{k}": v for k, v in (result.get("final_validation") or {}).items()})
@@ -84,7 +88,11 @@ def group_line(path):
         if os.path.isfile(report):
             summary += f"; report {report}"
         return "study", summary, path
-    sweep = read_json(os.path.join(path, "sweep.json")) or {}
+    sweep = read_json(os.path.join(path, "sweep.json"))
+    if sweep is None:
+        name = "study.json" if os.path.exists(os.path.join(path, "study.json")) else "sweep.json"
+        return ("study" if name == "study.json" else "sweep"), \
+            f"{name} is damaged (not valid JSON); its runs are listed below", path
     variants = sweep.get("variants") or {}
     counts = {}
     for name in variants:

@@ -141,12 +141,33 @@ def _process_start_time(pid):
 
 def effective_status(run_dir):
     """'finished', 'failed', 'interrupted', 'running' or 'missing'; a 'running' run whose process
-    is gone or whose heartbeat is stale reads as 'interrupted'."""
+    is gone or whose heartbeat is stale reads as 'interrupted'. A damaged status.json (not JSON:
+    a machine that crashed while writing it) in a directory batchlab made (it has config.gin)
+    reads as what the rest says: 'finished' with a readable result.json, else 'interrupted', so
+    a relaunch resumes from its checkpoints instead of refusing the run as not batchlab's."""
     status = read_status(run_dir)
     state = status.get("status", "missing")
+    if state == "missing" and _damaged_status(run_dir):
+        return "finished" if _readable_json(os.path.join(run_dir, "result.json")) \
+            else "interrupted"
     if state == "running" and not is_alive(status):
         return "interrupted"
     return state
+
+
+def _damaged_status(run_dir):
+    """status.json is there but unreadable, in a run directory batchlab made."""
+    path = os.path.join(run_dir, "status.json")
+    return (os.path.exists(path) and os.path.exists(os.path.join(run_dir, "config.gin"))
+            and not _readable_json(path))
+
+
+def _readable_json(path):
+    try:
+        with open(path) as handle:
+            return isinstance(json.load(handle), dict)
+    except (OSError, ValueError):
+        return False
 
 
 class RunExistsError(ValueError):
@@ -295,6 +316,8 @@ def write_json(run_dir, name, payload):
             json.dump(json_files.plain(payload), handle, indent=2, sort_keys=True,
                       allow_nan=False)
             handle.write("\n")
+            handle.flush()
+            os.fsync(handle.fileno())  # the data on disk before the rename makes it the file
         os.replace(tmp, os.path.join(run_dir, name))
     except BaseException:
         _remove_quietly(tmp)
