@@ -167,3 +167,17 @@ def test_the_nan_guard_names_the_updates_between_its_readings():
     guard.on_train_batch_end(0, {"loss": 0.5})
     with pytest.raises(FloatingPointError, match="inf at update 2 of epoch 2"):
         guard.on_train_batch_end(1, {"loss": float("inf")})
+
+
+@pytest.mark.parametrize("binding, message", [
+    ("train.metrics = ['acuracy']", r"train.metrics: 'acuracy' is not a metric Keras knows "
+                                    r"\(did you mean 'accuracy'"),
+    ("keras.optimizers.SGD.learning_rate = -0.1", r"learning rate is -0.1 at the first update"),
+])
+def test_a_misspelt_metric_or_a_negative_rate_is_refused_before_the_run_directory(
+        tmp_path, binding, message):
+    """Both failed after the run directory existed: Keras' "Could not interpret metric
+    identifier" naming no binding, and a run climbing its loss to NaN."""
+    with pytest.raises(ValueError, match=message):
+        _launch(tmp_path, [binding])
+    _assert_no_run(tmp_path)

@@ -35,6 +35,33 @@ def test_the_note_names_a_log_only_where_there_is_one(tmp_path):
         f"run {run} is marked failed; its log.txt and status.json say more"
     os.remove(tmp_path / "log.txt")
     assert errors.failed_run_note(run) == f"run {run} is marked failed in its status.json"
+    # a status that could not be rewritten (a full disk) still says running: not claimed failed
+    (tmp_path / "status.json").write_text('{"status": "running"}\n')
+    assert errors.failed_run_note(run) == f"run {run} failed"
+
+
+def test_a_file_system_error_from_tensorflow_is_one_line_naming_the_file():
+    """A full disk under TensorFlow's own writers (a summary's or the HParams') raised a
+    ResourceExhaustedError shown as a 66-line traceback; a TensorFlow error of another kind
+    stays a bug's traceback."""
+    import tensorflow as tf  # noqa: PLC0415
+
+    full = tf.errors.ResourceExhaustedError(
+        None, None, "/runs/x/events.out.tfevents.1; No space left on device\nmore detail")
+    assert errors.user_message(full) == "/runs/x/events.out.tfevents.1; No space left on device"
+    assert errors.user_message(tf.errors.InvalidArgumentError(None, None, "shape [2]")) is None
+
+
+def test_a_progress_line_shows_an_errors_first_line():
+    """"Type: message" leads a failure summary; the line shown was its last one."""
+    from experiments.launch import outcomes  # noqa: PLC0415
+
+    outcome = outcomes.Outcome("a", "/runs/a", "failed", 1.0,
+                               error="OSError: /runs/a/final.weights.h5: No space\n(, detail)")
+    assert outcomes._summary(outcome) == " (OSError: /runs/a/final.weights.h5: No space)"
+    traceback = outcomes.Outcome("a", "/runs/a", "failed", 1.0,
+                                 error="Traceback (most recent call last):\n  ...\nValueError: x")
+    assert outcomes._summary(traceback) == " (ValueError: x)"
 
 
 def test_a_rule_scaled_rate_for_another_batch_size_is_refused(tmp_path):

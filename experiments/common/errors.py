@@ -5,6 +5,7 @@ configurable 'train' (<function train at 0x...>)"): useful in a traceback, noise
 summary, a status file or a study's progress line.
 """
 
+import json
 import os
 
 GIN_CALL_CHAIN = "\n  In call to configurable"
@@ -25,6 +26,20 @@ _USER_ERRORS = (ValueError, LookupError, OSError, FloatingPointError, RecursionE
 REQUIRED = "Required bindings for `"
 
 
+# What an operating system says of a file it cannot write or read, as TensorFlow's own file
+# errors (e.g. ResourceExhaustedError from a summary writer on a full disk) carry it.
+_FILE_SYSTEM_TEXTS = ("No space left on device", "Permission denied", "Read-only file system",
+                      "Disk quota exceeded", "No such file or directory")
+
+
+def _file_system_error(error):
+    """A TensorFlow op error (``tf.errors.OpError``, recognised without importing TensorFlow)
+    whose message is the file system's: the user's disk, not a bug."""
+    tensorflow_op_error = any(c.__name__ == "OpError" and c.__module__.startswith("tensorflow")
+                              for c in type(error).__mro__)
+    return tensorflow_op_error and any(t in str(error) for t in _FILE_SYSTEM_TEXTS)
+
+
 def user_message(error):
     """The one or two lines ``main.py`` prints for ``error``, or None for an error that is a bug
     (its traceback is then kept). The run directory a failed run was marked in
@@ -39,6 +54,8 @@ def user_message(error):
     if isinstance(error, RecursionError):
         text = ("a binding refers to itself (e.g. X.param = @X()), so building it never ends; "
                 "check the references (@...) in the bindings.")
+    elif _file_system_error(error):
+        text = next(line for line in text.splitlines() if line.strip())
     elif not isinstance(error, _USER_ERRORS):
         return None
     elif isinstance(error, KeyError) and text.startswith(("'", '"')):
@@ -59,8 +76,17 @@ def failed_run_note(run_dir):
     def has(name):
         return os.path.exists(os.path.join(run_dir, name))
 
-    if not has("status.json"):  # the status could not be written (a full disk)
+    if _status_of(run_dir) != "failed":  # the status could not be written (a full disk)
         return f"run {run_dir} failed" + ("; its log.txt says more" if has("log.txt") else "")
     if has("log.txt"):
         return f"run {run_dir} is marked failed; its log.txt and status.json say more"
     return f"run {run_dir} is marked failed in its status.json"
+
+
+def _status_of(run_dir):
+    """The status status.json records, or None where it cannot be read."""
+    try:
+        with open(os.path.join(run_dir, "status.json"), encoding="utf-8") as handle:
+            return json.load(handle).get("status")
+    except (OSError, ValueError, AttributeError):
+        return None

@@ -113,8 +113,11 @@ class Progress:
 
 def _summary(outcome):
     if outcome.status != "finished":
-        lines = (outcome.error or "").strip().splitlines()
-        return f" ({lines[-1][:160]})" if lines else ""
+        lines = [line for line in (outcome.error or "").strip().splitlines() if line.strip()]
+        if not lines:
+            return ""
+        # "Type: message" leads; a traceback ends with it
+        return f" ({(lines[-1] if lines[0].startswith('Traceback') else lines[0])[:160]})"
     final = (outcome.result or {}).get("final_epoch") or {}
     shown = [f"{k}={final[k]:.4g}" for k in ("val_loss", "val_accuracy") if k in final]
     return f" ({', '.join(shown)})" if shown else ""

@@ -119,6 +119,17 @@ def check_loss_on_data(model, plan):
                 f"shape {tuple(y_pred.shape[1:])}: {_cause(error)}") from error
 
 
+def check_learning_rate_sign(model):
+    """The optimizer's learning rate at the first update: a negative or non-finite one (a sign
+    slip in a binding) would climb the loss until it is NaN, after the run directory exists.
+    0 stays allowed (a schedule may start there, a probe may freeze the weights)."""
+    rate = float(np.asarray(model.optimizer.learning_rate))
+    if not np.isfinite(rate) or rate < 0:
+        raise ValueError(f"The optimizer's learning rate is {rate:.6g} at the first update; "
+                         "it must be a positive number (check train.optimizer's learning_rate binding "
+                         "or its schedule).")
+
+
 def check_scaled_learning_rate(plan):
     """Refuses a learning rate that ``scaled_learning_rate`` computed for another B than the
     run's (bound apart from ``train.batch_size``: a study over B, or ``train.batch_size`` set

@@ -37,8 +37,8 @@ from experiments.run import run_dir as run_dir_lib
 from experiments.run import stateful
 from experiments.run.settings import (DataSettings, ModelSettings, RunOutput, RunSettings,
                                       check_eval_batch_size, check_learning_rate_scaling,
-                                      check_training,
-                                      checkpoint_settings, progress_verbosity)
+                                      check_metrics, check_training, checkpoint_settings,
+                                      progress_verbosity)
 from experiments.run.training_state import RunState
 
 PACKAGES = ("tensorflow", "tensorflow-cpu", "keras", "gin-config", "absl-py", "numpy",
@@ -86,6 +86,7 @@ def train(model_fn=gin.REQUIRED, data_fn=gin.REQUIRED, optimizer=gin.REQUIRED, l
     """
     check_training(epochs, seed, dtype_policy, verbose)
     check_eval_batch_size(eval_batch_size)
+    check_metrics(metrics)
     verbose = progress_verbosity(verbose)
     run_mode = modes.chosen(mode)
     settings = RunSettings(
@@ -120,6 +121,7 @@ def run(settings, output, run_mode):
     built = plan_lib.build_model(plan)
     preflight.check_loss_on_data(built[0], plan)
     preflight.check_scaled_learning_rate(plan)
+    preflight.check_learning_rate_sign(built[0])
     path, resuming = _open_run_dir(output)
     multi_worker = distribute.is_multi_worker(plan.strategy)
     state = RunState(path, settings.checkpoints, resuming, synchronized=multi_worker,

@@ -144,6 +144,34 @@ def check_learning_rate_scaling(scaling):
     return scaling
 
 
+# Names Keras' compile resolves by the loss and the output (not metrics of their own name).
+_COMPILE_METRIC_NAMES = ("accuracy", "acc", "crossentropy", "ce")
+
+
+def check_metrics(metrics):
+    """``train.metrics``: each name one Keras knows. A misspelt one ('acuracy') otherwise fails
+    at the first update, after the run directory exists, with Keras' "Could not interpret
+    metric identifier" that names no binding."""
+    import difflib  # noqa: PLC0415
+    import keras  # noqa: PLC0415
+
+    for metric in metrics or ():
+        if not isinstance(metric, str) or metric in _COMPILE_METRIC_NAMES:
+            continue
+        try:
+            keras.metrics.get(metric)
+        except ValueError:
+            known = list(_COMPILE_METRIC_NAMES) + [
+                name for name in dir(keras.metrics)
+                if name[:1].islower() and not name.startswith(("get", "serialize",
+                                                               "deserialize"))]
+            near = difflib.get_close_matches(metric, known, n=3)
+            hint = f" (did you mean {', '.join(map(repr, near))}?)" if near else ""
+            raise ValueError(f"train.metrics: {metric!r} is not a metric Keras knows{hint}; "
+                             "give a name such as 'accuracy' or 'mae', or a class "
+                             "(@keras.metrics.AUC).") from None
+
+
 def check_eval_batch_size(eval_batch_size):
     """``train.eval_batch_size``: None (the batch size) or a positive integer; 0 is refused as
     -5 is, not taken as unset."""
