@@ -126,8 +126,8 @@ def check_learning_rate_sign(model):
     rate = float(np.asarray(model.optimizer.learning_rate))
     if not np.isfinite(rate) or rate < 0:
         raise ValueError(f"The optimizer's learning rate is {rate:.6g} at the first update; "
-                         "it must be a positive number (check train.optimizer's learning_rate binding "
-                         "or its schedule).")
+                         "it must be a positive number (check train.optimizer's learning_rate "
+                         "binding or its schedule).")
 
 
 def check_scaled_learning_rate(plan):
