@@ -153,3 +153,23 @@ def test_no_error_lines_for_gin_search_paths_tried_and_not_needed(tmp_path, monk
     with caplog.at_level(logging.INFO):
         launch.parse([os.path.join(REPO, "gin/quickstart.gin")], [])
     assert not [r for r in caplog.records if "Path not found" in r.getMessage()]
+
+
+@pytest.mark.parametrize("binding, message", [
+    ("train.batch_size = %BATCHH", r"^Unknown macro '%BATCHH' \(when finalizing the "
+                                   r"configuration\): train.batch_size uses it, but no 'BATCHH "
+                                   r"= \.\.\.' is bound in the gin files or bindings\. Did you "
+                                   r"mean: BATCH\?$"),
+    ("train.optimizer = @keras.optimizers.Adamm", r"^Unknown configurable "
+                                                  r"'@keras.optimizers.Adamm' .*Did you mean: "
+                                                  r"keras.optimizers.Adam,"),
+    ("train.model_fn = @mlpp", r"^Unknown configurable '@mlpp' .*Did you mean: mlp"),
+])
+def test_an_unknown_macro_or_reference_is_one_line_with_the_nearest_names(tmp_path, binding,
+                                                                         message):
+    """A misspelt macro printed the whole parsed configuration (33 lines) and no suggestion; a
+    misspelt reference gin's four lines, no suggestion either."""
+    with pytest.raises(launch.ConfigError, match=message) as raised:
+        _launch(tmp_path, [binding], files=("gin/experiments/virtual_batch.gin",))
+    assert "\n" not in str(raised.value)
+    _assert_no_run(tmp_path)

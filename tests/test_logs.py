@@ -136,3 +136,27 @@ def test_the_run_table_shows_a_changed_batch_and_leaves_out_empty_columns():
     assert lines[2].split() == ["fixed", "64", "0.5000"]
     assert lines[3].split() == ["grown", "16->48", "0.2500"]
     assert tables.has_metrics(rows) and not tables.has_metrics([{"run": "probe"}])
+
+
+def test_a_variant_another_launch_is_training_is_reported_running_not_failed(tmp_path):
+    """Two launches of one sweep --run_name: a variant the other launch took after this one
+    checked was recorded as failed ("RunExistsError ... is running"); it is running."""
+    from experiments.launch import executor  # noqa: PLC0415
+    from experiments.run import run_dir  # noqa: PLC0415
+
+    path = str(tmp_path / "b")
+    os.makedirs(path)
+    job = types.SimpleNamespace(spec=types.SimpleNamespace(name="b"), run_dir=path)
+
+    def taken(_):
+        raise run_dir.RunExistsError(f"The run {path} is running (pid 1 on here)",
+                                     state="running")
+
+    outcome = executor._run_here(job, taken)
+    assert (outcome.status, outcome.error) == ("running", "running in another launch")
+    run_dir.write_json(path, "status.json", run_dir.running_status())  # a live process's
+    outcome = outcomes.collect(job, 1, 0.5)  # a --jobs worker refused, exit status 1
+    assert (outcome.status, outcome.error) == ("running", "running in another launch")
+    run_dir.write_json(path, "status.json", {"status": "failed", "error": "ValueError: x"})
+    (tmp_path / "b.log.txt").write_text("the worker's log\n")  # what a worker leaves
+    assert outcomes.collect(job, 1, 0.5).status == "failed"

@@ -28,6 +28,7 @@ from callbacks.checkpointing import TrainingInterrupted
 from experiments.common import errors
 from experiments.launch import outcomes, spares, worker, worker_processes
 from experiments.launch.outcomes import Outcome
+from experiments.run import run_dir as run_dir_lib
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,6 +64,13 @@ def _run_here(job, run_in_process):
         result = run_in_process(job)
     except TrainingInterrupted:  # a stop request (SIGINT/SIGTERM) stops the whole launch
         raise
+    except run_dir_lib.RunExistsError as error:
+        if error.state != "running":
+            return Outcome(job.spec.name, job.run_dir, "failed", time.time() - started,
+                           error=errors.summary(error))
+        # another launch took the run after this one checked: reported, not failed
+        return Outcome(job.spec.name, job.run_dir, "running", time.time() - started,
+                       error="running in another launch")
     except Exception as error:  # one failing run must not stop the others
         return Outcome(job.spec.name, job.run_dir, "failed", time.time() - started,
                        error=errors.summary(error))

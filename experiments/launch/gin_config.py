@@ -59,6 +59,12 @@ def _bindable(name, parameter):
     return True
 
 
+def _macro_names():
+    """The macros bound so far (``NAME = value`` lines of gin's config: no dot, no scope)."""
+    return sorted(set(re.findall(r"^([A-Za-z_][A-Za-z0-9_]*) = ", gin.config_str(),
+                                 flags=re.MULTILINE)))
+
+
 def _gin_location(text):
     """Where gin says a parse error is: ``in FILE, line N`` (the innermost file; the file that
     includes it named too), or None for a binding string (the caller names the binding)."""
@@ -82,6 +88,19 @@ def explain(error, where=None):
         name = unknown.group(1)
         return ConfigError(f"Unknown configurable '{name}'{place}."
                            f"{_suggest(name, _registered_names())}")
+    reference = re.search(r"No configurable matching reference '@([^'(]+)", text)
+    if reference:
+        name = reference.group(1)
+        return ConfigError(f"Unknown configurable '@{name}'{place}."
+                           f"{_suggest(name, _registered_names())}")
+    macro = re.search(r"No bindings specified for '([^']+)/gin\.macro'", text)
+    if macro:
+        name = macro.group(1)
+        users = re.findall(rf"^(\S+) = .*%{re.escape(name)}\b", gin.config_str(), re.MULTILINE)
+        used = f"{', '.join(users)} {'uses' if len(users) == 1 else 'use'} it, but " \
+            if users else ""
+        return ConfigError(f"Unknown macro '%{name}'{place}: {used}no '{name} = ...' is bound "
+                           f"in the gin files or bindings.{_suggest(name, _macro_names())}")
     parameter = re.search(r"Configurable '([^']+)' doesn't have a parameter named '([^']+)'", text)
     if parameter:
         name, param = parameter.groups()

@@ -15,6 +15,7 @@ import time
 from typing import Optional
 
 from experiments.common.json_files import read_json
+from experiments.run import run_dir as run_dir_lib
 
 
 @dataclasses.dataclass
@@ -36,8 +37,13 @@ def pending_log(run_dir):
 
 def collect(job, returncode, seconds):
     """The Outcome of a finished child, from its run directory; moves its log in."""
-    log_path = _move_log(job.run_dir)
     status = read_json(os.path.join(job.run_dir, "status.json")) or {}
+    if returncode != 0 and run_dir_lib.is_alive(status):
+        # another launch took the run after this one checked: reported, not failed (its log,
+        # the refusal, is not moved into that run's directory)
+        return Outcome(job.spec.name, job.run_dir, "running", seconds,
+                       error="running in another launch")
+    log_path = _move_log(job.run_dir)
     if returncode == 0 and status.get("status") == "finished":
         result = read_json(os.path.join(job.run_dir, "result.json"))
         return Outcome(job.spec.name, job.run_dir, "finished", seconds, result=result)

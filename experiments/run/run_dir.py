@@ -171,7 +171,12 @@ def _readable_json(path):
 
 
 class RunExistsError(ValueError):
-    """A named run directory cannot be used for this launch (finished, live, or different)."""
+    """A named run directory cannot be used for this launch (finished, live, or different);
+    ``state`` is the run's ('running' when another process trains it)."""
+
+    def __init__(self, message, state=None):
+        super().__init__(message)
+        self.state = state
 
 
 def check_run_name(name):
@@ -236,7 +241,8 @@ def open_named(output_dir, experiment, name, config_text):
         if state == "running":
             status = read_status(path)
             raise RunExistsError(f"The run {path} is running (pid {status.get('pid')} on "
-                                 f"{status.get('host')}); wait for it or stop it first.")
+                                 f"{status.get('host')}); wait for it or stop it first.",
+                                 state="running")
         if state == "missing":
             raise RunExistsError(f"The run directory {path} exists but holds no run status; it "
                                  "was not made by batchlab. Choose another --run_name.")
