@@ -172,8 +172,12 @@ def main(argv):
             raise
         sys.exit(f"batchlab: configuration error: {_message(error)}")
     except TrainingInterrupted as stopped:  # SIGTERM / SIGINT: checkpoint saved, resumable
-        print(f"batchlab: {_message(stopped)}; "
-              f"{_resume_hint(FLAGS.run_name, FLAGS.resume, FLAGS.run_dir)}.", file=sys.stderr)
+        # (after a run's last update the run itself is finished: only a sweep or study has
+        # something left to resume)
+        finished = type(stopped).__name__ == "StoppedAfterFinish"
+        hint = ("a sweep or study goes on when relaunched with the same command and --run_name"
+                if finished else _resume_hint(FLAGS.run_name, FLAGS.resume, FLAGS.run_dir))
+        print(f"batchlab: {_message(stopped)}; {hint}.", file=sys.stderr)
         sys.exit(128 + int(stopped.reason))
     except KeyboardInterrupt as stopped:  # --jobs: workers stopped, their runs 'interrupted'
         print("batchlab: stopped; relaunch with the same --run_name to run what is left.",

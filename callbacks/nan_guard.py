@@ -4,6 +4,8 @@ import math
 
 import keras
 
+from experiments.engine.schedule import epoch_first_update
+
 
 class NonFiniteLossError(FloatingPointError):
     pass
@@ -23,7 +25,9 @@ class FailOnNonFiniteLoss(keras.callbacks.Callback):
 
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch = epoch
-        self._checked = 0
+        # the updates this epoch ran before (a run resumed mid-epoch starts past its first)
+        self._checked = int(self.model.optimizer.iterations.numpy()) \
+            - epoch_first_update(self.params, self.model) if self.model is not None else 0
 
     def on_train_batch_end(self, batch, logs=None):
         # A loop running several updates per graph call (``steps_per_execution``) calls this

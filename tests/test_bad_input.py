@@ -158,15 +158,27 @@ def test_the_nan_guard_names_the_updates_between_its_readings():
     call's last update as where the loss turned NaN; now the span since the last finite one."""
     from callbacks.nan_guard import FailOnNonFiniteLoss  # noqa: PLC0415
 
+    import keras  # noqa: PLC0415
+
+    model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)])
+    model.compile(optimizer="sgd", loss="mse")
     guard = FailOnNonFiniteLoss()
+    guard.set_model(model)
     guard.on_epoch_begin(0)
     guard.on_train_batch_end(7, {"loss": 0.5})  # updates 1-8 finite, read after update 8
     with pytest.raises(FloatingPointError, match="between updates 9 and 16 .* of epoch 1"):
         guard.on_train_batch_end(15, {"loss": float("nan")})
+    model.optimizer.iterations.assign(8)
     guard.on_epoch_begin(1)
     guard.on_train_batch_end(0, {"loss": 0.5})
     with pytest.raises(FloatingPointError, match="inf at update 2 of epoch 2"):
         guard.on_train_batch_end(1, {"loss": float("inf")})
+    # an epoch resumed after its 50th update (batchlab's loop says where the epoch began)
+    model.optimizer.iterations.assign(90)
+    guard.set_params({"epoch_first_update": 40})
+    guard.on_epoch_begin(2)
+    with pytest.raises(FloatingPointError, match="between updates 51 and 64 .* of epoch 3"):
+        guard.on_train_batch_end(63, {"loss": float("nan")})
 
 
 @pytest.mark.parametrize("binding, message", [
@@ -181,3 +193,41 @@ def test_a_misspelt_metric_or_a_negative_rate_is_refused_before_the_run_director
     with pytest.raises(ValueError, match=message):
         _launch(tmp_path, [binding])
     _assert_no_run(tmp_path)
+
+
+def test_metric_names_are_those_keras_compile_takes():
+    """'crossentropy' is a loss's name only (it passed the check, then failed at the first
+    update); 'ACC' compiles (Keras reads accuracy's names in any case) and was refused."""
+    from experiments.run.settings import check_metrics  # noqa: PLC0415
+
+    check_metrics(["ACC", "Accuracy", "mae", "auc", None])
+    for name in ("crossentropy", "ce"):
+        with pytest.raises(ValueError, match=f"train.metrics: '{name}' is not a metric"):
+            check_metrics([name])
+
+
+def test_only_a_model_for_rows_gets_the_streams_hint():
+    """A sequence model's own error on stream data (a bad binding, a bug) is its own: the hint
+    to use a sequence model was added to every ValueError and TypeError."""
+    import types  # noqa: PLC0415
+
+    from experiments.run import stateful  # noqa: PLC0415
+
+    data = types.SimpleNamespace(stream=object(), spec=types.SimpleNamespace(input_shape=(None,)),
+                                 name="flip_flop")
+
+    def failing(error):
+        def model_fn(spec):
+            raise error
+        return model_fn
+
+    for error in (ValueError("each of stateful_stacked_lstm.units must be a positive integer"),
+                  TypeError("unsupported operand")):
+        with pytest.raises(type(error)) as raised:
+            stateful.build_model(failing(error), data)
+        assert raised.value is error
+    with pytest.raises(ValueError, match=r"Shapes used .*fully-defined \(no `None` dimensions\)\. "
+                                         r"Stream data needs a sequence model"):
+        stateful.build_model(failing(ValueError(
+            "Shapes used to initialize variables must be fully-defined (no `None` dimensions).")),
+            data)

@@ -155,8 +155,38 @@ def test_a_variant_another_launch_is_training_is_reported_running_not_failed(tmp
     outcome = executor._run_here(job, taken)
     assert (outcome.status, outcome.error) == ("running", "running in another launch")
     run_dir.write_json(path, "status.json", run_dir.running_status())  # a live process's
-    outcome = outcomes.collect(job, 1, 0.5)  # a --jobs worker refused, exit status 1
+    outcome = outcomes.collect(job, 0, 0.5)  # a --jobs worker refused it and went on
     assert (outcome.status, outcome.error) == ("running", "running in another launch")
+    assert not os.path.exists(os.path.join(path, "log.txt"))  # its log not moved in there
     run_dir.write_json(path, "status.json", {"status": "failed", "error": "ValueError: x"})
     (tmp_path / "b.log.txt").write_text("the worker's log\n")  # what a worker leaves
     assert outcomes.collect(job, 1, 0.5).status == "failed"
+
+
+def test_a_worker_stopped_after_its_runs_last_update_reports_it_finished(tmp_path):
+    """A stop signal after the last update ends a --jobs worker without its "done" (exit -1);
+    the run finished all the same, and was reported failed."""
+    from experiments.run import run_dir  # noqa: PLC0415
+
+    path = str(tmp_path / "a")
+    os.makedirs(path)
+    run_dir.write_json(path, "status.json", {"status": "finished"})
+    run_dir.write_json(path, "result.json", {"updates": 3})
+    (tmp_path / "a.log.txt").write_text("StoppedAfterFinish: stopped (SIGTERM) after ...\n")
+    job = types.SimpleNamespace(spec=types.SimpleNamespace(name="a"), run_dir=path)
+    outcome = outcomes.collect(job, -1, 0.5)
+    assert outcome.status == "finished" and outcome.result == {"updates": 3}
+
+
+@pytest.mark.parametrize("error, shown", [
+    ("OSError: /runs/a/final.weights.h5: No space\n(, detail)",
+     "OSError: /runs/a/final.weights.h5: No space"),
+    ("Traceback (most recent call last):\n  File \"x.py\", line 1\nValueError: x",
+     "ValueError: x"),
+    ("    raise error\nMemoryError: Unable to allocate 3.2 GiB\n  File \"runner.py\", line 140, "
+     "in run", "MemoryError: Unable to allocate 3.2 GiB"),  # a dead worker's last log lines
+    ("exit status -9", "exit status -9"),
+])
+def test_a_progress_line_shows_the_errors_own_line(error, shown):
+    outcome = outcomes.Outcome("a", "/runs/a", "failed", 1.0, error=error)
+    assert outcomes._summary(outcome) == f" ({shown})"

@@ -50,37 +50,3 @@ def test_a_file_system_error_from_tensorflow_is_one_line_naming_the_file():
         None, None, "/runs/x/events.out.tfevents.1; No space left on device\nmore detail")
     assert errors.user_message(full) == "/runs/x/events.out.tfevents.1; No space left on device"
     assert errors.user_message(tf.errors.InvalidArgumentError(None, None, "shape [2]")) is None
-
-
-def test_a_progress_line_shows_an_errors_first_line():
-    """"Type: message" leads a failure summary; the line shown was its last one."""
-    from experiments.launch import outcomes  # noqa: PLC0415
-
-    outcome = outcomes.Outcome("a", "/runs/a", "failed", 1.0,
-                               error="OSError: /runs/a/final.weights.h5: No space\n(, detail)")
-    assert outcomes._summary(outcome) == " (OSError: /runs/a/final.weights.h5: No space)"
-    traceback = outcomes.Outcome("a", "/runs/a", "failed", 1.0,
-                                 error="Traceback (most recent call last):\n  ...\nValueError: x")
-    assert outcomes._summary(traceback) == " (ValueError: x)"
-
-
-def test_a_rule_scaled_rate_for_another_batch_size_is_refused(tmp_path):
-    """virtual_batch.gin computes its rate for BATCH (256); train.batch_size = 512 alone (or a
-    study over B without study.batch_size_macro) trained every run at 256's rate, silently."""
-    with pytest.raises(ValueError, match=r"scaled_learning_rate.batch_size = 256, but the run "
-                                         r"trains at B = 512.*BATCH = 512"):
-        launch.launch(["gin/experiments/virtual_batch.gin"],
-                      ["train.batch_size = 512", "train.epochs = 1", "train.verbose = 0"],
-                      output_dir=str(tmp_path), print_fn=lambda *_: None)
-    assert run_dirs(str(tmp_path)) == []
-
-
-def test_a_rule_scaled_rate_under_a_batch_size_schedule_is_warned_of(tmp_path, caplog):
-    """The rule's rate is computed once, for the first B: it does not follow the schedule."""
-    with caplog.at_level("WARNING"):
-        launch.launch(["gin/experiments/virtual_batch.gin"], [
-            "train.epochs = 2", "train.verbose = 0", "measurements.enabled = []",
-            "train.batch_size_schedule = @batch_size_schedule()",
-            "batch_size_schedule.boundaries = [1]", "batch_size_schedule.factor = 2"],
-            output_dir=str(tmp_path), print_fn=lambda *_: None)
-    assert "scaled_learning_rate's for B = 256, computed once" in caplog.text

@@ -134,7 +134,7 @@ def plot_steps_to_result(best, fit, path, b_simple=None, target=None, intervals=
             lo, hi = intervals.b_crit
             ax.axvspan(max(lo, grid[0]), min(hi, grid[-1]), color="C1", alpha=0.12,
                        label=f"B_crit 90% interval {lo:.3g} to {hi:.3g}")
-    if b_simple is not None:
+    if b_simple is not None and b_simple > 0:  # 0 (noise not resolved): nothing on a log axis
         ax.axvline(b_simple, color="C2", linestyle="-.", linewidth=1,
                    label=f"B_simple near the target = {b_simple:.3g}")
     ax.set_yscale("log")

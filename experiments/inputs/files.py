@@ -255,7 +255,7 @@ def _load(path):
     except (ValueError, EOFError, zipfile.BadZipFile) as error:
         if "Object arrays cannot be loaded" in str(error):
             raise InputFileError(f"{path}: {_OBJECT_ARRAY}") from None
-        if "as a pickle" in str(error):  # no NumPy header: NumPy suggests loading it unsafely
+        if "pickle" in str(error):  # no NumPy header: NumPy suggests loading it unsafely
             raise InputFileError(
                 f"{path}: not a readable NumPy file: it has no NumPy header (for a CSV file, "
                 "use csv_file).") from None

@@ -8,6 +8,7 @@ directory itself) and moved in afterwards.
 
 import dataclasses
 import os
+import re
 import shutil
 import sys
 import threading
@@ -38,14 +39,16 @@ def pending_log(run_dir):
 def collect(job, returncode, seconds):
     """The Outcome of a finished child, from its run directory; moves its log in."""
     status = read_json(os.path.join(job.run_dir, "status.json")) or {}
-    if returncode != 0 and run_dir_lib.is_alive(status):
-        # another launch took the run after this one checked: reported, not failed (its log,
-        # the refusal, is not moved into that run's directory)
+    if run_dir_lib.is_alive(status):
+        # The job has ended, yet its run is live: another launch took it after this one
+        # checked. Reported, not failed; the refusal's log is not moved into that run.
         return Outcome(job.spec.name, job.run_dir, "running", seconds,
                        error="running in another launch")
     log_path = _move_log(job.run_dir)
-    if returncode == 0 and status.get("status") == "finished":
-        result = read_json(os.path.join(job.run_dir, "result.json"))
+    result = read_json(os.path.join(job.run_dir, "result.json"))
+    if status.get("status") == "finished" and result is not None:
+        # whatever the worker's exit (a stop signal after the last update ends it without its
+        # "done": the run finished all the same)
         return Outcome(job.spec.name, job.run_dir, "finished", seconds, result=result)
     if status.get("status") == "interrupted":  # stopped by a signal, checkpoint saved
         return Outcome(job.spec.name, job.run_dir, "interrupted", seconds,
@@ -117,13 +120,18 @@ class Progress:
                       f"failed {self.failed}, ETA {eta:.0f}s")
 
 
+_ERROR_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Interrupt\w*|Finish\w*|Exit)\b.*:")
+
+
 def _summary(outcome):
     if outcome.status != "finished":
         lines = [line for line in (outcome.error or "").strip().splitlines() if line.strip()]
         if not lines:
             return ""
-        # "Type: message" leads; a traceback ends with it
-        return f" ({(lines[-1] if lines[0].startswith('Traceback') else lines[0])[:160]})"
+        # The error's own "Type: message" line: the last such line (a traceback ends with it,
+        # a summary leads with it and may go on with its message's other lines), else the last.
+        named = [line for line in lines if _ERROR_LINE.match(line)]
+        return f" ({(named[-1] if named else lines[-1])[:160]})"
     final = (outcome.result or {}).get("final_epoch") or {}
     shown = [f"{k}={final[k]:.4g}" for k in ("val_loss", "val_accuracy") if k in final]
     return f" ({', '.join(shown)})" if shown else ""

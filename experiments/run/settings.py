@@ -144,8 +144,9 @@ def check_learning_rate_scaling(scaling):
     return scaling
 
 
-# Names Keras' compile resolves by the loss and the output (not metrics of their own name).
-_COMPILE_METRIC_NAMES = ("accuracy", "acc", "crossentropy", "ce")
+# Names Keras' compile resolves by the loss and the output, in any case (not metrics of their
+# own name; "crossentropy" and "ce" are names of losses only).
+_COMPILE_METRIC_NAMES = ("accuracy", "acc")
 
 
 def check_metrics(metrics):
@@ -156,7 +157,7 @@ def check_metrics(metrics):
     import keras  # noqa: PLC0415
 
     for metric in metrics or ():
-        if not isinstance(metric, str) or metric in _COMPILE_METRIC_NAMES:
+        if not isinstance(metric, str) or metric.lower() in _COMPILE_METRIC_NAMES:
             continue
         try:
             keras.metrics.get(metric)

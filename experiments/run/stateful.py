@@ -26,8 +26,12 @@ def build_model(model_fn, data):
         return model_fn(data.spec)
     try:
         return model_fn(data.spec)
-    except (ValueError, TypeError) as error:
-        cause = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    except ValueError as error:
+        # Only Keras' refusal of a variable over the open time axis: any other error (a bad
+        # binding of a sequence model, a bug) is the model's own, kept as it is.
+        if "must be fully-defined" not in str(error):
+            raise
+        cause = str(error).strip().splitlines()[0].rstrip(".")
         raise ValueError(
             f"The model could not be built for '{data.name}', stream data (inputs of shape "
             f"{data.spec.input_shape}: windows of steps): {cause}. Stream data needs a "
