@@ -200,12 +200,9 @@ def test_batch_normalization_is_ghost_bn_and_warns_once(caplog):
 
 def test_keras_gradient_accumulation_on_top_is_refused():
     model = virtual_batch_model.as_virtual_batch_model(_build(), micro_batch_size=MICRO)
-    model.compile(optimizer=keras.optimizers.SGD(0.1, gradient_accumulation_steps=2),
-                  loss="sparse_categorical_crossentropy")
-    x, y = _data()
     with pytest.raises(ValueError, match="already accumulates micro-batches"):
-        model.fit(x, y, batch_size=BATCH, verbose=0)
-    assert int(model.optimizer.iterations.numpy()) == 0
+        model.compile(optimizer=keras.optimizers.SGD(0.1, gradient_accumulation_steps=2),
+                      loss="sparse_categorical_crossentropy")
 
 
 def _launch(tmp_path, *bindings):

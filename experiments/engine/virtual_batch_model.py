@@ -112,6 +112,7 @@ class VirtualBatchModel(keras.Model):
         ``loss_weights``' weight of the one output (``loss_weight``) to multiply the loss by, as
         Keras does."""
         super().compile(optimizer=optimizer, loss=loss, loss_weights=loss_weights, **kwargs)
+        check_optimizer(self.optimizer)  # as compiled (Keras may have wrapped it)
         self._loss_weight = single_loss_weight(loss_weights, self.output_names)
         self._loss_terms = None
 
@@ -168,19 +169,7 @@ class VirtualBatchModel(keras.Model):
     def train_step(self, data):
         if not hasattr(self, "measurements"):
             self.configure_virtual_batches()
-        if getattr(self.optimizer, "gradient_accumulation_steps", None):
-            raise ValueError(
-                "The optimizer has gradient_accumulation_steps="
-                f"{self.optimizer.gradient_accumulation_steps}: a VirtualBatchModel already "
-                "accumulates micro-batches into one update; use micro_batch_size "
-                "(train.micro_batch_size) instead of the optimizer's accumulation.")
-        if isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer):
-            raise ValueError(
-                "The optimizer is a LossScaleOptimizer (Keras puts one in under the "
-                "'mixed_float16' policy): it divides the gradients by a loss scale that a "
-                "VirtualBatchModel's step never multiplies the loss by, so every update would "
-                "be that many times too small. Use the 'mixed_bfloat16' or 'float32' policy, "
-                "or the optimizer it wraps.")
+        check_optimizer(self.optimizer)  # also an optimizer set after compile
         grads, loss, num_rows = self.virtual_batch_gradients(data)
         scaling = self.learning_rate_scaling
         if scaling is not None:  # AdaScale: this update's gain, from its own noise sample
@@ -309,6 +298,33 @@ class VirtualBatchModel(keras.Model):
             sampled=sampled, preconditioner=preconditioner, coming_update=coming,
             records_norms=self.measures_gradient_norms,
             global_rows=global_rows, measured=kind)
+
+
+def check_optimizer(optimizer):
+    """Refuses what a VirtualBatchModel's step cannot honour: the optimizer's own gradient
+    accumulation, and a loss scale (Keras' train step multiplies the loss by it and
+    ``optimizer.apply`` divides the gradients by it; this step computes the loss itself, so
+    every update would be that many times too small)."""
+    if getattr(optimizer, "gradient_accumulation_steps", None):
+        raise ValueError(
+            "The optimizer has gradient_accumulation_steps="
+            f"{optimizer.gradient_accumulation_steps}: a VirtualBatchModel already "
+            "accumulates micro-batches into one update; use micro_batch_size "
+            "(train.micro_batch_size) instead of the optimizer's accumulation.")
+    if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+        raise ValueError(
+            "The optimizer is a LossScaleOptimizer (Keras puts one in under the "
+            "'mixed_float16' policy): it divides the gradients by a loss scale that a "
+            "VirtualBatchModel's step never multiplies the loss by, so every update would "
+            "be that many times too small. Use the 'mixed_bfloat16' or 'float32' policy (or, "
+            "for float16 without loss scaling, compile with auto_scale_loss=False).")
+    if getattr(optimizer, "loss_scale_factor", None) is not None:
+        raise ValueError(
+            f"The optimizer has loss_scale_factor={optimizer.loss_scale_factor}: it divides "
+            "the gradients by that factor, and a VirtualBatchModel's step never multiplies "
+            "the loss by it, so every update would be that many times too small. Leave it "
+            "unset (it guards float16 gradients against underflow; train in 'float32' or "
+            "'mixed_bfloat16').")
 
 
 def single_loss_weight(loss_weights, output_names):
