@@ -82,14 +82,13 @@ class PeriodicCheckpoint(keras.callbacks.Callback):
         self._previous = int(self.model.optimizer.iterations.numpy())  # (resumed: restored)
 
     def on_train_batch_end(self, batch, logs=None):
-        # With steps_per_execution > 1, Keras names a call by its planned last step, past the
-        # epoch's end for the epoch's last, shorter call: clamped to the epoch's length. A call
-        # of several updates may step over a multiple of ``every_n_updates``: it saves at the
-        # call's end (the first boundary at or after the multiple).
-        steps = (self.params or {}).get("steps")
-        if steps is not None:
-            batch = min(batch, steps - 1)
-        update = self._first_update + batch + 1
+        # The position is the optimizer's count, not ``batch``: with steps_per_execution > 1
+        # Keras names a call by its planned last step, which is past the epoch's end for a
+        # short last call on finite data, and short of it where a repeated dataset runs whole
+        # calls past ``steps_per_epoch``. A call of several updates may step over a multiple of
+        # ``every_n_updates``: it saves at the call's end (the first boundary at or after it).
+        update = int(self.model.optimizer.iterations.numpy())
+        batch = update - self._first_update - 1
         previous, self._previous = self._previous, update
         reason = self.stop_requested()
         due = reason is not None or self._cadence.crossed(previous, update) \

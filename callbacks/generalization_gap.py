@@ -138,9 +138,11 @@ class GeneralizationGap(MeasurementCallback):
                 values[f"generalization_gap/{name}"] = float(val[name]) - float(train_value)
         if not val and not self._warned_no_validation:  # said once, not every epoch
             self._warned_no_validation = True
-            logging.warning("GeneralizationGap: no validation metrics (no validation_data given "
-                            "to fit or to the callback): only train_inference/* is logged, no "
-                            "generalization_gap/*.")
+            logging.warning("GeneralizationGap: this epoch's logs hold no validation metrics "
+                            "(fit was given no validation_data, or its validation_freq skipped "
+                            "this epoch) and the callback was given none: generalization_gap/* "
+                            "is logged only at epochs with validation metrics, train_inference/* "
+                            "at every epoch.")
         self._measured_at = self._fingerprint() if self._fingerprint_now is None \
             else self._fingerprint_now.numpy()
         return values

@@ -225,6 +225,14 @@ class GradientNorm(LoggedMeasurement):
 
     def start(self, model):
         if getattr(model, "measurements", None) is None:  # any Keras model, in its own fit
+            replicas = model.distribute_strategy.num_replicas_in_sync
+            if replicas > 1:  # each replica's gradient is its own rows' (an all-reduce cannot
+                # run inside the measured update's cond): the norm would be one replica's
+                raise ValueError(
+                    f"GradientNorm on a plain Keras model measures one device's gradient; "
+                    f"under {replicas} replicas that is one replica's share, not the batch's. "
+                    "Wrap the model with experiments.engine.virtual_batch_model."
+                    "as_virtual_batch_model, whose step measures the whole batch's gradient.")
             if self._plain is None or self._plain.model is not model:
                 self._plain = PlainFitStep(model)
             measurements = self._plain

@@ -105,7 +105,8 @@ class LearningRateRangeTest(keras.callbacks.Callback):
                 f"compiled with steps_per_execution={int(steps)} (callbacks run once per "
                 "execution). Compile with steps_per_execution=1 for the range test.")
         self._reset()
-        self._initial_learning_rate = float(optimizer.learning_rate)
+        # (a MirroredVariable under a strategy has no float(): read its value)
+        self._initial_learning_rate = float(keras.ops.convert_to_numpy(optimizer.learning_rate))
 
     def on_train_batch_begin(self, batch, logs=None):
         update = len(self.learning_rates)
@@ -144,7 +145,8 @@ class LearningRateRangeTest(keras.callbacks.Callback):
         self.learning_rates.append(rate)
         self.losses.append(loss)
         self.smoothed_losses.append(smoothed)
-        self._log(update, rate, loss, smoothed)
+        self._log(int(keras.ops.convert_to_numpy(self.model.optimizer.iterations)), rate, loss,
+                  smoothed)
         if not (math.isfinite(loss) and math.isfinite(smoothed)):
             self._stop("non_finite_loss")
         elif smoothed <= 0:
@@ -164,13 +166,14 @@ class LearningRateRangeTest(keras.callbacks.Callback):
         self.stopped_because = reason
         self.model.stop_training = True
 
-    def _log(self, update, rate, loss, smoothed):
+    def _log(self, step, rate, loss, smoothed):
         # Through ``summary_writer.scalars``: a relaunched range test (it starts its ramp again)
-        # does not log the points it logged before twice. Keyed by the update count after the
-        # update (``update`` is 0-based), as every other per-update scalar.
+        # does not log the points it logged before twice. Keyed by the optimizer's update count
+        # after the update, as every other per-update scalar (also on a model that trained
+        # before the test).
         summary_writer.scalars(self.log_dir, {"lr_range/loss": loss,
                                               "lr_range/smoothed_loss": smoothed,
-                                              "lr_range/learning_rate": rate}, update + 1)
+                                              "lr_range/learning_rate": rate}, step)
 
     def on_train_end(self, logs=None):
         if self.stopped_because is None:

@@ -120,8 +120,11 @@ class PeriodicEvaluation(LoggedMeasurement):
         since ``start``, without this curve's earlier evaluations, plus a resumed run's seconds
         at its last point before this one."""
         if self._offset is None:
-            before = [s for u, s in summary_writer.logged_before(self.log_dir, SECONDS_TAG)
-                      if u < update]
+            # this instance's own earlier points (a second ``fit`` of the same model), else
+            # those a resumed run's earlier process logged
+            before = [s for u, s in self.seconds if u < update] or [
+                s for u, s in summary_writer.logged_before(self.log_dir, SECONDS_TAG)
+                if u < update]
             self._offset = float(before[-1]) if before else 0.0
         seconds = self._offset + (begin - self._started) - self._evaluating
         self._evaluating += max(end - begin, 0.0)

@@ -207,6 +207,14 @@ def test_periodic_checkpoint_saves_where_calls_step_over_a_multiple():
     model.fit(x, y, batch_size=8, epochs=1, verbose=0, callbacks=[last])
     assert saved == [(0, 6, 6), (0, 8, 8)]
     assert int(model.optimizer.iterations.numpy()) == 8
+    # A repeated dataset: Keras runs whole calls of 4 past steps_per_epoch = 10 (12 updates);
+    # the last save said update 10 (its ``batch`` clamped to the epoch's steps).
+    saved.clear()
+    model = _spe_model(4)
+    data = tf.data.Dataset.from_tensor_slices((x, y)).batch(8).repeat()
+    every = PeriodicCheckpoint(lambda *position: saved.append(position), every_n_updates=5)
+    model.fit(data, steps_per_epoch=10, epochs=1, verbose=0, callbacks=[every])
+    assert saved == [(0, 8, 8), (0, 12, 12)] and int(model.optimizer.iterations.numpy()) == 12
 
 
 def test_probe_and_adascale_log_run_where_calls_step_over_a_multiple():
@@ -251,3 +259,24 @@ def test_a_fit_that_raised_leaves_no_second_wrapper_for_the_next():
     assert len(wrapped) == 1
     assert [step for step, _ in norm.history] == [2, 4, 6, 7]  # updates 2..7, the epoch's end
     assert "train_step" not in vars(model)
+
+
+def test_a_second_fit_continues_the_curves_clock_and_the_range_tests_steps(tmp_path):
+    """The same PeriodicEvaluation over two fits: its seconds restarted at the second fit (not
+    monotone, so a time-to-target across fits read wrong). A range test on a model that trained
+    before keyed its points 1, 2, ... where the optimizer's count was 5, 6, ..."""
+    from callbacks.lr_range_test import LearningRateRangeTest
+    from callbacks.periodic_evaluation import PeriodicEvaluation
+    from tests.helpers import event_values
+
+    x, y = _data(32)
+    model = _plain_model()
+    curve = PeriodicEvaluation((x, y), every_n_updates=2)
+    for _ in range(2):
+        model.fit(x, y, batch_size=8, epochs=1, verbose=0, callbacks=[curve])
+    updates = [u for u, _ in curve.seconds]
+    seconds = [s for _, s in curve.seconds]
+    assert updates == [2, 4, 6, 8] and seconds == sorted(seconds)
+    ramp = LearningRateRangeTest(1e-3, 1e-1, num_updates=3, log_dir=str(tmp_path))
+    model.fit(x, y, batch_size=8, epochs=1, verbose=0, callbacks=[ramp])
+    assert [step for step, _ in event_values(str(tmp_path), "lr_range/loss")] == [9, 10, 11]

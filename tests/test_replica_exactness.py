@@ -114,6 +114,24 @@ SCRIPT = textwrap.dedent("""
         out["synchronized_in_loop"] = None
     except ValueError as error:
         out["synchronized_in_loop"] = str(error)
+    # Callbacks in a plain user fit under the strategy: GradientNorm would read one replica's
+    # gradient (refused); the range test read its rate with float(), which a MirroredVariable
+    # refuses.
+    from callbacks.gradient_norm import GradientNorm
+    from callbacks.lr_range_test import LearningRateRangeTest
+    with strategy.scope():
+        plain = dense()
+        plain.compile(optimizer=keras.optimizers.SGD(0.1),
+                      loss="sparse_categorical_crossentropy")
+    try:
+        plain.fit(x[:12], y[:12], batch_size=6, epochs=1, verbose=0, callbacks=[GradientNorm()])
+        out["plain_gradient_norm"] = None
+    except ValueError as error:
+        out["plain_gradient_norm"] = str(error)
+    ramp = LearningRateRangeTest(1e-3, 1e-1, num_updates=3)
+    plain.fit(x[:12], y[:12], batch_size=6, epochs=2, verbose=0, callbacks=[ramp])  # 2 per replica
+    out["ramp_rates"] = [float(r) for r in ramp.learning_rates]
+    out["rate_after_ramp"] = float(keras.ops.convert_to_numpy(plain.optimizer.learning_rate))
     print(json.dumps(out))
 """)
 
@@ -177,3 +195,12 @@ def test_replicas_draw_their_own_dropout_masks(measured):
     assert 2.4 < kept.mean() < 3.6, kept.mean()
     states = np.array(measured["dropout_states"])
     assert np.all(states == states[0]), states
+
+
+def test_plain_callbacks_under_a_strategy_refuse_or_work(measured):
+    """GradientNorm on a plain model logged one replica's gradient norm (0.4497 where the
+    batch's is 0.5706); it now refuses. The range test crashed reading a MirroredVariable."""
+    assert "under 3 replicas that is one replica's share" in (
+        measured["plain_gradient_norm"] or "")
+    np.testing.assert_allclose(measured["ramp_rates"], [1e-3, 1e-2, 1e-1], rtol=1e-5)
+    assert measured["rate_after_ramp"] == pytest.approx(0.1)
