@@ -490,8 +490,10 @@ def _b_crit_numbers(s):
             f"batch saves less than {DOUBLING_FRACTION:.0%} of the updates: S_min ≈ "
             f"{_num(fit.s_min)}{interval(intervals and intervals.s_min)}, B_crit ≈ "
             f"{_num(fit.b_crit)}{interval(intervals and intervals.b_crit)} (t intervals in log "
-            "space); at B ≈ B_crit a run needs twice the minimum updates and twice the minimum "
-            "examples, the usual compromise")
+            "space); at B ≈ B_crit the fitted model needs twice the minimum updates and twice "
+            "the minimum examples, the usual compromise (the interval is the fitted parameter's: "
+            "where the model misses the measured curve, the real doubling point can lie outside "
+            "it)")
     low, high = _measured_span(s)
     if not low <= threshold <= high:
         text += (f" (B ≈ {_num(threshold)} is an extrapolation: the measured batch sizes span "

@@ -20,7 +20,8 @@ by R seeds (its relative error is about sqrt(2 / (R d_eff))). Steps to result on
 ``val_nqm_risk`` are then updates until the expected risk reaches the target.
 
 Noise is fresh as long as a run sees each row once: ``num_train`` rows cover B x steps for every
-(B, steps) that reaches the target inside its first epoch (65536 rows: 10 steps at B = 4096).
+(B, steps) that reaches the target inside its first epoch (the known-answer study's
+max(2048, 20 x 4096) = 81920 rows: 20 steps at B = 4096).
 """
 
 import gin
@@ -89,7 +90,7 @@ def exact_crossing(batch_size, h, c, target, w0=1.0, learning_rates=None, num_st
     expected risk's crossing of ``target`` interpolated linearly between updates (from the risk
     at update 0), over ``learning_rates`` (default as ``exact_steps``); None when no rate reaches
     it. ``exact_steps`` gives the first whole update; this is what a measured S(B) estimates,
-    0.2 to 0.8 update lower (7% of the 11 updates at B = 1024)."""
+    0.09 to 0.82 update lower (7% of the 11 updates at B = 1024)."""
     lr = _rates(learning_rates, h)
     previous = None
     for step, risk in _risks(lr, batch_size, h, c, w0, num_steps):
