@@ -82,13 +82,18 @@ class PeriodicCheckpoint(keras.callbacks.Callback):
         self._previous = int(self.model.optimizer.iterations.numpy())  # (resumed: restored)
 
     def on_train_batch_end(self, batch, logs=None):
-        # The position is the optimizer's count, not ``batch``: with steps_per_execution > 1
-        # Keras names a call by its planned last step, which is past the epoch's end for a
-        # short last call on finite data, and short of it where a repeated dataset runs whole
-        # calls past ``steps_per_epoch``. A call of several updates may step over a multiple of
-        # ``every_n_updates``: it saves at the call's end (the first boundary at or after it).
-        update = int(self.model.optimizer.iterations.numpy())
-        batch = update - self._first_update - 1
+        # batchlab's loop names each call by its real last step. Keras' fit with
+        # steps_per_execution > 1 names it by its planned last step: past the epoch's end for a
+        # short last call on finite data (clamped to the epoch's steps where the optimizer did
+        # not run that many), but real where a repeated dataset runs whole calls past
+        # ``steps_per_epoch``. Batches, not the optimizer's count, stay the position: a
+        # LossScaleOptimizer does not count the steps it skips. A call of several updates may
+        # step over a multiple of ``every_n_updates``: it saves at the call's end.
+        steps = (self.params or {}).get("steps")
+        if steps is not None and batch + 1 > steps and "epoch_first_update" not in self.params \
+                and int(self.model.optimizer.iterations.numpy()) < self._first_update + batch + 1:
+            batch = steps - 1
+        update = self._first_update + batch + 1
         previous, self._previous = self._previous, update
         reason = self.stop_requested()
         due = reason is not None or self._cadence.crossed(previous, update) \
