@@ -204,6 +204,33 @@ def test_compare_names_the_arms_and_says_who_won():
         ac.compare(_arms(), "fixed_b32", "val_accuracy", 0.95)
 
 
+def test_failed_seeds_count_as_not_reaching_the_target():
+    """A run stopped by a NaN loss was left out of its arm: an arm whose 4 seeds all diverged
+    was "undecided, 0 of 0 reached" (Fisher on [[0, 0], [4, 0]]); now 0 of 4 against 4 of 4,
+    lost (p = 0.029), and lost on the final metric. An arm with one failed seed of 4 and every
+    finished one reaching: the same reach rate as 4 of 4 is not a difference in counts; the
+    costs are compared (it was undecided, Fisher p = 1)."""
+    arms = {"fixed": [_run([[0, 0.1], [50 + s, 0.96]], seed=s) for s in range(4)],
+            "diverged": [],
+            "fast": [_run([[0, 0.1], [20 + s, 0.96]], seed=s) for s in range(3)]}
+    summary = ac.compare(arms, "fixed", "val_accuracy", 0.95, failed={"diverged": 4, "fast": 1})
+    verdict, why = summary["verdicts"]["diverged"]["updates"]
+    assert verdict == "lost" and "0 of 4 seeds reached the target, against 4 of 4" in why
+    assert summary["verdicts"]["diverged"]["final"] == ("lost", "every run of the arm failed")
+    assert summary["arms"]["diverged"]["num_runs"] == 4
+    assert summary["verdicts"]["fast"]["updates"][0] == "undecided"  # 3 of 4 vs 4 of 4: p = 1
+    summary = ac.compare({k: v for k, v in arms.items() if k != "diverged"}, "fixed",
+                         "val_accuracy", 0.95)  # the same reach rates, 3 of 3 and 4 of 4
+    assert summary["verdicts"]["fast"]["updates"][0] == "beat"
+
+
+def test_equal_means_of_zero_are_matched():
+    flat = lambda s: _run([[0, 0.1], [10, 0.96]], seed=s, final=0.0)
+    summary = ac.compare({"a": [flat(0), flat(1)], "b": [flat(2), flat(3)]}, "a",
+                         "val_accuracy", 0.95)
+    assert summary["verdicts"]["b"]["final"][0] == "matched"
+
+
 def test_the_figure_is_written_atomically(tmp_path):
     arms = _arms()
     path = ac.plot_batch_vs_b_simple({"adaptive": arms["adaptive"]},

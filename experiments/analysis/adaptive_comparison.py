@@ -220,13 +220,14 @@ def describe_arm(results):
     return out
 
 
-def summarize_arm(results, metric, target, mode="max"):
-    """One arm over its seeds: {runs: [run_measures], num_runs, num_reached, censored_at (the
-    largest budget of a run that did not reach), updates/examples/seconds/
+def summarize_arm(results, metric, target, mode="max", num_failed=0):
+    """One arm over its seeds: {runs: [run_measures], num_runs, num_failed, num_reached,
+    censored_at (the largest budget of a run that did not reach), updates/examples/seconds/
     seconds_with_startup/startup/final/train_seconds/budget_examples: spread, batch_size_range,
-    description}."""
+    description}. ``num_failed``: the arm's runs that failed (a NaN loss): seeds that did not
+    reach the target, counted in ``num_runs``."""
     runs = [run_measures(r, metric, target, mode) for r in results]
-    out = {"runs": runs, "num_runs": len(runs),
+    out = {"runs": runs, "num_runs": len(runs) + int(num_failed), "num_failed": int(num_failed),
            "num_reached": sum(r["updates"] is not None for r in runs),
            "censored_at": max((r["censored_at"] for r in runs
                                if r["censored_at"] is not None), default=None),
@@ -262,7 +263,7 @@ def verdict(arm, reference, key, lower_is_better=True, tolerance=0.1):
         ours, theirs = arm["num_reached"], reference["num_reached"]
         if ours == 0 and theirs == 0:
             return "undecided", "neither reached the target"
-        if ours != theirs:
+        if ours * reference["num_runs"] != theirs * arm["num_runs"]:  # unequal reach rates
             words = (f"{ours} of {arm['num_runs']} seeds reached the target, against "
                      f"{theirs} of {reference['num_runs']}")
             p = _reached_p_value(ours, arm["num_runs"], theirs, reference["num_runs"])
@@ -271,10 +272,16 @@ def verdict(arm, reference, key, lower_is_better=True, tolerance=0.1):
                                      f"real difference (Fisher's exact test p = {p:.2g})")
             return ("lost" if ours < theirs else "beat"), f"{words} (p = {p:.2g})"
     a, r = arm[key], reference[key]
+    if key == "final" and bool(a["n"]) != bool(r["n"]):
+        failed = arm if not a["n"] else reference
+        if failed.get("num_runs") and failed.get("num_failed") == failed["num_runs"]:
+            words = f"every run of the {'arm' if failed is arm else 'reference'} failed"
+            return ("lost" if failed is arm else "beat"), words
     if not a["n"] or not r["n"]:
         return "undecided", "no value to compare"
     difference = a["mean"] - r["mean"]
-    relative = difference / abs(r["mean"]) if r["mean"] else math.inf
+    relative = 0.0 if difference == 0 else (
+        difference / abs(r["mean"]) if r["mean"] else math.inf)
     overlap = a["min"] <= r["max"] and r["min"] <= a["max"]
     words = f"mean {_number(a['mean'])} vs {_number(r['mean'])} ({relative:+.0%})"
     if abs(relative) <= tolerance:
@@ -318,16 +325,19 @@ def _reached_p_value(ours, n_ours, theirs, n_theirs):
 
 
 def compare(arms, reference, metric, target, mode="max", cost_tolerance=0.1,
-            metric_tolerance=0.01):
+            metric_tolerance=0.01, failed=None):
     """The whole comparison: {arms: {name: summarize_arm}, order, reference, adaptive (names),
     fixed (names, by B), verdicts: {arm: {key: (verdict, reason)}}, target, metric, mode,
     tolerances}. ``arms``: {name: [finished runs' result dicts]} in the order to report them;
-    ``reference``: the arm the others are judged against (the best fixed B)."""
+    ``reference``: the arm the others are judged against (the best fixed B); ``failed``:
+    {name: runs of the arm that failed}, seeds that did not reach the target (a run stopped by a
+    NaN loss lost, it was not left out)."""
     _check_mode(mode)
     if reference not in arms:
         raise ValueError(f"The reference arm {reference!r} is not among the arms "
                          f"{sorted(arms)}.")
-    summaries = {name: summarize_arm(results, metric, target, mode)
+    summaries = {name: summarize_arm(results, metric, target, mode,
+                                     (failed or {}).get(name, 0))
                  for name, results in arms.items()}
     adaptive = [n for n, s in summaries.items() if s["description"].get("adaptive")]
     fixed = sorted((n for n, s in summaries.items()
@@ -394,7 +404,7 @@ def table(summary):
     for name in summary["order"]:
         arm = summary["arms"][name]
         low, high = arm["batch_size_range"] or (None, None)
-        sizes = f"{low}" if low == high else f"{low}–{high}"
+        sizes = "-" if low is None else f"{low}" if low == high else f"{low}–{high}"
         reference = " (reference)" if name == summary["reference"] else ""
         updates = _cell(arm["updates"]) if arm["num_reached"] or arm["censored_at"] is None \
             else f"> {_number(arm['censored_at'])} (not reached)"

@@ -88,9 +88,9 @@ def comparison(reference=gin.REQUIRED, target=gin.REQUIRED, target_metric="val_a
 
 
 def results_by_arm(group_dir, spec):
-    """{arm: [result dicts of its finished runs]} in the arms' order, and the names of the runs
-    that did not finish (failed, running, never started)."""
-    arms, missing = {}, []
+    """{arm: [result dicts of its finished runs]} in the arms' order, the names of the runs
+    that did not finish (failed, running, never started), and {arm: its failed runs}."""
+    arms, missing, failed = {}, [], {}
     for arm, names in (spec.arms or {}).items():
         arms[arm] = []
         for name in names:
@@ -100,9 +100,10 @@ def results_by_arm(group_dir, spec):
                 if status == "finished" else None
             if result is None:
                 missing.append(name)
+                failed[arm] = failed.get(arm, 0) + (status == "failed")
             else:
                 arms[arm].append(result)
-    return arms, missing
+    return arms, missing, failed
 
 
 def write(group_dir, spec, name=None):
@@ -110,9 +111,10 @@ def write(group_dir, spec, name=None):
     {"report", "report_json", "figure", "summary", "sentences", "missing"}."""
     from experiments.analysis import adaptive_comparison as analysis  # noqa: PLC0415
 
-    arms, missing = results_by_arm(group_dir, spec)
+    arms, missing, failed = results_by_arm(group_dir, spec)
     summary = analysis.compare(arms, spec.reference, spec.target_metric, spec.target,
-                               spec.target_mode, spec.cost_tolerance, spec.metric_tolerance)
+                               spec.target_mode, spec.cost_tolerance, spec.metric_tolerance,
+                               failed)
     fixed = {arm: summary["arms"][arm]["description"].get("batch_size")
              for arm in summary["fixed"]}
     figure = None
@@ -127,8 +129,9 @@ def write(group_dir, spec, name=None):
         name = f"{os.path.basename(parent)}/{leaf}"
     text = analysis.markdown(summary, name, figure)
     if missing:
-        text += (f"\n{len(missing)} run(s) did not finish and are left out: "
-                 f"{', '.join(missing)}.\n")
+        text += (f"\n{len(missing)} run(s) did not finish: {', '.join(missing)}. A failed "
+                 "run counts as a seed of its arm that did not reach the target; a run still "
+                 "running or never started is left out.\n")
     report = os.path.join(group_dir, REPORT)
     _write_atomically(report, text)
     machine = os.path.join(group_dir, REPORT_JSON)
