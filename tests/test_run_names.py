@@ -102,3 +102,20 @@ def test_a_multi_worker_run_without_an_update_cadence_is_warned(tmp_path, caplog
         state.callbacks(model=None, stop_requested=lambda: None)
     said = any("checkpoints.every_n_updates" in r.getMessage() for r in caplog.records)
     assert said == warned
+
+
+def test_a_group_runs_config_says_how_to_rerun_it_alone():
+    """A sweep variant's config.gin holds sweep.variants: given as --gin_file it launched the
+    whole sweep again, each variant's bindings over the run's (1 epoch became 5 and 50)."""
+    from experiments.run import run_dir  # noqa: PLC0415
+
+    sweep = "sweep.seeds = [0, 1]\nsweep.variants = \\\n    {'a': []}\ntrain.epochs = 1\n"
+    noted = run_dir.with_group_note(sweep)
+    assert noted.endswith(sweep) and noted.startswith("# This run is one of a sweep's runs")
+    assert "--gin_bindings='sweep.variants = None' --gin_bindings='sweep.seeds = None'" in noted
+    assert "study.batch_sizes" not in noted
+    assert "--gin_bindings='study.batch_sizes = None'" in run_dir.with_group_note(
+        "study.batch_sizes = [8, 16]\n")
+    plain = "study.batch_sizes = None\nsweep.variants = None\ntrain.epochs = 1\n"
+    assert run_dir.with_group_note(plain) == plain  # a run of its own: no note
+    assert run_dir.result_bindings(noted) == run_dir.result_bindings(sweep)  # relaunch check

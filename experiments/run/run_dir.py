@@ -312,6 +312,25 @@ def write_text(run_dir, name, text):
         handle.write(text)
 
 
+def with_group_note(config_text):
+    """``config_text`` for a run's config.gin or operative_config.gin, with a note on top where
+    it holds a sweep's or study's own bindings: given as ``--gin_file``, the file would launch the
+    whole group again (with each variant's bindings over this run's), not this run."""
+    def bound(name):  # a binding of ``name`` to something else than None (gin's default)
+        return any(line.startswith(f"{name} = ") and line.split("=", 1)[1].strip() != "None"
+                   for line in config_text.splitlines())
+
+    sweep, study = bound("sweep.variants"), bound("study.batch_sizes")
+    if not (sweep or study):
+        return config_text
+    unset = " ".join(f"--gin_bindings='{binding}'" for binding, used in (
+        ("sweep.variants = None", sweep), ("sweep.seeds = None", sweep),
+        ("study.batch_sizes = None", study)) if used)
+    return (f"# This run is one of a {'sweep' if sweep else 'study'}'s runs, and this file holds "
+            "the group's bindings too:\n# --gin_file=<this file> alone launches the whole group "
+            f"again. To rerun this run alone, add\n# {unset}\n\n" + config_text)
+
+
 def write_json(run_dir, name, payload):
     """Writes ``name`` atomically (a temporary file renamed into place); a failed write (a full
     disk) leaves the previous file as it was and no temporary file behind. Standard JSON

@@ -173,7 +173,7 @@ def _keep_operative_config(path):
     if os.path.exists(target):
         return
     try:
-        text = gin.operative_config_str()
+        text = run_dir_lib.with_group_note(gin.operative_config_str())
         with open(target, "w", encoding="utf-8") as handle:
             handle.write(text)
     except Exception as error:  # pylint: disable=broad-except  (never hides the run's own)
@@ -201,7 +201,8 @@ def _open_run_dir(output):
         path, resuming = run_dir_lib.create(output.output_dir, output.experiment,
                                             output.run_name), False
     if not resuming:
-        run_dir_lib.write_text(path, "config.gin", output.config_text)
+        run_dir_lib.write_text(path, "config.gin",
+                               run_dir_lib.with_group_note(output.config_text))
     logging.info("Run directory: %s%s", path, " (resuming)" if resuming else "")
     return path, resuming
 
@@ -240,7 +241,8 @@ def make_callbacks(plan, path, log_dir, state_callbacks, checkpoint_callbacks=()
     settings = plan.settings
     callbacks = plan.mode.guards()  # first: a broken update stops the run before others log it
     callbacks += [
-        OperativeConfigSaver(path, gin.operative_config_str, None if reused else log_dir),
+        OperativeConfigSaver(path, lambda: run_dir_lib.with_group_note(gin.operative_config_str()),
+                             None if reused else log_dir),
         summary_writer.TensorBoard(log_dir=log_dir),  # cheap epoch scalars (no graph unless asked)
     ]
     measured = measurements_lib.build(settings.measurements.enabled, plan.measurement_context,
