@@ -160,7 +160,7 @@ def main(argv):
         _limit_threads(threads)
         from experiments import launch  # after flags: importing TensorFlow is slow
         from experiments.launch import executor, spares
-        from callbacks.checkpointing import TrainingInterrupted
+        from callbacks.checkpointing import StoppedAfterFinish, TrainingInterrupted
     except KeyboardInterrupt as stopped:
         print("batchlab: stopped while starting; nothing was written.", file=sys.stderr)
         sys.exit(128 + getattr(stopped, "signum", signal.SIGINT))
@@ -174,9 +174,9 @@ def main(argv):
     except TrainingInterrupted as stopped:  # SIGTERM / SIGINT: checkpoint saved, resumable
         # (after a run's last update the run itself is finished: only a sweep or study has
         # something left to resume)
-        finished = type(stopped).__name__ == "StoppedAfterFinish"
         hint = ("a sweep or study goes on when relaunched with the same command and --run_name"
-                if finished else _resume_hint(FLAGS.run_name, FLAGS.resume, FLAGS.run_dir))
+                if isinstance(stopped, StoppedAfterFinish)
+                else _resume_hint(FLAGS.run_name, FLAGS.resume, FLAGS.run_dir))
         print(f"batchlab: {_message(stopped)}; {hint}.", file=sys.stderr)
         sys.exit(128 + int(stopped.reason))
     except KeyboardInterrupt as stopped:  # --jobs: workers stopped, their runs 'interrupted'

@@ -5,8 +5,9 @@ configurable 'train' (<function train at 0x...>)"): useful in a traceback, noise
 summary, a status file or a study's progress line.
 """
 
-import json
 import os
+
+from experiments.common import json_files
 
 GIN_CALL_CHAIN = "\n  In call to configurable"
 
@@ -85,8 +86,5 @@ def failed_run_note(run_dir):
 
 def _status_of(run_dir):
     """The status status.json records, or None where it cannot be read."""
-    try:
-        with open(os.path.join(run_dir, "status.json"), encoding="utf-8") as handle:
-            return json.load(handle).get("status")
-    except (OSError, ValueError, AttributeError):
-        return None
+    status = json_files.read_json(os.path.join(run_dir, "status.json"))
+    return status.get("status") if isinstance(status, dict) else None

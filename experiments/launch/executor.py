@@ -64,14 +64,11 @@ def _run_here(job, run_in_process):
         result = run_in_process(job)
     except TrainingInterrupted:  # a stop request (SIGINT/SIGTERM) stops the whole launch
         raise
-    except run_dir_lib.RunExistsError as error:
-        if error.state != "running":
-            return Outcome(job.spec.name, job.run_dir, "failed", time.time() - started,
-                           error=errors.summary(error))
-        # another launch took the run after this one checked: reported, not failed
-        return Outcome(job.spec.name, job.run_dir, "running", time.time() - started,
-                       error="running in another launch")
     except Exception as error:  # one failing run must not stop the others
+        if isinstance(error, run_dir_lib.RunExistsError) and error.state == "running":
+            # another launch took the run after this one checked: reported, not failed
+            return Outcome(job.spec.name, job.run_dir, "running", time.time() - started,
+                           error="running in another launch")
         return Outcome(job.spec.name, job.run_dir, "failed", time.time() - started,
                        error=errors.summary(error))
     return Outcome(job.spec.name, result.get("run_dir", job.run_dir), "finished",

@@ -46,10 +46,10 @@ def run_line(path, now=None):
     if state == "missing":  # a damaged status.json reads as the rest of the directory says
         state = run_dir_lib.effective_status(path)
     now = time.time() if now is None else now
-    if state == "finished" and read_json(os.path.join(path, "result.json")) is None:
+    result = read_json(os.path.join(path, "result.json")) if state == "finished" else None
+    if state == "finished" and result is None:
         what = "result.json missing or unreadable"
     elif state == "finished":
-        result = read_json(os.path.join(path, "result.json")) or {}
         final = dict(result.get("final_epoch") or {})
         final.update({f"val_{k}": v for k, v in (result.get("final_validation") or {}).items()})
         shown = [f"{k}={final[k]:.4g}" for k in _METRICS if isinstance(final.get(k), float)][:2]

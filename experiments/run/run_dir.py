@@ -148,8 +148,8 @@ def effective_status(run_dir):
     status = read_status(run_dir)
     state = status.get("status", "missing")
     if state == "missing" and _damaged_status(run_dir):
-        return "finished" if _readable_json(os.path.join(run_dir, "result.json")) \
-            else "interrupted"
+        result = json_files.read_json(os.path.join(run_dir, "result.json"))
+        return "finished" if isinstance(result, dict) else "interrupted"
     if state == "running" and not is_alive(status):
         return "interrupted"
     return state
@@ -159,15 +159,7 @@ def _damaged_status(run_dir):
     """status.json is there but unreadable, in a run directory batchlab made."""
     path = os.path.join(run_dir, "status.json")
     return (os.path.exists(path) and os.path.exists(os.path.join(run_dir, "config.gin"))
-            and not _readable_json(path))
-
-
-def _readable_json(path):
-    try:
-        with open(path) as handle:
-            return isinstance(json.load(handle), dict)
-    except (OSError, ValueError):
-        return False
+            and not isinstance(json_files.read_json(path), dict))
 
 
 class RunExistsError(ValueError):

@@ -125,8 +125,7 @@ def run(settings, output, run_mode):
     path, resuming = _open_run_dir(output)
     multi_worker = distribute.is_multi_worker(plan.strategy)
     state = RunState(path, settings.checkpoints, resuming, synchronized=multi_worker,
-                     from_checkpoint=run_mode.resumable)
-    state.process_started = started
+                     from_checkpoint=run_mode.resumable, started=started)
     try:
         state.use_data(dataset_lib.fingerprint(plan.data))  # refuses changed data on a resume
     except ValueError:

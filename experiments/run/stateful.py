@@ -22,14 +22,12 @@ def build_model(model_fn, data):
     """``model_fn``'s model for ``data``. On stream data a model that cannot be built for its
     windows (a model for fixed-size rows: its time axis is open) gets the stream's hint beside
     its own error, which otherwise names only a layer's variable."""
-    if data.stream is None:
-        return model_fn(data.spec)
     try:
         return model_fn(data.spec)
     except ValueError as error:
-        # Only Keras' refusal of a variable over the open time axis: any other error (a bad
-        # binding of a sequence model, a bug) is the model's own, kept as it is.
-        if "must be fully-defined" not in str(error):
+        # Only Keras' refusal of a variable over the open time axis of stream data: any other
+        # error (a bad binding of a sequence model, a bug) is the model's own, kept as it is.
+        if data.stream is None or "must be fully-defined" not in str(error):
             raise
         cause = str(error).strip().splitlines()[0].rstrip(".")
         raise ValueError(

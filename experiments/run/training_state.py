@@ -35,10 +35,12 @@ class RunState:
         save (only the chief writes), and saves are decided by the update count alone: a clock
         or a signal would reach the workers at different updates. A stop signal then ends the
         worker at once; the job resumes from the last periodic checkpoint.
+      started: when this process began the run (``time.time()``; None: now), where its wall
+        time counts from.
     """
 
     def __init__(self, run_dir, settings, resuming=False, writes=True, checkpoint_dir=None,
-                 synchronized=False, from_checkpoint=True):
+                 synchronized=False, from_checkpoint=True, started=None):
         self.run_dir = run_dir
         self.settings = settings
         # The run directory was used before (a relaunch): what it logged stays, and is not
@@ -58,7 +60,8 @@ class RunState:
         # Host-side state of the run's Keras callbacks (``callback_states.CallbackStates``).
         self.callback_states = None
         self._fit_started = self._fit_ended = None
-        self.process_started = time.time()  # the runner sets its own start (before the plan)
+        # the process's start (the runner's, before its plan): wall time counts from there
+        self.process_started = time.time() if started is None else started
         self._status = run_dir_lib.running_status()
         self.position, self.bookkeeping, self._checkpoint = Position(0, 0, 0), {}, None
         if resuming and from_checkpoint:
