@@ -150,6 +150,34 @@ def write_session(log_dir, hparams, trial_id, metrics=None, step=0, status="succ
     return written
 
 
+SET_ASIDE_NAME = "set-aside-events"  # replaces "tfevents" in a retired session's file name
+
+
+def retire_sessions(log_dir):
+    """Renames each event file directly in ``log_dir`` that holds an HParams session (its start
+    or end) so that TensorBoard, which reads only files named ``*tfevents*``, no longer finds
+    it; returns the new paths. For a failed attempt a relaunch sets aside
+    (``<run>.attempt-K``): its session carries the run's name as its group, so the dashboard
+    would put the attempt and the rerun in one row and average their metrics. The file stays,
+    under its new name, for anyone who reads it with ``tf.data.TFRecordDataset``."""
+    from tensorboard.backend.event_processing import event_file_loader  # noqa: PLC0415
+
+    session_tags = {hparams_metadata.SESSION_START_INFO_TAG,
+                    hparams_metadata.SESSION_END_INFO_TAG}
+    renamed = []
+    for name in sorted(os.listdir(log_dir)) if os.path.isdir(log_dir) else []:
+        path = os.path.join(log_dir, name)
+        if "tfevents" not in name or not os.path.isfile(path):
+            continue
+        if any(value.tag in session_tags
+               for event in event_file_loader.EventFileLoader(path).Load()
+               for value in event.summary.value):
+            target = os.path.join(log_dir, name.replace("tfevents", SET_ASIDE_NAME))
+            os.replace(path, target)
+            renamed.append(target)
+    return renamed
+
+
 def _domain(name, values):
     """A ``hp.Discrete`` of the distinct values, or None (no domain: the dashboard reads the
     values from the runs) when they mix strings, bools and numbers, e.g. ``[None, 0.1]``."""

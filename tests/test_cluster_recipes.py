@@ -9,6 +9,7 @@
 """
 
 import os
+import signal
 import subprocess
 import sys
 
@@ -52,3 +53,50 @@ def test_shards_as_separate_processes_into_one_directory_then_report(tmp_path):
         "b128_s0": "finished", "b256_s0": "finished"}
     assert os.path.isfile(study_dir / "report.md")
     assert "b128_s0" in report.stdout and "b256_s0" in report.stdout
+
+
+@pytest.mark.slow
+def test_a_relaunch_waits_for_its_run_held_by_a_dying_launch_then_resumes_it(tmp_path,
+                                                                             monkeypatch):
+    """A requeued shard found its own run "running" (the killed launch's heartbeat still young,
+    or its pid taken again) and exited 0 with the run never trained. It now waits for the runs
+    another process holds and resumes those whose process is gone."""
+    import threading
+
+    from experiments import launch
+    from experiments.common import json_files
+    from experiments.launch import study_launch
+
+    gin_file = tmp_path / "one_run.gin"
+    gin_file.write_text(STUDY.replace("[128, 256]", "[128]").replace("[1]", "[3]"))
+    output = tmp_path / "shared"
+    run_dir = output / "one_run" / "job" / "b128_s0"
+    first = subprocess.Popen([sys.executable, "main.py", f"--gin_file={gin_file}",
+                              f"--output_dir={output}", "--run_name=job"], cwd=REPO,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(600):  # the first launch is training its run
+            status = json_files.read_json(str(run_dir / "status.json")) or {}
+            if status.get("status") == "running" or first.poll() is not None:
+                break
+            threading.Event().wait(0.1)
+        assert status.get("status") == "running", status
+        os.kill(first.pid, signal.SIGSTOP)  # alive, holding its run, until we kill it
+        monkeypatch.setattr(study_launch, "POLL_SECONDS", 0.2, raising=False)
+        messages = []
+
+        def print_fn(message):
+            messages.append(str(message))
+            if str(message).startswith("Waiting for"):  # the holder dies while we wait
+                first.kill()
+                first.wait()
+
+        out = launch.launch([str(gin_file)], [], output_dir=str(output), print_fn=print_fn,
+                            run_name="job")
+    finally:
+        first.kill()
+        first.wait()
+    assert any(m.startswith("Waiting for 1 run(s) live in another launch: b128_s0")
+               for m in messages), messages
+    assert [(o.name, o.status) for o in out["outcomes"]] == [("b128_s0", "finished")]
+    assert read_json(str(run_dir / "status.json"))["status"] == "finished"

@@ -248,3 +248,56 @@ def test_a_sweep_on_mirrored_replicas_runs_variants_of_other_batch_sizes(tmp_pat
     results = [_result(os.path.dirname(path)) for path in
                glob.glob(os.path.join(str(tmp_path), "**", "result.json"), recursive=True)]
     assert sorted(r["batch_size"] for r in results) == [128, 256]
+
+
+def test_workers_launched_with_different_bindings_are_refused_together(tmp_path):
+    """Nothing compared the workers' commands: a worker given another learning rate trained in
+    step with the chief (their updates averaged), and the chief's directory recorded a
+    configuration no worker ran. Every worker now refuses, before the run directory exists;
+    a binding that does not change results (``checkpoints.*``) may differ."""
+    output_dir = str(tmp_path / "runs")
+    os.makedirs(output_dir)
+    workers = [f"localhost:{port}" for port in _free_ports(2)]
+    processes = []
+    for index, rate in enumerate((0.05, 0.01)):
+        tf_config = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
+        processes.append(_main("gin/experiments/virtual_batch_distributed.gin", output_dir,
+                               [f"keras.optimizers.SGD.learning_rate = {rate}",
+                                f"checkpoints.every_n_updates = {index + 2}"],
+                               env={"TF_CONFIG": json.dumps(tf_config),
+                                    "TMPDIR": str(tmp_path)}, flags=["--run_name=job"]))
+    for process in processes:
+        try:
+            process.wait(timeout=TIMEOUT_S)
+        finally:
+            process.log.seek(0)
+            output = process.log.read()
+            process.log.close()
+        assert process.returncode == 1, output[-3000:]
+        assert "batchlab: error: The workers of this multi-worker job were launched with " \
+               "different configurations" in output, output[-3000:]
+    assert not os.path.exists(os.path.join(output_dir, "virtual_batch_distributed", "job"))
+
+
+def test_a_lost_worker_is_one_line_saying_how_to_resume():
+    """A worker killed mid-job left the chief with a 120-line traceback ending in TensorFlow's
+    UnavailableError and its run marked failed; the runner now marks the run interrupted and
+    raises this one line (main.py prints it), naming the checkpoint a relaunch resumes from."""
+    import tensorflow as tf
+
+    from experiments.common.errors import user_message
+    from experiments.engine import distribute
+
+    error = tf.errors.UnavailableError(
+        None, None, "The following tasks are unhealthy (stopped sending heartbeats):\n"
+                    "/job:worker/replica:0/task:1\nThe tasks have crashed.")
+    lost = distribute.lost_worker(error, 20)
+    assert isinstance(lost, distribute.WorkerLost)
+    message = user_message(lost)
+    assert message == (
+        "a worker of this multi-worker job stopped answering (UnavailableError: The following "
+        "tasks are unhealthy (stopped sending heartbeats):); relaunch every worker with the "
+        "same command to resume from the chief's newest checkpoint (update 20) (a worker that "
+        "stopped on an error of its own says why in its output).")
+    assert distribute.lost_worker(ValueError("x")) is None
+    assert distribute.lost_worker(tf.errors.InvalidArgumentError(None, None, "x")) is None

@@ -212,3 +212,61 @@ def test_a_studys_own_columns_read_b_simple_at_the_target_and_say_their_target(t
     for name in study_reporting.STUDY_METRICS:
         assert metrics[f"hparams/{name}"].dataset_type == api_pb2.DATASET_UNKNOWN
     assert metrics["hparams/loss"].dataset_type == api_pb2.DATASET_TRAINING
+
+
+def test_a_failed_attempt_set_aside_is_not_a_second_session_of_its_run(tmp_path):
+    """A relaunch sets a failed run aside as ``<run>.attempt-1`` and trains it again; the
+    attempt's session kept the run's name as its group, so the dashboard showed one row of two
+    sessions and averaged their metrics. Its session files are now renamed out of TensorBoard's
+    sight, the rest of its event files kept."""
+    from callbacks.hparams import write_session
+    from experiments.launch import study_dir
+
+    run = tmp_path / "b64_s0"
+    log_dir = str(run / "tensorboard")
+    write_session(log_dir, {"batch_size": 64}, "b64_s0", {"val_loss": 9.0}, 3, "failure")
+    tf.summary.create_file_writer(os.path.join(log_dir, "train")).close()  # a curve's folder
+    (run / "status.json").write_text('{"status": "failed", "error": "NaN loss"}')
+    moved = study_dir.set_aside(str(run))
+    assert moved == str(tmp_path / "b64_s0.attempt-1")
+    write_session(log_dir, {"batch_size": 64}, "b64_s0", {"val_loss": 0.5}, 9, "success")
+
+    statuses = [api_pb2.STATUS_SUCCESS, api_pb2.STATUS_FAILURE]
+    (group,) = session_groups(str(tmp_path), statuses)
+    assert group.name == "b64_s0" and len(group.sessions) == 1
+    assert {m.name.tag: m.value for m in group.metric_values} == {"hparams/val_loss": 0.5}
+    kept = os.listdir(os.path.join(moved, "tensorboard"))
+    assert any("set-aside-events" in name for name in kept)  # renamed, not deleted
+    assert os.path.isdir(os.path.join(moved, "tensorboard", "train"))
+
+
+def test_a_rewritten_study_report_leaves_one_config_naming_the_new_target(tmp_path):
+    """TensorBoard keeps the first metadata it reads for a tag: a report written again (each
+    shard writes one; the default target moves with the runs) appended a second HParams config
+    beside the first, and the dashboard kept showing the first target."""
+    import json
+
+    from experiments.launch import study_reporting
+
+    def state(target):
+        return {"study": "s", "gin_files": [], "gin_bindings": [], "config": "",
+                "axes": {"batch_sizes": [64]},
+                "target": {"metric": "val_accuracy", "value": target, "mode": "max"},
+                "runs": [{"index": 0, "name": "b64_s0", "bindings": [], "path": "b64_s0",
+                          "hparams": {"batch_size": 64, "learning_rate": 0.1, "seed": 0,
+                                      "epochs": 1, "micro_batch_size": 64, "rule": None},
+                          "status": "pending", "error": None}]}
+
+    for target in (0.1, 0.2):
+        (tmp_path / "study.json").write_text(json.dumps(state(target)))
+        study_reporting.write(str(tmp_path))
+    configs = [d.experiment for d in _plugin_data(str(tmp_path / "tensorboard"))
+               if d.HasField("experiment")]
+    assert len(configs) == 1
+    steps = [m.display_name for m in configs[0].metric_infos
+             if m.name.tag == "hparams/steps_to_target"]
+    assert steps == ["updates to val_accuracy >= 0.2"]
+    texts = [value for _, value in _events(str(tmp_path / "tensorboard"))
+             if value.tag.startswith("report/text")]
+    assert len(texts) == 1
+    assert not [name for name in os.listdir(tmp_path) if ".new-" in name or ".old-" in name]

@@ -59,3 +59,16 @@ def test_dump_writes_odd_values_as_standard_json(tmp_path):
         json_files.dump({"odd": Odd("inf"), "thing": Thing(), "bytes": "b"}, handle)
     assert _strict((tmp_path / "x.json").read_text()) == {"odd": None, "thing": "thing",
                                                            "bytes": "b"}
+
+
+def test_a_nan_metric_written_as_null_reads_back_as_nan(tmp_path):
+    """result.json writes a diverged run's NaN metric as null; a sweep relaunch read the file
+    back and dropped the metric (its HParams session and table lost the divergence)."""
+    path = tmp_path / "result.json"
+    with open(path, "w") as handle:
+        json_files.dump({"final_epoch": {"loss": 0.5, "val_loss": float("nan")},
+                         "final_validation": {"loss": float("inf")}, "updates": 3}, handle)
+    result = json_files.read_result(str(path))
+    assert result["final_epoch"]["loss"] == 0.5 and math.isnan(result["final_epoch"]["val_loss"])
+    assert math.isnan(result["final_validation"]["loss"]) and result["updates"] == 3
+    assert json_files.read_result(str(tmp_path / "missing.json")) is None

@@ -4,6 +4,7 @@ with ``find_micro_batch.probe = b``; its ``ProbeResult`` is written to
 largest b whose measured peak memory is within the budget."""
 
 import os
+import re
 
 import pytest
 
@@ -223,3 +224,231 @@ def test_a_probe_killed_outright_does_not_fit(monkeypatch):
     prober = micro_batch_finder.ProcessProber("unused.gin")
     best, probes = micro_batch_finder.find(prober, 64, budget_mb=None, smallest=64)
     assert best is None and [(p.micro_batch_size, p.fits) for p in probes] == [(64, False)]
+
+
+def _never_probed(monkeypatch):
+    """Makes any probe fail the test at once: a configuration refused before probing probes
+    nothing (and the old finder, which probed it, fails fast instead of training)."""
+    def measure(self, micro):
+        raise AssertionError(f"b = {micro} was probed")
+
+    monkeypatch.setattr(micro_batch_finder.ProcessProber, "measure", measure)
+
+
+SWEEP_FINDER = """
+include 'gin/experiments/digits_mlp.gin'
+include 'gin/tools/find_micro_batch.gin'
+train.batch_size = 64
+find_micro_batch.budget_mb = 5000
+sweep.variants = {'small': ['mlp.hidden_units = (8,)'], 'big': ['mlp.hidden_units = (64,)']}
+"""
+
+
+@pytest.mark.parametrize("group", ["sweep", "study"])
+def test_the_finder_in_a_sweep_or_study_is_refused_before_anything_is_written(
+        tmp_path, monkeypatch, group):
+    """Each run of a sweep or study would probe (the variants then overwrote one result file,
+    and the probes wrote sweep directories into the repository): the launch is refused with one
+    line naming the binding, and nothing is written."""
+    _never_probed(monkeypatch)
+    config = tmp_path / "sweep.gin"
+    config.write_text(SWEEP_FINDER)
+    files = [str(config)] if group == "sweep" else [
+        "gin/studies/noise_at_target.gin", "gin/tools/find_micro_batch.gin"]
+    binding = {"sweep": "sweep.variants", "study": "study.batch_sizes"}[group]
+    with pytest.raises(launch.ConfigError, match=f"^train.mode = 'find_micro_batch' cannot run "
+                                                 f"inside a sweep or a study, but {binding} is "
+                                                 "bound: run the finder on one configuration"):
+        launch.launch(files, ["find_micro_batch.budget_mb = 5000"],
+                      output_dir=str(tmp_path / "runs"), print_fn=lambda *_: None)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_probe_starts_where_the_users_run_does_and_writes_into_scratch(tmp_path, monkeypatch):
+    """A probe's process starts in the user's working directory, with the directories of the
+    user's gin files searched for data files (``find_micro_batch.search_dirs``, restored in the
+    probe) and, where the run imported from them, for modules (``PYTHONPATH``); its
+    ``--output_dir`` is a scratch directory removed after it, never the repository's runs/."""
+    from experiments.common import paths
+    import subprocess
+    import sys
+
+    user = tmp_path / "user"
+    user.mkdir()
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", sys.path + [str(user)])
+    paths.set_gin_files([str(user / "mine.gin"), os.path.join(paths.REPO_ROOT, "gin", "x.gin")])
+    searched = paths.search_dirs()
+    seen = {}
+
+    def run(command, **kwargs):
+        seen.update(command=command, **kwargs)
+        (result,) = [c.split(" = ", 1)[1].strip("'") for c in command if "result_file" in c]
+        micro_batch_finder.ProbeResult(8, 4, peak_mb=1.0, examples_per_sec=2.0).write(result)
+        return subprocess.CompletedProcess(command, 0, "", "")
+
+    monkeypatch.setattr(micro_batch_finder.subprocess, "run", run)
+    prober = micro_batch_finder.ProcessProber("scratch/run.gin")
+    assert prober.measure(8) == (1.0, 2.0)
+    assert seen["cwd"] == str(tmp_path)
+    (output,) = [c.split("=", 1)[1] for c in seen["command"] if c.startswith("--output_dir=")]
+    assert not output.startswith(paths.REPO_ROOT) and not os.path.exists(output)
+    assert str(user) in seen["env"]["PYTHONPATH"].split(os.pathsep)
+    (dirs,) = [c for c in seen["command"] if "find_micro_batch.search_dirs" in c]
+    assert str(user) in dirs
+    paths.set_gin_files(["scratch/run.gin"])  # what the probe's own parse leaves
+    micro_batch_finder._search_beside(prober.search_dirs)  # pylint: disable=protected-access
+    assert paths.search_dirs() == searched
+
+
+OWN_MODEL = """
+import keras
+import gin
+
+
+@gin.configurable
+def finder_test_tiny_mlp(spec, width=16):
+    return keras.Sequential([keras.Input(spec.input_shape),
+                             keras.layers.Dense(width, activation="relu"),
+                             keras.layers.Dense(spec.num_outputs, activation="softmax")])
+"""
+
+OWN_GIN = """
+include 'gin/base.gin'
+include 'gin/data/digits.gin'
+import finder_test_models
+digits.path = 'my_digits.npz'
+train.model_fn = @finder_test_tiny_mlp
+train.batch_size = 32
+"""
+
+
+@pytest.mark.slow
+def test_the_finder_runs_the_readmes_own_model_workflow(tmp_path):
+    """README "Your own model": a module and a data file beside the user's gin file, launched
+    from another directory; the probes import that module and find that file as the user's run
+    does (they ran in the repository, with their gin file in a scratch directory, and failed)."""
+    import shutil
+    import subprocess
+    import sys
+    from experiments.common import paths
+
+    user = tmp_path / "user"
+    user.mkdir()
+    (user / "finder_test_models.py").write_text(OWN_MODEL)
+    (user / "mine.gin").write_text(OWN_GIN)
+    shutil.copy(os.path.join(paths.REPO_ROOT, "data", "digits.npz"), user / "my_digits.npz")
+    process = subprocess.run(
+        [sys.executable, os.path.join(paths.REPO_ROOT, "main.py"), "--gin_file=user/mine.gin",
+         "--gin_file=gin/tools/find_micro_batch.gin", "--gin_bindings=find_micro_batch.budget_mb"
+         " = 5000", "--gin_bindings=find_micro_batch.updates = 1",
+         "--gin_bindings=find_micro_batch.smallest = 32", f"--output_dir={tmp_path / 'runs'}"],
+        cwd=tmp_path, capture_output=True, text=True, check=False, timeout=600)
+    assert process.returncode == 0, process.stderr[-3000:]
+    assert "train.micro_batch_size = 32" in process.stdout
+    assert sorted(os.listdir(tmp_path)) == ["user"] and len(os.listdir(user)) == 3
+
+
+SCHEDULE = ["train.batch_size_schedule = @batch_size_schedule()",
+            "batch_size_schedule.boundaries = [1]"]
+
+
+def test_the_check_builds_the_runs_plan_at_each_b_and_gives_its_refusals(tmp_path):
+    """The check (``find_micro_batch.check``, one process before any probe) builds the run's own
+    plan at each b with the schedule and AdaScale as bound: what the run refuses, in its own
+    words (a stage's B larger than the data named as that stage, not as train.batch_size; an
+    adaptive batch's B_max; k = 1 where AdaScale needs the noise scale)."""
+    digits = ["gin/experiments/digits_mlp.gin", "gin/tools/find_micro_batch.gin",
+              "train.batch_size = 64", "train.verbose = 0", "find_micro_batch.check = (32, 64)"]
+    cases = [
+        (SCHEDULE + ["batch_size_schedule.batch_sizes = [4096]"],
+         r"batch_size_schedule: stage 1 \(from epoch 1\) has B=4096, larger than the", (32, 64)),
+        (["train.batch_size_schedule = @adaptive_batch_size()",
+          "adaptive_batch_size.max_batch_size = 4096"],
+         "adaptive_batch_size.max_batch_size=4096 is larger than the", (32, 64)),
+        (["train.learning_rate_scaling = @adascale()", "adascale.reference_batch_size = 16"],
+         r"train.learning_rate_scaling = @adascale\(\) at B = 64, .* is one micro-batch", (64,)),
+    ]
+    for bindings, message, refused in cases:
+        (checked,) = _launch(digits + bindings, tmp_path / "runs")
+        assert tuple(checked["refused"]) == refused
+        assert all(re.match(message, m) for m in checked["refused"].values())
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.slow
+def test_a_schedule_the_run_refuses_ends_the_finder_with_the_runs_message(tmp_path, monkeypatch):
+    """A shrinking schedule: the finder printed a table and bindings the run then refused; now
+    the run's own refusal, before any probe."""
+    _never_probed(monkeypatch)
+    with pytest.raises(ValueError, match="batch_size_schedule: stage 1 .* has B=32, not larger "
+                                         "than the stage before it"):
+        _launch(DIGITS + ["gin/tools/find_micro_batch.gin", "find_micro_batch.budget_mb = 5000",
+                          "find_micro_batch.smallest = 16", "batch_size_schedule.batch_sizes = "
+                          "[32]"] + SCHEDULE, tmp_path / "runs")
+
+
+@pytest.mark.slow
+def test_with_adascale_the_finder_leaves_out_the_b_the_run_refuses(tmp_path, monkeypatch):
+    """AdaScale at B = 64 tuned at B_0 = 16 needs the noise scale, so k >= 2: b = 64 is not
+    probed (it was, and was picked) and the report says why."""
+    seen = []
+
+    def measure(self, micro):
+        seen.append(micro)
+        return 100.0, 1000.0
+
+    monkeypatch.setattr(micro_batch_finder.ProcessProber, "measure", measure)
+    (found,) = _launch(DIGITS + ["gin/tools/find_micro_batch.gin",
+                                 "find_micro_batch.budget_mb = 5000",
+                                 "find_micro_batch.smallest = 32",
+                                 "train.learning_rate_scaling = @adascale()",
+                                 "adascale.reference_batch_size = 16"], tmp_path / "runs")
+    assert seen == [32] and found["micro_batch_size"] == 32
+    assert "Not probed: b = 64, which the run refuses: train.learning_rate_scaling" in \
+        found["report"]
+
+
+class _StoppedBy(KeyboardInterrupt):
+    """What main.py raises on SIGTERM: a KeyboardInterrupt carrying the signal."""
+
+    def __init__(self, signum):
+        super().__init__(f"signal {signum}")
+        self.signum = signum
+
+
+@pytest.mark.parametrize("stop, status", [(KeyboardInterrupt(), 130), (_StoppedBy(15), 143)])
+def test_a_stopped_finder_shows_its_rows_and_exits_without_a_resume_hint(monkeypatch, capsys,
+                                                                        stop, status):
+    """Ctrl-C or SIGTERM during the second probe: the first row and "nothing was written", the
+    status 128 + the signal (the launcher's "relaunch with the same --run_name" was printed,
+    and the measured rows were lost)."""
+    from types import SimpleNamespace
+
+    class Prober:
+        def __init__(self, config_path):
+            self.calls = 0
+
+        def check(self, micros):
+            return {}
+
+        def measure(self, micro):
+            self.calls += 1
+            if self.calls == 2:
+                raise stop
+            return 700.0, 5000.0
+
+    monkeypatch.setattr(micro_batch_finder, "ProcessProber", Prober)
+    monkeypatch.setattr(micro_batch_finder, "_has_gpu", lambda: False)
+    data = SimpleNamespace(batch_size=64, batch_size_schedule=None)
+    finder = micro_batch_finder.FinderSettings(budget_mb=5000.0, smallest=16, updates=1,
+                                               probe=None, result_file=None)
+    try:
+        with pytest.raises(SystemExit) as ended:
+            micro_batch_finder.run(SimpleNamespace(data=data), "", SimpleNamespace(finder=finder))
+    except KeyboardInterrupt:
+        pytest.fail("the stop reached the launcher (its resume hint; the rows lost)")
+    assert ended.value.code == status
+    out, err = capsys.readouterr()
+    assert "| 16 | 4 | 700.0 | 5000 | yes |" in out and "Stopped before the probing ended" in out
+    assert "stopped; nothing was written" in err and "relaunch" not in err

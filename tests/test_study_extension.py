@@ -134,3 +134,58 @@ def test_edge_rates_are_extended_until_inside_or_the_limit_and_relaunches_redo_n
     assert len(state["extensions"]) == 4 and len(state["runs"]) == 8
     with open(os.path.join(study_dir, "report.json")) as handle:
         assert json.load(handle)["per_batch_size"]["64"]["learning_rate"] == 1.067
+
+
+def test_a_sharded_launch_says_how_to_extend():
+    """A sharded launch never extends; its report said only "not extended", which reads as if
+    the extension had run and found nothing to add (docs/cluster.md's recipe uses a study that
+    extends). It now says what to do."""
+    from experiments.analysis import answers
+    from experiments.launch import study as study_lib
+
+    spec = study_lib.StudySpec(batch_sizes=[64], learning_rates=[0.03, 0.1],
+                               extend_learning_rates=True)
+    info = study_extension.report_info({"extension_settings": study_extension.settings(
+        spec, held="shard")})
+    summary = {"extensions": info, "edge_warnings": [{"batch_size": 64, "edge": "high",
+                                                      "learning_rate": 0.1}],
+               "best": {}, "per_batch": {}}
+    sentence = answers._extension_sentence(summary)
+    assert "B = 64 (not extended under --shard: once every shard is done, relaunch without " \
+           "--shard (the same --run_name) to extend)" in sentence
+
+
+@pytest.mark.slow
+def test_shards_hold_the_extension_and_the_relaunch_without_shard_extends(tmp_path):
+    """docs/cluster.md's recipe for a study that extends: the shards, then the same command
+    without --shard, which extends the grid and writes the report."""
+    from experiments import launch
+
+    gin_file = tmp_path / "edge.gin"
+    gin_file.write_text(EDGE_STUDY)
+    output = tmp_path / "runs"
+    for shard in ("0/2", "1/2"):
+        out = launch.launch([str(gin_file)], [], output_dir=str(output),
+                            print_fn=lambda *_: None, run_name="r", shard=shard)
+    study_dir = out["study_dir"]
+    state = read_json(os.path.join(study_dir, "study.json"))
+    assert state["extension_settings"]["held"] == "shard" and not state.get("extensions")
+    text = open(os.path.join(study_dir, "report.md"), encoding="utf-8").read()
+    assert "not extended under --shard" in text
+    again = _launch(str(gin_file), output)
+    assert sorted(o.name for o in again["outcomes"]) == [
+        "b32_lr1.264_s0", "b32_lr1.422_s0", "b64_lr1.067_s0", "b64_lr1.423_s0"]
+    state = read_json(os.path.join(study_dir, "study.json"))
+    assert state["extension_settings"]["held"] is None and len(state["extensions"]) == 4
+
+
+def test_turning_the_extension_on_at_a_relaunch_is_not_another_configuration():
+    """docs/studies.md: turning the switch on (or raising the limit) on a relaunch of a finished
+    study only adds runs; the relaunch was refused as "a study launched with another
+    configuration" (and each interrupted run's own check would refuse it the same way)."""
+    from experiments.run import run_dir
+
+    before = "study.batch_sizes = [64]\nstudy.target = 0.3\ntrain.epochs = 1\n"
+    after = before + "study.extend_learning_rates = True\nstudy.max_extensions = 4\n"
+    assert run_dir.config_difference(before, after) is None
+    assert run_dir.config_difference(before, before.replace("0.3", "0.4")) is not None

@@ -245,6 +245,11 @@ def _edge_text(s):
 
 _STOPS = {"limit": "the limit study.max_extensions = {limit} was reached",
           "tried": "the rate beyond it was tried already and failed"}
+# Why a launch with the switch on extended nothing (study.json's extension_settings "held").
+_HELD = {"shard": "not extended under --shard: once every shard is done, relaunch without "
+                  "--shard (the same --run_name) to extend",
+         "running": "not extended while runs were live in another launch: relaunch once they "
+                    "are done to extend"}
 
 
 def _extension_sentence(s):
@@ -258,6 +263,7 @@ def _extension_sentence(s):
     for entry in info.get("added") or ():
         added.setdefault(entry["batch_size"], []).append(entry)
     stopped = {int(b): why for b, why in (info.get("stopped") or {}).items()}
+    held = _HELD.get(info.get("held"), "not extended")
     if not added:
         text = "Grid extension (study.extend_learning_rates): no learning rate was added"
         if not edges:
@@ -265,7 +271,7 @@ def _extension_sentence(s):
                          "best_lr")
         limit = info.get("max_extensions")
         still = ", ".join(
-            f"B = {_num(b)} ({_STOPS.get(stopped.get(b), 'not extended').format(limit=limit)})"
+            f"B = {_num(b)} ({_STOPS.get(stopped.get(b), held).format(limit=limit)})"
             for b in sorted(edges))
         return _cite(f"{text}; at the edge: {still}", "best_lr")
     parts = []
@@ -277,7 +283,8 @@ def _extension_sentence(s):
         if best_lr is None:
             best_lr = (s["per_batch"].get(b) or {}).get("learning_rate")
         if b in edges:
-            why = _STOPS.get(stopped.get(b), "extension off on the last launch").format(
+            why = _STOPS.get(stopped.get(b), _HELD.get(
+                info.get("held"), "extension off on the last launch")).format(
                 limit=info.get("max_extensions"))
             outcome = (f"best {edges[b]['learning_rate']:g}, still at the {edges[b]['edge']} "
                        f"edge ({why})")

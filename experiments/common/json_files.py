@@ -24,6 +24,20 @@ def read_json(path):
         return None
 
 
+def read_result(path):
+    """A run's result.json (None when missing or not yet valid) with its final metrics as
+    written: a NaN or infinite metric is null in the file (JSON has no NaN) and reads back as
+    NaN in ``final_epoch`` and ``final_validation``, so a run that finished diverged keeps its
+    diverged metric instead of losing it on a relaunch that reads the file."""
+    result = read_json(path)
+    if isinstance(result, dict):
+        for key in ("final_epoch", "final_validation"):
+            if isinstance(result.get(key), dict):
+                result[key] = {name: math.nan if value is None else value
+                               for name, value in result[key].items()}
+    return result
+
+
 def plain(value, default=str):
     """``value`` as plain JSON values: dicts, lists, numbers, strings, bools
     and None; NumPy scalars and arrays as numbers and lists; inf, -inf and nan as None. Other

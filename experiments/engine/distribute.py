@@ -20,6 +20,7 @@ Both MultiWorkerMirroredStrategy and logical CPU devices must be set up before T
 initialises its runtime: the runner resolves the strategy before it touches any data.
 """
 
+import hashlib
 import json
 import os
 import shutil
@@ -151,6 +152,65 @@ def is_chief(strategy):
         return True
     jobs = resolver.cluster_spec().as_dict()
     return task_type == "worker" and task_id == 0 and "chief" not in jobs
+
+
+class WorkersDifferError(ValueError):
+    """The workers of one multi-worker job were launched with different configurations."""
+
+
+def check_same_on_every_worker(strategy, text):
+    """Raises ``WorkersDifferError`` on every worker when ``text`` (a worker's configuration as
+    the runner passes it: the bindings that decide results) is not the same on all of them.
+    Nothing else compares the workers' commands: a worker launched with another learning rate
+    trained in step with the chief, its updates averaged with the chief's, and the chief's run
+    directory recorded a configuration no worker ran. One all-reduce of a 20-bit digest d and
+    d² (exact in float64): their spread is 0 on every worker iff all digests are equal, so
+    every worker refuses together, before anything is written (a collision goes unnoticed
+    about once in a million mistakes)."""
+    if not is_multi_worker(strategy):
+        return
+    digest = float(int.from_bytes(hashlib.sha256(text.encode("utf-8")).digest()[:3], "big")
+                   >> 4)
+    total = strategy.reduce(
+        tf.distribute.ReduceOp.SUM,
+        strategy.run(lambda: tf.constant([digest, digest * digest, 1.0], tf.float64)),
+        axis=None)
+    total_digest, total_square, count = (float(v) for v in total.numpy())
+    if total_square * count != total_digest * total_digest:
+        raise WorkersDifferError(
+            "The workers of this multi-worker job were launched with different configurations "
+            "(gin files and bindings that decide results differ between them; only "
+            "checkpoints.* and train.verbose may differ): launch every worker with the same "
+            "command, TF_CONFIG's task index aside.")
+
+
+class WorkerLost(ValueError):
+    """A worker of a multi-worker job stopped answering (killed, out of memory, its machine
+    lost, or ended by an error of its own): the job cannot go on, and relaunching every worker
+    resumes it from the chief's newest checkpoint."""
+
+
+# What TensorFlow raises on a worker whose peer is gone: the coordination service's "tasks are
+# unhealthy", a refused or reset connection, a collective that timed out or was cancelled.
+_PEER_ERRORS = (tf.errors.UnavailableError, tf.errors.DeadlineExceededError,
+                tf.errors.CancelledError, tf.errors.AbortedError)
+
+
+def lost_worker(error, resume_update=None):
+    """A ``WorkerLost`` that says what happened and what to do, for ``error`` raised in a
+    multi-worker job when it is TensorFlow reporting a lost peer; None for any other error.
+    It replaces a traceback of some 120 lines. ``resume_update``: the chief's newest
+    checkpoint (None: none yet, or unknown on a non-chief worker)."""
+    if not isinstance(error, _PEER_ERRORS):
+        return None
+    text = getattr(error, "message", None) or str(error)
+    first = next((line.strip() for line in str(text).splitlines() if line.strip()), "")
+    where = ("the chief's newest checkpoint" if resume_update is None
+             else f"the chief's newest checkpoint (update {resume_update})")
+    return WorkerLost(
+        f"a worker of this multi-worker job stopped answering ({type(error).__name__}: "
+        f"{first[:240]}); relaunch every worker with the same command to resume from {where} "
+        "(a worker that stopped on an error of its own says why in its output).")
 
 
 def scratch_dir(strategy, name=None):

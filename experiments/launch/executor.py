@@ -13,8 +13,9 @@ import), longest runs first (``cost``), so the slots end together. Runs get
 The CPU threads are split between the slots (``--intra_op_threads``, ``OMP_NUM_THREADS``;
 ``main.py`` limits its own): N processes that each assume every core would fight over them.
 ``main.py`` may start the workers before it imports TensorFlow (``spares``), so that their import
-runs beside its own. A worker that dies (a crash, not an exception) fails its run and is replaced.
-The parent prints one line per finished run and the progress.
+runs beside its own. A worker that dies (a crash, not an exception) fails its run and is replaced
+(one killed by a signal is named by it, ``outcomes.collect``). The parent prints one line per
+finished run and the progress, counting the runs being trained, not the slots.
 """
 
 import dataclasses
@@ -119,7 +120,9 @@ class _Pool:
         self.progress = outcomes.Progress(len(jobs), num_jobs, self.print_fn)
         self.ticker = outcomes.Ticker(len(jobs), self.print_fn)
         self.slots = min(num_jobs, len(jobs))
-        self.running, self.all_done = self.slots, threading.Event()
+        self.all_done = threading.Event()
+        # Set before the launch stops its workers: their exit is then no news to print.
+        self.stopping = threading.Event()
         self.feeders = [threading.Thread(target=self._feed, daemon=True)
                         for _ in range(self.slots - 1)]
 
@@ -135,7 +138,13 @@ class _Pool:
             return child
         code = child.process.wait()
         child.close()  # keeps a spare's stderr in the log named below
+        if code in (-signal.SIGINT, -signal.SIGTERM):
+            # Ctrl-C reaches the whole process group: the worker may end before this launch,
+            # stopping too, says so (``run``). A moment for it, then only a lone death is news.
+            self.stopping.wait(timeout=2.0)
         with self.lock:
+            if self.stopping.is_set():
+                return None
             self.print_fn(f"A worker exited with status {code} before it was ready "
                           f"(see {child.errors_path}); one slot fewer.")
         return None
@@ -156,7 +165,9 @@ class _Pool:
         self.ticker.finished(self.jobs[position])
         with self.lock:
             self.outcomes[position] = outcome
-            self.progress.report(outcome, min(self.running, len(self.jobs) - len(self.outcomes)))
+            # runs being trained now (the ticker's count), not slots: a slot whose worker is
+            # still starting, or that found nothing left to take, trains nothing
+            self.progress.report(outcome, self.ticker.in_flight())
             if len(self.outcomes) == len(self.jobs):
                 self.all_done.set()
 
@@ -164,7 +175,7 @@ class _Pool:
         """One worker's slot: a fresh worker whenever the last one died in a run."""
         child = None
         try:
-            while True:
+            while not self.stopping.is_set():  # a stopping launch starts no new worker
                 child = child or self._start_worker()
                 taken = child and self._take()
                 if not taken:
@@ -177,8 +188,6 @@ class _Pool:
                     child = None
                 self._finish(position, outcomes.collect(job, returncode, time.time() - started))
         finally:
-            with self.lock:
-                self.running -= 1
             if child is not None:
                 child.close()
 
@@ -194,8 +203,6 @@ class _Pool:
                 signum = stopped.reason if isinstance(stopped.reason, int) else signal.SIGTERM
                 raise worker_processes.LaunchStopped(signum) from stopped
             self._finish(position, outcomes.collect(job, 0, time.time() - started))
-        with self.lock:
-            self.running -= 1
 
     def run(self):
         """Runs every job; the outcomes in the jobs' order. The workers end when their feeder
@@ -217,6 +224,7 @@ class _Pool:
             if previous is not None:
                 signal.signal(signal.SIGTERM, previous)
             if not completed:
+                self.stopping.set()  # before the workers end: their exit is not news
                 worker_processes.stop([w.process for w in self.workers], self.lock)
                 for child in self.workers:
                     child.keep_errors()

@@ -285,6 +285,31 @@ def query(binding, default=None):
     return value
 
 
+_UNBOUND = object()
+
+
+def effective_value(binding, default=None):
+    """The value ``[scope/]configurable.parameter`` takes in the configuration gin holds: its
+    binding (macros resolved), else the default in the configurable's signature (an optimizer's
+    ``learning_rate`` a variant leaves unbound is the class's default, which a table must show,
+    not the base experiment's other optimizer's rate); ``default`` when neither exists."""
+    value = query(binding, _UNBOUND)
+    if value is not _UNBOUND:
+        return value
+    selector, _, parameter = binding.rpartition(".")
+    try:
+        function = gin.get_configurable(selector.rsplit("/", 1)[-1])
+    except (ValueError, KeyError):
+        return default
+    try:
+        signature = inspect.signature(
+            function.__init__ if inspect.isclass(function) else function)
+        found = signature.parameters[parameter].default
+    except (KeyError, TypeError, ValueError):
+        return default
+    return default if found is inspect.Parameter.empty else found
+
+
 def parse(gin_files, gin_bindings):
     """Clears gin and parses files then bindings, in order; raises ConfigError on any problem."""
     files = [resolve_gin_file(f) for f in gin_files]

@@ -14,7 +14,7 @@ import gin
 
 from experiments.analysis import lr_range, tables
 from experiments.common import checks
-from experiments.common.json_files import read_json
+from experiments.common.json_files import read_json, read_result
 from experiments.launch import comparison as comparison_lib
 from experiments.launch import executor, worker
 from experiments.launch import grid as grid_lib
@@ -24,7 +24,8 @@ from experiments.launch import study as study_lib
 from experiments.launch import study_dir as study_dir_lib
 from experiments.launch import study_launch
 from experiments.launch import sweep as sweep_lib
-from experiments.launch.gin_config import ConfigError, check_required, parse, query
+from experiments.launch.gin_config import (ConfigError, check_required, effective_value, parse,
+                                           query)
 from experiments.run import run_dir as run_dir_lib
 from experiments.run import runner
 
@@ -56,6 +57,14 @@ def launch(gin_files=(), gin_bindings=(), output_dir="runs", print_fn=print, job
         variants, columns, comparison = sweep_lib.sweep()
     except ValueError as error:
         raise ConfigError(str(error)) from error
+    if (spec is not None or variants) and query("train.mode") == "find_micro_batch":
+        # each run of the group would probe and print bindings that do not say which run they
+        # are for, and the group's directory would hold runs that trained nothing
+        raise ConfigError(
+            "train.mode = 'find_micro_batch' cannot run inside a sweep or a study, but "
+            f"{'study.batch_sizes' if spec is not None else 'sweep.variants'} is bound: run "
+            "the finder on one configuration (the experiment's gin file without the sweep or "
+            "study, its bindings on the command line).")
     if spec is not None:
         if variants:
             raise ConfigError("These gin files declare both sweep.variants and a study; keep one.")
@@ -129,8 +138,10 @@ def _launch_sweep(files, gin_bindings, output_dir, experiment, variants, columns
         study_launch.check_target_metric(comparison, "comparison.target_metric")
     print_fn(f"Sweep {experiment}: {len(runs)} variant(s); checking each.")
     _start_workers(jobs, files, gin_bindings)
-    points.check_all(files, gin_bindings, runs, "sweep variant")
-    base_hparams = sweep_lib.base_hparams(query)  # gin holds the base configuration here
+    parameters = sweep_lib.bound_parameters(runs)
+    hparams = sweep_lib.fold_learning_rates(points.check_all(
+        files, gin_bindings, runs, "sweep variant",
+        inspect=lambda run: sweep_lib.configured_hparams(parameters, effective_value)))
     group_dir = _sweep_dir(output_dir, experiment, run_name, variants, gin.config_str())
     done, todo = _sweep_progress(group_dir, runs)
     if done:
@@ -147,7 +158,7 @@ def _launch_sweep(files, gin_bindings, output_dir, experiment, variants, columns
     executor.wait_for_workers()
     by_name = {o.name: o for o in list(done) + list(outcomes)}
     results = [_row(by_name[r.name]) for r in runs if r.name in by_name]
-    _write_sweep_hparams(group_dir, runs, by_name, base_hparams, print_fn)
+    _write_sweep_hparams(group_dir, runs, by_name, hparams, print_fn)
     table = tables.format_table(results, _columns(columns))
     scaling = lr_range.scaling_sentence(results)  # range tests at several batch sizes
     if scaling:
@@ -171,7 +182,7 @@ def _launch_sweep(files, gin_bindings, output_dir, experiment, variants, columns
     print_fn("\n" + table)
     if comparison is not None:
         _write_comparison(group_dir, comparison, print_fn)
-    print_fn(f"\nRuns: {group_dir}   (tensorboard --logdir {output_dir})")
+    print_fn(f"\nRuns: {group_dir}   (tensorboard --logdir {group_dir})")
     return results
 
 
@@ -187,11 +198,11 @@ def _write_comparison(group_dir, comparison, print_fn):
     print_fn(f"\nComparison: {written['report']}")
 
 
-def _write_sweep_hparams(group_dir, runs, by_name, base_hparams, print_fn):
+def _write_sweep_hparams(group_dir, runs, by_name, hparams, print_fn):
     """The sweep's HParams dashboard (``sweep.write_hparams``); a failure to write it is
     printed and does not lose the sweep's table."""
     try:
-        sweep_lib.write_hparams(group_dir, runs, by_name, *base_hparams)
+        sweep_lib.write_hparams(group_dir, runs, by_name, hparams)
     except (OSError, ValueError) as error:
         print_fn(f"HParams for {group_dir} not written: {error}")
 
@@ -276,8 +287,8 @@ def _sweep_progress(group_dir, runs):
             continue
         if status == "finished":
             done.append(outcomes_lib.Outcome(run.name, path, "finished", 0.0,
-                                             result=read_json(os.path.join(path,
-                                                                            "result.json"))))
+                                             result=read_result(os.path.join(path,
+                                                                              "result.json"))))
             continue
         if status == "failed":
             study_dir_lib.set_aside(path)

@@ -15,7 +15,10 @@ from experiments.common.json_files import read_json
 from experiments.run import run_dir as run_dir_lib
 
 _METRICS = ("val_accuracy", "val_loss", "accuracy", "loss")
-_SKIPPED = {"tensorboard", "checkpoints", "figures", "__pycache__"}
+# Never a run's or a group's directory (``sweep.RESERVED_NAMES``), so skipped at every depth. A
+# run's own checkpoints/ and figures/ are never walked (the walk stops at a run's status.json): a
+# sweep's variant may be named so.
+_SKIPPED = {"tensorboard", "__pycache__"}
 
 
 def find(directory):
@@ -63,13 +66,28 @@ def run_line(path, now=None):
         what = (f"{update}heartbeat {now - float(status.get('heartbeat', now)):.0f}s ago, "
                 f"pid {status.get('pid')} on {status.get('host')}")
     elif state == "failed":
-        what = (str(status.get("error") or "").strip().splitlines() or [""])[-1][:100]
+        what = run_dir_lib.error_line(status.get("error"))[:100]
     elif state == "interrupted":
-        update = status.get("update")
-        what = f"resumable{f' from update {update}' if update is not None else ''}"
+        what = _resume_point(path, status)
     else:
         what = ""
     return state, what, path
+
+
+def _resume_point(path, status):
+    """Where an interrupted run continues. A run stopped by a signal saved a checkpoint at the
+    update its status records; one whose process died ('running', process gone or heartbeat
+    stale) continues from its newest checkpoint, not from its last heartbeat's update."""
+    update = status.get("update") if status.get("status") == "interrupted" else None
+    if update is None:
+        update = run_dir_lib.newest_checkpoint_update(path)
+    return "restarts from update 0" if update is None else f"resumable from update {update}"
+
+
+def _group_run_status(run_dir):
+    """A sweep's or study's run as its group counts it: 'pending' before its directory exists
+    (study.json's word; ``effective_status`` says 'missing')."""
+    return "pending" if not os.path.isdir(run_dir) else run_dir_lib.effective_status(run_dir)
 
 
 def group_line(path):
@@ -79,8 +97,8 @@ def group_line(path):
         runs = study.get("runs") or []
         counts = {}
         for run in runs:
-            state = run_dir_lib.effective_status(os.path.join(path, run.get("name", "")))
-            if state == "missing" and run.get("status") == "failed":  # refused before its
+            state = _group_run_status(os.path.join(path, run.get("path") or run.get("name", "")))
+            if state == "pending" and run.get("status") == "failed":  # refused before its
                 state = "failed"                                       # directory existed
             counts[state] = counts.get(state, 0) + 1
         report = os.path.join(path, "report.md")
@@ -96,8 +114,8 @@ def group_line(path):
     variants = sweep.get("variants") or {}
     counts = {}
     for name in variants:
-        state = run_dir_lib.effective_status(os.path.join(path, name))
-        if state == "missing":  # refused before its directory existed: the sweep recorded it
+        state = _group_run_status(os.path.join(path, name))
+        if state == "pending":  # refused before its directory existed: the sweep recorded it
             state = (sweep.get("status") or {}).get(name, state)
         counts[state] = counts.get(state, 0) + 1
     summary = f"{len(variants)} variants: " + ", ".join(

@@ -2,14 +2,16 @@
 
 A run trained in a worker process is read back from its run directory (``collect``): its
 ``status.json`` and ``result.json``, or the end of its log when it failed before writing a status.
+A worker killed by a signal (the OOM killer, ``kill -9``) is named by its signal, and its run by
+what its directory says (interrupted, resumable from its checkpoint), not by its last log lines.
 Its log is written next to the run directory while it runs (``pending_log``: the runner creates the
 directory itself) and moved in afterwards.
 """
 
 import dataclasses
 import os
-import re
 import shutil
+import signal
 import sys
 import threading
 import time
@@ -36,6 +38,11 @@ def pending_log(run_dir):
     return f"{run_dir}.log.txt"
 
 
+# What ``WorkerProcess.send`` returns for a worker that exited with status 0 without saying
+# "done" (a stop signal between updates): no exit status, and not a signal (-1 is SIGHUP's).
+UNANSWERED = 256
+
+
 def collect(job, returncode, seconds):
     """The Outcome of a finished child, from its run directory; moves its log in."""
     status = read_json(os.path.join(job.run_dir, "status.json")) or {}
@@ -54,9 +61,47 @@ def collect(job, returncode, seconds):
         return Outcome(job.spec.name, job.run_dir, "interrupted", seconds,
                        error=f"{status.get('reason', 'stopped')} after update "
                              f"{status.get('update')}; resumable")
-    error = (status.get("error") or _failure_line(log_path) or _last_lines(log_path)
-             or f"exit status {returncode}")
+    if returncode is not None and returncode < 0:
+        # Killed without a word (SIGKILL from the OOM killer or a user): the log ends with
+        # whatever the run printed last (an epoch line), which says nothing of why it ended.
+        error = _killed(job.run_dir, -returncode, status)
+    else:
+        ended = ("the worker ended without reporting on this run" if returncode == UNANSWERED
+                 else f"exit status {returncode}")
+        error = (status.get("error") or _failure_line(log_path) or _last_lines(log_path)
+                 or ended)
+    # Still 'failed' (not 'interrupted'): the launcher's table, sweep.json's errors and the exit
+    # status list failed runs only, and a killed worker must not pass unnoticed there.
     return Outcome(job.spec.name, job.run_dir, "failed", seconds, error=error)
+
+
+def _signal_name(signum):
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
+
+
+def _killed(run_dir, signum, status):
+    """The error of a run whose worker was killed by ``signum``: the signal, and what the run
+    directory says of the run (``run_dir.effective_status``)."""
+    killed = f"worker killed by {_signal_name(signum)} (signal {signum}"
+    killed += "; out of memory?)" if signum == signal.SIGKILL else ")"
+    if not os.path.isdir(run_dir):
+        return f"{killed} before its run directory existed; a relaunch trains it"
+    state = run_dir_lib.effective_status(run_dir)
+    if state == "failed":
+        return f"{killed}; the run had failed: {status.get('error') or 'no error recorded'}"
+    if state != "interrupted":
+        return f"{killed}; the run directory reads {state}"
+    update = run_dir_lib.newest_checkpoint_update(run_dir)
+    if update is None:
+        return (f"{killed} before its first checkpoint; the run reads interrupted: relaunch "
+                "with the same --run_name to train it again")
+    return (f"{killed}; the run is resumable from its checkpoint at update {update}: relaunch "
+            "with the same --run_name")
+
+
 
 
 def _move_log(run_dir):
@@ -120,19 +165,15 @@ class Progress:
                       f"failed {self.failed}, ETA {eta:.0f}s")
 
 
-_ERROR_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Interrupt\w*|Finish\w*|Exit)\b.*:")
-
-
 def _summary(outcome):
     if outcome.status != "finished":
-        lines = [line for line in (outcome.error or "").strip().splitlines() if line.strip()]
-        if not lines:
-            return ""
-        # The error's own "Type: message" line: the last such line (a traceback ends with it,
-        # a summary leads with it and may go on with its message's other lines), else the last.
-        named = [line for line in lines if _ERROR_LINE.match(line)]
-        return f" ({(named[-1] if named else lines[-1])[:160]})"
-    final = (outcome.result or {}).get("final_epoch") or {}
+        line = run_dir_lib.error_line(outcome.error)  # its "Type: message" line
+        return f" ({line[:160]})" if line else ""
+    # The weights the run ended with (``final_validation``: after EarlyStopping restored its
+    # best), as the table and --list show them; the last epoch's logs only where it has none.
+    result = outcome.result or {}
+    final = dict(result.get("final_epoch") or {})
+    final.update({f"val_{k}": v for k, v in (result.get("final_validation") or {}).items()})
     shown = [f"{k}={final[k]:.4g}" for k in ("val_loss", "val_accuracy") if k in final]
     return f" ({', '.join(shown)})" if shown else ""
 
@@ -195,6 +236,11 @@ class Ticker:
         with self.lock:
             self.running.pop(job.run_dir, None)
             self.done += 1
+
+    def in_flight(self):
+        """How many runs are being trained now (started, not finished)."""
+        with self.lock:
+            return len(self.running)
 
     def line(self):
         with self.lock:

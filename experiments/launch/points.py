@@ -13,16 +13,23 @@ from experiments.inputs.layout import check_virtual_batch
 from experiments.launch.gin_config import ConfigError, parse, query
 
 
-def check_all(gin_files, gin_bindings, runs, label):
+def check_all(gin_files, gin_bindings, runs, label, inspect=None):
     """Parses and checks every RunSpec; ConfigError "In <label> '<name>': ..." on the first bad
-    one. Leaves gin holding the base configuration."""
+    one. Leaves gin holding the base configuration. ``inspect(run)``, called while gin holds
+    that run's configuration, reads what the run will be configured with (a sweep's HParams
+    columns: a variant that fails before it writes a result is still shown with its own
+    values); returns {run name: what it returned}."""
+    seen = {}
     for run in runs:
         try:
             parse(gin_files, list(gin_bindings) + list(run.bindings))
         except ConfigError as error:
             raise ConfigError(f"In {label} {run.name!r}: {error}") from error
         check_layout(run.name, label)
+        if inspect is not None:
+            seen[run.name] = inspect(run)
     parse(gin_files, gin_bindings)
+    return seen
 
 
 def check_layout(name, label):

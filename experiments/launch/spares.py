@@ -14,6 +14,8 @@ import sys
 import tempfile
 import threading
 
+from absl import flags, logging  # noqa: F401  (absl.logging defines the LOGGING_FLAGS)
+
 from experiments.common import paths
 
 MAIN = os.path.join(paths.REPO_ROOT, "main.py")
@@ -28,10 +30,29 @@ def threads_per_job(num_jobs):
     return max(1, (os.cpu_count() or 1) // num_jobs)
 
 
+# absl's logging flags: a user's ``--verbosity=1`` (or ``-v``, ``--logtostderr``...) holds for
+# the runs a worker trains as for those this process trains.
+LOGGING_FLAGS = ("verbosity", "logtostderr", "alsologtostderr", "stderrthreshold", "log_dir",
+                 "showprefixforinfo")
+
+
+def logging_flags():
+    """The absl logging flags this process was given (``--name=value``), for its workers."""
+    forwarded = []
+    for name in LOGGING_FLAGS:
+        if name not in flags.FLAGS:
+            continue
+        flag = flags.FLAGS[name]
+        if flag.present:  # given (not ``using_default_value``: absl's app.run sets verbosity)
+            forwarded.append(flag.serialize())  # "--verbosity=1", "--logtostderr", "--nofoo"
+    return forwarded
+
+
 def worker_command(gin_files, base_bindings, threads):
     """The command line of a worker process (see ``worker``). The files and bindings there are
     its defaults (and say whose worker it is in ``ps``); each job sends the ones it runs with."""
     return ([sys.executable, MAIN, "--worker", f"--intra_op_threads={threads}"]
+            + logging_flags()
             + [f"--gin_file={f}" for f in gin_files]
             + [f"--gin_bindings={b}" for b in base_bindings])
 

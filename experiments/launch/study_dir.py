@@ -13,6 +13,7 @@ a complete file, and a relaunch trusts the run directories, not an older study.j
 """
 
 import json
+import logging
 import os
 
 from experiments.common import json_files
@@ -61,14 +62,24 @@ def run_status(run_dir):
 
 def set_aside(run_dir):
     """Moves an unfinished run directory to ``<run>.attempt-K`` (first free K); a finished one
-    is never touched. Returns the new path, or None when nothing was moved."""
+    is never touched. Returns the new path, or None when nothing was moved. The attempt's
+    HParams session (its group is the run's name) is renamed out of TensorBoard's sight
+    (``hparams.retire_sessions``): the rerun's session is the run's one row."""
     if not os.path.isdir(run_dir) or run_status(run_dir)[0] == "finished":
         return None
     attempt = 1
     while os.path.exists(f"{run_dir}.attempt-{attempt}"):
         attempt += 1
-    os.replace(run_dir, f"{run_dir}.attempt-{attempt}")
-    return f"{run_dir}.attempt-{attempt}"
+    moved = f"{run_dir}.attempt-{attempt}"
+    os.replace(run_dir, moved)
+    from callbacks.hparams import retire_sessions  # noqa: PLC0415  (TensorFlow: only here)
+    for log_dir in (os.path.join(moved, "tensorboard"),  # a study run's HParamsLogger
+                    os.path.join(moved, "tensorboard", "hparams")):  # a sweep's session
+        try:
+            retire_sessions(log_dir)
+        except (OSError, ValueError) as error:  # a damaged file: the move itself stands
+            logging.warning("HParams session in %s not set aside: %s", log_dir, error)
+    return moved
 
 
 def new_state(study_name, gin_files, gin_bindings, spec, runs, config_text=None):

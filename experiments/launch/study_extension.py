@@ -93,11 +93,13 @@ def record(state, entries, runs):
          "path": r.name, "status": "pending", "error": None} for r in runs)
 
 
-def settings(spec, stops=None):
-    """study.json's ``extension_settings``: this launch's switch and limit, and where the
-    extension stopped at an edge ({B: "limit" / "tried"})."""
+def settings(spec, stops=None, held=None):
+    """study.json's ``extension_settings``: this launch's switch and limit, where the
+    extension stopped at an edge ({B: "limit" / "tried"}), and ``held``: why this launch did not
+    extend at all though the switch was on ("shard": launched with ``--shard``; "running": runs
+    of the study were live in another launch), so the report says what to do."""
     return {"enabled": spec.extend_learning_rates, "max_extensions": spec.max_extensions,
-            "stopped": {str(b): why for b, why in (stops or {}).items()}}
+            "stopped": {str(b): why for b, why in (stops or {}).items()}, "held": held}
 
 
 def report_info(state):
@@ -109,4 +111,5 @@ def report_info(state):
         return None
     return {"enabled": bool(settings_.get("enabled")),
             "max_extensions": settings_.get("max_extensions"),
-            "added": [dict(e) for e in added], "stopped": dict(settings_.get("stopped") or {})}
+            "added": [dict(e) for e in added], "stopped": dict(settings_.get("stopped") or {}),
+            "held": settings_.get("held")}

@@ -10,6 +10,7 @@ the best one sits there (``study_extension``), recorded in study.json so a relau
 
 import difflib
 import os
+import time
 
 import gin
 
@@ -156,14 +157,42 @@ def _prepare(spec, study_name, gin_files, gin_bindings, output_dir, shard, run_n
 
 
 def _todo(path, mine):
-    """(runs to train, how many run elsewhere) of ``mine``: failed ones are set aside to start
+    """(runs to train, runs live elsewhere) of ``mine``: failed ones are set aside to start
     afresh, interrupted ones resume where they stopped, finished and live ones are left alone."""
     statuses = {r.name: study_dir_lib.run_status(os.path.join(path, r.name))[0] for r in mine}
     todo = [r for r in mine if statuses[r.name] not in ("finished", "running")]
     for run in todo:
         if statuses[run.name] == "failed":
             study_dir_lib.set_aside(os.path.join(path, run.name))
-    return todo, sum(status == "running" for status in statuses.values())
+    return todo, [r for r in mine if statuses[r.name] == "running"]
+
+
+POLL_SECONDS = 10.0  # how often a launch looks at the runs it waits for
+
+
+def _wait_for_live(path, live, print_fn):
+    """The runs of ``live`` (this launch's runs that another process held) that turn out
+    interrupted: waited for until each is finished, failed or interrupted (its process gone, or
+    its heartbeat stale), so that they are resumed here. A relaunched shard found its own run
+    still "running" where the killed process's last heartbeat was young (a requeue on another
+    host within the heartbeat's staleness) and exited 0 with that run never trained."""
+    waiting, resumable = {run.name: run for run in live}, []
+    if waiting:
+        print_fn(f"Waiting for {len(waiting)} run(s) live in another launch: "
+                 f"{', '.join(sorted(waiting))} (a run whose process is gone is resumed here "
+                 f"once its heartbeat is stale, at most {run_dir_lib.STALE_AFTER_SECONDS:.0f} s "
+                 "after its last one).")
+    while waiting:
+        for name in sorted(waiting):
+            status = study_dir_lib.run_status(os.path.join(path, name))[0]
+            if status == "running":
+                continue
+            run = waiting.pop(name)
+            if status == "interrupted":
+                resumable.append(run)
+        if waiting:
+            time.sleep(POLL_SECONDS)
+    return resumable
 
 
 def launch_study(spec, study_name, gin_files, gin_bindings, output_dir, jobs=1, shard=None,
@@ -173,7 +202,8 @@ def launch_study(spec, study_name, gin_files, gin_bindings, output_dir, jobs=1, 
     then writes study.json and the report. Returns {"study_dir", "outcomes", "report"}."""
     path, state, runs, mine, context, count = _prepare(
         spec, study_name, gin_files, gin_bindings, output_dir, shard, run_name)
-    todo, live = _todo(path, mine)
+    todo, live_runs = _todo(path, mine)
+    live = len(live_runs)
     state["extension_settings"] = study_extension.settings(spec)
     study_dir_lib.write(path, study_dir_lib.refresh(path, state))
     print_fn(f"Study {study_name}: {len(runs)} runs, this shard {len(mine)}, "
@@ -192,15 +222,28 @@ def launch_study(spec, study_name, gin_files, gin_bindings, output_dir, jobs=1, 
         all_outcomes += outcomes
         errors.update({o.name: o.error for o in outcomes if o.status == "failed"})
         study_dir_lib.write(path, study_dir_lib.refresh(path, state, errors))
+        # this launch's runs another process held (at the start, or taken meanwhile): this
+        # launch ends when they have ended, and resumes those whose process is gone
+        live_runs += [job.spec for job, outcome in zip(jobs_list, outcomes)
+                      if outcome.status == "running"]
+        todo, live_runs = _wait_for_live(path, live_runs, print_fn), []
+        if todo:
+            names = {run.name for run in todo}
+            all_outcomes = [o for o in all_outcomes if o.name not in names]
+            continue
+        study_dir_lib.write(path, study_dir_lib.refresh(path, state, errors))
         if not spec.extend_learning_rates:
             break
-        if count > 1:
-            print_fn("study.extend_learning_rates: not with --shard (each shard would extend on "
-                     "its own); once every shard is done, relaunch without --shard to extend.")
-            break
-        if any(run["status"] == "running" for run in state["runs"]):
-            print_fn("study.extend_learning_rates: runs of this study are still running in "
-                     "another launch; relaunch once they are done to extend.")
+        held = "shard" if count > 1 else "running" if any(
+            run["status"] == "running" for run in state["runs"]) else None
+        if held is not None:  # recorded, so that the report (also --report) says what to do
+            print_fn("study.extend_learning_rates: " + (
+                "not with --shard (each shard would extend on its own); once every shard is "
+                "done, relaunch without --shard to extend." if held == "shard" else
+                "runs of this study are still running in another launch; relaunch once they "
+                "are done to extend."))
+            state["extension_settings"]["held"] = held
+            study_dir_lib.write(path, state)
             break
         todo = _extend(spec, context, state, path, gin_files, gin_bindings, print_fn)
         if not todo:

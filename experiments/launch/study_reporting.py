@@ -8,9 +8,9 @@ rebuilds a report of a finished, partly failed or still running study at any tim
 """
 
 import html
-import json
 import math
 import os
+import shutil
 
 import tensorflow as tf
 
@@ -19,34 +19,27 @@ from callbacks.hparams import (final_metrics, write_experiment_config, write_fin
 from experiments.analysis import study_report
 from experiments.analysis import study_statistics
 from experiments.analysis.steps_to_result import value_at
+from experiments.common.json_files import read_result
 from experiments.launch import study_dir as study_dir_lib
 from experiments.launch import study_extension
 
 HPARAMS = ("batch_size", "micro_batch_size", "learning_rate", "rule", "seed", "epochs")
 
 
-def _read_result(run_dir):
-    try:
-        with open(os.path.join(run_dir, "result.json")) as handle:
-            return json.load(handle)
-    except (OSError, ValueError):
-        return None
-
-
 def record(run, run_dir):
     """The analysis record of one study.json run entry (its result.json when it finished)."""
     out = {"name": run["name"], "status": run["status"], "error": run.get("error"),
            **{k: (run.get("hparams") or {}).get(k) for k in HPARAMS}}
-    result = _read_result(run_dir) if run["status"] == "finished" else None
+    result = read_result(os.path.join(run_dir, "result.json")) \
+        if run["status"] == "finished" else None
     if result is None:
         if run["status"] == "finished":
             out.update(status="failed", error="result.json missing or unreadable")
         return out
     measured = result.get("measurements") or {}
-    # result.json holds a NaN or infinite metric as null (JSON has no NaN): read it back as NaN,
-    # so a run that finished diverged counts as diverged instead of having no metric
-    final = final_metrics({name: math.nan if value is None else value
-                           for name, value in (result.get("final_epoch") or {}).items()})
+    # a NaN metric, null in result.json, reads back as NaN (``read_result``): a run that
+    # finished diverged counts as diverged instead of having no metric
+    final = final_metrics(result.get("final_epoch") or {})
     out.update(curve=measured.get("curve") or {}, final=final,
                b_simple=measured.get("noise_scale/b_simple"),
                b_simple_curve=measured.get("noise_scale/b_simple_curve"),
@@ -86,12 +79,39 @@ def write(study_dir, state=None):
         target=target.get("value"), mode=target.get("mode", "max"),
         metric=target.get("metric", "val_accuracy"),
         extensions=study_extension.report_info(state))
-    log_dir = os.path.join(study_dir, "tensorboard")
-    log_figures(log_dir, report["figures"], report.get("markdown"))
-    write_hparams_config(log_dir, state, target.get("metric", "val_accuracy"),
-                         report["summary"])
+
+    def write_tensorboard(log_dir):
+        log_figures(log_dir, report["figures"], report.get("markdown"))
+        write_hparams_config(log_dir, state, target.get("metric", "val_accuracy"),
+                             report["summary"])
+
+    _write_afresh(os.path.join(study_dir, "tensorboard"), write_tensorboard)
     write_run_metrics(study_dir, state, runs, report["summary"])
     return report
+
+
+def _write_afresh(log_dir, write):
+    """``write(directory)`` into a new directory that then replaces ``log_dir``. TensorBoard
+    keeps the first metadata it reads for a tag: an HParams config, figure or text appended
+    beside an earlier report's would leave the dashboard showing the first report's columns
+    (its target) and text. When another shard's report takes the place meanwhile, it stands."""
+    fresh, old = f"{log_dir}.new-{os.getpid()}", f"{log_dir}.old-{os.getpid()}"
+    shutil.rmtree(fresh, ignore_errors=True)
+    try:
+        write(fresh)
+        if os.path.isdir(log_dir):
+            os.replace(log_dir, old)
+        try:
+            os.replace(fresh, log_dir)
+        except OSError:
+            if os.path.isdir(log_dir):
+                return  # another shard's report took the place meanwhile: it stands
+            if os.path.isdir(old):
+                os.replace(old, log_dir)
+            raise
+    finally:
+        shutil.rmtree(fresh, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def rebuild(directory):

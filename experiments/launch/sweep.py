@@ -17,7 +17,6 @@ result.json after the sweep (``<run>/tensorboard/hparams``), and the columns in
 ``<group>/tensorboard``.
 """
 
-import ast
 import dataclasses
 import os
 import shutil
@@ -112,7 +111,7 @@ def _seeds(seeds):
 
 # ---- HParams --------------------------------------------------------------------------------
 
-# The base experiment's values every variant is shown with (a variant's own binding replaces it).
+# Columns every variant is shown with, read from its own configuration.
 BASE_HPARAMS = {"batch_size": "train.batch_size", "micro_batch_size": "train.micro_batch_size",
                 "epochs": "train.epochs", "seed": "train.seed"}
 # What a finished run's result.json knows for certain (it replaces the bindings' values).
@@ -122,61 +121,96 @@ SWEEP_METRICS = ("examples_per_sec",)
 HPARAMS_DIR = "hparams"  # <run>/tensorboard/hparams: the session the sweep writes
 
 
-def base_hparams(query):
-    """(values, optimizer name): the base experiment's hyperparameters every variant starts
-    from, read with ``query`` (``gin_config.query``, gin holding the base configuration): B, b,
-    epochs, seed, and the learning rate of the optimizer ``train.optimizer`` refers to (when it
-    is one; its last name, e.g. ``SGD``, is returned for ``variant_hparams``)."""
-    values = {name: query(binding) for name, binding in BASE_HPARAMS.items()}
-    optimizer, name = query("train.optimizer"), None
-    if isinstance(optimizer, gin.config.ConfigurableReference):
-        selector = optimizer.configurable.selector
-        values["learning_rate"] = query(f"{selector}.learning_rate")
-        name = selector.rsplit(".", 1)[-1]
-    return {k: _plain(v) for k, v in values.items()}, name
+def bound_parameters(runs):
+    """``[scope/]configurable.parameter`` of each parameter some variant binds (macros and
+    imports left out), in order of first appearance: every variant gets a column for each, with
+    its own value, so a column never holds a value no run had."""
+    from experiments.launch import precedence  # noqa: PLC0415  (launch imports this module)
+
+    names = []
+    for run in runs:
+        for binding in run.bindings:
+            key = precedence.binding_key(binding)
+            if key is None or key[1] == precedence.MACRO:
+                continue
+            scope, configurable, parameter = key
+            name = f"{scope + '/' if scope else ''}{configurable}.{parameter}"
+            if name not in names:
+                names.append(name)
+    return names
+
+
+def configured_hparams(parameters, value_of):
+    """(columns, optimizer) of the run whose configuration gin holds, read with ``value_of``
+    (``gin_config.effective_value``: the binding, macros resolved, else the signature's
+    default): B, b (B when unset), epochs, seed, the learning rate of the optimizer
+    ``train.optimizer`` refers to (``optimizer``: its last name, e.g. ``Adam``) and each of
+    ``parameters`` (``train.<p>`` as ``p``). Read per variant, a variant that changes the
+    optimizer, or sets B by a macro, shows what it trains with even when it fails."""
+    values = {name: value_of(binding) for name, binding in BASE_HPARAMS.items()}
+    if values["micro_batch_size"] is None:
+        values["micro_batch_size"] = values["batch_size"]  # b = B unless set
+    reference, optimizer = value_of("train.optimizer"), None
+    if isinstance(reference, gin.config.ConfigurableReference):
+        selector = reference.configurable.selector
+        values["learning_rate"] = value_of(f"{selector}.learning_rate")
+        optimizer = selector.rsplit(".", 1)[-1]
+    for parameter in parameters:
+        column = parameter[len("train."):] if parameter.startswith("train.") else parameter
+        values[column] = value_of(parameter)
+    return {name: _plain(value) for name, value in values.items()}, optimizer
 
 
 def _plain(value):
-    """A value the HParams dashboard takes: numbers, str, bool and None as they are, else text."""
+    """A value the HParams dashboard takes: numbers, str, bool and None as they are, else text
+    (a gin reference as ``@name``, a tuple as its repr)."""
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
     return str(value)
 
 
-def variant_hparams(bindings, base, lr_configurable=None):
-    """{column: value} of one variant: ``base`` with the variant's bindings (parsed last, so the
-    last one of a parameter wins) on top. ``train.<p>`` becomes ``p``, the optimizer's learning
-    rate ``learning_rate``, anything else ``<configurable>.<p>`` (``scope/`` kept); macros and
-    imports are left out."""
-    from experiments.launch import precedence  # noqa: PLC0415  (launch imports this module)
+def fold_learning_rates(configured):
+    """{run: columns} from {run: (columns, optimizer)}: a variant's binding of its optimizer's
+    rate (``SGD.learning_rate``) is the ``learning_rate`` column, not a column of its own."""
+    optimizers = {optimizer for _, optimizer in configured.values() if optimizer}
+    folded = {f"{optimizer}.learning_rate" for optimizer in optimizers}
+    return {name: {k: v for k, v in columns.items() if k not in folded}
+            for name, (columns, _) in configured.items()}
 
-    values = dict(base)
-    for binding in bindings:
-        key = precedence.binding_key(binding)
-        if key is None or key[1] == precedence.MACRO:
+
+def _is_number(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _one_kind_per_column(sessions):
+    """Each column of one kind, so that the dashboard can type, filter and plot it: where a
+    failed run alone holds text among numbers (a schedule it never ran to its peak) the text is
+    left out of its session; text among numbers otherwise (``None`` beside 0.1) makes the whole
+    column text."""
+    columns = dict.fromkeys(name for session in sessions for name in session["values"])
+    for column in columns:
+        entries = [s for s in sessions if column in s["values"]]
+        numbers = [s for s in entries if _is_number(s["values"][column])]
+        others = [s for s in entries if not _is_number(s["values"][column])]
+        if not numbers or not others:
             continue
-        scope, configurable, parameter = key
-        if not scope and configurable == "train":
-            name = parameter
-        elif not scope and parameter == "learning_rate" and configurable == lr_configurable:
-            name = "learning_rate"
+        if all(s["status"] == "failed" for s in others):
+            for session in others:
+                del session["values"][column]
         else:
-            name = f"{scope + '/' if scope else ''}{configurable}.{parameter}"
-        text = binding.split("=", 1)[1].strip()
-        try:
-            values[name] = _plain(ast.literal_eval(text))
-        except (ValueError, SyntaxError):
-            values[name] = text
-    return values
+            for session in entries:
+                value = session["values"][column]
+                session["values"][column] = "none" if value is None else str(value)
 
 
-def write_hparams(group_dir, runs, outcomes_by_name, base, lr_configurable=None):
-    """The sweep's HParams: each run's session (its variant's hyperparameters, the final epoch's
-    metrics and examples/s from its result.json, its status) in ``<run>/tensorboard/hparams``,
-    and the experiment config (one column per hyperparameter and metric) in
-    ``<group>/tensorboard``. Both are rewritten whole at every launch of the sweep (a relaunch
-    leaves one session per run). Returns {run name: {tag: value}} written."""
-    sessions, written = {}, {}
+def write_hparams(group_dir, runs, outcomes_by_name, configured):
+    """The sweep's HParams: each run's session (its variant's hyperparameters, ``configured``
+    {run: columns} as ``fold_learning_rates`` gives them, the final epoch's metrics and
+    examples/s from its result.json, its status) in ``<run>/tensorboard/hparams``, and the
+    experiment config (one column per hyperparameter and metric, each column's values those its
+    sessions hold) in ``<group>/tensorboard``. Both are rewritten whole at every launch of the
+    sweep (a relaunch leaves one session per run). Returns {run name: {tag: value}} written."""
+    sessions = []
     for run in runs:
         outcome = outcomes_by_name.get(run.name)
         if outcome is None or outcome.status not in ("finished", "failed"):
@@ -184,30 +218,36 @@ def write_hparams(group_dir, runs, outcomes_by_name, base, lr_configurable=None)
         run_dir = outcome.run_dir or os.path.join(group_dir, run.name)
         if not os.path.isdir(run_dir):
             continue  # failed before it had a directory
-        values = variant_hparams(run.bindings, base, lr_configurable)
+        values = dict(configured.get(run.name) or {})
         result = outcome.result if outcome.status == "finished" else None
         metrics, step = {}, 0
         if result:
-            values.update({k: _plain(result[k]) for k in RESULT_HPARAMS if k in result})
-            if isinstance(values.get("learning_rate"), str) \
-                    and isinstance(result.get("peak_learning_rate"), (int, float)):
+            values.update({k: _plain(result[k]) for k in RESULT_HPARAMS
+                           if result.get(k) is not None})
+            if not _is_number(values.get("learning_rate")) \
+                    and _is_number(result.get("peak_learning_rate")):
                 # a schedule (its gin reference): the rate column holds its peak, a number
                 values["learning_rate"] = float(result["peak_learning_rate"])
             metrics = hparams_lib.final_metrics(result.get("final_epoch") or {})
             metrics.update({k: float(result[k]) for k in SWEEP_METRICS
-                            if isinstance(result.get(k), (int, float))})
+                            if _is_number(result.get(k))})
             step = int(result.get("updates") or 0)
-        log_dir = os.path.join(run_dir, "tensorboard", HPARAMS_DIR)
-        shutil.rmtree(log_dir, ignore_errors=True)
-        written[run.name] = hparams_lib.write_session(
-            log_dir, values, run.name, metrics, step,
-            "success" if outcome.status == "finished" else "failure")
-        sessions[run.name] = (values, metrics)
+        sessions.append({"run": run.name, "values": values, "metrics": metrics, "step": step,
+                         "status": outcome.status,
+                         "log_dir": os.path.join(run_dir, "tensorboard", HPARAMS_DIR)})
+    _one_kind_per_column(sessions)
+    written = {}
+    for session in sessions:
+        shutil.rmtree(session["log_dir"], ignore_errors=True)
+        written[session["run"]] = hparams_lib.write_session(
+            session["log_dir"], session["values"], session["run"], session["metrics"],
+            session["step"], "success" if session["status"] == "finished" else "failure")
     if not sessions:
         return written
-    names = list(dict.fromkeys(k for values, _ in sessions.values() for k in values))
-    domains = {name: [values.get(name) for values, _ in sessions.values()] for name in names}
-    tags = list(dict.fromkeys(m for _, metrics in sessions.values() for m in metrics))
+    names = list(dict.fromkeys(k for session in sessions for k in session["values"]))
+    domains = {name: [s["values"][name] for s in sessions if name in s["values"]]
+               for name in names}
+    tags = list(dict.fromkeys(m for session in sessions for m in session["metrics"]))
     config_dir = os.path.join(group_dir, "tensorboard")
     shutil.rmtree(config_dir, ignore_errors=True)
     hparams_lib.write_experiment_config(config_dir, domains, tags or list(SWEEP_METRICS))

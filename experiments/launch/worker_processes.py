@@ -53,16 +53,17 @@ class WorkerProcess:
         return False
 
     def send(self, message):
-        """Sends one job and waits for it: 0 when it reported done, else its exit code."""
+        """Sends one job and waits for it: 0 when it reported done, else its exit code (negative:
+        the signal that killed it; ``outcomes.UNANSWERED`` when it exited 0 without a word)."""
         try:
             self.process.stdin.write(json.dumps(message) + "\n")
             self.process.stdin.flush()
         except (BrokenPipeError, OSError):
-            return self.process.wait() or -1
+            return self.process.wait() or outcomes.UNANSWERED
         for line in self.process.stdout:
             if line.startswith(DONE_PREFIX):
                 return 0
-        return self.process.wait() or -1
+        return self.process.wait() or outcomes.UNANSWERED
 
     def close(self):
         spares.close(self.process)

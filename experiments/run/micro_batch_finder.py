@@ -26,7 +26,24 @@ size, and an out-of-memory leaves a process unusable). The interface between the
 probe's process (``ProcessProber``) is ``python main.py`` with the run's configuration and two
 bindings, ``find_micro_batch.probe = b`` and ``find_micro_batch.result_file = '<path>'``; the
 probe writes one ``ProbeResult`` there as JSON (``ProbeResult.write``, read back with
-``ProbeResult.read``). No file means the probe failed; its stderr is shown.
+``ProbeResult.read``). No file means the probe failed; its stderr is shown. A probe sees the
+user's run as the user's own process does: it starts in the user's working directory, with the
+directories of the user's gin files searched for files (``find_micro_batch.search_dirs``) and
+for the modules they ``import`` (``PYTHONPATH``), and its ``--output_dir`` is a scratch
+directory deleted after it (a probe writes nothing, and never into the repository).
+
+Before any probe, one process of the same interface (``find_micro_batch.check = (b, ...)``)
+builds the run's own plan at each candidate b, as the run would with ``train.micro_batch_size =
+b`` (its schedule, AdaScale and epochs as bound; ``check_here``): a configuration the run refuses
+ends the finder with the run's own message, and a b the run alone refuses (k = 1 where AdaScale
+needs the noise scale, ``steering``) is left out and named in the report. A probe then measures
+at the largest B the run reaches, without the schedule.
+
+The finder cannot run inside a sweep or a study (each run would probe, and the printed bindings
+would not say for which): ``train.mode = 'find_micro_batch'`` with ``sweep.variants`` or
+``study.batch_sizes`` is refused by the launcher once the configuration is parsed, before anything
+is written. Ctrl-C or SIGTERM prints the rows measured so far and ends
+with 130 or 143; nothing was written, so there is nothing to resume.
 
 The finder prints one row per probe (b, k, peak memory, examples/s) and the bindings to paste
 (``train.micro_batch_size = b``). Configured in gin (``find_micro_batch.*``); run with
@@ -49,6 +66,7 @@ import keras
 import tensorflow as tf
 
 from experiments.common import checks, json_files, paths
+from experiments.common.errors import own_message
 from experiments.common.memory import peak_memory_mb
 from experiments.engine import distribute
 from experiments.run import plan as plan_lib
@@ -74,25 +92,35 @@ class FinderSettings:
     updates: int
     probe: Optional[int]
     result_file: Optional[str]
+    check: Optional[tuple] = None
+    search_dirs: Optional[tuple] = None
 
 
 @gin.configurable("find_micro_batch")
-def settings(budget_mb=None, smallest=1, updates=3, probe=None, result_file=None):
+def settings(budget_mb=None, smallest=1, updates=3, probe=None, result_file=None, check=None,
+             search_dirs=None):
     """Args:
       budget_mb: on CPU, the peak resident memory allowed for the training process (MiB);
         required without a GPU. Ignored on a GPU (the device's memory is the budget).
       smallest: the smallest b probed.
       updates: timed updates per probe (at least; the loop's calls hold at most this many).
       probe: internal: measure this b only, in this process (what each probe process runs).
-      result_file: internal: where that probe writes its ``ProbeResult`` (JSON).
+      result_file: internal: where that probe writes its ``ProbeResult`` (JSON), or the check
+        its refusals.
+      check: internal: build the run's plan at each of these b, in this process (``check_here``).
+      search_dirs: internal: the user's gin files' directories, searched for data files in a
+        probe's process as in the user's run (its own gin file is a scratch copy).
     """
     if budget_mb is not None:
         budget_mb = checks.positive_number(budget_mb, "find_micro_batch.budget_mb")
+    if check is not None:
+        check = tuple(checks.positive_int(b, "find_micro_batch.check") for b in check)
     return FinderSettings(
         budget_mb=budget_mb, smallest=checks.positive_int(smallest, "find_micro_batch.smallest"),
         updates=checks.positive_int(updates, "find_micro_batch.updates"),
         probe=checks.optional_positive_int(probe, "find_micro_batch.probe"),
-        result_file=None if result_file is None else str(result_file))
+        result_file=None if result_file is None else str(result_file), check=check,
+        search_dirs=None if search_dirs is None else tuple(str(d) for d in search_dirs))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,16 +143,22 @@ class ProbeResult:
 
     def write(self, path):
         """Writes the record as one JSON object; complete or absent (written, then renamed)."""
-        partial = path + ".partial"
-        with open(partial, "w", encoding="utf-8") as handle:
-            json_files.dump(dataclasses.asdict(self), handle)
-        os.replace(partial, path)
+        _write_json(path, dataclasses.asdict(self))
 
     @classmethod
     def read(cls, path):
         """The record a probe wrote with ``write``."""
         with open(path, encoding="utf-8") as handle:
             return cls(**json.load(handle))
+
+
+def _write_json(path, value):
+    """``value`` as JSON at ``path``, complete or absent: a process killed while writing leaves
+    no half file for the finder to read."""
+    partial = path + ".partial"
+    with open(partial, "w", encoding="utf-8") as handle:
+        json_files.dump(value, handle)
+    os.replace(partial, path)
 
 
 def divisors(batch_size):
@@ -158,16 +192,21 @@ def largest_batch_size(data_settings):
     return max((data_settings.batch_size,) + reachable_batch_sizes(data_settings)[0])
 
 
-def find(prober, batch_size, budget_mb=None, smallest=1, sizes=(), two_pieces=False):
+def find(prober, batch_size, budget_mb=None, smallest=1, sizes=(), two_pieces=False,
+         refused=None, measured=None):
     """Probes the ``candidates`` from ``smallest`` up at the largest B (``batch_size`` and
-    ``sizes``); returns (best Probe or None, all probes).
+    ``sizes``), but those in ``refused`` (b: the run's refusal); returns (best Probe or None, all
+    probes). ``measured``: a list each probe is appended to as it is measured (what a stopped
+    finder still shows).
 
     ``prober.measure(b)`` gives (peak MiB, examples/s) or raises ``ResourceExhaustedError``.
     Stops at the first b that does not fit: out of memory on a GPU, above ``budget_mb`` on CPU.
     """
-    probes, best = [], None
+    probes, best = ([] if measured is None else measured), None
     largest = max((batch_size,) + tuple(sizes))
     for micro in candidates(batch_size, smallest, sizes, two_pieces):
+        if micro in (refused or {}):
+            continue
         try:
             peak, speed = prober.measure(micro)
         except tf.errors.ResourceExhaustedError:
@@ -181,10 +220,13 @@ def find(prober, batch_size, budget_mb=None, smallest=1, sizes=(), two_pieces=Fa
     return best, probes
 
 
-def choose(prober, batch_size, budget_mb, smallest=1, sizes=(), two_pieces=False):
+def choose(prober, batch_size, budget_mb, smallest=1, sizes=(), two_pieces=False,
+           refused=None, measured=None):
     """``find``, and a clear error naming the binding when there is nothing to probe or not even
-    the smallest b fits."""
-    if not candidates(batch_size, smallest, sizes, two_pieces):
+    the smallest b fits; when the run refuses every candidate (``refused``), the run's own
+    message."""
+    wanted = candidates(batch_size, smallest, sizes, two_pieces)
+    if not wanted:
         valid = candidates(batch_size, 1, sizes, two_pieces)
         if not valid:
             raise ValueError(
@@ -200,7 +242,11 @@ def choose(prober, batch_size, budget_mb, smallest=1, sizes=(), two_pieces=False
                          f"that suits train.batch_size={batch_size} and the schedule's "
                          f"{', '.join(map(str, sizes))}: none to probe (they are "
                          f"{', '.join(map(str, valid))}).")
-    best, probes = find(prober, batch_size, budget_mb, smallest, sizes, two_pieces)
+    refused = refused or {}
+    if all(micro in refused for micro in wanted):
+        raise ValueError(refused[wanted[0]])  # the run's own words (``check_here``)
+    best, probes = find(prober, batch_size, budget_mb, smallest, sizes, two_pieces, refused,
+                        measured)
     if best is None and probes and budget_mb is not None:
         raise ValueError(f"find_micro_batch.budget_mb={budget_mb:g} is below what the probe at "
                          f"b = {probes[0].micro_batch_size} peaked at: {probes[0].peak_mb:.1f} MiB "
@@ -208,9 +254,11 @@ def choose(prober, batch_size, budget_mb, smallest=1, sizes=(), two_pieces=False
     return best, probes
 
 
-def format_report(best, probes, batch_size, budget_mb, largest=None):
+def format_report(best, probes, batch_size, budget_mb, largest=None, refused=None,
+                  stopped=False):
     """The table of probes and the bindings to paste; ``largest``: the largest B the run
-    reaches (its schedule's), where the probes measured."""
+    reaches (its schedule's), where the probes measured; ``refused``: {b: the run's refusal}
+    of the candidates left out; ``stopped``: probing was interrupted (no binding is offered)."""
     lines = []
     if largest is not None and largest != batch_size:
         lines.append(f"Measured at B = {largest}, the largest batch the schedule reaches (the "
@@ -219,8 +267,15 @@ def format_report(best, probes, batch_size, budget_mb, largest=None):
     for p in probes:
         lines.append(f"| {p.micro_batch_size} | {p.num_micro_batches} | {p.peak_mb:.1f} | "
                      f"{p.examples_per_sec:.0f} | {'yes' if p.fits else 'no'} |")
+    for micro, message in sorted((refused or {}).items()):
+        lines.append(f"\nNot probed: b = {micro}, which the run refuses: {message}")
     where = "the GPU's memory" if budget_mb is None else f"a budget of {budget_mb:g} MiB"
-    if best is None:
+    fitting = [p for p in probes if p.fits]
+    if stopped:
+        lines.append("\nStopped before the probing ended"
+                     + (f": b = {fitting[-1].micro_batch_size} fits in {where}, larger b were "
+                        "not measured." if fitting else "."))
+    elif best is None:
         lines.append(f"\nNo micro-batch of B = {batch_size} fits in {where}.")
     else:
         lines.append(f"\nLargest micro-batch within {where}: b = {best.micro_batch_size} "
@@ -231,12 +286,20 @@ def format_report(best, probes, batch_size, budget_mb, largest=None):
 
 
 def run(run_settings, config_text, run_mode):
-    """``train.mode = 'find_micro_batch'``: probes the run's model at its ``train.batch_size``,
-    each b in a process of its own; prints the table and the bindings; returns
-    {'micro_batch_size', 'probes', 'report'}. In a probe's process
-    (``find_micro_batch.probe = b``) it measures that b instead (``probe_here``)."""
+    """``train.mode = 'find_micro_batch'``: checks the run's plan at each candidate b in one
+    process (``check_here``), then probes the run's model at its ``train.batch_size``, each b in
+    a process of its own; prints the table and the bindings; returns {'micro_batch_size',
+    'probes', 'report'}. In a probe's process (``find_micro_batch.probe = b``) it measures that b
+    instead (``probe_here``), in the check's (``find_micro_batch.check``) it checks.
+
+    Stopped (Ctrl-C, SIGTERM), it prints the rows measured so far and exits with 128 + the
+    signal: nothing was written, so there is nothing to resume."""
     finder = run_mode.finder
     batch_size = checks.positive_int(run_settings.data.batch_size, "train.batch_size")
+    if finder.search_dirs is not None:
+        _search_beside(finder.search_dirs)
+    if finder.check is not None:
+        return check_here(run_settings, run_mode)
     if finder.probe is not None:
         return probe_here(run_settings, run_mode)
     gpu = _has_gpu()
@@ -245,14 +308,27 @@ def run(run_settings, config_text, run_mode):
                          "allowed, MiB); on a GPU the device's memory is the budget.")
     budget_mb = None if gpu else finder.budget_mb
     sizes, two_pieces = reachable_batch_sizes(run_settings.data)
-    with tempfile.TemporaryDirectory() as scratch:
-        config = os.path.join(scratch, "run.gin")
-        with open(config, "w", encoding="utf-8") as handle:
-            handle.write(config_text)
-        best, probes = choose(ProcessProber(config), batch_size, budget_mb, finder.smallest,
-                              sizes, two_pieces)
-    report = format_report(best, probes, batch_size, budget_mb,
-                           largest_batch_size(run_settings.data))
+    largest = largest_batch_size(run_settings.data)
+    measured, refused = [], {}
+    try:
+        with tempfile.TemporaryDirectory() as scratch:
+            config = os.path.join(scratch, "run.gin")
+            with open(config, "w", encoding="utf-8") as handle:
+                handle.write(config_text)
+            prober = ProcessProber(config)
+            wanted = candidates(batch_size, finder.smallest, sizes, two_pieces)
+            if wanted:  # (none: ``choose`` says why, naming the binding)
+                refused = prober.check(wanted)
+            best, probes = choose(prober, batch_size, budget_mb, finder.smallest, sizes,
+                                  two_pieces, refused, measured)
+    except KeyboardInterrupt as stopped:
+        if measured:
+            print(format_report(None, measured, batch_size, budget_mb, largest, refused,
+                                stopped=True), flush=True)
+        print("batchlab: stopped; nothing was written (the finder has nothing to resume: run "
+              "it again to probe again).", file=sys.stderr, flush=True)
+        raise SystemExit(128 + getattr(stopped, "signum", signal.SIGINT)) from None
+    report = format_report(best, probes, batch_size, budget_mb, largest, refused)
     print(report)
     return {"micro_batch_size": best.micro_batch_size if best else None,
             "probes": [dataclasses.asdict(p) for p in probes], "report": report}
@@ -264,12 +340,60 @@ def _has_gpu():
     return bool(tf.config.list_physical_devices("GPU"))
 
 
+def _search_beside(search_dirs):
+    """Data files are looked up beside the user's gin files (``paths.search_dirs``), as in the
+    user's run, not beside the probe's scratch copy of the configuration. ``set_gin_files``
+    puts the last file's directory first: the directories go in reversed, each as a file in
+    it."""
+    paths.set_gin_files([os.path.join(d, "config.gin") for d in reversed(search_dirs)])
+
+
 class ProcessProber:
     """Measures each b in a fresh ``python main.py`` with the run's configuration (the interface
-    is in the module docstring)."""
+    is in the module docstring), started as the user's own run: in ``cwd`` (default: this
+    process's working directory), with ``search_dirs`` (default: this run's,
+    ``paths.search_dirs``) searched for data files and, where this process imports from them,
+    for modules."""
 
-    def __init__(self, config_path):
+    def __init__(self, config_path, cwd=None, search_dirs=None):
         self.config_path = config_path
+        self.cwd = os.getcwd() if cwd is None else cwd
+        if search_dirs is None:
+            search_dirs = [d for d in paths.search_dirs() if d != paths.REPO_ROOT]
+        self.search_dirs = tuple(search_dirs)
+
+    def _run(self, bindings, scratch):
+        """``main.py`` with the configuration and ``bindings``, its ``--output_dir`` in
+        ``scratch``; the completed process."""
+        command = [sys.executable, os.path.join(paths.REPO_ROOT, "main.py"),
+                   f"--gin_file={self.config_path}",
+                   f"--gin_bindings=find_micro_batch.search_dirs = {self.search_dirs!r}",
+                   *[f"--gin_bindings={binding}" for binding in bindings],
+                   f"--output_dir={os.path.join(scratch, 'runs')}"]
+        # The user's modules (``import my_models`` beside their gin file): importable from the
+        # directories this process searched (``gin_config._importable_beside``).
+        importable = [d for d in self.search_dirs if d in sys.path]
+        python_path = os.pathsep.join(importable + [p for p in [os.environ.get("PYTHONPATH")]
+                                                    if p])
+        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+        if python_path:
+            env["PYTHONPATH"] = python_path
+        return subprocess.run(command, capture_output=True, text=True, cwd=self.cwd,
+                              check=False, env=env)
+
+    def check(self, micros):
+        """{b: the run's refusal} of the ``micros`` a run with ``train.micro_batch_size = b``
+        refuses (``check_here``); ``ValueError`` with the run's message when the run refuses
+        the configuration whatever b is."""
+        with tempfile.TemporaryDirectory() as scratch:
+            result_file = os.path.join(scratch, "check.json")
+            process = self._run([f"find_micro_batch.check = {tuple(micros)!r}",
+                                 f"find_micro_batch.result_file = {result_file!r}"], scratch)
+            if not os.path.exists(result_file):
+                _raise_failure(process, "the check of the run's plan")
+            with open(result_file, encoding="utf-8") as handle:
+                refusals = json.load(handle)
+        return {int(micro): message for micro, message in refusals.items()}
 
     def measure(self, micro):
         """(peak MiB, examples/s) of b = ``micro``; ``ResourceExhaustedError`` when it ran out of
@@ -278,30 +402,57 @@ class ProcessProber:
         stderr when it wrote no result otherwise."""
         with tempfile.TemporaryDirectory() as scratch:
             result_file = os.path.join(scratch, "probe.json")
-            command = [sys.executable, os.path.join(paths.REPO_ROOT, "main.py"),
-                       f"--gin_file={self.config_path}",
-                       f"--gin_bindings=find_micro_batch.probe = {micro}",
-                       f"--gin_bindings=find_micro_batch.result_file = {result_file!r}"]
-            process = subprocess.run(command, capture_output=True, text=True,
-                                     cwd=paths.REPO_ROOT, check=False,
-                                     env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+            process = self._run([f"find_micro_batch.probe = {micro}",
+                                 f"find_micro_batch.result_file = {result_file!r}"], scratch)
             if not os.path.exists(result_file) and process.returncode == -signal.SIGKILL:
                 # Killed outright: the kernel's out-of-memory killer (or a cgroup's limit) ends
                 # a process that outgrows the machine without any Python error.
                 raise tf.errors.ResourceExhaustedError(
                     None, None, f"b = {micro}: the probe was killed (out of memory?)")
             if not os.path.exists(result_file):
-                refused = [line for line in process.stderr.splitlines()
-                           if line.startswith("batchlab: ") and "error: " in line]
-                if refused:  # the run's configuration, refused as a run would refuse it
-                    raise ValueError(f"the probe at b = {micro} was refused: "
-                                     f"{refused[-1].split('error: ', 1)[1]}")
-                raise RuntimeError(f"The probe at b = {micro} failed (exit status "
-                                   f"{process.returncode}):\n{process.stderr[-2000:]}")
+                _raise_failure(process, f"the probe at b = {micro}")
             result = ProbeResult.read(result_file)
         if result.out_of_memory:
             raise tf.errors.ResourceExhaustedError(None, None, f"b = {micro}: out of memory")
         return result.peak_mb, result.examples_per_sec
+
+
+def _raise_failure(process, what):
+    """A probe's or check's process that wrote no result: ``ValueError`` with the run's own
+    one-line refusal where it printed one, else ``RuntimeError`` with its stderr."""
+    refused = [line for line in process.stderr.splitlines()
+               if line.startswith("batchlab: ") and "error: " in line]
+    if refused:  # the run's configuration, refused as a run would refuse it
+        raise ValueError(f"{what} was refused: {refused[-1].split('error: ', 1)[1]}")
+    raise RuntimeError(f"{what[0].upper()}{what[1:]} failed (exit status "
+                       f"{process.returncode}):\n{process.stderr[-2000:]}")
+
+
+def check_here(run_settings, run_mode):
+    """Builds the run's own plan (``plan.build`` as a training run builds it: its schedule,
+    AdaScale, epochs and measurements as bound) at ``train.micro_batch_size = b`` for each b of
+    ``find_micro_batch.check``; {b: the run's refusal} of those it refuses goes to
+    ``find_micro_batch.result_file`` (when given) and is returned. The data is loaded once."""
+    from experiments.run import modes  # pylint: disable=import-outside-toplevel (a cycle)
+
+    loaded = []
+
+    def data_fn():
+        if not loaded:
+            loaded.append(run_settings.data.data_fn())
+        return loaded[0]
+
+    as_run = modes.TrainMode()
+    refused = {}
+    for micro in run_mode.finder.check:
+        data = dataclasses.replace(run_settings.data, micro_batch_size=micro, data_fn=data_fn)
+        try:
+            plan_lib.build(dataclasses.replace(run_settings, data=data), as_run)
+        except ValueError as error:
+            refused[micro] = own_message(error)
+    if run_mode.finder.result_file is not None:
+        _write_json(run_mode.finder.result_file, {str(b): m for b, m in refused.items()})
+    return {"refused": refused}
 
 
 def probe_here(run_settings, run_mode):

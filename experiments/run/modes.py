@@ -168,7 +168,12 @@ class MicroBatchFinderMode(RunMode):
         return clock.summary()
 
     def start(self, settings, output, run):
-        """Probes every candidate b (or, in a probe's process, measures one b)."""
+        """Probes every candidate b (or, in a probe's process, measures one b). A run of a sweep
+        or study is refused (the launcher refuses it first, before the group's directory exists;
+        this covers a group launched another way)."""
+        if output.in_group:
+            raise ValueError("train.mode = 'find_micro_batch' cannot run inside a sweep or a "
+                             "study: run the finder on one configuration.")
         return micro_batch_finder.run(settings, output.config_text, self)
 
 

@@ -24,15 +24,34 @@ import errno
 import fcntl
 import json
 import os
+import re
 import shutil
 import socket
 import tempfile
 import time
+import uuid
+import zipfile
 
 from experiments.common import errors, json_files
 
-# A 'running' status whose heartbeat is older than this is taken as a dead run.
+# A 'running' status whose heartbeat is older than this is taken as a dead run (longer for a run
+# that beats less often: ``stale_after``).
 STALE_AFTER_SECONDS = 120.0
+# Heartbeats a run may miss before another host takes it as dead, and a margin beside them: a beat
+# is written at an update or epoch end, so it comes late by up to an update or a validation.
+STALE_AFTER_BEATS, STALE_MARGIN_SECONDS = 3, 30.0
+
+# This process's own mark in the 'running' statuses it writes: a status holding this process's
+# pid but not this mark was written by another process that had the same pid (a container
+# restarted in a fresh PID namespace gets pid 1 again), which is dead.
+_PROCESS_TOKEN = uuid.uuid4().hex
+
+# A checkpoint file, ``checkpoints/state-<update>.npz`` (as ``run/checkpoints.py`` names them;
+# that module imports TensorFlow, which a reader of run directories must not).
+_CHECKPOINT = re.compile(r"^state-(\d+)\.npz$")
+
+# An error's own "Type: message" line (``errors.summary`` writes one; a traceback ends with one).
+ERROR_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Interrupt\w*|Finish\w*|Exit)\b.*:")
 
 
 def check_output_dir(output_dir):
@@ -89,11 +108,16 @@ def create(output_dir, experiment, name=None):
     return path
 
 
-def running_status(started=None):
-    """The status of a live run: who runs it, since when, and a heartbeat (now)."""
+def running_status(started=None, heartbeat_seconds=None):
+    """The status of a live run: who runs it (with this process's token, ``is_alive``), since
+    when, and a heartbeat (now); ``heartbeat_seconds``, the interval of its heartbeats, tells a
+    reader on another host how old a live run's heartbeat may be (``stale_after``)."""
     now = time.time()
-    return {"status": "running", "pid": os.getpid(), "host": socket.gethostname(),
-            "started": started or now, "heartbeat": now}
+    status = {"status": "running", "pid": os.getpid(), "host": socket.gethostname(),
+              "process": _PROCESS_TOKEN, "started": started or now, "heartbeat": now}
+    if heartbeat_seconds is not None:
+        status["heartbeat_seconds"] = float(heartbeat_seconds)
+    return status
 
 
 def read_status(run_dir):
@@ -108,12 +132,17 @@ def is_alive(status, now=None):
     """Whether a 'running' status belongs to a live process. On this host the process decides:
     it exists (and started no later than the run did: not a reused pid) or not, whatever the
     heartbeat says (a long validation or a slow call writes no heartbeat for minutes, and a
-    relaunch must not train the same run beside it). On another host, a recent heartbeat. A run
-    killed without a word (SIGKILL, lost machine) is not alive."""
+    relaunch must not train the same run beside it). A status holding this process's own pid
+    that this process did not write is dead: no other process can hold that pid now (a
+    container restarted in a fresh PID namespace runs as pid 1 again, beside its dead run's pid
+    1). On another host, a heartbeat younger than ``stale_after``. A run killed without a word
+    (SIGKILL, lost machine) is not alive."""
     if status.get("status") != "running":
         return False
     if status.get("host") == socket.gethostname() and status.get("pid"):
         pid = int(status["pid"])
+        if pid == os.getpid() and status.get("process") != _PROCESS_TOKEN:
+            return False
         try:
             os.kill(pid, 0)
         except ProcessLookupError:
@@ -123,7 +152,20 @@ def is_alive(status, now=None):
         started = _process_start_time(pid)
         return started is None or started <= float(status.get("started", started)) + 60.0
     now = time.time() if now is None else now
-    return now - float(status.get("heartbeat", 0.0)) <= STALE_AFTER_SECONDS
+    return now - float(status.get("heartbeat", 0.0)) <= stale_after(status)
+
+
+def stale_after(status):
+    """Seconds after its last heartbeat that a 'running' status on another host is taken as
+    dead: ``STALE_AFTER_SECONDS``, or ``STALE_AFTER_BEATS`` of its heartbeat intervals and a
+    margin when longer (a run with ``checkpoints.heartbeat_seconds = 600`` read as dead after
+    two minutes, and a relaunch could train it twice). A status without its interval (written
+    before the run's first beat, or by an older batchlab) keeps the fixed rule."""
+    try:
+        interval = float(status.get("heartbeat_seconds") or 0.0)
+    except (TypeError, ValueError):
+        interval = 0.0
+    return max(STALE_AFTER_SECONDS, STALE_AFTER_BEATS * interval + STALE_MARGIN_SECONDS)
 
 
 def _process_start_time(pid):
@@ -153,6 +195,38 @@ def effective_status(run_dir):
     if state == "running" and not is_alive(status):
         return "interrupted"
     return state
+
+
+def newest_checkpoint_update(run_dir):
+    """The update of the newest checkpoint a resumed run would start from
+    (``<run_dir>/checkpoints/state-<update>.npz``), or None where there is none. Read without
+    TensorFlow, for ``--list``: a file that is not a whole zip archive (cut short by a kill) is
+    passed over, as the resume passes over an unreadable one; the arrays are not read."""
+    directory = os.path.join(run_dir, "checkpoints")
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return None
+    found = sorted(((int(m.group(1)), m.group(0)) for m in map(_CHECKPOINT.match, names) if m),
+                   reverse=True)
+    for update, name in found:
+        try:
+            with zipfile.ZipFile(os.path.join(directory, name)) as archive:
+                if "__meta__.npy" in archive.namelist():
+                    return update
+        except (OSError, zipfile.BadZipFile):
+            continue
+    return None
+
+
+def error_line(text):
+    """The line of an error text (a status's error, a log's traceback) that says what it was:
+    its last "Type: message" line (a traceback ends with it; a summary leads with it and may go
+    on with its message's other lines, which alone say little), else its last line; "" for
+    none."""
+    lines = [line for line in str(text or "").strip().splitlines() if line.strip()]
+    named = [line for line in lines if ERROR_LINE.match(line)]
+    return (named[-1] if named else lines[-1]).strip() if lines else ""
 
 
 def _damaged_status(run_dir):
@@ -255,7 +329,11 @@ def put_back_status(path):
 
 # Bindings that change how a run is watched or saved, not what it computes: a relaunch may change
 # them (a resumed run with other checkpoint cadences or verbosity ends with the same results).
-RESULT_NEUTRAL = ("checkpoints.", "train.verbose")
+# Bindings that change no run's results: a relaunch or shard may differ in them. The study's
+# extension switch and limit only add runs (docs/studies.md: "turning the switch on ... on a
+# relaunch of a finished study only adds runs").
+RESULT_NEUTRAL = ("checkpoints.", "train.verbose", "study.extend_learning_rates",
+                  "study.max_extensions")
 
 
 def result_bindings(config_text):

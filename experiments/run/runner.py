@@ -114,6 +114,8 @@ def run(settings, output, run_mode):
     run_dir_lib.check_output_dir(output.output_dir)  # before the data is loaded
     plan = plan_lib.build(settings, run_mode)
     settings = plan.settings
+    distribute.check_same_on_every_worker(
+        plan.strategy, "\n".join(run_dir_lib.result_bindings(output.config_text)))
     if not distribute.is_chief(plan.strategy):
         return _run_as_worker(plan, output)
     # The model before the run directory: a model that does not fit the data or the layout (a
@@ -140,6 +142,12 @@ def run(settings, output, run_mode):
                     stopped.update)
         raise
     except BaseException as error:
+        lost = distribute.lost_worker(error, run_dir_lib.newest_checkpoint_update(path)) \
+            if multi_worker else None
+        if lost is not None:  # resumable: relaunching every worker continues the run
+            _record_end(path, run_dir_lib.mark_interrupted, "a worker stopped answering",
+                        run_dir_lib.newest_checkpoint_update(path))
+            raise lost from None
         _keep_operative_config(path)
         _record_end(path, run_dir_lib.mark_failed, error)
         try:
@@ -224,6 +232,11 @@ def _run_as_worker(plan, output):
         with interrupts.catch_stop_signals(enabled=False) as stop_requested:
             return _train_in(path, plan, output.config_text, state, stop_requested,
                              chief=False)
+    except Exception as error:  # noqa: BLE001  (a lost peer as one line; anything else as is)
+        lost = distribute.lost_worker(error)
+        if lost is None:
+            raise
+        raise lost from None
     finally:
         summary_writer.close_all()
         shutil.rmtree(scratch, ignore_errors=True)

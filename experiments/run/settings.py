@@ -69,7 +69,9 @@ def checkpoint_settings(every_n_updates=None, every_n_minutes=2.0, keep=2, every
         (``checkpoints/final.weights.h5``).
       every_epoch: also keep the weights of every epoch end (``epoch-NNN.weights.h5``), for
         analysis; off by default (200 epochs would leave 200 files).
-      heartbeat_seconds: how often ``status.json`` records that the run is alive.
+      heartbeat_seconds: how often ``status.json`` records that the run is alive. The status
+        holds it: a reader on another host takes the run as dead only after 3 intervals and 30 s
+        (at least 2 minutes) without a heartbeat (``run_dir.stale_after``).
     """
     return CheckpointSettings(
         every_n_updates=checks.optional_positive_int(every_n_updates,

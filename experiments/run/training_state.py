@@ -62,13 +62,17 @@ class RunState:
         self._fit_started = self._fit_ended = None
         # the process's start (the runner's, before its plan): wall time counts from there
         self.process_started = time.time() if started is None else started
-        self._status = run_dir_lib.running_status()
+        # the interval travels in the status: another host judges its heartbeat's age by it
+        self._status = run_dir_lib.running_status(heartbeat_seconds=settings.heartbeat_seconds)
         self.position, self.bookkeeping, self._checkpoint = Position(0, 0, 0), {}, None
         if resuming and from_checkpoint:
             self._find_checkpoint()
         elif resuming:
             logging.info("%s restarts from its first update (its mode is not resumed from a "
                          "checkpoint).", run_dir)
+        # The first heartbeat (at the training's start) comes before the checkpoint is restored:
+        # a resumed run reports the update it resumes at, not the fresh optimizer's 0.
+        self._status["update"] = self.position.update
 
     def _find_checkpoint(self):
         if self.writes:
@@ -133,13 +137,16 @@ class RunState:
         self.beat()
 
     def beat(self):
-        """Rewrites the 'running' status with a fresh heartbeat."""
+        """Rewrites the 'running' status with a fresh heartbeat and the update reached. A beat
+        before the resumed checkpoint is restored (the training's start) finds the optimizer
+        at 0: the update is never below the one the run resumed at."""
         if self.writes:
             self._status["heartbeat"] = time.time()
             model = getattr(self, "model", None)
             if model is not None and getattr(model, "optimizer", None) is not None:
                 try:  # progress, for the launcher's progress lines and --list
-                    self._status["update"] = int(model.optimizer.iterations.numpy())
+                    self._status["update"] = max(int(model.optimizer.iterations.numpy()),
+                                                 self.position.update)
                 except (AttributeError, TypeError, ValueError):
                     pass
             run_dir_lib.write_json(self.run_dir, "status.json", self._status)
