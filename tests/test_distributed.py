@@ -289,7 +289,9 @@ def test_a_lost_worker_is_one_line_saying_how_to_resume():
     from experiments.engine import distribute
 
     error = tf.errors.UnavailableError(
-        None, None, "The following tasks are unhealthy (stopped sending heartbeats):\n"
+        None, None, "{{function_node __wrapped__CollectiveReduceV2_device_/job:worker/"
+                    "replica:0/task:0/device:CPU:0}} "
+                    "The following tasks are unhealthy (stopped sending heartbeats):\n"
                     "/job:worker/replica:0/task:1\nThe tasks have crashed.")
     lost = distribute.lost_worker(error, 20)
     assert isinstance(lost, distribute.WorkerLost)

@@ -269,4 +269,4 @@ def test_a_rewritten_study_report_leaves_one_config_naming_the_new_target(tmp_pa
     texts = [value for _, value in _events(str(tmp_path / "tensorboard"))
              if value.tag.startswith("report/text")]
     assert len(texts) == 1
-    assert not [name for name in os.listdir(tmp_path) if ".new-" in name or ".old-" in name]
+    assert [name for name in os.listdir(tmp_path) if "tensorboard" in name] == ["tensorboard"]

@@ -452,3 +452,17 @@ def test_a_stopped_finder_shows_its_rows_and_exits_without_a_resume_hint(monkeyp
     out, err = capsys.readouterr()
     assert "| 16 | 4 | 700.0 | 5000 | yes |" in out and "Stopped before the probing ended" in out
     assert "stopped; nothing was written" in err and "relaunch" not in err
+
+
+def test_a_variant_that_binds_the_finder_is_refused_before_anything_is_written(
+        tmp_path, monkeypatch):
+    """The launcher's check reads the base configuration; a variant's own ``train.mode``
+    binding was refused only when its run started, after the sweep's directory existed."""
+    _never_probed(monkeypatch)
+    with pytest.raises(launch.ConfigError, match="In sweep variant 'finder': train.mode = "
+                                                 "'find_micro_batch' cannot run inside a sweep"):
+        launch.launch(["gin/experiments/digits_mlp.gin"], [
+            "sweep.variants = {'plain': [], 'finder': [\"train.mode = 'find_micro_batch'\", "
+            "'find_micro_batch.budget_mb = 5000']}"],
+            output_dir=str(tmp_path / "runs"), print_fn=lambda *_: None)
+    assert not (tmp_path / "runs").exists()

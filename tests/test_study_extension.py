@@ -189,3 +189,18 @@ def test_turning_the_extension_on_at_a_relaunch_is_not_another_configuration():
     after = before + "study.extend_learning_rates = True\nstudy.max_extensions = 4\n"
     assert run_dir.config_difference(before, after) is None
     assert run_dir.config_difference(before, before.replace("0.3", "0.4")) is not None
+
+
+def test_a_launch_does_not_wait_for_a_run_its_own_process_holds(tmp_path):
+    """A run whose 'running' status this very process wrote (its slot here ended without
+    recording the end, e.g. on a full disk) can end in no other process: waiting for it
+    would never end."""
+    import types
+
+    from experiments.launch import study_launch
+    from experiments.run import run_dir
+
+    (tmp_path / "b64_s0").mkdir()
+    run_dir.write_json(str(tmp_path / "b64_s0"), "status.json", run_dir.running_status())
+    runs = [types.SimpleNamespace(name="b64_s0")]
+    assert study_launch._wait_for_live(str(tmp_path), runs, print) == []

@@ -178,3 +178,12 @@ def test_a_scheduled_rate_is_a_number_in_the_hparams_column(tmp_path):
         data, _ = _hparams_events(os.path.join(group, name, "tensorboard", "hparams"))
         (start,) = [d.session_start_info for d in data if d.HasField("session_start_info")]
         assert start.hparams["learning_rate"].number_value == pytest.approx(peak, rel=1e-6)
+
+
+def test_a_column_of_an_ambiguous_short_name_is_read_by_the_selector_written():
+    """``MeanSquaredError`` names a loss and a metric: querying the column's short name raised
+    gin's "Ambiguous selector" and aborted the whole sweep before any variant ran."""
+    columns = _configured("gin/experiments/regression_mlp.gin", {
+        "sum": ["keras.losses.MeanSquaredError.reduction = 'sum'"], "plain": []})
+    assert columns["sum"]["MeanSquaredError.reduction"] == "sum"
+    assert columns["plain"]["MeanSquaredError.reduction"] == "sum_over_batch_size"

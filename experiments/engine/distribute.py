@@ -23,6 +23,7 @@ initialises its runtime: the runner resolves the strategy before it touches any 
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 
@@ -204,7 +205,8 @@ def lost_worker(error, resume_update=None):
     if not isinstance(error, _PEER_ERRORS):
         return None
     text = getattr(error, "message", None) or str(error)
-    first = next((line.strip() for line in str(text).splitlines() if line.strip()), "")
+    text = re.sub(r"\{\{[^}]*\}\}\s*", "", str(text))  # the graph function's name: noise here
+    first = next((line.strip() for line in text.splitlines() if line.strip()), "")
     where = ("the chief's newest checkpoint" if resume_update is None
              else f"the chief's newest checkpoint (update {resume_update})")
     return WorkerLost(

@@ -277,7 +277,7 @@ def query(binding, default=None):
     """A bound value with macros resolved (``%BATCH``); ``default`` when unbound."""
     try:
         value = gin.query_parameter(binding)
-    except ValueError:
+    except (ValueError, KeyError):  # unbound; KeyError: an ambiguous or unknown selector
         return default
     if isinstance(value, gin.config.ConfigurableReference) and \
             value.configurable.name == "macro":

@@ -26,6 +26,10 @@ def check_all(gin_files, gin_bindings, runs, label, inspect=None):
         except ConfigError as error:
             raise ConfigError(f"In {label} {run.name!r}: {error}") from error
         check_layout(run.name, label)
+        if query("train.mode") == "find_micro_batch":  # a variant's own binding of the mode
+            raise ConfigError(f"In {label} {run.name!r}: train.mode = 'find_micro_batch' cannot "
+                              "run inside a sweep or a study: run the finder on one "
+                              "configuration.")
         if inspect is not None:
             seen[run.name] = inspect(run)
     parse(gin_files, gin_bindings)

@@ -175,13 +175,20 @@ def _wait_for_live(path, live, print_fn):
     interrupted: waited for until each is finished, failed or interrupted (its process gone, or
     its heartbeat stale), so that they are resumed here. A relaunched shard found its own run
     still "running" where the killed process's last heartbeat was young (a requeue on another
-    host within the heartbeat's staleness) and exited 0 with that run never trained."""
-    waiting, resumable = {run.name: run for run in live}, []
+    host within the heartbeat's staleness) and exited 0 with that run never trained. A run
+    whose status this very process holds (its slot here ended without recording the run's end,
+    e.g. on a full disk) is not waited for: nothing else will end it."""
+    waiting, resumable = {}, []
+    for run in live:
+        status = run_dir_lib.read_status(os.path.join(path, run.name))
+        if not run_dir_lib.held_by_this_process(status):
+            waiting[run.name] = run
     if waiting:
+        longest = max(run_dir_lib.stale_after(run_dir_lib.read_status(os.path.join(path, name)))
+                      for name in waiting)
         print_fn(f"Waiting for {len(waiting)} run(s) live in another launch: "
                  f"{', '.join(sorted(waiting))} (a run whose process is gone is resumed here "
-                 f"once its heartbeat is stale, at most {run_dir_lib.STALE_AFTER_SECONDS:.0f} s "
-                 "after its last one).")
+                 f"once its heartbeat is stale, at most {longest:.0f} s after its last one).")
     while waiting:
         for name in sorted(waiting):
             status = study_dir_lib.run_status(os.path.join(path, name))[0]
@@ -214,7 +221,7 @@ def launch_study(spec, study_name, gin_files, gin_bindings, output_dir, jobs=1, 
         return worker.train_here(gin_files, list(gin_bindings) + list(job.spec.bindings),
                                    job.run_dir)
 
-    all_outcomes, errors = [], {}
+    all_outcomes, errors, resumed = [], {}, set()
     while True:
         jobs_list = [executor.Job(run, os.path.join(path, run.name)) for run in todo]
         outcomes = executor.execute(jobs_list, run_in_process, gin_files, gin_bindings, jobs,
@@ -226,9 +233,13 @@ def launch_study(spec, study_name, gin_files, gin_bindings, output_dir, jobs=1, 
         # launch ends when they have ended, and resumes those whose process is gone
         live_runs += [job.spec for job, outcome in zip(jobs_list, outcomes)
                       if outcome.status == "running"]
-        todo, live_runs = _wait_for_live(path, live_runs, print_fn), []
+        # each resumed once per launch: a run that comes back held again is left to a relaunch
+        todo = [run for run in _wait_for_live(path, live_runs, print_fn)
+                if run.name not in resumed]
+        live_runs = []
         if todo:
             names = {run.name for run in todo}
+            resumed |= names
             all_outcomes = [o for o in all_outcomes if o.name not in names]
             continue
         study_dir_lib.write(path, study_dir_lib.refresh(path, state, errors))

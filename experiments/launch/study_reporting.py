@@ -11,6 +11,7 @@ import html
 import math
 import os
 import shutil
+import tempfile
 
 import tensorflow as tf
 
@@ -94,20 +95,27 @@ def _write_afresh(log_dir, write):
     """``write(directory)`` into a new directory that then replaces ``log_dir``. TensorBoard
     keeps the first metadata it reads for a tag: an HParams config, figure or text appended
     beside an earlier report's would leave the dashboard showing the first report's columns
-    (its target) and text. When another shard's report takes the place meanwhile, it stands."""
-    fresh, old = f"{log_dir}.new-{os.getpid()}", f"{log_dir}.old-{os.getpid()}"
-    shutil.rmtree(fresh, ignore_errors=True)
+    (its target) and text. Shards may write their reports at once, from processes that share a
+    pid (containers): the new and the old directory get names of their own (``mkdtemp``), a
+    ``log_dir`` another shard moved meanwhile is no error, and when another shard's report takes
+    the place first, it stands."""
+    parent = os.path.dirname(log_dir)
+    fresh = tempfile.mkdtemp(dir=parent, prefix=".tensorboard-new-")
+    old = tempfile.mkdtemp(dir=parent, prefix=".tensorboard-old-")
+    moved = os.path.join(old, "tensorboard")
     try:
         write(fresh)
-        if os.path.isdir(log_dir):
-            os.replace(log_dir, old)
+        try:
+            os.replace(log_dir, moved)
+        except FileNotFoundError:
+            pass  # none yet, or another shard's report moved it meanwhile
         try:
             os.replace(fresh, log_dir)
         except OSError:
             if os.path.isdir(log_dir):
                 return  # another shard's report took the place meanwhile: it stands
-            if os.path.isdir(old):
-                os.replace(old, log_dir)
+            if os.path.isdir(moved):
+                os.replace(moved, log_dir)
             raise
     finally:
         shutil.rmtree(fresh, ignore_errors=True)

@@ -122,22 +122,23 @@ HPARAMS_DIR = "hparams"  # <run>/tensorboard/hparams: the session the sweep writ
 
 
 def bound_parameters(runs):
-    """``[scope/]configurable.parameter`` of each parameter some variant binds (macros and
-    imports left out), in order of first appearance: every variant gets a column for each, with
-    its own value, so a column never holds a value no run had."""
+    """{column: binding} of each parameter some variant binds (macros and imports left out), in
+    order of first appearance: every variant gets a column for each, with its own value, so a
+    column never holds a value no run had. The column names the configurable by its last name
+    (``SGD.momentum``); the binding keeps the selector as the variant wrote it, which is what
+    gin can look up (``MeanSquaredError`` alone names a loss and a metric)."""
     from experiments.launch import precedence  # noqa: PLC0415  (launch imports this module)
 
-    names = []
+    columns = {}
     for run in runs:
         for binding in run.bindings:
             key = precedence.binding_key(binding)
             if key is None or key[1] == precedence.MACRO:
                 continue
             scope, configurable, parameter = key
-            name = f"{scope + '/' if scope else ''}{configurable}.{parameter}"
-            if name not in names:
-                names.append(name)
-    return names
+            column = f"{scope + '/' if scope else ''}{configurable}.{parameter}"
+            columns.setdefault(column, binding.split("=", 1)[0].strip())
+    return columns
 
 
 def configured_hparams(parameters, value_of):
@@ -145,8 +146,9 @@ def configured_hparams(parameters, value_of):
     (``gin_config.effective_value``: the binding, macros resolved, else the signature's
     default): B, b (B when unset), epochs, seed, the learning rate of the optimizer
     ``train.optimizer`` refers to (``optimizer``: its last name, e.g. ``Adam``) and each of
-    ``parameters`` (``train.<p>`` as ``p``). Read per variant, a variant that changes the
-    optimizer, or sets B by a macro, shows what it trains with even when it fails."""
+    ``parameters`` ({column: binding}, ``bound_parameters``; ``train.<p>`` as ``p``). Read
+    per variant, a variant that changes the optimizer, or sets B by a macro, shows what it
+    trains with even when it fails."""
     values = {name: value_of(binding) for name, binding in BASE_HPARAMS.items()}
     if values["micro_batch_size"] is None:
         values["micro_batch_size"] = values["batch_size"]  # b = B unless set
@@ -155,9 +157,9 @@ def configured_hparams(parameters, value_of):
         selector = reference.configurable.selector
         values["learning_rate"] = value_of(f"{selector}.learning_rate")
         optimizer = selector.rsplit(".", 1)[-1]
-    for parameter in parameters:
-        column = parameter[len("train."):] if parameter.startswith("train.") else parameter
-        values[column] = value_of(parameter)
+    for column, binding in parameters.items():
+        values[column[len("train."):] if column.startswith("train.") else column] = \
+            value_of(binding)
     return {name: _plain(value) for name, value in values.items()}, optimizer
 
 

@@ -155,6 +155,13 @@ def is_alive(status, now=None):
     return now - float(status.get("heartbeat", 0.0)) <= stale_after(status)
 
 
+def held_by_this_process(status):
+    """Whether a 'running' status was written by this very process (its slot ended without
+    recording the run's end): no other process can end it, so no launch should wait for it."""
+    return (status.get("status") == "running" and status.get("host") == socket.gethostname()
+            and status.get("pid") == os.getpid() and status.get("process") == _PROCESS_TOKEN)
+
+
 def stale_after(status):
     """Seconds after its last heartbeat that a 'running' status on another host is taken as
     dead: ``STALE_AFTER_SECONDS``, or ``STALE_AFTER_BEATS`` of its heartbeat intervals and a
