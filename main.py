@@ -120,6 +120,32 @@ def _resume_hint(run_name, resume, run_dir):
             "would start anew)")
 
 
+# --list, --report and --resume each do one thing with one directory: a launch's flags beside
+# them were ignored (--report=X --resume=Y trained Y and wrote no report).
+_ONE_DIRECTORY_MODES = ("list", "report", "resume")
+_LAUNCH_FLAGS = ("gin_file", "gin_bindings", "output_dir", "run_name", "shard", "jobs")
+
+
+def _check_flag_combination():
+    """Exits with one line naming the flags when they cannot go together, before anything
+    starts."""
+    modes = [name for name in _ONE_DIRECTORY_MODES if FLAGS[name].present]
+    if len(modes) > 1:
+        sys.exit(f"batchlab: configuration error: --{modes[0]} and --{modes[1]} cannot go "
+                 "together: give one of them; nothing was started.")
+    if modes:
+        extra = [name for name in _LAUNCH_FLAGS if FLAGS[name].present
+                 and not (modes[0] == "resume" and name.startswith("gin_"))]  # (its own line)
+        if extra:
+            what = ("takes the run's own config.gin" if modes[0] == "resume" else
+                    "only reads what is on disk")
+            sys.exit(f"batchlab: configuration error: --{modes[0]} {what}; --{extra[0]} does "
+                     "not apply to it (give it alone); nothing was started.")
+    if FLAGS.intra_op_threads < 0:
+        sys.exit("batchlab: configuration error: --intra_op_threads must be 0 (TensorFlow's "
+                 f"default) or positive, got {FLAGS.intra_op_threads}.")
+
+
 def _stop(signum, frame):
     raise _Stopped(signum)
 
@@ -127,10 +153,12 @@ def _stop(signum, frame):
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    for flag in ("list", "report", "resume", "run_dir"):  # e.g. --report=$UNSET_VARIABLE
-        if FLAGS[flag].present and not str(FLAGS[flag].value or "").strip():
-            sys.exit(f"batchlab: configuration error: --{flag} needs a directory, got an empty "
+    for flag in ("list", "report", "resume", "run_dir", "output_dir", "shard"):
+        if FLAGS[flag].present and not str(FLAGS[flag].value or "").strip():  # $UNSET_VARIABLE
+            wanted = "i/n" if flag == "shard" else "a directory"
+            sys.exit(f"batchlab: configuration error: --{flag} needs {wanted}, got an empty "
                      "value (an unset shell variable?); nothing was started.")
+    _check_flag_combination()
     threads = FLAGS.intra_op_threads
     if (FLAGS.worker or FLAGS.run_dir) and LAUNCHER_PID in os.environ:
         from experiments.launch import lifeline  # imports no TensorFlow

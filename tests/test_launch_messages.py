@@ -360,3 +360,53 @@ def test_an_experiment_path_that_is_a_file_and_a_list_of_a_file_say_so(tmp_path)
         run_dir.open_named(str(tmp_path), "digits_mlp", "r", "")
     with pytest.raises(NotADirectoryError, match="is a file; give a directory"):
         listing.find(str(tmp_path / "digits_mlp"))
+
+
+@pytest.mark.parametrize("flags, expected", [
+    (["--report={d}", "--resume={d}"], "--report and --resume cannot go together"),
+    (["--list={d}", "--gin_file=gin/experiments/digits_mlp.gin"],
+     "--list only reads what is on disk; --gin_file does not apply to it"),
+    (["--resume={d}", "--output_dir={d}"],
+     "--resume takes the run's own config.gin; --output_dir does not apply to it"),
+    (["--report={d}", "--jobs=2"], "--report only reads what is on disk; --jobs does not apply"),
+    (["--output_dir=", "--gin_file=gin/experiments/digits_mlp.gin"],
+     "--output_dir needs a directory, got an empty value"),
+    (["--shard=", "--gin_file=gin/studies/nqm_known_answer.gin"],
+     "--shard needs i/n, got an empty value"),
+    (["--intra_op_threads=-1", "--jobs=2"], "--intra_op_threads must be 0"),
+])
+def test_flags_that_cannot_go_together_are_refused_before_anything_starts(tmp_path, flags,
+                                                                          expected):
+    """``--report=X --resume=Y`` trained Y and wrote no report; ``--list`` with a launch's
+    flags listed and ignored them; an empty ``--output_dir=`` (an unset variable) wrote into
+    the working directory; ``--intra_op_threads=-1`` aborted TensorFlow with a core dump."""
+    process = subprocess.run(
+        [sys.executable, os.path.join(REPO, "main.py")] + [f.format(d=tmp_path) for f in flags],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert process.returncode == 1, process.stderr[-3000:]
+    assert "loading TensorFlow" not in process.stdout + process.stderr
+    assert expected in process.stderr, process.stderr[-3000:]
+    assert len(process.stderr.strip().splitlines()) == 1, process.stderr
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_shard_needs_a_run_name_and_jobs_need_a_group(tmp_path):
+    """``--shard=1/2`` without ``--run_name`` wrote half a study into a timestamped directory of
+    its own, which no other shard could join; ``--jobs=3`` on one run only cut its threads."""
+    from experiments import launch
+
+    with pytest.raises(launch.ConfigError, match="--shard=1/2 needs --run_name"):
+        launch.launch(["gin/studies/nqm_known_answer.gin"], [], output_dir=str(tmp_path),
+                      print_fn=lambda *_: None, shard="1/2")
+    with pytest.raises(launch.ConfigError, match="--jobs=3 applies to sweeps and studies"):
+        launch.launch(["gin/experiments/digits_mlp.gin"], [], output_dir=str(tmp_path),
+                      print_fn=lambda *_: None, jobs=3)
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_run_name_too_long_for_the_file_system_is_refused_first():
+    from experiments.run import run_dir
+
+    assert run_dir.check_run_name("x" * 200) == "x" * 200
+    with pytest.raises(ValueError, match="--run_name is 300 bytes long; at most 200"):
+        run_dir.check_run_name("x" * 300)

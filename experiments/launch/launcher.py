@@ -69,9 +69,13 @@ def launch(gin_files=(), gin_bindings=(), output_dir="runs", print_fn=print, job
         if variants:
             raise ConfigError("These gin files declare both sweep.variants and a study; keep one.")
         try:
-            grid_lib.parse_shard(shard)
+            count = grid_lib.parse_shard(shard)[1]
         except ValueError as error:
             raise ConfigError(str(error)) from error
+        if count > 1 and not run_name:  # each shard would write a study of its own
+            raise ConfigError(f"--shard={shard} needs --run_name: every shard writes into one "
+                              "study directory, <output_dir>/<study>/<run_name>, the same for "
+                              "all of them.")
         print_fn(f"Study {experiment}: configuration parsed; checking every run of its grid "
                  f"({', '.join(files)}).")
         _start_workers(jobs, files, gin_bindings)
@@ -86,6 +90,9 @@ def launch(gin_files=(), gin_bindings=(), output_dir="runs", print_fn=print, job
     if shard not in (None, "", "0/1"):
         raise ConfigError(f"--shard={shard} applies to studies; these gin files declare none.")
     if not variants:
+        if jobs > 1:
+            raise ConfigError(f"--jobs={jobs} applies to sweeps and studies (runs trained at "
+                              "once); these gin files declare one run.")
         check_required(runner.train, "train")
         # A named single run is resumable: relaunching the same command continues it.
         result = runner.train(output_dir=output_dir, experiment=experiment, run_name=run_name,

@@ -37,6 +37,7 @@ def train_here(gin_files, bindings, run_dir):
     parse(gin_files, bindings)
     sweep.sweep()  # the launcher consumed study.* and sweep.*: not "never used" by this run
     study.study()
+    run_dir = os.path.normpath(run_dir)  # a trailing '/' would name no run
     parent = os.path.dirname(os.path.abspath(run_dir))
     return runner.train(output_dir=os.path.dirname(parent), experiment=os.path.basename(parent),
                         run_name=os.path.basename(run_dir), config_text=gin.config_str(),

@@ -252,6 +252,9 @@ class RunExistsError(ValueError):
         self.state = state
 
 
+MAX_RUN_NAME_BYTES = 200  # 255 for a directory name, less ".<name>.claim-XXXXXXXX" and ".lock"
+
+
 def check_run_name(name):
     """``name`` if it is one directory name (a run, sweep or study name: no ``/``, not ``.`` or
     ``..``, not empty); a ValueError naming ``--run_name`` otherwise, so that nothing is written
@@ -263,6 +266,10 @@ def check_run_name(name):
     if bad:
         raise ValueError(f"--run_name must be a single directory name (no '/', not '..'), got "
                          f"{name!r}.")
+    if len(name.encode("utf-8")) > MAX_RUN_NAME_BYTES:  # else refused by the file system late
+        raise ValueError(f"--run_name is {len(name.encode('utf-8'))} bytes long; at most "
+                         f"{MAX_RUN_NAME_BYTES} (a directory name holds 255, and the claim "
+                         "of a run directory adds a suffix).")
     return name
 
 
