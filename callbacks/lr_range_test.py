@@ -1,4 +1,5 @@
-"""Learning-rate range test (Smith 2017, "Cyclical Learning Rates") as a callback of ``model.fit``.
+"""Learning-rate range test (the fastai finder: an exponential ramp read on the smoothed training
+loss; after Smith 2017, "Cyclical Learning Rates") as a callback of ``model.fit``.
 
 Training starts at a tiny learning rate that grows geometrically with every update; the loss of
 each update is recorded. Where the loss falls fastest is a good learning rate; where it shoots up

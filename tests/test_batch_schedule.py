@@ -80,6 +80,8 @@ def test_bad_schedules_name_their_binding(kwargs, message):
     (dict(boundaries=[1], factor=8), "stage 1 .from epoch 1. has B=64, larger than the 40"),
     (dict(boundaries=[1, 2], batch_sizes=[16, 8]), "stage 2 .from epoch 2. has B=8, not larger"),
     (dict(boundaries=[1], batch_sizes=[8]), "has B=8, not larger than the stage before it"),
+    # the advice names what the user bound: a factor, not batch_sizes
+    (dict(boundaries=[1], factor=1), "not larger .* give batch_size_schedule.factor > 1"),
 ])
 def test_stage_sizes_are_checked_against_b_and_the_data(schedule, message):
     with pytest.raises(ValueError, match=message):

@@ -24,10 +24,12 @@ JUDGED_ON = {  # the result.json entries each claim's table row is read from
     "keskar_sharp_minima": ["measurements.sharpness/phi", "measurements.sharpness/phi_first_order",
                             "measurements.generalization_gap/loss", "final_validation.accuracy",
                             "measurements.train_inference/loss"],
-    "hoffer_train_longer": ["final_validation.accuracy", "measurements.weights/distance_from_init"],
+    "hoffer_train_longer": ["final_validation.accuracy", "final_validation.loss",
+                            "measurements.weights/distance_from_init",
+                            "measurements.train_inference/loss"],
     "lr_range_scaling": ["lr_range_test.stopped_because", "lr_range_test.learning_rates"],
     "smith_increase_batch": ["final_validation.accuracy", "final_validation.loss",
-                             "final_epoch.loss"],
+                             "final_epoch.loss", "measurements.train_inference/loss"],
 }
 
 

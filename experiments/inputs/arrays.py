@@ -17,7 +17,7 @@ import numpy as np
 from absl import logging
 
 from experiments.common import checks, paths
-from experiments.inputs import files, labels
+from experiments.inputs import files, keras_cache, labels
 from experiments.inputs.dataset import Data, DataSpec
 
 
@@ -308,11 +308,6 @@ def digits(path="data/digits.npz", flatten=True, validation_split=0.2, split_see
                     split_seed=split_seed, name="digits")
 
 
-def keras_cache_dir():
-    """Where ``keras.datasets`` caches files: ``$KERAS_HOME`` or ``~/.keras``."""
-    return os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras")
-
-
 @gin.configurable
 def keras_dataset(name=gin.REQUIRED, flatten=False, num_words=10000, sequence_length=200,
                   max_train_examples=None):
@@ -320,6 +315,8 @@ def keras_dataset(name=gin.REQUIRED, flatten=False, num_words=10000, sequence_le
 
     Keras keeps the files under ``~/.keras/datasets`` (or ``$KERAS_HOME/datasets``); the official
     test split is the validation set. imdb reviews are padded/truncated to ``sequence_length``.
+    A cached file is hashed first (``keras_cache``): Keras would delete one that does not match
+    when it cannot download it again. Without internet: docs/data.md, Keras datasets offline.
     """
     loaders = {
         "mnist": (keras.datasets.mnist, 255.0),
@@ -330,13 +327,12 @@ def keras_dataset(name=gin.REQUIRED, flatten=False, num_words=10000, sequence_le
     if name not in loaders:
         raise ValueError(f"Unknown keras dataset {name!r}; choose one of {sorted(loaders)}.")
     module, scale = loaders[name]
+    keras_cache.check_cached(name)  # before Keras, which deletes a mismatched file it cannot fetch
+    present_before = keras_cache.present(name)
     try:
         loaded = module.load_data(num_words=num_words) if name == "imdb" else module.load_data()
-    except Exception as error:  # no cache and no network: say where Keras looked
-        raise FileNotFoundError(
-            f"keras.datasets could not load {name!r}: it is neither cached under "
-            f"{os.path.join(keras_cache_dir(), 'datasets')} nor downloadable here "
-            f"({type(error).__name__}: {error}).") from error
+    except Exception as error:  # a file to place (named, with its URL) or one that Keras read
+        raise keras_cache.load_error(name, error, present_before) from error
     if name == "imdb":
         (x_tr, y_tr), (x_va, y_va) = loaded
         pad = keras.utils.pad_sequences

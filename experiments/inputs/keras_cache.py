@@ -20,8 +20,8 @@ import tempfile
 KerasFile = collections.namedtuple("KerasFile", ["path", "origin", "sha256"])
 
 _GOOGLE = "https://storage.googleapis.com/tensorflow/tf-keras-datasets/"
-_FASHION = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
-            "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
+_FASHION = ("train-labels-idx1-ubyte.gz", "train-images-idx3-ubyte.gz",  # Keras' order
+            "t10k-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz")
 
 KERAS_FILES = {
     "mnist": (KerasFile("mnist.npz", _GOOGLE + "mnist.npz",
@@ -113,8 +113,8 @@ def load_error(name, error, present_before):
             + (f" (SHA-256 {f.sha256})" if f.sha256 else "") for f in missing)
         return FileNotFoundError(
             f"keras.datasets could not load {name!r}: it is not cached and could not be "
-            f"downloaded here ({cause}). On a machine with internet fetch, and place here: "
-            f"{places}. See docs/data.md, Keras datasets offline.")
+            f"downloaded here ({cause}). Fetch on a machine with internet and place: {places} "
+            "(docs/data.md, Keras datasets offline).")
     reading = getattr(error, "filename", None)
     if not reading:
         paths = [cache_path(f) for f in KERAS_FILES[name]]

@@ -256,7 +256,9 @@ def _scheduled_arrays(layout, data, schedule):
         if size <= sizes[stage - 1]:
             raise ValueError(f"{where}, not larger than the stage before it (B={sizes[stage - 1]})"
                              ": a batch-size schedule grows the batch (as a learning rate would "
-                             "decay); give increasing batch_size_schedule.batch_sizes.")
+                             "decay); give " + ("increasing batch_size_schedule.batch_sizes."
+                                                if schedule.factors is None else
+                                                "batch_size_schedule.factor > 1."))
         if size % micro:
             raise ValueError(f"{where}, not a multiple of the micro-batch b={micro} "
                              "(train.micro_batch_size, or train.batch_size when unset): a "
