@@ -141,6 +141,12 @@ def _check_flag_combination():
                     "only reads what is on disk")
             sys.exit(f"batchlab: configuration error: --{modes[0]} {what}; --{extra[0]} does "
                      "not apply to it (give it alone); nothing was started.")
+    if FLAGS.run_name is not None:
+        from experiments.run import run_dir  # imports no TensorFlow
+        try:
+            run_dir.check_user_run_name(FLAGS.run_name)
+        except ValueError as error:
+            sys.exit(f"batchlab: configuration error: {error}")
     if FLAGS.intra_op_threads < 0:
         sys.exit("batchlab: configuration error: --intra_op_threads must be 0 (TensorFlow's "
                  f"default) or positive, got {FLAGS.intra_op_threads}.")

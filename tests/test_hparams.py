@@ -270,3 +270,17 @@ def test_a_rewritten_study_report_leaves_one_config_naming_the_new_target(tmp_pa
              if value.tag.startswith("report/text")]
     assert len(texts) == 1
     assert [name for name in os.listdir(tmp_path) if "tensorboard" in name] == ["tensorboard"]
+
+
+def test_the_rewritten_report_directory_keeps_the_umask_permissions(tmp_path):
+    """The swap's temporary directory (``mkdtemp``, mode 0700) became the report's
+    ``tensorboard`` directory, unreadable to the other users of a shared study directory."""
+    from experiments.launch import study_reporting
+
+    previous = os.umask(0o022)
+    try:
+        study_reporting._write_afresh(str(tmp_path / "tensorboard"),
+                                      lambda d: open(os.path.join(d, "x"), "w").close())
+    finally:
+        os.umask(previous)
+    assert os.stat(tmp_path / "tensorboard").st_mode & 0o777 == 0o755

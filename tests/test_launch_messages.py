@@ -374,6 +374,7 @@ def test_an_experiment_path_that_is_a_file_and_a_list_of_a_file_say_so(tmp_path)
     (["--shard=", "--gin_file=gin/studies/nqm_known_answer.gin"],
      "--shard needs i/n, got an empty value"),
     (["--intra_op_threads=-1", "--jobs=2"], "--intra_op_threads must be 0"),
+    (["--run_name=" + "x" * 300], "--run_name is 300 bytes long; at most 200"),
 ])
 def test_flags_that_cannot_go_together_are_refused_before_anything_starts(tmp_path, flags,
                                                                           expected):
@@ -407,6 +408,7 @@ def test_a_shard_needs_a_run_name_and_jobs_need_a_group(tmp_path):
 def test_a_run_name_too_long_for_the_file_system_is_refused_first():
     from experiments.run import run_dir
 
-    assert run_dir.check_run_name("x" * 200) == "x" * 200
+    assert run_dir.check_user_run_name("x" * 200) == "x" * 200
     with pytest.raises(ValueError, match="--run_name is 300 bytes long; at most 200"):
-        run_dir.check_run_name("x" * 300)
+        run_dir.check_user_run_name("x" * 300)
+    assert run_dir.check_run_name("v" * 210) == "v" * 210  # a sweep variant's directory

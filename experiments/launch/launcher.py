@@ -120,7 +120,7 @@ def _check_flags(jobs, output_dir, run_name):
     user's, not a run's binding) otherwise."""
     try:
         jobs = checks.positive_int(jobs, "--jobs")
-        run_dir_lib.check_run_name(run_name)
+        run_dir_lib.check_user_run_name(run_name)
         run_dir_lib.check_output_dir(output_dir)
     except ValueError as error:
         raise ConfigError(str(error)) from None

@@ -101,6 +101,9 @@ def _write_afresh(log_dir, write):
     the place first, it stands."""
     parent = os.path.dirname(log_dir)
     fresh = tempfile.mkdtemp(dir=parent, prefix=".tensorboard-new-")
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(fresh, 0o777 & ~umask)  # mkdtemp's 0700 would become the report directory's
     old = tempfile.mkdtemp(dir=parent, prefix=".tensorboard-old-")
     moved = os.path.join(old, "tensorboard")
     try:

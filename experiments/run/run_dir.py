@@ -266,7 +266,15 @@ def check_run_name(name):
     if bad:
         raise ValueError(f"--run_name must be a single directory name (no '/', not '..'), got "
                          f"{name!r}.")
-    if len(name.encode("utf-8")) > MAX_RUN_NAME_BYTES:  # else refused by the file system late
+    return name
+
+
+def check_user_run_name(name):
+    """``check_run_name`` for the user's ``--run_name``, and its length: a name the file system
+    cannot hold failed only once TensorFlow and the data had loaded ([Errno 36], an empty
+    experiment directory left). (A sweep variant's own directory name is not capped here.)"""
+    check_run_name(name)
+    if name is not None and len(name.encode("utf-8")) > MAX_RUN_NAME_BYTES:
         raise ValueError(f"--run_name is {len(name.encode('utf-8'))} bytes long; at most "
                          f"{MAX_RUN_NAME_BYTES} (a directory name holds 255, and the claim "
                          "of a run directory adds a suffix).")
