@@ -12,6 +12,16 @@ def read_json(path):
         return json.load(handle)
 
 
+def write_run_dir(directory, status, result=None):
+    """A run directory as a run leaves it: its status.json and, given, its result.json."""
+    os.makedirs(directory)
+    with open(os.path.join(directory, "status.json"), "w") as handle:
+        json.dump(status, handle)
+    if result is not None:
+        with open(os.path.join(directory, "result.json"), "w") as handle:
+            json.dump(result, handle)
+
+
 def event_tags(log_dir):
     """Every scalar/text tag written under ``log_dir`` (all subdirectories)."""
     tags = set()

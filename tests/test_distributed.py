@@ -63,14 +63,15 @@ def _main(gin_file, output_dir, bindings=(), env=None, flags=()):
     return process
 
 
-def _finish(process):
+def _finish(process, returncode=0):
+    """The process's output once it has ended with ``returncode``."""
     try:
         process.wait(timeout=TIMEOUT_S)
     finally:
         process.log.seek(0)
         output = process.log.read()
         process.log.close()
-    assert process.returncode == 0, output[-3000:]
+    assert process.returncode == returncode, output[-3000:]
     return output
 
 
@@ -267,13 +268,7 @@ def test_workers_launched_with_different_bindings_are_refused_together(tmp_path)
                                env={"TF_CONFIG": json.dumps(tf_config),
                                     "TMPDIR": str(tmp_path)}, flags=["--run_name=job"]))
     for process in processes:
-        try:
-            process.wait(timeout=TIMEOUT_S)
-        finally:
-            process.log.seek(0)
-            output = process.log.read()
-            process.log.close()
-        assert process.returncode == 1, output[-3000:]
+        output = _finish(process, returncode=1)
         assert "batchlab: error: The workers of this multi-worker job were launched with " \
                "different configurations" in output, output[-3000:]
     assert not os.path.exists(os.path.join(output_dir, "virtual_batch_distributed", "job"))

@@ -13,6 +13,7 @@ import pytest
 from experiments.analysis import tables
 from experiments.launch import listing, outcomes
 from experiments.run.settings import progress_verbosity
+from tests.helpers import write_run_dir
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -53,25 +54,16 @@ def test_redirected_output_has_no_control_codes_and_list_shows_the_run(tmp_path)
     assert str(runs / "digits_mlp") in line[0]
 
 
-def _run(directory, status, result=None):
-    os.makedirs(directory)
-    with open(os.path.join(directory, "status.json"), "w") as handle:
-        json.dump(status, handle)
-    if result is not None:
-        with open(os.path.join(directory, "result.json"), "w") as handle:
-            json.dump(result, handle)
-
-
 def test_list_shows_status_metrics_errors_and_groups(tmp_path):
     study = tmp_path / "tiny" / "r"
-    _run(str(study / "b64_s0"), {"status": "finished"},
+    write_run_dir(str(study / "b64_s0"), {"status": "finished"},
          {"final_validation": {"accuracy": 0.9, "loss": 0.3}, "batch_size": 64, "updates": 12})
-    _run(str(study / "b128_s0"), {"status": "failed", "error": "Traceback\nNonFiniteLossError: "
+    write_run_dir(str(study / "b128_s0"), {"status": "failed", "error": "Traceback\nNonFiniteLossError: "
                                                                  "loss became nan"})
-    _run(str(tmp_path / "x" / "adaptive"), {"status": "finished"},
+    write_run_dir(str(tmp_path / "x" / "adaptive"), {"status": "finished"},
          {"final_validation": {"loss": 0.25}, "batch_size": 16, "final_batch_size": 48,
           "updates": 99})
-    _run(str(tmp_path / "x" / "killed"), {"status": "running", "pid": 2 ** 22 + 7,
+    write_run_dir(str(tmp_path / "x" / "killed"), {"status": "running", "pid": 2 ** 22 + 7,
                                           "host": os.uname().nodename, "heartbeat": 0})
     with open(study / "study.json", "w") as handle:  # b8_s0: refused before its directory
         json.dump({"runs": [{"name": "b64_s0"}, {"name": "b128_s0"},
@@ -88,9 +80,9 @@ def test_list_says_what_is_damaged(tmp_path):
     """A truncated sweep.json was listed as "sweep  0 variants: ;", a finished run with a
     truncated result.json as finished with nothing, an emptied status.json as 'missing'."""
     sweep = tmp_path / "exp" / "s"
-    _run(str(sweep / "a"), {"status": "finished"}, None)
+    write_run_dir(str(sweep / "a"), {"status": "finished"}, None)
     (sweep / "a" / "result.json").write_text('{"updates": 1')
-    _run(str(sweep / "b"), {"status": "finished"}, None)
+    write_run_dir(str(sweep / "b"), {"status": "finished"}, None)
     (sweep / "b" / "status.json").write_text("")
     (sweep / "b" / "config.gin").write_text("train.batch_size = 8\n")
     (sweep / "sweep.json").write_text('{"variants": {"a": [')
@@ -115,7 +107,7 @@ def test_a_relaunch_onto_a_damaged_sweep_json_says_so(tmp_path):
 
 
 def test_a_progress_line_names_each_running_run_and_its_update(tmp_path):
-    _run(str(tmp_path / "b32_s0"), {"status": "running", "update": 140, "heartbeat": 1.0})
+    write_run_dir(str(tmp_path / "b32_s0"), {"status": "running", "update": 140, "heartbeat": 1.0})
     ticker = outcomes.Ticker(3, print, seconds=3600)
     job = types.SimpleNamespace(spec=types.SimpleNamespace(name="b32_s0"),
                                 run_dir=str(tmp_path / "b32_s0"))

@@ -13,17 +13,9 @@ import numpy as np
 
 from experiments.launch import listing
 from experiments.run import run_dir
+from tests.helpers import write_run_dir
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _run(directory, status, result=None):
-    os.makedirs(directory)
-    with open(os.path.join(directory, "status.json"), "w") as handle:
-        json.dump(status, handle)
-    if result is not None:
-        with open(os.path.join(directory, "result.json"), "w") as handle:
-            json.dump(result, handle)
 
 
 def _checkpoint(directory, update, whole=True):
@@ -50,13 +42,13 @@ def test_list_says_a_killed_run_resumes_from_its_newest_checkpoint(tmp_path):
     said "resumable from update 140"; it resumes at 100 (a checkpoint cut short is passed over,
     as the resume passes over it), and one without a checkpoint restarts from 0."""
     killed = tmp_path / "exp" / "killed"
-    _run(str(killed), _dead(140))
+    write_run_dir(str(killed), _dead(140))
     _checkpoint(str(killed / "checkpoints"), 50)
     _checkpoint(str(killed / "checkpoints"), 100)
     _checkpoint(str(killed / "checkpoints"), 130, whole=False)
-    _run(str(tmp_path / "exp" / "early"), _dead(20))
+    write_run_dir(str(tmp_path / "exp" / "early"), _dead(20))
     stopped = tmp_path / "exp" / "stopped"  # SIGTERM: its checkpoint saved at its update
-    _run(str(stopped), {"status": "interrupted", "reason": "SIGTERM", "update": 120})
+    write_run_dir(str(stopped), {"status": "interrupted", "reason": "SIGTERM", "update": 120})
     _checkpoint(str(stopped / "checkpoints"), 120)
     text = listing.format_listing(str(tmp_path))
     assert f"interrupted  resumable from update 100  {killed}" in text
@@ -128,13 +120,13 @@ def test_a_status_with_this_processs_pid_that_another_process_wrote_is_dead(tmp_
 
 def test_list_shows_the_errors_own_line(tmp_path):
     """A multi-line error was listed by its last line: "failed  (see the admin)"."""
-    _run(str(tmp_path / "quota"), {"status": "failed", "error": (
+    write_run_dir(str(tmp_path / "quota"), {"status": "failed", "error": (
         "ValueError: could not write the epoch summary:\n  disk quota exceeded on /runs\n"
         "  (see the admin)")})
-    _run(str(tmp_path / "trace"), {"status": "failed", "error": (
+    write_run_dir(str(tmp_path / "trace"), {"status": "failed", "error": (
         "Traceback (most recent call last):\n  File \"x.py\", line 1\nOSError: no space\n"
         "  File \"y.py\", line 2")})
-    _run(str(tmp_path / "plain"), {"status": "failed", "error": "exit status -9\n"})
+    write_run_dir(str(tmp_path / "plain"), {"status": "failed", "error": "exit status -9\n"})
     text = listing.format_listing(str(tmp_path))
     assert f"failed  ValueError: could not write the epoch summary:  {tmp_path / 'quota'}" in text
     assert "OSError: no space" in text and "(see the admin)" not in text
@@ -146,7 +138,7 @@ def test_list_shows_variants_named_figures_or_checkpoints(tmp_path):
     A run's own checkpoints/ and a group's tensorboard/ hold no runs."""
     sweep = tmp_path / "exp" / "s"
     for name in ("figures", "checkpoints", "plain"):
-        _run(str(sweep / name), {"status": "finished"}, {"updates": 3})
+        write_run_dir(str(sweep / name), {"status": "finished"}, {"updates": 3})
         _checkpoint(str(sweep / name / "checkpoints"), 3)
     (sweep / "tensorboard").mkdir()
     with open(sweep / "sweep.json", "w") as handle:
@@ -160,13 +152,13 @@ def test_list_shows_variants_named_figures_or_checkpoints(tmp_path):
 def test_list_counts_a_groups_runs_not_started_yet_as_pending(tmp_path):
     """They read "missing"; study.json calls them pending."""
     study = tmp_path / "exp" / "st"
-    _run(str(study / "b64_s0"), {"status": "finished"}, {"updates": 3})
+    write_run_dir(str(study / "b64_s0"), {"status": "finished"}, {"updates": 3})
     with open(study / "study.json", "w") as handle:
         json.dump({"runs": [{"name": "b64_s0", "path": "b64_s0", "status": "finished"},
                             {"name": "b128_s0", "path": "b128_s0", "status": "pending"},
                             {"name": "b8_s0", "path": "b8_s0", "status": "failed"}]}, handle)
     sweep = tmp_path / "exp" / "sw"
-    _run(str(sweep / "a"), {"status": "finished"}, {"updates": 3})
+    write_run_dir(str(sweep / "a"), {"status": "finished"}, {"updates": 3})
     with open(sweep / "sweep.json", "w") as handle:
         json.dump({"variants": {"a": [], "b": [], "c": []}, "status": {"c": "failed"}}, handle)
     assert listing.group_line(str(study))[:2] == ("study",

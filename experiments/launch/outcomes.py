@@ -102,8 +102,6 @@ def _killed(run_dir, signum, status):
             "with the same --run_name")
 
 
-
-
 def _move_log(run_dir):
     pending = pending_log(run_dir)
     if not os.path.isdir(run_dir):  # the child failed before creating its run directory

@@ -178,14 +178,12 @@ def _wait_for_live(path, live, print_fn):
     host within the heartbeat's staleness) and exited 0 with that run never trained. A run
     whose status this very process holds (its slot here ended without recording the run's end,
     e.g. on a full disk) is not waited for: nothing else will end it."""
-    waiting, resumable = {}, []
-    for run in live:
-        status = run_dir_lib.read_status(os.path.join(path, run.name))
-        if not run_dir_lib.held_by_this_process(status):
-            waiting[run.name] = run
+    statuses = {run.name: run_dir_lib.read_status(os.path.join(path, run.name)) for run in live}
+    waiting = {run.name: run for run in live
+               if not run_dir_lib.held_by_this_process(statuses[run.name])}
+    resumable = []
     if waiting:
-        longest = max(run_dir_lib.stale_after(run_dir_lib.read_status(os.path.join(path, name)))
-                      for name in waiting)
+        longest = max(run_dir_lib.stale_after(statuses[name]) for name in waiting)
         print_fn(f"Waiting for {len(waiting)} run(s) live in another launch: "
                  f"{', '.join(sorted(waiting))} (a run whose process is gone is resumed here "
                  f"once its heartbeat is stale, at most {longest:.0f} s after its last one).")

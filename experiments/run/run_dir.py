@@ -349,11 +349,10 @@ def put_back_status(path):
         write_json(path, "status.json", previous)
 
 
-# Bindings that change how a run is watched or saved, not what it computes: a relaunch may change
-# them (a resumed run with other checkpoint cadences or verbosity ends with the same results).
-# Bindings that change no run's results: a relaunch or shard may differ in them. The study's
-# extension switch and limit only add runs (docs/studies.md: "turning the switch on ... on a
-# relaunch of a finished study only adds runs").
+# Bindings that change no run's results, so a relaunch or a shard may differ in them: how a run
+# is watched or saved (a resumed run with other checkpoint cadences or verbosity ends with the
+# same results), and the study's extension switch and limit, which only add runs
+# (docs/studies.md: "turning the switch on ... on a relaunch of a finished study only adds runs").
 RESULT_NEUTRAL = ("checkpoints.", "train.verbose", "study.extend_learning_rates",
                   "study.max_extensions")
 
